@@ -1,0 +1,179 @@
+//! NIP-19 bech32 encodings of public keys (`npub`) and event ids (`note`), and parsers that
+//! accept either hex or bech32.
+
+use bech32::primitives::decode::CheckedHrpstring;
+use bech32::{Bech32, Hrp};
+
+use super::error::EventError;
+use super::types::{EventId, Pubkey};
+
+const NPUB: Hrp = Hrp::parse_unchecked("npub");
+const NOTE: Hrp = Hrp::parse_unchecked("note");
+
+fn encode(hrp: Hrp, data: &[u8; 32]) -> String {
+    // Only fails past bech32's 90-character limit; 32 bytes with a 4-letter prefix make 63.
+    bech32::encode::<Bech32>(hrp, data).unwrap_or_default()
+}
+
+/// `err` and its chain of sources, joined with ": " (bech32's top-level messages are vague).
+fn describe(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// Decodes a bech32 (not bech32m) string with the given prefix holding exactly 32 bytes.
+fn decode(hrp: Hrp, s: &str) -> Result<[u8; 32], EventError> {
+    let what = hrp.as_str();
+    let checked = CheckedHrpstring::new::<Bech32>(s)
+        .map_err(|e| EventError::bad_field(format!("invalid {what}: {}", describe(&e))))?;
+    if checked.hrp() != hrp {
+        return Err(EventError::bad_field(format!(
+            "invalid {what}: prefix is \"{}\", expected \"{what}\"",
+            checked.hrp()
+        )));
+    }
+    checked
+        .validate_segwit_padding()
+        .map_err(|e| EventError::bad_field(format!("invalid {what}: {}", describe(&e))))?;
+    let bytes: Vec<u8> = checked.byte_iter().collect();
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        EventError::bad_field(format!(
+            "invalid {what}: holds {} bytes, expected 32",
+            bytes.len()
+        ))
+    })
+}
+
+/// The `npub1...` form of a public key.
+pub fn encode_npub(pubkey: &Pubkey) -> String {
+    encode(NPUB, pubkey.as_bytes())
+}
+
+/// Decodes an `npub1...` string.
+pub fn decode_npub(s: &str) -> Result<Pubkey, EventError> {
+    decode(NPUB, s).map(Pubkey)
+}
+
+/// The `note1...` form of an event id.
+pub fn encode_note(id: &EventId) -> String {
+    encode(NOTE, id.as_bytes())
+}
+
+/// Decodes a `note1...` string.
+pub fn decode_note(s: &str) -> Result<EventId, EventError> {
+    decode(NOTE, s).map(EventId)
+}
+
+/// Parses a public key given as 64 lowercase hex characters or as `npub1...`.
+pub fn parse_pubkey(s: &str) -> Result<Pubkey, EventError> {
+    if s.starts_with("npub1") {
+        decode_npub(s)
+    } else {
+        Pubkey::from_hex(s)
+    }
+}
+
+/// Parses an event id given as 64 lowercase hex characters or as `note1...`.
+pub fn parse_event_id(s: &str) -> Result<EventId, EventError> {
+    if s.starts_with("note1") {
+        decode_note(s)
+    } else {
+        EventId::from_hex(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventErrorKind;
+
+    const NPUB_VECTOR: &str = "npub10elfcs4fr0l0r8af98jlmgdh9c8tcxjvz9qkw038js35mp4dma8qzvjptg";
+    const HEX_VECTOR: &str = "7e7e9c42a91bfef19fa929e5fda1b72e0ebc1a4c1141673e2794234d86addf4e";
+
+    #[test]
+    fn known_npub_vector() {
+        let pk = Pubkey::from_hex(HEX_VECTOR).unwrap();
+        assert_eq!(encode_npub(&pk), NPUB_VECTOR);
+        assert_eq!(decode_npub(NPUB_VECTOR).unwrap(), pk);
+        assert_eq!(parse_pubkey(NPUB_VECTOR).unwrap(), pk);
+        assert_eq!(parse_pubkey(HEX_VECTOR).unwrap(), pk);
+        // bech32 is case-insensitive as a whole.
+        assert_eq!(decode_npub(&NPUB_VECTOR.to_uppercase()).unwrap(), pk);
+    }
+
+    #[test]
+    fn note_round_trip() {
+        let id = EventId([0x5a; 32]);
+        let note = encode_note(&id);
+        assert!(note.starts_with("note1"), "{note}");
+        assert_eq!(decode_note(&note).unwrap(), id);
+        assert_eq!(parse_event_id(&note).unwrap(), id);
+        assert_eq!(parse_event_id(&id.to_hex()).unwrap(), id);
+    }
+
+    #[test]
+    fn wrong_prefix_is_rejected() {
+        let note = encode_note(&EventId([1; 32]));
+        let e = decode_npub(&note).unwrap_err();
+        assert_eq!(e.kind(), EventErrorKind::BadField);
+        assert!(e.message().contains("expected \"npub\""), "{e}");
+        assert!(decode_note(NPUB_VECTOR).is_err());
+    }
+
+    #[test]
+    fn bad_checksum_is_rejected() {
+        let mut chars: Vec<char> = NPUB_VECTOR.chars().collect();
+        let last = chars.len() - 1;
+        chars[last] = if chars[last] == 'q' { 'p' } else { 'q' };
+        let corrupted: String = chars.into_iter().collect();
+        let e = decode_npub(&corrupted).unwrap_err();
+        assert_eq!(e.kind(), EventErrorKind::BadField);
+        assert!(e.message().starts_with("invalid npub"), "{e}");
+        assert!(e.message().contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn bech32m_checksum_is_rejected() {
+        let data = [0x7eu8; 32];
+        let m = bech32::encode::<bech32::Bech32m>(NPUB, &data).unwrap();
+        assert!(decode_npub(&m).is_err());
+    }
+
+    #[test]
+    fn wrong_length_is_rejected() {
+        let short = bech32::encode::<Bech32>(NPUB, &[1u8; 31]).unwrap();
+        let e = decode_npub(&short).unwrap_err();
+        assert!(e.message().contains("31 bytes"), "{e}");
+        let long = bech32::encode::<Bech32>(NOTE, &[1u8; 33]).unwrap();
+        assert!(decode_note(&long).is_err());
+    }
+
+    #[test]
+    fn garbage_is_rejected_without_panicking() {
+        for s in [
+            "",
+            "npub1",
+            "npub",
+            "1",
+            "npub1!!!",
+            "note1qqqq",
+            "NpUb1qqqq",
+            "\u{0}",
+        ] {
+            assert!(parse_pubkey(s).is_err(), "{s:?}");
+            assert!(parse_event_id(s).is_err(), "{s:?}");
+        }
+        let e = decode_npub("npub1!!!").unwrap_err();
+        // The cause is spelled out, not just "parse failed".
+        assert!(
+            e.message().len() > "invalid npub: parse failed".len(),
+            "{e}"
+        );
+    }
+}

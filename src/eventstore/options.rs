@@ -1,0 +1,128 @@
+//! Store options and the builder that opens a store with them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::event::Limits;
+use crate::shard::Durability;
+
+use super::store::EventStore;
+
+/// Everything a store can be tuned with. Every field's default is the one a
+/// production relay should run with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// When an acknowledged insert is on disk. Default: `Durability::Always`.
+    pub durability: Durability,
+    /// A log segment is sealed and a new one started past this size.
+    /// Default: 1 GiB. Range: 64 KiB ..= 2 GiB.
+    pub segment_size: u64,
+    /// Indexes are checkpointed at least this often while they have changes.
+    /// Default: 30 s.
+    pub checkpoint_interval: Duration,
+    /// ... and as soon as this many index nodes have changed in memory.
+    /// Default: 16,384 (on the order of 100 MiB of changed nodes).
+    pub checkpoint_dirty_nodes: usize,
+    /// Size and shape limits for events. Default: `Limits::default()`
+    /// (64 KiB events, 2,000 tags, 1,024-byte tag values, 64 KiB content).
+    pub limits: Limits,
+    /// Events dated more than this far in the future are refused. Default: 15 min.
+    pub max_future: Duration,
+    /// Most events one group commit takes. Default: 10,000.
+    pub max_group_events: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            durability: Durability::Always,
+            segment_size: 1 << 30,
+            checkpoint_interval: Duration::from_secs(30),
+            checkpoint_dirty_nodes: 16_384,
+            limits: Limits::default(),
+            max_future: Duration::from_secs(15 * 60),
+            max_group_events: 10_000,
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if !(64 << 10..=2 << 30).contains(&self.segment_size) {
+            return Err(Error::Options(format!(
+                "segment_size {} is outside 64 KiB ..= 2 GiB",
+                self.segment_size
+            )));
+        }
+        if self.limits.max_event_bytes > 4 << 20 {
+            return Err(Error::Options(format!(
+                "limits.max_event_bytes {} is above the 4 MiB a log batch can hold",
+                self.limits.max_event_bytes
+            )));
+        }
+        if self.max_group_events == 0 || self.checkpoint_dirty_nodes == 0 {
+            return Err(Error::Options(
+                "max_group_events and checkpoint_dirty_nodes must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Opens a store: `EventStore::builder(path).durability(..).open()`.
+#[derive(Debug, Clone)]
+pub struct EventStoreBuilder {
+    path: PathBuf,
+    options: Options,
+}
+
+impl EventStoreBuilder {
+    pub(crate) fn new(path: &Path) -> EventStoreBuilder {
+        EventStoreBuilder {
+            path: path.to_path_buf(),
+            options: Options::default(),
+        }
+    }
+
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.options.durability = durability;
+        self
+    }
+
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.options.segment_size = bytes;
+        self
+    }
+
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.options.checkpoint_interval = interval;
+        self
+    }
+
+    pub fn checkpoint_dirty_nodes(mut self, nodes: usize) -> Self {
+        self.options.checkpoint_dirty_nodes = nodes;
+        self
+    }
+
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.options.limits = limits;
+        self
+    }
+
+    pub fn max_future(mut self, max_future: Duration) -> Self {
+        self.options.max_future = max_future;
+        self
+    }
+
+    /// Opens the store, creating it if the directory is empty or missing.
+    pub fn open(self) -> Result<EventStore, Error> {
+        self.options.validate()?;
+        EventStore::open_with(&self.path, self.options)
+    }
+}

@@ -1,0 +1,375 @@
+//! `EventStore`: the one entry type. It validates events, routes them to
+//! their shard's writer, and answers queries from consistent shard views.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, io_error};
+use crate::event::{Event, EventId, EventRef, KindClass};
+use crate::ids::ShardId;
+use crate::index::IndexKind;
+use crate::query::{Filter, Hit, execute, plan, read_event};
+use crate::recovery::{RecoveryReport, open_shard};
+use crate::shard::{Shard, WriteOutcome, WriterConfig};
+
+use super::manifest;
+use super::options::{EventStoreBuilder, Options};
+use super::outcome::{InsertOutcome, Rejection};
+
+const LOCK_FILE: &str = "LOCK";
+const DIRTY_FILE: &str = ".dirty";
+
+/// An open Megalith store. `Send + Sync`: share it behind an `Arc`; reads run
+/// in parallel with each other and with the writer.
+#[derive(Debug)]
+pub struct EventStore {
+    dir: PathBuf,
+    options: Options,
+    shards: Vec<Shard>,
+    report: RecoveryReport,
+    /// Held (locked) while open; `None` once closed.
+    lock: Mutex<Option<File>>,
+}
+
+/// Counts and sizes, for `megalith stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Events in the store (served by queries, expired ones included until removed).
+    pub events: u64,
+    pub events_by_kind: BTreeMap<u16, u64>,
+    /// Log segments and the bytes they take on disk.
+    pub log_segments: usize,
+    pub log_bytes: u64,
+    /// Bytes on disk per index (summed over shards).
+    pub index_bytes: BTreeMap<&'static str, u64>,
+    /// Entries per index (summed over shards).
+    pub index_entries: BTreeMap<&'static str, u64>,
+}
+
+impl EventStore {
+    /// A builder for a store in `path` (created if missing or empty).
+    pub fn builder(path: impl AsRef<Path>) -> EventStoreBuilder {
+        EventStoreBuilder::new(path.as_ref())
+    }
+
+    /// Opens the store in `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<EventStore, Error> {
+        EventStore::builder(path).open()
+    }
+
+    pub(crate) fn open_with(dir: &Path, options: Options) -> Result<EventStore, Error> {
+        fs::create_dir_all(dir).map_err(io_error(dir, "create directory"))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path, "open"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::Io {
+                    path: lock_path,
+                    op: "lock",
+                    source: e,
+                });
+            }
+        }
+        let shard_count = manifest::load_or_create(dir, 1)?;
+        let dirty = dir.join(DIRTY_FILE);
+        let mut report = RecoveryReport {
+            unclean_shutdown: dirty.exists(),
+            ..RecoveryReport::default()
+        };
+        // The marker is durable before anything can change, so a crash from
+        // here on is always noticed at the next open.
+        File::create(&dirty)
+            .and_then(|f| f.sync_all())
+            .map_err(io_error(&dirty, "create"))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(dir, "sync directory"))?;
+        let config = WriterConfig {
+            durability: options.durability,
+            checkpoint_interval: options.checkpoint_interval,
+            checkpoint_dirty_nodes: options.checkpoint_dirty_nodes,
+            max_group_events: options.max_group_events,
+        };
+        let mut shards = Vec::with_capacity(shard_count as usize);
+        for n in 0..shard_count {
+            let id = ShardId(n);
+            let shard_dir = dir.join(format!("shard-{n:04}"));
+            let (log, indexes) = open_shard(&shard_dir, id, options.segment_size, &mut report)?;
+            shards.push(Shard::start(id, log, indexes, config.clone())?);
+        }
+        Ok(EventStore {
+            dir: dir.to_path_buf(),
+            options,
+            shards,
+            report,
+            lock: Mutex::new(Some(lock)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// What opening the store found and repaired.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// Verifies (id, signature, limits, created_at window, NIP-40 expiry) and
+    /// stores a batch of events. Returns one outcome per event, in order. An
+    /// `Err` means the store could not write at all (nothing was acknowledged).
+    pub fn insert(&self, events: &[Event]) -> Result<Vec<InsertOutcome>, Error> {
+        self.insert_checked(events, true)
+    }
+
+    /// Like [`EventStore::insert`] but trusts ids and signatures (events from
+    /// a source that already verified them); every other check still runs.
+    pub fn insert_trusted(&self, events: &[Event]) -> Result<Vec<InsertOutcome>, Error> {
+        self.insert_checked(events, false)
+    }
+
+    fn insert_checked(&self, events: &[Event], verify: bool) -> Result<Vec<InsertOutcome>, Error> {
+        let now = unix_now();
+        let mut outcomes: Vec<Option<InsertOutcome>> = Vec::with_capacity(events.len());
+        let mut to_write: Vec<(usize, Event)> = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            match self.validate(event, verify, now) {
+                Err(rejection) => outcomes.push(Some(InsertOutcome::Invalid(rejection))),
+                Ok(()) if KindClass::of(event.kind) == KindClass::Ephemeral => {
+                    outcomes.push(Some(InsertOutcome::Ephemeral));
+                }
+                Ok(()) => {
+                    outcomes.push(None);
+                    to_write.push((i, event.clone()));
+                }
+            }
+        }
+        if !to_write.is_empty() {
+            let (positions, batch): (Vec<usize>, Vec<Event>) = to_write.into_iter().unzip();
+            let written = self.shards[0].write(batch)?;
+            for (i, outcome) in positions.into_iter().zip(written) {
+                outcomes[i] = Some(match outcome {
+                    WriteOutcome::Stored => InsertOutcome::Stored,
+                    WriteOutcome::Replaced { previous } => InsertOutcome::Replaced { previous },
+                    WriteOutcome::Duplicate => InsertOutcome::Duplicate,
+                    WriteOutcome::Superseded => InsertOutcome::Superseded,
+                    WriteOutcome::Deleted => InsertOutcome::Deleted,
+                });
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(InsertOutcome::Duplicate))
+            .collect())
+    }
+
+    /// The checks an event passes before it reaches a shard, in the NIP-01
+    /// order: size and shape, id, signature, created_at window, expiry.
+    fn validate(&self, event: &Event, verify: bool, now: u64) -> Result<(), Rejection> {
+        event
+            .check_limits(&self.options.limits)
+            .map_err(|e| Rejection::from(&e))?;
+        if verify {
+            event.verify().map_err(|e| Rejection::from(&e))?;
+        }
+        let horizon = now.saturating_add(self.options.max_future.as_secs());
+        if event.created_at > horizon {
+            return Err(Rejection::new(
+                "future",
+                format!(
+                    "created_at {} is more than {} s in the future",
+                    event.created_at,
+                    self.options.max_future.as_secs()
+                ),
+            ));
+        }
+        if let Some(expiration) = event.expiration()
+            && expiration <= now
+        {
+            return Err(Rejection::new(
+                "expired",
+                format!("event expired at {expiration} (NIP-40)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Events matching any of `filters`, in NIP-01 order (newest first, ties
+    /// by lowest id), without duplicates; each filter's `limit` applies to
+    /// that filter.
+    pub fn query(&self, filters: &[Filter]) -> Result<Vec<Event>, Error> {
+        let mut events = Vec::new();
+        self.query_with(filters, |event| {
+            events.push(event.to_event());
+            Ok(())
+        })?;
+        Ok(events)
+    }
+
+    /// Like [`EventStore::query`], handing each event to `visit` as a
+    /// zero-copy view of its stored bytes (write it out with
+    /// `EventRef::write_json`). All of it reads one consistent state.
+    pub fn query_with(
+        &self,
+        filters: &[Filter],
+        mut visit: impl FnMut(&EventRef<'_>) -> Result<(), Error>,
+    ) -> Result<usize, Error> {
+        let now = unix_now();
+        let view = self.shards[0].read();
+        let mut hits: Vec<Hit> = Vec::new();
+        for filter in filters {
+            let plan = plan(filter);
+            execute(
+                &view.indexes,
+                &view.log,
+                filter,
+                &plan,
+                now,
+                filter.limit,
+                |hit, _| {
+                    hits.push(hit);
+                    Ok(())
+                },
+            )?;
+        }
+        hits.sort_unstable();
+        hits.dedup_by_key(|h| h.location);
+        for hit in &hits {
+            visit(&read_event(&view.log, hit.location)?)?;
+        }
+        Ok(hits.len())
+    }
+
+    /// The index each filter would be answered from (`primary`, `tag_time`,
+    /// `author_kind_time`, `author_time`, `kind_time`, `time`, or `none` when
+    /// the filter can match nothing).
+    pub fn explain(&self, filters: &[Filter]) -> Vec<&'static str> {
+        filters.iter().map(|f| plan(f).index_name()).collect()
+    }
+
+    /// NIP-45: how many events match any of `filters` (limits are ignored).
+    pub fn count(&self, filters: &[Filter]) -> Result<u64, Error> {
+        let now = unix_now();
+        let view = self.shards[0].read();
+        if let [filter] = filters {
+            let plan = plan(filter);
+            let counted = execute(
+                &view.indexes,
+                &view.log,
+                filter,
+                &plan,
+                now,
+                None,
+                |_, _| Ok(()),
+            )?;
+            return Ok(counted as u64);
+        }
+        let mut seen = HashSet::new();
+        for filter in filters {
+            let plan = plan(filter);
+            execute(
+                &view.indexes,
+                &view.log,
+                filter,
+                &plan,
+                now,
+                None,
+                |hit, _| {
+                    seen.insert(hit.location);
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(seen.len() as u64)
+    }
+
+    /// The stored event with this id (not if expired).
+    pub fn get(&self, id: &EventId) -> Result<Option<Event>, Error> {
+        Ok(self.query(&[Filter::new().ids([*id])])?.into_iter().next())
+    }
+
+    /// Makes the indexes durable now (they also checkpoint in the background).
+    pub fn checkpoint(&self) -> Result<(), Error> {
+        self.shards.iter().try_for_each(Shard::checkpoint)
+    }
+
+    /// Counts and sizes.
+    pub fn stats(&self) -> Result<StoreStats, Error> {
+        let mut stats = StoreStats::default();
+        for shard in &self.shards {
+            let view = shard.read();
+            for kind in IndexKind::ALL {
+                let tree = view.indexes.tree(kind);
+                *stats.index_entries.entry(kind.name()).or_default() += tree.entry_count();
+                let bytes = std::fs::metadata(tree.path()).map(|m| m.len()).unwrap_or(0);
+                *stats.index_bytes.entry(kind.name()).or_default() += bytes;
+            }
+            stats.events += view.indexes.tree(IndexKind::Primary).entry_count();
+            let mut cursor = view.indexes.tree(IndexKind::KindTime).seek(&[0u8; 26])?;
+            while let Some(entry) = cursor.next()? {
+                *stats
+                    .events_by_kind
+                    .entry(u16::from_be_bytes([entry[0], entry[1]]))
+                    .or_default() += 1;
+            }
+            stats.log_segments += view.log.segments().len();
+            stats.log_bytes += shard.log().bytes_on_disk();
+        }
+        Ok(stats)
+    }
+
+    /// Checkpoints every shard, closes the logs and marks the shutdown clean.
+    pub fn close(self) -> Result<(), Error> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<(), Error> {
+        let Some(lock) = self.lock.lock().take() else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        for shard in &self.shards {
+            if let Err(e) = shard.close()
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+        }
+        if result.is_ok() {
+            let dirty = self.dir.join(DIRTY_FILE);
+            fs::remove_file(&dirty).map_err(io_error(&dirty, "remove"))?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error(&self.dir, "sync directory"))?;
+        }
+        drop(lock);
+        result
+    }
+}
+
+impl Drop for EventStore {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,847 @@
+//! A persistent B+Tree over fixed-width entries (the whole entry is the key),
+//! stored in one page file.
+//!
+//! Crash safety (copy-on-write checkpoints):
+//! - Clean pages are read in place from a read-only map of the file. A change
+//!   copies every node on its path into memory (`MemNode`); the pages it
+//!   replaced become "pending free": the durable meta still points at them.
+//! - A checkpoint writes the in-memory nodes to pages that no durable tree
+//!   uses (the free list, then the end of the file), writes the free list,
+//!   syncs, then writes the *other* meta page and syncs again. A crash at any
+//!   point leaves the older meta page and every page it reaches intact.
+//! - Pages pending free become reusable only after the meta that no longer
+//!   reaches them is durable. Invariant: a meta's free list holds exactly the
+//!   pages of the file that its tree and its own free-list pages do not use.
+//! - Deletion frees a node only when it empties; nodes are not merged.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use super::error::{IndexError, io_error};
+use super::format::{
+    FREE_IDS_PER_PAGE, Meta, PAGE_SIZE, decode_free_list_page, decode_meta, encode_free_list_page,
+    encode_meta,
+};
+use super::node::{MemNode, Node, NodeRef, PageView, encode_node, fits};
+use crate::ids::{Location, Lsn, PageId, SegmentId};
+
+const META_SLOTS: [PageId; 2] = [PageId(0), PageId(1)];
+
+#[derive(Debug)]
+pub(crate) struct BTree {
+    path: PathBuf,
+    file: File,
+    map: Option<Mmap>,
+    width: usize,
+    /// Slot (0 or 1) of the durable meta page, and what it says.
+    meta_slot: usize,
+    meta: Meta,
+    root: Option<NodeRef>,
+    mem: Vec<MemNode>,
+    /// Pages usable by the next checkpoint.
+    free: Vec<PageId>,
+    /// Pages the durable meta still reaches but the in-memory tree does not.
+    pending_free: Vec<PageId>,
+    /// Pages holding the durable meta's free list.
+    free_list_pages: Vec<PageId>,
+    entry_count: u64,
+}
+
+/// A checkpoint written to disk but not yet installed in memory.
+#[derive(Debug)]
+pub(crate) struct PreparedCheckpoint {
+    meta: Meta,
+    slot: usize,
+    free: Vec<PageId>,
+    free_list_pages: Vec<PageId>,
+}
+
+impl BTree {
+    /// Opens `path`, creating an empty tree when the file does not exist.
+    pub fn open(path: &Path, index_kind: u8, width: usize) -> Result<BTree, IndexError> {
+        let exists = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_error(path, "open"))?;
+        let corrupt = |page: Option<PageId>, reason: String| IndexError::Corrupt {
+            path: path.to_path_buf(),
+            page,
+            reason,
+        };
+        if !exists || file.metadata().map_err(io_error(path, "stat"))?.len() == 0 {
+            let meta = Meta {
+                index_kind,
+                entry_width: width as u16,
+                generation: 1,
+                root: None,
+                entry_count: 0,
+                page_count: 2,
+                checkpoint_lsn: Lsn::ZERO,
+                checkpoint_position: Location {
+                    segment: SegmentId(0),
+                    offset: 0,
+                },
+                free_list_head: None,
+                free_page_count: 0,
+            };
+            file.write_all_at(&encode_meta(&meta, META_SLOTS[0]), 0)
+                .map_err(io_error(path, "write"))?;
+            file.write_all_at(&vec![0u8; PAGE_SIZE], PAGE_SIZE as u64)
+                .map_err(io_error(path, "write"))?;
+            file.sync_all().map_err(io_error(path, "sync"))?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_error(dir, "sync directory"))?;
+            }
+        }
+        let mut slots = [None, None];
+        let mut reasons = Vec::new();
+        for (i, slot) in META_SLOTS.iter().enumerate() {
+            let mut page = vec![0u8; PAGE_SIZE];
+            match file.read_exact_at(&mut page, slot.0 * PAGE_SIZE as u64) {
+                Ok(()) => match decode_meta(&page, *slot) {
+                    Ok(meta) => slots[i] = Some(meta),
+                    Err(reason) => reasons.push(format!("meta page {i}: {reason}")),
+                },
+                Err(e) => reasons.push(format!("meta page {i}: {e}")),
+            }
+        }
+        let (meta_slot, meta) = match slots {
+            [Some(a), Some(b)] => {
+                if a.generation >= b.generation {
+                    (0, a)
+                } else {
+                    (1, b)
+                }
+            }
+            [Some(a), None] => (0, a),
+            [None, Some(b)] => (1, b),
+            [None, None] => {
+                return Err(corrupt(
+                    None,
+                    format!("no valid meta page ({})", reasons.join("; ")),
+                ));
+            }
+        };
+        if usize::from(meta.entry_width) != width || meta.index_kind != index_kind {
+            return Err(corrupt(
+                Some(META_SLOTS[meta_slot]),
+                format!(
+                    "meta page describes index kind {} with {}-byte entries, expected kind {index_kind} with {width}",
+                    meta.index_kind, meta.entry_width
+                ),
+            ));
+        }
+        let mut tree = BTree {
+            path: path.to_path_buf(),
+            file,
+            map: None,
+            width,
+            meta_slot,
+            meta,
+            root: meta.root.map(NodeRef::Page),
+            mem: Vec::new(),
+            free: Vec::new(),
+            pending_free: Vec::new(),
+            free_list_pages: Vec::new(),
+            entry_count: meta.entry_count,
+        };
+        tree.remap()?;
+        let mut next = meta.free_list_head;
+        while let Some(pid) = next {
+            if tree.free_list_pages.len() as u64 > meta.page_count {
+                return Err(corrupt(Some(pid), "free list loops".to_string()));
+            }
+            let (ids, following) = decode_free_list_page(tree.raw_page(pid)?, pid)
+                .map_err(|r| corrupt(Some(pid), r))?;
+            tree.free.extend(ids);
+            tree.free_list_pages.push(pid);
+            next = following;
+        }
+        if tree.free.len() as u64 != meta.free_page_count {
+            return Err(corrupt(
+                None,
+                format!(
+                    "free list holds {} pages, meta page says {}",
+                    tree.free.len(),
+                    meta.free_page_count
+                ),
+            ));
+        }
+        if let Some(bad) = tree.free.iter().find(|p| p.0 < 2 || p.0 >= meta.page_count) {
+            return Err(corrupt(
+                None,
+                format!("free list names page {} outside the file", bad.0),
+            ));
+        }
+        Ok(tree)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entry_count
+    }
+
+    /// The durable meta page's state.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Nodes held in memory (changed since the last checkpoint).
+    pub fn dirty_nodes(&self) -> usize {
+        self.mem.len()
+    }
+
+    #[cfg(test)]
+    pub fn root(&self) -> Option<NodeRef> {
+        self.root
+    }
+
+    #[cfg(test)]
+    pub fn free_pages(&self) -> &[PageId] {
+        &self.free
+    }
+
+    #[cfg(test)]
+    pub fn free_list_pages(&self) -> &[PageId] {
+        &self.free_list_pages
+    }
+
+    fn remap(&mut self) -> Result<(), IndexError> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(io_error(&self.path, "stat"))?
+            .len();
+        self.map = if len == 0 {
+            None
+        } else {
+            // SAFETY: read-only map. Pages reachable from the in-memory tree
+            // are never rewritten while mapped: checkpoints write only pages
+            // that no reachable node uses (see the module comment), and the
+            // store's lock file keeps other processes out.
+            Some(unsafe { Mmap::map(&self.file) }.map_err(io_error(&self.path, "mmap"))?)
+        };
+        Ok(())
+    }
+
+    fn raw_page(&self, id: PageId) -> Result<&[u8], IndexError> {
+        let start =
+            id.0.checked_mul(PAGE_SIZE as u64)
+                .and_then(|s| usize::try_from(s).ok());
+        start
+            .and_then(|s| self.map.as_deref()?.get(s..s + PAGE_SIZE))
+            .ok_or_else(|| IndexError::Corrupt {
+                path: self.path.clone(),
+                page: Some(id),
+                reason: "page lies beyond the end of the file".to_string(),
+            })
+    }
+
+    /// Reads a node. Clean pages have their checksum verified.
+    pub fn node(&self, node: NodeRef) -> Result<Node<'_>, IndexError> {
+        match node {
+            NodeRef::Mem(i) => Ok(Node::Mem(&self.mem[i as usize], self.width)),
+            NodeRef::Page(id) => {
+                let page = self.raw_page(id)?;
+                PageView::parse(page, id, self.width, true)
+                    .map(Node::Page)
+                    .map_err(|reason| IndexError::Corrupt {
+                        path: self.path.clone(),
+                        page: Some(id),
+                        reason,
+                    })
+            }
+        }
+    }
+
+    /// Whether `entry` is in the tree.
+    pub fn contains(&self, entry: &[u8]) -> Result<bool, IndexError> {
+        let mut cursor = self.seek(entry)?;
+        Ok(cursor.next()?.is_some_and(|found| found == entry))
+    }
+
+    /// A cursor at the first entry >= `key` (a full-width key).
+    pub fn seek(&self, key: &[u8]) -> Result<Cursor<'_>, IndexError> {
+        let mut cursor = Cursor {
+            tree: self,
+            stack: Vec::with_capacity(6),
+            entry: Vec::with_capacity(self.width),
+        };
+        let Some(mut at) = self.root else {
+            return Ok(cursor);
+        };
+        loop {
+            let node = self.node(at)?;
+            if node.is_leaf() {
+                cursor.stack.push((node, node.lower_bound(key)));
+                return Ok(cursor);
+            }
+            let child = node.child_index(key);
+            cursor.stack.push((node, child));
+            at = node.child(child);
+        }
+    }
+
+    /// Adds `entry`; false if it was already there.
+    pub fn insert(&mut self, entry: &[u8]) -> Result<bool, IndexError> {
+        debug_assert_eq!(entry.len(), self.width);
+        let Some(root) = self.root else {
+            self.mem.push(MemNode::Leaf {
+                entries: entry.to_vec(),
+            });
+            self.root = Some(NodeRef::Mem(self.mem.len() as u32 - 1));
+            self.entry_count += 1;
+            return Ok(true);
+        };
+        // Checking first keeps a no-op (replay of an entry already there) from
+        // copying a whole path into memory.
+        if self.contains(entry)? {
+            return Ok(false);
+        }
+        let root = self.make_mut(root)?;
+        if let Some((separator, right)) = self.insert_into(root, entry)? {
+            self.mem.push(MemNode::Branch {
+                separators: separator,
+                children: vec![NodeRef::Mem(root), right],
+            });
+            self.root = Some(NodeRef::Mem(self.mem.len() as u32 - 1));
+        } else {
+            self.root = Some(NodeRef::Mem(root));
+        }
+        self.entry_count += 1;
+        Ok(true)
+    }
+
+    /// Removes `entry`; false if it was not there.
+    pub fn remove(&mut self, entry: &[u8]) -> Result<bool, IndexError> {
+        let Some(root) = self.root else {
+            return Ok(false);
+        };
+        if !self.contains(entry)? {
+            return Ok(false);
+        }
+        let root = self.make_mut(root)?;
+        let emptied = self.remove_from(root, entry)?;
+        self.root = if emptied {
+            None
+        } else {
+            Some(NodeRef::Mem(root))
+        };
+        // A branch root left with one child hands the root down.
+        while let Some(NodeRef::Mem(i)) = self.root {
+            match &self.mem[i as usize] {
+                MemNode::Branch { children, .. } if children.len() == 1 => {
+                    self.root = Some(children[0])
+                }
+                _ => break,
+            }
+        }
+        self.entry_count -= 1;
+        Ok(true)
+    }
+
+    /// Makes `node` writable: returns its in-memory index, copying a clean page
+    /// into memory (and marking the page pending free) if needed.
+    fn make_mut(&mut self, node: NodeRef) -> Result<u32, IndexError> {
+        match node {
+            NodeRef::Mem(i) => Ok(i),
+            NodeRef::Page(id) => {
+                let owned = self.node(node)?.to_mem(self.width);
+                self.pending_free.push(id);
+                self.mem.push(owned);
+                Ok(self.mem.len() as u32 - 1)
+            }
+        }
+    }
+
+    /// Inserts below `node`; returns the separator and new right sibling if it split.
+    fn insert_into(
+        &mut self,
+        node: u32,
+        entry: &[u8],
+    ) -> Result<Option<(Vec<u8>, NodeRef)>, IndexError> {
+        let width = self.width;
+        let child = match &mut self.mem[node as usize] {
+            MemNode::Leaf { entries } => {
+                let count = entries.len() / width;
+                let pos = partition_point(count, |i| &entries[i * width..(i + 1) * width] < entry);
+                entries.splice(pos * width..pos * width, entry.iter().copied());
+                if fits(&self.mem[node as usize], width) {
+                    return Ok(None);
+                }
+                // Sequential inserts at either end split unevenly, so runs of
+                // ascending or descending keys leave full pages behind.
+                let count = count + 1;
+                let at = if pos == 0 {
+                    1
+                } else if pos == count - 1 {
+                    count - 1
+                } else {
+                    count / 2
+                };
+                let MemNode::Leaf { entries } = &mut self.mem[node as usize] else {
+                    unreachable!()
+                };
+                let right = entries.split_off(at * width);
+                let separator = right[..width].to_vec();
+                self.mem.push(MemNode::Leaf { entries: right });
+                return Ok(Some((separator, NodeRef::Mem(self.mem.len() as u32 - 1))));
+            }
+            MemNode::Branch {
+                separators,
+                children,
+            } => {
+                let count = separators.len() / width;
+                let index =
+                    partition_point(count, |i| &separators[i * width..(i + 1) * width] <= entry);
+                (index, children[index])
+            }
+        };
+        let (index, child_ref) = child;
+        let child = self.make_mut(child_ref)?;
+        let split = self.insert_into(child, entry)?;
+        let MemNode::Branch {
+            separators,
+            children,
+        } = &mut self.mem[node as usize]
+        else {
+            unreachable!()
+        };
+        children[index] = NodeRef::Mem(child);
+        let Some((separator, right)) = split else {
+            return Ok(None);
+        };
+        separators.splice(index * width..index * width, separator);
+        children.insert(index + 1, right);
+        if fits(&self.mem[node as usize], width) {
+            return Ok(None);
+        }
+        let MemNode::Branch {
+            separators,
+            children,
+        } = &mut self.mem[node as usize]
+        else {
+            unreachable!()
+        };
+        let mid = children.len() / 2;
+        let right_children = children.split_off(mid);
+        let right_separators = separators.split_off(mid * width);
+        let up = separators.split_off((mid - 1) * width);
+        self.mem.push(MemNode::Branch {
+            separators: right_separators,
+            children: right_children,
+        });
+        Ok(Some((up, NodeRef::Mem(self.mem.len() as u32 - 1))))
+    }
+
+    /// Removes below `node`; returns whether `node` is now empty.
+    fn remove_from(&mut self, node: u32, entry: &[u8]) -> Result<bool, IndexError> {
+        let width = self.width;
+        let (index, child_ref) = match &mut self.mem[node as usize] {
+            MemNode::Leaf { entries } => {
+                let count = entries.len() / width;
+                let pos = partition_point(count, |i| &entries[i * width..(i + 1) * width] < entry);
+                if entries.get(pos * width..(pos + 1) * width) == Some(entry) {
+                    entries.drain(pos * width..(pos + 1) * width);
+                }
+                return Ok(entries.is_empty());
+            }
+            MemNode::Branch {
+                separators,
+                children,
+            } => {
+                let count = separators.len() / width;
+                let index =
+                    partition_point(count, |i| &separators[i * width..(i + 1) * width] <= entry);
+                (index, children[index])
+            }
+        };
+        let child = self.make_mut(child_ref)?;
+        let child_emptied = self.remove_from(child, entry)?;
+        let MemNode::Branch {
+            separators,
+            children,
+        } = &mut self.mem[node as usize]
+        else {
+            unreachable!()
+        };
+        children[index] = NodeRef::Mem(child);
+        if child_emptied {
+            children.remove(index);
+            // Dropping the separator on the emptied child's left (or the first
+            // one) keeps every remaining separator a valid bound.
+            let s = index.saturating_sub(1);
+            if separators.len() >= (s + 1) * width {
+                separators.drain(s * width..(s + 1) * width);
+            }
+        }
+        Ok(children.is_empty())
+    }
+
+    /// Writes every in-memory node and a new meta page recording that the tree
+    /// holds the log through `lsn` (ending at `position`). Does not change the
+    /// in-memory tree: call [`BTree::install`] with the result.
+    pub fn prepare_checkpoint(
+        &self,
+        lsn: Lsn,
+        position: Location,
+    ) -> Result<Option<PreparedCheckpoint>, IndexError> {
+        if self.mem.is_empty() && lsn == self.meta.checkpoint_lsn {
+            return Ok(None);
+        }
+        let mut allocator = Allocator {
+            free: self.free.clone(),
+            next: self.meta.page_count,
+        };
+        let mut writes: Vec<(PageId, Vec<u8>)> = Vec::with_capacity(self.mem.len());
+        let root = match self.root {
+            None => None,
+            Some(root) => Some(self.write_node(root, &mut allocator, &mut writes)?),
+        };
+        // The new meta's free list: pages left unallocated, pages the durable
+        // tree uses but the new one does not, and the old free list's own pages.
+        let mut listed: Vec<PageId> = allocator.free.clone();
+        listed.extend_from_slice(&self.pending_free);
+        listed.extend_from_slice(&self.free_list_pages);
+        listed.sort_unstable();
+        listed.dedup();
+        let list_pages_needed = listed.len().div_ceil(FREE_IDS_PER_PAGE);
+        let mut free_list_pages = Vec::with_capacity(list_pages_needed);
+        for _ in 0..list_pages_needed {
+            // Take list pages from the usable free pages first, then the file's end.
+            let page = match allocator.free.pop() {
+                Some(p) => {
+                    listed.retain(|&q| q != p);
+                    p
+                }
+                None => allocator.take(),
+            };
+            free_list_pages.push(page);
+        }
+        let chunks: Vec<&[PageId]> = listed.chunks(FREE_IDS_PER_PAGE).collect();
+        for (i, &page) in free_list_pages.iter().enumerate() {
+            let next = free_list_pages.get(i + 1).copied();
+            writes.push((
+                page,
+                encode_free_list_page(page, next, chunks.get(i).copied().unwrap_or(&[])),
+            ));
+        }
+        writes.sort_by_key(|(id, _)| *id);
+        for (id, page) in &writes {
+            self.file
+                .write_all_at(page, id.0 * PAGE_SIZE as u64)
+                .map_err(io_error(&self.path, "write"))?;
+        }
+        // The pages must be durable before a meta page points at them.
+        self.file
+            .sync_data()
+            .map_err(io_error(&self.path, "sync"))?;
+        let meta = Meta {
+            index_kind: self.meta.index_kind,
+            entry_width: self.meta.entry_width,
+            generation: self.meta.generation + 1,
+            root,
+            entry_count: self.entry_count,
+            page_count: allocator.next,
+            checkpoint_lsn: lsn,
+            checkpoint_position: position,
+            free_list_head: free_list_pages.first().copied(),
+            free_page_count: listed.len() as u64,
+        };
+        let slot = 1 - self.meta_slot;
+        self.file
+            .write_all_at(
+                &encode_meta(&meta, META_SLOTS[slot]),
+                META_SLOTS[slot].0 * PAGE_SIZE as u64,
+            )
+            .map_err(io_error(&self.path, "write meta"))?;
+        self.file
+            .sync_data()
+            .map_err(io_error(&self.path, "sync"))?;
+        Ok(Some(PreparedCheckpoint {
+            meta,
+            slot,
+            free: listed,
+            free_list_pages,
+        }))
+    }
+
+    /// Switches the in-memory tree to the checkpoint just written.
+    pub fn install(&mut self, prepared: PreparedCheckpoint) -> Result<(), IndexError> {
+        self.meta = prepared.meta;
+        self.meta_slot = prepared.slot;
+        self.root = prepared.meta.root.map(NodeRef::Page);
+        self.mem.clear();
+        self.free = prepared.free;
+        self.pending_free.clear();
+        self.free_list_pages = prepared.free_list_pages;
+        let mapped = self.map.as_ref().map_or(0, |m| m.len() as u64);
+        if prepared.meta.page_count * PAGE_SIZE as u64 > mapped {
+            self.remap()?;
+        }
+        Ok(())
+    }
+
+    /// Assigns pages to in-memory nodes below `node`, children first, and
+    /// queues their encoded pages.
+    fn write_node(
+        &self,
+        node: NodeRef,
+        allocator: &mut Allocator,
+        writes: &mut Vec<(PageId, Vec<u8>)>,
+    ) -> Result<PageId, IndexError> {
+        let index = match node {
+            NodeRef::Page(id) => return Ok(id),
+            NodeRef::Mem(i) => i as usize,
+        };
+        let encoded = match &self.mem[index] {
+            MemNode::Leaf { .. } => None,
+            MemNode::Branch {
+                separators,
+                children,
+            } => {
+                let mut written = Vec::with_capacity(children.len());
+                for &child in children {
+                    written.push(NodeRef::Page(self.write_node(child, allocator, writes)?));
+                }
+                Some(MemNode::Branch {
+                    separators: separators.clone(),
+                    children: written,
+                })
+            }
+        };
+        let id = allocator.take();
+        let page = encode_node(encoded.as_ref().unwrap_or(&self.mem[index]), self.width, id);
+        writes.push((id, page));
+        Ok(id)
+    }
+}
+
+#[derive(Debug)]
+struct Allocator {
+    free: Vec<PageId>,
+    next: u64,
+}
+
+impl Allocator {
+    fn take(&mut self) -> PageId {
+        self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            PageId(self.next - 1)
+        })
+    }
+}
+
+fn partition_point(len: usize, mut pred: impl FnMut(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) { lo = mid + 1 } else { hi = mid }
+    }
+    lo
+}
+
+/// Walks entries in order from a seek position.
+#[derive(Debug)]
+pub(crate) struct Cursor<'t> {
+    tree: &'t BTree,
+    /// Nodes from the root down, each with the position being visited.
+    stack: Vec<(Node<'t>, usize)>,
+    entry: Vec<u8>,
+}
+
+impl Cursor<'_> {
+    /// The next entry, or `None` at the end of the tree.
+    pub fn next(&mut self) -> Result<Option<&[u8]>, IndexError> {
+        loop {
+            let Some((node, position)) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            if node.is_leaf() && *position < node.len() {
+                node.entry_into(*position, &mut self.entry);
+                *position += 1;
+                return Ok(Some(&self.entry));
+            }
+            // This node is done: climb to the first ancestor with a next child.
+            self.stack.pop();
+            let Some((parent, position)) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            *position += 1;
+            if *position < parent.len() {
+                let mut at = parent.child(*position);
+                loop {
+                    let node = self.tree.node(at)?;
+                    self.stack.push((node, 0));
+                    if node.is_leaf() {
+                        break;
+                    }
+                    at = node.child(0);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn entry(n: u64) -> [u8; 16] {
+        let mut e = [0u8; 16];
+        e[..8].copy_from_slice(&(n % 97).to_be_bytes());
+        e[8..].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+        e
+    }
+
+    fn collect(tree: &BTree) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut cursor = tree.seek(&[0u8; 16]).unwrap();
+        while let Some(e) = cursor.next().unwrap() {
+            out.push(e.to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn matches_a_btreeset_through_inserts_removes_and_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        let mut tree = BTree::open(&path, 9, 16).unwrap();
+        let mut model = BTreeSet::new();
+        let mut lsn = 0;
+        for round in 0..6u64 {
+            for n in 0..3000u64 {
+                let x = (n * 7919 + round * 31) % 5000;
+                let e = entry(x);
+                if (n + round) % 3 == 0 {
+                    assert_eq!(tree.remove(&e).unwrap(), model.remove(e.as_slice()));
+                } else {
+                    assert_eq!(tree.insert(&e).unwrap(), model.insert(e.to_vec()));
+                }
+            }
+            assert_eq!(collect(&tree), model.iter().cloned().collect::<Vec<_>>());
+            lsn += 1;
+            let position = Location {
+                segment: SegmentId(1),
+                offset: lsn as u32,
+            };
+            let prepared = tree
+                .prepare_checkpoint(Lsn(lsn), position)
+                .unwrap()
+                .unwrap();
+            tree.install(prepared).unwrap();
+            assert_eq!(collect(&tree), model.iter().cloned().collect::<Vec<_>>());
+            drop(tree);
+            tree = BTree::open(&path, 9, 16).unwrap();
+            assert_eq!(tree.meta().checkpoint_lsn, Lsn(lsn));
+            assert_eq!(tree.entry_count(), model.len() as u64);
+            assert_eq!(collect(&tree), model.iter().cloned().collect::<Vec<_>>());
+        }
+        // Seeks land on the first entry >= the key.
+        for probe in [0u64, 17, 250, 4999] {
+            let key = entry(probe);
+            let mut cursor = tree.seek(&key).unwrap();
+            let expected = model.range(key.to_vec()..).next().cloned();
+            assert_eq!(cursor.next().unwrap().map(|e| e.to_vec()), expected);
+        }
+        // Every page is either reachable or on the free list: the file does not leak.
+        let pages = tree.meta().page_count;
+        let mut reachable =
+            2 + tree.free_pages().len() as u64 + tree.free_list_pages().len() as u64;
+        let mut stack: Vec<NodeRef> = tree.root().into_iter().collect();
+        while let Some(node) = stack.pop() {
+            reachable += 1;
+            let node = tree.node(node).unwrap();
+            if !node.is_leaf() {
+                stack.extend((0..node.len()).map(|i| node.child(i)));
+            }
+        }
+        assert_eq!(reachable, pages);
+    }
+
+    #[test]
+    fn unsynced_changes_vanish_and_the_older_meta_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        let mut tree = BTree::open(&path, 9, 16).unwrap();
+        for n in 0..500 {
+            tree.insert(&entry(n)).unwrap();
+        }
+        let p = tree
+            .prepare_checkpoint(
+                Lsn(1),
+                Location {
+                    segment: SegmentId(1),
+                    offset: 1,
+                },
+            )
+            .unwrap()
+            .unwrap();
+        tree.install(p).unwrap();
+        for n in 500..1000 {
+            tree.insert(&entry(n)).unwrap();
+        }
+        drop(tree); // no checkpoint: like a crash
+        let tree = BTree::open(&path, 9, 16).unwrap();
+        assert_eq!(tree.entry_count(), 500);
+        assert_eq!(collect(&tree).len(), 500);
+    }
+
+    #[test]
+    fn a_torn_meta_write_falls_back_to_the_other_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        let mut tree = BTree::open(&path, 9, 16).unwrap();
+        for round in 1..=3u64 {
+            for n in 0..200 {
+                tree.insert(&entry(round * 1000 + n)).unwrap();
+            }
+            let p = tree
+                .prepare_checkpoint(
+                    Lsn(round),
+                    Location {
+                        segment: SegmentId(1),
+                        offset: round as u32,
+                    },
+                )
+                .unwrap()
+                .unwrap();
+            tree.install(p).unwrap();
+        }
+        let newest_slot = tree.meta_slot;
+        drop(tree);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xAB; 100], (newest_slot * PAGE_SIZE) as u64 + 200)
+            .unwrap();
+        drop(file);
+        let tree = BTree::open(&path, 9, 16).unwrap();
+        assert_eq!(tree.meta().checkpoint_lsn, Lsn(2));
+        assert_eq!(collect(&tree).len(), 400);
+    }
+
+    #[test]
+    fn a_file_of_another_kind_or_garbage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        drop(BTree::open(&path, 9, 16).unwrap());
+        assert!(BTree::open(&path, 8, 16).is_err());
+        std::fs::write(&path, vec![0x5Au8; 3 * PAGE_SIZE]).unwrap();
+        let error = BTree::open(&path, 9, 16).unwrap_err();
+        assert!(error.to_string().contains("no valid meta page"), "{error}");
+    }
+}

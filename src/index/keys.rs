@@ -1,0 +1,316 @@
+//! Key encodings: which entries an event puts in each index, and the key
+//! bounds queries scan. Every entry is fixed-width and memcmp-sortable
+//! (big-endian fields); time-ordered indexes store `u64::MAX - created_at`
+//! so a forward scan yields newest first, then the id's first 8 bytes so ties
+//! come out by lowest id, then the record location, which makes entries unique.
+//!
+//! ```text
+//! primary           id[32] location[8]                                     40
+//! author_time       pubkey[32] rtime[8] id8[8] location[8]                 56
+//! author_kind_time  pubkey[32] kind[2] rtime[8] id8[8] location[8]         58
+//! kind_time         kind[2] rtime[8] id8[8] location[8]                    26
+//! tag_time          letter[1] slot[33] rtime[8] id8[8] location[8]         58
+//! time              rtime[8] id8[8] location[8]                            24
+//! address           kind[2] pubkey[32] slot[33] location[8]                75
+//! ```
+//! A tag slot holds a tag value: byte 0 = n <= 32 then the n UTF-8 bytes
+//! zero-padded to 32; byte 0 = 0x40 then the 32 bytes a 64-char lowercase hex
+//! value stands for; byte 0 = 0x80 then sha256 of a longer value. Hashed
+//! slots are confirmed on the record.
+
+use sha2::{Digest, Sha256};
+
+use crate::event::{EventId, EventRef, KindClass, Pubkey, TagField};
+use crate::ids::Location;
+
+/// The indexes of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IndexKind {
+    Primary,
+    AuthorTime,
+    AuthorKindTime,
+    KindTime,
+    TagTime,
+    Time,
+    Address,
+}
+
+pub(crate) const ID_PREFIX_LEN: usize = 8;
+pub(crate) const TAG_SLOT_LEN: usize = 33;
+const TIME_LEN: usize = 8;
+const LOCATION_LEN: usize = Location::ENCODED_LEN;
+/// What follows the time prefix in a time-ordered entry.
+const TIME_SUFFIX_LEN: usize = TIME_LEN + ID_PREFIX_LEN + LOCATION_LEN;
+
+impl IndexKind {
+    pub const ALL: [IndexKind; 7] = [
+        IndexKind::Primary,
+        IndexKind::AuthorTime,
+        IndexKind::AuthorKindTime,
+        IndexKind::KindTime,
+        IndexKind::TagTime,
+        IndexKind::Time,
+        IndexKind::Address,
+    ];
+
+    /// The number stored in the index file's meta page.
+    pub fn id(self) -> u8 {
+        self as u8 + 1
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexKind::Primary => "primary",
+            IndexKind::AuthorTime => "author_time",
+            IndexKind::AuthorKindTime => "author_kind_time",
+            IndexKind::KindTime => "kind_time",
+            IndexKind::TagTime => "tag_time",
+            IndexKind::Time => "time",
+            IndexKind::Address => "address",
+        }
+    }
+
+    pub fn file_name(self) -> String {
+        format!("{}.idx", self.name())
+    }
+
+    /// Bytes before the reversed created_at, for the time-ordered indexes.
+    pub fn time_prefix_len(self) -> Option<usize> {
+        match self {
+            IndexKind::AuthorTime => Some(32),
+            IndexKind::AuthorKindTime => Some(34),
+            IndexKind::KindTime => Some(2),
+            IndexKind::TagTime => Some(1 + TAG_SLOT_LEN),
+            IndexKind::Time => Some(0),
+            IndexKind::Primary | IndexKind::Address => None,
+        }
+    }
+
+    pub fn width(self) -> usize {
+        match self {
+            IndexKind::Primary => 32 + LOCATION_LEN,
+            IndexKind::Address => 2 + 32 + TAG_SLOT_LEN + LOCATION_LEN,
+            time_ordered => time_ordered.time_prefix_len().unwrap_or(0) + TIME_SUFFIX_LEN,
+        }
+    }
+}
+
+/// A tag value as it sits in a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TagSlot(pub [u8; TAG_SLOT_LEN]);
+
+const SLOT_HEX: u8 = 0x40;
+const SLOT_HASH: u8 = 0x80;
+
+impl TagSlot {
+    pub fn from_str(value: &str) -> TagSlot {
+        let mut slot = [0u8; TAG_SLOT_LEN];
+        let bytes = value.as_bytes();
+        if bytes.len() == 64 && bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            slot[0] = SLOT_HEX;
+            for (i, pair) in bytes.chunks_exact(2).enumerate() {
+                slot[1 + i] = (hex_nibble(pair[0]) << 4) | hex_nibble(pair[1]);
+            }
+        } else if bytes.len() < TAG_SLOT_LEN {
+            slot[0] = bytes.len() as u8;
+            slot[1..=bytes.len()].copy_from_slice(bytes);
+        } else {
+            slot[0] = SLOT_HASH;
+            slot[1..].copy_from_slice(&Sha256::digest(bytes));
+        }
+        TagSlot(slot)
+    }
+
+    pub fn from_field(field: TagField<'_>) -> TagSlot {
+        match field {
+            TagField::Text(text) => TagSlot::from_str(text),
+            TagField::Hex(raw) if raw.len() == 32 => {
+                let mut slot = [0u8; TAG_SLOT_LEN];
+                slot[0] = SLOT_HEX;
+                slot[1..].copy_from_slice(raw);
+                TagSlot(slot)
+            }
+            hex => TagSlot::from_str(&hex.to_string()),
+        }
+    }
+}
+
+fn hex_nibble(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        _ => c - b'a' + 10,
+    }
+}
+
+pub(crate) fn reversed_time(created_at: u64) -> [u8; 8] {
+    (u64::MAX - created_at).to_be_bytes()
+}
+
+/// The location every entry ends with.
+pub(crate) fn location_at_end(entry: &[u8]) -> Location {
+    let mut bytes = [0u8; LOCATION_LEN];
+    bytes.copy_from_slice(&entry[entry.len() - LOCATION_LEN..]);
+    Location::from_bytes(bytes)
+}
+
+/// Lower and upper scan bounds (inclusive) of a time-ordered index for the
+/// entries under `prefix` with `since <= created_at <= until`.
+pub(crate) fn time_range(prefix: &[u8], since: u64, until: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut lower = Vec::with_capacity(prefix.len() + TIME_SUFFIX_LEN);
+    lower.extend_from_slice(prefix);
+    lower.extend_from_slice(&reversed_time(until));
+    lower.resize(prefix.len() + TIME_SUFFIX_LEN, 0);
+    let mut upper = Vec::with_capacity(prefix.len() + TIME_SUFFIX_LEN);
+    upper.extend_from_slice(prefix);
+    upper.extend_from_slice(&reversed_time(since));
+    upper.resize(prefix.len() + TIME_SUFFIX_LEN, 0xFF);
+    (lower, upper)
+}
+
+pub(crate) fn author_kind_prefix(pubkey: &Pubkey, kind: u16) -> [u8; 34] {
+    let mut prefix = [0u8; 34];
+    prefix[..32].copy_from_slice(&pubkey.0);
+    prefix[32..].copy_from_slice(&kind.to_be_bytes());
+    prefix
+}
+
+pub(crate) fn tag_prefix(letter: u8, slot: &TagSlot) -> [u8; 1 + TAG_SLOT_LEN] {
+    let mut prefix = [0u8; 1 + TAG_SLOT_LEN];
+    prefix[0] = letter;
+    prefix[1..].copy_from_slice(&slot.0);
+    prefix
+}
+
+/// Every address entry of one (kind, pubkey, d) starts with this.
+pub(crate) fn address_prefix(
+    kind: u16,
+    pubkey: &Pubkey,
+    d: &TagSlot,
+) -> [u8; 2 + 32 + TAG_SLOT_LEN] {
+    let mut prefix = [0u8; 2 + 32 + TAG_SLOT_LEN];
+    prefix[..2].copy_from_slice(&kind.to_be_bytes());
+    prefix[2..34].copy_from_slice(&pubkey.0);
+    prefix[34..].copy_from_slice(&d.0);
+    prefix
+}
+
+/// The first possible primary entry of `id`.
+pub(crate) fn primary_lower(id: &EventId) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..32].copy_from_slice(&id.0);
+    key
+}
+
+/// Calls `f` with every entry `event` (stored at `location`) has, index by index.
+pub(crate) fn for_each_entry(
+    event: &EventRef<'_>,
+    location: Location,
+    mut f: impl FnMut(IndexKind, &[u8]),
+) {
+    let id = event.id();
+    let pubkey = event.pubkey();
+    let kind = event.kind();
+    let mut tail = [0u8; TIME_SUFFIX_LEN];
+    tail[..TIME_LEN].copy_from_slice(&reversed_time(event.created_at()));
+    tail[TIME_LEN..TIME_LEN + ID_PREFIX_LEN].copy_from_slice(&id.0[..ID_PREFIX_LEN]);
+    tail[TIME_LEN + ID_PREFIX_LEN..].copy_from_slice(&location.to_bytes());
+    let mut entry = Vec::with_capacity(IndexKind::Address.width());
+
+    entry.extend_from_slice(&id.0);
+    entry.extend_from_slice(&location.to_bytes());
+    f(IndexKind::Primary, &entry);
+
+    let mut time_ordered = |index: IndexKind, prefix: &[u8], entry: &mut Vec<u8>| {
+        entry.clear();
+        entry.extend_from_slice(prefix);
+        entry.extend_from_slice(&tail);
+        f(index, entry);
+    };
+    time_ordered(IndexKind::AuthorTime, &pubkey.0, &mut entry);
+    time_ordered(
+        IndexKind::AuthorKindTime,
+        &author_kind_prefix(&pubkey, kind),
+        &mut entry,
+    );
+    time_ordered(IndexKind::KindTime, &kind.to_be_bytes(), &mut entry);
+    time_ordered(IndexKind::Time, &[], &mut entry);
+    // One entry per distinct (letter, first value): an event naming the same
+    // pubkey twice is found once.
+    let mut seen: Vec<[u8; 1 + TAG_SLOT_LEN]> = Vec::new();
+    for tag in event.tags() {
+        let (Some(name), Some(value)) = (tag.name(), tag.value()) else {
+            continue;
+        };
+        let Some(letter) = name.is_single_letter() else {
+            continue;
+        };
+        let prefix = tag_prefix(letter, &TagSlot::from_field(value));
+        if !seen.contains(&prefix) {
+            seen.push(prefix);
+            time_ordered(IndexKind::TagTime, &prefix, &mut entry);
+        }
+    }
+    if matches!(
+        KindClass::of(kind),
+        KindClass::Replaceable | KindClass::Addressable
+    ) {
+        let d = match KindClass::of(kind) {
+            KindClass::Addressable => event
+                .d_tag()
+                .map_or_else(|| TagSlot::from_str(""), TagSlot::from_field),
+            _ => TagSlot::from_str(""),
+        };
+        entry.clear();
+        entry.extend_from_slice(&address_prefix(kind, &pubkey, &d));
+        entry.extend_from_slice(&location.to_bytes());
+        f(IndexKind::Address, &entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widths_match_the_documented_layout() {
+        let widths: Vec<usize> = IndexKind::ALL.iter().map(|k| k.width()).collect();
+        assert_eq!(widths, vec![40, 56, 58, 26, 58, 24, 75]);
+    }
+
+    #[test]
+    fn slots_keep_distinct_values_apart() {
+        let hex = "ab".repeat(32);
+        let slots = [
+            TagSlot::from_str(""),
+            TagSlot::from_str("bitcoin"),
+            TagSlot::from_str(&hex),
+            TagSlot::from_str(&"AB".repeat(32)),
+            TagSlot::from_str(&"x".repeat(32)),
+            TagSlot::from_str(&"x".repeat(33)),
+        ];
+        for (i, a) in slots.iter().enumerate() {
+            for b in &slots[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        let raw = [0xABu8; 32];
+        assert_eq!(
+            TagSlot::from_field(TagField::Hex(&raw)),
+            TagSlot::from_str(&hex)
+        );
+        assert_eq!(
+            TagSlot::from_field(TagField::Hex(&[0x0a, 0x1b])),
+            TagSlot::from_str("0a1b")
+        );
+    }
+
+    #[test]
+    fn newer_events_sort_first_and_bounds_enclose_the_range() {
+        assert!(reversed_time(200) < reversed_time(100));
+        let (lower, upper) = time_range(&[7, 7], 100, 200);
+        let mut inside = vec![7, 7];
+        inside.extend_from_slice(&reversed_time(150));
+        inside.extend_from_slice(&[0x55; 16]);
+        assert!(lower <= inside && inside <= upper);
+    }
+}

@@ -1,0 +1,152 @@
+//! The indexes of one shard, kept in step: every log record is applied to all
+//! of them, and they checkpoint together.
+
+use std::path::{Path, PathBuf};
+
+use super::btree::{BTree, PreparedCheckpoint};
+use super::error::{IndexError, io_error};
+use super::keys::{IndexKind, for_each_entry};
+use crate::event::EventRef;
+use crate::ids::{Location, Lsn};
+
+/// Whether a record adds an event's entries or takes them away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Apply {
+    Insert,
+    Remove,
+}
+
+#[derive(Debug)]
+pub(crate) struct IndexSet {
+    dir: PathBuf,
+    trees: Vec<BTree>,
+    /// Records up to this LSN are already in the tree (its checkpoint when
+    /// opened); replay skips them per tree, so a tree rebuilt from scratch
+    /// catches up while the others do not apply anything twice.
+    floors: Vec<Lsn>,
+}
+
+impl IndexSet {
+    /// Opens (or creates) every index file in `dir`. A file that fails its
+    /// checks is set aside (renamed `*.idx.corrupt`) and started afresh, to be
+    /// rebuilt by replaying the whole log; `rebuilt` names each one and why.
+    pub fn open(dir: &Path, rebuilt: &mut Vec<String>) -> Result<IndexSet, IndexError> {
+        std::fs::create_dir_all(dir).map_err(io_error(dir, "create directory"))?;
+        let mut trees = Vec::with_capacity(IndexKind::ALL.len());
+        for kind in IndexKind::ALL {
+            let path = dir.join(kind.file_name());
+            let tree = match BTree::open(&path, kind.id(), kind.width()) {
+                Ok(tree) => tree,
+                Err(IndexError::Corrupt { reason, .. }) => {
+                    rebuilt.push(format!("{}: {reason}", kind.name()));
+                    set_aside(&path)?;
+                    BTree::open(&path, kind.id(), kind.width())?
+                }
+                Err(other) => return Err(other),
+            };
+            trees.push(tree);
+        }
+        let floors = trees.iter().map(|t| t.meta().checkpoint_lsn).collect();
+        Ok(IndexSet {
+            dir: dir.to_path_buf(),
+            trees,
+            floors,
+        })
+    }
+
+    /// Sets aside and restarts the index `kind` (it will be rebuilt by replay).
+    pub fn reset(&mut self, kind: IndexKind) -> Result<(), IndexError> {
+        let path = self.dir.join(kind.file_name());
+        set_aside(&path)?;
+        self.trees[kind as usize] = BTree::open(&path, kind.id(), kind.width())?;
+        self.floors[kind as usize] = Lsn::ZERO;
+        Ok(())
+    }
+
+    pub fn tree(&self, kind: IndexKind) -> &BTree {
+        &self.trees[kind as usize]
+    }
+
+    /// Where replay must start: the oldest checkpoint among the indexes
+    /// (`None`: some index has never been checkpointed, replay the whole log).
+    pub fn replay_from(&self) -> Option<(Lsn, Location)> {
+        let oldest = self.trees.iter().min_by_key(|t| t.meta().checkpoint_lsn)?;
+        let meta = oldest.meta();
+        (meta.checkpoint_lsn != Lsn::ZERO)
+            .then_some((meta.checkpoint_lsn, meta.checkpoint_position))
+    }
+
+    /// The newest checkpoint among the indexes (where the log end search may start).
+    pub fn newest_checkpoint(&self) -> Option<Location> {
+        let newest = self.trees.iter().max_by_key(|t| t.meta().checkpoint_lsn)?;
+        let meta = newest.meta();
+        (meta.checkpoint_lsn != Lsn::ZERO).then_some(meta.checkpoint_position)
+    }
+
+    /// Adds or removes every entry of `event`, stored at `location`, in each
+    /// index that does not already reflect the record at `lsn`.
+    pub fn apply(
+        &mut self,
+        op: Apply,
+        event: &EventRef<'_>,
+        location: Location,
+        lsn: Lsn,
+    ) -> Result<(), IndexError> {
+        let mut result = Ok(());
+        let trees = &mut self.trees;
+        let floors = &self.floors;
+        for_each_entry(event, location, |kind, entry| {
+            let i = kind as usize;
+            if result.is_err() || lsn <= floors[i] {
+                return;
+            }
+            let outcome = match op {
+                Apply::Insert => trees[i].insert(entry),
+                Apply::Remove => trees[i].remove(entry),
+            };
+            if let Err(e) = outcome {
+                result = Err(e);
+            }
+        });
+        result
+    }
+
+    /// Each index with the LSN its durable checkpoint covers.
+    pub fn checkpoints(&self) -> impl Iterator<Item = (IndexKind, Lsn)> + '_ {
+        IndexKind::ALL
+            .into_iter()
+            .zip(self.trees.iter().map(|t| t.meta().checkpoint_lsn))
+    }
+
+    /// In-memory nodes over all indexes: what the next checkpoint will write.
+    pub fn dirty_nodes(&self) -> usize {
+        self.trees.iter().map(BTree::dirty_nodes).sum()
+    }
+
+    /// Writes every index's checkpoint through `lsn` (see `BTree::prepare_checkpoint`).
+    pub fn prepare_checkpoint(
+        &self,
+        lsn: Lsn,
+        position: Location,
+    ) -> Result<Vec<Option<PreparedCheckpoint>>, IndexError> {
+        self.trees
+            .iter()
+            .map(|t| t.prepare_checkpoint(lsn, position))
+            .collect()
+    }
+
+    pub fn install(&mut self, prepared: Vec<Option<PreparedCheckpoint>>) -> Result<(), IndexError> {
+        for (tree, prepared) in self.trees.iter_mut().zip(prepared) {
+            if let Some(prepared) = prepared {
+                tree.install(prepared)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set_aside(path: &Path) -> Result<(), IndexError> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".corrupt");
+    std::fs::rename(path, &aside).map_err(io_error(path, "rename"))
+}

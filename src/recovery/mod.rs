@@ -1,0 +1,142 @@
+//! Opening a shard: the log's end is found (a torn tail is cut), each index
+//! opens at its newest valid checkpoint (a broken one starts afresh), and the
+//! log is replayed from the oldest checkpoint so every index catches up.
+
+use std::path::Path;
+
+use crate::error::Error;
+use crate::event::EventRef;
+use crate::ids::ShardId;
+use crate::index::{Apply, IndexSet};
+use crate::query::read_event;
+use crate::wal::{FrameError, Log, LogWriter, RecordType, RemovePayload, SEGMENT_HEADER_LEN};
+
+/// What opening the store found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The store was not closed cleanly last time.
+    pub unclean_shutdown: bool,
+    /// Log records applied to the indexes on open.
+    pub replayed_records: u64,
+    /// Torn or incomplete log tails that were cut, with file and offset.
+    pub tail_repairs: Vec<String>,
+    /// Index files that were started afresh and rebuilt from the log, and why.
+    pub rebuilt_indexes: Vec<String>,
+}
+
+/// Recovers one shard's log and indexes from `dir`.
+pub(crate) fn open_shard(
+    dir: &Path,
+    shard: ShardId,
+    segment_size: u64,
+    report: &mut RecoveryReport,
+) -> Result<(LogWriter, IndexSet), Error> {
+    let mut indexes = IndexSet::open(&dir.join("index"), &mut report.rebuilt_indexes)?;
+    let (_, writer, repair) = Log::open(
+        &dir.join("log"),
+        shard,
+        segment_size,
+        indexes.newest_checkpoint(),
+    )?;
+    if let Some(repair) = repair {
+        report.tail_repairs.push(format!(
+            "{} at offset {}: {}",
+            repair.path.display(),
+            repair.offset,
+            repair.reason
+        ));
+    }
+    // An index that claims records the log no longer has cannot be trusted.
+    let last_lsn = writer.last_lsn();
+    let ahead: Vec<_> = indexes
+        .checkpoints()
+        .filter(|(_, lsn)| *lsn > last_lsn)
+        .collect();
+    for (kind, lsn) in ahead {
+        report.rebuilt_indexes.push(format!(
+            "{}: checkpoint at LSN {lsn} is past the log's end ({last_lsn})",
+            kind.name()
+        ));
+        indexes.reset(kind)?;
+    }
+    report.replayed_records += replay(&writer, &mut indexes)?;
+    Ok((writer, indexes))
+}
+
+/// Applies every record after the oldest index checkpoint; each index skips
+/// what its own checkpoint already holds.
+fn replay(writer: &LogWriter, indexes: &mut IndexSet) -> Result<u64, Error> {
+    let snapshot = writer.log().snapshot();
+    let Some(first) = snapshot.segments().first() else {
+        return Ok(0);
+    };
+    let (start_segment, start_offset) = match indexes.replay_from() {
+        Some((_, position)) => (position.segment, position.offset),
+        None => (first.id(), SEGMENT_HEADER_LEN as u32),
+    };
+    if snapshot.segment(start_segment).is_none() {
+        return Err(Error::corrupt(format!(
+            "an index checkpoint names log segment {start_segment}, which is missing"
+        )));
+    }
+    let end = writer.end();
+    let last_lsn = writer.last_lsn();
+    let mut replayed = 0;
+    for segment in snapshot
+        .segments()
+        .iter()
+        .filter(|s| s.id() >= start_segment)
+    {
+        let from = if segment.id() == start_segment {
+            start_offset
+        } else {
+            SEGMENT_HEADER_LEN as u32
+        };
+        let mut scan = segment.scan_from(from);
+        for (offset, record) in scan.by_ref() {
+            if record.lsn > last_lsn || (segment.id() == end.segment && offset >= end.offset) {
+                break;
+            }
+            let location = segment.location(offset as usize);
+            match record.record_type {
+                RecordType::Event => {
+                    let event = EventRef::parse(record.payload)
+                        .map_err(|e| Error::corrupt(format!("event record at {location}: {e}")))?;
+                    indexes.apply(Apply::Insert, &event, location, record.lsn)?;
+                }
+                RecordType::Remove => {
+                    let remove = RemovePayload::decode(record.payload).ok_or_else(|| {
+                        Error::corrupt(format!("malformed remove record at {location}"))
+                    })?;
+                    let target = read_event(&snapshot, remove.target)?;
+                    if target.id().0 != remove.target_id {
+                        return Err(Error::corrupt(format!(
+                            "remove record at {location} names event {} but {} holds {}",
+                            hex(&remove.target_id),
+                            remove.target,
+                            target.id()
+                        )));
+                    }
+                    indexes.apply(Apply::Remove, &target, remove.target, record.lsn)?;
+                }
+            }
+            replayed += 1;
+        }
+        // A sealed segment must end cleanly: damage there is not a torn tail.
+        if segment.id() != end.segment
+            && let Some(stop) = scan.stop()
+            && *stop != FrameError::End
+        {
+            return Err(Error::corrupt(format!(
+                "log segment {} is damaged at offset {}: {stop}",
+                segment.path().display(),
+                scan.offset()
+            )));
+        }
+    }
+    Ok(replayed)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,244 @@
+//! Decides what one group of events does to a shard, in order, before any of
+//! it is written: NIP-01 duplicates and replacement, NIP-09 deletion. State
+//! made earlier in the same group is consulted first, so a group behaves
+//! exactly like its events inserted one by one.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::Error;
+use crate::event::{Event, EventId, KindClass, Pubkey};
+use crate::ids::Location;
+use crate::query::read_event;
+use crate::wal::RemoveReason;
+
+use super::lookup::{Address, Committed, DELETION_KIND, Version};
+
+/// What became of one event at the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteOutcome {
+    Stored,
+    Replaced {
+        previous: EventId,
+    },
+    Duplicate,
+    /// A newer version of its address is stored.
+    Superseded,
+    /// Its author deleted it (NIP-09).
+    Deleted,
+}
+
+/// An event leaving the indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Removal {
+    pub target: Location,
+    pub target_id: EventId,
+    pub reason: RemoveReason,
+}
+
+/// A stored event as later events of the same group see it.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    location: Location,
+    pubkey: Pubkey,
+    kind: u16,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct GroupState {
+    stored: HashMap<EventId, Pending>,
+    removed: HashSet<Location>,
+    /// Address → its version after this group so far (`None`: removed).
+    addresses: HashMap<Address, Option<Version>>,
+    /// Ids named by deletions of this group → the authors that named them.
+    deleted_ids: HashMap<EventId, Vec<Pubkey>>,
+    /// Addresses named by deletions of this group → the newest such deletion.
+    deleted_addresses: HashMap<Address, u64>,
+}
+
+impl GroupState {
+    /// Decides the fate of `event`. When it is to be stored, `store` is called
+    /// to append it and returns its location; each removal it causes is
+    /// passed to `remove`.
+    pub fn decide(
+        &mut self,
+        committed: &Committed<'_>,
+        event: &Event,
+        store: &mut dyn FnMut(&Event) -> Result<Location, Error>,
+        remove: &mut dyn FnMut(Removal) -> Result<(), Error>,
+    ) -> Result<WriteOutcome, Error> {
+        if self.stored.contains_key(&event.id) || committed.find(&event.id)?.is_some() {
+            return Ok(WriteOutcome::Duplicate);
+        }
+        if self
+            .deleted_ids
+            .get(&event.id)
+            .is_some_and(|authors| authors.contains(&event.pubkey))
+            || committed.deleted_by_id(&event.id, &event.pubkey)?
+        {
+            return Ok(WriteOutcome::Deleted);
+        }
+        let address = Address::of(event.kind, event.pubkey, || event.d_tag().to_string());
+        let mut outcome = WriteOutcome::Stored;
+        if let Some(address) = &address {
+            if self
+                .deleted_addresses
+                .get(address)
+                .is_some_and(|&upto| upto >= event.created_at)
+                || committed.deleted_by_address(address, event.created_at)?
+            {
+                return Ok(WriteOutcome::Deleted);
+            }
+            if let Some(current) = self.current_version(committed, address)? {
+                if current.beats(event.created_at, &event.id) {
+                    return Ok(WriteOutcome::Superseded);
+                }
+                self.remove(current.location, current.id, RemoveReason::Replaced, remove)?;
+                outcome = WriteOutcome::Replaced {
+                    previous: current.id,
+                };
+            }
+        }
+        let location = store(event)?;
+        self.stored.insert(
+            event.id,
+            Pending {
+                location,
+                pubkey: event.pubkey,
+                kind: event.kind,
+            },
+        );
+        if let Some(address) = address {
+            let version = Version {
+                created_at: event.created_at,
+                id: event.id,
+                location,
+            };
+            self.addresses.insert(address, Some(version));
+        }
+        if event.kind == DELETION_KIND {
+            self.apply_deletion(committed, event, remove)?;
+        }
+        Ok(outcome)
+    }
+
+    fn current_version(
+        &self,
+        committed: &Committed<'_>,
+        address: &Address,
+    ) -> Result<Option<Version>, Error> {
+        match self.addresses.get(address) {
+            Some(version) => Ok(*version),
+            None => committed.current_version(address, |location| self.removed.contains(location)),
+        }
+    }
+
+    fn remove(
+        &mut self,
+        target: Location,
+        target_id: EventId,
+        reason: RemoveReason,
+        remove: &mut dyn FnMut(Removal) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if self.removed.insert(target) {
+            self.stored.remove(&target_id);
+            remove(Removal {
+                target,
+                target_id,
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// NIP-09: removes what a kind 5 names, when its author wrote it. Deletions
+    /// of deletions have no effect.
+    fn apply_deletion(
+        &mut self,
+        committed: &Committed<'_>,
+        deletion: &Event,
+        remove: &mut dyn FnMut(Removal) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        for tag in &deletion.tags {
+            match (tag.first().map(String::as_str), tag.get(1)) {
+                (Some("e"), Some(value)) => {
+                    let Ok(id) = EventId::from_hex(value) else {
+                        continue;
+                    };
+                    self.deleted_ids
+                        .entry(id)
+                        .or_default()
+                        .push(deletion.pubkey);
+                    let target = match self.stored.get(&id) {
+                        Some(pending) => Some((pending.location, pending.pubkey, pending.kind)),
+                        None => match committed.find(&id)? {
+                            Some(location) if !self.removed.contains(&location) => {
+                                let event = read_event(committed.log, location)?;
+                                Some((location, event.pubkey(), event.kind()))
+                            }
+                            _ => None,
+                        },
+                    };
+                    let Some((location, pubkey, kind)) = target else {
+                        continue;
+                    };
+                    if pubkey != deletion.pubkey || kind == DELETION_KIND {
+                        continue;
+                    }
+                    if let Some(address) = self.address_at(committed, location, kind, pubkey)? {
+                        let current = self.current_version(committed, &address)?;
+                        if current.is_some_and(|v| v.location == location) {
+                            self.addresses.insert(address, None);
+                        }
+                    }
+                    self.remove(location, id, RemoveReason::Deleted, remove)?;
+                }
+                (Some("a"), Some(value)) => {
+                    let Some(address) = Address::parse(value) else {
+                        continue;
+                    };
+                    if address.pubkey != deletion.pubkey {
+                        continue;
+                    }
+                    let upto = self.deleted_addresses.entry(address.clone()).or_insert(0);
+                    *upto = (*upto).max(deletion.created_at);
+                    if let Some(current) = self.current_version(committed, &address)?
+                        && current.created_at <= deletion.created_at
+                    {
+                        self.addresses.insert(address, None);
+                        self.remove(current.location, current.id, RemoveReason::Deleted, remove)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The address of the event at `location`, if its kind has one.
+    fn address_at(
+        &self,
+        committed: &Committed<'_>,
+        location: Location,
+        kind: u16,
+        pubkey: Pubkey,
+    ) -> Result<Option<Address>, Error> {
+        match KindClass::of(kind) {
+            KindClass::Replaceable => Ok(Address::of(kind, pubkey, String::new)),
+            KindClass::Addressable => {
+                // The event may be in this group (not yet readable): its d tag
+                // is only needed to find its address entry, which the group
+                // state holds by location.
+                if let Some((address, _)) = self
+                    .addresses
+                    .iter()
+                    .find(|(_, v)| v.is_some_and(|v| v.location == location))
+                {
+                    return Ok(Some(address.clone()));
+                }
+                let event = read_event(committed.log, location)?;
+                Ok(Address::of_event_ref(&event))
+            }
+            KindClass::Regular | KindClass::Ephemeral => Ok(None),
+        }
+    }
+}

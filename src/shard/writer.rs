@@ -1,0 +1,345 @@
+//! The writer thread of a shard. It drains every queued request into one
+//! group (group commit), decides each event, appends the group's records with
+//! one write and at most one fsync, then applies them to the indexes under
+//! the write lock, so readers see all of a group or none of it.
+//!
+//! Ordering: a group reaches the log (and, with `Durability::Always`, the
+//! disk) before the indexes change and before any caller hears back. A
+//! checkpoint syncs the log before any index meta page names an LSN, so an
+//! index is never ahead of the durable log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::RwLock;
+
+use crate::error::Error;
+use crate::event::{Event, EventRef};
+use crate::ids::{Location, Lsn};
+use crate::index::{Apply, IndexSet};
+use crate::query::read_event;
+use crate::wal::{Batch, BatchFull, LogWriter, RecordType, RemovePayload, WalError};
+
+use super::Durability;
+use super::batch::{GroupState, Removal, WriteOutcome};
+use super::lookup::Committed;
+
+pub(crate) type WriteReply = Sender<Result<Vec<WriteOutcome>, Error>>;
+
+pub(crate) enum Command {
+    Write {
+        events: Vec<Event>,
+        reply: WriteReply,
+    },
+    Checkpoint {
+        reply: Sender<Result<(), Error>>,
+    },
+    Close {
+        reply: Sender<Result<(), Error>>,
+    },
+}
+
+/// Settings the writer runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterConfig {
+    pub durability: Durability,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_dirty_nodes: usize,
+    pub max_group_events: usize,
+}
+
+pub(crate) struct Writer {
+    pub log: LogWriter,
+    pub indexes: Arc<RwLock<IndexSet>>,
+    pub config: WriterConfig,
+    pub commands: Receiver<Command>,
+    pub poisoned: Option<String>,
+    pub last_checkpoint: Instant,
+    pub unsynced_since: Option<Instant>,
+}
+
+enum Op {
+    Insert {
+        lsn: Lsn,
+        location: Location,
+        payload: Vec<u8>,
+    },
+    Remove {
+        lsn: Lsn,
+        target: Location,
+    },
+}
+
+impl Writer {
+    pub fn run(mut self) {
+        let mut deferred = None;
+        loop {
+            let command = match deferred.take() {
+                Some(command) => command,
+                None => match self.commands.recv_timeout(self.until_housekeeping()) {
+                    Ok(command) => command,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.housekeeping();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        let _ = self.close();
+                        return;
+                    }
+                },
+            };
+            match command {
+                Command::Write { events, reply } => {
+                    let mut count = events.len();
+                    let mut group = vec![(events, reply)];
+                    while count < self.config.max_group_events {
+                        match self.commands.try_recv() {
+                            Ok(Command::Write { events, reply }) => {
+                                count += events.len();
+                                group.push((events, reply));
+                            }
+                            Ok(other) => {
+                                deferred = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.write_group(group);
+                    self.housekeeping();
+                }
+                Command::Checkpoint { reply } => {
+                    let _ = reply.send(self.checkpoint());
+                }
+                Command::Close { reply } => {
+                    let _ = reply.send(self.close());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn write_group(&mut self, group: Vec<(Vec<Event>, WriteReply)>) {
+        if let Some(why) = &self.poisoned {
+            for (_, reply) in group {
+                let _ = reply.send(Err(Error::Poisoned(why.clone())));
+            }
+            return;
+        }
+        let requests: Vec<&[Event]> = group.iter().map(|(events, _)| events.as_slice()).collect();
+        match self.apply_group(&requests) {
+            Ok(outcomes) => {
+                for ((_, reply), outcomes) in group.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcomes));
+                }
+            }
+            Err((error, wrote)) => {
+                // Once anything of the group reached the log, memory and disk
+                // may disagree: refuse further writes until a reopen replays.
+                let message = error.to_string();
+                if wrote || self.log.is_poisoned() {
+                    self.poisoned = Some(message.clone());
+                }
+                let mut first = Some(error);
+                for (_, reply) in group {
+                    let error = match first.take() {
+                        Some(e) => e,
+                        None if self.poisoned.is_some() => Error::Poisoned(message.clone()),
+                        None => Error::Corrupt(message.clone()),
+                    };
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+    }
+
+    /// Returns each request's outcomes; on error, also whether any record was written.
+    fn apply_group(
+        &mut self,
+        requests: &[&[Event]],
+    ) -> Result<Vec<Vec<WriteOutcome>>, (Error, bool)> {
+        let mut ops = Vec::new();
+        let mut wrote = false;
+        let mut outcomes = Vec::with_capacity(requests.len());
+        {
+            let indexes = Arc::clone(&self.indexes);
+            let indexes = indexes.read();
+            let snapshot = self.log.log().snapshot();
+            let committed = Committed {
+                indexes: &indexes,
+                log: &snapshot,
+            };
+            let mut state = GroupState::default();
+            let mut batch = Some(self.log.batch().map_err(|e| (e.into(), false))?);
+            let mut scratch = Vec::with_capacity(4096);
+            let log = &mut self.log;
+            for events in requests {
+                let mut request_outcomes = Vec::with_capacity(events.len());
+                for event in *events {
+                    let mut store = |event: &Event| -> Result<Location, Error> {
+                        scratch.clear();
+                        event.encode_payload(&mut scratch)?;
+                        let (lsn, location) =
+                            push(log, &mut batch, &mut wrote, RecordType::Event, &scratch)?;
+                        ops.push(Op::Insert {
+                            lsn,
+                            location,
+                            payload: scratch.clone(),
+                        });
+                        Ok(location)
+                    };
+                    let mut removals = Vec::new();
+                    let mut remove = |removal: Removal| -> Result<(), Error> {
+                        removals.push(removal);
+                        Ok(())
+                    };
+                    let outcome = state
+                        .decide(&committed, event, &mut store, &mut remove)
+                        .map_err(|e| (e, wrote))?;
+                    for removal in removals {
+                        let mut payload = Vec::with_capacity(RemovePayload::LEN);
+                        RemovePayload {
+                            target: removal.target,
+                            reason: removal.reason,
+                            target_id: removal.target_id.0,
+                        }
+                        .encode(&mut payload);
+                        let (lsn, _) =
+                            push(log, &mut batch, &mut wrote, RecordType::Remove, &payload)
+                                .map_err(|e| (e, wrote))?;
+                        ops.push(Op::Remove {
+                            lsn,
+                            target: removal.target,
+                        });
+                    }
+                    request_outcomes.push(outcome);
+                }
+                outcomes.push(request_outcomes);
+            }
+            if let Some(batch) = batch.take()
+                && !batch.is_empty()
+            {
+                self.log
+                    .commit(batch, false)
+                    .map_err(|e| (e.into(), true))?;
+            }
+        }
+        if ops.is_empty() {
+            return Ok(outcomes);
+        }
+        match self.config.durability {
+            Durability::Always => self.log.sync().map_err(|e| (e.into(), true))?,
+            Durability::Batch(_) | Durability::Never => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+            }
+        }
+        let snapshot = self.log.log().snapshot();
+        let mut indexes = self.indexes.write();
+        for op in ops {
+            let result = match op {
+                Op::Insert {
+                    lsn,
+                    location,
+                    payload,
+                } => EventRef::parse(&payload)
+                    .map_err(Error::from)
+                    .and_then(|event| Ok(indexes.apply(Apply::Insert, &event, location, lsn)?)),
+                Op::Remove { lsn, target } => read_event(&snapshot, target)
+                    .and_then(|event| Ok(indexes.apply(Apply::Remove, &event, target, lsn)?)),
+            };
+            result.map_err(|e| (e, true))?;
+        }
+        Ok(outcomes)
+    }
+
+    fn until_housekeeping(&self) -> Duration {
+        let mut wait = self
+            .config
+            .checkpoint_interval
+            .saturating_sub(self.last_checkpoint.elapsed());
+        if let (Durability::Batch(interval), Some(since)) =
+            (self.config.durability, self.unsynced_since)
+        {
+            wait = wait.min(interval.saturating_sub(since.elapsed()));
+        }
+        wait.max(Duration::from_millis(1))
+    }
+
+    fn housekeeping(&mut self) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        if let (Durability::Batch(interval), Some(since)) =
+            (self.config.durability, self.unsynced_since)
+            && since.elapsed() >= interval
+        {
+            match self.log.sync() {
+                Ok(()) => self.unsynced_since = None,
+                Err(e) => self.poisoned = Some(e.to_string()),
+            }
+        }
+        let dirty = self.indexes.read().dirty_nodes();
+        if dirty >= self.config.checkpoint_dirty_nodes
+            || (dirty > 0 && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval)
+        {
+            // A failed checkpoint leaves the previous one in force and the
+            // log intact; the next attempt writes everything again.
+            let _ = self.checkpoint();
+        }
+    }
+
+    /// Makes the indexes durable through the last committed record.
+    fn checkpoint(&mut self) -> Result<(), Error> {
+        if let Some(why) = &self.poisoned {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        // WAL rule: the log must be durable through the LSN a meta page names.
+        self.log
+            .sync()
+            .inspect_err(|e| self.poisoned = Some(e.to_string()))?;
+        self.unsynced_since = None;
+        let lsn = self.log.last_lsn();
+        let position = self.log.end();
+        let prepared = self.indexes.read().prepare_checkpoint(lsn, position)?;
+        self.indexes.write().install(prepared)?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), Error> {
+        self.checkpoint()?;
+        Ok(self.log.close()?)
+    }
+}
+
+/// Appends a record to the current batch, committing the batch and starting
+/// another when it is full.
+fn push(
+    log: &mut LogWriter,
+    batch: &mut Option<Batch>,
+    wrote: &mut bool,
+    record_type: RecordType,
+    payload: &[u8],
+) -> Result<(Lsn, Location), Error> {
+    let current = match batch {
+        Some(b) => b,
+        None => batch.insert(log.batch()?),
+    };
+    match current.push(record_type, payload) {
+        Ok(placed) => Ok(placed),
+        Err(BatchFull) => {
+            if current.is_empty() {
+                return Err(WalError::RecordTooLarge { len: payload.len() }.into());
+            }
+            if let Some(full) = batch.take() {
+                *wrote = true;
+                log.commit(full, false)?;
+            }
+            let fresh = batch.insert(log.batch()?);
+            fresh
+                .push(record_type, payload)
+                .map_err(|BatchFull| WalError::RecordTooLarge { len: payload.len() }.into())
+        }
+    }
+}

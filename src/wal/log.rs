@@ -1,0 +1,570 @@
+//! A shard's log: the list of segments readers share, and the single writer
+//! that appends batches, syncs them and rotates segments.
+//!
+//! Invariants:
+//! - LSNs are strictly increasing across the whole log, because only the one
+//!   `LogWriter` assigns them, in append order.
+//! - A batch's records are written with one `write` at the end of the active
+//!   segment; its last record carries the batch-end bit. Recovery keeps only
+//!   whole batches, so a crash never leaves half of a batch in the log.
+//! - The active segment is pre-sized to `segment_size + BATCH_SLACK` bytes of
+//!   zeros, so its map covers everything that will be appended to it; a batch
+//!   starts only below `segment_size`, and no batch exceeds `BATCH_SLACK`.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::error::{WalError, io_error};
+use super::format::{
+    FRAME_OVERHEAD, FrameError, RecordRef, RecordType, SEGMENT_HEADER_LEN, encode_frame,
+    encode_segment_header, mark_batch_end,
+};
+use super::segment::{Segment, parse_segment_file_name, segment_file_name};
+use crate::ids::{Location, Lsn, SegmentId, ShardId};
+
+/// Room past `segment_size` that the active segment is pre-sized with, and the
+/// most bytes one batch may take.
+pub(crate) const BATCH_SLACK: u64 = 16 << 20;
+
+/// The segments of one shard, shared by the writer and all readers.
+#[derive(Debug)]
+pub(crate) struct Log {
+    dir: PathBuf,
+    shard: ShardId,
+    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+}
+
+/// Where the valid log ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogEnd {
+    pub segment: SegmentId,
+    /// Offset just past the last whole batch.
+    pub offset: u32,
+    /// LSN of the last record kept (`Lsn::ZERO` for an empty log).
+    pub last_lsn: Lsn,
+}
+
+/// A torn or incomplete tail that opening the log cut off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TailRepair {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// A consistent view of the segments, for reading records by location.
+#[derive(Debug, Clone)]
+pub(crate) struct LogSnapshot {
+    segments: Arc<Vec<Arc<Segment>>>,
+}
+
+impl LogSnapshot {
+    pub fn segment(&self, id: SegmentId) -> Option<&Segment> {
+        let first = self.segments.first()?.id().0;
+        let index = id.0.checked_sub(first)? as usize;
+        self.segments.get(index).map(|s| &**s)
+    }
+
+    pub fn segments(&self) -> &[Arc<Segment>] {
+        &self.segments
+    }
+
+    /// The checksummed record at `location`.
+    pub fn read(&self, location: Location) -> Result<RecordRef<'_>, WalError> {
+        let segment = self
+            .segment(location.segment)
+            .ok_or_else(|| WalError::BadLocation {
+                location,
+                reason: "no such segment".to_string(),
+            })?;
+        segment
+            .read(location.offset)
+            .map_err(|e| WalError::BadLocation {
+                location,
+                reason: e.to_string(),
+            })
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir` (creating it when empty), finds the end of the
+    /// valid log and cuts anything after it, and returns the log with its writer.
+    ///
+    /// `scan_hint` is a location known to hold a whole-batch boundary (an index
+    /// checkpoint); when it lies in the last segment the search for the end
+    /// starts there instead of at the segment's first record.
+    pub fn open(
+        dir: &Path,
+        shard: ShardId,
+        segment_size: u64,
+        scan_hint: Option<Location>,
+    ) -> Result<(Arc<Log>, LogWriter, Option<TailRepair>), WalError> {
+        fs::create_dir_all(dir).map_err(io_error(dir, "create directory"))?;
+        let mut ids = list_segment_ids(dir)?;
+        let mut repair = None;
+        if ids.is_empty() {
+            create_segment_file(dir, shard, SegmentId(1), segment_size)?;
+            ids.push(SegmentId(1));
+        }
+        // A crash during rotation can leave a last segment whose header never
+        // reached the disk; nothing was ever acknowledged into it.
+        if ids.len() > 1 {
+            let last = *ids.last().unwrap_or(&SegmentId(1));
+            let path = dir.join(segment_file_name(last));
+            if Segment::open(&path, shard, last).is_err() {
+                fs::remove_file(&path).map_err(io_error(&path, "remove"))?;
+                repair = Some(TailRepair {
+                    path,
+                    offset: 0,
+                    reason: "segment created by an unfinished rotation was removed".into(),
+                });
+                ids.pop();
+            }
+        }
+        let mut segments = Vec::with_capacity(ids.len());
+        for (i, &id) in ids.iter().enumerate() {
+            let path = dir.join(segment_file_name(id));
+            if i + 1 == ids.len() {
+                presize(&path, segment_size)?;
+            }
+            segments.push(Arc::new(Segment::open(&path, shard, id)?));
+        }
+        let (end, tail) = find_end(&segments, scan_hint)?;
+        if let Some(tail) = tail {
+            // Zero everything past the end so stale frames can never be read
+            // back as records after the next crash.
+            let path = dir.join(segment_file_name(end.segment));
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_error(&path, "open"))?;
+            file.set_len(u64::from(end.offset))
+                .map_err(io_error(&path, "truncate"))?;
+            file.set_len(segment_size + BATCH_SLACK)
+                .map_err(io_error(&path, "extend"))?;
+            file.sync_all().map_err(io_error(&path, "sync"))?;
+            repair = Some(tail);
+        }
+        let active_path = dir.join(segment_file_name(end.segment));
+        let active = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&active_path)
+            .map_err(io_error(&active_path, "open"))?;
+        let log = Arc::new(Log {
+            dir: dir.to_path_buf(),
+            shard,
+            segments: RwLock::new(Arc::new(segments)),
+        });
+        let writer = LogWriter {
+            log: Arc::clone(&log),
+            active,
+            active_id: end.segment,
+            position: u64::from(end.offset),
+            next_lsn: end.last_lsn.next(),
+            segment_size,
+            poisoned: false,
+            unsynced: false,
+        };
+        Ok((log, writer, repair))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn snapshot(&self) -> LogSnapshot {
+        LogSnapshot {
+            segments: Arc::clone(&self.segments.read()),
+        }
+    }
+
+    /// Bytes of log written, over all segments (sealed segments are exact; the
+    /// active one counts up to `active_end`).
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.snapshot()
+            .segments()
+            .iter()
+            .filter_map(|s| fs::metadata(s.path()).ok())
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.blocks() * 512
+            })
+            .sum()
+    }
+
+    fn replace_segments(&self, segments: Vec<Arc<Segment>>) {
+        *self.segments.write() = Arc::new(segments);
+    }
+}
+
+fn list_segment_ids(dir: &Path) -> Result<Vec<SegmentId>, WalError> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error(dir, "list"))? {
+        let entry = entry.map_err(io_error(dir, "list"))?;
+        if let Some(id) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    for pair in ids.windows(2) {
+        if pair[1].0 != pair[0].0 + 1 {
+            return Err(WalError::Corrupt {
+                path: dir.join(segment_file_name(SegmentId(pair[0].0 + 1))),
+                offset: 0,
+                reason: format!(
+                    "segment {} is missing between {} and {}",
+                    pair[0].0 + 1,
+                    pair[0],
+                    pair[1]
+                ),
+            });
+        }
+    }
+    Ok(ids)
+}
+
+fn presize(path: &Path, segment_size: u64) -> Result<(), WalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_error(path, "open"))?;
+    let want = segment_size + BATCH_SLACK;
+    if file.metadata().map_err(io_error(path, "stat"))?.len() < want {
+        file.set_len(want).map_err(io_error(path, "extend"))?;
+        file.sync_all().map_err(io_error(path, "sync"))?;
+    }
+    Ok(())
+}
+
+fn create_segment_file(
+    dir: &Path,
+    shard: ShardId,
+    id: SegmentId,
+    segment_size: u64,
+) -> Result<File, WalError> {
+    let path = dir.join(segment_file_name(id));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_error(&path, "create"))?;
+    file.write_all_at(&encode_segment_header(shard, id), 0)
+        .map_err(io_error(&path, "write header"))?;
+    file.set_len(segment_size + BATCH_SLACK)
+        .map_err(io_error(&path, "extend"))?;
+    file.sync_all().map_err(io_error(&path, "sync"))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir, "sync directory"))
+}
+
+/// Scans the active (last) segment and returns where its last whole batch
+/// ends, and a repair note if anything after that had to go.
+fn find_end(
+    segments: &[Arc<Segment>],
+    hint: Option<Location>,
+) -> Result<(LogEnd, Option<TailRepair>), WalError> {
+    let Some(active) = segments.last() else {
+        return Ok((
+            LogEnd {
+                segment: SegmentId(1),
+                offset: SEGMENT_HEADER_LEN as u32,
+                last_lsn: Lsn::ZERO,
+            },
+            None,
+        ));
+    };
+    let start = match hint {
+        Some(h)
+            if h.segment == active.id()
+                && h.offset as usize >= SEGMENT_HEADER_LEN
+                && (h.offset as usize) <= active.bytes().len() =>
+        {
+            h.offset
+        }
+        _ => SEGMENT_HEADER_LEN as u32,
+    };
+    let mut scan = active.scan_from(start);
+    let mut kept: Option<(u32, Lsn)> = None;
+    let mut previous = Lsn::ZERO;
+    let mut lsn_problem = None;
+    for (offset, record) in scan.by_ref() {
+        if record.lsn <= previous {
+            lsn_problem = Some((
+                offset,
+                format!("LSN {} does not follow {}", record.lsn, previous),
+            ));
+            break;
+        }
+        previous = record.lsn;
+        if record.batch_end {
+            kept = Some((offset + record.frame_len() as u32, record.lsn));
+        }
+    }
+    let end_offset = kept.map_or(start, |(offset, _)| offset);
+    let scan_end = scan.offset() as u64;
+    let problem = match (lsn_problem, scan.stop()) {
+        (Some((offset, reason)), _) => Some((u64::from(offset), reason)),
+        (None, Some(FrameError::End) | None) if scan_end > u64::from(end_offset) => Some((
+            u64::from(end_offset),
+            "the last batch is incomplete".to_string(),
+        )),
+        (None, Some(FrameError::End) | None) => None,
+        (None, Some(other)) => Some((scan_end, other.to_string())),
+    };
+    let last_lsn = match kept {
+        Some((_, lsn)) => lsn,
+        None => last_lsn_before(segments, start),
+    };
+    let tail = problem.map(|(offset, reason)| TailRepair {
+        path: active.path().to_path_buf(),
+        offset,
+        reason,
+    });
+    Ok((
+        LogEnd {
+            segment: active.id(),
+            offset: end_offset,
+            last_lsn,
+        },
+        tail,
+    ))
+}
+
+/// LSN of the last record before `offset` in the active segment or, when
+/// `offset` is its first record slot, of the last record of the segment before.
+fn last_lsn_before(segments: &[Arc<Segment>], offset: u32) -> Lsn {
+    let (segment, limit) = if offset as usize > SEGMENT_HEADER_LEN {
+        (segments.last(), offset)
+    } else {
+        (
+            segments.len().checked_sub(2).and_then(|i| segments.get(i)),
+            u32::MAX,
+        )
+    };
+    let mut last = Lsn::ZERO;
+    if let Some(segment) = segment {
+        for (at, record) in segment.scan_from(SEGMENT_HEADER_LEN as u32) {
+            if at >= limit {
+                break;
+            }
+            last = record.lsn;
+        }
+    }
+    last
+}
+
+/// A batch too large for the room left; commit what the batch holds and start
+/// a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchFull;
+
+/// Records being gathered for one write. Locations and LSNs are final as soon
+/// as a record is pushed, so later records of the same batch can refer to it.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    segment: SegmentId,
+    start: u64,
+    capacity: usize,
+    buf: Vec<u8>,
+    next_lsn: Lsn,
+    last_frame: Option<usize>,
+}
+
+impl Batch {
+    pub fn push(
+        &mut self,
+        record_type: RecordType,
+        payload: &[u8],
+    ) -> Result<(Lsn, Location), BatchFull> {
+        if self.buf.len() + FRAME_OVERHEAD + payload.len() > self.capacity {
+            return Err(BatchFull);
+        }
+        let frame_start = self.buf.len();
+        let lsn = self.next_lsn;
+        encode_frame(
+            &mut self.buf,
+            self.segment,
+            record_type,
+            false,
+            lsn,
+            payload,
+        )
+        .map_err(|_| BatchFull)?;
+        self.last_frame = Some(frame_start);
+        self.next_lsn = lsn.next();
+        let offset = u32::try_from(self.start + frame_start as u64).map_err(|_| BatchFull)?;
+        Ok((
+            lsn,
+            Location {
+                segment: self.segment,
+                offset,
+            },
+        ))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last_frame.is_none()
+    }
+}
+
+/// The one appender of a shard's log.
+#[derive(Debug)]
+pub(crate) struct LogWriter {
+    log: Arc<Log>,
+    active: File,
+    active_id: SegmentId,
+    position: u64,
+    next_lsn: Lsn,
+    segment_size: u64,
+    poisoned: bool,
+    unsynced: bool,
+}
+
+impl LogWriter {
+    /// Starts a batch, rotating to a new segment first when the active one is full.
+    pub fn batch(&mut self) -> Result<Batch, WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        if self.position >= self.segment_size {
+            self.rotate()?;
+        }
+        let room = (self.segment_size + BATCH_SLACK).saturating_sub(self.position);
+        Ok(Batch {
+            segment: self.active_id,
+            start: self.position,
+            capacity: room.min(BATCH_SLACK) as usize,
+            buf: Vec::with_capacity(64 << 10),
+            next_lsn: self.next_lsn,
+            last_frame: None,
+        })
+    }
+
+    /// Writes the batch with one `write` and, if `sync`, makes it durable.
+    /// Any failure poisons the writer: what reached the file is unknown, so
+    /// nothing more is appended or acknowledged until the store is reopened.
+    pub fn commit(&mut self, mut batch: Batch, sync: bool) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let Some(last_frame) = batch.last_frame else {
+            return Ok(());
+        };
+        debug_assert_eq!(batch.start, self.position);
+        mark_batch_end(&mut batch.buf, last_frame, batch.segment);
+        let path = self.active_path();
+        if let Err(source) = self.active.write_all_at(&batch.buf, self.position) {
+            self.poisoned = true;
+            return Err(WalError::Io {
+                path,
+                op: "write",
+                source,
+            });
+        }
+        self.position += batch.buf.len() as u64;
+        self.next_lsn = batch.next_lsn;
+        self.unsynced = true;
+        if sync {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every committed batch durable.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        if !self.unsynced {
+            return Ok(());
+        }
+        if let Err(source) = self.active.sync_data() {
+            // fsyncgate: after a failed fsync the kernel may have dropped the
+            // dirty pages; retrying could "succeed" without the data on disk.
+            self.poisoned = true;
+            return Err(WalError::Io {
+                path: self.active_path(),
+                op: "sync",
+                source,
+            });
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// LSN of the last committed record.
+    pub fn last_lsn(&self) -> Lsn {
+        Lsn(self.next_lsn.0 - 1)
+    }
+
+    /// Where the next batch will start.
+    pub fn end(&self) -> Location {
+        Location {
+            segment: self.active_id,
+            offset: self.position as u32,
+        }
+    }
+
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// Syncs and cuts the pre-sized active segment back to its written length,
+    /// for a clean close.
+    pub fn close(&mut self) -> Result<(), WalError> {
+        self.sync()?;
+        let path = self.active_path();
+        self.active
+            .set_len(self.position)
+            .map_err(io_error(&path, "truncate"))?;
+        self.active.sync_all().map_err(io_error(&path, "sync"))
+    }
+
+    fn active_path(&self) -> PathBuf {
+        self.log.dir.join(segment_file_name(self.active_id))
+    }
+
+    /// Seals the active segment at its written length and starts the next one.
+    fn rotate(&mut self) -> Result<(), WalError> {
+        self.sync()?;
+        let path = self.active_path();
+        self.active
+            .set_len(self.position)
+            .map_err(io_error(&path, "truncate"))?;
+        self.active.sync_all().map_err(io_error(&path, "sync"))?;
+        let next = SegmentId(self.active_id.0 + 1);
+        let file = create_segment_file(&self.log.dir, self.log.shard, next, self.segment_size)?;
+        let sealed = Arc::new(Segment::open(&path, self.log.shard, self.active_id)?);
+        let fresh = Arc::new(Segment::open(
+            &self.log.dir.join(segment_file_name(next)),
+            self.log.shard,
+            next,
+        )?);
+        let mut segments: Vec<Arc<Segment>> = self.log.snapshot().segments().to_vec();
+        if let Some(last) = segments.last_mut() {
+            *last = sealed;
+        }
+        segments.push(fresh);
+        self.log.replace_segments(segments);
+        self.active = file;
+        self.active_id = next;
+        self.position = SEGMENT_HEADER_LEN as u64;
+        Ok(())
+    }
+}

@@ -1,0 +1,12 @@
+//! The write-ahead log, which is also the event store: per shard, an
+//! append-only sequence of segment files holding framed, checksummed records.
+
+mod error;
+mod format;
+mod log;
+mod segment;
+
+pub use error::WalError;
+pub(crate) use format::SEGMENT_HEADER_LEN;
+pub use format::{FrameError, RecordType, RemovePayload, RemoveReason};
+pub(crate) use log::{Batch, BatchFull, Log, LogSnapshot, LogWriter};

@@ -1,0 +1,253 @@
+//! `megalith`: import, query, count and inspect a Megalith store.
+
+mod import;
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use megalith::{Durability, EventStore, Filter, Limits};
+
+#[derive(Parser)]
+#[command(
+    name = "megalith",
+    version,
+    about = "Megalith: an embedded storage engine for Nostr events"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import events from JSONL files (bare events, ["EVENT", event] or
+    /// ["EVENT", sub, event]; pretty-printed values spanning lines work too).
+    Import(ImportArgs),
+    /// Print the events matching a filter (or a JSON array of filters) as JSONL, newest first.
+    Query(QueryArgs),
+    /// Count the events matching a filter (or a JSON array of filters), NIP-45 style.
+    Count(CountArgs),
+    /// Print event counts by kind and the sizes of the log and indexes.
+    Stats(StatsArgs),
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// The store's data directory (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "./megalith-data")]
+    data: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// fsync before acknowledging each batch
+    Always,
+    /// fsync at least every 100 ms
+    Batch,
+    /// fsync only at checkpoints and close (verify afterwards)
+    Never,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Files to read; `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Events per insert batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Skip id and signature checks (only for events already verified elsewhere).
+    #[arg(long)]
+    trusted: bool,
+    /// When an imported batch is on disk.
+    #[arg(long, value_enum, default_value = "always")]
+    durability: DurabilityArg,
+    /// Largest event JSON accepted, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_event_bytes)]
+    max_event_bytes: usize,
+    /// Do not list refused events on stderr (the summary still counts them).
+    #[arg(long)]
+    quiet: bool,
+    /// Exit with status 1 if any event was refused as invalid.
+    #[arg(long)]
+    strict: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// A NIP-01 filter object, or an array of them, e.g. '{"kinds":[1],"limit":10}'.
+    filter: String,
+}
+
+#[derive(Args)]
+struct CountArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// A NIP-01 filter object, or an array of them.
+    filter: String,
+    /// Print {"count": N} instead of the bare number.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print the statistics as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Import(args) => import::run(&args),
+        Command::Query(args) => query(&args),
+        Command::Count(args) => count(&args),
+        Command::Stats(args) => stats(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("megalith: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open(store: &StoreArgs) -> Result<EventStore, String> {
+    EventStore::open(&store.data).map_err(|e| format!("cannot open {}: {e}", store.data.display()))
+}
+
+fn parse_filters(text: &str) -> Result<Vec<Filter>, String> {
+    Filter::list_from_json(text).map_err(|e| e.to_string())
+}
+
+fn query(args: &QueryArgs) -> Result<ExitCode, String> {
+    let filters = parse_filters(&args.filter)?;
+    let store = open(&args.store)?;
+    let stdout = std::io::stdout().lock();
+    let mut out = BufWriter::new(stdout);
+    let mut line = Vec::with_capacity(1024);
+    let mut write_error = None;
+    let result = store.query_with(&filters, |event| {
+        line.clear();
+        event.write_json(&mut line);
+        line.push(b'\n');
+        if write_error.is_none()
+            && let Err(e) = out.write_all(&line)
+        {
+            write_error = Some(e);
+        }
+        Ok(())
+    });
+    let flushed = out.flush();
+    result.map_err(|e| e.to_string())?;
+    match write_error.map_or(flushed, Err) {
+        Ok(()) => {}
+        // `megalith query ... | head` closes the pipe early: not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(format!("writing output: {e}")),
+    }
+    store.close().map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn count(args: &CountArgs) -> Result<ExitCode, String> {
+    let filters = parse_filters(&args.filter)?;
+    let store = open(&args.store)?;
+    let n = store.count(&filters).map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{{\"count\":{n}}}");
+    } else {
+        println!("{n}");
+    }
+    store.close().map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(args: &StatsArgs) -> Result<ExitCode, String> {
+    let store = open(&args.store)?;
+    let stats = store.stats().map_err(|e| e.to_string())?;
+    let index_total: u64 = stats.index_bytes.values().sum();
+    if args.json {
+        let by_kind: serde_json::Map<String, serde_json::Value> = stats
+            .events_by_kind
+            .iter()
+            .map(|(k, n)| (k.to_string(), (*n).into()))
+            .collect();
+        let indexes: serde_json::Map<String, serde_json::Value> = stats
+            .index_bytes
+            .iter()
+            .map(|(name, bytes)| {
+                let entries = stats.index_entries.get(name).copied().unwrap_or(0);
+                (
+                    name.to_string(),
+                    serde_json::json!({ "bytes": bytes, "entries": entries }),
+                )
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "events": stats.events,
+            "events_by_kind": by_kind,
+            "log": { "segments": stats.log_segments, "bytes": stats.log_bytes },
+            "indexes": indexes,
+            "index_bytes": index_total,
+        });
+        println!("{doc}");
+    } else {
+        println!("events          {}", stats.events);
+        println!("by kind");
+        for (kind, n) in &stats.events_by_kind {
+            println!("  {kind:>6}  {n}");
+        }
+        println!(
+            "log             {} in {} segment(s)",
+            human_bytes(stats.log_bytes),
+            stats.log_segments
+        );
+        println!("indexes         {}", human_bytes(index_total));
+        for (name, bytes) in &stats.index_bytes {
+            let entries = stats.index_entries.get(name).copied().unwrap_or(0);
+            println!(
+                "  {name:<17} {:>10}  {entries} entries",
+                human_bytes(*bytes)
+            );
+        }
+    }
+    store.close().map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+pub(crate) fn durability(arg: DurabilityArg) -> Durability {
+    match arg {
+        DurabilityArg::Always => Durability::Always,
+        DurabilityArg::Batch => Durability::Batch(std::time::Duration::from_millis(100)),
+        DurabilityArg::Never => Durability::Never,
+    }
+}
