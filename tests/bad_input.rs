@@ -21,7 +21,12 @@ fn uppercase_field(json: &str, field: &str) -> String {
     let key = format!("\"{field}\":\"");
     let start = json.find(&key).unwrap() + key.len();
     let end = start + json[start..].find('"').unwrap();
-    format!("{}{}{}", &json[..start], json[start..end].to_uppercase(), &json[end..])
+    format!(
+        "{}{}{}",
+        &json[..start],
+        json[start..end].to_uppercase(),
+        &json[end..]
+    )
 }
 
 #[test]

@@ -31,20 +31,24 @@ fn parse_value(text: &str, limits: &Limits) -> Parsed {
     let event_json = if trimmed.starts_with('[') {
         let items: Vec<&RawValue> = match serde_json::from_str(trimmed) {
             Ok(items) => items,
-            Err(e) => return Parsed::Refused(Rejection::from(&malformed(format!("malformed JSON: {e}")))),
+            Err(e) => {
+                return Parsed::Refused(Rejection::from(&malformed(format!("malformed JSON: {e}"))));
+            }
         };
         match (items.first().map(|v| v.get()), items.len()) {
             (Some("\"EVENT\""), 2 | 3) => items[items.len() - 1].get(),
             _ => {
                 return Parsed::Refused(Rejection::from(&malformed(
-                    "an array must be [\"EVENT\", event] or [\"EVENT\", subscription, event]".to_string(),
+                    "an array must be [\"EVENT\", event] or [\"EVENT\", subscription, event]"
+                        .to_string(),
                 )));
             }
         }
     } else {
         trimmed
     };
-    match Event::from_json(event_json).and_then(|event| event.check_limits(limits).map(|()| event)) {
+    match Event::from_json(event_json).and_then(|event| event.check_limits(limits).map(|()| event))
+    {
         Ok(event) => Parsed::Event(event),
         Err(e) => Parsed::Refused(Rejection::from(&e)),
     }
@@ -158,7 +162,10 @@ fn import_file(
     let mut chunk_line = 0u64;
     let mut line_number = 0u64;
     let mut line = String::new();
-    let mut pending = Pending { lines: Vec::with_capacity(args.batch), events: Vec::with_capacity(args.batch) };
+    let mut pending = Pending {
+        lines: Vec::with_capacity(args.batch),
+        events: Vec::with_capacity(args.batch),
+    };
     loop {
         line.clear();
         let n = reader
@@ -246,11 +253,17 @@ fn flush(
     if pending.events.is_empty() {
         return Ok(());
     }
-    let outcomes = if args.trusted { store.insert_trusted(&pending.events) } else { store.insert(&pending.events) }
-        .map_err(|e| format!("storing events from {name}: {e}"))?;
+    let outcomes = if args.trusted {
+        store.insert_trusted(&pending.events)
+    } else {
+        store.insert(&pending.events)
+    }
+    .map_err(|e| format!("storing events from {name}: {e}"))?;
     for (line, outcome) in pending.lines.iter().zip(outcomes) {
         match &outcome {
-            InsertOutcome::Invalid(rejection) => refuse(progress, args, name, *line, rejection, tally),
+            InsertOutcome::Invalid(rejection) => {
+                refuse(progress, args, name, *line, rejection, tally)
+            }
             other => *tally.outcomes.entry(other.label()).or_default() += 1,
         }
     }
