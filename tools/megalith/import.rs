@@ -32,7 +32,9 @@ fn parse_value(text: &str, limits: &Limits) -> Parsed {
         let items: Vec<&RawValue> = match serde_json::from_str(trimmed) {
             Ok(items) => items,
             Err(e) => {
-                return Parsed::Refused(Rejection::from(&malformed(format!("malformed JSON: {e}"))));
+                return Parsed::Refused(Rejection::from(&malformed(format!(
+                    "malformed JSON: {e}"
+                ))));
             }
         };
         match (items.first().map(|v| v.get()), items.len()) {
