@@ -172,10 +172,11 @@ impl EventStore {
                 });
             }
         }
-        Ok(outcomes
+        // Every event got an outcome above or from its shard; a gap would be a bug.
+        outcomes
             .into_iter()
-            .map(|o| o.unwrap_or(InsertOutcome::Duplicate))
-            .collect())
+            .map(|o| o.ok_or_else(|| Error::corrupt("a shard returned fewer outcomes than events")))
+            .collect()
     }
 
     /// The checks an event passes before it reaches a shard, in the NIP-01

@@ -17,6 +17,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::Mmap;
 
@@ -48,6 +49,7 @@ pub(crate) struct BTree {
     /// Pages holding the durable meta's free list.
     free_list_pages: Vec<PageId>,
     entry_count: u64,
+    verified: VerifiedPages,
 }
 
 /// A checkpoint written to disk but not yet installed in memory.
@@ -57,6 +59,43 @@ pub(crate) struct PreparedCheckpoint {
     slot: usize,
     free: Vec<PageId>,
     free_list_pages: Vec<PageId>,
+    /// Pages this checkpoint wrote: their verified bits must be cleared.
+    written: Vec<PageId>,
+}
+
+/// One bit per page: its checksum was verified since it was last written. A
+/// clean page cannot change while it is reachable (see the module comment),
+/// so each page is checksummed once, not on every read.
+#[derive(Debug, Default)]
+struct VerifiedPages(Vec<AtomicU64>);
+
+impl VerifiedPages {
+    fn is_set(&self, page: PageId) -> bool {
+        let (word, bit) = (page.0 / 64, page.0 % 64);
+        self.0
+            .get(word as usize)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << bit) != 0)
+    }
+
+    fn set(&self, page: PageId) {
+        let (word, bit) = (page.0 / 64, page.0 % 64);
+        if let Some(w) = self.0.get(word as usize) {
+            w.fetch_or(1 << bit, Ordering::Relaxed);
+        }
+    }
+
+    /// Grows to cover `pages` pages and forgets the `written` ones.
+    fn reset(&mut self, pages: u64, written: &[PageId]) {
+        let words = pages.div_ceil(64) as usize;
+        if self.0.len() < words {
+            self.0.resize_with(words, AtomicU64::default);
+        }
+        for page in written {
+            if let Some(w) = self.0.get_mut((page.0 / 64) as usize) {
+                *w.get_mut() &= !(1 << (page.0 % 64));
+            }
+        }
+    }
 }
 
 impl BTree {
@@ -153,7 +192,9 @@ impl BTree {
             pending_free: Vec::new(),
             free_list_pages: Vec::new(),
             entry_count: meta.entry_count,
+            verified: VerifiedPages::default(),
         };
+        tree.verified.reset(meta.page_count, &[]);
         tree.remap()?;
         let mut next = meta.free_list_head;
         while let Some(pid) = next {
@@ -249,19 +290,24 @@ impl BTree {
             })
     }
 
-    /// Reads a node. Clean pages have their checksum verified.
+    /// Reads a node. A clean page's checksum is verified the first time it is read.
     pub fn node(&self, node: NodeRef) -> Result<Node<'_>, IndexError> {
         match node {
             NodeRef::Mem(i) => Ok(Node::Mem(&self.mem[i as usize], self.width)),
             NodeRef::Page(id) => {
                 let page = self.raw_page(id)?;
-                PageView::parse(page, id, self.width, true)
-                    .map(Node::Page)
-                    .map_err(|reason| IndexError::Corrupt {
+                let verify = !self.verified.is_set(id);
+                let view = PageView::parse(page, id, self.width, verify).map_err(|reason| {
+                    IndexError::Corrupt {
                         path: self.path.clone(),
                         page: Some(id),
                         reason,
-                    })
+                    }
+                })?;
+                if verify {
+                    self.verified.set(id);
+                }
+                Ok(Node::Page(view))
             }
         }
     }
@@ -539,6 +585,7 @@ impl BTree {
             ));
         }
         writes.sort_by_key(|(id, _)| *id);
+        let written = writes.iter().map(|(id, _)| *id).collect();
         for (id, page) in &writes {
             self.file
                 .write_all_at(page, id.0 * PAGE_SIZE as u64)
@@ -575,6 +622,7 @@ impl BTree {
             slot,
             free: listed,
             free_list_pages,
+            written,
         }))
     }
 
@@ -587,6 +635,8 @@ impl BTree {
         self.free = prepared.free;
         self.pending_free.clear();
         self.free_list_pages = prepared.free_list_pages;
+        self.verified
+            .reset(prepared.meta.page_count, &prepared.written);
         let mapped = self.map.as_ref().map_or(0, |m| m.len() as u64);
         if prepared.meta.page_count * PAGE_SIZE as u64 > mapped {
             self.remap()?;
@@ -832,6 +882,27 @@ mod tests {
         let tree = BTree::open(&path, 9, 16).unwrap();
         assert_eq!(tree.meta().checkpoint_lsn, Lsn(2));
         assert_eq!(collect(&tree).len(), 400);
+    }
+
+    #[test]
+    fn a_damaged_tree_page_is_reported_on_first_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        let mut tree = BTree::open(&path, 9, 16).unwrap();
+        for n in 0..2000 {
+            tree.insert(&entry(n)).unwrap();
+        }
+        let p = tree.prepare_checkpoint(Lsn(1), Location { segment: SegmentId(1), offset: 1 }).unwrap().unwrap();
+        tree.install(p).unwrap();
+        assert_eq!(collect(&tree).len(), 2000, "every page read (and verified) once");
+        let Some(NodeRef::Page(root)) = tree.root() else { panic!("a checkpointed root is a page") };
+        drop(tree);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xEE], root.0 * PAGE_SIZE as u64 + 100).unwrap();
+        drop(file);
+        let tree = BTree::open(&path, 9, 16).unwrap();
+        let error = tree.seek(&entry(5)).unwrap_err().to_string();
+        assert!(error.contains("checksum") && error.contains(&format!("page {}", root.0)), "{error}");
     }
 
     #[test]
