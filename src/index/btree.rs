@@ -892,17 +892,36 @@ mod tests {
         for n in 0..2000 {
             tree.insert(&entry(n)).unwrap();
         }
-        let p = tree.prepare_checkpoint(Lsn(1), Location { segment: SegmentId(1), offset: 1 }).unwrap().unwrap();
+        let p = tree
+            .prepare_checkpoint(
+                Lsn(1),
+                Location {
+                    segment: SegmentId(1),
+                    offset: 1,
+                },
+            )
+            .unwrap()
+            .unwrap();
         tree.install(p).unwrap();
-        assert_eq!(collect(&tree).len(), 2000, "every page read (and verified) once");
-        let Some(NodeRef::Page(root)) = tree.root() else { panic!("a checkpointed root is a page") };
+        assert_eq!(
+            collect(&tree).len(),
+            2000,
+            "every page read (and verified) once"
+        );
+        let Some(NodeRef::Page(root)) = tree.root() else {
+            panic!("a checkpointed root is a page")
+        };
         drop(tree);
         let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&[0xEE], root.0 * PAGE_SIZE as u64 + 100).unwrap();
+        file.write_all_at(&[0xEE], root.0 * PAGE_SIZE as u64 + 100)
+            .unwrap();
         drop(file);
         let tree = BTree::open(&path, 9, 16).unwrap();
         let error = tree.seek(&entry(5)).unwrap_err().to_string();
-        assert!(error.contains("checksum") && error.contains(&format!("page {}", root.0)), "{error}");
+        assert!(
+            error.contains("checksum") && error.contains(&format!("page {}", root.0)),
+            "{error}"
+        );
     }
 
     #[test]
