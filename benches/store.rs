@@ -62,40 +62,31 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("insert");
     group.throughput(criterion::Throughput::Elements(1000));
     let mut round = 0u64;
+    // A fresh batch of 1,000 notes no store has seen.
+    let mut fresh_batch = |base: u64| {
+        round += 1;
+        (0..1000u64)
+            .map(|i| {
+                let created_at = common::BASE_TIME + base + round * 1000 + i;
+                keys[(i % AUTHORS) as usize].sign(
+                    created_at,
+                    1,
+                    vec![],
+                    format!("bench {round} {i}"),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
     group.bench_function("trusted batch of 1000 (durability never)", |b| {
         b.iter_batched(
-            || {
-                round += 1;
-                (0..1000u64)
-                    .map(|i| {
-                        keys[(i % AUTHORS) as usize].sign(
-                            common::BASE_TIME + 10_000_000 + round * 1000 + i,
-                            1,
-                            vec![],
-                            format!("bench {round} {i}"),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            },
+            || fresh_batch(10_000_000),
             |batch| black_box(store.insert_trusted(&batch).unwrap()),
             BatchSize::LargeInput,
         )
     });
     group.bench_function("verified batch of 1000 (durability always)", |b| {
         b.iter_batched(
-            || {
-                round += 1;
-                (0..1000u64)
-                    .map(|i| {
-                        keys[(i % AUTHORS) as usize].sign(
-                            common::BASE_TIME + 20_000_000 + round * 1000 + i,
-                            1,
-                            vec![],
-                            format!("bench {round} {i}"),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            },
+            || fresh_batch(20_000_000),
             |batch| black_box(store.insert(&batch).unwrap()),
             BatchSize::LargeInput,
         )

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::event::EventError;
 use crate::index::IndexError;
-use crate::query::FilterError;
+use crate::query::{FilterError, QueryError};
 use crate::wal::WalError;
 
 #[derive(Debug)]
@@ -98,6 +98,15 @@ impl From<IndexError> for Error {
 impl From<FilterError> for Error {
     fn from(e: FilterError) -> Error {
         Error::Filter(e)
+    }
+}
+
+impl From<QueryError> for Error {
+    fn from(e: QueryError) -> Error {
+        match e {
+            QueryError::Index(e) => Error::Index(e),
+            QueryError::Log(e) => Error::Wal(e),
+        }
     }
 }
 

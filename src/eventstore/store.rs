@@ -12,9 +12,9 @@ use crate::error::{Error, io_error};
 use crate::event::{Event, EventId, EventRef, KindClass};
 use crate::ids::ShardId;
 use crate::index::IndexKind;
-use crate::query::{Filter, Hit, execute, plan, read_event};
+use crate::query::{Filter, Hit, execute, plan};
 use crate::recovery::{RecoveryReport, open_shard};
-use crate::shard::{Shard, WriteOutcome, WriterConfig};
+use crate::shard::{Shard, ShardRead, WriteOutcome, WriterConfig};
 
 use super::manifest;
 use super::options::{EventStoreBuilder, Options};
@@ -230,28 +230,13 @@ impl EventStore {
         filters: &[Filter],
         mut visit: impl FnMut(&EventRef<'_>) -> Result<(), Error>,
     ) -> Result<usize, Error> {
-        let now = unix_now();
         let view = self.shards[0].read();
         let mut hits: Vec<Hit> = Vec::new();
-        for filter in filters {
-            let plan = plan(filter);
-            execute(
-                &view.indexes,
-                &view.log,
-                filter,
-                &plan,
-                now,
-                filter.limit,
-                |hit, _| {
-                    hits.push(hit);
-                    Ok(())
-                },
-            )?;
-        }
+        for_each_hit(&view, filters, true, |hit| hits.push(hit))?;
         hits.sort_unstable();
         hits.dedup_by_key(|h| h.location);
         for hit in &hits {
-            visit(&read_event(&view.log, hit.location)?)?;
+            visit(&view.log.read_event(hit.location)?)?;
         }
         Ok(hits.len())
     }
@@ -265,37 +250,16 @@ impl EventStore {
 
     /// NIP-45: how many events match any of `filters` (limits are ignored).
     pub fn count(&self, filters: &[Filter]) -> Result<u64, Error> {
-        let now = unix_now();
         let view = self.shards[0].read();
-        if let [filter] = filters {
-            let plan = plan(filter);
-            let counted = execute(
-                &view.indexes,
-                &view.log,
-                filter,
-                &plan,
-                now,
-                None,
-                |_, _| Ok(()),
-            )?;
-            return Ok(counted as u64);
+        if let [_] = filters {
+            let mut n = 0;
+            for_each_hit(&view, filters, false, |_| n += 1)?;
+            return Ok(n);
         }
         let mut seen = HashSet::new();
-        for filter in filters {
-            let plan = plan(filter);
-            execute(
-                &view.indexes,
-                &view.log,
-                filter,
-                &plan,
-                now,
-                None,
-                |hit, _| {
-                    seen.insert(hit.location);
-                    Ok(())
-                },
-            )?;
-        }
+        for_each_hit(&view, filters, false, |hit| {
+            seen.insert(hit.location);
+        })?;
         Ok(seen.len() as u64)
     }
 
@@ -367,6 +331,24 @@ impl Drop for EventStore {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
+}
+
+/// Runs each filter on a shard view (with its limit, or without when
+/// counting), passing every hit on; hits of different filters may repeat.
+fn for_each_hit(
+    view: &ShardRead<'_>,
+    filters: &[Filter],
+    limits: bool,
+    mut f: impl FnMut(Hit),
+) -> Result<(), Error> {
+    let now = unix_now();
+    for filter in filters {
+        let limit = if limits { filter.limit } else { None };
+        execute(&view.indexes, &view.log, filter, now, limit, |hit, _| {
+            f(hit)
+        })?;
+    }
+    Ok(())
 }
 
 pub(crate) fn unix_now() -> u64 {

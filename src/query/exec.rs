@@ -4,16 +4,16 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use crate::error::Error;
 use crate::event::{EventId, EventRef};
 use crate::ids::Location;
 use crate::index::{
     Cursor, ID_PREFIX_LEN, IndexKind, IndexSet, location_at_end, primary_lower, time_range,
 };
-use crate::wal::{LogSnapshot, RecordType};
+use crate::wal::LogSnapshot;
 
+use super::error::QueryError;
 use super::filter::Filter;
-use super::plan::Plan;
+use super::plan::{Plan, plan};
 
 /// A matching event: enough to order, deduplicate and fetch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,19 +39,6 @@ impl PartialOrd for Hit {
     }
 }
 
-/// Reads the event record at `location`.
-pub(crate) fn read_event(log: &LogSnapshot, location: Location) -> Result<EventRef<'_>, Error> {
-    let record = log.read(location)?;
-    if record.record_type != RecordType::Event {
-        return Err(Error::corrupt(format!(
-            "index entry points at a {} record at {location}",
-            record.record_type.name()
-        )));
-    }
-    EventRef::parse(record.payload)
-        .map_err(|e| Error::corrupt(format!("event record at {location}: {e}")))
-}
-
 /// Calls `visit` with each event matching `filter` in NIP-01 order (exact up
 /// to events sharing created_at and the first 8 id bytes, which the caller's
 /// final sort settles), at most `limit` times (`None`: no limit). Events
@@ -60,18 +47,17 @@ pub(crate) fn execute(
     indexes: &IndexSet,
     log: &LogSnapshot,
     filter: &Filter,
-    plan: &Plan,
     now: u64,
     limit: Option<usize>,
-    mut visit: impl FnMut(Hit, &EventRef<'_>) -> Result<(), Error>,
-) -> Result<usize, Error> {
+    mut visit: impl FnMut(Hit, &EventRef<'_>),
+) -> Result<usize, QueryError> {
     let limit = limit.unwrap_or(usize::MAX);
     if limit == 0 {
         return Ok(0);
     }
     let accept =
         |event: &EventRef<'_>| filter.matches(event) && event.expiration().is_none_or(|e| e > now);
-    match plan {
+    match &plan(filter) {
         Plan::Nothing => Ok(0),
         Plan::Ids(ids) => {
             let mut hits = Vec::new();
@@ -85,7 +71,7 @@ pub(crate) fn execute(
                     continue;
                 }
                 let location = location_at_end(entry);
-                let event = read_event(log, location)?;
+                let event = log.read_event(location)?;
                 if accept(&event) {
                     hits.push(Hit {
                         created_at: event.created_at(),
@@ -97,7 +83,7 @@ pub(crate) fn execute(
             hits.sort();
             hits.truncate(limit);
             for hit in &hits {
-                visit(*hit, &read_event(log, hit.location)?)?;
+                visit(*hit, &log.read_event(hit.location)?);
             }
             Ok(hits.len())
         }
@@ -136,7 +122,7 @@ pub(crate) fn execute(
                 }
                 last = Some(head);
                 let location = location_at_end(&head);
-                let event = read_event(log, location)?;
+                let event = log.read_event(location)?;
                 if !accept(&event) {
                     continue;
                 }
@@ -147,7 +133,7 @@ pub(crate) fn execute(
                         location,
                     },
                     &event,
-                )?;
+                );
                 visited += 1;
                 if visited == limit {
                     break;
@@ -169,7 +155,7 @@ struct Source<'t> {
 }
 
 impl Source<'_> {
-    fn head(&mut self) -> Result<Option<[u8; SUFFIX_LEN]>, Error> {
+    fn head(&mut self) -> Result<Option<[u8; SUFFIX_LEN]>, QueryError> {
         let Some(entry) = self.cursor.next()? else {
             return Ok(None);
         };

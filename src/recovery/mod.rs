@@ -8,7 +8,6 @@ use crate::error::Error;
 use crate::event::EventRef;
 use crate::ids::ShardId;
 use crate::index::{Apply, IndexSet};
-use crate::query::read_event;
 use crate::wal::{FrameError, Log, LogWriter, RecordType, RemovePayload, SEGMENT_HEADER_LEN};
 
 /// What opening the store found and did.
@@ -108,7 +107,7 @@ fn replay(writer: &LogWriter, indexes: &mut IndexSet) -> Result<u64, Error> {
                     let remove = RemovePayload::decode(record.payload).ok_or_else(|| {
                         Error::corrupt(format!("malformed remove record at {location}"))
                     })?;
-                    let target = read_event(&snapshot, remove.target)?;
+                    let target = snapshot.read_event(remove.target)?;
                     if target.id().0 != remove.target_id {
                         return Err(Error::corrupt(format!(
                             "remove record at {location} names event {} but {} holds {}",

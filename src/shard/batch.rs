@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use crate::error::Error;
 use crate::event::{Event, EventId, KindClass, Pubkey};
 use crate::ids::Location;
-use crate::query::read_event;
 use crate::wal::RemoveReason;
 
 use super::lookup::{Address, Committed, DELETION_KIND, Version};
@@ -172,7 +171,7 @@ impl GroupState {
                         Some(pending) => Some((pending.location, pending.pubkey, pending.kind)),
                         None => match committed.find(&id)? {
                             Some(location) if !self.removed.contains(&location) => {
-                                let event = read_event(committed.log, location)?;
+                                let event = committed.log.read_event(location)?;
                                 Some((location, event.pubkey(), event.kind()))
                             }
                             _ => None,
@@ -235,7 +234,7 @@ impl GroupState {
                 {
                     return Ok(Some(address.clone()));
                 }
-                let event = read_event(committed.log, location)?;
+                let event = committed.log.read_event(location)?;
                 Ok(Address::of_event_ref(&event))
             }
             KindClass::Regular | KindClass::Ephemeral => Ok(None),

@@ -8,7 +8,6 @@ use crate::index::{
     IndexKind, IndexSet, TagSlot, address_prefix, location_at_end, primary_lower, tag_prefix,
     time_range,
 };
-use crate::query::read_event;
 use crate::wal::LogSnapshot;
 
 /// NIP-09 deletion kind.
@@ -121,7 +120,7 @@ impl Committed<'_> {
             if skip(&location) {
                 continue;
             }
-            let event = read_event(self.log, location)?;
+            let event = self.log.read_event(location)?;
             // Long d values share a hashed slot: confirm on the record.
             if Address::of_event_ref(&event).as_ref() != Some(address) {
                 continue;
@@ -167,7 +166,7 @@ impl Committed<'_> {
             if entry > upper.as_slice() {
                 break;
             }
-            let event = read_event(self.log, location_at_end(entry))?;
+            let event = self.log.read_event(location_at_end(entry))?;
             if event.kind() != DELETION_KIND || !accept(&event) {
                 continue;
             }

@@ -18,7 +18,6 @@ use crate::error::Error;
 use crate::event::{Event, EventRef};
 use crate::ids::{Location, Lsn};
 use crate::index::{Apply, IndexSet};
-use crate::query::read_event;
 use crate::wal::{Batch, BatchFull, LogWriter, RecordType, RemovePayload, WalError};
 
 use super::Durability;
@@ -245,7 +244,9 @@ impl Writer {
                 } => EventRef::parse(&payload)
                     .map_err(Error::from)
                     .and_then(|event| Ok(indexes.apply(Apply::Insert, &event, location, lsn)?)),
-                Op::Remove { lsn, target } => read_event(&snapshot, target)
+                Op::Remove { lsn, target } => snapshot
+                    .read_event(target)
+                    .map_err(Error::from)
                     .and_then(|event| Ok(indexes.apply(Apply::Remove, &event, target, lsn)?)),
             };
             result.map_err(|e| (e, true))?;

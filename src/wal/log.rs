@@ -24,6 +24,7 @@ use super::format::{
     encode_segment_header, mark_batch_end,
 };
 use super::segment::{Segment, parse_segment_file_name, segment_file_name};
+use crate::event::EventRef;
 use crate::ids::{Location, Lsn, SegmentId, ShardId};
 
 /// Room past `segment_size` that the active segment is pre-sized with, and the
@@ -71,6 +72,24 @@ impl LogSnapshot {
 
     pub fn segments(&self) -> &[Arc<Segment>] {
         &self.segments
+    }
+
+    /// The event stored by the event record at `location`.
+    pub fn read_event(&self, location: Location) -> Result<EventRef<'_>, WalError> {
+        let record = self.read(location)?;
+        if record.record_type != RecordType::Event {
+            return Err(WalError::BadLocation {
+                location,
+                reason: format!(
+                    "expected an event record, found a {} record",
+                    record.record_type.name()
+                ),
+            });
+        }
+        EventRef::parse(record.payload).map_err(|e| WalError::BadLocation {
+            location,
+            reason: e.to_string(),
+        })
     }
 
     /// The checksummed record at `location`.

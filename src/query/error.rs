@@ -1,0 +1,41 @@
+//! Errors of running a query: the index or the log it reads failed.
+
+use crate::index::IndexError;
+use crate::wal::WalError;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum QueryError {
+    Index(IndexError),
+    Log(WalError),
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueryError::Index(e) => e.fmt(f),
+            QueryError::Log(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for QueryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            QueryError::Index(e) => Some(e),
+            QueryError::Log(e) => Some(e),
+        }
+    }
+}
+
+impl From<IndexError> for QueryError {
+    fn from(e: IndexError) -> QueryError {
+        QueryError::Index(e)
+    }
+}
+
+impl From<WalError> for QueryError {
+    fn from(e: WalError) -> QueryError {
+        QueryError::Log(e)
+    }
+}
