@@ -312,12 +312,6 @@ impl BTree {
         }
     }
 
-    /// Whether `entry` is in the tree.
-    pub fn contains(&self, entry: &[u8]) -> Result<bool, IndexError> {
-        let mut cursor = self.seek(entry)?;
-        Ok(cursor.next()?.is_some_and(|found| found == entry))
-    }
-
     /// A cursor at the first entry >= `key` (a full-width key).
     pub fn seek(&self, key: &[u8]) -> Result<Cursor<'_>, IndexError> {
         let mut cursor = Cursor {
@@ -351,13 +345,12 @@ impl BTree {
             self.entry_count += 1;
             return Ok(true);
         };
-        // Checking first keeps a no-op (replay of an entry already there) from
-        // copying a whole path into memory.
-        if self.contains(entry)? {
-            return Ok(false);
-        }
+        // No look-up first: the write path and replay only add new entries
+        // (replay skips what a tree's checkpoint holds), so a path copied
+        // into memory for an entry already there is a rare, harmless waste.
         let root = self.make_mut(root)?;
-        if let Some((separator, right)) = self.insert_into(root, entry)? {
+        let (added, split) = self.insert_into(root, entry)?;
+        if let Some((separator, right)) = split {
             self.mem.push(MemNode::Branch {
                 separators: separator,
                 children: vec![NodeRef::Mem(root), right],
@@ -366,8 +359,10 @@ impl BTree {
         } else {
             self.root = Some(NodeRef::Mem(root));
         }
-        self.entry_count += 1;
-        Ok(true)
+        if added {
+            self.entry_count += 1;
+        }
+        Ok(added)
     }
 
     /// Removes `entry`; false if it was not there.
@@ -375,11 +370,8 @@ impl BTree {
         let Some(root) = self.root else {
             return Ok(false);
         };
-        if !self.contains(entry)? {
-            return Ok(false);
-        }
         let root = self.make_mut(root)?;
-        let emptied = self.remove_from(root, entry)?;
+        let (removed, emptied) = self.remove_from(root, entry)?;
         self.root = if emptied {
             None
         } else {
@@ -394,8 +386,10 @@ impl BTree {
                 _ => break,
             }
         }
-        self.entry_count -= 1;
-        Ok(true)
+        if removed {
+            self.entry_count -= 1;
+        }
+        Ok(removed)
     }
 
     /// Makes `node` writable: returns its in-memory index, copying a clean page
@@ -412,20 +406,20 @@ impl BTree {
         }
     }
 
-    /// Inserts below `node`; returns the separator and new right sibling if it split.
-    fn insert_into(
-        &mut self,
-        node: u32,
-        entry: &[u8],
-    ) -> Result<Option<(Vec<u8>, NodeRef)>, IndexError> {
+    /// Inserts below `node`; returns whether the entry was new, and the
+    /// separator and new right sibling if `node` split.
+    fn insert_into(&mut self, node: u32, entry: &[u8]) -> Result<(bool, Split), IndexError> {
         let width = self.width;
         let child = match &mut self.mem[node as usize] {
             MemNode::Leaf { entries } => {
                 let count = entries.len() / width;
                 let pos = partition_point(count, |i| &entries[i * width..(i + 1) * width] < entry);
+                if entries.get(pos * width..(pos + 1) * width) == Some(entry) {
+                    return Ok((false, None));
+                }
                 entries.splice(pos * width..pos * width, entry.iter().copied());
                 if fits(&self.mem[node as usize], width) {
-                    return Ok(None);
+                    return Ok((true, None));
                 }
                 // Sequential inserts at either end split unevenly, so runs of
                 // ascending or descending keys leave full pages behind.
@@ -443,7 +437,10 @@ impl BTree {
                 let right = entries.split_off(at * width);
                 let separator = right[..width].to_vec();
                 self.mem.push(MemNode::Leaf { entries: right });
-                return Ok(Some((separator, NodeRef::Mem(self.mem.len() as u32 - 1))));
+                return Ok((
+                    true,
+                    Some((separator, NodeRef::Mem(self.mem.len() as u32 - 1))),
+                ));
             }
             MemNode::Branch {
                 separators,
@@ -457,7 +454,7 @@ impl BTree {
         };
         let (index, child_ref) = child;
         let child = self.make_mut(child_ref)?;
-        let split = self.insert_into(child, entry)?;
+        let (added, split) = self.insert_into(child, entry)?;
         let MemNode::Branch {
             separators,
             children,
@@ -467,12 +464,12 @@ impl BTree {
         };
         children[index] = NodeRef::Mem(child);
         let Some((separator, right)) = split else {
-            return Ok(None);
+            return Ok((added, None));
         };
         separators.splice(index * width..index * width, separator);
         children.insert(index + 1, right);
         if fits(&self.mem[node as usize], width) {
-            return Ok(None);
+            return Ok((added, None));
         }
         let MemNode::Branch {
             separators,
@@ -489,20 +486,22 @@ impl BTree {
             separators: right_separators,
             children: right_children,
         });
-        Ok(Some((up, NodeRef::Mem(self.mem.len() as u32 - 1))))
+        Ok((added, Some((up, NodeRef::Mem(self.mem.len() as u32 - 1)))))
     }
 
-    /// Removes below `node`; returns whether `node` is now empty.
-    fn remove_from(&mut self, node: u32, entry: &[u8]) -> Result<bool, IndexError> {
+    /// Removes below `node`; returns whether the entry was there, and whether
+    /// `node` is now empty.
+    fn remove_from(&mut self, node: u32, entry: &[u8]) -> Result<(bool, bool), IndexError> {
         let width = self.width;
         let (index, child_ref) = match &mut self.mem[node as usize] {
             MemNode::Leaf { entries } => {
                 let count = entries.len() / width;
                 let pos = partition_point(count, |i| &entries[i * width..(i + 1) * width] < entry);
-                if entries.get(pos * width..(pos + 1) * width) == Some(entry) {
+                let found = entries.get(pos * width..(pos + 1) * width) == Some(entry);
+                if found {
                     entries.drain(pos * width..(pos + 1) * width);
                 }
-                return Ok(entries.is_empty());
+                return Ok((found, entries.is_empty()));
             }
             MemNode::Branch {
                 separators,
@@ -515,7 +514,7 @@ impl BTree {
             }
         };
         let child = self.make_mut(child_ref)?;
-        let child_emptied = self.remove_from(child, entry)?;
+        let (removed, child_emptied) = self.remove_from(child, entry)?;
         let MemNode::Branch {
             separators,
             children,
@@ -533,7 +532,7 @@ impl BTree {
                 separators.drain(s * width..(s + 1) * width);
             }
         }
-        Ok(children.is_empty())
+        Ok((removed, children.is_empty()))
     }
 
     /// Writes every in-memory node and a new meta page recording that the tree
@@ -678,6 +677,9 @@ impl BTree {
         Ok(id)
     }
 }
+
+/// The separator and new right sibling of a node that split.
+type Split = Option<(Vec<u8>, NodeRef)>;
 
 #[derive(Debug)]
 struct Allocator {
