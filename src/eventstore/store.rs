@@ -224,7 +224,9 @@ impl EventStore {
 
     /// Like [`EventStore::query`], handing each event to `visit` as a
     /// zero-copy view of its stored bytes (write it out with
-    /// `EventRef::write_json`). All of it reads one consistent state.
+    /// `EventRef::write_json`). All of it reads one consistent state: the
+    /// shard's indexes stay read-locked while `visit` runs, so a slow
+    /// `visit` holds up the writer.
     pub fn query_with(
         &self,
         filters: &[Filter],
