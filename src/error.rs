@@ -23,6 +23,8 @@ pub enum Error {
     Event(EventError),
     /// Options that cannot work together.
     Options(String),
+    /// No store in the directory, and `create_if_missing` was off.
+    Missing(PathBuf),
     /// Another process has the store open.
     Locked(PathBuf),
     /// The store's files are not a Megalith store this build can open.
@@ -54,6 +56,7 @@ impl std::fmt::Display for Error {
             Error::Filter(e) => e.fmt(f),
             Error::Event(e) => e.fmt(f),
             Error::Options(message) => write!(f, "invalid options: {message}"),
+            Error::Missing(path) => write!(f, "no Megalith store in {}", path.display()),
             Error::Locked(path) => write!(
                 f,
                 "the store at {} is open in another process",

@@ -112,6 +112,16 @@ fn errors_go_to_stderr_with_a_failing_status() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");
     let data = data.to_str().unwrap();
+    // Reading commands never create a store where there is none.
+    let out = megalith(&["count", "--data", data, "{}"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no store in"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path().join("store").exists());
+    drop(megalith::EventStore::open(data).unwrap());
     for args in [
         vec!["query", "--data", data, "{\"kinds\":[1],\"bogus\":2}"],
         vec!["count", "--data", data, "not json"],

@@ -31,6 +31,9 @@ pub struct Options {
     pub max_future: Duration,
     /// Most events one group commit takes. Default: 10,000.
     pub max_group_events: usize,
+    /// Create a new store when the directory holds none. Default: true;
+    /// when false, opening a directory without a store is `Error::Missing`.
+    pub create_if_missing: bool,
 }
 
 impl Default for Options {
@@ -43,6 +46,7 @@ impl Default for Options {
             limits: Limits::default(),
             max_future: Duration::from_secs(15 * 60),
             max_group_events: 10_000,
+            create_if_missing: true,
         }
     }
 }
@@ -117,6 +121,11 @@ impl EventStoreBuilder {
 
     pub fn max_future(mut self, max_future: Duration) -> Self {
         self.options.max_future = max_future;
+        self
+    }
+
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.options.create_if_missing = create;
         self
     }
 

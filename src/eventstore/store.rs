@@ -62,6 +62,9 @@ impl EventStore {
     }
 
     pub(crate) fn open_with(dir: &Path, options: Options) -> Result<EventStore, Error> {
+        if !options.create_if_missing && !dir.join(manifest::MANIFEST_FILE).exists() {
+            return Err(Error::Missing(dir.to_path_buf()));
+        }
         fs::create_dir_all(dir).map_err(io_error(dir, "create directory"))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = File::options()

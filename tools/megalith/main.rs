@@ -35,7 +35,8 @@ enum Command {
 
 #[derive(Args)]
 struct StoreArgs {
-    /// The store's data directory (created if missing).
+    /// The store's data directory (import creates it if missing; the other
+    /// commands need an existing store).
     #[arg(long, value_name = "DIR", default_value = "./megalith-data")]
     data: PathBuf,
 }
@@ -125,8 +126,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Opens an existing store (reading commands never create one).
 fn open(store: &StoreArgs) -> Result<EventStore, String> {
-    EventStore::open(&store.data).map_err(|e| format!("cannot open {}: {e}", store.data.display()))
+    EventStore::builder(&store.data)
+        .create_if_missing(false)
+        .open()
+        .map_err(|e| match e {
+            megalith::Error::Missing(_) => format!(
+                "no store in {} (import events first, or check --data)",
+                store.data.display()
+            ),
+            other => format!("cannot open {}: {other}", store.data.display()),
+        })
 }
 
 fn parse_filters(text: &str) -> Result<Vec<Filter>, String> {
