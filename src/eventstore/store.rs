@@ -149,7 +149,10 @@ impl EventStore {
     fn insert_checked(&self, events: &[Event], verify: bool) -> Result<Vec<InsertOutcome>, Error> {
         let now = unix_now();
         let mut outcomes: Vec<Option<InsertOutcome>> = Vec::with_capacity(events.len());
-        let mut to_write: Vec<(usize, Event)> = Vec::new();
+        // Events are encoded here, on the caller's thread, so concurrent
+        // callers share the work and the shard writer only appends bytes.
+        let mut positions = Vec::new();
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
         for (i, event) in events.iter().enumerate() {
             match self.validate(event, verify, now) {
                 Err(rejection) => outcomes.push(Some(InsertOutcome::Invalid(rejection))),
@@ -157,14 +160,20 @@ impl EventStore {
                     outcomes.push(Some(InsertOutcome::Ephemeral));
                 }
                 Ok(()) => {
-                    outcomes.push(None);
-                    to_write.push((i, event.clone()));
+                    let mut payload = Vec::with_capacity(event.payload_len());
+                    match event.encode_payload(&mut payload) {
+                        Ok(()) => {
+                            outcomes.push(None);
+                            positions.push(i);
+                            payloads.push(payload);
+                        }
+                        Err(e) => outcomes.push(Some(InsertOutcome::Invalid(Rejection::from(&e)))),
+                    }
                 }
             }
         }
-        if !to_write.is_empty() {
-            let (positions, batch): (Vec<usize>, Vec<Event>) = to_write.into_iter().unzip();
-            let written = self.shards[0].write(batch)?;
+        if !payloads.is_empty() {
+            let written = self.shards[0].write(payloads)?;
             for (i, outcome) in positions.into_iter().zip(written) {
                 outcomes[i] = Some(match outcome {
                     WriteOutcome::Stored => InsertOutcome::Stored,

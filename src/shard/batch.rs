@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::Error;
-use crate::event::{Event, EventId, KindClass, Pubkey};
+use crate::event::{EventId, EventRef, KindClass, Pubkey, TagField};
 use crate::ids::Location;
 use crate::wal::RemoveReason;
 
@@ -61,34 +61,36 @@ impl GroupState {
     pub fn decide(
         &mut self,
         committed: &Committed<'_>,
-        event: &Event,
-        store: &mut dyn FnMut(&Event) -> Result<Location, Error>,
+        event: &EventRef<'_>,
+        store: &mut dyn FnMut() -> Result<Location, Error>,
         remove: &mut dyn FnMut(Removal) -> Result<(), Error>,
     ) -> Result<WriteOutcome, Error> {
-        if self.stored.contains_key(&event.id) || committed.find(&event.id)?.is_some() {
+        let (id, pubkey, kind, created_at) =
+            (event.id(), event.pubkey(), event.kind(), event.created_at());
+        if self.stored.contains_key(&id) || committed.find(&id)?.is_some() {
             return Ok(WriteOutcome::Duplicate);
         }
         if self
             .deleted_ids
-            .get(&event.id)
-            .is_some_and(|authors| authors.contains(&event.pubkey))
-            || committed.deleted_by_id(&event.id, &event.pubkey)?
+            .get(&id)
+            .is_some_and(|authors| authors.contains(&pubkey))
+            || committed.deleted_by_id(&id, &pubkey)?
         {
             return Ok(WriteOutcome::Deleted);
         }
-        let address = Address::of(event.kind, event.pubkey, || event.d_tag().to_string());
+        let address = Address::of_event_ref(event);
         let mut outcome = WriteOutcome::Stored;
         if let Some(address) = &address {
             if self
                 .deleted_addresses
                 .get(address)
-                .is_some_and(|&upto| upto >= event.created_at)
-                || committed.deleted_by_address(address, event.created_at)?
+                .is_some_and(|&upto| upto >= created_at)
+                || committed.deleted_by_address(address, created_at)?
             {
                 return Ok(WriteOutcome::Deleted);
             }
             if let Some(current) = self.current_version(committed, address)? {
-                if current.beats(event.created_at, &event.id) {
+                if current.beats(created_at, &id) {
                     return Ok(WriteOutcome::Superseded);
                 }
                 self.remove(current.location, current.id, RemoveReason::Replaced, remove)?;
@@ -97,24 +99,26 @@ impl GroupState {
                 };
             }
         }
-        let location = store(event)?;
+        let location = store()?;
         self.stored.insert(
-            event.id,
+            id,
             Pending {
                 location,
-                pubkey: event.pubkey,
-                kind: event.kind,
+                pubkey,
+                kind,
             },
         );
         if let Some(address) = address {
-            let version = Version {
-                created_at: event.created_at,
-                id: event.id,
-                location,
-            };
-            self.addresses.insert(address, Some(version));
+            self.addresses.insert(
+                address,
+                Some(Version {
+                    created_at,
+                    id,
+                    location,
+                }),
+            );
         }
-        if event.kind == DELETION_KIND {
+        if kind == DELETION_KIND {
             self.apply_deletion(committed, event, remove)?;
         }
         Ok(outcome)
@@ -154,19 +158,18 @@ impl GroupState {
     fn apply_deletion(
         &mut self,
         committed: &Committed<'_>,
-        deletion: &Event,
+        deletion: &EventRef<'_>,
         remove: &mut dyn FnMut(Removal) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        for tag in &deletion.tags {
-            match (tag.first().map(String::as_str), tag.get(1)) {
-                (Some("e"), Some(value)) => {
-                    let Ok(id) = EventId::from_hex(value) else {
-                        continue;
-                    };
-                    self.deleted_ids
-                        .entry(id)
-                        .or_default()
-                        .push(deletion.pubkey);
+        let (author, created_at) = (deletion.pubkey(), deletion.created_at());
+        for tag in deletion.tags() {
+            let (Some(name), Some(value)) = (tag.name(), tag.value()) else {
+                continue;
+            };
+            match name.is_single_letter() {
+                Some(b'e') => {
+                    let Some(id) = event_id(value) else { continue };
+                    self.deleted_ids.entry(id).or_default().push(author);
                     let target = match self.stored.get(&id) {
                         Some(pending) => Some((pending.location, pending.pubkey, pending.kind)),
                         None => match committed.find(&id)? {
@@ -180,7 +183,7 @@ impl GroupState {
                     let Some((location, pubkey, kind)) = target else {
                         continue;
                     };
-                    if pubkey != deletion.pubkey || kind == DELETION_KIND {
+                    if pubkey != author || kind == DELETION_KIND {
                         continue;
                     }
                     if let Some(address) = self.address_at(committed, location, kind, pubkey)? {
@@ -191,17 +194,17 @@ impl GroupState {
                     }
                     self.remove(location, id, RemoveReason::Deleted, remove)?;
                 }
-                (Some("a"), Some(value)) => {
-                    let Some(address) = Address::parse(value) else {
+                Some(b'a') => {
+                    let Some(address) = Address::parse(&value.to_string()) else {
                         continue;
                     };
-                    if address.pubkey != deletion.pubkey {
+                    if address.pubkey != author {
                         continue;
                     }
                     let upto = self.deleted_addresses.entry(address.clone()).or_insert(0);
-                    *upto = (*upto).max(deletion.created_at);
+                    *upto = (*upto).max(created_at);
                     if let Some(current) = self.current_version(committed, &address)?
-                        && current.created_at <= deletion.created_at
+                        && current.created_at <= created_at
                     {
                         self.addresses.insert(address, None);
                         self.remove(current.location, current.id, RemoveReason::Deleted, remove)?;
@@ -239,5 +242,14 @@ impl GroupState {
             }
             KindClass::Regular | KindClass::Ephemeral => Ok(None),
         }
+    }
+}
+
+/// An `e` tag value as an event id (a 64-char lowercase hex value is stored
+/// as its 32 raw bytes; anything else names no event).
+fn event_id(value: TagField<'_>) -> Option<EventId> {
+    match value {
+        TagField::Hex(raw) => <[u8; 32]>::try_from(raw).ok().map(EventId),
+        TagField::Text(text) => EventId::from_hex(text).ok(),
     }
 }

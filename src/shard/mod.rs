@@ -13,7 +13,6 @@ use crossbeam_channel::{Sender, bounded};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::error::Error;
-use crate::event::Event;
 use crate::ids::ShardId;
 use crate::index::IndexSet;
 use crate::wal::{Log, LogSnapshot, LogWriter};
@@ -86,11 +85,12 @@ impl Shard {
         })
     }
 
-    /// Writes events (already validated) and waits for their outcomes.
-    pub fn write(&self, events: Vec<Event>) -> Result<Vec<WriteOutcome>, Error> {
+    /// Writes validated events, given as their encoded payloads
+    /// (`Event::encode_payload`), and waits for their outcomes.
+    pub fn write(&self, payloads: Vec<Vec<u8>>) -> Result<Vec<WriteOutcome>, Error> {
         let (reply, outcome) = bounded(1);
         self.commands
-            .send(Command::Write { events, reply })
+            .send(Command::Write { payloads, reply })
             .map_err(|_| Error::Closed)?;
         outcome.recv().map_err(|_| Error::Closed)?
     }

@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::RwLock;
 
 use crate::error::Error;
-use crate::event::{Event, EventRef};
+use crate::event::EventRef;
 use crate::ids::{Location, Lsn};
 use crate::index::{Apply, IndexSet};
 use crate::wal::{Batch, BatchFull, LogWriter, RecordType, RemovePayload, WalError};
@@ -27,8 +27,9 @@ use super::lookup::Committed;
 pub(crate) type WriteReply = Sender<Result<Vec<WriteOutcome>, Error>>;
 
 pub(crate) enum Command {
+    /// Encoded payloads (`Event::encode_payload`) of validated events.
     Write {
-        events: Vec<Event>,
+        payloads: Vec<Vec<u8>>,
         reply: WriteReply,
     },
     Checkpoint {
@@ -58,11 +59,12 @@ pub(crate) struct Writer {
     pub unsynced_since: Option<Instant>,
 }
 
-enum Op {
+/// A record of the group, applied to the indexes once it is in the log.
+enum Op<'a> {
     Insert {
         lsn: Lsn,
         location: Location,
-        payload: Vec<u8>,
+        payload: &'a [u8],
     },
     Remove {
         lsn: Lsn,
@@ -89,14 +91,14 @@ impl Writer {
                 },
             };
             match command {
-                Command::Write { events, reply } => {
-                    let mut count = events.len();
-                    let mut group = vec![(events, reply)];
+                Command::Write { payloads, reply } => {
+                    let mut count = payloads.len();
+                    let mut group = vec![(payloads, reply)];
                     while count < self.config.max_group_events {
                         match self.commands.try_recv() {
-                            Ok(Command::Write { events, reply }) => {
-                                count += events.len();
-                                group.push((events, reply));
+                            Ok(Command::Write { payloads, reply }) => {
+                                count += payloads.len();
+                                group.push((payloads, reply));
                             }
                             Ok(other) => {
                                 deferred = Some(other);
@@ -119,14 +121,17 @@ impl Writer {
         }
     }
 
-    fn write_group(&mut self, group: Vec<(Vec<Event>, WriteReply)>) {
+    fn write_group(&mut self, group: Vec<(Vec<Vec<u8>>, WriteReply)>) {
         if let Some(why) = &self.poisoned {
             for (_, reply) in group {
                 let _ = reply.send(Err(Error::Poisoned(why.clone())));
             }
             return;
         }
-        let requests: Vec<&[Event]> = group.iter().map(|(events, _)| events.as_slice()).collect();
+        let requests: Vec<&[Vec<u8>]> = group
+            .iter()
+            .map(|(payloads, _)| payloads.as_slice())
+            .collect();
         match self.apply_group(&requests) {
             Ok(outcomes) => {
                 for ((_, reply), outcomes) in group.into_iter().zip(outcomes) {
@@ -156,7 +161,7 @@ impl Writer {
     /// Returns each request's outcomes; on error, also whether any record was written.
     fn apply_group(
         &mut self,
-        requests: &[&[Event]],
+        requests: &[&[Vec<u8>]],
     ) -> Result<Vec<Vec<WriteOutcome>>, (Error, bool)> {
         let mut ops = Vec::new();
         let mut wrote = false;
@@ -171,20 +176,18 @@ impl Writer {
             };
             let mut state = GroupState::default();
             let mut batch = Some(self.log.batch().map_err(|e| (e.into(), false))?);
-            let mut scratch = Vec::with_capacity(4096);
             let log = &mut self.log;
-            for events in requests {
-                let mut request_outcomes = Vec::with_capacity(events.len());
-                for event in *events {
-                    let mut store = |event: &Event| -> Result<Location, Error> {
-                        scratch.clear();
-                        event.encode_payload(&mut scratch)?;
+            for payloads in requests {
+                let mut request_outcomes = Vec::with_capacity(payloads.len());
+                for payload in *payloads {
+                    let event = EventRef::parse(payload).map_err(|e| (e.into(), wrote))?;
+                    let mut store = || -> Result<Location, Error> {
                         let (lsn, location) =
-                            push(log, &mut batch, &mut wrote, RecordType::Event, &scratch)?;
+                            push(log, &mut batch, &mut wrote, RecordType::Event, payload)?;
                         ops.push(Op::Insert {
                             lsn,
                             location,
-                            payload: scratch.clone(),
+                            payload,
                         });
                         Ok(location)
                     };
@@ -194,7 +197,7 @@ impl Writer {
                         Ok(())
                     };
                     let outcome = state
-                        .decide(&committed, event, &mut store, &mut remove)
+                        .decide(&committed, &event, &mut store, &mut remove)
                         .map_err(|e| (e, wrote))?;
                     for removal in removals {
                         let mut payload = Vec::with_capacity(RemovePayload::LEN);
@@ -241,7 +244,7 @@ impl Writer {
                     lsn,
                     location,
                     payload,
-                } => EventRef::parse(&payload)
+                } => EventRef::parse(payload)
                     .map_err(Error::from)
                     .and_then(|event| Ok(indexes.apply(Apply::Insert, &event, location, lsn)?)),
                 Op::Remove { lsn, target } => snapshot
