@@ -760,6 +760,19 @@ mod tests {
         e
     }
 
+    /// Checkpoints `tree` through `lsn` and installs the result.
+    fn checkpoint(tree: &mut BTree, lsn: u64) {
+        let position = Location {
+            segment: SegmentId(1),
+            offset: lsn as u32,
+        };
+        let prepared = tree
+            .prepare_checkpoint(Lsn(lsn), position)
+            .unwrap()
+            .unwrap();
+        tree.install(prepared).unwrap();
+    }
+
     fn collect(tree: &BTree) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let mut cursor = tree.seek(&[0u8; 16]).unwrap();
@@ -788,15 +801,7 @@ mod tests {
             }
             assert_eq!(collect(&tree), model.iter().cloned().collect::<Vec<_>>());
             lsn += 1;
-            let position = Location {
-                segment: SegmentId(1),
-                offset: lsn as u32,
-            };
-            let prepared = tree
-                .prepare_checkpoint(Lsn(lsn), position)
-                .unwrap()
-                .unwrap();
-            tree.install(prepared).unwrap();
+            checkpoint(&mut tree, lsn);
             assert_eq!(collect(&tree), model.iter().cloned().collect::<Vec<_>>());
             drop(tree);
             tree = BTree::open(&path, 9, 16).unwrap();
@@ -834,17 +839,7 @@ mod tests {
         for n in 0..500 {
             tree.insert(&entry(n)).unwrap();
         }
-        let p = tree
-            .prepare_checkpoint(
-                Lsn(1),
-                Location {
-                    segment: SegmentId(1),
-                    offset: 1,
-                },
-            )
-            .unwrap()
-            .unwrap();
-        tree.install(p).unwrap();
+        checkpoint(&mut tree, 1);
         for n in 500..1000 {
             tree.insert(&entry(n)).unwrap();
         }
@@ -863,17 +858,7 @@ mod tests {
             for n in 0..200 {
                 tree.insert(&entry(round * 1000 + n)).unwrap();
             }
-            let p = tree
-                .prepare_checkpoint(
-                    Lsn(round),
-                    Location {
-                        segment: SegmentId(1),
-                        offset: round as u32,
-                    },
-                )
-                .unwrap()
-                .unwrap();
-            tree.install(p).unwrap();
+            checkpoint(&mut tree, round);
         }
         let newest_slot = tree.meta_slot;
         drop(tree);
@@ -894,17 +879,7 @@ mod tests {
         for n in 0..2000 {
             tree.insert(&entry(n)).unwrap();
         }
-        let p = tree
-            .prepare_checkpoint(
-                Lsn(1),
-                Location {
-                    segment: SegmentId(1),
-                    offset: 1,
-                },
-            )
-            .unwrap()
-            .unwrap();
-        tree.install(p).unwrap();
+        checkpoint(&mut tree, 1);
         assert_eq!(
             collect(&tree).len(),
             2000,
