@@ -245,12 +245,14 @@ impl EventStore {
         mut visit: impl FnMut(&EventRef<'_>) -> Result<(), Error>,
     ) -> Result<usize, Error> {
         let view = self.shards[0].read();
-        let mut hits: Vec<Hit> = Vec::new();
-        for_each_hit(&view, filters, true, |hit| hits.push(hit))?;
-        hits.sort_unstable();
-        hits.dedup_by_key(|h| h.location);
-        for hit in &hits {
-            visit(&view.log.read_event(hit.location)?)?;
+        let mut hits: Vec<(Hit, EventRef<'_>)> = Vec::new();
+        for_each_hit(&view, filters, true, |hit, event| hits.push((hit, event)))?;
+        // Merged order is exact up to ids sharing their first 8 bytes; this
+        // settles that, and merges the filters' results.
+        hits.sort_unstable_by_key(|(hit, _)| *hit);
+        hits.dedup_by_key(|(hit, _)| hit.location);
+        for (_, event) in &hits {
+            visit(event)?;
         }
         Ok(hits.len())
     }
@@ -267,11 +269,11 @@ impl EventStore {
         let view = self.shards[0].read();
         if let [_] = filters {
             let mut n = 0;
-            for_each_hit(&view, filters, false, |_| n += 1)?;
+            for_each_hit(&view, filters, false, |_, _| n += 1)?;
             return Ok(n);
         }
         let mut seen = HashSet::new();
-        for_each_hit(&view, filters, false, |hit| {
+        for_each_hit(&view, filters, false, |hit, _| {
             seen.insert(hit.location);
         })?;
         Ok(seen.len() as u64)
@@ -349,18 +351,16 @@ impl Drop for EventStore {
 
 /// Runs each filter on a shard view (with its limit, or without when
 /// counting), passing every hit on; hits of different filters may repeat.
-fn for_each_hit(
-    view: &ShardRead<'_>,
+fn for_each_hit<'v>(
+    view: &'v ShardRead<'_>,
     filters: &[Filter],
     limits: bool,
-    mut f: impl FnMut(Hit),
+    mut f: impl FnMut(Hit, EventRef<'v>),
 ) -> Result<(), Error> {
     let now = unix_now();
     for filter in filters {
         let limit = if limits { filter.limit } else { None };
-        execute(&view.indexes, &view.log, filter, now, limit, |hit, _| {
-            f(hit)
-        })?;
+        execute(&view.indexes, &view.log, filter, now, limit, &mut f)?;
     }
     Ok(())
 }

@@ -43,13 +43,13 @@ impl PartialOrd for Hit {
 /// to events sharing created_at and the first 8 id bytes, which the caller's
 /// final sort settles), at most `limit` times (`None`: no limit). Events
 /// expired at `now` (NIP-40) are skipped. Returns how many were visited.
-pub(crate) fn execute(
+pub(crate) fn execute<'l>(
     indexes: &IndexSet,
-    log: &LogSnapshot,
+    log: &'l LogSnapshot,
     filter: &Filter,
     now: u64,
     limit: Option<usize>,
-    mut visit: impl FnMut(Hit, &EventRef<'_>),
+    mut visit: impl FnMut(Hit, EventRef<'l>),
 ) -> Result<usize, QueryError> {
     let limit = limit.unwrap_or(usize::MAX);
     if limit == 0 {
@@ -73,19 +73,23 @@ pub(crate) fn execute(
                 let location = location_at_end(entry);
                 let event = log.read_event(location)?;
                 if accept(&event) {
-                    hits.push(Hit {
-                        created_at: event.created_at(),
-                        id: *id,
-                        location,
-                    });
+                    hits.push((
+                        Hit {
+                            created_at: event.created_at(),
+                            id: *id,
+                            location,
+                        },
+                        event,
+                    ));
                 }
             }
-            hits.sort();
+            hits.sort_unstable_by_key(|(hit, _)| *hit);
             hits.truncate(limit);
-            for hit in &hits {
-                visit(*hit, &log.read_event(hit.location)?);
+            let visited = hits.len();
+            for (hit, event) in hits {
+                visit(hit, event);
             }
-            Ok(hits.len())
+            Ok(visited)
         }
         Plan::Scan {
             index,
@@ -132,7 +136,7 @@ pub(crate) fn execute(
                         id: event.id(),
                         location,
                     },
-                    &event,
+                    event,
                 );
                 visited += 1;
                 if visited == limit {
