@@ -17,7 +17,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use memmap2::Mmap;
 
@@ -50,6 +50,10 @@ pub(crate) struct BTree {
     free_list_pages: Vec<PageId>,
     entry_count: u64,
     verified: VerifiedPages,
+    /// Set once a checkpoint starts writing a meta page, cleared when it is
+    /// installed. While set, the durable meta may reach pages that memory
+    /// counts as free, so no further checkpoint may be written.
+    meta_unsettled: AtomicBool,
 }
 
 /// A checkpoint written to disk but not yet installed in memory.
@@ -193,6 +197,7 @@ impl BTree {
             free_list_pages: Vec::new(),
             entry_count: meta.entry_count,
             verified: VerifiedPages::default(),
+            meta_unsettled: AtomicBool::new(false),
         };
         tree.verified.reset(meta.page_count, &[]);
         tree.remap()?;
@@ -349,16 +354,32 @@ impl BTree {
         // (replay skips what a tree's checkpoint holds), so a path copied
         // into memory for an entry already there is a rare, harmless waste.
         let root = self.make_mut(root)?;
-        let (added, split) = self.insert_into(root, entry)?;
-        if let Some((separator, right)) = split {
-            self.mem.push(MemNode::Branch {
-                separators: separator,
-                children: vec![NodeRef::Mem(root), right],
-            });
-            self.root = Some(NodeRef::Mem(self.mem.len() as u32 - 1));
-        } else {
-            self.root = Some(NodeRef::Mem(root));
+        let (added, mut siblings) = self.insert_into(root, entry)?;
+        // The root split: a new root above it, itself split again (and a
+        // level added) for as long as it does not fit a page.
+        let mut root = NodeRef::Mem(root);
+        while !siblings.is_empty() {
+            let mut separators = Vec::with_capacity(siblings.len() * self.width);
+            let mut children = vec![root];
+            for (separator, sibling) in siblings {
+                separators.extend_from_slice(&separator);
+                children.push(sibling);
+            }
+            let (first, rest) = split_to_fit(
+                MemNode::Branch {
+                    separators,
+                    children,
+                },
+                self.width,
+                None,
+            );
+            root = self.push_mem(first);
+            siblings = rest
+                .into_iter()
+                .map(|(separator, piece)| (separator, self.push_mem(piece)))
+                .collect();
         }
+        self.root = Some(root);
         if added {
             self.entry_count += 1;
         }
@@ -406,20 +427,20 @@ impl BTree {
         }
     }
 
-    /// Inserts below `node`; returns whether the entry was new, and the
-    /// separator and new right sibling if `node` split.
-    fn insert_into(&mut self, node: u32, entry: &[u8]) -> Result<(bool, Split), IndexError> {
+    /// Inserts below `node`; returns whether the entry was new, and the new
+    /// right siblings (with the separator before each) if `node` had to split.
+    fn insert_into(&mut self, node: u32, entry: &[u8]) -> Result<(bool, Vec<Sibling>), IndexError> {
         let width = self.width;
-        let child = match &mut self.mem[node as usize] {
+        let (index, child_ref) = match &mut self.mem[node as usize] {
             MemNode::Leaf { entries } => {
                 let count = entries.len() / width;
                 let pos = partition_point(count, |i| &entries[i * width..(i + 1) * width] < entry);
                 if entries.get(pos * width..(pos + 1) * width) == Some(entry) {
-                    return Ok((false, None));
+                    return Ok((false, Vec::new()));
                 }
                 entries.splice(pos * width..pos * width, entry.iter().copied());
                 if fits(&self.mem[node as usize], width) {
-                    return Ok((true, None));
+                    return Ok((true, Vec::new()));
                 }
                 // Sequential inserts at either end split unevenly, so runs of
                 // ascending or descending keys leave full pages behind.
@@ -431,16 +452,7 @@ impl BTree {
                 } else {
                     count / 2
                 };
-                let MemNode::Leaf { entries } = &mut self.mem[node as usize] else {
-                    unreachable!()
-                };
-                let right = entries.split_off(at * width);
-                let separator = right[..width].to_vec();
-                self.mem.push(MemNode::Leaf { entries: right });
-                return Ok((
-                    true,
-                    Some((separator, NodeRef::Mem(self.mem.len() as u32 - 1))),
-                ));
+                return Ok((true, self.split_in_place(node, Some(at))));
             }
             MemNode::Branch {
                 separators,
@@ -452,41 +464,53 @@ impl BTree {
                 (index, children[index])
             }
         };
-        let (index, child_ref) = child;
         let child = self.make_mut(child_ref)?;
-        let (added, split) = self.insert_into(child, entry)?;
+        let (added, siblings) = self.insert_into(child, entry)?;
         let MemNode::Branch {
             separators,
             children,
         } = &mut self.mem[node as usize]
         else {
-            unreachable!()
+            unreachable!("index came from a branch")
         };
         children[index] = NodeRef::Mem(child);
-        let Some((separator, right)) = split else {
-            return Ok((added, None));
-        };
-        separators.splice(index * width..index * width, separator);
-        children.insert(index + 1, right);
-        if fits(&self.mem[node as usize], width) {
-            return Ok((added, None));
+        if siblings.is_empty() {
+            return Ok((added, Vec::new()));
         }
-        let MemNode::Branch {
-            separators,
-            children,
-        } = &mut self.mem[node as usize]
-        else {
-            unreachable!()
-        };
-        let mid = children.len() / 2;
-        let right_children = children.split_off(mid);
-        let right_separators = separators.split_off(mid * width);
-        let up = separators.split_off((mid - 1) * width);
-        self.mem.push(MemNode::Branch {
-            separators: right_separators,
-            children: right_children,
-        });
-        Ok((added, Some((up, NodeRef::Mem(self.mem.len() as u32 - 1)))))
+        let at = index + 1;
+        let new_separators: Vec<u8> = siblings
+            .iter()
+            .flat_map(|(s, _)| s.iter().copied())
+            .collect();
+        separators.splice(index * width..index * width, new_separators);
+        children.splice(at..at, siblings.into_iter().map(|(_, sibling)| sibling));
+        if fits(&self.mem[node as usize], width) {
+            return Ok((added, Vec::new()));
+        }
+        // A branch whose keys shared a long prefix can lose it to one new
+        // separator: then it may take several pages, not two.
+        Ok((added, self.split_in_place(node, None)))
+    }
+
+    fn push_mem(&mut self, node: MemNode) -> NodeRef {
+        self.mem.push(node);
+        NodeRef::Mem(self.mem.len() as u32 - 1)
+    }
+
+    /// Splits the overfull in-memory `node` into pieces that fit: the first
+    /// stays at `node`, the rest are returned in key order.
+    fn split_in_place(&mut self, node: u32, first_split: Option<usize>) -> Vec<Sibling> {
+        let taken = std::mem::replace(
+            &mut self.mem[node as usize],
+            MemNode::Leaf {
+                entries: Vec::new(),
+            },
+        );
+        let (first, rest) = split_to_fit(taken, self.width, first_split);
+        self.mem[node as usize] = first;
+        rest.into_iter()
+            .map(|(separator, piece)| (separator, self.push_mem(piece)))
+            .collect()
     }
 
     /// Removes below `node`; returns whether the entry was there, and whether
@@ -543,6 +567,11 @@ impl BTree {
         lsn: Lsn,
         position: Location,
     ) -> Result<Option<PreparedCheckpoint>, IndexError> {
+        if self.meta_unsettled.load(Ordering::Acquire) {
+            return Err(IndexError::Unsettled {
+                path: self.path.clone(),
+            });
+        }
         if self.mem.is_empty() && lsn == self.meta.checkpoint_lsn {
             return Ok(None);
         }
@@ -606,6 +635,9 @@ impl BTree {
             free_list_head: free_list_pages.first().copied(),
             free_page_count: listed.len() as u64,
         };
+        // From here the other meta slot may become durable: until `install`,
+        // memory no longer knows which free pages are really free.
+        self.meta_unsettled.store(true, Ordering::Release);
         let slot = 1 - self.meta_slot;
         self.file
             .write_all_at(
@@ -629,6 +661,7 @@ impl BTree {
     pub fn install(&mut self, prepared: PreparedCheckpoint) -> Result<(), IndexError> {
         self.meta = prepared.meta;
         self.meta_slot = prepared.slot;
+        self.meta_unsettled.store(false, Ordering::Release);
         self.root = prepared.meta.root.map(NodeRef::Page);
         self.mem.clear();
         self.free = prepared.free;
@@ -678,8 +711,62 @@ impl BTree {
     }
 }
 
-/// The separator and new right sibling of a node that split.
-type Split = Option<(Vec<u8>, NodeRef)>;
+/// A new right sibling of a node that split, with the separator before it.
+type Sibling = (Vec<u8>, NodeRef);
+
+/// Splits `node` until every piece fits a page. Returns the first piece and
+/// every later one with the separator before it. `first_split` (a position)
+/// chooses where the first cut goes; later cuts halve. A single entry or
+/// child always fits, so this ends.
+fn split_to_fit(
+    node: MemNode,
+    width: usize,
+    first_split: Option<usize>,
+) -> (MemNode, Vec<(Vec<u8>, MemNode)>) {
+    if fits(&node, width) {
+        return (node, Vec::new());
+    }
+    let (left, separator, right) = match node {
+        MemNode::Leaf { mut entries } => {
+            let count = entries.len() / width;
+            let at = first_split.unwrap_or(count / 2).clamp(1, count - 1);
+            let right = entries.split_off(at * width);
+            let separator = right[..width].to_vec();
+            (
+                MemNode::Leaf { entries },
+                separator,
+                MemNode::Leaf { entries: right },
+            )
+        }
+        MemNode::Branch {
+            mut separators,
+            mut children,
+        } => {
+            let mid = first_split
+                .unwrap_or(children.len() / 2)
+                .clamp(1, children.len() - 1);
+            let right_children = children.split_off(mid);
+            let right_separators = separators.split_off(mid * width);
+            let separator = separators.split_off((mid - 1) * width);
+            (
+                MemNode::Branch {
+                    separators,
+                    children,
+                },
+                separator,
+                MemNode::Branch {
+                    separators: right_separators,
+                    children: right_children,
+                },
+            )
+        }
+    };
+    let (first, mut pieces) = split_to_fit(left, width, None);
+    let (right_first, right_rest) = split_to_fit(right, width, None);
+    pieces.push((separator, right_first));
+    pieces.extend(right_rest);
+    (first, pieces)
+}
 
 #[derive(Debug)]
 struct Allocator {
@@ -899,6 +986,72 @@ mod tests {
             error.contains("checksum") && error.contains(&format!("page {}", root.0)),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_branch_that_loses_its_shared_prefix_splits_into_pages_that_fit() {
+        // Entries sharing a 67-byte prefix pack hundreds of separators per
+        // branch; one entry sharing nothing takes the prefix away, and the
+        // branch then needs several pages, not two.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        let width = 75;
+        let mut tree = BTree::open(&path, 9, width).unwrap();
+        let mut model = BTreeSet::new();
+        for n in 0..150_000u64 {
+            let mut e = vec![0u8; width];
+            e[67..].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+            tree.insert(&e).unwrap();
+            model.insert(e);
+        }
+        checkpoint(&mut tree, 1);
+        for byte in [1u8, 0xFF] {
+            tree.insert(&vec![byte; width]).unwrap();
+            model.insert(vec![byte; width]);
+        }
+        for node in &tree.mem {
+            assert!(fits(node, width), "an in-memory node does not fit a page");
+        }
+        checkpoint(&mut tree, 2);
+        drop(tree);
+        let tree = BTree::open(&path, 9, width).unwrap();
+        let mut cursor = tree.seek(&vec![0u8; width]).unwrap();
+        let mut got = Vec::new();
+        while let Some(e) = cursor.next().unwrap() {
+            got.push(e.to_vec());
+        }
+        assert_eq!(got, model.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_checkpoint_written_but_not_installed_blocks_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        let mut tree = BTree::open(&path, 9, 16).unwrap();
+        for n in 0..2000 {
+            tree.insert(&entry(n)).unwrap();
+        }
+        checkpoint(&mut tree, 1);
+        for n in 2000..3000 {
+            tree.insert(&entry(n)).unwrap();
+        }
+        let expected = collect(&tree);
+        let position = Location {
+            segment: SegmentId(1),
+            offset: 2,
+        };
+        // Its meta page is durable, but it is never installed (say a sibling
+        // index failed): a retry would reuse pages that meta page reaches.
+        drop(tree.prepare_checkpoint(Lsn(2), position).unwrap().unwrap());
+        for n in 3000..6000 {
+            tree.insert(&entry(n)).unwrap();
+        }
+        let error = tree.prepare_checkpoint(Lsn(3), position).unwrap_err();
+        assert!(matches!(error, IndexError::Unsettled { .. }), "{error}");
+        drop(tree);
+        let tree = BTree::open(&path, 9, 16).unwrap();
+        assert_eq!(tree.meta().checkpoint_lsn, Lsn(2));
+        assert_eq!(collect(&tree), expected);
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub enum IndexError {
         page: Option<PageId>,
         reason: String,
     },
+    /// An earlier checkpoint wrote a meta page that was never installed
+    /// (it failed, or was abandoned): the durable state is unknown until reopen.
+    Unsettled { path: PathBuf },
 }
 
 impl std::fmt::Display for IndexError {
@@ -43,6 +46,11 @@ impl std::fmt::Display for IndexError {
             } => {
                 write!(f, "corrupt index file {}: {reason}", path.display())
             }
+            IndexError::Unsettled { path } => write!(
+                f,
+                "an earlier checkpoint of {} did not finish; reopen the store to recover",
+                path.display()
+            ),
         }
     }
 }
@@ -51,7 +59,7 @@ impl std::error::Error for IndexError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             IndexError::Io { source, .. } => Some(source),
-            IndexError::Corrupt { .. } => None,
+            IndexError::Corrupt { .. } | IndexError::Unsettled { .. } => None,
         }
     }
 }

@@ -77,10 +77,11 @@ impl IndexSet {
     }
 
     /// The newest checkpoint among the indexes (where the log end search may start).
-    pub fn newest_checkpoint(&self) -> Option<Location> {
+    pub fn newest_checkpoint(&self) -> Option<(Location, Lsn)> {
         let newest = self.trees.iter().max_by_key(|t| t.meta().checkpoint_lsn)?;
         let meta = newest.meta();
-        (meta.checkpoint_lsn != Lsn::ZERO).then_some(meta.checkpoint_position)
+        (meta.checkpoint_lsn != Lsn::ZERO)
+            .then_some((meta.checkpoint_position, meta.checkpoint_lsn))
     }
 
     /// Adds or removes every entry of `event`, stored at `location`, in each
@@ -123,25 +124,24 @@ impl IndexSet {
         self.trees.iter().map(BTree::dirty_nodes).sum()
     }
 
-    /// Writes every index's checkpoint through `lsn` (see `BTree::prepare_checkpoint`).
+    /// Writes the checkpoint of index `kind` through `lsn` (see
+    /// `BTree::prepare_checkpoint`); install it with [`IndexSet::install`]
+    /// before preparing that index again.
     pub fn prepare_checkpoint(
         &self,
+        kind: IndexKind,
         lsn: Lsn,
         position: Location,
-    ) -> Result<Vec<Option<PreparedCheckpoint>>, IndexError> {
-        self.trees
-            .iter()
-            .map(|t| t.prepare_checkpoint(lsn, position))
-            .collect()
+    ) -> Result<Option<PreparedCheckpoint>, IndexError> {
+        self.trees[kind as usize].prepare_checkpoint(lsn, position)
     }
 
-    pub fn install(&mut self, prepared: Vec<Option<PreparedCheckpoint>>) -> Result<(), IndexError> {
-        for (tree, prepared) in self.trees.iter_mut().zip(prepared) {
-            if let Some(prepared) = prepared {
-                tree.install(prepared)?;
-            }
-        }
-        Ok(())
+    pub fn install(
+        &mut self,
+        kind: IndexKind,
+        prepared: PreparedCheckpoint,
+    ) -> Result<(), IndexError> {
+        self.trees[kind as usize].install(prepared)
     }
 }
 

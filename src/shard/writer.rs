@@ -17,7 +17,7 @@ use parking_lot::RwLock;
 use crate::error::Error;
 use crate::event::EventRef;
 use crate::ids::{Location, Lsn};
-use crate::index::{Apply, IndexSet};
+use crate::index::{Apply, IndexKind, IndexSet};
 use crate::wal::{Batch, BatchFull, LogWriter, RecordType, RemovePayload, WalError};
 
 use super::Durability;
@@ -287,26 +287,44 @@ impl Writer {
         if dirty >= self.config.checkpoint_dirty_nodes
             || (dirty > 0 && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval)
         {
-            // A failed checkpoint leaves the previous one in force and the
-            // log intact; the next attempt writes everything again.
+            // A failure poisons the writer (see `checkpoint`) and reaches
+            // the next caller.
             let _ = self.checkpoint();
         }
     }
 
-    /// Makes the indexes durable through the last committed record.
+    /// Makes the indexes durable through the last committed record. Any
+    /// failure poisons the writer: a meta page may have become durable
+    /// without memory knowing (see `BTree::prepare_checkpoint`), so only a
+    /// reopen, which reads what is on disk, can continue safely.
     fn checkpoint(&mut self) -> Result<(), Error> {
         if let Some(why) = &self.poisoned {
             return Err(Error::Poisoned(why.clone()));
         }
+        let result = self.write_checkpoint();
+        if let Err(error) = &result {
+            self.poisoned = Some(format!("checkpoint failed: {error}"));
+        }
+        result
+    }
+
+    fn write_checkpoint(&mut self) -> Result<(), Error> {
         // WAL rule: the log must be durable through the LSN a meta page names.
-        self.log
-            .sync()
-            .inspect_err(|e| self.poisoned = Some(e.to_string()))?;
+        self.log.sync()?;
         self.unsynced_since = None;
         let lsn = self.log.last_lsn();
         let position = self.log.end();
-        let prepared = self.indexes.read().prepare_checkpoint(lsn, position)?;
-        self.indexes.write().install(prepared)?;
+        // Tree by tree, each installed as soon as it is durable: readers see
+        // the same entries before and after, only read from other places.
+        for kind in IndexKind::ALL {
+            let prepared = self
+                .indexes
+                .read()
+                .prepare_checkpoint(kind, lsn, position)?;
+            if let Some(prepared) = prepared {
+                self.indexes.write().install(kind, prepared)?;
+            }
+        }
         self.last_checkpoint = Instant::now();
         Ok(())
     }
