@@ -121,16 +121,26 @@ fn replay(writer: &LogWriter, indexes: &mut IndexSet) -> Result<u64, Error> {
             }
             replayed += 1;
         }
-        // A sealed segment must end cleanly: damage there is not a torn tail.
-        if segment.id() != end.segment
-            && let Some(stop) = scan.stop()
-            && *stop != FrameError::End
-        {
-            return Err(Error::corrupt(format!(
-                "log segment {} is damaged at offset {}: {stop}",
-                segment.path().display(),
-                scan.offset()
-            )));
+        // A sealed segment ends exactly after its last record: stopping
+        // anywhere else (a bad frame, or zeros) is damage, not a torn tail.
+        if segment.id() != end.segment {
+            let at_end = scan.offset() == segment.bytes().len();
+            let problem = match scan.stop() {
+                Some(FrameError::End) if at_end => None,
+                Some(FrameError::End) => Some(format!(
+                    "zeros where a record should start, {} bytes before the segment's end",
+                    segment.bytes().len() - scan.offset()
+                )),
+                Some(other) => Some(other.to_string()),
+                None => None,
+            };
+            if let Some(problem) = problem {
+                return Err(Error::corrupt(format!(
+                    "log segment {} is damaged at offset {}: {problem}",
+                    segment.path().display(),
+                    scan.offset()
+                )));
+            }
         }
     }
     Ok(replayed)

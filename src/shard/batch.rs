@@ -67,7 +67,12 @@ impl GroupState {
     ) -> Result<WriteOutcome, Error> {
         let (id, pubkey, kind, created_at) =
             (event.id(), event.pubkey(), event.kind(), event.created_at());
-        if self.stored.contains_key(&id) || committed.find(&id)?.is_some() {
+        // Events removed earlier in this group are gone, as they would be
+        // had the group's events been inserted one by one.
+        let stored = committed
+            .find(&id)?
+            .is_some_and(|location| !self.removed.contains(&location));
+        if self.stored.contains_key(&id) || stored {
             return Ok(WriteOutcome::Duplicate);
         }
         if self

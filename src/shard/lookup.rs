@@ -50,9 +50,16 @@ impl Address {
     /// names nothing.
     pub fn parse(value: &str) -> Option<Address> {
         let mut parts = value.splitn(3, ':');
-        let kind = parts.next()?.parse::<u16>().ok()?;
+        let kind_text = parts.next()?;
+        let kind = kind_text.parse::<u16>().ok()?;
+        // Only the canonical spelling (`30023`, not `030023` or `+30023`):
+        // the deletion is found again later by this exact text.
+        if kind.to_string() != kind_text {
+            return None;
+        }
         let pubkey = Pubkey::from_hex(parts.next()?).ok()?;
-        let d = parts.next().unwrap_or("");
+        // `kind:pubkey:` with the colon even when d is empty, as NIP-01 writes it.
+        let d = parts.next()?;
         if KindClass::of(kind) == KindClass::Replaceable && !d.is_empty() {
             return None;
         }
@@ -204,7 +211,16 @@ mod tests {
             "regular kinds have no address"
         );
         assert!(Address::parse("30023:nothex:x").is_none());
+        assert!(
+            Address::parse(&format!("030023:{pk}:x")).is_none(),
+            "kinds are spelled canonically"
+        );
+        assert!(Address::parse(&format!("+30023:{pk}:x")).is_none());
         assert!(Address::parse("x:y").is_none());
+        assert!(
+            Address::parse(&format!("0:{pk}")).is_none(),
+            "the colon before d is required"
+        );
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl Log {
         dir: &Path,
         shard: ShardId,
         segment_size: u64,
-        scan_hint: Option<Location>,
+        scan_hint: Option<(Location, Lsn)>,
     ) -> Result<(Arc<Log>, LogWriter, Option<TailRepair>), WalError> {
         fs::create_dir_all(dir).map_err(io_error(dir, "create directory"))?;
         let mut ids = list_segment_ids(dir)?;
@@ -130,11 +130,13 @@ impl Log {
             ids.push(SegmentId(1));
         }
         // A crash during rotation can leave a last segment whose header never
-        // reached the disk; nothing was ever acknowledged into it.
+        // reached the disk (too short, or zeros); nothing was ever
+        // acknowledged into it. A header that is there but damaged is not
+        // that case: opening it below reports the corruption instead.
         if ids.len() > 1 {
             let last = *ids.last().unwrap_or(&SegmentId(1));
             let path = dir.join(segment_file_name(last));
-            if Segment::open(&path, shard, last).is_err() {
+            if header_never_written(&path)? {
                 fs::remove_file(&path).map_err(io_error(&path, "remove"))?;
                 repair = Some(TailRepair {
                     path,
@@ -153,9 +155,10 @@ impl Log {
             segments.push(Arc::new(Segment::open(&path, shard, id)?));
         }
         let (end, tail) = find_end(&segments, scan_hint)?;
-        if let Some(tail) = tail {
-            // Zero everything past the end so stale frames can never be read
-            // back as records after the next crash.
+        {
+            // Zero everything past the end, always: a torn batch can leave
+            // valid frames beyond a zeroed page, and once new batches reuse
+            // their LSNs they must never be read back after another crash.
             let path = dir.join(segment_file_name(end.segment));
             let file = OpenOptions::new()
                 .write(true)
@@ -166,6 +169,8 @@ impl Log {
             file.set_len(segment_size + BATCH_SLACK)
                 .map_err(io_error(&path, "extend"))?;
             file.sync_all().map_err(io_error(&path, "sync"))?;
+        }
+        if let Some(tail) = tail {
             repair = Some(tail);
         }
         let active_path = dir.join(segment_file_name(end.segment));
@@ -247,6 +252,17 @@ fn list_segment_ids(dir: &Path) -> Result<Vec<SegmentId>, WalError> {
     Ok(ids)
 }
 
+/// Whether the file at `path` is shorter than a segment header or starts
+/// with a header's worth of zeros.
+fn header_never_written(path: &Path) -> Result<bool, WalError> {
+    use std::io::Read;
+    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
+    File::open(path)
+        .and_then(|f| f.take(SEGMENT_HEADER_LEN as u64).read_to_end(&mut header))
+        .map_err(io_error(path, "read"))?;
+    Ok(header.len() < SEGMENT_HEADER_LEN || header.iter().all(|&b| b == 0))
+}
+
 fn presize(path: &Path, segment_size: u64) -> Result<(), WalError> {
     let file = OpenOptions::new()
         .write(true)
@@ -292,7 +308,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
 /// ends, and a repair note if anything after that had to go.
 fn find_end(
     segments: &[Arc<Segment>],
-    hint: Option<Location>,
+    hint: Option<(Location, Lsn)>,
 ) -> Result<(LogEnd, Option<TailRepair>), WalError> {
     let Some(active) = segments.last() else {
         return Ok((
@@ -304,15 +320,17 @@ fn find_end(
             None,
         ));
     };
-    let start = match hint {
-        Some(h)
+    // With a usable hint, the records before it need no scan: the hint
+    // also says which LSN they end with.
+    let (start, lsn_at_start) = match hint {
+        Some((h, lsn))
             if h.segment == active.id()
                 && h.offset as usize >= SEGMENT_HEADER_LEN
                 && (h.offset as usize) <= active.bytes().len() =>
         {
-            h.offset
+            (h.offset, Some(lsn))
         }
-        _ => SEGMENT_HEADER_LEN as u32,
+        _ => (SEGMENT_HEADER_LEN as u32, None),
     };
     let mut scan = active.scan_from(start);
     let mut kept: Option<(u32, Lsn)> = None;
@@ -344,7 +362,7 @@ fn find_end(
     };
     let last_lsn = match kept {
         Some((_, lsn)) => lsn,
-        None => last_lsn_before(segments, start),
+        None => lsn_at_start.unwrap_or_else(|| last_lsn_before(segments, start)),
     };
     let tail = problem.map(|(offset, reason)| TailRepair {
         path: active.path().to_path_buf(),
@@ -585,5 +603,75 @@ impl LogWriter {
         self.active_id = next;
         self.position = SEGMENT_HEADER_LEN as u64;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(writer: &mut LogWriter, payloads: &[&[u8]]) {
+        let mut batch = writer.batch().unwrap();
+        for payload in payloads {
+            batch.push(RecordType::Event, payload).unwrap();
+        }
+        writer.commit(batch, true).unwrap();
+    }
+
+    #[test]
+    fn stale_frames_behind_a_lost_page_are_wiped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut writer, _) = Log::open(dir.path(), ShardId(0), 1 << 20, None).unwrap();
+        append(&mut writer, &[b"one"]);
+        let end = writer.end();
+        append(&mut writer, &[b"two", b"three"]);
+        drop(writer);
+        // A crash lost the page holding the second batch's first frame but
+        // kept the rest: a valid frame with the batch-end bit lies beyond zeros.
+        let path = dir.path().join(segment_file_name(SegmentId(1)));
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0u8; FRAME_OVERHEAD + 3], u64::from(end.offset))
+            .unwrap();
+        drop(file);
+
+        let (_, writer, repair) = Log::open(dir.path(), ShardId(0), 1 << 20, None).unwrap();
+        assert_eq!((writer.end(), writer.last_lsn()), (end, Lsn(1)));
+        assert!(repair.is_none(), "zeros are a clean end: {repair:?}");
+        let bytes = fs::read(&path).unwrap();
+        assert!(
+            bytes[end.offset as usize..].iter().all(|&b| b == 0),
+            "stale frames survived"
+        );
+    }
+
+    #[test]
+    fn lsns_continue_across_reopen_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut writer, _) = Log::open(dir.path(), ShardId(0), 64 << 10, None).unwrap();
+        let payload = vec![7u8; 10_000];
+        for _ in 0..20 {
+            append(&mut writer, &[&payload]);
+        }
+        assert!(writer.end().segment > SegmentId(1), "the log rotated");
+        let (last, end) = (writer.last_lsn(), writer.end());
+        writer.close().unwrap();
+        drop(writer);
+        for hint in [None, Some((end, last))] {
+            let (log, writer, repair) = Log::open(dir.path(), ShardId(0), 64 << 10, hint).unwrap();
+            assert_eq!(
+                (writer.last_lsn(), writer.end()),
+                (last, end),
+                "hint {hint:?}"
+            );
+            assert!(repair.is_none());
+            let mut expected = Lsn(1);
+            for segment in log.snapshot().segments() {
+                for (_, record) in segment.scan_from(SEGMENT_HEADER_LEN as u32) {
+                    assert_eq!(record.lsn, expected);
+                    expected = expected.next();
+                }
+            }
+            assert_eq!(expected, last.next());
+        }
     }
 }

@@ -479,7 +479,11 @@ impl Model {
 
 fn parse_address(value: &str) -> Option<(u16, String, String)> {
     let mut parts = value.splitn(3, ':');
-    let kind: u16 = parts.next()?.parse().ok()?;
+    let kind_text = parts.next()?;
+    let kind: u16 = kind_text.parse().ok()?;
+    if kind.to_string() != kind_text {
+        return None; // only the canonical spelling names an address
+    }
     let pubkey = parts.next()?;
     if pubkey.len() != 64
         || !pubkey
@@ -488,7 +492,7 @@ fn parse_address(value: &str) -> Option<(u16, String, String)> {
     {
         return None;
     }
-    let d = parts.next().unwrap_or("");
+    let d = parts.next()?; // `kind:pubkey:` keeps its colon even when d is empty
     if is_replaceable(kind) && !d.is_empty() {
         return None; // a replaceable event's address has an empty d
     }
