@@ -17,6 +17,7 @@
 //! ```
 
 pub mod event;
+pub mod storage;
 
 mod error;
 mod eventstore;
@@ -35,5 +36,5 @@ pub use eventstore::{
 pub use ids::{Location, Lsn, SegmentId, ShardId};
 pub use index::IndexKind;
 pub use query::{Filter, FilterError};
-pub use recovery::RecoveryReport;
+pub use recovery::{ProgressFn, RecoveryMode, RecoveryReport, ReplayProgress};
 pub use shard::Durability;

@@ -69,7 +69,7 @@ fn a_last_segment_without_a_header_is_removed_but_a_damaged_one_is_refused() {
             .recovery_report()
             .tail_repairs
             .iter()
-            .any(|r| r.contains("unfinished rotation"))
+            .any(|r| r.contains("creation never finished"))
     );
     assert_eq!(store.count(&[Filter::new()]).unwrap(), events);
     store.close().unwrap();

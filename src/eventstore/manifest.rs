@@ -7,11 +7,11 @@
 //! 16  crc             u64 LE   crc64 of bytes 0..16
 //! ```
 
-use std::fs;
 use std::path::Path;
 
 use crate::error::{Error, io_error};
 use crate::ids::crc64;
+use crate::storage::{OpenMode, Storage};
 
 const MAGIC: [u8; 8] = *b"MEGALITH";
 pub(crate) const STORE_FORMAT_VERSION: u32 = 1;
@@ -23,12 +23,13 @@ const MANIFEST_LEN: usize = CRC_OFFSET + size_of::<u64>();
 pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
 
 /// Reads the manifest, or writes one for a new store with `shards` shards.
-pub(crate) fn load_or_create(dir: &Path, shards: u32) -> Result<u32, Error> {
+pub(crate) fn load_or_create(storage: &dyn Storage, dir: &Path, shards: u32) -> Result<u32, Error> {
     let path = dir.join(MANIFEST_FILE);
-    match fs::read(&path) {
+    match storage.read_file(&path) {
         Ok(bytes) => decode(&bytes).map_err(|reason| Error::Format { path, reason }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let stray = fs::read_dir(dir)
+            // Shard directories without a manifest: something removed it.
+            let stray = std::fs::read_dir(dir)
                 .map_err(io_error(dir, "list"))?
                 .filter_map(Result::ok)
                 .find(|e| {
@@ -45,14 +46,21 @@ pub(crate) fn load_or_create(dir: &Path, shards: u32) -> Result<u32, Error> {
                     ),
                 });
             }
+            // Written aside, synced, then renamed into place: a crash leaves
+            // either no manifest or a whole one.
             let tmp = dir.join("MANIFEST.tmp");
-            fs::write(&tmp, encode(shards)).map_err(io_error(&tmp, "write"))?;
-            fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io_error(&tmp, "sync"))?;
-            fs::rename(&tmp, &path).map_err(io_error(&path, "rename"))?;
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
+            let file = storage
+                .open(&tmp, OpenMode::ReadWriteCreate)
+                .map_err(io_error(&tmp, "create"))?;
+            file.set_len(0)
+                .and_then(|()| file.write_all_at(&encode(shards), 0))
+                .and_then(|()| file.sync())
+                .map_err(io_error(&tmp, "write"))?;
+            storage
+                .rename(&tmp, &path)
+                .map_err(io_error(&path, "rename"))?;
+            storage
+                .sync_dir(dir)
                 .map_err(io_error(dir, "sync directory"))?;
             Ok(shards)
         }

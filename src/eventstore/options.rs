@@ -1,11 +1,14 @@
 //! Store options and the builder that opens a store with them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
 use crate::event::Limits;
+use crate::recovery::{ProgressFn, RecoveryMode};
 use crate::shard::Durability;
+use crate::storage::{FileStorage, Storage};
 
 use super::store::EventStore;
 
@@ -34,6 +37,9 @@ pub struct Options {
     /// Create a new store when the directory holds none. Default: true;
     /// when false, opening a directory without a store is `Error::Missing`.
     pub create_if_missing: bool,
+    /// What opening does with a torn or corrupt log tail. Default:
+    /// `RecoveryMode::TolerateCorruptTail` (cut it and report where).
+    pub recovery_mode: RecoveryMode,
 }
 
 impl Default for Options {
@@ -47,6 +53,7 @@ impl Default for Options {
             max_future: Duration::from_secs(15 * 60),
             max_group_events: 10_000,
             create_if_missing: true,
+            recovery_mode: RecoveryMode::TolerateCorruptTail,
         }
     }
 }
@@ -75,10 +82,29 @@ impl Options {
 }
 
 /// Opens a store: `EventStore::builder(path).durability(..).open()`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EventStoreBuilder {
     path: PathBuf,
     options: Options,
+    storage: Arc<dyn Storage>,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for EventStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStoreBuilder")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .field("storage", &self.storage)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// What opening needs besides the options.
+pub(crate) struct OpenWith {
+    pub storage: Arc<dyn Storage>,
+    pub progress: Option<ProgressFn>,
 }
 
 impl EventStoreBuilder {
@@ -86,6 +112,8 @@ impl EventStoreBuilder {
         EventStoreBuilder {
             path: path.to_path_buf(),
             options: Options::default(),
+            storage: Arc::new(FileStorage),
+            progress: None,
         }
     }
 
@@ -129,9 +157,32 @@ impl EventStoreBuilder {
         self
     }
 
+    /// The file system the store lives on. Default: [`FileStorage`]; tests
+    /// pass a [`crate::storage::SimStorage`] to inject faults and crashes.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    pub fn recovery_mode(mut self, mode: RecoveryMode) -> Self {
+        self.options.recovery_mode = mode;
+        self
+    }
+
+    /// Called with replay progress while opening (a long replay follows a
+    /// crash or rebuilds an index from the log). Default: none.
+    pub fn on_replay_progress(mut self, progress: ProgressFn) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
     /// Opens the store, creating it if the directory is empty or missing.
     pub fn open(self) -> Result<EventStore, Error> {
         self.options.validate()?;
-        EventStore::open_with(&self.path, self.options)
+        let with = OpenWith {
+            storage: self.storage,
+            progress: self.progress,
+        };
+        EventStore::open_with(&self.path, self.options, with)
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -15,9 +16,10 @@ use crate::index::IndexKind;
 use crate::query::{Filter, Hit, execute, plan};
 use crate::recovery::{RecoveryReport, open_shard};
 use crate::shard::{Shard, ShardRead, WriteOutcome, WriterConfig};
+use crate::storage::{OpenMode, Storage};
 
 use super::manifest;
-use super::options::{EventStoreBuilder, Options};
+use super::options::{EventStoreBuilder, OpenWith, Options};
 use super::outcome::{InsertOutcome, Rejection};
 
 const LOCK_FILE: &str = "LOCK";
@@ -29,6 +31,7 @@ const DIRTY_FILE: &str = ".dirty";
 pub struct EventStore {
     dir: PathBuf,
     options: Options,
+    storage: Arc<dyn Storage>,
     shards: Vec<Shard>,
     report: RecoveryReport,
     /// Held (locked) while open; `None` once closed.
@@ -61,11 +64,22 @@ impl EventStore {
         EventStore::builder(path).open()
     }
 
-    pub(crate) fn open_with(dir: &Path, options: Options) -> Result<EventStore, Error> {
-        if !options.create_if_missing && !dir.join(manifest::MANIFEST_FILE).exists() {
+    pub(crate) fn open_with(
+        dir: &Path,
+        options: Options,
+        with: OpenWith,
+    ) -> Result<EventStore, Error> {
+        let OpenWith { storage, progress } = with;
+        let manifest_path = dir.join(manifest::MANIFEST_FILE);
+        let has_manifest = storage
+            .exists(&manifest_path)
+            .map_err(io_error(&manifest_path, "stat"))?;
+        if !options.create_if_missing && !has_manifest {
             return Err(Error::Missing(dir.to_path_buf()));
         }
-        fs::create_dir_all(dir).map_err(io_error(dir, "create directory"))?;
+        storage
+            .create_dir_all(dir)
+            .map_err(io_error(dir, "create directory"))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = File::options()
             .create(true)
@@ -84,19 +98,20 @@ impl EventStore {
                 });
             }
         }
-        let shard_count = manifest::load_or_create(dir, 1)?;
+        let shard_count = manifest::load_or_create(&*storage, dir, 1)?;
         let dirty = dir.join(DIRTY_FILE);
         let mut report = RecoveryReport {
-            unclean_shutdown: dirty.exists(),
+            unclean_shutdown: storage.exists(&dirty).map_err(io_error(&dirty, "stat"))?,
             ..RecoveryReport::default()
         };
         // The marker is durable before anything can change, so a crash from
         // here on is always noticed at the next open.
-        File::create(&dirty)
-            .and_then(|f| f.sync_all())
+        storage
+            .open(&dirty, OpenMode::ReadWriteCreate)
+            .and_then(|f| f.sync())
             .map_err(io_error(&dirty, "create"))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
+        storage
+            .sync_dir(dir)
             .map_err(io_error(dir, "sync directory"))?;
         let config = WriterConfig {
             durability: options.durability,
@@ -108,12 +123,21 @@ impl EventStore {
         for n in 0..shard_count {
             let id = ShardId(n);
             let shard_dir = dir.join(format!("shard-{n:04}"));
-            let (log, indexes) = open_shard(&shard_dir, id, options.segment_size, &mut report)?;
+            let (log, indexes) = open_shard(
+                Arc::clone(&storage),
+                &shard_dir,
+                id,
+                options.segment_size,
+                options.recovery_mode,
+                progress.as_ref(),
+                &mut report,
+            )?;
             shards.push(Shard::start(id, log, indexes, config.clone())?);
         }
         Ok(EventStore {
             dir: dir.to_path_buf(),
             options,
+            storage,
             shards,
             report,
             lock: Mutex::new(Some(lock)),
@@ -297,7 +321,7 @@ impl EventStore {
             for kind in IndexKind::ALL {
                 let tree = view.indexes.tree(kind);
                 *stats.index_entries.entry(kind.name()).or_default() += tree.entry_count();
-                let bytes = std::fs::metadata(tree.path()).map(|m| m.len()).unwrap_or(0);
+                let bytes = self.storage.size_on_disk(tree.path()).unwrap_or(0);
                 *stats.index_bytes.entry(kind.name()).or_default() += bytes;
             }
             stats.events += view.indexes.tree(IndexKind::Primary).entry_count();
@@ -333,9 +357,11 @@ impl EventStore {
         }
         if result.is_ok() {
             let dirty = self.dir.join(DIRTY_FILE);
-            fs::remove_file(&dirty).map_err(io_error(&dirty, "remove"))?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
+            self.storage
+                .remove_file(&dirty)
+                .map_err(io_error(&dirty, "remove"))?;
+            self.storage
+                .sync_dir(&self.dir)
                 .map_err(io_error(&self.dir, "sync directory"))?;
         }
         drop(lock);

@@ -14,12 +14,8 @@
 //!   pages of the file that its tree and its own free-list pages do not use.
 //! - Deletion frees a node only when it empties; nodes are not merged.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use memmap2::Mmap;
 
 use super::error::{IndexError, io_error};
 use super::format::{
@@ -28,14 +24,15 @@ use super::format::{
 };
 use super::node::{MemNode, Node, NodeRef, PageView, encode_node, fits};
 use crate::ids::{Location, Lsn, PageId, SegmentId};
+use crate::storage::{Mapping, OpenMode, Storage, StorageFile};
 
 const META_SLOTS: [PageId; 2] = [PageId(0), PageId(1)];
 
 #[derive(Debug)]
 pub(crate) struct BTree {
     path: PathBuf,
-    file: File,
-    map: Option<Mmap>,
+    file: Box<dyn StorageFile>,
+    map: Option<Mapping>,
     width: usize,
     /// Slot (0 or 1) of the durable meta page, and what it says.
     meta_slot: usize,
@@ -104,21 +101,22 @@ impl VerifiedPages {
 
 impl BTree {
     /// Opens `path`, creating an empty tree when the file does not exist.
-    pub fn open(path: &Path, index_kind: u8, width: usize) -> Result<BTree, IndexError> {
-        let exists = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
+    pub fn open(
+        storage: &dyn Storage,
+        path: &Path,
+        index_kind: u8,
+        width: usize,
+    ) -> Result<BTree, IndexError> {
+        let exists = storage.exists(path).map_err(io_error(path, "stat"))?;
+        let file = storage
+            .open(path, OpenMode::ReadWriteCreate)
             .map_err(io_error(path, "open"))?;
         let corrupt = |page: Option<PageId>, reason: String| IndexError::Corrupt {
             path: path.to_path_buf(),
             page,
             reason,
         };
-        if !exists || file.metadata().map_err(io_error(path, "stat"))?.len() == 0 {
+        if !exists || file.size().map_err(io_error(path, "stat"))? == 0 {
             let meta = Meta {
                 index_kind,
                 entry_width: width as u16,
@@ -138,10 +136,11 @@ impl BTree {
                 .map_err(io_error(path, "write"))?;
             file.write_all_at(&vec![0u8; PAGE_SIZE], PAGE_SIZE as u64)
                 .map_err(io_error(path, "write"))?;
-            file.sync_all().map_err(io_error(path, "sync"))?;
+            // The first meta page is durable before the file's name is.
+            file.sync().map_err(io_error(path, "sync"))?;
             if let Some(dir) = path.parent() {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
+                storage
+                    .sync_dir(dir)
                     .map_err(io_error(dir, "sync directory"))?;
             }
         }
@@ -154,7 +153,13 @@ impl BTree {
                     Ok(meta) => slots[i] = Some(meta),
                     Err(reason) => reasons.push(format!("meta page {i}: {reason}")),
                 },
-                Err(e) => reasons.push(format!("meta page {i}: {e}")),
+                // A file too short to hold the page is damage; any other
+                // read error is the device's, and must not pass for damage
+                // (which would set a good index aside).
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    reasons.push(format!("meta page {i}: the file ends before it"));
+                }
+                Err(e) => return Err(io_error(path, "read meta page")(e)),
             }
         }
         let (meta_slot, meta) = match slots {
@@ -265,20 +270,10 @@ impl BTree {
     }
 
     fn remap(&mut self) -> Result<(), IndexError> {
-        let len = self
-            .file
-            .metadata()
-            .map_err(io_error(&self.path, "stat"))?
-            .len();
-        self.map = if len == 0 {
-            None
-        } else {
-            // SAFETY: read-only map. Pages reachable from the in-memory tree
-            // are never rewritten while mapped: checkpoints write only pages
-            // that no reachable node uses (see the module comment), and the
-            // store's lock file keeps other processes out.
-            Some(unsafe { Mmap::map(&self.file) }.map_err(io_error(&self.path, "mmap"))?)
-        };
+        // The `Mapping` contract holds: pages reachable from the in-memory
+        // tree are never rewritten while mapped, because checkpoints write
+        // only pages that no reachable node uses (see the module comment).
+        self.map = self.file.map().map_err(io_error(&self.path, "mmap"))?;
         Ok(())
     }
 
@@ -620,9 +615,7 @@ impl BTree {
                 .map_err(io_error(&self.path, "write"))?;
         }
         // The pages must be durable before a meta page points at them.
-        self.file
-            .sync_data()
-            .map_err(io_error(&self.path, "sync"))?;
+        self.file.sync().map_err(io_error(&self.path, "sync"))?;
         let meta = Meta {
             index_kind: self.meta.index_kind,
             entry_width: self.meta.entry_width,
@@ -645,9 +638,7 @@ impl BTree {
                 META_SLOTS[slot].0 * PAGE_SIZE as u64,
             )
             .map_err(io_error(&self.path, "write meta"))?;
-        self.file
-            .sync_data()
-            .map_err(io_error(&self.path, "sync"))?;
+        self.file.sync().map_err(io_error(&self.path, "sync"))?;
         Ok(Some(PreparedCheckpoint {
             meta,
             slot,
@@ -837,8 +828,11 @@ impl Cursor<'_> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::FileExt;
 
     use super::*;
+    use crate::storage::FileStorage;
 
     fn entry(n: u64) -> [u8; 16] {
         let mut e = [0u8; 16];
@@ -873,7 +867,7 @@ mod tests {
     fn matches_a_btreeset_through_inserts_removes_and_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.idx");
-        let mut tree = BTree::open(&path, 9, 16).unwrap();
+        let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
         let mut model = BTreeSet::new();
         let mut lsn = 0;
         for round in 0..6u64 {
@@ -891,7 +885,7 @@ mod tests {
             checkpoint(&mut tree, lsn);
             assert_eq!(collect(&tree), model.iter().cloned().collect::<Vec<_>>());
             drop(tree);
-            tree = BTree::open(&path, 9, 16).unwrap();
+            tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
             assert_eq!(tree.meta().checkpoint_lsn, Lsn(lsn));
             assert_eq!(tree.entry_count(), model.len() as u64);
             assert_eq!(collect(&tree), model.iter().cloned().collect::<Vec<_>>());
@@ -922,7 +916,7 @@ mod tests {
     fn unsynced_changes_vanish_and_the_older_meta_survives() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.idx");
-        let mut tree = BTree::open(&path, 9, 16).unwrap();
+        let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
         for n in 0..500 {
             tree.insert(&entry(n)).unwrap();
         }
@@ -931,7 +925,7 @@ mod tests {
             tree.insert(&entry(n)).unwrap();
         }
         drop(tree); // no checkpoint: like a crash
-        let tree = BTree::open(&path, 9, 16).unwrap();
+        let tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
         assert_eq!(tree.entry_count(), 500);
         assert_eq!(collect(&tree).len(), 500);
     }
@@ -940,7 +934,7 @@ mod tests {
     fn a_torn_meta_write_falls_back_to_the_other_meta() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.idx");
-        let mut tree = BTree::open(&path, 9, 16).unwrap();
+        let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
         for round in 1..=3u64 {
             for n in 0..200 {
                 tree.insert(&entry(round * 1000 + n)).unwrap();
@@ -953,7 +947,7 @@ mod tests {
         file.write_all_at(&[0xAB; 100], (newest_slot * PAGE_SIZE) as u64 + 200)
             .unwrap();
         drop(file);
-        let tree = BTree::open(&path, 9, 16).unwrap();
+        let tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
         assert_eq!(tree.meta().checkpoint_lsn, Lsn(2));
         assert_eq!(collect(&tree).len(), 400);
     }
@@ -962,7 +956,7 @@ mod tests {
     fn a_damaged_tree_page_is_reported_on_first_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.idx");
-        let mut tree = BTree::open(&path, 9, 16).unwrap();
+        let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
         for n in 0..2000 {
             tree.insert(&entry(n)).unwrap();
         }
@@ -980,7 +974,7 @@ mod tests {
         file.write_all_at(&[0xEE], root.0 * PAGE_SIZE as u64 + 100)
             .unwrap();
         drop(file);
-        let tree = BTree::open(&path, 9, 16).unwrap();
+        let tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
         let error = tree.seek(&entry(5)).unwrap_err().to_string();
         assert!(
             error.contains("checksum") && error.contains(&format!("page {}", root.0)),
@@ -996,7 +990,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.idx");
         let width = 75;
-        let mut tree = BTree::open(&path, 9, width).unwrap();
+        let mut tree = BTree::open(&FileStorage, &path, 9, width).unwrap();
         let mut model = BTreeSet::new();
         for n in 0..150_000u64 {
             let mut e = vec![0u8; width];
@@ -1014,7 +1008,7 @@ mod tests {
         }
         checkpoint(&mut tree, 2);
         drop(tree);
-        let tree = BTree::open(&path, 9, width).unwrap();
+        let tree = BTree::open(&FileStorage, &path, 9, width).unwrap();
         let mut cursor = tree.seek(&vec![0u8; width]).unwrap();
         let mut got = Vec::new();
         while let Some(e) = cursor.next().unwrap() {
@@ -1027,7 +1021,7 @@ mod tests {
     fn a_checkpoint_written_but_not_installed_blocks_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.idx");
-        let mut tree = BTree::open(&path, 9, 16).unwrap();
+        let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
         for n in 0..2000 {
             tree.insert(&entry(n)).unwrap();
         }
@@ -1049,7 +1043,7 @@ mod tests {
         let error = tree.prepare_checkpoint(Lsn(3), position).unwrap_err();
         assert!(matches!(error, IndexError::Unsettled { .. }), "{error}");
         drop(tree);
-        let tree = BTree::open(&path, 9, 16).unwrap();
+        let tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
         assert_eq!(tree.meta().checkpoint_lsn, Lsn(2));
         assert_eq!(collect(&tree), expected);
     }
@@ -1058,10 +1052,10 @@ mod tests {
     fn a_file_of_another_kind_or_garbage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.idx");
-        drop(BTree::open(&path, 9, 16).unwrap());
-        assert!(BTree::open(&path, 8, 16).is_err());
+        drop(BTree::open(&FileStorage, &path, 9, 16).unwrap());
+        assert!(BTree::open(&FileStorage, &path, 8, 16).is_err());
         std::fs::write(&path, vec![0x5Au8; 3 * PAGE_SIZE]).unwrap();
-        let error = BTree::open(&path, 9, 16).unwrap_err();
+        let error = BTree::open(&FileStorage, &path, 9, 16).unwrap_err();
         assert!(error.to_string().contains("no valid meta page"), "{error}");
     }
 }

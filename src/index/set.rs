@@ -2,12 +2,14 @@
 //! of them, and they checkpoint together.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::btree::{BTree, PreparedCheckpoint};
 use super::error::{IndexError, io_error};
 use super::keys::{IndexKind, for_each_entry};
 use crate::event::EventRef;
 use crate::ids::{Location, Lsn};
+use crate::storage::Storage;
 
 /// Whether a record adds an event's entries or takes them away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,7 @@ pub(crate) enum Apply {
 
 #[derive(Debug)]
 pub(crate) struct IndexSet {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     trees: Vec<BTree>,
     /// Records up to this LSN are already in the tree (its checkpoint when
@@ -30,17 +33,24 @@ impl IndexSet {
     /// Opens (or creates) every index file in `dir`. A file that fails its
     /// checks is set aside (renamed `*.idx.corrupt`) and started afresh, to be
     /// rebuilt by replaying the whole log; `rebuilt` names each one and why.
-    pub fn open(dir: &Path, rebuilt: &mut Vec<String>) -> Result<IndexSet, IndexError> {
-        std::fs::create_dir_all(dir).map_err(io_error(dir, "create directory"))?;
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        rebuilt: &mut Vec<String>,
+    ) -> Result<IndexSet, IndexError> {
+        let store = &*storage;
+        store
+            .create_dir_all(dir)
+            .map_err(io_error(dir, "create directory"))?;
         let mut trees = Vec::with_capacity(IndexKind::ALL.len());
         for kind in IndexKind::ALL {
             let path = dir.join(kind.file_name());
-            let tree = match BTree::open(&path, kind.id(), kind.width()) {
+            let tree = match BTree::open(store, &path, kind.id(), kind.width()) {
                 Ok(tree) => tree,
                 Err(IndexError::Corrupt { reason, .. }) => {
                     rebuilt.push(format!("{}: {reason}", kind.name()));
-                    set_aside(&path)?;
-                    BTree::open(&path, kind.id(), kind.width())?
+                    set_aside(store, &path)?;
+                    BTree::open(store, &path, kind.id(), kind.width())?
                 }
                 Err(other) => return Err(other),
             };
@@ -48,6 +58,7 @@ impl IndexSet {
         }
         let floors = trees.iter().map(|t| t.meta().checkpoint_lsn).collect();
         Ok(IndexSet {
+            storage,
             dir: dir.to_path_buf(),
             trees,
             floors,
@@ -57,8 +68,8 @@ impl IndexSet {
     /// Sets aside and restarts the index `kind` (it will be rebuilt by replay).
     pub fn reset(&mut self, kind: IndexKind) -> Result<(), IndexError> {
         let path = self.dir.join(kind.file_name());
-        set_aside(&path)?;
-        self.trees[kind as usize] = BTree::open(&path, kind.id(), kind.width())?;
+        set_aside(&*self.storage, &path)?;
+        self.trees[kind as usize] = BTree::open(&*self.storage, &path, kind.id(), kind.width())?;
         self.floors[kind as usize] = Lsn::ZERO;
         Ok(())
     }
@@ -145,8 +156,17 @@ impl IndexSet {
     }
 }
 
-fn set_aside(path: &Path) -> Result<(), IndexError> {
+/// Renames `path` to `path.corrupt` (replacing an older one), durably.
+fn set_aside(storage: &dyn Storage, path: &Path) -> Result<(), IndexError> {
     let mut aside = path.as_os_str().to_owned();
     aside.push(".corrupt");
-    std::fs::rename(path, &aside).map_err(io_error(path, "rename"))
+    storage
+        .rename(path, Path::new(&aside))
+        .map_err(io_error(path, "rename"))?;
+    if let Some(dir) = path.parent() {
+        storage
+            .sync_dir(dir)
+            .map_err(io_error(dir, "sync directory"))?;
+    }
+    Ok(())
 }

@@ -3,12 +3,42 @@
 //! log is replayed from the oldest checkpoint so every index catches up.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::Error;
 use crate::event::EventRef;
 use crate::ids::ShardId;
 use crate::index::{Apply, IndexSet};
+use crate::storage::Storage;
 use crate::wal::{FrameError, Log, LogWriter, RecordType, RemovePayload, SEGMENT_HEADER_LEN};
+
+/// What opening a store does with a torn or corrupt end of the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Cut the log at the last whole batch and report the file and offset
+    /// (what a crash during a write leaves). The default.
+    #[default]
+    TolerateCorruptTail,
+    /// Refuse to open, naming the file and offset, and change nothing.
+    Strict,
+}
+
+/// How far replay has come, for a progress display while opening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayProgress {
+    pub shard: ShardId,
+    /// Log bytes replayed so far, of `total_bytes` to replay in this shard.
+    pub replayed_bytes: u64,
+    pub total_bytes: u64,
+    /// Records applied so far.
+    pub records: u64,
+}
+
+/// Called during replay, with progress roughly every 4 MiB of log.
+pub type ProgressFn = std::sync::Arc<dyn Fn(ReplayProgress) + Send + Sync>;
+
+/// Log bytes between two progress calls.
+const PROGRESS_EVERY: u64 = 4 << 20;
 
 /// What opening the store found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,17 +55,26 @@ pub struct RecoveryReport {
 
 /// Recovers one shard's log and indexes from `dir`.
 pub(crate) fn open_shard(
+    storage: Arc<dyn Storage>,
     dir: &Path,
     shard: ShardId,
     segment_size: u64,
+    mode: RecoveryMode,
+    progress: Option<&ProgressFn>,
     report: &mut RecoveryReport,
 ) -> Result<(LogWriter, IndexSet), Error> {
-    let mut indexes = IndexSet::open(&dir.join("index"), &mut report.rebuilt_indexes)?;
+    let mut indexes = IndexSet::open(
+        Arc::clone(&storage),
+        &dir.join("index"),
+        &mut report.rebuilt_indexes,
+    )?;
     let (_, writer, repair) = Log::open(
+        storage,
         &dir.join("log"),
         shard,
         segment_size,
         indexes.newest_checkpoint(),
+        mode == RecoveryMode::Strict,
     )?;
     if let Some(repair) = repair {
         report.tail_repairs.push(format!(
@@ -58,13 +97,18 @@ pub(crate) fn open_shard(
         ));
         indexes.reset(kind)?;
     }
-    report.replayed_records += replay(&writer, &mut indexes)?;
+    report.replayed_records += replay(shard, &writer, &mut indexes, progress)?;
     Ok((writer, indexes))
 }
 
 /// Applies every record after the oldest index checkpoint; each index skips
 /// what its own checkpoint already holds.
-fn replay(writer: &LogWriter, indexes: &mut IndexSet) -> Result<u64, Error> {
+fn replay(
+    shard: ShardId,
+    writer: &LogWriter,
+    indexes: &mut IndexSet,
+    progress: Option<&ProgressFn>,
+) -> Result<u64, Error> {
     let snapshot = writer.log().snapshot();
     let Some(first) = snapshot.segments().first() else {
         return Ok(0);
@@ -81,6 +125,37 @@ fn replay(writer: &LogWriter, indexes: &mut IndexSet) -> Result<u64, Error> {
     let end = writer.end();
     let last_lsn = writer.last_lsn();
     let mut replayed = 0;
+    let span = |segment: &crate::wal::Segment| {
+        let from = if segment.id() == start_segment {
+            start_offset
+        } else {
+            SEGMENT_HEADER_LEN as u32
+        };
+        let to = if segment.id() == end.segment {
+            end.offset
+        } else {
+            segment.bytes().len() as u32
+        };
+        u64::from(to.saturating_sub(from))
+    };
+    let total_bytes: u64 = snapshot
+        .segments()
+        .iter()
+        .filter(|s| s.id() >= start_segment)
+        .map(|s| span(s))
+        .sum();
+    let mut done_before = 0;
+    let mut next_report = 0;
+    let tell = |replayed_bytes: u64, records: u64| {
+        if let Some(progress) = progress {
+            progress(ReplayProgress {
+                shard,
+                replayed_bytes,
+                total_bytes,
+                records,
+            });
+        }
+    };
     for segment in snapshot
         .segments()
         .iter()
@@ -95,6 +170,11 @@ fn replay(writer: &LogWriter, indexes: &mut IndexSet) -> Result<u64, Error> {
         for (offset, record) in scan.by_ref() {
             if record.lsn > last_lsn || (segment.id() == end.segment && offset >= end.offset) {
                 break;
+            }
+            let done = done_before + u64::from(offset - from);
+            if done >= next_report {
+                tell(done, replayed);
+                next_report = done + PROGRESS_EVERY;
             }
             let location = segment.location(offset as usize);
             match record.record_type {
@@ -121,6 +201,7 @@ fn replay(writer: &LogWriter, indexes: &mut IndexSet) -> Result<u64, Error> {
             }
             replayed += 1;
         }
+        done_before += span(segment);
         // A sealed segment ends exactly after its last record: stopping
         // anywhere else (a bad frame, or zeros) is damage, not a torn tail.
         if segment.id() != end.segment {
@@ -143,6 +224,7 @@ fn replay(writer: &LogWriter, indexes: &mut IndexSet) -> Result<u64, Error> {
             }
         }
     }
+    tell(total_bytes, replayed);
     Ok(replayed)
 }
 

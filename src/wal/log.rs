@@ -11,8 +11,6 @@
 //!   zeros, so its map covers everything that will be appended to it; a batch
 //!   starts only below `segment_size`, and no batch exceeds `BATCH_SLACK`.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +24,7 @@ use super::format::{
 use super::segment::{Segment, parse_segment_file_name, segment_file_name};
 use crate::event::EventRef;
 use crate::ids::{Location, Lsn, SegmentId, ShardId};
+use crate::storage::{OpenMode, Storage, StorageFile};
 
 /// Room past `segment_size` that the active segment is pre-sized with, and the
 /// most bytes one batch may take.
@@ -36,6 +35,7 @@ pub(crate) const BATCH_SLACK: u64 = 16 << 20;
 pub(crate) struct Log {
     dir: PathBuf,
     shard: ShardId,
+    storage: Arc<dyn Storage>,
     segments: RwLock<Arc<Vec<Arc<Segment>>>>,
 }
 
@@ -115,73 +115,91 @@ impl Log {
     ///
     /// `scan_hint` is a location known to hold a whole-batch boundary (an index
     /// checkpoint); when it lies in the last segment the search for the end
-    /// starts there instead of at the segment's first record.
+    /// starts there instead of at the segment's first record. With
+    /// `strict_tail`, a torn or corrupt tail is an error and nothing is cut.
     pub fn open(
+        storage: Arc<dyn Storage>,
         dir: &Path,
         shard: ShardId,
         segment_size: u64,
         scan_hint: Option<(Location, Lsn)>,
+        strict_tail: bool,
     ) -> Result<(Arc<Log>, LogWriter, Option<TailRepair>), WalError> {
-        fs::create_dir_all(dir).map_err(io_error(dir, "create directory"))?;
-        let mut ids = list_segment_ids(dir)?;
+        let store = &*storage;
+        store
+            .create_dir_all(dir)
+            .map_err(io_error(dir, "create directory"))?;
+        let mut ids = list_segment_ids(store, dir)?;
         let mut repair = None;
-        if ids.is_empty() {
-            create_segment_file(dir, shard, SegmentId(1), segment_size)?;
-            ids.push(SegmentId(1));
-        }
-        // A crash during rotation can leave a last segment whose header never
-        // reached the disk (too short, or zeros); nothing was ever
-        // acknowledged into it. A header that is there but damaged is not
-        // that case: opening it below reports the corruption instead.
-        if ids.len() > 1 {
-            let last = *ids.last().unwrap_or(&SegmentId(1));
+        // A crash while a segment was being created (the first one, or at a
+        // rotation) can leave a last segment that holds nothing but zeros:
+        // its header was never synced, so nothing was ever appended to it.
+        // It is removed; a header that is there but damaged, or any other
+        // byte, is not that case, and opening it below reports corruption.
+        if let Some(&last) = ids.last() {
             let path = dir.join(segment_file_name(last));
-            if header_never_written(&path)? {
-                fs::remove_file(&path).map_err(io_error(&path, "remove"))?;
+            if never_written(store, &path)? {
+                store
+                    .remove_file(&path)
+                    .map_err(io_error(&path, "remove"))?;
+                sync_dir(store, dir)?;
                 repair = Some(TailRepair {
                     path,
                     offset: 0,
-                    reason: "segment created by an unfinished rotation was removed".into(),
+                    reason: "a segment whose creation never finished (all zeros) was removed"
+                        .into(),
                 });
                 ids.pop();
             }
+        }
+        if ids.is_empty() {
+            create_segment_file(store, dir, shard, SegmentId(1), segment_size)?;
+            ids.push(SegmentId(1));
         }
         let mut segments = Vec::with_capacity(ids.len());
         for (i, &id) in ids.iter().enumerate() {
             let path = dir.join(segment_file_name(id));
             if i + 1 == ids.len() {
-                presize(&path, segment_size)?;
+                presize(store, &path, segment_size)?;
             }
-            segments.push(Arc::new(Segment::open(&path, shard, id)?));
+            segments.push(Arc::new(Segment::open(store, &path, shard, id)?));
         }
         let (end, tail) = find_end(&segments, scan_hint)?;
+        if let (true, Some(tail)) = (strict_tail, &tail) {
+            return Err(WalError::Corrupt {
+                path: tail.path.clone(),
+                offset: tail.offset,
+                reason: format!(
+                    "{} (strict recovery refuses to cut the log's tail)",
+                    tail.reason
+                ),
+            });
+        }
         {
             // Zero everything past the end, always: a torn batch can leave
             // valid frames beyond a zeroed page, and once new batches reuse
             // their LSNs they must never be read back after another crash.
             let path = dir.join(segment_file_name(end.segment));
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
+            let file = store
+                .open(&path, OpenMode::ReadWrite)
                 .map_err(io_error(&path, "open"))?;
             file.set_len(u64::from(end.offset))
                 .map_err(io_error(&path, "truncate"))?;
             file.set_len(segment_size + BATCH_SLACK)
                 .map_err(io_error(&path, "extend"))?;
-            file.sync_all().map_err(io_error(&path, "sync"))?;
+            file.sync().map_err(io_error(&path, "sync"))?;
         }
         if let Some(tail) = tail {
             repair = Some(tail);
         }
         let active_path = dir.join(segment_file_name(end.segment));
-        let active = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&active_path)
+        let active = store
+            .open(&active_path, OpenMode::ReadWrite)
             .map_err(io_error(&active_path, "open"))?;
         let log = Arc::new(Log {
             dir: dir.to_path_buf(),
             shard,
+            storage: Arc::clone(&storage),
             segments: RwLock::new(Arc::new(segments)),
         });
         let writer = LogWriter {
@@ -213,11 +231,7 @@ impl Log {
         self.snapshot()
             .segments()
             .iter()
-            .filter_map(|s| fs::metadata(s.path()).ok())
-            .map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                m.blocks() * 512
-            })
+            .filter_map(|s| self.storage.size_on_disk(s.path()).ok())
             .sum()
     }
 
@@ -226,11 +240,10 @@ impl Log {
     }
 }
 
-fn list_segment_ids(dir: &Path) -> Result<Vec<SegmentId>, WalError> {
+fn list_segment_ids(storage: &dyn Storage, dir: &Path) -> Result<Vec<SegmentId>, WalError> {
     let mut ids = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_error(dir, "list"))? {
-        let entry = entry.map_err(io_error(dir, "list"))?;
-        if let Some(id) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+    for name in storage.list(dir).map_err(io_error(dir, "list"))? {
+        if let Some(id) = name.to_str().and_then(parse_segment_file_name) {
             ids.push(id);
         }
     }
@@ -252,55 +265,69 @@ fn list_segment_ids(dir: &Path) -> Result<Vec<SegmentId>, WalError> {
     Ok(ids)
 }
 
-/// Whether the file at `path` is shorter than a segment header or starts
-/// with a header's worth of zeros.
-fn header_never_written(path: &Path) -> Result<bool, WalError> {
-    use std::io::Read;
-    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
-    File::open(path)
-        .and_then(|f| f.take(SEGMENT_HEADER_LEN as u64).read_to_end(&mut header))
+/// Whether every byte of the file at `path` is zero (or it is empty).
+fn never_written(storage: &dyn Storage, path: &Path) -> Result<bool, WalError> {
+    let file = storage
+        .open(path, OpenMode::Read)
+        .map_err(io_error(path, "open"))?;
+    let len = file.size().map_err(io_error(path, "stat"))?;
+    let mut header = vec![0u8; SEGMENT_HEADER_LEN.min(len as usize)];
+    file.read_exact_at(&mut header, 0)
         .map_err(io_error(path, "read"))?;
-    Ok(header.len() < SEGMENT_HEADER_LEN || header.iter().all(|&b| b == 0))
+    if header.iter().any(|&b| b != 0) {
+        return Ok(false);
+    }
+    // Rare (a crash during segment creation): read the rest to be sure.
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut at = header.len() as u64;
+    while at < len {
+        let n = chunk.len().min((len - at) as usize);
+        file.read_exact_at(&mut chunk[..n], at)
+            .map_err(io_error(path, "read"))?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
-fn presize(path: &Path, segment_size: u64) -> Result<(), WalError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
+fn presize(storage: &dyn Storage, path: &Path, segment_size: u64) -> Result<(), WalError> {
+    let file = storage
+        .open(path, OpenMode::ReadWrite)
         .map_err(io_error(path, "open"))?;
     let want = segment_size + BATCH_SLACK;
-    if file.metadata().map_err(io_error(path, "stat"))?.len() < want {
+    if file.size().map_err(io_error(path, "stat"))? < want {
         file.set_len(want).map_err(io_error(path, "extend"))?;
-        file.sync_all().map_err(io_error(path, "sync"))?;
+        file.sync().map_err(io_error(path, "sync"))?;
     }
     Ok(())
 }
 
+/// Creates segment `id`: its header, synced, then the directory entry, synced.
 fn create_segment_file(
+    storage: &dyn Storage,
     dir: &Path,
     shard: ShardId,
     id: SegmentId,
     segment_size: u64,
-) -> Result<File, WalError> {
+) -> Result<Box<dyn StorageFile>, WalError> {
     let path = dir.join(segment_file_name(id));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
+    let file = storage
+        .open(&path, OpenMode::CreateNew)
         .map_err(io_error(&path, "create"))?;
     file.write_all_at(&encode_segment_header(shard, id), 0)
         .map_err(io_error(&path, "write header"))?;
     file.set_len(segment_size + BATCH_SLACK)
         .map_err(io_error(&path, "extend"))?;
-    file.sync_all().map_err(io_error(&path, "sync"))?;
-    sync_dir(dir)?;
+    file.sync().map_err(io_error(&path, "sync"))?;
+    sync_dir(storage, dir)?;
     Ok(file)
 }
 
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), WalError> {
+    storage
+        .sync_dir(dir)
         .map_err(io_error(dir, "sync directory"))
 }
 
@@ -460,7 +487,7 @@ impl Batch {
 #[derive(Debug)]
 pub(crate) struct LogWriter {
     log: Arc<Log>,
-    active: File,
+    active: Box<dyn StorageFile>,
     active_id: SegmentId,
     position: u64,
     next_lsn: Lsn,
@@ -527,7 +554,7 @@ impl LogWriter {
         if !self.unsynced {
             return Ok(());
         }
-        if let Err(source) = self.active.sync_data() {
+        if let Err(source) = self.active.sync() {
             // fsyncgate: after a failed fsync the kernel may have dropped the
             // dirty pages; retrying could "succeed" without the data on disk.
             self.poisoned = true;
@@ -567,10 +594,13 @@ impl LogWriter {
     pub fn close(&mut self) -> Result<(), WalError> {
         self.sync()?;
         let path = self.active_path();
+        self.poisoned = true;
         self.active
             .set_len(self.position)
             .map_err(io_error(&path, "truncate"))?;
-        self.active.sync_all().map_err(io_error(&path, "sync"))
+        self.active.sync().map_err(io_error(&path, "sync"))?;
+        self.poisoned = false;
+        Ok(())
     }
 
     fn active_path(&self) -> PathBuf {
@@ -581,14 +611,30 @@ impl LogWriter {
     fn rotate(&mut self) -> Result<(), WalError> {
         self.sync()?;
         let path = self.active_path();
+        let storage = &*self.log.storage;
+        // Until the new segment is in place, what reached the disk is
+        // unknown: a failure here poisons the writer like a failed write.
+        self.poisoned = true;
         self.active
             .set_len(self.position)
             .map_err(io_error(&path, "truncate"))?;
-        self.active.sync_all().map_err(io_error(&path, "sync"))?;
+        self.active.sync().map_err(io_error(&path, "sync"))?;
         let next = SegmentId(self.active_id.0 + 1);
-        let file = create_segment_file(&self.log.dir, self.log.shard, next, self.segment_size)?;
-        let sealed = Arc::new(Segment::open(&path, self.log.shard, self.active_id)?);
+        let file = create_segment_file(
+            storage,
+            &self.log.dir,
+            self.log.shard,
+            next,
+            self.segment_size,
+        )?;
+        let sealed = Arc::new(Segment::open(
+            storage,
+            &path,
+            self.log.shard,
+            self.active_id,
+        )?);
         let fresh = Arc::new(Segment::open(
+            storage,
             &self.log.dir.join(segment_file_name(next)),
             self.log.shard,
             next,
@@ -602,13 +648,18 @@ impl LogWriter {
         self.active = file;
         self.active_id = next;
         self.position = SEGMENT_HEADER_LEN as u64;
+        self.poisoned = false;
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::{self, OpenOptions};
+    use std::os::unix::fs::FileExt;
+
     use super::*;
+    use crate::storage::FileStorage;
 
     fn append(writer: &mut LogWriter, payloads: &[&[u8]]) {
         let mut batch = writer.batch().unwrap();
@@ -621,7 +672,15 @@ mod tests {
     #[test]
     fn stale_frames_behind_a_lost_page_are_wiped_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, mut writer, _) = Log::open(dir.path(), ShardId(0), 1 << 20, None).unwrap();
+        let (_, mut writer, _) = Log::open(
+            Arc::new(FileStorage),
+            dir.path(),
+            ShardId(0),
+            1 << 20,
+            None,
+            false,
+        )
+        .unwrap();
         append(&mut writer, &[b"one"]);
         let end = writer.end();
         append(&mut writer, &[b"two", b"three"]);
@@ -634,7 +693,15 @@ mod tests {
             .unwrap();
         drop(file);
 
-        let (_, writer, repair) = Log::open(dir.path(), ShardId(0), 1 << 20, None).unwrap();
+        let (_, writer, repair) = Log::open(
+            Arc::new(FileStorage),
+            dir.path(),
+            ShardId(0),
+            1 << 20,
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!((writer.end(), writer.last_lsn()), (end, Lsn(1)));
         assert!(repair.is_none(), "zeros are a clean end: {repair:?}");
         let bytes = fs::read(&path).unwrap();
@@ -645,9 +712,56 @@ mod tests {
     }
 
     #[test]
+    fn strict_open_refuses_a_torn_tail_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |strict| {
+            Log::open(
+                Arc::new(FileStorage),
+                dir.path(),
+                ShardId(0),
+                1 << 20,
+                None,
+                strict,
+            )
+        };
+        let (_, mut writer, _) = open(false).unwrap();
+        append(&mut writer, &[b"one"]);
+        let end = writer.end();
+        append(&mut writer, &[b"two"]);
+        drop(writer);
+        // Damage the second batch's payload: its checksum no longer matches.
+        let path = dir.path().join(segment_file_name(SegmentId(1)));
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(b"X", u64::from(end.offset) + 14).unwrap();
+        drop(file);
+        let before = fs::read(&path).unwrap();
+        let error = open(true).unwrap_err().to_string();
+        assert!(
+            error.contains(&end.offset.to_string()) && error.contains("strict"),
+            "{error}"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            before,
+            "strict open changed the file"
+        );
+        let (_, writer, repair) = open(false).unwrap();
+        assert_eq!(writer.end(), end);
+        assert_eq!(repair.unwrap().offset, u64::from(end.offset));
+    }
+
+    #[test]
     fn lsns_continue_across_reopen_and_rotation() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, mut writer, _) = Log::open(dir.path(), ShardId(0), 64 << 10, None).unwrap();
+        let (_, mut writer, _) = Log::open(
+            Arc::new(FileStorage),
+            dir.path(),
+            ShardId(0),
+            64 << 10,
+            None,
+            false,
+        )
+        .unwrap();
         let payload = vec![7u8; 10_000];
         for _ in 0..20 {
             append(&mut writer, &[&payload]);
@@ -657,7 +771,15 @@ mod tests {
         writer.close().unwrap();
         drop(writer);
         for hint in [None, Some((end, last))] {
-            let (log, writer, repair) = Log::open(dir.path(), ShardId(0), 64 << 10, hint).unwrap();
+            let (log, writer, repair) = Log::open(
+                Arc::new(FileStorage),
+                dir.path(),
+                ShardId(0),
+                64 << 10,
+                hint,
+                false,
+            )
+            .unwrap();
             assert_eq!(
                 (writer.last_lsn(), writer.end()),
                 (last, end),

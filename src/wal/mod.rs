@@ -10,3 +10,4 @@ pub use error::WalError;
 pub(crate) use format::SEGMENT_HEADER_LEN;
 pub use format::{FrameError, RecordType, RemovePayload, RemoveReason};
 pub(crate) use log::{Batch, BatchFull, Log, LogSnapshot, LogWriter};
+pub(crate) use segment::Segment;

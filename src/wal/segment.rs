@@ -1,16 +1,14 @@
 //! One log segment file, memory-mapped for reading, and a scanner that walks
 //! its records in order.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-
-use memmap2::Mmap;
 
 use super::error::{WalError, io_error};
 use super::format::{
     FrameError, RecordRef, SEGMENT_HEADER_LEN, decode_frame, decode_segment_header,
 };
 use crate::ids::{Location, SegmentId, ShardId};
+use crate::storage::{Mapping, OpenMode, Storage};
 
 /// File name of a segment: the id zero-padded to 20 digits, so names sort like ids.
 pub(crate) fn segment_file_name(id: SegmentId) -> String {
@@ -33,25 +31,26 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<SegmentId> {
 pub struct Segment {
     id: SegmentId,
     path: PathBuf,
-    map: Option<Mmap>,
+    map: Option<Mapping>,
 }
 
 impl Segment {
     /// Maps `path` and checks that its header names `shard` and `id`.
-    pub(crate) fn open(path: &Path, shard: ShardId, id: SegmentId) -> Result<Segment, WalError> {
-        let file = File::open(path).map_err(io_error(path, "open"))?;
-        let len = file.metadata().map_err(io_error(path, "stat"))?.len();
-        let map = if len == 0 {
-            None
-        } else {
-            // SAFETY: the map is read-only. Megalith only ever appends to a
-            // segment past every offset a reader can reach (readers follow index
-            // entries and scans that stop at the written end), and truncates a
-            // segment only past its written end, so mapped bytes that are read
-            // are never changed underneath. Other processes are kept out by the
-            // store's lock file.
-            Some(unsafe { Mmap::map(&file) }.map_err(io_error(path, "mmap"))?)
-        };
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        path: &Path,
+        shard: ShardId,
+        id: SegmentId,
+    ) -> Result<Segment, WalError> {
+        // The map outlives the file handle. Megalith only ever appends to a
+        // segment past every offset a reader can reach (readers follow index
+        // entries and scans that stop at the written end), and truncates a
+        // segment only past its written end, so mapped bytes that are read
+        // are never changed underneath (the `Mapping` contract).
+        let map = storage
+            .open(path, OpenMode::Read)
+            .and_then(|file| file.map())
+            .map_err(io_error(path, "map"))?;
         let segment = Segment {
             id,
             path: path.to_path_buf(),

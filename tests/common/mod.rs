@@ -555,3 +555,4 @@ pub fn real_events() -> Vec<(String, Event)> {
     }
     out
 }
+pub mod crash;

@@ -74,18 +74,12 @@ pub(crate) fn run(args: &ImportArgs) -> Result<ExitCode, String> {
         max_event_bytes: args.max_event_bytes,
         ..Limits::default()
     };
-    let store = EventStore::builder(&args.store.data)
+    let store = crate::with_replay_progress(EventStore::builder(&args.store.data))
         .durability(durability(args.durability))
         .limits(limits.clone())
         .open()
         .map_err(|e| format!("cannot open {}: {e}", args.store.data.display()))?;
-    let report = store.recovery_report();
-    if report.unclean_shutdown {
-        eprintln!(
-            "megalith: the store was not closed cleanly; replayed {} log records",
-            report.replayed_records
-        );
-    }
+    crate::report_recovery(&store);
     let started = Instant::now();
     let mut tally = Tally {
         read: 0,

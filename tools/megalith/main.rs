@@ -5,9 +5,13 @@ mod import;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use megalith::{Durability, EventStore, Filter, Limits};
+use indicatif::{ProgressBar, ProgressStyle};
+use megalith::{
+    Durability, EventStore, EventStoreBuilder, Filter, Limits, ReplayProgress, ShardId,
+};
 
 #[derive(Parser)]
 #[command(
@@ -126,9 +130,56 @@ fn main() -> ExitCode {
     }
 }
 
+/// Shows a progress bar while opening replays a long stretch of log (after a
+/// crash, or to rebuild an index), one bar per shard.
+pub(crate) fn with_replay_progress(builder: EventStoreBuilder) -> EventStoreBuilder {
+    let bar: Arc<Mutex<Option<(ShardId, ProgressBar)>>> = Arc::default();
+    builder.on_replay_progress(Arc::new(move |p: ReplayProgress| {
+        let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
+        if p.total_bytes < 16 << 20 {
+            return;
+        }
+        if bar.as_ref().is_none_or(|(shard, _)| *shard != p.shard) {
+            let fresh = ProgressBar::new(p.total_bytes).with_style(
+                ProgressStyle::with_template(
+                    "replaying shard {msg} {wide_bar} {binary_bytes}/{binary_total_bytes} ({eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            fresh.set_message(p.shard.to_string());
+            if let Some((_, old)) = bar.replace((p.shard, fresh)) {
+                old.finish_and_clear();
+            }
+        }
+        if let Some((_, bar)) = bar.as_ref() {
+            bar.set_position(p.replayed_bytes);
+            if p.replayed_bytes >= p.total_bytes {
+                bar.finish_and_clear();
+            }
+        }
+    }))
+}
+
+/// Tells what opening found: an unclean shutdown, cut tails, rebuilt indexes.
+pub(crate) fn report_recovery(store: &EventStore) {
+    let report = store.recovery_report();
+    if report.unclean_shutdown {
+        eprintln!(
+            "megalith: the store was not closed cleanly; replayed {} log records",
+            report.replayed_records
+        );
+    }
+    for repair in &report.tail_repairs {
+        eprintln!("megalith: cut the log's torn tail: {repair}");
+    }
+    for rebuilt in &report.rebuilt_indexes {
+        eprintln!("megalith: rebuilt index from the log: {rebuilt}");
+    }
+}
+
 /// Opens an existing store (reading commands never create one).
 fn open(store: &StoreArgs) -> Result<EventStore, String> {
-    EventStore::builder(&store.data)
+    let store = with_replay_progress(EventStore::builder(&store.data))
         .create_if_missing(false)
         .open()
         .map_err(|e| match e {
@@ -137,7 +188,9 @@ fn open(store: &StoreArgs) -> Result<EventStore, String> {
                 store.data.display()
             ),
             other => format!("cannot open {}: {other}", store.data.display()),
-        })
+        })?;
+    report_recovery(&store);
+    Ok(store)
 }
 
 fn parse_filters(text: &str) -> Result<Vec<Filter>, String> {
