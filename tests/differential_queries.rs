@@ -6,29 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Generator, Model, ModelOutcome};
-use megalith::{Durability, EventStore, Filter, InsertOutcome};
+use common::{Generator, Model, outcome_kind};
+use megalith::{Durability, EventStore, Filter};
 
 const EVENTS: usize = 22_000;
 const FILTERS: usize = 10_000;
-
-fn outcome_kind(outcome: &InsertOutcome) -> ModelOutcome {
-    match outcome {
-        InsertOutcome::Stored => ModelOutcome::Stored,
-        InsertOutcome::Replaced { .. } => ModelOutcome::Replaced,
-        InsertOutcome::Duplicate => ModelOutcome::Duplicate,
-        InsertOutcome::Superseded => ModelOutcome::Superseded,
-        InsertOutcome::Deleted => ModelOutcome::Deleted,
-        InsertOutcome::Ephemeral => ModelOutcome::Ephemeral,
-        other => {
-            assert!(
-                matches!(other, InsertOutcome::Invalid(_)),
-                "unexpected outcome {other:?}"
-            );
-            ModelOutcome::Invalid
-        }
-    }
-}
 
 fn check_filters(store: &EventStore, model: &Model, generator: &mut Generator, round: &str) {
     let mut non_empty = 0;

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use megalith::{Event, EventId, Filter, Keys, Pubkey};
+use megalith::{Event, EventId, Filter, InsertOutcome, Keys, Pubkey};
 
 /// SplitMix64: small, fast, deterministic.
 #[derive(Debug, Clone)]
@@ -556,3 +556,23 @@ pub fn real_events() -> Vec<(String, Event)> {
     out
 }
 pub mod crash;
+pub mod model_run;
+
+/// The model's name for what the store answered.
+pub fn outcome_kind(outcome: &InsertOutcome) -> ModelOutcome {
+    match outcome {
+        InsertOutcome::Stored => ModelOutcome::Stored,
+        InsertOutcome::Replaced { .. } => ModelOutcome::Replaced,
+        InsertOutcome::Duplicate => ModelOutcome::Duplicate,
+        InsertOutcome::Superseded => ModelOutcome::Superseded,
+        InsertOutcome::Deleted => ModelOutcome::Deleted,
+        InsertOutcome::Ephemeral => ModelOutcome::Ephemeral,
+        other => {
+            assert!(
+                matches!(other, InsertOutcome::Invalid(_)),
+                "unexpected outcome {other:?}"
+            );
+            ModelOutcome::Invalid
+        }
+    }
+}
