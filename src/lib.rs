@@ -17,6 +17,7 @@
 //! ```
 
 pub mod event;
+pub mod inspect;
 pub mod storage;
 
 mod error;

@@ -207,6 +207,20 @@ pub(crate) fn decode_meta(page: &[u8], slot: PageId) -> Result<Meta, String> {
     })
 }
 
+/// Which of the two meta slots holds the durable state: the valid one with
+/// the higher generation, slot 0 on a tie. `BTree::open` makes the same
+/// choice; the checker calls this so the two cannot drift apart unnoticed
+/// (a test in `check.rs` compares them).
+pub(crate) fn choose_meta(slots: [Option<Meta>; 2]) -> Option<(usize, Meta)> {
+    match slots {
+        [Some(a), Some(b)] if a.generation >= b.generation => Some((0, a)),
+        [Some(_), Some(b)] => Some((1, b)),
+        [Some(a), None] => Some((0, a)),
+        [None, Some(b)] => Some((1, b)),
+        [None, None] => None,
+    }
+}
+
 const FREE_NEXT_OFFSET: usize = PAGE_HEADER_LEN;
 const FREE_IDS_OFFSET: usize = FREE_NEXT_OFFSET + size_of::<u64>();
 /// Page ids one free-list page holds.

@@ -2,6 +2,7 @@
 //! set of indexes a shard keeps.
 
 mod btree;
+pub(crate) mod check;
 mod error;
 mod format;
 mod keys;
@@ -12,7 +13,13 @@ pub(crate) use btree::Cursor;
 pub use error::IndexError;
 pub use keys::IndexKind;
 pub(crate) use keys::{
-    ID_PREFIX_LEN, TagSlot, address_prefix, author_kind_prefix, location_at_end, primary_lower,
-    tag_prefix, time_range,
+    ID_PREFIX_LEN, TagSlot, address_prefix, author_kind_prefix, for_each_entry, location_at_end,
+    primary_lower, tag_prefix, time_range,
 };
 pub(crate) use set::{Apply, IndexSet};
+// The page codecs, for `inspect::index` (the checker's report and the fuzzer).
+pub(crate) use format::{
+    FREE_IDS_PER_PAGE, Meta, PAGE_SIZE, decode_free_list_page, decode_meta, encode_free_list_page,
+    encode_meta,
+};
+pub(crate) use node::{MemNode, Node, NodeRef, PageView, encode_node, fits};

@@ -7,7 +7,8 @@ mod log;
 mod segment;
 
 pub use error::WalError;
-pub(crate) use format::SEGMENT_HEADER_LEN;
-pub use format::{FrameError, RecordType, RemovePayload, RemoveReason};
+pub use format::{FrameError, RecordRef, RecordType, RemovePayload, RemoveReason};
+pub(crate) use format::{SEGMENT_HEADER_LEN, decode_frame, decode_segment_header};
 pub(crate) use log::{Batch, BatchFull, Log, LogSnapshot, LogWriter};
 pub(crate) use segment::Segment;
+pub(crate) use segment::parse_segment_file_name;

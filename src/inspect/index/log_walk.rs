@@ -1,0 +1,398 @@
+//! Walks one shard's log from its segment files, the way opening the store
+//! reads it (whole batches only in the active segment; a sealed segment must
+//! end exactly after its last record), and records for every event record
+//! when it was written, when a remove record took it away, and the entries
+//! it must have in each index. Frames are decoded by the log's own decoder.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{Error, io_error};
+use crate::event::EventRef;
+use crate::ids::{Location, Lsn, SegmentId, ShardId};
+use crate::index::{IndexKind, for_each_entry};
+use crate::wal::{
+    FrameError, RecordRef, RecordType, RemovePayload, SEGMENT_HEADER_LEN, decode_frame,
+    decode_segment_header, parse_segment_file_name,
+};
+
+use super::Problem;
+
+/// Bytes read at a time; a frame is decoded only with at least this much
+/// ahead of it (or the file's end), so a zero run cut by the buffer's end is
+/// never mistaken for the end of the log.
+const CHUNK: usize = 1 << 20;
+
+/// An event record of the log.
+#[derive(Debug, Clone)]
+pub(super) struct EventRecord {
+    pub location: Location,
+    pub lsn: Lsn,
+    pub id: [u8; 32],
+    /// LSN of the first remove record naming it.
+    pub removed_at: Option<Lsn>,
+}
+
+impl EventRecord {
+    /// Whether the indexes hold this event once every record up to `lsn` is applied.
+    pub fn live_at(&self, lsn: Lsn) -> bool {
+        self.lsn <= lsn && self.removed_at.is_none_or(|r| r > lsn)
+    }
+}
+
+/// Every entry the log's event records put in one index (live or not):
+/// fixed-width entries back to back, and the event each belongs to.
+#[derive(Debug, Default)]
+pub(super) struct KindEntries {
+    pub bytes: Vec<u8>,
+    pub owners: Vec<u32>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct LogWalk {
+    pub events: Vec<EventRecord>,
+    pub by_location: HashMap<Location, u32>,
+    /// Where remove records start (an index entry pointing there is wrong).
+    pub remove_locations: HashSet<Location>,
+    /// LSN of every record of the log, ascending.
+    pub lsns: Vec<Lsn>,
+    pub entries: [KindEntries; IndexKind::ALL.len()],
+    pub segments: usize,
+    pub removes: u64,
+    pub problems: Vec<Problem>,
+    pub notes: Vec<String>,
+}
+
+impl LogWalk {
+    pub fn last_lsn(&self) -> Lsn {
+        self.lsns.last().copied().unwrap_or(Lsn::ZERO)
+    }
+
+    /// Records after `lsn`: what opening the store replays into an index
+    /// checkpointed at `lsn`.
+    pub fn records_after(&self, lsn: Lsn) -> u64 {
+        (self.lsns.len() - self.lsns.partition_point(|&l| l <= lsn)) as u64
+    }
+
+    fn problem(&mut self, file: &Path, offset: Option<u64>, reason: String) {
+        self.problems.push(Problem {
+            file: file.to_path_buf(),
+            page: None,
+            offset,
+            index: None,
+            event_id: None,
+            reason,
+        });
+    }
+
+    fn apply(&mut self, path: &Path, record: &PendingRecord) {
+        let location = record.location;
+        let offset = Some(u64::from(location.offset));
+        match record.record_type {
+            RecordType::Event => {
+                let event = match EventRef::parse(&record.payload) {
+                    Ok(event) => event,
+                    Err(e) => {
+                        self.problem(path, offset, format!("event record does not parse: {e}"));
+                        return;
+                    }
+                };
+                let owner = self.events.len() as u32;
+                self.events.push(EventRecord {
+                    location,
+                    lsn: record.lsn,
+                    id: event.id().0,
+                    removed_at: None,
+                });
+                self.by_location.insert(location, owner);
+                let entries = &mut self.entries;
+                for_each_entry(&event, location, |kind, entry| {
+                    let list = &mut entries[kind as usize];
+                    list.bytes.extend_from_slice(entry);
+                    list.owners.push(owner);
+                });
+            }
+            RecordType::Remove => {
+                self.removes += 1;
+                self.remove_locations.insert(location);
+                let Some(remove) = RemovePayload::decode(&record.payload) else {
+                    self.problem(path, offset, "malformed remove record".to_string());
+                    return;
+                };
+                let Some(&target) = self.by_location.get(&remove.target) else {
+                    let what = if self.remove_locations.contains(&remove.target) {
+                        "a remove record"
+                    } else {
+                        "no earlier event record"
+                    };
+                    self.problem(
+                        path,
+                        offset,
+                        format!(
+                            "remove record names {}, which holds {what} (opening the store fails here)",
+                            remove.target
+                        ),
+                    );
+                    return;
+                };
+                let event = &mut self.events[target as usize];
+                if event.id != remove.target_id {
+                    let reason = format!(
+                        "remove record names event {} at {}, which holds {} (opening the store fails here)",
+                        hex(&remove.target_id),
+                        remove.target,
+                        hex(&event.id)
+                    );
+                    self.problem(path, offset, reason);
+                    return;
+                }
+                if event.removed_at.is_none() {
+                    event.removed_at = Some(record.lsn);
+                }
+            }
+        }
+    }
+}
+
+/// A record held until its batch is known to be whole.
+#[derive(Debug)]
+struct PendingRecord {
+    location: Location,
+    lsn: Lsn,
+    record_type: RecordType,
+    payload: Vec<u8>,
+}
+
+/// Where and why decoding a segment stopped.
+#[derive(Debug)]
+struct SegmentEnd {
+    offset: u64,
+    stop: FrameError,
+    file_len: u64,
+}
+
+/// Walks every segment of the log in `dir`. `Err` only when a file cannot be read.
+pub(super) fn walk_log(dir: &Path, shard: ShardId) -> Result<LogWalk, Error> {
+    let mut walk = LogWalk::default();
+    let mut ids = Vec::new();
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            walk.problem(dir, None, "the log directory is missing".to_string());
+            return Ok(walk);
+        }
+        Err(e) => return Err(io_error(dir, "list")(e)),
+    };
+    for entry in listing {
+        let entry = entry.map_err(io_error(dir, "list"))?;
+        if let Some(id) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            ids.push((id, entry.path()));
+        }
+    }
+    ids.sort();
+    for pair in ids.windows(2) {
+        if pair[1].0.0 != pair[0].0.0 + 1 {
+            let reason = format!(
+                "segments {} to {} are missing (opening the store fails)",
+                pair[0].0.0 + 1,
+                pair[1].0.0 - 1
+            );
+            walk.problem(dir, None, reason);
+        }
+    }
+    // A crash during rotation can leave a last segment without a header;
+    // opening the store removes it.
+    if ids.len() > 1
+        && let Some((_, path)) = ids.last()
+        && header_never_written(path)?
+    {
+        walk.notes.push(format!(
+            "{}: segment without a header (an unfinished rotation); removed at the next open",
+            path.display()
+        ));
+        ids.pop();
+    }
+    walk.segments = ids.len();
+    let mut previous = Lsn::ZERO;
+    for (i, (id, path)) in ids.iter().enumerate() {
+        let active = i + 1 == ids.len();
+        let mut pending: Vec<PendingRecord> = Vec::new();
+        let mut lsn_problem = None;
+        let end = read_frames(path, shard, *id, &mut walk, |walk, offset, record| {
+            if lsn_problem.is_some() {
+                return;
+            }
+            if record.lsn <= previous {
+                lsn_problem = Some((offset, record.lsn, previous));
+                return;
+            }
+            previous = record.lsn;
+            pending.push(PendingRecord {
+                location: Location {
+                    segment: *id,
+                    offset,
+                },
+                lsn: record.lsn,
+                record_type: record.record_type,
+                payload: record.payload.to_vec(),
+            });
+            if record.batch_end {
+                for record in pending.drain(..) {
+                    walk.lsns.push(record.lsn);
+                    walk.apply(path, &record);
+                }
+            }
+        })?;
+        let Some(end) = end else {
+            continue; // the header was bad: reported
+        };
+        if let Some((offset, lsn, before)) = lsn_problem {
+            let reason = format!("LSN {lsn} does not follow {before}");
+            if active {
+                walk.notes.push(format!(
+                    "{} at offset {offset}: {reason}; the log is cut here at the next open",
+                    path.display()
+                ));
+            } else {
+                walk.problem(path, Some(u64::from(offset)), reason);
+            }
+        }
+        if active {
+            if !pending.is_empty() {
+                walk.notes.push(format!(
+                    "{}: the last batch ({} records from offset {}) is incomplete; cut at the next open",
+                    path.display(),
+                    pending.len(),
+                    pending[0].location.offset
+                ));
+            }
+            if !matches!(end.stop, FrameError::End) {
+                walk.notes.push(format!(
+                    "{} at offset {}: {}; the log's torn tail is cut here at the next open",
+                    path.display(),
+                    end.offset,
+                    end.stop
+                ));
+            }
+        } else {
+            // Replay applies a sealed segment's records whole batch or not.
+            for record in pending.drain(..) {
+                walk.lsns.push(record.lsn);
+                walk.apply(path, &record);
+            }
+            let clean = matches!(end.stop, FrameError::End) && end.offset == end.file_len;
+            if !clean && lsn_problem.is_none() {
+                let reason = match end.stop {
+                    FrameError::End => format!(
+                        "zeros where a record should start, {} bytes before the segment's end",
+                        end.file_len - end.offset
+                    ),
+                    other => other.to_string(),
+                };
+                walk.problem(
+                    path,
+                    Some(end.offset),
+                    format!("sealed segment damaged: {reason} (opening the store fails)"),
+                );
+            }
+        }
+    }
+    Ok(walk)
+}
+
+/// Reads segment `path` a chunk at a time and hands each record to
+/// `on_record` until the written log ends. `None` if the header is bad
+/// (reported in `walk`).
+fn read_frames(
+    path: &Path,
+    shard: ShardId,
+    id: SegmentId,
+    walk: &mut LogWalk,
+    mut on_record: impl FnMut(&mut LogWalk, u32, RecordRef<'_>),
+) -> Result<Option<SegmentEnd>, Error> {
+    let mut file = File::open(path).map_err(io_error(path, "open"))?;
+    let file_len = file.metadata().map_err(io_error(path, "stat"))?.len();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut eof = false;
+    let mut read_more = |buf: &mut Vec<u8>, at_least: usize, eof: &mut bool| {
+        let want = at_least.max(CHUNK) as u64;
+        let n = (&mut file)
+            .take(want)
+            .read_to_end(buf)
+            .map_err(io_error(path, "read"))?;
+        if (n as u64) < want {
+            *eof = true;
+        }
+        Ok::<(), Error>(())
+    };
+    read_more(&mut buf, SEGMENT_HEADER_LEN, &mut eof)?;
+    match decode_segment_header(&buf) {
+        Ok(header) if header.shard == shard && header.segment == id => {}
+        Ok(header) => {
+            let reason = format!(
+                "header says shard {} segment {}, expected shard {shard} segment {id}",
+                header.shard, header.segment
+            );
+            walk.problem(path, Some(0), reason);
+            return Ok(None);
+        }
+        Err(reason) => {
+            walk.problem(path, Some(0), format!("{reason} (opening the store fails)"));
+            return Ok(None);
+        }
+    }
+    // `buf[0]` is at file offset `base`; the next frame starts at `buf[at]`.
+    let mut base: u64 = 0;
+    let mut at = SEGMENT_HEADER_LEN;
+    loop {
+        if !eof && buf.len() - at < CHUNK {
+            buf.drain(..at);
+            base += at as u64;
+            at = 0;
+            read_more(&mut buf, CHUNK, &mut eof)?;
+        }
+        let offset = base + at as u64;
+        let Ok(frame_offset) = u32::try_from(offset) else {
+            return Ok(Some(SegmentEnd {
+                offset,
+                stop: FrameError::End,
+                file_len,
+            }));
+        };
+        match decode_frame(&buf[at..], id) {
+            Ok(record) => {
+                let len = record.frame_len();
+                on_record(walk, frame_offset, record);
+                at += len;
+            }
+            Err(FrameError::Truncated { needed, .. }) if !eof => {
+                buf.drain(..at);
+                base += at as u64;
+                at = 0;
+                let missing = needed.saturating_sub(buf.len());
+                read_more(&mut buf, missing, &mut eof)?;
+            }
+            Err(stop) => {
+                return Ok(Some(SegmentEnd {
+                    offset,
+                    stop,
+                    file_len,
+                }));
+            }
+        }
+    }
+}
+
+fn header_never_written(path: &Path) -> Result<bool, Error> {
+    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
+    File::open(path)
+        .and_then(|f| f.take(SEGMENT_HEADER_LEN as u64).read_to_end(&mut header))
+        .map_err(io_error(path, "read"))?;
+    Ok(header.len() < SEGMENT_HEADER_LEN || header.iter().all(|&b| b == 0))
+}
+
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
