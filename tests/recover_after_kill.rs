@@ -35,6 +35,12 @@ fn open(dir: &Path) -> Result<EventStore, megalith::Error> {
         .open()
 }
 
+fn assert_clean(dir: &Path, what: &str) {
+    let report = megalith::inspect::index::check_store(dir)
+        .unwrap_or_else(|e| panic!("{what}: index-doctor could not run: {e}"));
+    assert!(report.is_clean(), "{what}: index-doctor: {:#?}", report.problems);
+}
+
 fn topic(round: u64, writer: u64) -> String {
     format!("r{round}w{writer}")
 }
@@ -157,6 +163,11 @@ fn kill_at_random_moments_loses_nothing_acknowledged() {
         } else {
             dir.path()
         };
+        // What the kill left: every index agrees with the log as of its checkpoint.
+        let opened = output.lines().any(|l| l.ends_with("opened"));
+        if opened {
+            assert_clean(check_dir, &format!("round {round}, as the kill left it"));
+        }
         let store = open(check_dir)
             .unwrap_or_else(|e| panic!("round {round}: reopening after the kill failed: {e}"));
         if round > 0 {
@@ -189,6 +200,9 @@ fn kill_at_random_moments_loses_nothing_acknowledged() {
         let total: u64 = survivors.values().sum();
         assert_eq!(store.count(&[Filter::new()]).unwrap(), total);
         store.close().unwrap();
+        if round % 10 == 0 {
+            assert_clean(check_dir, &format!("round {round}, after reopening"));
+        }
     }
     println!(
         "{rounds} kills ({killed_while_opening} before the store had opened): \
