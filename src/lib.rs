@@ -17,6 +17,7 @@
 //! ```
 
 pub mod event;
+pub mod inspect;
 
 mod error;
 mod eventstore;
