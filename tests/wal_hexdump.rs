@@ -207,6 +207,34 @@ fn damage_is_reported_at_its_offset_with_exit_status_1() {
     assert_eq!(damage[0]["resumes_at"], Value::Null);
     assert_eq!(listed_records(&lines), records[..10]);
 
+    // Cut exactly after a record in the middle of a batch: every frame is
+    // whole, but the last batch is not.
+    let lines = json_lines(&hexdump(&["--json", path]));
+    let listed: Vec<&Value> = lines.iter().filter(|l| l.get("lsn").is_some()).collect();
+    let batch_start = listed
+        .windows(2)
+        .find(|w| w[0]["batch_end"] == true && w[1]["batch_end"] == false)
+        .map(|w| w[1]["offset"].as_u64().unwrap())
+        .unwrap();
+    let (cut, _) = records.iter().find(|r| r.0 > batch_start).copied().unwrap();
+    let cut = records.iter().map(|r| r.0).find(|&o| o > cut).unwrap();
+    std::fs::write(&segment, &clean[..cut as usize]).unwrap();
+    let out = hexdump(&["--json", path]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines = json_lines(&out);
+    let damage: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l.get("problem").is_some())
+        .collect();
+    assert_eq!(damage.len(), 1, "{lines:?}");
+    assert_eq!(damage[0]["offset"].as_u64(), Some(batch_start));
+    assert!(
+        damage[0]["problem"]
+            .as_str()
+            .unwrap()
+            .starts_with("incomplete batch: 2 record(s)")
+    );
+
     // A damaged header: reported at offset 0, the records are still listed
     // (checked against the segment id of the file name).
     let mut bad_header = clean.clone();

@@ -61,9 +61,6 @@ struct Target {
     sealed: bool,
     /// Starts a new shard (LSNs start over).
     first_of_shard: bool,
-    /// The last segment of a shard in a store listing: records after its
-    /// last batch end are a batch recovery cuts.
-    last_of_shard: bool,
 }
 
 #[derive(Default)]
@@ -162,7 +159,6 @@ fn file_targets(files: &[PathBuf]) -> Vec<Target> {
                 .and_then(parse_segment_file_name),
             sealed: false,
             first_of_shard: true,
-            last_of_shard: false,
         })
         .collect()
 }
@@ -215,7 +211,6 @@ fn store_targets(data: &Path, only: Option<u32>) -> Result<Vec<Target>, String> 
                 id_from_name: Some(id),
                 sealed: i + 1 < count,
                 first_of_shard: i == 0,
-                last_of_shard: i + 1 == count,
             });
         }
     }
@@ -311,9 +306,9 @@ impl<W: Write> Dump<W> {
                     self.damage(&target.label, offset, &text, resumes_at, bad_crc, bytes)?;
                 }
                 WalkItem::End { offset, zero_bytes } => {
-                    if let Some((start, n)) = open_batch.take()
-                        && target.last_of_shard
-                    {
+                    // Batches never span segments, so a segment never
+                    // ends inside one.
+                    if let Some((start, n)) = open_batch.take() {
                         self.problem(
                             &target.label,
                             start,
