@@ -38,7 +38,11 @@ fn open(dir: &Path) -> Result<EventStore, megalith::Error> {
 fn assert_clean(dir: &Path, what: &str) {
     let report = megalith::inspect::index::check_store(dir)
         .unwrap_or_else(|e| panic!("{what}: index-doctor could not run: {e}"));
-    assert!(report.is_clean(), "{what}: index-doctor: {:#?}", report.problems);
+    assert!(
+        report.is_clean(),
+        "{what}: index-doctor: {:#?}",
+        report.problems
+    );
 }
 
 fn topic(round: u64, writer: u64) -> String {

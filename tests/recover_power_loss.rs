@@ -13,7 +13,11 @@ const EVENTS: usize = 30;
 fn assert_clean(dir: &std::path::Path, what: &str) {
     let report = megalith::inspect::index::check_store(dir)
         .unwrap_or_else(|e| panic!("{what}: index-doctor could not run: {e}"));
-    assert!(report.is_clean(), "{what}: index-doctor: {:#?}", report.problems);
+    assert!(
+        report.is_clean(),
+        "{what}: index-doctor: {:#?}",
+        report.problems
+    );
 }
 
 #[test]
@@ -44,7 +48,11 @@ fn every_crash_point_reopens_without_losing_acknowledged_events() {
             sim.crash(damage, n * 4 + d as u64).unwrap();
 
             let what = format!("power lost at operation {n} of {total_ops}, {damage:?}");
-            if crashed.error.as_deref().is_none_or(|e| !e.starts_with("open")) {
+            if crashed
+                .error
+                .as_deref()
+                .is_none_or(|e| !e.starts_with("open"))
+            {
                 // What the crash left: every index agrees with the log as of its checkpoint.
                 assert_clean(dir.path(), &what);
             }

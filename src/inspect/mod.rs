@@ -1,5 +1,7 @@
-//! Internals the tools read (`index-doctor`, the fuzz targets): stable
-//! enough for tools, not for applications. Applications use
-//! [`EventStore`](crate::EventStore) and nothing here.
+//! Internals that Megalith's own tools read (`wal-hexdump`, `index-doctor`,
+//! the fuzz targets, the crash tests): decoders and checkers for the
+//! on-disk structures, stable enough for tools, not an API for applications
+//! (which use [`crate::EventStore`]).
 
 pub mod index;
+pub mod log;

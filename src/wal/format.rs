@@ -149,7 +149,7 @@ pub(crate) fn encode_segment_header(
 
 /// The fields of a valid segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SegmentHeader {
+pub struct SegmentHeader {
     pub shard: ShardId,
     pub segment: SegmentId,
 }
@@ -177,6 +177,44 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, Strin
     Ok(SegmentHeader {
         shard: ShardId(read_u32(header, SHARD_OFFSET)),
         segment: SegmentId(read_u32(header, SEGMENT_ID_OFFSET)),
+    })
+}
+
+/// The segment id field of a header, read without any check (tools use it
+/// to checksum the records of a segment whose header is damaged).
+pub(crate) fn unchecked_segment_id(bytes: &[u8]) -> Option<SegmentId> {
+    let field = bytes.get(SEGMENT_ID_OFFSET..RESERVED_OFFSET)?;
+    Some(SegmentId(read_u32(field, 0)))
+}
+
+/// The header fields of a frame as written, before any check: what a damaged
+/// frame claims to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub payload_len: u32,
+    /// The raw type byte, batch-end bit included.
+    pub type_byte: u8,
+    pub lsn: Lsn,
+}
+
+impl FrameHeader {
+    /// The record type the low 7 bits name, if this build knows it.
+    pub fn record_type(&self) -> Option<RecordType> {
+        RecordType::from_byte(self.type_byte & !BATCH_END_BIT)
+    }
+
+    pub fn batch_end(&self) -> bool {
+        self.type_byte & BATCH_END_BIT != 0
+    }
+}
+
+/// Reads the frame header at the start of `bytes` without checking anything.
+pub(crate) fn peek_frame_header(bytes: &[u8]) -> Option<FrameHeader> {
+    let header = bytes.get(..FRAME_HEADER_LEN)?;
+    Some(FrameHeader {
+        payload_len: read_u32(header, LEN_OFFSET),
+        type_byte: header[TYPE_OFFSET],
+        lsn: Lsn(read_u64(header, LSN_OFFSET)),
     })
 }
 

@@ -104,7 +104,7 @@ impl LogSnapshot {
             .read(location.offset)
             .map_err(|e| WalError::BadLocation {
                 location,
-                reason: e.to_string(),
+                reason: format!("{e} in {}", segment.path().display()),
             })
     }
 }

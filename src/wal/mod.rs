@@ -7,8 +7,14 @@ mod log;
 mod segment;
 
 pub use error::WalError;
-pub use format::{FrameError, RecordRef, RecordType, RemovePayload, RemoveReason};
-pub(crate) use format::{SEGMENT_HEADER_LEN, decode_frame, decode_segment_header};
+pub(crate) use format::SEGMENT_HEADER_LEN;
+pub(crate) use format::{
+    FRAME_HEADER_LEN, FRAME_OVERHEAD, decode_frame, decode_segment_header, encode_frame,
+    encode_segment_header, peek_frame_header, unchecked_segment_id,
+};
+pub use format::{
+    FrameError, FrameHeader, RecordRef, RecordType, RemovePayload, RemoveReason, SegmentHeader,
+};
 pub(crate) use log::{Batch, BatchFull, Log, LogSnapshot, LogWriter};
 pub(crate) use segment::Segment;
-pub(crate) use segment::parse_segment_file_name;
+pub(crate) use segment::{parse_segment_file_name, segment_file_name};
