@@ -212,8 +212,13 @@ fn every_flipped_byte_and_every_truncation_is_refused_or_leaves_a_prefix() {
     // Remove records are not read back once the indexes hold them.
     assert!(flips[0].whole > 0, "{flips:?}");
     assert!(cuts[1].shorter > clean.len() / 2, "{cuts:?}");
-    // The header is refused however it is damaged.
-    assert!(flips[1].refused >= 32 && cuts[1].refused >= 32);
+    // The header is refused however it is damaged, except that an empty
+    // file that no index checkpoint names is what a crash while the store
+    // was being created leaves: it is removed and the store starts empty.
+    assert!(
+        flips[1].refused >= 32 && cuts[1].refused >= 31,
+        "{flips:?} {cuts:?}"
+    );
 }
 
 /// At the decoder level: flipping any bit of any frame of a real segment

@@ -174,6 +174,13 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, Strin
             "segment format version {version} is not supported (this build reads version {SEGMENT_FORMAT_VERSION})"
         ));
     }
+    // Version 1 writes zero here; anything else was written by something else.
+    let reserved = read_u32(header, RESERVED_OFFSET);
+    if reserved != 0 {
+        return Err(format!(
+            "segment header's reserved field is {reserved:#x}, not 0"
+        ));
+    }
     Ok(SegmentHeader {
         shard: ShardId(read_u32(header, SHARD_OFFSET)),
         segment: SegmentId(read_u32(header, SEGMENT_ID_OFFSET)),

@@ -139,6 +139,21 @@ impl Log {
         if let Some(&last) = ids.last() {
             let path = dir.join(segment_file_name(last));
             if never_written(store, &path)? {
+                // Unless an index checkpoint says records reached it: then
+                // acknowledged records were lost, and that is damage.
+                if let Some((hint, lsn)) = scan_hint
+                    && hint.segment >= last
+                {
+                    return Err(WalError::Corrupt {
+                        path,
+                        offset: 0,
+                        reason: format!(
+                            "the segment holds only zeros, but an index checkpoint says the log \
+                             reaches LSN {lsn} at offset {} of segment {}",
+                            hint.offset, hint.segment
+                        ),
+                    });
+                }
                 store
                     .remove_file(&path)
                     .map_err(io_error(&path, "remove"))?;
@@ -160,6 +175,27 @@ impl Log {
         for (i, &id) in ids.iter().enumerate() {
             let path = dir.join(segment_file_name(id));
             if i + 1 == ids.len() {
+                // A checkpoint inside the active segment is where the log
+                // was synced to; a file that ends before it lost records
+                // that were acknowledged, whatever the pre-sizing adds.
+                let len = store
+                    .open(&path, OpenMode::Read)
+                    .and_then(|f| f.size())
+                    .map_err(io_error(&path, "stat"))?;
+                if let Some((hint, lsn)) = scan_hint
+                    && hint.segment == id
+                    && u64::from(hint.offset) > len
+                {
+                    return Err(WalError::Corrupt {
+                        path,
+                        offset: len,
+                        reason: format!(
+                            "the file ends at byte {len}, but an index checkpoint says the log \
+                             reaches LSN {lsn} at offset {}: acknowledged records are missing",
+                            hint.offset
+                        ),
+                    });
+                }
                 presize(store, &path, segment_size)?;
             }
             segments.push(Arc::new(Segment::open(store, &path, shard, id)?));
