@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [TARGET] [SECONDS]
 #
-# TARGET: record_decoder, event_json, or all (default); SECONDS: how long each
+# TARGET: record_decoder, event_json, page_decoder, store_model, or all (default); SECONDS: how long each
 # target runs (default 600). Installs cargo-fuzz if it is missing. The corpus
 # grows in fuzz/corpus/TARGET (seeded with the bundled real events for
 # event_json); a crash leaves its input in fuzz/artifacts/TARGET and makes the
@@ -11,15 +11,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all_targets=(record_decoder event_json)
+all_targets=(record_decoder event_json page_decoder store_model)
 target=${1:-all}
 seconds=${2:-600}
 
 case "$target" in
 all) targets=("${all_targets[@]}") ;;
-record_decoder | event_json) targets=("$target") ;;
+record_decoder | event_json | page_decoder | store_model) targets=("$target") ;;
 *)
-    echo "usage: $0 [record_decoder|event_json|all] [SECONDS]" >&2
+    echo "usage: $0 [record_decoder|event_json|page_decoder|store_model|all] [SECONDS]" >&2
     exit 2
     ;;
 esac
