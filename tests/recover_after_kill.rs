@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::Rng;
+use common::crash::assert_doctor_clean;
 use megalith::{Durability, EventStore, Filter, Keys};
 
 const DIR_ENV: &str = "MEGALITH_KILL_DIR";
@@ -33,16 +34,6 @@ fn open(dir: &Path) -> Result<EventStore, megalith::Error> {
         .checkpoint_interval(Duration::from_millis(300))
         .segment_size(256 << 10)
         .open()
-}
-
-fn assert_clean(dir: &Path, what: &str) {
-    let report = megalith::inspect::index::check_store(dir)
-        .unwrap_or_else(|e| panic!("{what}: index-doctor could not run: {e}"));
-    assert!(
-        report.is_clean(),
-        "{what}: index-doctor: {:#?}",
-        report.problems
-    );
 }
 
 fn topic(round: u64, writer: u64) -> String {
@@ -170,7 +161,7 @@ fn kill_at_random_moments_loses_nothing_acknowledged() {
         // What the kill left: every index agrees with the log as of its checkpoint.
         let opened = output.lines().any(|l| l.ends_with("opened"));
         if opened {
-            assert_clean(check_dir, &format!("round {round}, as the kill left it"));
+            assert_doctor_clean(check_dir, &format!("round {round}, as the kill left it"));
         }
         let store = open(check_dir)
             .unwrap_or_else(|e| panic!("round {round}: reopening after the kill failed: {e}"));
@@ -207,7 +198,7 @@ fn kill_at_random_moments_loses_nothing_acknowledged() {
         assert_eq!(store.count(&[Filter::new()]).unwrap(), total);
         store.close().unwrap();
         if round % 10 == 0 {
-            assert_clean(check_dir, &format!("round {round}, after reopening"));
+            assert_doctor_clean(check_dir, &format!("round {round}, after reopening"));
         }
     }
     println!(

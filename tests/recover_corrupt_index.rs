@@ -173,6 +173,35 @@ fn pristine_files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 
 /// Offsets to flip in page `page`: every byte of a meta page's fields, of a
 /// tree or free-list page's header and first bytes, then a stride.
+/// A closed store, its files, the damaged file's bytes and the answers
+/// the undamaged store gives.
+struct Fixture {
+    filters: Vec<Vec<Filter>>,
+    pristine: Vec<(std::path::PathBuf, Vec<u8>)>,
+    original: Vec<u8>,
+    expected: Vec<Vec<Event>>,
+}
+
+fn fixture(dir: &Path) -> Fixture {
+    let filters = build(dir);
+    let pristine = pristine_files(dir);
+    let original = pristine
+        .iter()
+        .find(|(p, _)| p.ends_with(FILE))
+        .unwrap()
+        .1
+        .clone();
+    let store = open(dir).unwrap();
+    let expected = answers(&store, &filters).unwrap();
+    store.close().unwrap();
+    Fixture {
+        filters,
+        pristine,
+        original,
+        expected,
+    }
+}
+
 fn offsets_in_page(page: usize) -> impl Iterator<Item = usize> {
     let dense = if page < 2 { 112 } else { 48 };
     (0..dense).chain((dense..PAGE_SIZE).step_by(31))
@@ -181,19 +210,14 @@ fn offsets_in_page(page: usize) -> impl Iterator<Item = usize> {
 #[test]
 fn flipped_bytes_in_an_index_file_are_rebuilt_or_refused_never_misread() {
     let dir = tempfile::tempdir().unwrap();
-    let filters = build(dir.path());
-    let pristine = pristine_files(dir.path());
-    let original = pristine
-        .iter()
-        .find(|(p, _)| p.ends_with(FILE))
-        .unwrap()
-        .1
-        .clone();
+    let Fixture {
+        filters,
+        pristine,
+        original,
+        expected,
+    } = fixture(dir.path());
     let pages = original.len() / PAGE_SIZE;
     assert!(pages >= 6, "{FILE} has only {pages} pages");
-    let store = open(dir.path()).unwrap();
-    let expected = answers(&store, &filters).unwrap();
-    store.close().unwrap();
     assert!(expected.iter().all(|a| !a.is_empty()));
 
     let mut tally = Tally::default();
@@ -221,17 +245,12 @@ fn flipped_bytes_in_an_index_file_are_rebuilt_or_refused_never_misread() {
 #[test]
 fn a_truncated_index_file_is_rebuilt_or_refused_never_misread() {
     let dir = tempfile::tempdir().unwrap();
-    let filters = build(dir.path());
-    let pristine = pristine_files(dir.path());
-    let original = pristine
-        .iter()
-        .find(|(p, _)| p.ends_with(FILE))
-        .unwrap()
-        .1
-        .clone();
-    let store = open(dir.path()).unwrap();
-    let expected = answers(&store, &filters).unwrap();
-    store.close().unwrap();
+    let Fixture {
+        filters,
+        pristine,
+        original,
+        expected,
+    } = fixture(dir.path());
     let mut cuts: Vec<usize> = (0..=original.len() / PAGE_SIZE)
         .map(|p| p * PAGE_SIZE)
         .collect();

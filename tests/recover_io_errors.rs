@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::crash::{assert_prefix, open, run, workload_events};
+use common::crash::{recover_and_finish, run, workload_events};
 use megalith::storage::{Damage, SimStorage};
 
 const EVENTS: usize = 24;
@@ -56,17 +56,7 @@ fn every_failed_operation_reaches_the_caller_and_the_store_recovers() {
                 }
                 sim.crash(damage, n).unwrap();
 
-                let store = open(&sim, dir.path())
-                    .unwrap_or_else(|e| panic!("{what}: reopening failed: {e}"));
-                let kept = assert_prefix(&store, &events, faulty.acknowledged, &what);
-                for event in &events[kept..] {
-                    store
-                        .insert(std::slice::from_ref(event))
-                        .unwrap_or_else(|e| panic!("{what}: insert after recovery: {e}"));
-                }
-                store
-                    .close()
-                    .unwrap_or_else(|e| panic!("{what}: close after recovery: {e}"));
+                recover_and_finish(&sim, dir.path(), &events, faulty.acknowledged, &what);
                 points += 1;
             }
         }

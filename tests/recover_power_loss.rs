@@ -5,20 +5,12 @@
 
 mod common;
 
-use common::crash::{assert_prefix, open, run, workload_events};
+use common::crash::{
+    assert_doctor_clean, assert_prefix, open, recover_and_finish, run, workload_events,
+};
 use megalith::storage::{Damage, SimStorage};
 
 const EVENTS: usize = 30;
-
-fn assert_clean(dir: &std::path::Path, what: &str) {
-    let report = megalith::inspect::index::check_store(dir)
-        .unwrap_or_else(|e| panic!("{what}: index-doctor could not run: {e}"));
-    assert!(
-        report.is_clean(),
-        "{what}: index-doctor: {:#?}",
-        report.problems
-    );
-}
 
 #[test]
 fn every_crash_point_reopens_without_losing_acknowledged_events() {
@@ -54,25 +46,15 @@ fn every_crash_point_reopens_without_losing_acknowledged_events() {
                 .is_none_or(|e| !e.starts_with("open"))
             {
                 // What the crash left: every index agrees with the log as of its checkpoint.
-                assert_clean(dir.path(), &what);
+                assert_doctor_clean(dir.path(), &what);
             }
-            let store =
-                open(&sim, dir.path()).unwrap_or_else(|e| panic!("{what}: reopening failed: {e}"));
-            let kept = assert_prefix(&store, &events, crashed.acknowledged, &what);
             // The recovered store takes the rest of the workload and closes cleanly.
-            for event in &events[kept..] {
-                store
-                    .insert(std::slice::from_ref(event))
-                    .unwrap_or_else(|e| panic!("{what}: insert after recovery: {e}"));
-            }
-            store
-                .close()
-                .unwrap_or_else(|e| panic!("{what}: close after recovery: {e}"));
+            recover_and_finish(&sim, dir.path(), &events, crashed.acknowledged, &what);
             let store = open(&sim, dir.path()).unwrap();
             assert_prefix(&store, &events, EVENTS, &what);
             assert!(!store.recovery_report().unclean_shutdown, "{what}");
             drop(store);
-            assert_clean(dir.path(), &what);
+            assert_doctor_clean(dir.path(), &what);
 
             points += 1;
             acknowledged_total += crashed.acknowledged;

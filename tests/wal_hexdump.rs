@@ -65,6 +65,14 @@ fn segment_path(data: &Path) -> PathBuf {
 }
 
 /// `(offset, lsn)` of every record line of a JSON listing.
+/// The JSON lines that report damage.
+fn problems(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|l| l.get("problem").is_some())
+        .collect()
+}
+
 fn listed_records(lines: &[Value]) -> Vec<(u64, u64)> {
     lines
         .iter()
@@ -164,10 +172,7 @@ fn damage_is_reported_at_its_offset_with_exit_status_1() {
     let out = hexdump(&["--json", path]);
     assert_eq!(out.status.code(), Some(1));
     let lines = json_lines(&out);
-    let damage: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l.get("problem").is_some())
-        .collect();
+    let damage = problems(&lines);
     assert_eq!(damage.len(), 1, "{lines:?}");
     assert_eq!(damage[0]["offset"].as_u64(), Some(victim));
     assert_eq!(damage[0]["checksum"], "bad");
@@ -191,10 +196,7 @@ fn damage_is_reported_at_its_offset_with_exit_status_1() {
     let out = hexdump(&["--json", path]);
     assert_eq!(out.status.code(), Some(1));
     let lines = json_lines(&out);
-    let damage: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l.get("problem").is_some())
-        .collect();
+    let damage = problems(&lines);
     assert_eq!(damage.len(), 1, "{lines:?}");
     assert_eq!(damage[0]["offset"].as_u64(), Some(victim));
     assert!(
@@ -222,10 +224,7 @@ fn damage_is_reported_at_its_offset_with_exit_status_1() {
     let out = hexdump(&["--json", path]);
     assert_eq!(out.status.code(), Some(1));
     let lines = json_lines(&out);
-    let damage: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l.get("problem").is_some())
-        .collect();
+    let damage = problems(&lines);
     assert_eq!(damage.len(), 1, "{lines:?}");
     assert_eq!(damage[0]["offset"].as_u64(), Some(batch_start));
     assert!(

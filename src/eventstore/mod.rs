@@ -1,10 +1,13 @@
 //! The store: options, the manifest, insert outcomes and `EventStore` itself.
 
+mod lock;
 mod manifest;
 mod options;
 mod outcome;
 mod store;
 
+pub(crate) use lock::lock_store_dir;
+pub(crate) use manifest::MANIFEST_FILE;
 pub use options::{EventStoreBuilder, Options};
 pub use outcome::{InsertOutcome, Rejection};
 pub use store::{EventStore, StoreStats};

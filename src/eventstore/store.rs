@@ -2,7 +2,7 @@
 //! their shard's writer, and answers queries from consistent shard views.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,11 +18,11 @@ use crate::recovery::{RecoveryReport, open_shard};
 use crate::shard::{Shard, ShardRead, WriteOutcome, WriterConfig};
 use crate::storage::{OpenMode, Storage};
 
+use super::lock::lock_store_dir;
 use super::manifest;
 use super::options::{EventStoreBuilder, OpenWith, Options};
 use super::outcome::{InsertOutcome, Rejection};
 
-const LOCK_FILE: &str = "LOCK";
 const DIRTY_FILE: &str = ".dirty";
 
 /// An open Megalith store. `Send + Sync`: share it behind an `Arc`; reads run
@@ -80,24 +80,7 @@ impl EventStore {
         storage
             .create_dir_all(dir)
             .map_err(io_error(dir, "create directory"))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_error(&lock_path, "open"))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_path_buf())),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::Io {
-                    path: lock_path,
-                    op: "lock",
-                    source: e,
-                });
-            }
-        }
+        let lock = lock_store_dir(dir)?;
         let shard_count = manifest::load_or_create(&*storage, dir, 1)?;
         let dirty = dir.join(DIRTY_FILE);
         let mut report = RecoveryReport {

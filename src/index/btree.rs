@@ -826,7 +826,7 @@ impl Cursor<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeSet;
     use std::fs::OpenOptions;
     use std::os::unix::fs::FileExt;
@@ -842,7 +842,7 @@ mod tests {
     }
 
     /// Checkpoints `tree` through `lsn` and installs the result.
-    fn checkpoint(tree: &mut BTree, lsn: u64) {
+    pub(in crate::index) fn checkpoint(tree: &mut BTree, lsn: u64) {
         let position = Location {
             segment: SegmentId(1),
             offset: lsn as u32,

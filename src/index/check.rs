@@ -19,9 +19,10 @@ pub(crate) struct Problem {
     pub reason: String,
 }
 
-/// What the walk counted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct CheckStats {
+/// What the walk of one index file counted (public through
+/// `inspect::index`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexStats {
     /// Whole pages in the file.
     pub file_pages: u64,
     /// Pages the chosen meta accounts for (meta pages included).
@@ -49,7 +50,7 @@ pub(crate) struct CheckReport {
     /// Facts worth knowing that are not damage (say, pages past `page_count`
     /// left by a checkpoint that never finished).
     pub notes: Vec<String>,
-    pub stats: CheckStats,
+    pub stats: IndexStats,
 }
 
 impl CheckReport {
@@ -170,9 +171,9 @@ pub(crate) fn check_index(
         chosen: chosen.map(|(slot, _)| slot),
         problems: Vec::new(),
         notes: Vec::new(),
-        stats: CheckStats {
+        stats: IndexStats {
             file_pages,
-            ..CheckStats::default()
+            ..IndexStats::default()
         },
     };
     let Some((slot, meta)) = chosen else {
@@ -289,7 +290,7 @@ pub(crate) fn check_index(
 fn walk_tree(
     checker: &mut Checker<'_>,
     meta: &Meta,
-    stats: &mut CheckStats,
+    stats: &mut IndexStats,
     on_entry: &mut impl FnMut(&[u8]),
 ) {
     let Some(root) = meta.root else {
@@ -426,7 +427,7 @@ fn walk_tree(
     }
 }
 
-fn walk_free_list(checker: &mut Checker<'_>, meta: &Meta, stats: &mut CheckStats) {
+fn walk_free_list(checker: &mut Checker<'_>, meta: &Meta, stats: &mut IndexStats) {
     let mut next = meta.free_list_head;
     let mut from = "the meta page".to_string();
     let mut from_page = None;
@@ -516,10 +517,10 @@ mod tests {
     use std::path::Path;
 
     use super::super::btree::BTree;
+    use super::super::btree::tests::checkpoint;
     use super::super::format::{PAGE_HEADER_LEN, encode_free_list_page, encode_meta, read_u64};
     use super::super::node::{MemNode, encode_node};
     use super::*;
-    use crate::ids::{Location, Lsn, SegmentId};
     use crate::storage::FileStorage;
 
     const KIND: IndexKind = IndexKind::Time;
@@ -530,18 +531,6 @@ mod tests {
         e[8..16].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
         e[16..].copy_from_slice(&n.to_be_bytes());
         e
-    }
-
-    fn checkpoint(tree: &mut BTree, lsn: u64) {
-        let position = Location {
-            segment: SegmentId(1),
-            offset: lsn as u32,
-        };
-        let prepared = tree
-            .prepare_checkpoint(Lsn(lsn), position)
-            .unwrap()
-            .unwrap();
-        tree.install(prepared).unwrap();
     }
 
     /// A tree of several levels with a non-empty free list, and its entries.

@@ -25,6 +25,7 @@ pub use pages::{
 pub use rebuild::{RebuildReport, rebuild};
 
 use crate::error::{Error, io_error};
+use crate::eventstore::{MANIFEST_FILE, lock_store_dir};
 use crate::ids::{Lsn, ShardId};
 use crate::index::{IndexKind, location_at_end};
 use log_walk::{LogWalk, hex, walk_log};
@@ -406,21 +407,10 @@ impl Tally {
 /// Takes the store's lock (`DATA/LOCK`, an exclusive `flock`, as opening the
 /// store does): the files cannot change while it is held.
 pub(super) fn lock_store(data_dir: &Path) -> Result<File, Error> {
-    if !data_dir.join("MANIFEST").is_file() {
+    if !data_dir.join(MANIFEST_FILE).is_file() {
         return Err(Error::Missing(data_dir.to_path_buf()));
     }
-    let path = data_dir.join("LOCK");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_error(&path, "open"))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(data_dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_error(&path, "lock")(e)),
-    }
+    lock_store_dir(data_dir)
 }
 
 /// The shard directories (`shard-NNNN`, as the store names them), in order.

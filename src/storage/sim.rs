@@ -272,6 +272,13 @@ impl State {
     }
 }
 
+fn missing(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} does not exist", path.display()),
+    )
+}
+
 fn apply_name_op(names: &mut BTreeMap<PathBuf, usize>, op: &NameOp) {
     match op {
         NameOp::Link { path, inode } => {
@@ -382,12 +389,7 @@ impl Storage for SimStorage {
                 ));
             }
             (Some(inode), _) => inode,
-            (None, OpenMode::Read | OpenMode::ReadWrite) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{} does not exist", path.display()),
-                ));
-            }
+            (None, OpenMode::Read | OpenMode::ReadWrite) => return Err(missing(path)),
             (None, OpenMode::ReadWriteCreate | OpenMode::CreateNew) => {
                 let inode = state.inodes.len();
                 state.inodes.push(Inode::default());
@@ -438,10 +440,7 @@ impl Storage for SimStorage {
         let mut state = self.state.lock();
         state.tick()?;
         if !state.live.contains_key(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} does not exist", path.display()),
-            ));
+            return Err(missing(path));
         }
         fs::remove_file(path)?;
         state.name_op(NameOp::Unlink {
@@ -454,10 +453,7 @@ impl Storage for SimStorage {
         let mut state = self.state.lock();
         state.tick()?;
         if !state.live.contains_key(from) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} does not exist", from.display()),
-            ));
+            return Err(missing(from));
         }
         fs::rename(from, to)?;
         state.name_op(NameOp::Rename {

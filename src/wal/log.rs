@@ -175,28 +175,8 @@ impl Log {
         for (i, &id) in ids.iter().enumerate() {
             let path = dir.join(segment_file_name(id));
             if i + 1 == ids.len() {
-                // A checkpoint inside the active segment is where the log
-                // was synced to; a file that ends before it lost records
-                // that were acknowledged, whatever the pre-sizing adds.
-                let len = store
-                    .open(&path, OpenMode::Read)
-                    .and_then(|f| f.size())
-                    .map_err(io_error(&path, "stat"))?;
-                if let Some((hint, lsn)) = scan_hint
-                    && hint.segment == id
-                    && u64::from(hint.offset) > len
-                {
-                    return Err(WalError::Corrupt {
-                        path,
-                        offset: len,
-                        reason: format!(
-                            "the file ends at byte {len}, but an index checkpoint says the log \
-                             reaches LSN {lsn} at offset {}: acknowledged records are missing",
-                            hint.offset
-                        ),
-                    });
-                }
-                presize(store, &path, segment_size)?;
+                let checkpoint = scan_hint.filter(|(hint, _)| hint.segment == id);
+                presize(store, &path, segment_size, checkpoint)?;
             }
             segments.push(Arc::new(Segment::open(store, &path, shard, id)?));
         }
@@ -328,12 +308,35 @@ fn never_written(storage: &dyn Storage, path: &Path) -> Result<bool, WalError> {
     Ok(true)
 }
 
-fn presize(storage: &dyn Storage, path: &Path, segment_size: u64) -> Result<(), WalError> {
+/// Pre-sizes the active segment to `segment_size + BATCH_SLACK` bytes.
+/// `checkpoint`, an index checkpoint inside this segment, is where the log was
+/// synced to: a file that ends before it lost acknowledged records, which is
+/// damage, whatever the pre-sizing would add.
+fn presize(
+    storage: &dyn Storage,
+    path: &Path,
+    segment_size: u64,
+    checkpoint: Option<(Location, Lsn)>,
+) -> Result<(), WalError> {
     let file = storage
         .open(path, OpenMode::ReadWrite)
         .map_err(io_error(path, "open"))?;
+    let len = file.size().map_err(io_error(path, "stat"))?;
+    if let Some((hint, lsn)) = checkpoint
+        && u64::from(hint.offset) > len
+    {
+        return Err(WalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: len,
+            reason: format!(
+                "the file ends at byte {len}, but an index checkpoint says the log \
+                 reaches LSN {lsn} at offset {}: acknowledged records are missing",
+                hint.offset
+            ),
+        });
+    }
     let want = segment_size + BATCH_SLACK;
-    if file.size().map_err(io_error(path, "stat"))? < want {
+    if len < want {
         file.set_len(want).map_err(io_error(path, "extend"))?;
         file.sync().map_err(io_error(path, "sync"))?;
     }
@@ -697,6 +700,25 @@ mod tests {
     use super::*;
     use crate::storage::FileStorage;
 
+    type Opened = (Arc<Log>, LogWriter, Option<TailRepair>);
+
+    /// Opens the log of shard 0 in `dir` on the real file system.
+    fn open_log(
+        dir: &Path,
+        segment_size: u64,
+        hint: Option<(Location, Lsn)>,
+        strict: bool,
+    ) -> Result<Opened, WalError> {
+        Log::open(
+            Arc::new(FileStorage),
+            dir,
+            ShardId(0),
+            segment_size,
+            hint,
+            strict,
+        )
+    }
+
     fn append(writer: &mut LogWriter, payloads: &[&[u8]]) {
         let mut batch = writer.batch().unwrap();
         for payload in payloads {
@@ -708,15 +730,7 @@ mod tests {
     #[test]
     fn stale_frames_behind_a_lost_page_are_wiped_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, mut writer, _) = Log::open(
-            Arc::new(FileStorage),
-            dir.path(),
-            ShardId(0),
-            1 << 20,
-            None,
-            false,
-        )
-        .unwrap();
+        let (_, mut writer, _) = open_log(dir.path(), 1 << 20, None, false).unwrap();
         append(&mut writer, &[b"one"]);
         let end = writer.end();
         append(&mut writer, &[b"two", b"three"]);
@@ -729,15 +743,7 @@ mod tests {
             .unwrap();
         drop(file);
 
-        let (_, writer, repair) = Log::open(
-            Arc::new(FileStorage),
-            dir.path(),
-            ShardId(0),
-            1 << 20,
-            None,
-            false,
-        )
-        .unwrap();
+        let (_, writer, repair) = open_log(dir.path(), 1 << 20, None, false).unwrap();
         assert_eq!((writer.end(), writer.last_lsn()), (end, Lsn(1)));
         assert!(repair.is_none(), "zeros are a clean end: {repair:?}");
         let bytes = fs::read(&path).unwrap();
@@ -750,16 +756,7 @@ mod tests {
     #[test]
     fn strict_open_refuses_a_torn_tail_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let open = |strict| {
-            Log::open(
-                Arc::new(FileStorage),
-                dir.path(),
-                ShardId(0),
-                1 << 20,
-                None,
-                strict,
-            )
-        };
+        let open = |strict| open_log(dir.path(), 1 << 20, None, strict);
         let (_, mut writer, _) = open(false).unwrap();
         append(&mut writer, &[b"one"]);
         let end = writer.end();
@@ -789,15 +786,7 @@ mod tests {
     #[test]
     fn lsns_continue_across_reopen_and_rotation() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, mut writer, _) = Log::open(
-            Arc::new(FileStorage),
-            dir.path(),
-            ShardId(0),
-            64 << 10,
-            None,
-            false,
-        )
-        .unwrap();
+        let (_, mut writer, _) = open_log(dir.path(), 64 << 10, None, false).unwrap();
         let payload = vec![7u8; 10_000];
         for _ in 0..20 {
             append(&mut writer, &[&payload]);
@@ -807,15 +796,7 @@ mod tests {
         writer.close().unwrap();
         drop(writer);
         for hint in [None, Some((end, last))] {
-            let (log, writer, repair) = Log::open(
-                Arc::new(FileStorage),
-                dir.path(),
-                ShardId(0),
-                64 << 10,
-                hint,
-                false,
-            )
-            .unwrap();
+            let (log, writer, repair) = open_log(dir.path(), 64 << 10, hint, false).unwrap();
             assert_eq!(
                 (writer.last_lsn(), writer.end()),
                 (last, end),

@@ -130,3 +130,36 @@ pub fn assert_prefix(
         ids(&held),
     );
 }
+
+/// After a crash or fault: reopens the store, checks it holds a prefix of
+/// `events` that includes the `acknowledged` ones, has it take the rest of
+/// the workload and closes it cleanly.
+pub fn recover_and_finish(
+    sim: &SimStorage,
+    dir: &Path,
+    events: &[Event],
+    acknowledged: usize,
+    what: &str,
+) {
+    let store = open(sim, dir).unwrap_or_else(|e| panic!("{what}: reopening failed: {e}"));
+    let kept = assert_prefix(&store, events, acknowledged, what);
+    for event in &events[kept..] {
+        store
+            .insert(std::slice::from_ref(event))
+            .unwrap_or_else(|e| panic!("{what}: insert after recovery: {e}"));
+    }
+    store
+        .close()
+        .unwrap_or_else(|e| panic!("{what}: close after recovery: {e}"));
+}
+
+/// `index-doctor check` finds nothing wrong with the store in `dir`.
+pub fn assert_doctor_clean(dir: &Path, what: &str) {
+    let report = megalith::inspect::index::check_store(dir)
+        .unwrap_or_else(|e| panic!("{what}: index-doctor could not run: {e}"));
+    assert!(
+        report.is_clean(),
+        "{what}: index-doctor: {:#?}",
+        report.problems
+    );
+}

@@ -4,6 +4,7 @@
 //! input with an error; none panics.
 
 use crate::ids::{Location, Lsn, PageId};
+pub use crate::index::check::IndexStats;
 use crate::index::check::{self, CheckReport};
 use crate::index::{self as idx, IndexKind, MemNode, Node, NodeRef, PageView};
 
@@ -215,24 +216,6 @@ pub fn reseal_page(page: &mut [u8], id: u64) -> Result<(), String> {
     check::reseal(page, PageId(id))
 }
 
-/// The statistics of one index file's walk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IndexStats {
-    /// Whole pages in the file.
-    pub file_pages: u64,
-    /// Pages the meta in use accounts for, meta pages included.
-    pub pages: u64,
-    /// Leaf and branch pages reached from the root.
-    pub tree_pages: u64,
-    pub entries: u64,
-    /// Levels from root to leaves, 0 for an empty tree.
-    pub depth: u32,
-    /// Page ids on the free list.
-    pub free_pages: u64,
-    /// Pages the free list itself takes.
-    pub free_list_pages: u64,
-}
-
 /// What checking one index file's bytes found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileCheck {
@@ -248,19 +231,10 @@ pub struct FileCheck {
 
 impl From<CheckReport> for FileCheck {
     fn from(report: CheckReport) -> FileCheck {
-        let s = &report.stats;
         FileCheck {
             meta_slot: report.chosen,
             meta: report.meta().copied().map(MetaInfo::from),
-            stats: IndexStats {
-                file_pages: s.file_pages,
-                pages: s.pages,
-                tree_pages: s.tree_pages,
-                entries: s.entries,
-                depth: s.depth,
-                free_pages: s.free_pages,
-                free_list_pages: s.free_list_pages,
-            },
+            stats: report.stats,
             problems: report
                 .problems
                 .into_iter()
