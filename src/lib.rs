@@ -32,7 +32,7 @@ mod wal;
 pub use error::Error;
 pub use event::{Event, EventError, EventId, EventRef, Keys, Limits, Pubkey, Signature};
 pub use eventstore::{
-    EventStore, EventStoreBuilder, InsertOutcome, Options, Rejection, StoreStats,
+    EventStore, EventStoreBuilder, InsertOutcome, MAX_SHARDS, Options, Rejection, StoreStats,
 };
 pub use ids::{Location, Lsn, SegmentId, ShardId};
 pub use index::IndexKind;

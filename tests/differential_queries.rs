@@ -64,6 +64,7 @@ fn random_filters_match_a_brute_force_model_before_and_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let open = || {
         EventStore::builder(dir.path())
+            .shards(3) // authors spread over shards; scattered queries merge
             .durability(Durability::Never)
             .segment_size(1 << 20) // many segments: rotation is exercised
             .checkpoint_dirty_nodes(512) // and background checkpoints

@@ -17,6 +17,7 @@ const FILE: &str = "author_time.idx";
 
 fn open(dir: &Path) -> Result<EventStore, megalith::Error> {
     EventStore::builder(dir)
+        .shards(1) // one shard: the test works on shard 0's files
         .durability(Durability::Never)
         .segment_size(1 << 20)
         .create_if_missing(false)
@@ -27,6 +28,7 @@ fn open(dir: &Path) -> Result<EventStore, megalith::Error> {
 /// checkpoints (so the free lists are not empty). Returns the filters to ask.
 fn build(dir: &Path) -> Vec<Vec<Filter>> {
     let store = EventStore::builder(dir)
+        .shards(1) // one shard: the test works on shard 0's files
         .durability(Durability::Never)
         .segment_size(1 << 20)
         .checkpoint_dirty_nodes(1)

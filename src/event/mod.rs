@@ -26,6 +26,7 @@ mod proptests;
 
 pub use error::{EventError, EventErrorKind};
 pub use event::Event;
+pub(crate) use event::verify_schnorr;
 pub use event_ref::{EventRef, FieldIter, TagField, TagIter, TagRef};
 pub use keys::Keys;
 pub use limits::Limits;

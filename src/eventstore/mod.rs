@@ -5,9 +5,10 @@ mod manifest;
 mod options;
 mod outcome;
 mod store;
+mod verify;
 
 pub(crate) use lock::lock_store_dir;
 pub(crate) use manifest::MANIFEST_FILE;
-pub use options::{EventStoreBuilder, Options};
+pub use options::{EventStoreBuilder, MAX_SHARDS, Options};
 pub use outcome::{InsertOutcome, Rejection};
 pub use store::{EventStore, StoreStats};

@@ -40,6 +40,24 @@ pub struct Options {
     /// What opening does with a torn or corrupt log tail. Default:
     /// `RecoveryMode::TolerateCorruptTail` (cut it and report where).
     pub recovery_mode: RecoveryMode,
+    /// Shards of a new store, each with its own log, indexes and writer
+    /// thread; events go to `shard_of(pubkey)`. Default: `None`, which
+    /// creates as many shards as the machine has cores and opens an existing
+    /// store with whatever count it was created with. `Some(n)` (1 ..= 256)
+    /// creates `n` and refuses to open a store created with another count.
+    pub shards: Option<u32>,
+    /// Threads that check signatures for `insert`, besides the calling
+    /// thread, which helps. Default: the number of cores. 0 checks
+    /// everything on the calling thread.
+    pub verify_threads: usize,
+}
+
+/// Most shards a store can have.
+pub const MAX_SHARDS: u32 = 256;
+
+/// The number of cores, or 1 when the system will not say.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl Default for Options {
@@ -54,6 +72,8 @@ impl Default for Options {
             max_group_events: 10_000,
             create_if_missing: true,
             recovery_mode: RecoveryMode::TolerateCorruptTail,
+            shards: None,
+            verify_threads: cores(),
         }
     }
 }
@@ -70,6 +90,19 @@ impl Options {
             return Err(Error::Options(format!(
                 "limits.max_event_bytes {} is above the 4 MiB a log batch can hold",
                 self.limits.max_event_bytes
+            )));
+        }
+        if let Some(shards) = self.shards
+            && !(1..=MAX_SHARDS).contains(&shards)
+        {
+            return Err(Error::Options(format!(
+                "shards {shards} is outside 1 ..= {MAX_SHARDS}"
+            )));
+        }
+        if self.verify_threads > 1024 {
+            return Err(Error::Options(format!(
+                "verify_threads {} is above 1,024",
+                self.verify_threads
             )));
         }
         if self.max_group_events == 0 || self.checkpoint_dirty_nodes == 0 {
@@ -161,6 +194,18 @@ impl EventStoreBuilder {
     /// pass a [`crate::storage::SimStorage`] to inject faults and crashes.
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = storage;
+        self
+    }
+
+    /// See [`Options::shards`].
+    pub fn shards(mut self, shards: u32) -> Self {
+        self.options.shards = Some(shards);
+        self
+    }
+
+    /// See [`Options::verify_threads`].
+    pub fn verify_threads(mut self, threads: usize) -> Self {
+        self.options.verify_threads = threads;
         self
     }
 

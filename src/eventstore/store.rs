@@ -10,18 +10,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::error::{Error, io_error};
-use crate::event::{Event, EventId, EventRef, KindClass};
-use crate::ids::ShardId;
+use crate::event::{Event, EventId, EventRef, KindClass, Pubkey};
+use crate::ids::{Location, ShardId};
 use crate::index::IndexKind;
 use crate::query::{Filter, Hit, execute, plan};
 use crate::recovery::{RecoveryReport, open_shard};
-use crate::shard::{Shard, ShardRead, WriteOutcome, WriterConfig};
+use crate::shard::{Shard, ShardRead, WriteOutcome, WriterConfig, shard_of};
 use crate::storage::{OpenMode, Storage};
 
 use super::lock::lock_store_dir;
 use super::manifest;
-use super::options::{EventStoreBuilder, OpenWith, Options};
+use super::options::{EventStoreBuilder, MAX_SHARDS, OpenWith, Options, cores};
 use super::outcome::{InsertOutcome, Rejection};
+use super::verify::VerifyPool;
 
 const DIRTY_FILE: &str = ".dirty";
 
@@ -33,6 +34,7 @@ pub struct EventStore {
     options: Options,
     storage: Arc<dyn Storage>,
     shards: Vec<Shard>,
+    verifier: VerifyPool,
     report: RecoveryReport,
     /// Held (locked) while open; `None` once closed.
     lock: Mutex<Option<File>>,
@@ -81,7 +83,19 @@ impl EventStore {
             .create_dir_all(dir)
             .map_err(io_error(dir, "create directory"))?;
         let lock = lock_store_dir(dir)?;
-        let shard_count = manifest::load_or_create(&*storage, dir, 1)?;
+        let new_count = options
+            .shards
+            .unwrap_or(cores().min(MAX_SHARDS as usize) as u32);
+        let shard_count = manifest::load_or_create(&*storage, dir, new_count)?;
+        if let Some(wanted) = options.shards
+            && wanted != shard_count
+        {
+            return Err(Error::Options(format!(
+                "{} was created with {shard_count} shards, not {wanted}: a store \
+                 keeps its shard count (open it without a shard count to use {shard_count})",
+                dir.display()
+            )));
+        }
         let dirty = dir.join(DIRTY_FILE);
         let mut report = RecoveryReport {
             unclean_shutdown: storage.exists(&dirty).map_err(io_error(&dirty, "stat"))?,
@@ -117,11 +131,14 @@ impl EventStore {
             )?;
             shards.push(Shard::start(id, log, indexes, config.clone())?);
         }
+        let verifier = VerifyPool::start(options.verify_threads)
+            .map_err(io_error(dir, "start verify threads"))?;
         Ok(EventStore {
             dir: dir.to_path_buf(),
             options,
             storage,
             shards,
+            verifier,
             report,
             lock: Mutex::new(Some(lock)),
         })
@@ -155,41 +172,107 @@ impl EventStore {
 
     fn insert_checked(&self, events: &[Event], verify: bool) -> Result<Vec<InsertOutcome>, Error> {
         let now = unix_now();
-        let mut outcomes: Vec<Option<InsertOutcome>> = Vec::with_capacity(events.len());
-        // Events are encoded here, on the caller's thread, so concurrent
-        // callers share the work and the shard writer only appends bytes.
-        let mut positions = Vec::new();
-        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        let mut outcomes: Vec<Option<InsertOutcome>> = vec![None; events.len()];
+        // Checks after the signature's, kept so each event reports the first
+        // check it fails in NIP-01 order.
+        let mut later: Vec<Result<(), Rejection>> = Vec::with_capacity(events.len());
+        let mut signatures = verify.then(|| self.verifier.batch());
+        // Events are checked and encoded here, on the caller's thread (with
+        // signatures on the pool meanwhile), so concurrent callers share the
+        // work and the shard writers only append bytes.
+        let mut staged: Vec<Option<Vec<u8>>> = vec![None; events.len()];
         for (i, event) in events.iter().enumerate() {
-            match self.validate(event, verify, now) {
-                Err(rejection) => outcomes.push(Some(InsertOutcome::Invalid(rejection))),
-                Ok(()) if KindClass::of(event.kind) == KindClass::Ephemeral => {
-                    outcomes.push(Some(InsertOutcome::Ephemeral));
-                }
-                Ok(()) => {
-                    let mut payload = Vec::with_capacity(event.payload_len());
-                    match event.encode_payload(&mut payload) {
-                        Ok(()) => {
-                            outcomes.push(None);
-                            positions.push(i);
-                            payloads.push(payload);
-                        }
-                        Err(e) => outcomes.push(Some(InsertOutcome::Invalid(Rejection::from(&e)))),
-                    }
+            if let Err(rejection) = self.check_shape(event, verify) {
+                outcomes[i] = Some(InsertOutcome::Invalid(rejection));
+                later.push(Ok(()));
+                continue;
+            }
+            if let Some(signatures) = &mut signatures {
+                signatures.push(event);
+            }
+            later.push(self.check_time(event, now));
+            if KindClass::of(event.kind) != KindClass::Ephemeral {
+                let mut payload = Vec::with_capacity(event.payload_len());
+                match event.encode_payload(&mut payload) {
+                    Ok(()) => staged[i] = Some(payload),
+                    Err(e) => later[i] = Err(Rejection::from(&e)),
                 }
             }
         }
-        if !payloads.is_empty() {
-            let written = self.shards[0].write(payloads)?;
-            for (i, outcome) in positions.into_iter().zip(written) {
-                outcomes[i] = Some(match outcome {
-                    WriteOutcome::Stored => InsertOutcome::Stored,
-                    WriteOutcome::Replaced { previous } => InsertOutcome::Replaced { previous },
-                    WriteOutcome::Duplicate => InsertOutcome::Duplicate,
-                    WriteOutcome::Superseded => InsertOutcome::Superseded,
-                    WriteOutcome::Deleted => InsertOutcome::Deleted,
-                });
+        let mut valid = signatures
+            .map(|s| s.finish())
+            .unwrap_or_default()
+            .into_iter();
+        for (i, event) in events.iter().enumerate() {
+            if outcomes[i].is_some() {
+                continue;
             }
+            let rejection = if verify && valid.next() == Some(false) {
+                // Rare: ask again for the exact reason.
+                let error = event.verify_signature().err();
+                Some(error.map_or_else(
+                    || Rejection::new("bad-signature", "signature verification failed"),
+                    |e| Rejection::from(&e),
+                ))
+            } else {
+                std::mem::replace(&mut later[i], Ok(())).err()
+            };
+            if let Some(rejection) = rejection {
+                outcomes[i] = Some(InsertOutcome::Invalid(rejection));
+                staged[i] = None;
+            } else if KindClass::of(event.kind) == KindClass::Ephemeral {
+                outcomes[i] = Some(InsertOutcome::Ephemeral);
+            }
+        }
+        // Route: each author's events go to their shard, in the order given.
+        let shards = self.shards.len();
+        let mut routed: Vec<(Vec<usize>, Vec<Vec<u8>>)> = vec![(Vec::new(), Vec::new()); shards];
+        for (i, payload) in staged.into_iter().enumerate() {
+            if let Some(payload) = payload {
+                let (positions, payloads) = &mut routed[shard_of(&events[i].pubkey, shards)];
+                positions.push(i);
+                payloads.push(payload);
+            }
+        }
+        // Every shard's writer gets its part before any is waited for.
+        let mut pending = Vec::new();
+        let mut first_error = None;
+        for (shard, (positions, payloads)) in self.shards.iter().zip(routed) {
+            if payloads.is_empty() {
+                continue;
+            }
+            match shard.submit(payloads) {
+                Ok(write) => pending.push((positions, write)),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        for (positions, write) in pending {
+            match write.wait() {
+                Ok(written) => {
+                    for (i, outcome) in positions.into_iter().zip(written) {
+                        outcomes[i] = Some(match outcome {
+                            WriteOutcome::Stored => InsertOutcome::Stored,
+                            WriteOutcome::Replaced { previous } => {
+                                InsertOutcome::Replaced { previous }
+                            }
+                            WriteOutcome::Duplicate => InsertOutcome::Duplicate,
+                            WriteOutcome::Superseded => InsertOutcome::Superseded,
+                            WriteOutcome::Deleted => InsertOutcome::Deleted,
+                        });
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        // With several shards, others may have stored their part: the batch
+        // as a whole is not acknowledged, and the caller retries (duplicates
+        // are answered as such).
+        if let Some(e) = first_error {
+            return Err(e);
         }
         // Every event got an outcome above or from its shard; a gap would be a bug.
         outcomes
@@ -198,15 +281,20 @@ impl EventStore {
             .collect()
     }
 
-    /// The checks an event passes before it reaches a shard, in the NIP-01
-    /// order: size and shape, id, signature, created_at window, expiry.
-    fn validate(&self, event: &Event, verify: bool, now: u64) -> Result<(), Rejection> {
+    /// The checks before the signature's, in the NIP-01 order: size and
+    /// shape, then the id.
+    fn check_shape(&self, event: &Event, verify: bool) -> Result<(), Rejection> {
         event
             .check_limits(&self.options.limits)
             .map_err(|e| Rejection::from(&e))?;
         if verify {
-            event.verify().map_err(|e| Rejection::from(&e))?;
+            event.verify_id().map_err(|e| Rejection::from(&e))?;
         }
+        Ok(())
+    }
+
+    /// The checks after the signature's: created_at window and expiry.
+    fn check_time(&self, event: &Event, now: u64) -> Result<(), Rejection> {
         let horizon = now.saturating_add(self.options.max_future.as_secs());
         if event.created_at > horizon {
             return Err(Rejection::new(
@@ -251,17 +339,89 @@ impl EventStore {
         filters: &[Filter],
         mut visit: impl FnMut(&EventRef<'_>) -> Result<(), Error>,
     ) -> Result<usize, Error> {
-        let view = self.shards[0].read();
-        let mut hits: Vec<(Hit, EventRef<'_>)> = Vec::new();
-        for_each_hit(&view, filters, true, |hit, event| hits.push((hit, event)))?;
+        let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
+        let views = self.views(&targets);
+        let now = unix_now();
+        let mut hits: Vec<(Hit, usize, EventRef<'_>)> = Vec::new();
+        for (filter, targets) in filters.iter().zip(&targets) {
+            let start = hits.len();
+            for (shard, part) in targets {
+                let Some(view) = &views[*shard] else { continue };
+                execute(
+                    &view.indexes,
+                    &view.log,
+                    part,
+                    now,
+                    filter.limit,
+                    |hit, event| {
+                        hits.push((hit, *shard, event));
+                    },
+                )?;
+            }
+            // Each shard kept to the limit; together they may pass it.
+            if let Some(limit) = filter.limit
+                && targets.len() > 1
+            {
+                hits[start..].sort_unstable_by_key(|(hit, _, _)| *hit);
+                hits.truncate(start + limit);
+            }
+        }
         // Merged order is exact up to ids sharing their first 8 bytes; this
         // settles that, and merges the filters' results.
-        hits.sort_unstable_by_key(|(hit, _)| *hit);
-        hits.dedup_by_key(|(hit, _)| hit.location);
-        for (_, event) in &hits {
+        hits.sort_unstable_by_key(|(hit, _, _)| *hit);
+        hits.dedup_by_key(|(hit, shard, _)| (*shard, hit.location));
+        for (_, _, event) in &hits {
             visit(event)?;
         }
         Ok(hits.len())
+    }
+
+    /// The shards a filter can match events in, each with the filter to run
+    /// there: a filter naming authors goes only to their shards, with only
+    /// the authors each shard holds; any other filter goes to every shard.
+    fn route(&self, filter: &Filter) -> Vec<(usize, Filter)> {
+        let shards = self.shards.len();
+        match &filter.authors {
+            Some(authors) if shards > 1 => {
+                let mut parts: BTreeMap<usize, Vec<Pubkey>> = BTreeMap::new();
+                for author in authors {
+                    parts
+                        .entry(shard_of(author, shards))
+                        .or_default()
+                        .push(*author);
+                }
+                parts
+                    .into_iter()
+                    .map(|(shard, authors)| {
+                        let mut part = filter.clone();
+                        part.authors = Some(authors);
+                        (shard, part)
+                    })
+                    .collect()
+            }
+            _ => (0..shards).map(|shard| (shard, filter.clone())).collect(),
+        }
+    }
+
+    /// Read views of the shards some target needs, indexed by shard.
+    fn views(&self, targets: &[Vec<(usize, Filter)>]) -> Vec<Option<ShardRead<'_>>> {
+        let mut views: Vec<Option<ShardRead<'_>>> = self.shards.iter().map(|_| None).collect();
+        for (shard, _) in targets.iter().flatten() {
+            if views[*shard].is_none() {
+                views[*shard] = Some(self.shards[*shard].read());
+            }
+        }
+        views
+    }
+
+    /// The number of shards (fixed when the store was created).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard that holds `author`'s events.
+    pub fn shard_of(&self, author: &Pubkey) -> ShardId {
+        ShardId(shard_of(author, self.shards.len()) as u32)
     }
 
     /// The index each filter would be answered from (`primary`, `tag_time`,
@@ -273,16 +433,26 @@ impl EventStore {
 
     /// NIP-45: how many events match any of `filters` (limits are ignored).
     pub fn count(&self, filters: &[Filter]) -> Result<u64, Error> {
-        let view = self.shards[0].read();
-        if let [_] = filters {
+        let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
+        let views = self.views(&targets);
+        let now = unix_now();
+        // An event lives in one shard, and one filter meets it once: a single
+        // filter's counts add up.
+        if let [targets] = targets.as_slice() {
             let mut n = 0;
-            for_each_hit(&view, filters, false, |_, _| n += 1)?;
+            for (shard, part) in targets {
+                let Some(view) = &views[*shard] else { continue };
+                n += execute(&view.indexes, &view.log, part, now, None, |_, _| {})? as u64;
+            }
             return Ok(n);
         }
-        let mut seen = HashSet::new();
-        for_each_hit(&view, filters, false, |hit, _| {
-            seen.insert(hit.location);
-        })?;
+        let mut seen: HashSet<(usize, Location)> = HashSet::new();
+        for (shard, part) in targets.iter().flatten() {
+            let Some(view) = &views[*shard] else { continue };
+            execute(&view.indexes, &view.log, part, now, None, |hit, _| {
+                seen.insert((*shard, hit.location));
+            })?;
+        }
         Ok(seen.len() as u64)
     }
 
@@ -356,22 +526,6 @@ impl Drop for EventStore {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
-}
-
-/// Runs each filter on a shard view (with its limit, or without when
-/// counting), passing every hit on; hits of different filters may repeat.
-fn for_each_hit<'v>(
-    view: &'v ShardRead<'_>,
-    filters: &[Filter],
-    limits: bool,
-    mut f: impl FnMut(Hit, EventRef<'v>),
-) -> Result<(), Error> {
-    let now = unix_now();
-    for filter in filters {
-        let limit = if limits { filter.limit } else { None };
-        execute(&view.indexes, &view.log, filter, now, limit, &mut f)?;
-    }
-    Ok(())
 }
 
 pub(crate) fn unix_now() -> u64 {

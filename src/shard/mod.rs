@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::error::Error;
+use crate::event::Pubkey;
 use crate::ids::ShardId;
 use crate::index::IndexSet;
 use crate::wal::{Log, LogSnapshot, LogWriter};
@@ -32,6 +33,32 @@ pub enum Durability {
     /// No fsync until checkpoint or close: for tests and bulk loads that are
     /// verified afterwards.
     Never,
+}
+
+/// The shard that holds `pubkey`'s events, in a store of `shards` shards:
+/// the last 8 bytes of the pubkey as a little-endian u64, mixed with
+/// SplitMix64's finalizer, mapped onto `0..shards` by multiply-high. Part of
+/// the on-disk format (`docs/format.md`): changing it moves authors.
+///
+/// The last bytes, not the first: vanity keys fix leading bytes, so many
+/// authors could share a prefix.
+pub(crate) fn shard_of(pubkey: &Pubkey, shards: usize) -> usize {
+    let mut tail = [0u8; 8];
+    tail.copy_from_slice(&pubkey.0[24..]);
+    let mut z = u64::from_le_bytes(tail);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((u128::from(z) * shards as u128) >> 64) as usize
+}
+
+/// A write handed to a shard's writer; [`PendingWrite::wait`] for its outcome.
+pub(crate) struct PendingWrite(Receiver<Result<Vec<WriteOutcome>, Error>>);
+
+impl PendingWrite {
+    pub fn wait(self) -> Result<Vec<WriteOutcome>, Error> {
+        self.0.recv().map_err(|_| Error::Closed)?
+    }
 }
 
 /// A consistent read view of a shard: its indexes (read-locked) and the log
@@ -85,14 +112,15 @@ impl Shard {
         })
     }
 
-    /// Writes validated events, given as their encoded payloads
-    /// (`Event::encode_payload`), and waits for their outcomes.
-    pub fn write(&self, payloads: Vec<Vec<u8>>) -> Result<Vec<WriteOutcome>, Error> {
+    /// Queues validated events, given as their encoded payloads
+    /// (`Event::encode_payload`), for the writer. It does not wait, so one
+    /// caller can keep several shards' writers busy at once.
+    pub fn submit(&self, payloads: Vec<Vec<u8>>) -> Result<PendingWrite, Error> {
         let (reply, outcome) = bounded(1);
         self.commands
             .send(Command::Write { payloads, reply })
             .map_err(|_| Error::Closed)?;
-        outcome.recv().map_err(|_| Error::Closed)?
+        Ok(PendingWrite(outcome))
     }
 
     /// A consistent view for queries. The index lock is taken before the log

@@ -33,6 +33,7 @@ pub fn workload_events(seed: u64, count: usize) -> Vec<Event> {
 /// inserts (by changed nodes, not by time, so the run is deterministic).
 pub fn open(sim: &SimStorage, dir: &Path) -> Result<EventStore, megalith::Error> {
     EventStore::builder(dir)
+        .shards(1) // one shard: I/O operations come in a fixed order
         .storage(Arc::new(sim.clone()))
         .durability(Durability::Always)
         .segment_size(64 << 10)

@@ -576,3 +576,11 @@ pub fn outcome_kind(outcome: &InsertOutcome) -> ModelOutcome {
         }
     }
 }
+
+/// Seconds since the Unix epoch, as the store's clock reads them.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use megalith::storage::{Damage, SimStorage};
 use megalith::{Durability, Event, EventStore, Filter};
 
-use super::{Generator, Model, Rng, outcome_kind};
+use super::{Generator, Model, Rng, now, outcome_kind};
 
 /// Events the operations pick from (replaceable, addressable, deletions,
 /// duplicates and ephemeral ones included).
@@ -22,6 +22,7 @@ pub fn pool() -> Vec<Event> {
 
 fn open(sim: &SimStorage, dir: &Path) -> EventStore {
     EventStore::builder(dir)
+        .shards(1) // one shard: I/O operations come in a fixed order
         .storage(Arc::new(sim.clone()))
         .durability(Durability::Always)
         .segment_size(64 << 10)
@@ -29,13 +30,6 @@ fn open(sim: &SimStorage, dir: &Path) -> EventStore {
         .checkpoint_interval(Duration::from_secs(24 * 3600))
         .open()
         .unwrap_or_else(|e| panic!("open failed: {e}"))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// The bytes, consumed from the front; zeros once they run out.

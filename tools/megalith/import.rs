@@ -74,9 +74,13 @@ pub(crate) fn run(args: &ImportArgs) -> Result<ExitCode, String> {
         max_event_bytes: args.max_event_bytes,
         ..Limits::default()
     };
-    let store = crate::with_replay_progress(EventStore::builder(&args.store.data))
+    let mut builder = crate::with_replay_progress(EventStore::builder(&args.store.data))
         .durability(durability(args.durability))
-        .limits(limits.clone())
+        .limits(limits.clone());
+    if let Some(shards) = args.shards {
+        builder = builder.shards(shards);
+    }
+    let store = builder
         .open()
         .map_err(|e| format!("cannot open {}: {e}", args.store.data.display()))?;
     crate::report_recovery(&store);

@@ -71,6 +71,10 @@ struct ImportArgs {
     /// When an imported batch is on disk.
     #[arg(long, value_enum, default_value = "always")]
     durability: DurabilityArg,
+    /// Shards of a new store [default: one per core]. An existing store
+    /// keeps the count it was created with; a different N is refused.
+    #[arg(long, value_name = "N")]
+    shards: Option<u32>,
     /// Largest event JSON accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_event_bytes)]
     max_event_bytes: usize,
@@ -263,6 +267,7 @@ fn stats(args: &StatsArgs) -> Result<ExitCode, String> {
             .collect();
         let doc = serde_json::json!({
             "events": stats.events,
+            "shards": store.shard_count(),
             "events_by_kind": by_kind,
             "log": { "segments": stats.log_segments, "bytes": stats.log_bytes },
             "indexes": indexes,
@@ -271,6 +276,7 @@ fn stats(args: &StatsArgs) -> Result<ExitCode, String> {
         println!("{doc}");
     } else {
         println!("events          {}", stats.events);
+        println!("shards          {}", store.shard_count());
         println!("by kind");
         for (kind, n) in &stats.events_by_kind {
             println!("  {kind:>6}  {n}");
