@@ -18,6 +18,7 @@
 
 pub mod event;
 pub mod inspect;
+pub mod reference;
 pub mod storage;
 
 mod error;
