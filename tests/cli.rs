@@ -1,5 +1,5 @@
 //! The `megalith` command: import of every input shape (good and bad lines
-//! mixed), query output in NIP-01 order, count, stats, and clear errors.
+//! mixed), query output in NIP-01 order, count, stats, generated data, and clear errors.
 
 mod common;
 
@@ -146,4 +146,63 @@ fn errors_go_to_stderr_with_a_failing_status() {
         text(&out.stderr)
     );
     store.close().unwrap();
+}
+
+#[test]
+fn generate_is_deterministic_and_imports_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "generate",
+        "--count",
+        "500",
+        "--seed",
+        "3",
+        "--authors",
+        "200",
+    ];
+    let first = megalith(&args, None);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let second = megalith(&[&args[..], &["--threads", "3", "--quiet"]].concat(), None);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert_eq!(first.stdout, second.stdout);
+    assert!(second.stderr.is_empty(), "{}", text(&second.stderr));
+    assert!(text(&first.stderr).contains("generated 500 event(s)"));
+    let other = megalith(
+        &["generate", "--count", "500", "--seed", "4", "--quiet"],
+        None,
+    );
+    assert_ne!(first.stdout, other.stdout);
+    let jsonl = text(&first.stdout);
+    assert_eq!(jsonl.lines().count(), 500);
+
+    // --out writes the same bytes to a file.
+    let file = dir.path().join("events.jsonl");
+    let file = file.to_str().unwrap();
+    let out = megalith(&[&args[..], &["--out", file]].concat(), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read(file).unwrap(), first.stdout);
+
+    let data = dir.path().join("store");
+    let data = data.to_str().unwrap();
+    let out = megalith(
+        &["import", "--data", data, "--json", "--strict", file],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["read"], 500, "{summary}");
+    assert_eq!(summary["invalid"], 0, "{summary}");
+    assert_eq!(summary["stored"], 500, "{summary}");
+
+    for bad in [
+        vec!["generate", "--authors", "0"],
+        vec!["generate", "--threads", "0"],
+        vec!["generate", "--out", "/no/such/dir/x.jsonl"],
+    ] {
+        let out = megalith(&bad, None);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert!(out.stdout.is_empty(), "{bad:?}");
+        assert!(text(&out.stderr).starts_with("megalith: "), "{bad:?}");
+    }
 }

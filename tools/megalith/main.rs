@@ -1,5 +1,6 @@
-//! `megalith`: import, query, count and inspect a Megalith store.
+//! `megalith`: import, query, count and inspect a Megalith store, and generate test data.
 
+mod generate;
 mod import;
 
 use std::io::{BufWriter, Write};
@@ -35,6 +36,9 @@ enum Command {
     Count(CountArgs),
     /// Print event counts by kind and the sizes of the log and indexes.
     Stats(StatsArgs),
+    /// Write a seeded, realistic stream of signed events as JSONL: the same seed and authors
+    /// always give the same bytes (the kind mix is in docs/api.md).
+    Generate(GenerateArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +121,28 @@ struct StatsArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct GenerateArgs {
+    /// Number of events to write.
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// Seed of every random choice and of the authors' keys.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of distinct authors; their activity follows a Zipf law.
+    #[arg(long, default_value_t = 10_000)]
+    authors: usize,
+    /// Signing threads; the output does not depend on it [default: the number of cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Output file; `-` writes to standard output [default: standard output].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Do not print the summary (events, bytes, time, kind mix) on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -124,6 +150,7 @@ fn main() -> ExitCode {
         Command::Query(args) => query(&args),
         Command::Count(args) => count(&args),
         Command::Stats(args) => stats(&args),
+        Command::Generate(args) => generate::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,112 @@
+//! `megalith generate`: writes a seeded, realistic stream of signed events as JSONL
+//! (`megalith::datagen`), so that tests, benchmarks and every peer of a comparison load the
+//! same file.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use megalith::datagen::{GenConfig, Generator, write_jsonl};
+
+use super::GenerateArgs;
+
+/// Events drafted, then signed in parallel, per round. The output does not depend on it.
+const ROUND: u64 = 32_768;
+
+/// Counts the bytes that pass through, for the summary.
+struct Counting<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub(crate) fn run(args: &GenerateArgs) -> Result<ExitCode, String> {
+    if args.authors == 0 {
+        return Err("--authors must be at least 1".to_string());
+    }
+    let threads = match args.threads {
+        Some(0) => return Err("--threads must be at least 1".to_string()),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let path = args.out.as_deref().filter(|path| *path != Path::new("-"));
+    let sink: Box<dyn Write> = match path {
+        Some(path) => Box::new(
+            File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = Counting {
+        inner: BufWriter::with_capacity(1 << 20, sink),
+        bytes: 0,
+    };
+    let started = Instant::now();
+    let mut generator = Generator::new(GenConfig {
+        seed: args.seed,
+        authors: args.authors,
+        ..GenConfig::default()
+    });
+    // Drawn only when stderr is a terminal.
+    let progress = ProgressBar::new(args.count).with_style(
+        ProgressStyle::with_template("generating [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    let mut written = 0;
+    let result = loop {
+        if written == args.count {
+            break out.flush();
+        }
+        let round = (args.count - written).min(ROUND);
+        let events = generator.batch(round as usize, threads);
+        if let Err(e) = write_jsonl(&events, &mut out) {
+            break Err(e);
+        }
+        written += round;
+        progress.set_position(written);
+    };
+    progress.finish_and_clear();
+    match result {
+        Ok(()) => {}
+        // `megalith generate | head` closes the pipe early: not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        Err(e) => return Err(format!("writing output: {e}")),
+    }
+    if !args.quiet {
+        let seconds = started.elapsed().as_secs_f64();
+        let stats = generator.stats();
+        eprintln!(
+            "generated {} event(s), {}, in {seconds:.1} s ({:.0}/s) on {threads} thread(s)",
+            stats.events,
+            crate::human_bytes(out.bytes),
+            stats.events as f64 / seconds.max(1e-9),
+        );
+        for (kind, n) in &stats.by_kind {
+            eprintln!(
+                "  kind {kind:>5}  {n:>10}  {:>5.2}%",
+                100.0 * *n as f64 / stats.events.max(1) as f64
+            );
+        }
+        eprintln!(
+            "  {} replace an earlier version, {} are deleted by a later kind 5: a store keeps {}",
+            stats.replacements,
+            stats.deleted,
+            stats.expected_stored()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
