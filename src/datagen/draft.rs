@@ -68,8 +68,8 @@ impl Generator {
 
     /// A note that draws engagement. Seven times in ten, a draw from the attention window
     /// (preferential attachment: recent notes that already drew replies and reactions draw
-    /// more, which gives a few notes hundreds of reactions); otherwise one of the newest notes
-    /// of a Zipf-drawn author, or failing that a recent note of anyone.
+    /// more, which gives reaction counts and thread sizes a heavy tail); otherwise one of the
+    /// newest notes of a Zipf-drawn author, or failing that a recent note of anyone.
     fn engaged_note(&mut self) -> Option<u32> {
         if self.history.notes.is_empty() {
             return None;
