@@ -106,6 +106,23 @@ impl<'a> PageView<'a> {
         }
     }
 
+    /// How many of the first `n` entries satisfy `pred(compare(i, key))`,
+    /// for a `pred` that holds on a leading run (a binary search). The
+    /// shared prefix is compared once, not at every probe: when it differs
+    /// from the key's, every entry compares the same.
+    fn partition(&self, n: usize, key: &[u8], pred: impl Fn(Ordering) -> bool) -> usize {
+        let whole = match key.split_at_checked(self.prefix.len()) {
+            Some((key_prefix, key_suffix)) => match self.prefix.cmp(key_prefix) {
+                Ordering::Equal => {
+                    return partition_point(n, |i| pred(compare_keys(self.suffix(i), key_suffix)));
+                }
+                other => other,
+            },
+            None => self.prefix[..key.len()].cmp(key).then(Ordering::Greater),
+        };
+        if pred(whole) { n } else { 0 }
+    }
+
     fn child(&self, i: usize) -> PageId {
         PageId(read_u64(
             self.page,
@@ -119,6 +136,20 @@ impl<'a> PageView<'a> {
 pub(crate) enum Node<'a> {
     Page(PageView<'a>),
     Mem(&'a MemNode, usize),
+}
+
+/// `a.cmp(b)` for keys: the first 8 bytes as one big-endian integer settle
+/// most comparisons (keys start with pubkeys, ids, kinds or times) without a
+/// call to `memcmp`.
+#[inline]
+fn compare_keys(a: &[u8], b: &[u8]) -> Ordering {
+    if let (Some(x), Some(y)) = (a.first_chunk::<8>(), b.first_chunk::<8>()) {
+        let (x, y) = (u64::from_be_bytes(*x), u64::from_be_bytes(*y));
+        if x != y {
+            return x.cmp(&y);
+        }
+    }
+    a.cmp(b)
 }
 
 impl<'a> Node<'a> {
@@ -148,20 +179,29 @@ impl<'a> Node<'a> {
                     separators: bytes, ..
                 },
                 width,
-            ) => bytes[i * width..(i + 1) * width].cmp(key),
+            ) => compare_keys(&bytes[i * width..(i + 1) * width], key),
         }
     }
 
     /// Leaf: index of the first entry >= `key`.
     pub fn lower_bound(&self, key: &[u8]) -> usize {
-        partition_point(self.len(), |i| self.compare(i, key) == Ordering::Less)
+        match self {
+            Node::Page(p) => p.partition(p.count, key, |o| o == Ordering::Less),
+            Node::Mem(..) => {
+                partition_point(self.len(), |i| self.compare(i, key) == Ordering::Less)
+            }
+        }
     }
 
     /// Branch: the child whose range holds `key` (the number of separators <= key).
     pub fn child_index(&self, key: &[u8]) -> usize {
-        partition_point(self.len().saturating_sub(1), |i| {
-            self.compare(i, key) != Ordering::Greater
-        })
+        let separators = self.len().saturating_sub(1);
+        match self {
+            Node::Page(p) => p.partition(separators, key, |o| o != Ordering::Greater),
+            Node::Mem(..) => {
+                partition_point(separators, |i| self.compare(i, key) != Ordering::Greater)
+            }
+        }
     }
 
     pub fn child(&self, i: usize) -> NodeRef {
