@@ -60,10 +60,11 @@ struct Args {
     #[arg(long, default_value_t = 1000, value_name = "N")]
     batch: usize,
 
-    /// Threads feeding ingest batches at once (Megalith, nostr-lmdb, SQLite;
-    /// nostrdb has its own ingester threads).
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    writers: usize,
+    /// Threads feeding ingest batches at once to Megalith, nostr-lmdb and
+    /// SQLite (nostrdb parses and verifies on its own ingester threads, one
+    /// per core). Default: the number of cores.
+    #[arg(long, value_name = "N")]
+    writers: Option<usize>,
 
     /// always: every acknowledged batch is fsynced (Megalith Durability::Always,
     /// SQLite synchronous=FULL, LMDB's default). relaxed: Megalith
@@ -139,7 +140,9 @@ fn parse_peers(list: &str) -> anyhow::Result<Vec<PeerKind>> {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let peers = parse_peers(&args.peers)?;
-    if args.queries == 0 || args.batch == 0 || args.writers == 0 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let writers = args.writers.unwrap_or(cores);
+    if args.queries == 0 || args.batch == 0 || writers == 0 {
         bail!("--queries, --batch and --writers must be at least 1");
     }
     let command = report::command_line();
@@ -169,7 +172,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
         durability,
         batch: args.batch,
-        writers: args.writers,
+        writers,
         nostrdb_full: args.nostrdb_full,
         kinds: data.kinds(),
         // Room for every reaction of the most reacted-to sampled note.

@@ -24,7 +24,7 @@ pub struct VerifyRate {
 }
 
 /// Measures both rates on up to `sample` events spread over the dataset,
-/// each loop running at least `min_time`.
+/// each loop running at least `min_time` in each of three rounds.
 pub fn measure(data: &Dataset, sample: usize, min_time: Duration) -> VerifyRate {
     let step = (data.len() / sample.max(1)).max(1);
     let events: Vec<Event> = data
@@ -36,17 +36,23 @@ pub fn measure(data: &Dataset, sample: usize, min_time: Duration) -> VerifyRate 
         .collect();
     let invalid = events.iter().filter(|e| e.verify().is_err()).count();
 
-    let bip340_per_sec = rate(min_time, events.len(), |i| {
-        let e = &events[i];
-        let Ok(key) = XOnlyPublicKey::from_byte_array(e.pubkey.0) else {
-            return false;
-        };
-        let signature = schnorr::Signature::from_byte_array(e.sig.0);
-        SECP256K1
-            .verify_schnorr(&signature, e.id.as_bytes(), &key)
-            .is_ok()
-    });
-    let event_per_sec = rate(min_time, events.len(), |i| events[i].verify().is_ok());
+    // Three alternating rounds, keeping each loop's best: the machine may be
+    // shared, and interference only ever slows a round down.
+    let (mut bip340_per_sec, mut event_per_sec) = (0f64, 0f64);
+    for _ in 0..3 {
+        bip340_per_sec = bip340_per_sec.max(rate(min_time, events.len(), |i| {
+            let e = &events[i];
+            let Ok(key) = XOnlyPublicKey::from_byte_array(e.pubkey.0) else {
+                return false;
+            };
+            let signature = schnorr::Signature::from_byte_array(e.sig.0);
+            SECP256K1
+                .verify_schnorr(&signature, e.id.as_bytes(), &key)
+                .is_ok()
+        }));
+        event_per_sec =
+            event_per_sec.max(rate(min_time, events.len(), |i| events[i].verify().is_ok()));
+    }
     VerifyRate {
         events: events.len(),
         bip340_per_sec,
