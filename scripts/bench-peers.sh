@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Megalith against its peers (nostr-lmdb, nostrdb, SQLite with nostr-rs-relay's
+# schema) on one generated dataset: generates COUNT signed events once (kept in
+# target/peers-data/ for later runs), then runs the benches/peers harness in
+# release mode and writes its markdown report beside the dataset.
+#
+#   scripts/bench-peers.sh [COUNT] [HARNESS FLAGS...]     (default 1000000 events)
+#   scripts/bench-peers.sh 200000 --queries 500 --peers megalith,nostrdb
+#
+# Needs a C compiler (nostrdb, libsodium and SQLite are built from source).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count="${1:-1000000}"
+shift || true
+data_dir="${PEERS_DATA_DIR:-target/peers-data}"
+mkdir -p "$data_dir"
+
+# The `megalith generate` command when this build has it, else the example.
+if cargo run --release --quiet -- generate --help >/dev/null 2>&1; then
+  events="$data_dir/events-$count-generate.jsonl"
+  if [ ! -s "$events" ]; then
+    echo "generating $count events with 'megalith generate'" >&2
+    cargo run --release --quiet -- generate --count "$count" --seed 1 --out "$events.partial"
+    mv "$events.partial" "$events"
+  fi
+else
+  events="$data_dir/events-$count-gen_events.jsonl"
+  if [ ! -s "$events" ]; then
+    echo "generating $count events with the gen_events example" >&2
+    cargo run --release --quiet --example gen_events -- "$count" > "$events.partial"
+    mv "$events.partial" "$events"
+  fi
+fi
+
+report="$data_dir/report-$count.md"
+cargo run --release --manifest-path benches/peers/Cargo.toml -- \
+  --events "$events" --report "$report" "$@"
+echo "report written to $report" >&2
