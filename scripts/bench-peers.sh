@@ -15,21 +15,11 @@ shift || true
 data_dir="${PEERS_DATA_DIR:-target/peers-data}"
 mkdir -p "$data_dir"
 
-# The `megalith generate` command when this build has it, else the example.
-if cargo run --release --quiet -- generate --help >/dev/null 2>&1; then
-  events="$data_dir/events-$count-generate.jsonl"
-  if [ ! -s "$events" ]; then
-    echo "generating $count events with 'megalith generate'" >&2
-    cargo run --release --quiet -- generate --count "$count" --seed 1 --out "$events.partial"
-    mv "$events.partial" "$events"
-  fi
-else
-  events="$data_dir/events-$count-gen_events.jsonl"
-  if [ ! -s "$events" ]; then
-    echo "generating $count events with the gen_events example" >&2
-    cargo run --release --quiet --example gen_events -- "$count" > "$events.partial"
-    mv "$events.partial" "$events"
-  fi
+events="$data_dir/events-$count-seed1.jsonl"
+if [ ! -s "$events" ]; then
+  echo "generating $count events with 'megalith generate --seed 1'" >&2
+  cargo run --release --quiet -- generate --count "$count" --seed 1 --out "$events.partial"
+  mv "$events.partial" "$events"
 fi
 
 report="$data_dir/report-$count.md"
