@@ -15,8 +15,6 @@ pub struct EventMeta {
     /// Index into [`Dataset::authors`].
     pub author: u32,
     pub kind: u16,
-    /// For kind 7: the first `e` tag's value, when it is an event id.
-    pub reacts_to: Option<[u8; 32]>,
 }
 
 /// The events of one JSONL file, deduplicated by id, in file order.
@@ -31,6 +29,10 @@ pub struct Dataset {
     pub meta: Vec<EventMeta>,
     /// Distinct authors, in order of first appearance.
     pub authors: Vec<[u8; 32]>,
+    /// Kind 7 reactions per event id: how many reactions have that id as
+    /// the value of one of their `e` tags (what `{"#e":[id],"kinds":[7]}`
+    /// matches).
+    pub reactions: HashMap<[u8; 32], usize>,
     /// Kind 3 follow lists (`p` tags decoded), newest last, for W4.
     pub follow_lists: Vec<Vec<[u8; 32]>>,
     /// Lines that are not an event (or `["EVENT", ...]` holding one).
@@ -56,6 +58,7 @@ impl Dataset {
             json_bytes: 0,
             meta: Vec::new(),
             authors: Vec::new(),
+            reactions: HashMap::new(),
             follow_lists: Vec::new(),
             malformed: 0,
             duplicates: 0,
@@ -87,11 +90,19 @@ impl Dataset {
                 data.authors.push(event.pubkey.0);
                 next
             });
-            let reacts_to = if event.kind == 7 {
-                event.tag_value("e").and_then(hex32)
-            } else {
-                None
-            };
+            if event.kind == 7 {
+                let mut targets: Vec<[u8; 32]> = event
+                    .tags
+                    .iter()
+                    .filter(|t| t.len() >= 2 && t[0] == "e")
+                    .filter_map(|t| hex32(&t[1]))
+                    .collect();
+                targets.sort_unstable();
+                targets.dedup();
+                for target in targets {
+                    *data.reactions.entry(target).or_default() += 1;
+                }
+            }
             if event.kind == 3 {
                 let follows: Vec<[u8; 32]> = event
                     .tags
@@ -105,7 +116,6 @@ impl Dataset {
                 id: event.id.0,
                 author,
                 kind: event.kind,
-                reacts_to,
             });
             data.json_bytes += object.len() as u64;
             data.events.push(object.to_string());
@@ -196,6 +206,22 @@ mod tests {
             data.problems
         );
         assert_eq!(data.authors.len(), 1);
+    }
+
+    #[test]
+    fn reactions_count_every_e_tag_once() {
+        let keys = Keys::from_seed(2);
+        let (root, note) = ("aa".repeat(32), "bb".repeat(32));
+        let e = |v: &str| vec!["e".to_string(), v.to_string()];
+        let r1 = keys.sign(1, 7, vec![e(&root), e(&note)], "+".into());
+        let r2 = keys.sign(2, 7, vec![e(&note), e(&note)], "+".into());
+        let text = format!("{}\n{}\n", r1.to_json(), r2.to_json());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, text).unwrap();
+        let data = Dataset::load(&path).unwrap();
+        assert_eq!(data.reactions[&[0xaa; 32]], 1);
+        assert_eq!(data.reactions[&[0xbb; 32]], 2);
     }
 
     #[test]

@@ -160,13 +160,8 @@ impl Samples {
         };
 
         // W5, W6: the notes with the most reactions.
-        let mut reactions: HashMap<[u8; 32], usize> = HashMap::new();
-        for m in data.meta.iter().filter(|m| m.kind == REACTION) {
-            if let Some(target) = m.reacts_to {
-                *reactions.entry(target).or_default() += 1;
-            }
-        }
-        let mut popular: Vec<([u8; 32], usize)> = reactions.into_iter().collect();
+        let mut popular: Vec<([u8; 32], usize)> =
+            data.reactions.iter().map(|(id, n)| (*id, *n)).collect();
         popular.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         popular.truncate(total.max(1));
         let (targets, max_reactions) = if popular.is_empty() {
