@@ -20,6 +20,7 @@ pub mod datagen;
 pub mod event;
 pub mod inspect;
 pub mod reference;
+pub mod search;
 pub mod storage;
 
 mod error;

@@ -1,4 +1,5 @@
-//! The `batchtest` stress tester: a small run with every query shape checks
+//! The `batchtest` stress tester: a small run with every query shape (search
+//! included) checks
 //! clean against the reference, in JSON and in text, and bad arguments or a
 //! used data directory are refused with status 2.
 
@@ -21,7 +22,8 @@ fn a_small_run_checks_clean_and_reports_every_shape() {
         "--batch",
         "250",
         "--verify",
-        "260",
+        "340",
+        "--search",
         "--shards",
         "3",
         "--threads",
@@ -40,10 +42,11 @@ fn a_small_run_checks_clean_and_reports_every_shape() {
     assert_eq!(doc["events"], 3000);
     assert_eq!(doc["outcome_mismatches"], 0, "{doc}");
     assert_eq!(doc["query_mismatches"], 0, "{doc}");
-    // 260 queries, then 26 after reopening.
-    assert_eq!(doc["queries_checked"], 286);
+    // 340 queries, then 34 after reopening.
+    assert_eq!(doc["queries_checked"], 374);
     let shapes = doc["queries"].as_object().unwrap();
-    assert_eq!(shapes.len(), 13, "{doc}");
+    assert_eq!(shapes.len(), 17, "13 shapes and 4 search shapes: {doc}");
+    assert!(shapes.contains_key("search_video"), "{doc}");
     for (shape, figures) in shapes {
         assert_eq!(figures["queries"], 20, "{shape}");
         assert!(figures["p50_us"].as_f64().unwrap() <= figures["max_us"].as_f64().unwrap());

@@ -169,7 +169,9 @@ fn a_healthy_store_checks_clean_and_damage_is_reported_then_rebuilt() {
         "{doc}"
     );
     let indexes = doc["indexes"].as_array().unwrap();
-    assert_eq!(indexes.len(), 7);
+    assert_eq!(indexes.len(), 8);
+    let terms = indexes.iter().find(|i| i["index"] == "term_time").unwrap();
+    assert!(terms["entries"].as_u64().unwrap() > 0, "{terms}");
     for index in indexes {
         assert_eq!(index["pending_replay"], 0, "{index}");
         assert_eq!(index["entries"], index["expected_entries"], "{index}");

@@ -793,6 +793,25 @@ pub(crate) struct Cursor<'t> {
 }
 
 impl Cursor<'_> {
+    /// Moves to the first entry >= `key`, which must not be below the last
+    /// entry returned (or, before any, the key of the seek): within the
+    /// current leaf when the key falls in it (the common case when a scan
+    /// skips ahead a little), otherwise by a new descent from the root.
+    pub fn seek_forward(&mut self, key: &[u8]) -> Result<(), IndexError> {
+        if let Some((node, position)) = self.stack.last_mut()
+            && node.is_leaf()
+            && node.len() > 0
+        {
+            node.entry_into(node.len() - 1, &mut self.entry);
+            if self.entry.as_slice() >= key {
+                *position = node.lower_bound(key);
+                return Ok(());
+            }
+        }
+        *self = self.tree.seek(key)?;
+        Ok(())
+    }
+
     /// The next entry, or `None` at the end of the tree.
     pub fn next(&mut self) -> Result<Option<&[u8]>, IndexError> {
         loop {
@@ -897,6 +916,26 @@ pub(super) mod tests {
             let expected = model.range(key.to_vec()..).next().cloned();
             assert_eq!(cursor.next().unwrap().map(|e| e.to_vec()), expected);
         }
+        // Skipping forward lands where a fresh seek would, in the leaf or not.
+        let mut probes: Vec<[u8; 16]> = (0..5000u64)
+            .filter(|n| n % 7 == 0 || n % 311 < 3)
+            .map(entry)
+            .collect();
+        probes.sort_unstable();
+        let mut cursor = tree.seek(&probes[0]).unwrap();
+        let mut last: Option<Vec<u8>> = None;
+        let mut checked = 0;
+        for probe in probes {
+            if last.as_deref().is_some_and(|l| probe.as_slice() <= l) {
+                continue;
+            }
+            cursor.seek_forward(&probe).unwrap();
+            let expected = model.range(probe.to_vec()..).next().cloned();
+            last = cursor.next().unwrap().map(|e| e.to_vec());
+            assert_eq!(last, expected, "skipping to {probe:?}");
+            checked += 1;
+        }
+        assert!(checked > 300, "{checked}");
         // Every page is either reachable or on the free list: the file does not leak.
         let pages = tree.meta().page_count;
         let mut reachable =

@@ -12,6 +12,7 @@
 //! tag_time          letter[1] slot[33] rtime[8] id8[8] location[8]         58
 //! time              rtime[8] id8[8] location[8]                            24
 //! address           kind[2] pubkey[32] slot[33] location[8]                75
+//! term_time         term_hash[8] rtime[8] id8[8] location[8]               32
 //! ```
 //! A tag slot holds a tag value: byte 0 = n <= 32 then the n UTF-8 bytes
 //! zero-padded to 32; byte 0 = 0x40 then the 32 bytes a 64-char lowercase hex
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::event::{EventId, EventRef, KindClass, Pubkey, TagField};
 use crate::ids::Location;
+use crate::search;
 
 /// The indexes of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,6 +35,7 @@ pub enum IndexKind {
     TagTime,
     Time,
     Address,
+    TermTime,
 }
 
 pub(crate) const ID_PREFIX_LEN: usize = 8;
@@ -43,7 +46,7 @@ const LOCATION_LEN: usize = Location::ENCODED_LEN;
 const TIME_SUFFIX_LEN: usize = TIME_LEN + ID_PREFIX_LEN + LOCATION_LEN;
 
 impl IndexKind {
-    pub const ALL: [IndexKind; 7] = [
+    pub const ALL: [IndexKind; 8] = [
         IndexKind::Primary,
         IndexKind::AuthorTime,
         IndexKind::AuthorKindTime,
@@ -51,6 +54,7 @@ impl IndexKind {
         IndexKind::TagTime,
         IndexKind::Time,
         IndexKind::Address,
+        IndexKind::TermTime,
     ];
 
     /// The number stored in the index file's meta page.
@@ -67,6 +71,7 @@ impl IndexKind {
             IndexKind::TagTime => "tag_time",
             IndexKind::Time => "time",
             IndexKind::Address => "address",
+            IndexKind::TermTime => "term_time",
         }
     }
 
@@ -82,6 +87,7 @@ impl IndexKind {
             IndexKind::KindTime => Some(2),
             IndexKind::TagTime => Some(1 + TAG_SLOT_LEN),
             IndexKind::Time => Some(0),
+            IndexKind::TermTime => Some(8),
             IndexKind::Primary | IndexKind::Address => None,
         }
     }
@@ -265,6 +271,13 @@ pub(crate) fn for_each_entry(
         entry.extend_from_slice(&location.to_bytes());
         f(IndexKind::Address, &entry);
     }
+    // Two terms with one hash (FNV-1a collides, rarely) share an entry.
+    for hash in search::event_term_hashes(event) {
+        entry.clear();
+        entry.extend_from_slice(&hash.to_be_bytes());
+        entry.extend_from_slice(&tail);
+        f(IndexKind::TermTime, &entry);
+    }
 }
 
 #[cfg(test)]
@@ -274,7 +287,7 @@ mod tests {
     #[test]
     fn widths_match_the_documented_layout() {
         let widths: Vec<usize> = IndexKind::ALL.iter().map(|k| k.width()).collect();
-        assert_eq!(widths, vec![40, 56, 58, 26, 58, 24, 75]);
+        assert_eq!(widths, vec![40, 56, 58, 26, 58, 24, 75, 32]);
     }
 
     #[test]

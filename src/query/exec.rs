@@ -9,6 +9,7 @@ use crate::ids::Location;
 use crate::index::{
     Cursor, ID_PREFIX_LEN, IndexKind, IndexSet, location_at_end, primary_lower, time_range,
 };
+use crate::search;
 use crate::wal::LogSnapshot;
 
 use super::error::QueryError;
@@ -55,8 +56,14 @@ pub(crate) fn execute<'l>(
     if limit == 0 {
         return Ok(0);
     }
-    let accept =
-        |event: &EventRef<'_>| filter.matches(event) && event.expiration().is_none_or(|e| e > now);
+    let search_terms = filter.search.as_deref().map(search::query_terms);
+    let accept = |event: &EventRef<'_>| {
+        filter.matches_unsearched(event)
+            && event.expiration().is_none_or(|e| e > now)
+            && search_terms
+                .as_ref()
+                .is_none_or(|terms| search::event_has_terms(event, terms))
+    };
     match &plan(filter) {
         Plan::Nothing => Ok(0),
         Plan::Ids(ids) => {
@@ -91,61 +98,259 @@ pub(crate) fn execute<'l>(
             }
             Ok(visited)
         }
+        Plan::Terms {
+            prefixes,
+            since,
+            until,
+        } => intersect(
+            indexes,
+            log,
+            prefixes,
+            (*since, *until),
+            accept,
+            limit,
+            visit,
+        ),
         Plan::Scan {
             index,
             prefixes,
             since,
             until,
         } => {
-            let tree = indexes.tree(*index);
-            let prefix_len = index.time_prefix_len().unwrap_or(0);
-            let mut sources = Vec::with_capacity(prefixes.len());
-            let mut heap = BinaryHeap::with_capacity(prefixes.len());
-            for prefix in prefixes {
-                let (lower, upper) = time_range(prefix, *since, *until);
-                let mut source = Source {
-                    cursor: tree.seek(&lower)?,
-                    upper,
-                    prefix_len,
+            // Many authors and a limit (a follow feed): followed authors
+            // tend to be active ones, so a newest-first scan of the kinds
+            // asked for (or of all events) that keeps their events often
+            // fills the limit long before one cursor per author could even
+            // be opened. It gets a budget of candidates per author; if that
+            // runs out, the per-author cursors answer as usual.
+            if limit != usize::MAX
+                && matches!(index, IndexKind::AuthorKindTime | IndexKind::AuthorTime)
+                && let Some(authors) = &filter.authors
+                && authors.len() >= WIDE_AUTHORS
+            {
+                let mut authors = authors.clone();
+                authors.sort_unstable();
+                let (scan_index, scan_prefixes) = match &filter.kinds {
+                    Some(kinds) => {
+                        let mut kinds = kinds.clone();
+                        kinds.sort_unstable();
+                        kinds.dedup();
+                        let prefixes = kinds.iter().map(|k| k.to_be_bytes().to_vec()).collect();
+                        (IndexKind::KindTime, prefixes)
+                    }
+                    None => (IndexKind::Time, vec![Vec::new()]),
                 };
-                if let Some(head) = source.head()? {
-                    heap.push(Reverse((head, sources.len())));
+                let mut found = Vec::new();
+                let complete = merge(
+                    indexes,
+                    log,
+                    scan_index,
+                    &scan_prefixes,
+                    (*since, *until),
+                    authors.len() * CANDIDATES_PER_AUTHOR,
+                    |event| authors.binary_search(&event.pubkey()).is_ok() && accept(event),
+                    |hit, event| {
+                        found.push((hit, event));
+                        found.len() == limit
+                    },
+                )?;
+                if complete {
+                    let visited = found.len();
+                    for (hit, event) in found {
+                        visit(hit, event);
+                    }
+                    return Ok(visited);
                 }
-                sources.push(source);
             }
             let mut visited = 0;
-            let mut last: Option<[u8; SUFFIX_LEN]> = None;
-            while let Some(Reverse((head, source))) = heap.pop() {
-                if let Some(next) = sources[source].head()? {
-                    heap.push(Reverse((next, source)));
-                }
-                // One event reached through two cursors (two matching tag
-                // values) has the same suffix twice in a row.
-                if last == Some(head) {
-                    continue;
-                }
-                last = Some(head);
-                let location = location_at_end(&head);
-                let event = log.read_event(location)?;
-                if !accept(&event) {
-                    continue;
-                }
-                visit(
-                    Hit {
-                        created_at: event.created_at(),
-                        id: event.id(),
-                        location,
-                    },
-                    event,
-                );
-                visited += 1;
-                if visited == limit {
-                    break;
-                }
-            }
+            merge(
+                indexes,
+                log,
+                *index,
+                prefixes,
+                (*since, *until),
+                usize::MAX,
+                accept,
+                |hit, event| {
+                    visit(hit, event);
+                    visited += 1;
+                    visited == limit
+                },
+            )?;
             Ok(visited)
         }
     }
+}
+
+/// A filter naming at least this many authors (with a limit) first tries a
+/// newest-first scan of its kinds.
+const WIDE_AUTHORS: usize = 32;
+
+/// Index entries that scan may look at per author before giving up.
+const CANDIDATES_PER_AUTHOR: usize = 4;
+
+/// Merges one newest-first cursor per prefix of `index`, reads each
+/// candidate's record, and passes those `accept` takes to `take` until it
+/// returns true. Returns false if `budget` candidates were read first (the
+/// answer is then incomplete), true otherwise.
+#[allow(clippy::too_many_arguments)]
+fn merge<'l>(
+    indexes: &IndexSet,
+    log: &'l LogSnapshot,
+    index: IndexKind,
+    prefixes: &[Vec<u8>],
+    (since, until): (u64, u64),
+    budget: usize,
+    accept: impl Fn(&EventRef<'_>) -> bool,
+    mut take: impl FnMut(Hit, EventRef<'l>) -> bool,
+) -> Result<bool, QueryError> {
+    let tree = indexes.tree(index);
+    let prefix_len = index.time_prefix_len().unwrap_or(0);
+    let mut sources = Vec::with_capacity(prefixes.len());
+    let mut heap = BinaryHeap::with_capacity(prefixes.len());
+    for prefix in prefixes {
+        let (lower, upper) = time_range(prefix, since, until);
+        let mut source = Source {
+            cursor: tree.seek(&lower)?,
+            upper,
+            prefix_len,
+        };
+        if let Some(head) = source.head()? {
+            heap.push(Reverse((head, sources.len())));
+        }
+        sources.push(source);
+    }
+    let mut read = 0;
+    let mut last: Option<[u8; SUFFIX_LEN]> = None;
+    while let Some(Reverse((head, source))) = heap.pop() {
+        if let Some(next) = sources[source].head()? {
+            heap.push(Reverse((next, source)));
+        }
+        // One event reached through two cursors (two matching tag
+        // values) has the same suffix twice in a row.
+        if last == Some(head) {
+            continue;
+        }
+        last = Some(head);
+        if read == budget {
+            return Ok(false);
+        }
+        read += 1;
+        let location = location_at_end(&head);
+        let event = log.read_event(location)?;
+        if !accept(&event) {
+            continue;
+        }
+        let hit = Hit {
+            created_at: event.created_at(),
+            id: event.id(),
+            location,
+        };
+        if take(hit, event) {
+            break;
+        }
+    }
+    Ok(true)
+}
+
+/// Leapfrogs one newest-first `term_time` cursor per prefix (term hash):
+/// each term in turn moves to its first entry at or after the current
+/// target, and a term that lands past it moves the target there; when every
+/// term lands on the target, that event has them all. Each candidate is
+/// confirmed on its record by `accept`. Returns how many were visited.
+fn intersect<'l>(
+    indexes: &IndexSet,
+    log: &'l LogSnapshot,
+    prefixes: &[Vec<u8>],
+    (since, until): (u64, u64),
+    accept: impl Fn(&EventRef<'_>) -> bool,
+    limit: usize,
+    mut visit: impl FnMut(Hit, EventRef<'l>),
+) -> Result<usize, QueryError> {
+    let tree = indexes.tree(IndexKind::TermTime);
+    let Some(first) = prefixes.first() else {
+        return Ok(0);
+    };
+    let (lower, upper) = time_range(first, since, until);
+    let prefix_len = first.len();
+    let mut target = [0u8; SUFFIX_LEN];
+    target.copy_from_slice(&lower[prefix_len..]);
+    let upper_suffix = &upper[prefix_len..];
+    // Per term: its cursor and the entry suffix it stands on (the first at
+    // or after every target so far).
+    let mut terms = Vec::with_capacity(prefixes.len());
+    for prefix in prefixes {
+        let mut key = prefix.clone();
+        key.extend_from_slice(&target);
+        terms.push((tree.seek(&key)?, None::<[u8; SUFFIX_LEN]>));
+    }
+    let mut key = Vec::with_capacity(prefix_len + SUFFIX_LEN);
+    let mut visited = 0;
+    'targets: loop {
+        let mut agreed = 0;
+        let mut term = 0;
+        // Move each term in turn (round robin) until all agree on the target.
+        while agreed < prefixes.len() {
+            let (cursor, head) = &mut terms[term];
+            if head.is_none_or(|h| h < target) {
+                if head.is_some() {
+                    key.clear();
+                    key.extend_from_slice(&prefixes[term]);
+                    key.extend_from_slice(&target);
+                    cursor.seek_forward(&key)?;
+                }
+                let Some(entry) = cursor.next()? else {
+                    break 'targets;
+                };
+                if entry[..prefix_len] != prefixes[term][..] || &entry[prefix_len..] > upper_suffix
+                {
+                    break 'targets;
+                }
+                let mut suffix = [0u8; SUFFIX_LEN];
+                suffix.copy_from_slice(&entry[prefix_len..]);
+                *head = Some(suffix);
+            }
+            let landed = head.unwrap_or(target);
+            if landed == target {
+                agreed += 1;
+            } else {
+                target = landed;
+                agreed = 1;
+            }
+            term = (term + 1) % prefixes.len();
+        }
+        let location = location_at_end(&target);
+        let event = log.read_event(location)?;
+        if accept(&event) {
+            let hit = Hit {
+                created_at: event.created_at(),
+                id: event.id(),
+                location,
+            };
+            visit(hit, event);
+            visited += 1;
+            if visited == limit {
+                break;
+            }
+        }
+        // The next target is the smallest suffix after this one.
+        if !increment(&mut target) {
+            break;
+        }
+    }
+    Ok(visited)
+}
+
+/// Adds one to a big-endian number; false if it was all ones.
+fn increment(bytes: &mut [u8]) -> bool {
+    for byte in bytes.iter_mut().rev() {
+        let (next, carry) = byte.overflowing_add(1);
+        *byte = next;
+        if !carry {
+            return true;
+        }
+    }
+    false
 }
 
 /// Reversed time, id prefix and location: the part of a time-ordered entry

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::event::{EventId, EventRef, Pubkey};
+use crate::search::{self, MAX_SEARCH_BYTES};
 
 /// A NIP-01 filter. `None` fields do not constrain; an empty list matches nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,6 +21,9 @@ pub struct Filter {
     pub since: Option<u64>,
     pub until: Option<u64>,
     pub limit: Option<usize>,
+    /// NIP-50 full-text search (see [`crate::search`]): the event must be of
+    /// a searchable kind and have every term of the string.
+    pub search: Option<String>,
 }
 
 /// Why a filter was refused.
@@ -84,6 +88,11 @@ impl Filter {
         self
     }
 
+    pub fn search(mut self, search: impl Into<String>) -> Filter {
+        self.search = Some(search.into());
+        self
+    }
+
     /// Parses one filter object.
     pub fn from_json(json: &str) -> Result<Filter, FilterError> {
         let value: Value =
@@ -137,6 +146,20 @@ impl Filter {
                         ))
                     })?;
                     filter.limit = Some(usize::try_from(limit).unwrap_or(usize::MAX));
+                }
+                "search" => {
+                    let Some(text) = value.as_str() else {
+                        return Err(FilterError(format!(
+                            "`search` must be a string, got {value}"
+                        )));
+                    };
+                    if text.len() > MAX_SEARCH_BYTES {
+                        return Err(FilterError(format!(
+                            "`search` is {} bytes, more than {MAX_SEARCH_BYTES}",
+                            text.len()
+                        )));
+                    }
+                    filter.search = Some(text.to_string());
                 }
                 tag if tag.len() == 2
                     && tag.starts_with('#')
@@ -209,6 +232,13 @@ impl Filter {
         if let Some(limit) = self.limit {
             field(&mut out, "limit", limit.to_string());
         }
+        if let Some(search) = &self.search {
+            field(
+                &mut out,
+                "search",
+                Value::String(search.clone()).to_string(),
+            );
+        }
         out.push('}');
         out
     }
@@ -222,8 +252,19 @@ impl Filter {
             || matches!((self.since, self.until), (Some(s), Some(u)) if s > u)
     }
 
-    /// The full NIP-01 test of one event (limit aside).
+    /// The full NIP-01 test of one event (limit aside), NIP-50 search
+    /// included.
     pub fn matches(&self, event: &EventRef<'_>) -> bool {
+        self.matches_unsearched(event)
+            && self
+                .search
+                .as_ref()
+                .is_none_or(|search| search::event_has_terms(event, &search::query_terms(search)))
+    }
+
+    /// [`Filter::matches`] without the `search` condition, for callers that
+    /// check it with the search's terms worked out once.
+    pub(crate) fn matches_unsearched(&self, event: &EventRef<'_>) -> bool {
         let created_at = event.created_at();
         if self.since.is_some_and(|s| created_at < s) || self.until.is_some_and(|u| created_at > u)
         {
@@ -299,16 +340,18 @@ mod tests {
     fn parses_every_field_and_round_trips() {
         let hex = "a".repeat(64);
         let json = format!(
-            r##"{{"ids":["{hex}"],"authors":["{hex}"],"kinds":[1,30023],"#e":["{hex}"],"#t":["nostr"],"since":5,"until":9,"limit":20}}"##
+            r##"{{"ids":["{hex}"],"authors":["{hex}"],"kinds":[1,30023],"#e":["{hex}"],"#t":["nostr"],"since":5,"until":9,"limit":20,"search":"sunset \"clips\""}}"##
         );
         let filter = Filter::from_json(&json).unwrap();
         assert_eq!(filter.kinds, Some(vec![1, 30023]));
         assert_eq!(filter.tags.get(&b't'), Some(&vec!["nostr".to_string()]));
+        assert_eq!(filter.search.as_deref(), Some("sunset \"clips\""));
         assert_eq!(Filter::from_json(&filter.to_json()).unwrap(), filter);
     }
 
     #[test]
     fn hostile_filters_get_clear_errors() {
+        let long_search = format!(r#"{{"search":"{}"}}"#, "a".repeat(MAX_SEARCH_BYTES + 1));
         for (json, needle) in [
             (r#"{"ids":["ABC"]}"#, "ids"),
             (r#"{"authors":"x"}"#, "array"),
@@ -318,6 +361,8 @@ mod tests {
             (r##"{"#e":["short"]}"##, "#e"),
             (r##"{"#t":[1]}"##, "strings"),
             (r#"{"bogus":1}"#, "unknown"),
+            (r#"{"search":5}"#, "search"),
+            (long_search.as_str(), "more than 1024"),
             (r#"[1,2]"#, "object"),
             (r#"{"kinds":[1"#, "malformed"),
         ] {

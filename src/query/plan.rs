@@ -1,11 +1,16 @@
-//! The planner: one index per filter, chosen strfry-style
-//! (ids > most selective tag > author+kind > author > kind > time), and the
+//! The planner: one index per filter, chosen strfry-style (ids > search
+//! terms > most selective tag > author+kind > author > kind > time), and the
 //! key prefixes its cursors scan.
 
 use crate::event::EventId;
 use crate::index::{IndexKind, TagSlot, author_kind_prefix, tag_prefix};
+use crate::search;
 
 use super::filter::Filter;
+
+/// A search intersects the index entries of at most this many of its terms;
+/// the record confirms the rest.
+const MAX_TERM_CURSORS: usize = 8;
 
 /// Past this many author x kind pairs, one cursor per author is cheaper than
 /// one per pair.
@@ -17,6 +22,13 @@ pub(crate) enum Plan {
     Nothing,
     /// Look each id up in the primary index.
     Ids(Vec<EventId>),
+    /// Intersect one newest-first cursor per search term over `term_time`
+    /// (each prefix is a term hash); the record confirms every term.
+    Terms {
+        prefixes: Vec<Vec<u8>>,
+        since: u64,
+        until: u64,
+    },
     /// Merge one newest-first cursor per prefix over a time-ordered index.
     Scan {
         index: IndexKind,
@@ -32,6 +44,7 @@ impl Plan {
         match self {
             Plan::Nothing => "none",
             Plan::Ids(_) => IndexKind::Primary.name(),
+            Plan::Terms { .. } => IndexKind::TermTime.name(),
             Plan::Scan { index, .. } => index.name(),
         }
     }
@@ -56,6 +69,26 @@ pub(crate) fn plan(filter: &Filter) -> Plan {
         since,
         until,
     };
+    // A search's terms, longest (likely rarest) first so the intersection
+    // is driven by the shortest posting list more often than not.
+    if let Some(search) = &filter.search {
+        let mut terms = search::query_terms(search);
+        if !terms.is_empty() {
+            terms.sort_by_key(|t| std::cmp::Reverse(t.len()));
+            let mut prefixes: Vec<Vec<u8>> = Vec::new();
+            for term in terms {
+                let prefix = search::term_hash(&term).to_be_bytes().to_vec();
+                if !prefixes.contains(&prefix) && prefixes.len() < MAX_TERM_CURSORS {
+                    prefixes.push(prefix);
+                }
+            }
+            return Plan::Terms {
+                prefixes,
+                since,
+                until,
+            };
+        }
+    }
     // The tag with the fewest values opens the fewest cursors; e/p values are
     // ids and pubkeys, so they win ties over free-text tags.
     if let Some((&letter, values)) = filter.tags.iter().min_by_key(|(letter, values)| {

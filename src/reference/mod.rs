@@ -1,8 +1,10 @@
 //! A brute-force reference store: NIP-01 replaceable and addressable
 //! events, NIP-09 deletions, NIP-40 expiry on arrival and ephemeral kinds,
 //! written from the NIPs with hash maps and full scans, sharing no code with
-//! the engine's write path, indexes or planner. `batchtest` and the
-//! differential tests check the engine's answers against it.
+//! the engine's write path, indexes or planner (NIP-50 search terms come
+//! from [`crate::search`], the tokenizer that defines them, which has its own
+//! tests). `batchtest` and the differential tests check the engine's answers
+//! against it.
 //!
 //! Inserts cost O(tags); a query scans every live event. Memory is the
 //! owned events, so it suits the millions of events a test generates, not
@@ -57,6 +59,8 @@ pub struct Reference {
     deleted_ids: HashSet<(Pubkey, EventId)>,
     /// Per address, the newest `created_at` a deletion by its author names it up to.
     deleted_until: HashMap<Address, u64>,
+    /// NIP-50 terms of each event, by slot (computed once, on insert).
+    terms: Vec<Vec<String>>,
     live: usize,
 }
 
@@ -121,6 +125,7 @@ impl Reference {
         }
         self.slot_of.insert(event.id, self.events.len());
         self.events.push(Some(event.clone()));
+        self.terms.push(crate::search::owned_event_terms(event));
         self.live += 1;
         if event.kind == 5 {
             self.apply_deletion(event);
@@ -171,6 +176,7 @@ impl Reference {
         if let Some(slot) = self.slot_of.remove(id)
             && let Some(event) = self.events[slot].take()
         {
+            self.terms[slot] = Vec::new();
             self.live -= 1;
             if let Some(address) = address_of(&event)
                 && self.current.get(&address) == Some(id)
@@ -187,10 +193,7 @@ impl Reference {
         let mut out: Vec<&Event> = Vec::new();
         let mut seen = HashSet::new();
         for filter in filters {
-            let mut matching: Vec<&Event> = self
-                .events()
-                .filter(|e| matches(filter, e) && e.expiration().is_none_or(|at| at > now))
-                .collect();
+            let mut matching: Vec<&Event> = self.matching(filter, now).collect();
             matching.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
             if let Some(limit) = filter.limit {
                 matching.truncate(limit);
@@ -203,11 +206,37 @@ impl Reference {
 
     /// NIP-45: events matching any filter; limits ignored.
     pub fn count(&self, filters: &[Filter], now: u64) -> u64 {
-        self.events()
-            .filter(|e| {
-                filters.iter().any(|f| matches(f, e)) && e.expiration().is_none_or(|at| at > now)
+        let mut ids = HashSet::new();
+        for filter in filters {
+            ids.extend(self.matching(filter, now).map(|e| e.id));
+        }
+        ids.len() as u64
+    }
+
+    /// The live events `filter` matches at `now`, limit aside.
+    fn matching<'a>(
+        &'a self,
+        filter: &Filter,
+        now: u64,
+    ) -> impl Iterator<Item = &'a Event> + use<'a> {
+        let query_terms = filter.search.as_deref().map(crate::search::query_terms);
+        let unsearched = Filter {
+            search: None,
+            ..filter.clone()
+        };
+        self.events
+            .iter()
+            .zip(&self.terms)
+            .filter_map(move |(event, terms)| {
+                let event = event.as_ref()?;
+                let found = matches(&unsearched, event)
+                    && event.expiration().is_none_or(|at| at > now)
+                    && query_terms.as_ref().is_none_or(|wanted| {
+                        crate::search::is_searchable(event.kind)
+                            && crate::search::terms_match(terms, wanted)
+                    });
+                found.then_some(event)
             })
-            .count() as u64
     }
 }
 
@@ -264,5 +293,12 @@ pub fn matches(filter: &Filter, event: &Event) -> bool {
                 .tags
                 .iter()
                 .any(|t| t.len() >= 2 && t[0].as_bytes() == [*letter] && values.contains(&t[1]))
+        })
+        && filter.search.as_ref().is_none_or(|search| {
+            crate::search::is_searchable(event.kind)
+                && crate::search::terms_match(
+                    &crate::search::owned_event_terms(event),
+                    &crate::search::query_terms(search),
+                )
         })
 }

@@ -521,6 +521,13 @@ pub fn matches(filter: &Filter, event: &Event) -> bool {
                 .iter()
                 .any(|t| t.len() >= 2 && t[0].as_bytes() == [*letter] && values.contains(&t[1]))
         })
+        && filter.search.as_ref().is_none_or(|search| {
+            megalith::search::is_searchable(event.kind)
+                && megalith::search::terms_match(
+                    &megalith::search::owned_event_terms(event),
+                    &megalith::search::query_terms(search),
+                )
+        })
 }
 
 /// The real events shipped in `../shared/data/nostrdb-testdata/` (the 720

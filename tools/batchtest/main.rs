@@ -18,7 +18,7 @@ use megalith::datagen::{GenConfig, Generator};
 use megalith::reference::{RefOutcome, Reference};
 use megalith::{Durability, Event, EventId, EventStore, InsertOutcome};
 
-use queries::{Query, SHAPES, Sampler};
+use queries::{Query, SEARCH_SHAPES, SHAPES, Sampler};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +48,10 @@ struct Cli {
     /// authors, in order [default: one per core].
     #[arg(long, value_name = "T")]
     threads: Option<usize>,
+    /// Also check and time NIP-50 search queries (one word, two or three
+    /// words of a note, a video title word, a COUNT of a two-word search).
+    #[arg(long)]
+    search: bool,
     /// Insert with `insert_trusted` (no id or signature checks).
     #[arg(long)]
     trusted: bool,
@@ -252,10 +256,15 @@ fn run(cli: &Cli) -> Result<bool, String> {
 
     // 4. Random queries, timed on this thread, then checked in parallel.
     let mut sampler = Sampler::new(&reference, cli.seed ^ 0x5eed);
+    let shapes: Vec<&'static str> = if cli.search {
+        SHAPES.iter().chain(&SEARCH_SHAPES).copied().collect()
+    } else {
+        SHAPES.to_vec()
+    };
     let queries: Vec<Query> = (0..cli.verify)
-        .map(|i| sampler.query(SHAPES[i % SHAPES.len()]))
+        .map(|i| sampler.query(shapes[i % shapes.len()]))
         .collect();
-    let answers = run_queries(&store, &queries, "query", Some(&mut report))?;
+    let answers = run_queries(&store, &queries, &shapes, "query", Some(&mut report))?;
     check(&reference, &queries, &answers, threads, &mut report);
 
     // 5. Close, reopen, check again: what was acknowledged is still there.
@@ -266,9 +275,9 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let store = EventStore::open(&data.path).map_err(|e| format!("reopening the store: {e}"))?;
     report.reopen_seconds = started.elapsed().as_secs_f64();
     let again: Vec<Query> = (0..cli.verify.div_ceil(10))
-        .map(|i| sampler.query(SHAPES[i % SHAPES.len()]))
+        .map(|i| sampler.query(shapes[i % shapes.len()]))
         .collect();
-    let answers = run_queries(&store, &again, "reopened", None)?;
+    let answers = run_queries(&store, &again, &shapes, "reopened", None)?;
     check(&reference, &again, &answers, threads, &mut report);
     let total = store
         .count(&[megalith::Filter::new()])
@@ -372,13 +381,14 @@ enum Answer {
 fn run_queries(
     store: &EventStore,
     queries: &[Query],
+    shapes: &[&'static str],
     what: &str,
     report: Option<&mut Report>,
 ) -> Result<Vec<Answer>, String> {
     let progress = bar(queries.len() as u64, what);
     let mut answers = Vec::with_capacity(queries.len());
     let mut timings: Vec<(&'static str, Vec<Duration>)> =
-        SHAPES.iter().map(|s| (*s, Vec::new())).collect();
+        shapes.iter().map(|s| (*s, Vec::new())).collect();
     for query in queries {
         let started = Instant::now();
         let answer = if query.count {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use megalith::reference::Reference;
+use megalith::search::{SEARCHABLE_KINDS, owned_event_terms};
 use megalith::{Event, EventId, Filter, Pubkey};
 
 /// A shape's name and how it is answered.
@@ -31,6 +32,9 @@ pub const SHAPES: [&str; 13] = [
     "count_reactions",
     "count_author",
 ];
+
+/// NIP-50 search shapes, added to the mix by `--search`.
+pub const SEARCH_SHAPES: [&str; 4] = ["search", "search_words", "search_video", "count_search"];
 
 /// Draws queries from a snapshot of the reference's events.
 pub struct Sampler<'r> {
@@ -166,6 +170,30 @@ impl<'r> Sampler<'r> {
         follows
     }
 
+    /// A search string of `words` terms of one random searchable event of
+    /// `kinds` (any searchable kind when empty), so the search finds it.
+    fn search_words(&mut self, kinds: &[u16], words: usize) -> String {
+        let kinds = if kinds.is_empty() {
+            &SEARCHABLE_KINDS[..]
+        } else {
+            kinds
+        };
+        for _ in 0..20 {
+            let Some(event) = self.event(kinds) else {
+                break;
+            };
+            let terms = owned_event_terms(event);
+            if terms.is_empty() {
+                continue;
+            }
+            let picked: Vec<&str> = (0..words)
+                .map(|_| terms[self.below(terms.len())].as_str())
+                .collect();
+            return picked.join(" ");
+        }
+        "nothing".to_string()
+    }
+
     fn time(&mut self) -> u64 {
         self.event(&[]).map_or(0, |e| e.created_at)
     }
@@ -249,6 +277,25 @@ impl<'r> Sampler<'r> {
             "count_author" => {
                 count = true;
                 vec![Filter::new().authors([self.active_author()])]
+            }
+            "search" => vec![Filter::new().search(self.search_words(&[], 1)).limit(50)],
+            "search_words" => {
+                let words = 2 + self.below(2);
+                vec![
+                    Filter::new()
+                        .search(self.search_words(&[1], words))
+                        .limit(50),
+                ]
+            }
+            "search_video" => vec![
+                Filter::new()
+                    .kinds([34235, 34236])
+                    .search(self.search_words(&[34235, 34236], 1))
+                    .limit(20),
+            ],
+            "count_search" => {
+                count = true;
+                vec![Filter::new().kinds([1]).search(self.search_words(&[1], 2))]
             }
             other => unreachable!("unknown shape {other}"),
         };
