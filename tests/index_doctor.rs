@@ -104,6 +104,7 @@ fn healthy_store(dir: &Path) -> std::path::PathBuf {
     let data = dir.join("store");
     let store = EventStore::builder(&data)
         .shards(1) // one shard: the tests work on shard 0's files
+        .search(true) // every index, term_time included
         .checkpoint_dirty_nodes(64)
         .open()
         .unwrap();

@@ -1,7 +1,9 @@
 //! NIP-50 search: the `term_time` index and the leapfrog intersection must
 //! answer exactly as the brute-force reference does (every searchable event
 //! whose terms hold all of the search's), through replacements, deletions,
-//! a reopen and an index rebuild, for generated and for real events.
+//! a reopen and an index rebuild, for generated and for real events; and a
+//! store without the index (the default) must answer the same from its
+//! other indexes, with the index turned off and on again in between.
 
 mod common;
 
@@ -96,9 +98,12 @@ fn generated_searches_match_the_reference_through_reopen_and_rebuild() {
     let mut reference = Reference::new();
     let store = EventStore::builder(dir.path())
         .shards(2)
+        .search(true)
         .durability(Durability::Never)
         .open()
         .unwrap();
+    assert!(store.search_index());
+    assert_eq!(store.explain(&[Filter::new().search("x")]), ["term_time"]);
     for chunk in events.chunks(400) {
         store.insert(chunk).unwrap();
         for event in chunk {
@@ -129,6 +134,40 @@ fn generated_searches_match_the_reference_through_reopen_and_rebuild() {
     let store = EventStore::open(dir.path()).unwrap();
     check(&store, &reference, &filters[100..200], now);
     store.close().unwrap();
+
+    // Turned off: the files go, the manifest remembers, answers stay exact.
+    let store = EventStore::builder(dir.path())
+        .search(false)
+        .open()
+        .unwrap();
+    assert!(!store.search_index());
+    assert_eq!(store.explain(&[Filter::new().search("x")]), ["time"]);
+    check(&store, &reference, &filters[200..300], now);
+    store.close().unwrap();
+    let index_files = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|shard| {
+                shard
+                    .as_ref()
+                    .unwrap()
+                    .path()
+                    .join("index/term_time.idx")
+                    .exists()
+            })
+            .count()
+    };
+    assert_eq!(index_files(), 0);
+    let store = EventStore::open(dir.path()).unwrap();
+    assert!(!store.search_index(), "the manifest keeps the choice");
+    store.close().unwrap();
+
+    // Turned on again: built from the log while opening.
+    let store = EventStore::builder(dir.path()).search(true).open().unwrap();
+    assert!(store.search_index());
+    assert_eq!(index_files(), 2);
+    check(&store, &reference, &filters[300..], now);
+    store.close().unwrap();
 }
 
 #[test]
@@ -137,6 +176,7 @@ fn real_events_are_found_by_their_words() {
     let dir = tempfile::tempdir().unwrap();
     let now = now();
     let store = EventStore::builder(dir.path())
+        .search(true)
         .durability(Durability::Never)
         .open()
         .unwrap();

@@ -2,9 +2,11 @@
 //!
 //! ```text
 //!  0  magic           [u8; 8]  b"MEGALITH"
-//!  8  format_version  u32 LE
+//!  8  format_version  u32 LE   2 (version 1: 24 bytes, no features field)
 //! 12  shard_count     u32 LE
-//! 16  crc             u64 LE   crc64 of bytes 0..16
+//! 16  features        u32 LE   bit 0: the term_time (search) index
+//! 20  reserved        u32      0
+//! 24  crc             u64 LE   crc64 of bytes 0..24
 //! ```
 
 use std::path::Path;
@@ -14,16 +16,66 @@ use crate::ids::crc64;
 use crate::storage::{OpenMode, Storage};
 
 const MAGIC: [u8; 8] = *b"MEGALITH";
-pub(crate) const STORE_FORMAT_VERSION: u32 = 1;
+pub(crate) const STORE_FORMAT_VERSION: u32 = 2;
 const VERSION_OFFSET: usize = MAGIC.len();
 const SHARDS_OFFSET: usize = VERSION_OFFSET + size_of::<u32>();
-const CRC_OFFSET: usize = SHARDS_OFFSET + size_of::<u32>();
+const FEATURES_OFFSET: usize = SHARDS_OFFSET + size_of::<u32>();
+const CRC_OFFSET: usize = FEATURES_OFFSET + 2 * size_of::<u32>();
 const MANIFEST_LEN: usize = CRC_OFFSET + size_of::<u64>();
+/// A version 1 manifest: magic, version, shard count, crc of bytes 0..16.
+const V1_CRC_OFFSET: usize = FEATURES_OFFSET;
+const V1_LEN: usize = V1_CRC_OFFSET + size_of::<u64>();
+
+/// Feature bit: the store keeps the term_time (NIP-50 search) index.
+const FEATURE_SEARCH: u32 = 1;
 
 pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
 
-/// Reads the manifest, or writes one for a new store with `shards` shards.
-pub(crate) fn load_or_create(storage: &dyn Storage, dir: &Path, shards: u32) -> Result<u32, Error> {
+/// What the manifest says about a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Manifest {
+    pub shards: u32,
+    /// The term_time (search) index is kept.
+    pub search: bool,
+}
+
+/// Reads the manifest of the store in `dir`.
+pub(crate) fn load(storage: &dyn Storage, dir: &Path) -> Result<Manifest, Error> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = storage.read_file(&path).map_err(|e| Error::Io {
+        path: path.clone(),
+        op: "read",
+        source: e,
+    })?;
+    decode(&bytes).map_err(|reason| Error::Format { path, reason })
+}
+
+/// Replaces the manifest (written aside, synced, renamed, directory synced:
+/// a crash leaves the old one or the new one).
+pub(crate) fn store(storage: &dyn Storage, dir: &Path, manifest: Manifest) -> Result<(), Error> {
+    let path = dir.join(MANIFEST_FILE);
+    let tmp = dir.join("MANIFEST.tmp");
+    let file = storage
+        .open(&tmp, OpenMode::ReadWriteCreate)
+        .map_err(io_error(&tmp, "create"))?;
+    file.set_len(0)
+        .and_then(|()| file.write_all_at(&encode(manifest), 0))
+        .and_then(|()| file.sync())
+        .map_err(io_error(&tmp, "write"))?;
+    storage
+        .rename(&tmp, &path)
+        .map_err(io_error(&path, "rename"))?;
+    storage
+        .sync_dir(dir)
+        .map_err(io_error(dir, "sync directory"))
+}
+
+/// Reads the manifest, or writes `new` for a new store.
+pub(crate) fn load_or_create(
+    storage: &dyn Storage,
+    dir: &Path,
+    new: Manifest,
+) -> Result<Manifest, Error> {
     let path = dir.join(MANIFEST_FILE);
     match storage.read_file(&path) {
         Ok(bytes) => decode(&bytes).map_err(|reason| Error::Format { path, reason }),
@@ -46,23 +98,9 @@ pub(crate) fn load_or_create(storage: &dyn Storage, dir: &Path, shards: u32) -> 
                     ),
                 });
             }
-            // Written aside, synced, then renamed into place: a crash leaves
-            // either no manifest or a whole one.
-            let tmp = dir.join("MANIFEST.tmp");
-            let file = storage
-                .open(&tmp, OpenMode::ReadWriteCreate)
-                .map_err(io_error(&tmp, "create"))?;
-            file.set_len(0)
-                .and_then(|()| file.write_all_at(&encode(shards), 0))
-                .and_then(|()| file.sync())
-                .map_err(io_error(&tmp, "write"))?;
-            storage
-                .rename(&tmp, &path)
-                .map_err(io_error(&path, "rename"))?;
-            storage
-                .sync_dir(dir)
-                .map_err(io_error(dir, "sync directory"))?;
-            Ok(shards)
+            // A crash leaves either no manifest or a whole one.
+            store(storage, dir, new)?;
+            Ok(new)
         }
         Err(e) => Err(Error::Io {
             path,
@@ -72,38 +110,63 @@ pub(crate) fn load_or_create(storage: &dyn Storage, dir: &Path, shards: u32) -> 
     }
 }
 
-fn encode(shards: u32) -> [u8; MANIFEST_LEN] {
+fn encode(manifest: Manifest) -> [u8; MANIFEST_LEN] {
     let mut out = [0u8; MANIFEST_LEN];
     out[..VERSION_OFFSET].copy_from_slice(&MAGIC);
     out[VERSION_OFFSET..SHARDS_OFFSET].copy_from_slice(&STORE_FORMAT_VERSION.to_le_bytes());
-    out[SHARDS_OFFSET..CRC_OFFSET].copy_from_slice(&shards.to_le_bytes());
+    out[SHARDS_OFFSET..FEATURES_OFFSET].copy_from_slice(&manifest.shards.to_le_bytes());
+    let features = if manifest.search { FEATURE_SEARCH } else { 0 };
+    out[FEATURES_OFFSET..FEATURES_OFFSET + 4].copy_from_slice(&features.to_le_bytes());
     let crc = crc64(&[&out[..CRC_OFFSET]]);
     out[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
-fn decode(bytes: &[u8]) -> Result<u32, String> {
-    if bytes.len() != MANIFEST_LEN || bytes[..VERSION_OFFSET] != MAGIC {
+fn decode(bytes: &[u8]) -> Result<Manifest, String> {
+    if bytes.len() < V1_LEN || bytes[..VERSION_OFFSET] != MAGIC {
         return Err("not a Megalith store manifest".to_string());
     }
     let u32_at =
         |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let version = u32_at(VERSION_OFFSET);
+    let (len, crc_offset) = match version {
+        1 => (V1_LEN, V1_CRC_OFFSET),
+        _ => (MANIFEST_LEN, CRC_OFFSET),
+    };
+    if bytes.len() != len {
+        return Err(format!(
+            "manifest is {} bytes, not the {len} of version {version}",
+            bytes.len()
+        ));
+    }
     let mut crc = [0u8; 8];
-    crc.copy_from_slice(&bytes[CRC_OFFSET..]);
-    if crc64(&[&bytes[..CRC_OFFSET]]) != u64::from_le_bytes(crc) {
+    crc.copy_from_slice(&bytes[crc_offset..]);
+    if crc64(&[&bytes[..crc_offset]]) != u64::from_le_bytes(crc) {
         return Err("manifest checksum mismatch".to_string());
     }
-    let version = u32_at(VERSION_OFFSET);
-    if version != STORE_FORMAT_VERSION {
+    if version > STORE_FORMAT_VERSION || version == 0 {
         return Err(format!(
-            "store format version {version} is not supported (this build reads version {STORE_FORMAT_VERSION})"
+            "store format version {version} is not supported (this build reads versions 1 to {STORE_FORMAT_VERSION})"
         ));
     }
     let shards = u32_at(SHARDS_OFFSET);
     if shards == 0 {
         return Err("manifest says the store has no shards".to_string());
     }
-    Ok(shards)
+    let features = if version == 1 {
+        0
+    } else {
+        u32_at(FEATURES_OFFSET)
+    };
+    if features & !FEATURE_SEARCH != 0 {
+        return Err(format!(
+            "manifest names features {features:#x} this build does not know"
+        ));
+    }
+    Ok(Manifest {
+        shards,
+        search: features & FEATURE_SEARCH != 0,
+    })
 }
 
 #[cfg(test)]
@@ -112,20 +175,58 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_damage_and_newer_versions() {
-        assert_eq!(decode(&encode(4)), Ok(4));
-        for at in 0..MANIFEST_LEN {
-            let mut bad = encode(4);
-            bad[at] ^= 1;
-            assert!(decode(&bad).is_err());
+        for manifest in [
+            Manifest {
+                shards: 4,
+                search: false,
+            },
+            Manifest {
+                shards: 1,
+                search: true,
+            },
+        ] {
+            assert_eq!(decode(&encode(manifest)), Ok(manifest));
+            for at in 0..MANIFEST_LEN {
+                let mut bad = encode(manifest);
+                bad[at] ^= 1;
+                assert!(decode(&bad).is_err(), "flipped byte {at}");
+            }
         }
-        let mut newer = encode(1);
-        newer[VERSION_OFFSET] = 2;
-        let crc = crc64(&[&newer[..CRC_OFFSET]]);
-        newer[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        let resealed = |mut bytes: [u8; MANIFEST_LEN]| {
+            let crc = crc64(&[&bytes[..CRC_OFFSET]]);
+            bytes[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        let plain = Manifest {
+            shards: 1,
+            search: false,
+        };
+        let mut newer = encode(plain);
+        newer[VERSION_OFFSET] = 3;
         assert!(
-            decode(&newer)
+            decode(&resealed(newer))
                 .unwrap_err()
-                .contains("version 2 is not supported")
+                .contains("version 3 is not supported")
+        );
+        let mut unknown = encode(plain);
+        unknown[FEATURES_OFFSET] = 0b10;
+        assert!(decode(&resealed(unknown)).unwrap_err().contains("features"));
+    }
+
+    #[test]
+    fn version_1_manifests_still_open_without_features() {
+        let mut v1 = [0u8; V1_LEN];
+        v1[..VERSION_OFFSET].copy_from_slice(&MAGIC);
+        v1[VERSION_OFFSET..SHARDS_OFFSET].copy_from_slice(&1u32.to_le_bytes());
+        v1[SHARDS_OFFSET..V1_CRC_OFFSET].copy_from_slice(&3u32.to_le_bytes());
+        let crc = crc64(&[&v1[..V1_CRC_OFFSET]]);
+        v1[V1_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode(&v1),
+            Ok(Manifest {
+                shards: 3,
+                search: false
+            })
         );
     }
 }

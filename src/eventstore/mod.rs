@@ -8,7 +8,7 @@ mod store;
 mod verify;
 
 pub(crate) use lock::lock_store_dir;
-pub(crate) use manifest::MANIFEST_FILE;
+pub(crate) use manifest::{MANIFEST_FILE, load as load_manifest};
 pub use options::{EventStoreBuilder, MAX_SHARDS, Options};
 pub use outcome::{InsertOutcome, Rejection};
 pub use store::{EventStore, StoreStats};

@@ -50,6 +50,16 @@ pub struct Options {
     /// store with whatever count it was created with. `Some(n)` (1 ..= 256)
     /// creates `n` and refuses to open a store created with another count.
     pub shards: Option<u32>,
+    /// Whether the store keeps the term_time index for NIP-50 search.
+    /// Default `None`: a new store has none, an existing one keeps what its
+    /// manifest says. `Some(true)` turns it on (the index is built from the
+    /// log while the store opens), `Some(false)` turns it off (its files are
+    /// removed); either choice is recorded in the manifest. Without it,
+    /// search filters are still answered exactly, from the other indexes,
+    /// checking the words on each record. It costs about half the trusted
+    /// ingest rate and 0.75x the raw JSON in disk on text-heavy data (see
+    /// docs/performance.md).
+    pub search: Option<bool>,
     /// Threads that check signatures for `insert`, besides the calling
     /// thread, which helps. Default: the number of cores. 0 checks
     /// everything on the calling thread.
@@ -77,6 +87,7 @@ impl Default for Options {
             create_if_missing: true,
             recovery_mode: RecoveryMode::TolerateCorruptTail,
             shards: None,
+            search: None,
             verify_threads: cores(),
         }
     }
@@ -204,6 +215,12 @@ impl EventStoreBuilder {
     /// See [`Options::shards`].
     pub fn shards(mut self, shards: u32) -> Self {
         self.options.shards = Some(shards);
+        self
+    }
+
+    /// See [`Options::search`].
+    pub fn search(mut self, search: bool) -> Self {
+        self.options.search = Some(search);
         self
     }
 

@@ -34,6 +34,8 @@ pub struct EventStore {
     options: Options,
     storage: Arc<dyn Storage>,
     shards: Vec<Shard>,
+    /// The store keeps the term_time (search) index.
+    search: bool,
     verifier: VerifyPool,
     report: RecoveryReport,
     /// Held (locked) while open; `None` once closed.
@@ -86,7 +88,24 @@ impl EventStore {
         let new_count = options
             .shards
             .unwrap_or(cores().min(MAX_SHARDS as usize) as u32);
-        let shard_count = manifest::load_or_create(&*storage, dir, new_count)?;
+        let mut manifest = manifest::load_or_create(
+            &*storage,
+            dir,
+            manifest::Manifest {
+                shards: new_count,
+                search: options.search.unwrap_or(false),
+            },
+        )?;
+        let shard_count = manifest.shards;
+        if let Some(search) = options.search
+            && search != manifest.search
+        {
+            // Turned on: the missing index files are built by replay below.
+            // Turned off: the files go once the manifest no longer names them
+            // (and any left by a crash go at the next open).
+            manifest.search = search;
+            manifest::store(&*storage, dir, manifest)?;
+        }
         if let Some(wanted) = options.shards
             && wanted != shard_count
         {
@@ -126,6 +145,7 @@ impl EventStore {
                 id,
                 options.segment_size,
                 options.recovery_mode,
+                manifest.search,
                 progress.as_ref(),
                 &mut report,
             )?;
@@ -138,6 +158,7 @@ impl EventStore {
             options,
             storage,
             shards,
+            search: manifest.search,
             verifier,
             report,
             lock: Mutex::new(Some(lock)),
@@ -424,11 +445,20 @@ impl EventStore {
         ShardId(shard_of(author, self.shards.len()) as u32)
     }
 
-    /// The index each filter would be answered from (`primary`, `tag_time`,
-    /// `author_kind_time`, `author_time`, `kind_time`, `time`, or `none` when
-    /// the filter can match nothing).
+    /// The index each filter would be answered from (`primary`,
+    /// `term_time`, `tag_time`, `author_kind_time`, `author_time`,
+    /// `kind_time`, `time`, or `none` when the filter can match nothing).
     pub fn explain(&self, filters: &[Filter]) -> Vec<&'static str> {
-        filters.iter().map(|f| plan(f).index_name()).collect()
+        filters
+            .iter()
+            .map(|f| plan(f, self.search).index_name())
+            .collect()
+    }
+
+    /// Whether the store keeps the term_time index for NIP-50 search (see
+    /// [`Options::search`](crate::Options::search)).
+    pub fn search_index(&self) -> bool {
+        self.search
     }
 
     /// NIP-45: how many events match any of `filters` (limits are ignored).
@@ -471,7 +501,7 @@ impl EventStore {
         let mut stats = StoreStats::default();
         for shard in &self.shards {
             let view = shard.read();
-            for kind in IndexKind::ALL {
+            for kind in view.indexes.kinds() {
                 let tree = view.indexes.tree(kind);
                 *stats.index_entries.entry(kind.name()).or_default() += tree.entry_count();
                 let bytes = self.storage.size_on_disk(tree.path()).unwrap_or(0);

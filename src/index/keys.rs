@@ -207,10 +207,12 @@ pub(crate) fn primary_lower(id: &EventId) -> [u8; 40] {
     key
 }
 
-/// Calls `f` with every entry `event` (stored at `location`) has, index by index.
+/// Calls `f` with every entry `event` (stored at `location`) has, index by
+/// index; term_time entries only with `terms` (a store that keeps search).
 pub(crate) fn for_each_entry(
     event: &EventRef<'_>,
     location: Location,
+    terms: bool,
     mut f: impl FnMut(IndexKind, &[u8]),
 ) {
     let id = event.id();
@@ -270,6 +272,9 @@ pub(crate) fn for_each_entry(
         entry.extend_from_slice(&address_prefix(kind, &pubkey, &d));
         entry.extend_from_slice(&location.to_bytes());
         f(IndexKind::Address, &entry);
+    }
+    if !terms {
+        return;
     }
     // Two terms with one hash (FNV-1a collides, rarely) share an entry.
     for hash in search::event_term_hashes(event) {

@@ -22,7 +22,9 @@ pub(crate) enum Apply {
 pub(crate) struct IndexSet {
     storage: Arc<dyn Storage>,
     dir: PathBuf,
-    trees: Vec<BTree>,
+    /// By `IndexKind as usize`; `None` for an index the store does not keep
+    /// (term_time without search).
+    trees: Vec<Option<BTree>>,
     /// Records up to this LSN are already in the tree (its checkpoint when
     /// opened); replay skips them per tree, so a tree rebuilt from scratch
     /// catches up while the others do not apply anything twice.
@@ -30,12 +32,15 @@ pub(crate) struct IndexSet {
 }
 
 impl IndexSet {
-    /// Opens (or creates) every index file in `dir`. A file that fails its
-    /// checks is set aside (renamed `*.idx.corrupt`) and started afresh, to be
-    /// rebuilt by replaying the whole log; `rebuilt` names each one and why.
+    /// Opens (or creates) every index file in `dir`: all of them, term_time
+    /// only with `search` (without it, a term_time file is removed). A file
+    /// that fails its checks is set aside (renamed `*.idx.corrupt`) and
+    /// started afresh, to be rebuilt by replaying the whole log; `rebuilt`
+    /// names each one and why.
     pub fn open(
         storage: Arc<dyn Storage>,
         dir: &Path,
+        search: bool,
         rebuilt: &mut Vec<String>,
     ) -> Result<IndexSet, IndexError> {
         let store = &*storage;
@@ -45,6 +50,18 @@ impl IndexSet {
         let mut trees = Vec::with_capacity(IndexKind::ALL.len());
         for kind in IndexKind::ALL {
             let path = dir.join(kind.file_name());
+            if kind == IndexKind::TermTime && !search {
+                if store.exists(&path).map_err(io_error(&path, "stat"))? {
+                    store
+                        .remove_file(&path)
+                        .map_err(io_error(&path, "remove"))?;
+                    store
+                        .sync_dir(dir)
+                        .map_err(io_error(dir, "sync directory"))?;
+                }
+                trees.push(None);
+                continue;
+            }
             let tree = match BTree::open(store, &path, kind.id(), kind.width()) {
                 Ok(tree) => tree,
                 Err(IndexError::Corrupt { reason, .. }) => {
@@ -54,9 +71,12 @@ impl IndexSet {
                 }
                 Err(other) => return Err(other),
             };
-            trees.push(tree);
+            trees.push(Some(tree));
         }
-        let floors = trees.iter().map(|t| t.meta().checkpoint_lsn).collect();
+        let floors = trees
+            .iter()
+            .map(|t| t.as_ref().map_or(Lsn::ZERO, |t| t.meta().checkpoint_lsn))
+            .collect();
         Ok(IndexSet {
             storage,
             dir: dir.to_path_buf(),
@@ -69,19 +89,38 @@ impl IndexSet {
     pub fn reset(&mut self, kind: IndexKind) -> Result<(), IndexError> {
         let path = self.dir.join(kind.file_name());
         set_aside(&*self.storage, &path)?;
-        self.trees[kind as usize] = BTree::open(&*self.storage, &path, kind.id(), kind.width())?;
+        self.trees[kind as usize] =
+            Some(BTree::open(&*self.storage, &path, kind.id(), kind.width())?);
         self.floors[kind as usize] = Lsn::ZERO;
         Ok(())
     }
 
+    /// The index `kind`. Panics for an index the store does not keep: ask
+    /// [`IndexSet::has`] first about term_time.
     pub fn tree(&self, kind: IndexKind) -> &BTree {
-        &self.trees[kind as usize]
+        self.trees[kind as usize]
+            .as_ref()
+            .unwrap_or_else(|| panic!("the {} index is not kept", kind.name()))
+    }
+
+    /// Whether the store keeps the index `kind`.
+    pub fn has(&self, kind: IndexKind) -> bool {
+        self.trees[kind as usize].is_some()
+    }
+
+    /// The indexes the store keeps.
+    pub fn kinds(&self) -> impl Iterator<Item = IndexKind> + '_ {
+        IndexKind::ALL.into_iter().filter(|&k| self.has(k))
+    }
+
+    fn kept(&self) -> impl Iterator<Item = &BTree> {
+        self.trees.iter().flatten()
     }
 
     /// Where replay must start: the oldest checkpoint among the indexes
     /// (`None`: some index has never been checkpointed, replay the whole log).
     pub fn replay_from(&self) -> Option<(Lsn, Location)> {
-        let oldest = self.trees.iter().min_by_key(|t| t.meta().checkpoint_lsn)?;
+        let oldest = self.kept().min_by_key(|t| t.meta().checkpoint_lsn)?;
         let meta = oldest.meta();
         (meta.checkpoint_lsn != Lsn::ZERO)
             .then_some((meta.checkpoint_lsn, meta.checkpoint_position))
@@ -89,7 +128,7 @@ impl IndexSet {
 
     /// The newest checkpoint among the indexes (where the log end search may start).
     pub fn newest_checkpoint(&self) -> Option<(Location, Lsn)> {
-        let newest = self.trees.iter().max_by_key(|t| t.meta().checkpoint_lsn)?;
+        let newest = self.kept().max_by_key(|t| t.meta().checkpoint_lsn)?;
         let meta = newest.meta();
         (meta.checkpoint_lsn != Lsn::ZERO)
             .then_some((meta.checkpoint_position, meta.checkpoint_lsn))
@@ -107,14 +146,18 @@ impl IndexSet {
         let mut result = Ok(());
         let trees = &mut self.trees;
         let floors = &self.floors;
-        for_each_entry(event, location, |kind, entry| {
+        let terms = trees[IndexKind::TermTime as usize].is_some();
+        for_each_entry(event, location, terms, |kind, entry| {
             let i = kind as usize;
             if result.is_err() || lsn <= floors[i] {
                 return;
             }
+            let Some(tree) = trees[i].as_mut() else {
+                return;
+            };
             let outcome = match op {
-                Apply::Insert => trees[i].insert(entry),
-                Apply::Remove => trees[i].remove(entry),
+                Apply::Insert => tree.insert(entry),
+                Apply::Remove => tree.remove(entry),
             };
             if let Err(e) = outcome {
                 result = Err(e);
@@ -127,12 +170,13 @@ impl IndexSet {
     pub fn checkpoints(&self) -> impl Iterator<Item = (IndexKind, Lsn)> + '_ {
         IndexKind::ALL
             .into_iter()
-            .zip(self.trees.iter().map(|t| t.meta().checkpoint_lsn))
+            .zip(&self.trees)
+            .filter_map(|(kind, tree)| Some((kind, tree.as_ref()?.meta().checkpoint_lsn)))
     }
 
     /// In-memory nodes over all indexes: what the next checkpoint will write.
     pub fn dirty_nodes(&self) -> usize {
-        self.trees.iter().map(BTree::dirty_nodes).sum()
+        self.kept().map(BTree::dirty_nodes).sum()
     }
 
     /// Writes the checkpoint of index `kind` through `lsn` (see
@@ -144,7 +188,7 @@ impl IndexSet {
         lsn: Lsn,
         position: Location,
     ) -> Result<Option<PreparedCheckpoint>, IndexError> {
-        self.trees[kind as usize].prepare_checkpoint(lsn, position)
+        self.tree(kind).prepare_checkpoint(lsn, position)
     }
 
     pub fn install(
@@ -152,7 +196,10 @@ impl IndexSet {
         kind: IndexKind,
         prepared: PreparedCheckpoint,
     ) -> Result<(), IndexError> {
-        self.trees[kind as usize].install(prepared)
+        match self.trees[kind as usize].as_mut() {
+            Some(tree) => tree.install(prepared),
+            None => panic!("the {} index is not kept", kind.name()),
+        }
     }
 }
 

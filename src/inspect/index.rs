@@ -25,9 +25,10 @@ pub use pages::{
 pub use rebuild::{RebuildReport, rebuild};
 
 use crate::error::{Error, io_error};
-use crate::eventstore::{MANIFEST_FILE, lock_store_dir};
+use crate::eventstore::{MANIFEST_FILE, load_manifest, lock_store_dir};
 use crate::ids::{Lsn, ShardId};
 use crate::index::{IndexKind, location_at_end};
+use crate::storage::FileStorage;
 use log_walk::{LogWalk, hex, walk_log};
 
 /// Problems listed per index and kind of mismatch before the rest are
@@ -117,6 +118,25 @@ pub fn check_store(data_dir: &Path) -> Result<Report, Error> {
         logs: Vec::new(),
     };
     let shards = shard_dirs(data_dir)?;
+    // Which indexes the store keeps: term_time only with search.
+    let search = match load_manifest(&FileStorage, data_dir) {
+        Ok(manifest) => manifest.search,
+        Err(e) => {
+            report.problems.push(Problem {
+                file: data_dir.join(MANIFEST_FILE),
+                page: None,
+                offset: None,
+                index: None,
+                event_id: None,
+                reason: format!("{e} (checking term_time only where its file exists)"),
+            });
+            shards.iter().any(|(_, dir)| {
+                dir.join("index")
+                    .join(IndexKind::TermTime.file_name())
+                    .exists()
+            })
+        }
+    };
     if shards.is_empty() {
         report.problems.push(Problem {
             file: data_dir.to_path_buf(),
@@ -128,13 +148,13 @@ pub fn check_store(data_dir: &Path) -> Result<Report, Error> {
         });
     }
     for (shard, dir) in shards {
-        check_shard(&dir, shard, &mut report)?;
+        check_shard(&dir, shard, search, &mut report)?;
     }
     Ok(report)
 }
 
-fn check_shard(dir: &Path, shard: ShardId, report: &mut Report) -> Result<(), Error> {
-    let mut walk = walk_log(&dir.join("log"), shard)?;
+fn check_shard(dir: &Path, shard: ShardId, search: bool, report: &mut Report) -> Result<(), Error> {
+    let mut walk = walk_log(&dir.join("log"), shard, search)?;
     let last_lsn = walk.last_lsn();
     report.problems.append(&mut walk.problems);
     report.logs.push(LogSummary {
@@ -149,6 +169,9 @@ fn check_shard(dir: &Path, shard: ShardId, report: &mut Report) -> Result<(), Er
         notes: std::mem::take(&mut walk.notes),
     });
     for kind in IndexKind::ALL {
+        if kind == IndexKind::TermTime && !search {
+            continue;
+        }
         let path = dir.join("index").join(kind.file_name());
         let before = report.problems.len();
         let summary = check_index_file(&path, shard, kind, &walk, &mut report.problems)?;

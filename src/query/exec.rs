@@ -64,7 +64,7 @@ pub(crate) fn execute<'l>(
                 .as_ref()
                 .is_none_or(|terms| search::event_has_terms(event, terms))
     };
-    match &plan(filter) {
+    match &plan(filter, indexes.has(IndexKind::TermTime)) {
         Plan::Nothing => Ok(0),
         Plan::Ids(ids) => {
             let mut hits = Vec::new();

@@ -50,7 +50,10 @@ impl Plan {
     }
 }
 
-pub(crate) fn plan(filter: &Filter) -> Plan {
+/// The plan for `filter` on a store that keeps the term_time index or not
+/// (`search_index`); without it a search is checked on the records of
+/// whatever index the rest of the filter picks.
+pub(crate) fn plan(filter: &Filter, search_index: bool) -> Plan {
     // `limit` is applied by the executor (COUNT ignores it), not here.
     if filter.matches_nothing() {
         return Plan::Nothing;
@@ -71,7 +74,7 @@ pub(crate) fn plan(filter: &Filter) -> Plan {
     };
     // A search's terms, longest (likely rarest) first so the intersection
     // is driven by the shortest posting list more often than not.
-    if let Some(search) = &filter.search {
+    if let Some(search) = filter.search.as_ref().filter(|_| search_index) {
         let mut terms = search::query_terms(search);
         if !terms.is_empty() {
             terms.sort_by_key(|t| std::cmp::Reverse(t.len()));
@@ -141,7 +144,7 @@ mod tests {
     use crate::event::Pubkey;
 
     fn index_of(filter: &Filter) -> &'static str {
-        plan(filter).index_name()
+        plan(filter, true).index_name()
     }
 
     #[test]
@@ -185,7 +188,7 @@ mod tests {
         let f = Filter::new()
             .tag('t', ["a", "b", "c"])
             .tag('e', [e.clone(), e]);
-        let Plan::Scan { prefixes, .. } = plan(&f) else {
+        let Plan::Scan { prefixes, .. } = plan(&f, true) else {
             panic!("expected a scan")
         };
         assert_eq!(prefixes.len(), 1, "duplicate values open one cursor");

@@ -54,18 +54,21 @@ pub struct RecoveryReport {
 }
 
 /// Recovers one shard's log and indexes from `dir`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn open_shard(
     storage: Arc<dyn Storage>,
     dir: &Path,
     shard: ShardId,
     segment_size: u64,
     mode: RecoveryMode,
+    search: bool,
     progress: Option<&ProgressFn>,
     report: &mut RecoveryReport,
 ) -> Result<(LogWriter, IndexSet), Error> {
     let mut indexes = IndexSet::open(
         Arc::clone(&storage),
         &dir.join("index"),
+        search,
         &mut report.rebuilt_indexes,
     )?;
     let (_, writer, repair) = Log::open(

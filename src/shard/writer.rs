@@ -316,7 +316,8 @@ impl Writer {
         let position = self.log.end();
         // Tree by tree, each installed as soon as it is durable: readers see
         // the same entries before and after, only read from other places.
-        for kind in IndexKind::ALL {
+        let kinds: Vec<IndexKind> = self.indexes.read().kinds().collect();
+        for kind in kinds {
             let prepared = self
                 .indexes
                 .read()

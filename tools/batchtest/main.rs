@@ -48,8 +48,9 @@ struct Cli {
     /// authors, in order [default: one per core].
     #[arg(long, value_name = "T")]
     threads: Option<usize>,
-    /// Also check and time NIP-50 search queries (one word, two or three
-    /// words of a note, a video title word, a COUNT of a two-word search).
+    /// Keep the NIP-50 search index in the store, and also check and time
+    /// search queries (one word, two or three words of a note, a video
+    /// title word, a COUNT of a two-word search).
     #[arg(long)]
     search: bool,
     /// Insert with `insert_trusted` (no id or signature checks).
@@ -230,6 +231,9 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let mut builder = EventStore::builder(&data.path).durability(cli.durability.durability());
     if let Some(shards) = cli.shards {
         builder = builder.shards(shards);
+    }
+    if cli.search {
+        builder = builder.search(true);
     }
     let store = builder
         .open()

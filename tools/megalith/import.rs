@@ -80,6 +80,9 @@ pub(crate) fn run(args: &ImportArgs) -> Result<ExitCode, String> {
     if let Some(shards) = args.shards {
         builder = builder.shards(shards);
     }
+    if let Some(search) = args.search {
+        builder = builder.search(search);
+    }
     let store = builder
         .open()
         .map_err(|e| format!("cannot open {}: {e}", args.store.data.display()))?;

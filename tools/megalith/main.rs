@@ -79,6 +79,11 @@ struct ImportArgs {
     /// keeps the count it was created with; a different N is refused.
     #[arg(long, value_name = "N")]
     shards: Option<u32>,
+    /// Keep (`on`) or drop (`off`) the NIP-50 search index; turning it on
+    /// builds it from the log first. The store remembers the choice
+    /// [default: what the store has; off for a new store].
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    search: Option<bool>,
     /// Largest event JSON accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_event_bytes)]
     max_event_bytes: usize,
@@ -295,6 +300,7 @@ fn stats(args: &StatsArgs) -> Result<ExitCode, String> {
         let doc = serde_json::json!({
             "events": stats.events,
             "shards": store.shard_count(),
+            "search_index": store.search_index(),
             "events_by_kind": by_kind,
             "log": { "segments": stats.log_segments, "bytes": stats.log_bytes },
             "indexes": indexes,
@@ -304,6 +310,10 @@ fn stats(args: &StatsArgs) -> Result<ExitCode, String> {
     } else {
         println!("events          {}", stats.events);
         println!("shards          {}", store.shard_count());
+        println!(
+            "search index    {}",
+            if store.search_index() { "on" } else { "off" }
+        );
         println!("by kind");
         for (kind, n) in &stats.events_by_kind {
             println!("  {kind:>6}  {n}");
@@ -346,5 +356,14 @@ pub(crate) fn durability(arg: DurabilityArg) -> Durability {
         DurabilityArg::Always => Durability::Always,
         DurabilityArg::Batch => Durability::Batch(std::time::Duration::from_millis(100)),
         DurabilityArg::Never => Durability::Never,
+    }
+}
+
+/// `on` or `off`, for flags that switch a feature.
+fn on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected `on` or `off`, not `{other}`")),
     }
 }

@@ -86,6 +86,11 @@ struct Args {
     #[arg(long)]
     nostrdb_full: bool,
 
+    /// Give Megalith its NIP-50 search index (off by default, as for
+    /// nostrdb; pair it with --nostrdb-full for a like-for-like run).
+    #[arg(long)]
+    megalith_search: bool,
+
     /// Skip W1 (the verified ingest).
     #[arg(long)]
     skip_w1: bool,
@@ -174,6 +179,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         batch: args.batch,
         writers,
         nostrdb_full: args.nostrdb_full,
+        megalith_search: args.megalith_search,
         kinds: data.kinds(),
         // Room for every reaction of the most reacted-to sampled note.
         unlimited_capacity: (samples.max_reactions + 1).max(64),

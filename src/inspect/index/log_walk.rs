@@ -63,6 +63,8 @@ pub(super) struct LogWalk {
     pub removes: u64,
     pub problems: Vec<Problem>,
     pub notes: Vec<String>,
+    /// Whether the store keeps term_time (search) entries.
+    pub terms: bool,
 }
 
 impl LogWalk {
@@ -108,7 +110,7 @@ impl LogWalk {
                 });
                 self.by_location.insert(location, owner);
                 let entries = &mut self.entries;
-                for_each_entry(&event, location, |kind, entry| {
+                for_each_entry(&event, location, self.terms, |kind, entry| {
                     let list = &mut entries[kind as usize];
                     list.bytes.extend_from_slice(entry);
                     list.owners.push(owner);
@@ -174,8 +176,11 @@ struct SegmentEnd {
 }
 
 /// Walks every segment of the log in `dir`. `Err` only when a file cannot be read.
-pub(super) fn walk_log(dir: &Path, shard: ShardId) -> Result<LogWalk, Error> {
-    let mut walk = LogWalk::default();
+pub(super) fn walk_log(dir: &Path, shard: ShardId, terms: bool) -> Result<LogWalk, Error> {
+    let mut walk = LogWalk {
+        terms,
+        ..LogWalk::default()
+    };
     let mut ids = Vec::new();
     let listing = match std::fs::read_dir(dir) {
         Ok(listing) => listing,

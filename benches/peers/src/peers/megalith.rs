@@ -14,11 +14,13 @@ use crate::workload::{NOTE, Query, REACTION};
 pub fn how_driven(config: &Config) -> String {
     format!(
         "`EventStore::insert` (id and signature checked inside) for W1, `insert_trusted` for W1b, \
-         batches of {} from {} writer thread(s), `{}`; default options otherwise (shards, \
-         checkpoints); queries via `query_with` + `EventRef::write_json`, W6 via `count`",
+         batches of {} from {} writer thread(s), `{}`, NIP-50 search index {}; default \
+         options otherwise (shards, checkpoints); queries via `query_with` + \
+         `EventRef::write_json`, W6 via `count`",
         config.batch,
         config.writers,
-        durability_name(config.durability)
+        durability_name(config.durability),
+        if config.megalith_search { "on" } else { "off" }
     )
 }
 
@@ -45,6 +47,7 @@ impl MegalithPeer {
     pub fn open(dir: &Path, config: &Config) -> anyhow::Result<MegalithPeer> {
         let store = EventStore::builder(dir)
             .durability(durability(config.durability))
+            .search(config.megalith_search)
             .open()
             .with_context(|| format!("cannot open Megalith at {}", dir.display()))?;
         Ok(MegalithPeer {

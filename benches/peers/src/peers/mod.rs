@@ -85,6 +85,8 @@ pub struct Config {
     pub writers: usize,
     /// Keep nostrdb's full-text index, note blocks and reaction stats.
     pub nostrdb_full: bool,
+    /// Megalith keeps its NIP-50 search index.
+    pub megalith_search: bool,
     /// Every distinct kind of the dataset (nostrdb's ingest watch filter).
     pub kinds: Vec<u16>,
     /// A result capacity for queries without a limit (nostrdb needs one).
