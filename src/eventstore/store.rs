@@ -413,9 +413,15 @@ impl EventStore {
                 }
                 parts
                     .into_iter()
-                    .map(|(shard, authors)| {
-                        let mut part = filter.clone();
-                        part.authors = Some(authors);
+                    .map(|(shard, mut authors)| {
+                        // Sorted once here; the planner's and executor's
+                        // sorts then find them in order.
+                        authors.sort_unstable();
+                        authors.dedup();
+                        let part = Filter {
+                            authors: Some(authors),
+                            ..filter.clone()
+                        };
                         (shard, part)
                     })
                     .collect()

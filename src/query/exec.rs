@@ -57,8 +57,24 @@ pub(crate) fn execute<'l>(
         return Ok(0);
     }
     let search_terms = filter.search.as_deref().map(search::query_terms);
+    // Authors sorted once and found by binary search (a follow feed names
+    // hundreds); the rest of the filter is checked as written.
+    let authors = filter.authors.as_ref().map(|authors| {
+        let mut authors = authors.clone();
+        authors.sort_unstable();
+        authors.dedup();
+        authors
+    });
+    let rest = Filter {
+        authors: None,
+        search: None,
+        ..filter.clone()
+    };
     let accept = |event: &EventRef<'_>| {
-        filter.matches_unsearched(event)
+        rest.matches_unsearched(event)
+            && authors
+                .as_ref()
+                .is_none_or(|a| a.binary_search(&event.pubkey()).is_ok())
             && event.expiration().is_none_or(|e| e > now)
             && search_terms
                 .as_ref()
@@ -125,11 +141,9 @@ pub(crate) fn execute<'l>(
             // runs out, the per-author cursors answer as usual.
             if limit != usize::MAX
                 && matches!(index, IndexKind::AuthorKindTime | IndexKind::AuthorTime)
-                && let Some(authors) = &filter.authors
+                && let Some(authors) = &authors
                 && authors.len() >= WIDE_AUTHORS
             {
-                let mut authors = authors.clone();
-                authors.sort_unstable();
                 let (scan_index, scan_prefixes) = match &filter.kinds {
                     Some(kinds) => {
                         let mut kinds = kinds.clone();
@@ -148,7 +162,7 @@ pub(crate) fn execute<'l>(
                     &scan_prefixes,
                     (*since, *until),
                     authors.len() * CANDIDATES_PER_AUTHOR,
-                    |event| authors.binary_search(&event.pubkey()).is_ok() && accept(event),
+                    accept,
                     |hit, event| {
                         found.push((hit, event));
                         found.len() == limit
