@@ -130,6 +130,29 @@ pub trait Peer {
     fn close(self: Box<Self>) -> anyhow::Result<()>;
 }
 
+/// Parses (and with `verify`, checks the id and signature of) the dataset's
+/// events in `range` as rust-nostr events, for the peers built on that
+/// crate; returns them with the number refused as invalid.
+pub fn parse_nostr_batch(
+    data: &Dataset,
+    range: Range<usize>,
+    verify: bool,
+) -> (Vec<nostr::prelude::Event>, u64) {
+    use nostr::prelude::*;
+    let mut invalid = 0;
+    let events = data.events[range]
+        .iter()
+        .filter_map(|json| match Event::from_json(json) {
+            Ok(event) if !verify || event.verify().is_ok() => Some(event),
+            _ => {
+                invalid += 1;
+                None
+            }
+        })
+        .collect();
+    (events, invalid)
+}
+
 /// Runs `ingest` over consecutive batches of `count` events, from `writers`
 /// threads at once (writer `w` takes batches `w`, `w + writers`, ...).
 /// Stops at the first error.

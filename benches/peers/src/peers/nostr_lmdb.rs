@@ -11,7 +11,7 @@ use nostr::prelude::*;
 use nostr_database::{NostrDatabase, SaveEventStatus};
 use nostr_lmdb::NostrLmdb;
 
-use super::{Config, Ingested, Peer, run_batches};
+use super::{Config, Ingested, Peer, parse_nostr_batch, run_batches};
 use crate::dataset::Dataset;
 use crate::workload::{NOTE, Query, REACTION};
 
@@ -65,17 +65,7 @@ impl Peer for NostrLmdbPeer {
             self.config.batch,
             self.config.writers,
             |range| {
-                let mut invalid = 0;
-                let events: Vec<Event> = data.events[range]
-                    .iter()
-                    .filter_map(|json| match Event::from_json(json) {
-                        Ok(event) if !verify || event.verify().is_ok() => Some(event),
-                        _ => {
-                            invalid += 1;
-                            None
-                        }
-                    })
-                    .collect();
+                let (events, invalid) = parse_nostr_batch(data, range, verify);
                 let statuses = runtime.block_on(join_all(events.iter().map(|e| db.save_event(e))));
                 let mut stored = 0;
                 let mut refused = 0;

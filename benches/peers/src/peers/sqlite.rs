@@ -13,7 +13,7 @@ use nostr::prelude::*;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
 
-use super::{Config, DurabilityClass, Ingested, Peer, run_batches};
+use super::{Config, DurabilityClass, Ingested, Peer, parse_nostr_batch, run_batches};
 use crate::dataset::Dataset;
 use crate::workload::{NOTE, Query, REACTION};
 
@@ -371,17 +371,7 @@ impl Peer for SqlitePeer {
             self.config.batch,
             self.config.writers,
             |range| {
-                let mut invalid = 0;
-                let events: Vec<Event> = data.events[range]
-                    .iter()
-                    .filter_map(|json| match Event::from_json(json) {
-                        Ok(event) if !verify || event.verify().is_ok() => Some(event),
-                        _ => {
-                            invalid += 1;
-                            None
-                        }
-                    })
-                    .collect();
+                let (events, invalid) = parse_nostr_batch(data, range, verify);
                 let mut conn = conn
                     .lock()
                     .map_err(|_| anyhow!("a SQLite writer thread panicked"))?;
