@@ -39,6 +39,9 @@ pub enum Error {
     Poisoned(String),
     /// The store was closed.
     Closed,
+    /// A query ran past the deadline it was given
+    /// ([`EventStore::query_with_deadline`](crate::EventStore::query_with_deadline)).
+    TimedOut,
 }
 
 impl Error {
@@ -69,6 +72,7 @@ impl std::fmt::Display for Error {
                 "the store refuses writes after a failed write ({why}); reopen it"
             ),
             Error::Closed => write!(f, "the store is closed"),
+            Error::TimedOut => write!(f, "the query ran past its time budget"),
         }
     }
 }
@@ -109,6 +113,7 @@ impl From<QueryError> for Error {
         match e {
             QueryError::Index(e) => Error::Index(e),
             QueryError::Log(e) => Error::Wal(e),
+            QueryError::TimedOut => Error::TimedOut,
         }
     }
 }

@@ -21,6 +21,8 @@ pub mod event;
 pub mod inspect;
 pub mod reference;
 pub mod search;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod storage;
 
 mod error;
@@ -35,7 +37,8 @@ mod wal;
 pub use error::Error;
 pub use event::{Event, EventError, EventId, EventRef, Keys, Limits, Pubkey, Signature};
 pub use eventstore::{
-    EventStore, EventStoreBuilder, InsertOutcome, MAX_SHARDS, Options, Rejection, StoreStats,
+    Commits, Committed, EventStore, EventStoreBuilder, InsertOutcome, MAX_SHARDS, Options,
+    Rejection, StoreGauges, StoreStats,
 };
 pub use ids::{Location, Lsn, SegmentId, ShardId};
 pub use index::IndexKind;

@@ -1,5 +1,6 @@
 //! The store: options, the manifest, insert outcomes and `EventStore` itself.
 
+mod commits;
 mod lock;
 mod manifest;
 mod options;
@@ -7,8 +8,9 @@ mod outcome;
 mod store;
 mod verify;
 
+pub use commits::{Commits, Committed};
 pub(crate) use lock::lock_store_dir;
 pub(crate) use manifest::{MANIFEST_FILE, load as load_manifest};
 pub use options::{EventStoreBuilder, MAX_SHARDS, Options};
 pub use outcome::{InsertOutcome, Rejection};
-pub use store::{EventStore, StoreStats};
+pub use store::{EventStore, StoreGauges, StoreStats};

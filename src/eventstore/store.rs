@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
@@ -13,11 +13,12 @@ use crate::error::{Error, io_error};
 use crate::event::{Event, EventId, EventRef, KindClass, Pubkey};
 use crate::ids::{Location, ShardId};
 use crate::index::IndexKind;
-use crate::query::{Filter, Hit, execute, plan};
+use crate::query::{Deadline, Filter, Hit, execute, plan};
 use crate::recovery::{RecoveryReport, open_shard};
 use crate::shard::{Shard, ShardRead, WriteOutcome, WriterConfig, shard_of};
 use crate::storage::{OpenMode, Storage};
 
+use super::commits::{Commits, Watchers};
 use super::lock::lock_store_dir;
 use super::manifest;
 use super::options::{EventStoreBuilder, MAX_SHARDS, OpenWith, Options, cores};
@@ -40,6 +41,8 @@ pub struct EventStore {
     report: RecoveryReport,
     /// Held (locked) while open; `None` once closed.
     lock: Mutex<Option<File>>,
+    /// Subscribers to the commit stream.
+    watchers: Watchers,
 }
 
 /// Counts and sizes, for `megalith stats`.
@@ -55,6 +58,17 @@ pub struct StoreStats {
     pub index_bytes: BTreeMap<&'static str, u64>,
     /// Entries per index (summed over shards).
     pub index_entries: BTreeMap<&'static str, u64>,
+}
+
+/// Figures from [`EventStore::gauges`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreGauges {
+    /// Events in the store (expired ones included until removed).
+    pub events: u64,
+    /// Bytes of the log on disk.
+    pub log_bytes: u64,
+    /// Bytes of all the indexes on disk.
+    pub index_bytes: u64,
 }
 
 impl EventStore {
@@ -162,6 +176,7 @@ impl EventStore {
             verifier,
             report,
             lock: Mutex::new(Some(lock)),
+            watchers: Watchers::default(),
         })
     }
 
@@ -202,6 +217,13 @@ impl EventStore {
         // signatures on the pool meanwhile), so concurrent callers share the
         // work and the shard writers only append bytes.
         let mut staged: Vec<Option<Vec<u8>>> = vec![None; events.len()];
+        // With watchers, a copy of each payload for the commit stream
+        // (ephemeral events included: they are only ever delivered live).
+        let watching = self.watchers.active();
+        let mut live: Vec<Option<Arc<[u8]>>> = Vec::new();
+        if watching {
+            live.resize(events.len(), None);
+        }
         for (i, event) in events.iter().enumerate() {
             if let Err(rejection) = self.check_shape(event, verify) {
                 outcomes[i] = Some(InsertOutcome::Invalid(rejection));
@@ -212,10 +234,18 @@ impl EventStore {
                 signatures.push(event);
             }
             later.push(self.check_time(event, now));
-            if KindClass::of(event.kind) != KindClass::Ephemeral {
+            let ephemeral = KindClass::of(event.kind) == KindClass::Ephemeral;
+            if !ephemeral || watching {
                 let mut payload = Vec::with_capacity(event.payload_len());
                 match event.encode_payload(&mut payload) {
-                    Ok(()) => staged[i] = Some(payload),
+                    Ok(()) => {
+                        if watching {
+                            live[i] = Some(Arc::from(payload.as_slice()));
+                        }
+                        if !ephemeral {
+                            staged[i] = Some(payload);
+                        }
+                    }
                     Err(e) => later[i] = Err(Rejection::from(&e)),
                 }
             }
@@ -289,6 +319,21 @@ impl EventStore {
                 }
             }
         }
+        if watching {
+            // What was written is on the stream even if another shard
+            // failed: a retry would find it a duplicate and not publish it.
+            self.watchers
+                .publish(outcomes.iter().zip(live).filter_map(
+                    |(outcome, payload)| match outcome {
+                        Some(
+                            InsertOutcome::Stored
+                            | InsertOutcome::Replaced { .. }
+                            | InsertOutcome::Ephemeral,
+                        ) => payload,
+                        _ => None,
+                    },
+                ));
+        }
         // With several shards, others may have stored their part: the batch
         // as a whole is not acknowledged, and the caller retries (duplicates
         // are answered as such).
@@ -358,8 +403,22 @@ impl EventStore {
     pub fn query_with(
         &self,
         filters: &[Filter],
+        visit: impl FnMut(&EventRef<'_>) -> Result<(), Error>,
+    ) -> Result<usize, Error> {
+        self.query_with_deadline(filters, None, visit)
+    }
+
+    /// [`EventStore::query_with`] that gives up with [`Error::TimedOut`]
+    /// (having visited nothing) once `deadline` passes: a relay's time
+    /// budget per query, so one heavy filter cannot hold the shards' read
+    /// views, and the writers behind them, for long.
+    pub fn query_with_deadline(
+        &self,
+        filters: &[Filter],
+        deadline: Option<Instant>,
         mut visit: impl FnMut(&EventRef<'_>) -> Result<(), Error>,
     ) -> Result<usize, Error> {
+        let deadline = Deadline::new(deadline);
         let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
         let views = self.views(&targets);
         let now = unix_now();
@@ -374,6 +433,7 @@ impl EventStore {
                     part,
                     now,
                     filter.limit,
+                    &deadline,
                     |hit, event| {
                         hits.push((hit, *shard, event));
                     },
@@ -469,6 +529,17 @@ impl EventStore {
 
     /// NIP-45: how many events match any of `filters` (limits are ignored).
     pub fn count(&self, filters: &[Filter]) -> Result<u64, Error> {
+        self.count_with_deadline(filters, None)
+    }
+
+    /// [`EventStore::count`] that gives up with [`Error::TimedOut`] once
+    /// `deadline` passes.
+    pub fn count_with_deadline(
+        &self,
+        filters: &[Filter],
+        deadline: Option<Instant>,
+    ) -> Result<u64, Error> {
+        let deadline = Deadline::new(deadline);
         let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
         let views = self.views(&targets);
         let now = unix_now();
@@ -478,16 +549,32 @@ impl EventStore {
             let mut n = 0;
             for (shard, part) in targets {
                 let Some(view) = &views[*shard] else { continue };
-                n += execute(&view.indexes, &view.log, part, now, None, |_, _| {})? as u64;
+                n += execute(
+                    &view.indexes,
+                    &view.log,
+                    part,
+                    now,
+                    None,
+                    &deadline,
+                    |_, _| {},
+                )? as u64;
             }
             return Ok(n);
         }
         let mut seen: HashSet<(usize, Location)> = HashSet::new();
         for (shard, part) in targets.iter().flatten() {
             let Some(view) = &views[*shard] else { continue };
-            execute(&view.indexes, &view.log, part, now, None, |hit, _| {
-                seen.insert((*shard, hit.location));
-            })?;
+            execute(
+                &view.indexes,
+                &view.log,
+                part,
+                now,
+                None,
+                &deadline,
+                |hit, _| {
+                    seen.insert((*shard, hit.location));
+                },
+            )?;
         }
         Ok(seen.len() as u64)
     }
@@ -495,6 +582,31 @@ impl EventStore {
     /// The stored event with this id (not if expired).
     pub fn get(&self, id: &EventId) -> Result<Option<Event>, Error> {
         Ok(self.query(&[Filter::new().ids([*id])])?.into_iter().next())
+    }
+
+    /// A new subscription to the commit stream: every event accepted as new
+    /// from now on (stored, replacing an older version, or ephemeral),
+    /// after its batch is acknowledged. It holds at most `capacity` events
+    /// not yet received; past that, events are dropped for this subscriber
+    /// (counted by [`Commits::lagged`]) and writers never wait.
+    pub fn commits(&self, capacity: usize) -> Commits {
+        self.watchers.subscribe(capacity)
+    }
+
+    /// Cheap figures for monitoring (no scan): events stored, and the bytes
+    /// of the log and of the indexes on disk.
+    pub fn gauges(&self) -> StoreGauges {
+        let mut gauges = StoreGauges::default();
+        for shard in &self.shards {
+            let view = shard.read();
+            gauges.events += view.indexes.tree(IndexKind::Primary).entry_count();
+            for kind in view.indexes.kinds() {
+                let tree = view.indexes.tree(kind);
+                gauges.index_bytes += self.storage.size_on_disk(tree.path()).unwrap_or(0);
+            }
+            gauges.log_bytes += shard.log().bytes_on_disk();
+        }
+        gauges
     }
 
     /// Makes the indexes durable now (they also checkpoint in the background).
@@ -536,6 +648,7 @@ impl EventStore {
         let Some(lock) = self.lock.lock().take() else {
             return Ok(());
         };
+        self.watchers.close();
         let mut result = Ok(());
         for shard in &self.shards {
             if let Err(e) = shard.close()

@@ -8,6 +8,8 @@ use crate::wal::WalError;
 pub enum QueryError {
     Index(IndexError),
     Log(WalError),
+    /// The query ran past its deadline (see `EventStore::query_with_deadline`).
+    TimedOut,
 }
 
 impl std::fmt::Display for QueryError {
@@ -15,6 +17,7 @@ impl std::fmt::Display for QueryError {
         match self {
             QueryError::Index(e) => e.fmt(f),
             QueryError::Log(e) => e.fmt(f),
+            QueryError::TimedOut => f.write_str("the query ran past its time budget"),
         }
     }
 }
@@ -24,6 +27,7 @@ impl std::error::Error for QueryError {
         match self {
             QueryError::Index(e) => Some(e),
             QueryError::Log(e) => Some(e),
+            QueryError::TimedOut => None,
         }
     }
 }

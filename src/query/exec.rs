@@ -1,8 +1,10 @@
 //! Runs a plan on one shard: a k-way merge of newest-first index cursors that
 //! checks each candidate on its record and stops at the limit.
 
+use std::cell::Cell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::time::Instant;
 
 use crate::event::{EventId, EventRef};
 use crate::ids::Location;
@@ -44,12 +46,14 @@ impl PartialOrd for Hit {
 /// to events sharing created_at and the first 8 id bytes, which the caller's
 /// final sort settles), at most `limit` times (`None`: no limit). Events
 /// expired at `now` (NIP-40) are skipped. Returns how many were visited.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn execute<'l>(
     indexes: &IndexSet,
     log: &'l LogSnapshot,
     filter: &Filter,
     now: u64,
     limit: Option<usize>,
+    deadline: &Deadline,
     mut visit: impl FnMut(Hit, EventRef<'l>),
 ) -> Result<usize, QueryError> {
     let limit = limit.unwrap_or(usize::MAX);
@@ -86,6 +90,7 @@ pub(crate) fn execute<'l>(
             let mut hits = Vec::new();
             let primary = indexes.tree(IndexKind::Primary);
             for id in ids {
+                deadline.tick()?;
                 let mut cursor = primary.seek(&primary_lower(id))?;
                 let Some(entry) = cursor.next()? else {
                     continue;
@@ -125,6 +130,7 @@ pub(crate) fn execute<'l>(
             (*since, *until),
             accept,
             limit,
+            deadline,
             visit,
         ),
         Plan::Scan {
@@ -162,6 +168,7 @@ pub(crate) fn execute<'l>(
                     &scan_prefixes,
                     (*since, *until),
                     authors.len() * CANDIDATES_PER_AUTHOR,
+                    deadline,
                     accept,
                     |hit, event| {
                         found.push((hit, event));
@@ -184,6 +191,7 @@ pub(crate) fn execute<'l>(
                 prefixes,
                 (*since, *until),
                 usize::MAX,
+                deadline,
                 accept,
                 |hit, event| {
                     visit(hit, event);
@@ -193,6 +201,39 @@ pub(crate) fn execute<'l>(
             )?;
             Ok(visited)
         }
+    }
+}
+
+/// When a query gives up: a relay's time budget per query, so one heavy
+/// filter cannot hold a shard's read view (and its writer) for long. The
+/// executors tick it once per index entry or record they look at; it reads
+/// the clock every [`Deadline::CLOCK_EVERY`] ticks.
+#[derive(Debug)]
+pub(crate) struct Deadline {
+    at: Option<Instant>,
+    ticks: Cell<u32>,
+}
+
+impl Deadline {
+    const CLOCK_EVERY: u32 = 64;
+
+    pub(crate) fn new(at: Option<Instant>) -> Deadline {
+        Deadline {
+            at,
+            ticks: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn tick(&self) -> Result<(), QueryError> {
+        let Some(at) = self.at else {
+            return Ok(());
+        };
+        let ticks = self.ticks.get().wrapping_add(1);
+        self.ticks.set(ticks);
+        if ticks.is_multiple_of(Self::CLOCK_EVERY) && Instant::now() >= at {
+            return Err(QueryError::TimedOut);
+        }
+        Ok(())
     }
 }
 
@@ -215,6 +256,7 @@ fn merge<'l>(
     prefixes: &[Vec<u8>],
     (since, until): (u64, u64),
     budget: usize,
+    deadline: &Deadline,
     accept: impl Fn(&EventRef<'_>) -> bool,
     mut take: impl FnMut(Hit, EventRef<'l>) -> bool,
 ) -> Result<bool, QueryError> {
@@ -250,6 +292,7 @@ fn merge<'l>(
             return Ok(false);
         }
         read += 1;
+        deadline.tick()?;
         let location = location_at_end(&head);
         let event = log.read_event(location)?;
         if !accept(&event) {
@@ -272,6 +315,7 @@ fn merge<'l>(
 /// target, and a term that lands past it moves the target there; when every
 /// term lands on the target, that event has them all. Each candidate is
 /// confirmed on its record by `accept`. Returns how many were visited.
+#[allow(clippy::too_many_arguments)]
 fn intersect<'l>(
     indexes: &IndexSet,
     log: &'l LogSnapshot,
@@ -279,6 +323,7 @@ fn intersect<'l>(
     (since, until): (u64, u64),
     accept: impl Fn(&EventRef<'_>) -> bool,
     limit: usize,
+    deadline: &Deadline,
     mut visit: impl FnMut(Hit, EventRef<'l>),
 ) -> Result<usize, QueryError> {
     let tree = indexes.tree(IndexKind::TermTime);
@@ -305,6 +350,7 @@ fn intersect<'l>(
         let mut term = 0;
         // Move each term in turn (round robin) until all agree on the target.
         while agreed < prefixes.len() {
+            deadline.tick()?;
             let (cursor, head) = &mut terms[term];
             if head.is_none_or(|h| h < target) {
                 if head.is_some() {

@@ -564,6 +564,8 @@ pub fn real_events() -> Vec<(String, Event)> {
 }
 pub mod crash;
 pub mod model_run;
+#[cfg(feature = "server")]
+pub mod relay;
 
 /// The model's name for what the store answered.
 pub fn outcome_kind(outcome: &InsertOutcome) -> ModelOutcome {

@@ -1,7 +1,9 @@
-//! `megalith`: import, query, count and inspect a Megalith store, and generate test data.
+//! `megalith`: serve a Megalith store as a Nostr relay; import, query, count
+//! and inspect it; generate test data.
 
 mod generate;
 mod import;
+mod serve;
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -27,6 +29,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the NIP-01 relay (WebSocket, NIP-11, /health, /metrics) on a store, creating it if
+    /// missing; stops cleanly on Ctrl-C or SIGTERM.
+    Serve(Box<serve::ServeArgs>),
     /// Import events from JSONL files (bare events, ["EVENT", event] or
     /// ["EVENT", sub, event]; pretty-printed values spanning lines work too).
     Import(ImportArgs),
@@ -151,6 +156,7 @@ struct GenerateArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(&args),
         Command::Import(args) => import::run(&args),
         Command::Query(args) => query(&args),
         Command::Count(args) => count(&args),

@@ -1,0 +1,260 @@
+//! The relay's settings: where it listens, what it tells clients about
+//! itself (NIP-11), and the limits it enforces. Every field has a default
+//! (strfry's where strfry has one); a TOML file or flags change them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `megalith serve` needs: the store to open and the relay.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// The store's data directory (created if missing).
+    pub data: PathBuf,
+    /// Shards of a new store (an existing store keeps its own); `None`: one
+    /// per core.
+    pub shards: Option<u32>,
+    /// When an acknowledged event is on disk: `always`, `batch` or `never`.
+    pub durability: DurabilityName,
+    /// Keep the NIP-50 search index (`None`: whatever the store has).
+    pub search: Option<bool>,
+    /// Address to listen on. Default `127.0.0.1:7777`.
+    pub listen: SocketAddr,
+    /// NIP-11 fields (`[info]`).
+    pub info: RelayInfo,
+    /// What the relay enforces (`[limits]`).
+    pub limits: RelayLimits,
+}
+
+impl Default for ServeConfig {
+    fn default() -> ServeConfig {
+        ServeConfig {
+            data: PathBuf::from("./megalith-data"),
+            shards: None,
+            durability: DurabilityName::Always,
+            search: None,
+            listen: RelayConfig::default().listen,
+            info: RelayInfo::default(),
+            limits: RelayLimits::default(),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Reads a TOML file; unknown keys are errors, missing keys keep their
+    /// defaults.
+    pub fn from_toml_file(path: &Path) -> Result<ServeConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        ServeConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses TOML text (see `docs/server.md` for the keys).
+    pub fn from_toml(text: &str) -> Result<ServeConfig, String> {
+        let config: ServeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.limits.check()?;
+        Ok(config)
+    }
+
+    /// The relay part.
+    pub fn relay(&self) -> RelayConfig {
+        RelayConfig {
+            listen: self.listen,
+            info: self.info.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// The durability names a config file uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityName {
+    /// fsync before acknowledging each batch.
+    Always,
+    /// fsync at least every 100 ms.
+    Batch,
+    /// fsync only at checkpoints and close.
+    Never,
+}
+
+impl DurabilityName {
+    pub fn durability(self) -> crate::Durability {
+        match self {
+            DurabilityName::Always => crate::Durability::Always,
+            DurabilityName::Batch => crate::Durability::Batch(Duration::from_millis(100)),
+            DurabilityName::Never => crate::Durability::Never,
+        }
+    }
+}
+
+/// The relay: address, NIP-11 description and limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayConfig {
+    /// Address to listen on. Default `127.0.0.1:7777`.
+    pub listen: SocketAddr,
+    /// NIP-11 fields.
+    pub info: RelayInfo,
+    /// What the relay enforces (and advertises in NIP-11).
+    pub limits: RelayLimits,
+}
+
+impl Default for RelayConfig {
+    fn default() -> RelayConfig {
+        RelayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            info: RelayInfo::default(),
+            limits: RelayLimits::default(),
+        }
+    }
+}
+
+/// NIP-11's descriptive fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayInfo {
+    pub name: String,
+    pub description: String,
+    /// The operator's pubkey (hex), if any.
+    pub pubkey: Option<String>,
+    /// How to reach the operator, if any.
+    pub contact: Option<String>,
+}
+
+impl Default for RelayInfo {
+    fn default() -> RelayInfo {
+        RelayInfo {
+            name: "megalith".to_string(),
+            description: "A Nostr relay on the Megalith storage engine".to_string(),
+            pubkey: None,
+            contact: None,
+        }
+    }
+}
+
+/// The limits a relay enforces. Defaults after strfry's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayLimits {
+    /// Largest WebSocket message (and frame) a client may send, in bytes.
+    /// Default 131,072 (128 KiB).
+    pub max_message_bytes: usize,
+    /// Largest event, in bytes of its JSON. Default 65,536.
+    pub max_event_bytes: usize,
+    /// Most tags an event may have. Default 2,000.
+    pub max_event_tags: usize,
+    /// Longest content, in bytes. Default 65,536.
+    pub max_content_bytes: usize,
+    /// Most open subscriptions per connection. Default 200.
+    pub max_subscriptions: usize,
+    /// Most filters in one REQ or COUNT. Default 200.
+    pub max_filters: usize,
+    /// Longest subscription id, in characters. Default 64.
+    pub max_subid_length: usize,
+    /// Largest `limit` a filter gets (larger ones are clamped). Default 500.
+    pub max_limit: usize,
+    /// The `limit` of a filter that has none. Default 500.
+    pub default_limit: usize,
+    /// Time one REQ or COUNT may spend in the store, in milliseconds;
+    /// past it the subscription is CLOSED with `error:`. Default 2,000.
+    pub query_time_budget_ms: u64,
+    /// Bytes queued for one client before it is disconnected as too slow.
+    /// Default 8 MiB.
+    pub max_outbound_bytes: usize,
+    /// Open connections per client IP address. Default 64.
+    pub max_connections_per_ip: usize,
+    /// Events per second one connection may publish (a token bucket).
+    /// Default 100.
+    pub events_per_second: f64,
+    /// Events one connection may publish in a burst. Default 1,000.
+    pub events_burst: f64,
+    /// Seconds without any frame from the client (pongs count) before the
+    /// connection is closed; the relay pings every third of it. Default 300.
+    pub idle_timeout_secs: u64,
+    /// How far in the future `created_at` may be, in seconds. Default 900.
+    pub created_at_future_secs: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> RelayLimits {
+        RelayLimits {
+            max_message_bytes: 131_072,
+            max_event_bytes: 65_536,
+            max_event_tags: 2_000,
+            max_content_bytes: 65_536,
+            max_subscriptions: 200,
+            max_filters: 200,
+            max_subid_length: 64,
+            max_limit: 500,
+            default_limit: 500,
+            query_time_budget_ms: 2_000,
+            max_outbound_bytes: 8 << 20,
+            max_connections_per_ip: 64,
+            events_per_second: 100.0,
+            events_burst: 1_000.0,
+            idle_timeout_secs: 300,
+            created_at_future_secs: 900,
+        }
+    }
+}
+
+impl RelayLimits {
+    /// Rejects settings that cannot work.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_event_bytes", self.max_event_bytes),
+            ("max_subscriptions", self.max_subscriptions),
+            ("max_filters", self.max_filters),
+            ("max_subid_length", self.max_subid_length),
+            ("max_limit", self.max_limit),
+            ("max_outbound_bytes", self.max_outbound_bytes),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("limits.{name} must be at least 1"));
+            }
+        }
+        if self.query_time_budget_ms == 0 || self.idle_timeout_secs == 0 {
+            return Err(
+                "limits.query_time_budget_ms and limits.idle_timeout_secs must be at least 1"
+                    .to_string(),
+            );
+        }
+        if !(self.events_per_second > 0.0 && self.events_per_second.is_finite()) {
+            return Err("limits.events_per_second must be a positive number".to_string());
+        }
+        if !(self.events_burst >= 1.0 && self.events_burst.is_finite()) {
+            return Err("limits.events_burst must be at least 1".to_string());
+        }
+        if self.max_event_bytes > self.max_message_bytes {
+            return Err(format!(
+                "limits.max_event_bytes ({}) cannot exceed limits.max_message_bytes ({})",
+                self.max_event_bytes, self.max_message_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// The store-side event limits these imply.
+    pub fn event_limits(&self) -> crate::Limits {
+        crate::Limits {
+            max_event_bytes: self.max_event_bytes,
+            max_tags: self.max_event_tags,
+            max_content_bytes: self.max_content_bytes,
+            ..crate::Limits::default()
+        }
+    }
+
+    pub fn query_time_budget(&self) -> Duration {
+        Duration::from_millis(self.query_time_budget_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}

@@ -1,0 +1,585 @@
+//! One WebSocket connection: a reader that handles the client's messages
+//! in order, and a writer task that drains the connection's outbox (and
+//! pings). Queries and inserts run on tokio's blocking pool.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use tracing::{debug, warn};
+
+use crate::event::EventId;
+use crate::{Error, Filter, InsertOutcome};
+
+use super::Relay;
+use super::outbox::{Outbox, Pushed, Take};
+use super::protocol::{
+    ClientMessage, closed_frame, count_frame, eose_frame, event_frame, json_string, notice_frame,
+    ok_frame, parse_event, parse_filters,
+};
+use super::subs::{LiveSub, SubKey, SubState};
+
+/// WebSocket close codes used here (RFC 6455).
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_POLICY: u16 = 1008;
+
+/// Serves one upgraded connection until it closes.
+pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
+    let (mut sink, mut stream) = socket.split();
+    let Some(_slot) = relay.connection_slot(ip) else {
+        let limit = relay.config.limits.max_connections_per_ip;
+        let notice = notice_frame(&format!(
+            "rate-limited: too many connections from your address (at most {limit})"
+        ));
+        relay.metrics.sent("NOTICE");
+        let _ = sink.send(Message::Text(notice.into())).await;
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: CLOSE_POLICY,
+                reason: "too many connections".into(),
+            })))
+            .await;
+        return;
+    };
+    let limits = &relay.config.limits;
+    let outbox = Arc::new(Outbox::new(limits.max_outbound_bytes));
+    let ping_every = (limits.idle_timeout() / 3).max(Duration::from_secs(1));
+    let mut writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox), ping_every));
+    let mut conn = Conn {
+        relay: Arc::clone(&relay),
+        outbox: Arc::clone(&outbox),
+        subs: HashMap::new(),
+        bucket: Bucket::new(limits.events_per_second, limits.events_burst),
+    };
+    let mut stop = relay.stop.subscribe();
+    let idle = limits.idle_timeout();
+    let mut writer_done = false;
+    let close = loop {
+        let idle_at = tokio::time::Instant::now() + idle;
+        tokio::select! {
+            message = stream.next() => match message {
+                None | Some(Ok(Message::Close(_))) => break (CLOSE_NORMAL, ""),
+                Some(Err(e)) => {
+                    // Over the transport's size bound, or a protocol error.
+                    debug!(%ip, error = %e, "websocket read failed");
+                    conn.notice(&format!("error: closing the connection: {e}")).await;
+                    break (CLOSE_POLICY, "protocol error");
+                }
+                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
+                Some(Ok(Message::Binary(_))) => {
+                    conn.notice("invalid: binary messages are not supported; send JSON text")
+                        .await;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            },
+            _ = tokio::time::sleep_until(idle_at) => {
+                conn.notice(&format!(
+                    "error: closing the connection after {} s without a message",
+                    idle.as_secs()
+                ))
+                .await;
+                break (CLOSE_NORMAL, "idle timeout");
+            }
+            _ = stop.changed() => {
+                for sub_id in conn.subs.keys() {
+                    let frame = closed_frame(&json_string(sub_id), "error: the relay is shutting down");
+                    relay.metrics.sent("CLOSED");
+                    outbox.push(frame);
+                }
+                break (CLOSE_GOING_AWAY, "relay shutting down");
+            }
+            _ = &mut writer => {
+                writer_done = true;
+                break (CLOSE_POLICY, "");
+            }
+        }
+    };
+    conn.close_all();
+    outbox.close(close.0, close.1);
+    if !writer_done {
+        // A client that stopped reading cannot hold the task forever.
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+        writer.abort();
+    }
+    if outbox.overflowed() {
+        relay.metrics.slow_disconnects.inc();
+        debug!(%ip, "disconnected a client that stopped reading");
+    }
+}
+
+/// Sends the outbox's frames and a ping every `ping_every`; returns when
+/// the connection closes, the socket fails, or the client falls too far
+/// behind (then at once, without waiting on the socket).
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    outbox: Arc<Outbox>,
+    ping_every: Duration,
+) {
+    let mut frames = Vec::new();
+    let mut ping = tokio::time::interval(ping_every);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            take = outbox.take(&mut frames) => match take {
+                Take::Frames => {
+                    for frame in frames.drain(..) {
+                        let len = frame.len();
+                        tokio::select! {
+                            sent = sink.send(Message::Text(frame.into())) => {
+                                if sent.is_err() {
+                                    return;
+                                }
+                            }
+                            _ = outbox.overflowed_wait() => return,
+                        }
+                        outbox.sent(len);
+                    }
+                }
+                Take::Close(code, reason) => {
+                    let frame = CloseFrame { code, reason: reason.into() };
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        sink.send(Message::Close(Some(frame))),
+                    )
+                    .await;
+                    return;
+                }
+                Take::Overflowed => return,
+            },
+            _ = ping.tick() => {
+                tokio::select! {
+                    sent = sink.send(Message::Ping(Default::default())) => {
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                    _ = outbox.overflowed_wait() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Per-connection token bucket for published events.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Bucket {
+        Bucket {
+            tokens: burst,
+            rate,
+            burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Conn {
+    relay: Arc<Relay>,
+    outbox: Arc<Outbox>,
+    /// Open subscriptions by id.
+    subs: HashMap<String, SubKey>,
+    bucket: Bucket,
+}
+
+/// What a REQ's stored part produced.
+struct Stored {
+    frames: Vec<String>,
+    ids: HashSet<EventId>,
+}
+
+impl Conn {
+    async fn send(&self, verb: &'static str, frame: String) {
+        self.relay.metrics.sent(verb);
+        self.outbox.send(frame).await;
+    }
+
+    async fn notice(&self, message: &str) {
+        self.send("NOTICE", notice_frame(message)).await;
+    }
+
+    async fn closed(&self, sub_json: &str, reason: &str) {
+        self.send("CLOSED", closed_frame(sub_json, reason)).await;
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let max = self.relay.config.limits.max_message_bytes;
+        if text.len() > max {
+            self.relay
+                .metrics
+                .client_messages
+                .with_label_values(&["TOO_LARGE"])
+                .inc();
+            self.notice(&format!(
+                "invalid: message is {} bytes, more than the limit of {max}",
+                text.len()
+            ))
+            .await;
+            return;
+        }
+        let message = match ClientMessage::parse(text) {
+            Ok(message) => message,
+            Err(notice) => {
+                self.relay
+                    .metrics
+                    .client_messages
+                    .with_label_values(&["INVALID"])
+                    .inc();
+                self.notice(&notice).await;
+                return;
+            }
+        };
+        let verb = match &message {
+            ClientMessage::Event(_) => "EVENT",
+            ClientMessage::Req { .. } => "REQ",
+            ClientMessage::Count { .. } => "COUNT",
+            ClientMessage::Close(_) => "CLOSE",
+            ClientMessage::Auth => "AUTH",
+        };
+        self.relay
+            .metrics
+            .client_messages
+            .with_label_values(&[verb])
+            .inc();
+        match message {
+            ClientMessage::Event(raw) => self.on_event(raw).await,
+            ClientMessage::Req { sub_id, filters } => self.on_req(sub_id, &filters).await,
+            ClientMessage::Count { sub_id, filters } => self.on_count(sub_id, &filters).await,
+            ClientMessage::Close(sub_id) => self.on_close(&sub_id),
+            ClientMessage::Auth => {
+                self.notice("invalid: AUTH (NIP-42) is not supported by this relay")
+                    .await;
+            }
+        }
+    }
+
+    fn reject(&self, reason: &str) {
+        self.relay
+            .metrics
+            .rejected
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    async fn on_event(&mut self, raw: &RawValue) {
+        let relay = Arc::clone(&self.relay);
+        let event = match parse_event(raw, &relay.event_limits) {
+            Ok(event) => event,
+            Err((id, message)) => {
+                self.reject("malformed");
+                match id {
+                    Some(id) => self.send("OK", ok_frame(&id, false, &message)).await,
+                    None => self.notice(&message).await,
+                }
+                return;
+            }
+        };
+        let id = event.id.to_hex();
+        if !self.bucket.take() {
+            self.reject("rate-limited");
+            let message = format!(
+                "rate-limited: more than {} events per second from this connection; slow down",
+                relay.config.limits.events_per_second
+            );
+            self.send("OK", ok_frame(&id, false, &message)).await;
+            return;
+        }
+        let kind = event.kind;
+        let started = Instant::now();
+        let store = Arc::clone(&relay.store);
+        let result =
+            tokio::task::spawn_blocking(move || store.insert(std::slice::from_ref(&event))).await;
+        relay.metrics.insert_batches.inc();
+        relay
+            .metrics
+            .insert_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let (accepted, message) = match result {
+            Ok(Ok(outcomes)) => match outcomes.into_iter().next() {
+                Some(outcome) => {
+                    if matches!(
+                        outcome,
+                        InsertOutcome::Stored
+                            | InsertOutcome::Replaced { .. }
+                            | InsertOutcome::Ephemeral
+                    ) {
+                        relay
+                            .metrics
+                            .events
+                            .with_label_values(&[kind.to_string().as_str()])
+                            .inc();
+                    } else if !outcome.accepted() {
+                        self.reject(outcome.label());
+                    }
+                    (outcome.accepted(), outcome.message())
+                }
+                None => (false, "error: the store gave no outcome".to_string()),
+            },
+            Ok(Err(e)) => {
+                warn!(error = %e, "insert failed");
+                self.reject("error");
+                (false, format!("error: could not store the event: {e}"))
+            }
+            Err(e) => {
+                warn!(error = %e, "insert task failed");
+                self.reject("error");
+                (false, "error: internal error while storing".to_string())
+            }
+        };
+        self.send("OK", ok_frame(&id, accepted, &message)).await;
+    }
+
+    /// The checks REQ and COUNT share; the error is the CLOSED reason.
+    fn checked_filters(&self, sub_id: &str, raw: &[&RawValue]) -> Result<Vec<Filter>, String> {
+        let limits = &self.relay.config.limits;
+        let chars = sub_id.chars().count();
+        if chars == 0 || chars > limits.max_subid_length {
+            return Err(format!(
+                "invalid: subscription id must be 1 to {} characters, got {chars}",
+                limits.max_subid_length
+            ));
+        }
+        if raw.is_empty() {
+            return Err("invalid: at least one filter is needed".to_string());
+        }
+        if raw.len() > limits.max_filters {
+            return Err(format!(
+                "invalid: {} filters, more than the limit of {}",
+                raw.len(),
+                limits.max_filters
+            ));
+        }
+        let mut filters = parse_filters(raw)?;
+        for filter in &mut filters {
+            let limit = filter.limit.unwrap_or(limits.default_limit);
+            filter.limit = Some(limit.min(limits.max_limit));
+        }
+        Ok(filters)
+    }
+
+    async fn on_req(&mut self, sub_id: String, raw: &[&RawValue]) {
+        let sub_json = json_string(&sub_id);
+        let filters = match self.checked_filters(&sub_id, raw) {
+            Ok(filters) => filters,
+            Err(reason) => {
+                self.closed(&sub_json, &reason).await;
+                return;
+            }
+        };
+        let relay = Arc::clone(&self.relay);
+        let limits = &relay.config.limits;
+        // A REQ with an open subscription's id replaces it.
+        if let Some(old) = self.subs.remove(&sub_id) {
+            relay.remove_sub(old);
+        } else if self.subs.len() >= limits.max_subscriptions {
+            let reason = format!(
+                "rate-limited: at most {} open subscriptions per connection; CLOSE one first",
+                limits.max_subscriptions
+            );
+            self.closed(&sub_json, &reason).await;
+            return;
+        }
+        // Registered before the stored part is read, so no event committed
+        // meanwhile is missed; those wait in `Pending` until after EOSE.
+        let sub = Arc::new(LiveSub {
+            key: relay.next_sub_key(),
+            sub_json: sub_json.clone(),
+            filters,
+            outbox: Arc::clone(&self.outbox),
+            state: Mutex::new(SubState::Pending(Vec::new())),
+        });
+        relay.add_sub(Arc::clone(&sub));
+        self.subs.insert(sub_id, sub.key);
+        let stored = {
+            let relay = Arc::clone(&relay);
+            let sub = Arc::clone(&sub);
+            tokio::task::spawn_blocking(move || relay.stored_events(&sub.filters, &sub.sub_json))
+                .await
+        };
+        let stored = match stored {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(reason)) => {
+                self.drop_sub(&sub);
+                self.closed(&sub_json, &reason).await;
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "query task failed");
+                self.drop_sub(&sub);
+                self.closed(&sub_json, "error: internal error while querying")
+                    .await;
+                return;
+            }
+        };
+        let sent = stored.frames.len() as u64;
+        for frame in stored.frames {
+            if !self.outbox.send(frame).await {
+                return;
+            }
+        }
+        relay
+            .metrics
+            .relay_messages
+            .with_label_values(&["EVENT"])
+            .inc_by(sent);
+        self.send("EOSE", eose_frame(&sub_json)).await;
+        // Live from here: first what came in while the stored part was
+        // read (less what it already had), under the state lock so no
+        // newer live event overtakes them.
+        let mut state = sub.state.lock();
+        if let SubState::Pending(pending) = std::mem::replace(&mut *state, SubState::Live) {
+            for committed in pending {
+                let Ok(event) = committed.event() else {
+                    continue;
+                };
+                if stored.ids.contains(&event.id()) {
+                    continue;
+                }
+                let frame = event_frame(&sub.sub_json, &event.to_json());
+                if self.outbox.push(frame) == Pushed::Queued {
+                    relay.metrics.sent("EVENT");
+                    relay.metrics.live_deliveries.inc();
+                }
+            }
+        }
+    }
+
+    async fn on_count(&mut self, sub_id: String, raw: &[&RawValue]) {
+        let sub_json = json_string(&sub_id);
+        let mut filters = match self.checked_filters(&sub_id, raw) {
+            Ok(filters) => filters,
+            Err(reason) => {
+                self.closed(&sub_json, &reason).await;
+                return;
+            }
+        };
+        // NIP-45 counts everything that matches: limits do not apply.
+        for filter in &mut filters {
+            filter.limit = None;
+        }
+        let relay = Arc::clone(&self.relay);
+        let result = {
+            let relay = Arc::clone(&relay);
+            tokio::task::spawn_blocking(move || relay.count(&filters)).await
+        };
+        match result {
+            Ok(Ok(count)) => self.send("COUNT", count_frame(&sub_json, count)).await,
+            Ok(Err(reason)) => self.closed(&sub_json, &reason).await,
+            Err(e) => {
+                warn!(error = %e, "count task failed");
+                self.closed(&sub_json, "error: internal error while counting")
+                    .await;
+            }
+        }
+    }
+
+    fn on_close(&mut self, sub_id: &str) {
+        if let Some(key) = self.subs.remove(sub_id) {
+            self.relay.remove_sub(key);
+        }
+    }
+
+    fn drop_sub(&mut self, sub: &LiveSub) {
+        self.subs.retain(|_, key| *key != sub.key);
+        self.relay.remove_sub(sub.key);
+    }
+
+    fn close_all(&mut self) {
+        for (_, key) in self.subs.drain() {
+            self.relay.remove_sub(key);
+        }
+    }
+}
+
+impl Relay {
+    /// A REQ's stored events as EVENT frames (run on the blocking pool).
+    /// The error is the CLOSED reason.
+    fn stored_events(&self, filters: &[Filter], sub_json: &str) -> Result<Stored, String> {
+        let started = Instant::now();
+        let deadline = started + self.config.limits.query_time_budget();
+        let mut frames = Vec::new();
+        let mut ids = HashSet::new();
+        let mut json = Vec::new();
+        let result = self
+            .store
+            .query_with_deadline(filters, Some(deadline), |event| {
+                json.clear();
+                event.write_json(&mut json);
+                // The store writes valid UTF-8 JSON.
+                let text = String::from_utf8_lossy(&json);
+                frames.push(event_frame(sub_json, &text));
+                ids.insert(event.id());
+                Ok(())
+            });
+        self.observe_query(filters, started);
+        match result {
+            Ok(_) => Ok(Stored { frames, ids }),
+            Err(e) => Err(self.query_failure(e)),
+        }
+    }
+
+    /// NIP-45 count (on the blocking pool); the error is the CLOSED reason.
+    fn count(&self, filters: &[Filter]) -> Result<u64, String> {
+        let started = Instant::now();
+        let deadline = started + self.config.limits.query_time_budget();
+        let result = self.store.count_with_deadline(filters, Some(deadline));
+        self.observe_query(filters, started);
+        result.map_err(|e| self.query_failure(e))
+    }
+
+    fn observe_query(&self, filters: &[Filter], started: Instant) {
+        let index = self
+            .store
+            .explain(&filters[..filters.len().min(1)])
+            .first()
+            .copied()
+            .unwrap_or("none");
+        self.metrics
+            .query_seconds
+            .with_label_values(&[index])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn query_failure(&self, error: Error) -> String {
+        match error {
+            Error::TimedOut => {
+                self.metrics.query_timeouts.inc();
+                format!(
+                    "error: the query ran past its {} ms time budget; narrow the filter",
+                    self.config.limits.query_time_budget_ms
+                )
+            }
+            Error::Filter(e) => format!("invalid: {e}"),
+            e => {
+                warn!(error = %e, "query failed");
+                format!("error: the store could not answer: {e}")
+            }
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The NIP-01 relay (`megalith serve`): WebSocket at `/` (EVENT, REQ,
+//! CLOSE, COUNT), NIP-11 on `GET /` with `Accept: application/nostr+json`,
+//! `GET /health` and `GET /metrics`. `docs/server.md` describes its
+//! messages, limits and metrics.
+//!
+//! Layout: [`run`] serves one store until a shutdown signal; each
+//! connection (`conn`) has a reader that handles messages in order and a
+//! writer draining a byte-bounded outbox (`outbox`); one broadcaster thread
+//! takes the store's commit stream and queues each event to the
+//! subscriptions it matches, found through the subscription index
+//! (`subs`).
+
+mod config;
+mod conn;
+mod metrics;
+mod outbox;
+mod protocol;
+mod subs;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::{Commits, EventStore, Limits};
+
+pub use config::{DurabilityName, RelayConfig, RelayInfo, RelayLimits, ServeConfig};
+pub use metrics::Metrics;
+
+use outbox::Pushed;
+use protocol::event_frame;
+use subs::{LiveSub, MAX_PENDING, SubIndex, SubKey, SubState};
+
+/// Live events the broadcaster may fall behind the writers before it
+/// starts missing some (counted in `megalith_commit_stream_lagged_total`).
+const COMMIT_STREAM_CAPACITY: usize = 65_536;
+
+/// The shared state of a running relay.
+#[derive(Debug)]
+struct Relay {
+    store: Arc<EventStore>,
+    config: RelayConfig,
+    /// The store-side limits implied by `config.limits`.
+    event_limits: Limits,
+    metrics: Metrics,
+    subs: RwLock<SubIndex>,
+    next_key: AtomicU64,
+    /// Open connections per client address.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open connections, and a wake-up when the last one ends.
+    open: AtomicUsize,
+    all_closed: Notify,
+    /// Set once to shut down: connections close their subscriptions and go.
+    stop: watch::Sender<bool>,
+    /// Tells the broadcaster thread to end.
+    broadcaster_stop: AtomicBool,
+}
+
+/// A connection's claim on its address's quota; released on drop.
+struct ConnectionSlot<'r> {
+    relay: &'r Relay,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot<'_> {
+    fn drop(&mut self) {
+        let mut per_ip = self.relay.per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
+        self.relay.metrics.connections.dec();
+        if self.relay.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.relay.all_closed.notify_waiters();
+        }
+    }
+}
+
+impl Relay {
+    fn connection_slot(&self, ip: IpAddr) -> Option<ConnectionSlot<'_>> {
+        let mut per_ip = self.per_ip.lock();
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.config.limits.max_connections_per_ip {
+            return None;
+        }
+        *n += 1;
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.metrics.connections.inc();
+        Some(ConnectionSlot { relay: self, ip })
+    }
+
+    fn next_sub_key(&self) -> SubKey {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn add_sub(&self, sub: Arc<LiveSub>) {
+        self.subs.write().insert(sub);
+        self.metrics.subscriptions.inc();
+    }
+
+    fn remove_sub(&self, key: SubKey) {
+        if self.subs.write().remove(key).is_some() {
+            self.metrics.subscriptions.dec();
+        }
+    }
+
+    /// The NIP-11 document.
+    fn info_document(&self) -> serde_json::Value {
+        let limits = &self.config.limits;
+        let info = &self.config.info;
+        let mut nips = vec![1, 9, 11, 40, 45];
+        if self.store.search_index() {
+            nips.push(50);
+        }
+        let mut doc = serde_json::json!({
+            "name": info.name,
+            "description": info.description,
+            "supported_nips": nips,
+            "software": "megalith",
+            "version": env!("CARGO_PKG_VERSION"),
+            "limitation": {
+                "max_message_length": limits.max_message_bytes,
+                "max_subscriptions": limits.max_subscriptions,
+                "max_filters": limits.max_filters,
+                "max_limit": limits.max_limit,
+                "default_limit": limits.default_limit,
+                "max_subid_length": limits.max_subid_length,
+                "max_event_tags": limits.max_event_tags,
+                "max_content_length": limits.max_content_bytes,
+                "min_pow_difficulty": 0,
+                "auth_required": false,
+                "payment_required": false,
+                "restricted_writes": false,
+                "created_at_upper_limit": limits.created_at_future_secs,
+            },
+            "megalith_limitation": {
+                "max_event_bytes": limits.max_event_bytes,
+                "query_time_budget_ms": limits.query_time_budget_ms,
+                "max_outbound_bytes": limits.max_outbound_bytes,
+                "max_connections_per_ip": limits.max_connections_per_ip,
+                "events_per_second": limits.events_per_second,
+                "events_burst": limits.events_burst,
+                "idle_timeout_secs": limits.idle_timeout_secs,
+            },
+        });
+        if let Some(pubkey) = &info.pubkey {
+            doc["pubkey"] = pubkey.clone().into();
+        }
+        if let Some(contact) = &info.contact {
+            doc["contact"] = contact.clone().into();
+        }
+        doc
+    }
+}
+
+/// Serves `store` as a relay on `listener` until `shutdown` resolves, then
+/// closes every subscription and connection (waiting up to 10 s for them)
+/// and returns; the caller closes the store. `config.listen` is not used:
+/// the caller bound `listener` (so tests can bind port 0).
+pub async fn run(
+    store: Arc<EventStore>,
+    config: RelayConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    config
+        .limits
+        .check()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let metrics = Metrics::new().map_err(std::io::Error::other)?;
+    let (stop, _) = watch::channel(false);
+    let relay = Arc::new(Relay {
+        event_limits: config.limits.event_limits(),
+        store,
+        config,
+        metrics,
+        subs: RwLock::new(SubIndex::default()),
+        next_key: AtomicU64::new(0),
+        per_ip: Mutex::new(HashMap::new()),
+        open: AtomicUsize::new(0),
+        all_closed: Notify::new(),
+        stop,
+        broadcaster_stop: AtomicBool::new(false),
+    });
+    let commits = relay.store.commits(COMMIT_STREAM_CAPACITY);
+    let broadcaster = std::thread::Builder::new()
+        .name("megalith-live".to_string())
+        .spawn({
+            let relay = Arc::clone(&relay);
+            move || broadcast(&relay, &commits)
+        })?;
+    let app = Router::new()
+        .route("/", get(root).options(preflight))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .with_state(Arc::clone(&relay))
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let local = listener.local_addr()?;
+    info!(address = %local, "relay listening");
+    let served = {
+        let relay = Arc::clone(&relay);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                info!("shutting down: closing subscriptions and connections");
+                relay.stop.send_replace(true);
+            })
+            .await
+    };
+    // Upgraded connections are not axum's to wait for.
+    let wait_closed = async {
+        loop {
+            let notified = relay.all_closed.notified();
+            if relay.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), wait_closed)
+        .await
+        .is_err()
+    {
+        warn!(
+            open = relay.open.load(Ordering::Acquire),
+            "connections still open after 10 s; leaving them"
+        );
+    }
+    relay.broadcaster_stop.store(true, Ordering::Release);
+    let _ = tokio::task::spawn_blocking(move || broadcaster.join()).await;
+    served
+}
+
+/// The broadcaster: takes committed events and queues each to the open
+/// subscriptions it matches, never waiting on a connection.
+fn broadcast(relay: &Relay, commits: &Commits) {
+    let mut lagged_seen = 0;
+    let mut matched = Vec::new();
+    let mut batch = Vec::new();
+    loop {
+        match commits.recv_timeout(Duration::from_millis(100)) {
+            Ok(Some(first)) => batch.push(first),
+            Ok(None) => {
+                if relay.broadcaster_stop.load(Ordering::Acquire) {
+                    return;
+                }
+                continue;
+            }
+            Err(()) => return,
+        }
+        while batch.len() < 1024 {
+            match commits.try_recv() {
+                Some(committed) => batch.push(committed),
+                None => break,
+            }
+        }
+        let index = relay.subs.read();
+        for committed in batch.drain(..) {
+            let event = match committed.event() {
+                Ok(event) => event,
+                Err(e) => {
+                    warn!(error = %e, "skipping an undecodable committed event");
+                    continue;
+                }
+            };
+            index.matching(&event, &mut matched);
+            if matched.is_empty() {
+                continue;
+            }
+            let json = event.to_json();
+            for sub in matched.drain(..) {
+                let mut state = sub.state.lock();
+                match &mut *state {
+                    SubState::Pending(pending) => {
+                        if pending.len() < MAX_PENDING {
+                            pending.push(committed.clone());
+                        } else {
+                            sub.outbox.overflow();
+                        }
+                    }
+                    SubState::Live => match sub.outbox.push(event_frame(&sub.sub_json, &json)) {
+                        Pushed::Queued => {
+                            relay.metrics.sent("EVENT");
+                            relay.metrics.live_deliveries.inc();
+                        }
+                        Pushed::Overflowed | Pushed::Closed => {}
+                    },
+                    SubState::Closed => {}
+                }
+            }
+        }
+        drop(index);
+        let lagged = commits.lagged();
+        if lagged > lagged_seen {
+            warn!(
+                missed = lagged - lagged_seen,
+                "live delivery fell behind the writers and missed events"
+            );
+            relay.metrics.lagged.inc_by(lagged - lagged_seen);
+            lagged_seen = lagged;
+        }
+    }
+}
+
+fn cors(response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, OPTIONS"),
+    );
+}
+
+/// `/`: the WebSocket, or NIP-11, or a short page for browsers.
+async fn root(
+    State(relay): State<Arc<Relay>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Ok(upgrade) = upgrade {
+        // The transport takes messages up to 4x the limit (at least 1 MiB),
+        // so a client just over it gets a NOTICE, not a dropped connection.
+        let max = relay.config.limits.max_message_bytes;
+        let transport = max.saturating_mul(4).max(1 << 20);
+        return upgrade
+            .max_message_size(transport)
+            .max_frame_size(transport)
+            .on_upgrade(move |socket| conn::serve(relay, socket, peer.ip()));
+    }
+    let wants_info = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/nostr+json"));
+    let mut response = if wants_info {
+        (
+            [(header::CONTENT_TYPE, "application/nostr+json")],
+            relay.info_document().to_string(),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!(
+                "{}: a Nostr relay (Megalith {}). Connect a Nostr client with WebSocket to this \
+                 address; GET with 'Accept: application/nostr+json' for its NIP-11 document.\n",
+                relay.config.info.name,
+                env!("CARGO_PKG_VERSION")
+            ),
+        )
+            .into_response()
+    };
+    cors(&mut response);
+    response
+}
+
+async fn preflight() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    cors(&mut response);
+    response
+}
+
+/// `/health`: 200 and `ok` while the store answers, 503 otherwise.
+async fn health(State(relay): State<Arc<Relay>>) -> Response {
+    let store = Arc::clone(&relay.store);
+    // Reads the newest event: the indexes and the log answer.
+    let probe =
+        tokio::task::spawn_blocking(move || store.query(&[crate::Filter::new().limit(1)])).await;
+    match probe {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store error: {e}\n"),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("internal error: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// `/metrics`: Prometheus text format.
+async fn metrics_text(State(relay): State<Arc<Relay>>) -> Response {
+    let relay2 = Arc::clone(&relay);
+    match tokio::task::spawn_blocking(move || relay2.metrics.render(&relay2.store)).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}

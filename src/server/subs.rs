@@ -1,0 +1,214 @@
+//! Open subscriptions, indexed for live delivery: each filter is filed
+//! under one thing an event must have to match it (one of its ids, authors,
+//! tag values or kinds, in that order of preference), so a new event only
+//! meets the filters filed under its id, author, kind or tag values, plus
+//! the few that name none of these. Each candidate filter is then checked in
+//! full.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::event::{EventId, EventRef, Pubkey};
+use crate::{Committed, Filter};
+
+use super::outbox::Outbox;
+
+/// A subscription's key in the index (unique for the relay's life).
+pub type SubKey = u64;
+
+/// Where a subscription stands.
+#[derive(Debug)]
+pub enum SubState {
+    /// Its stored events are being sent: live events wait here (sent after
+    /// EOSE, less those already sent).
+    Pending(Vec<Committed>),
+    /// Live events go straight to the connection.
+    Live,
+    /// Closed or replaced.
+    Closed,
+}
+
+/// One open REQ.
+#[derive(Debug)]
+pub struct LiveSub {
+    pub key: SubKey,
+    /// The subscription id as a JSON string.
+    pub sub_json: String,
+    pub filters: Vec<Filter>,
+    pub outbox: Arc<Outbox>,
+    pub state: Mutex<SubState>,
+}
+
+/// Most live events a pending subscription holds while its stored events
+/// are sent; past it the connection is treated as too slow.
+pub const MAX_PENDING: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    sub: SubKey,
+    filter: u32,
+}
+
+/// The subscriptions of every connection.
+#[derive(Debug, Default)]
+pub struct SubIndex {
+    subs: HashMap<SubKey, Arc<LiveSub>>,
+    by_id: HashMap<EventId, Vec<Entry>>,
+    by_author: HashMap<Pubkey, Vec<Entry>>,
+    by_kind: HashMap<u16, Vec<Entry>>,
+    by_tag: HashMap<u8, HashMap<String, Vec<Entry>>>,
+    any: Vec<Entry>,
+}
+
+/// The field a filter is filed under.
+enum Anchor<'f> {
+    Ids(&'f [EventId]),
+    Authors(&'f [Pubkey]),
+    Tag(u8, &'f [String]),
+    Kinds(&'f [u16]),
+    Any,
+}
+
+fn anchor(filter: &Filter) -> Anchor<'_> {
+    if let Some(ids) = &filter.ids {
+        return Anchor::Ids(ids);
+    }
+    if let Some(authors) = &filter.authors {
+        return Anchor::Authors(authors);
+    }
+    // The tag with the fewest values: the most selective guess.
+    if let Some((letter, values)) = filter.tags.iter().min_by_key(|(_, values)| values.len()) {
+        return Anchor::Tag(*letter, values);
+    }
+    if let Some(kinds) = &filter.kinds {
+        return Anchor::Kinds(kinds);
+    }
+    Anchor::Any
+}
+
+fn dedup<T: Clone + Ord>(values: &[T]) -> Vec<T> {
+    let mut values = values.to_vec();
+    values.sort_unstable();
+    values.dedup();
+    values
+}
+
+impl SubIndex {
+    /// Files a subscription under each of its filters.
+    pub fn insert(&mut self, sub: Arc<LiveSub>) {
+        for (i, filter) in sub.filters.iter().enumerate() {
+            let entry = Entry {
+                sub: sub.key,
+                filter: i as u32,
+            };
+            match anchor(filter) {
+                Anchor::Ids(ids) => {
+                    for id in dedup(ids) {
+                        self.by_id.entry(id).or_default().push(entry);
+                    }
+                }
+                Anchor::Authors(authors) => {
+                    for author in dedup(authors) {
+                        self.by_author.entry(author).or_default().push(entry);
+                    }
+                }
+                Anchor::Tag(letter, values) => {
+                    let map = self.by_tag.entry(letter).or_default();
+                    for value in dedup(values) {
+                        map.entry(value).or_default().push(entry);
+                    }
+                }
+                Anchor::Kinds(kinds) => {
+                    for kind in dedup(kinds) {
+                        self.by_kind.entry(kind).or_default().push(entry);
+                    }
+                }
+                Anchor::Any => self.any.push(entry),
+            }
+        }
+        self.subs.insert(sub.key, sub);
+    }
+
+    /// Takes a subscription out (and marks it closed, so a delivery racing
+    /// with this sends nothing more).
+    pub fn remove(&mut self, key: SubKey) -> Option<Arc<LiveSub>> {
+        let sub = self.subs.remove(&key)?;
+        *sub.state.lock() = SubState::Closed;
+        fn drop_key<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<Entry>>, k: &K, sub: SubKey) {
+            if let Some(list) = map.get_mut(k) {
+                list.retain(|e| e.sub != sub);
+                if list.is_empty() {
+                    map.remove(k);
+                }
+            }
+        }
+        for filter in &sub.filters {
+            match anchor(filter) {
+                Anchor::Ids(ids) => ids.iter().for_each(|id| drop_key(&mut self.by_id, id, key)),
+                Anchor::Authors(authors) => authors
+                    .iter()
+                    .for_each(|a| drop_key(&mut self.by_author, a, key)),
+                Anchor::Tag(letter, values) => {
+                    if let Some(map) = self.by_tag.get_mut(&letter) {
+                        values.iter().for_each(|v| drop_key(map, v, key));
+                        if map.is_empty() {
+                            self.by_tag.remove(&letter);
+                        }
+                    }
+                }
+                Anchor::Kinds(kinds) => kinds
+                    .iter()
+                    .for_each(|k| drop_key(&mut self.by_kind, k, key)),
+                Anchor::Any => self.any.retain(|e| e.sub != key),
+            }
+        }
+        Some(sub)
+    }
+
+    /// The subscriptions `event` matches, each once.
+    pub fn matching(&self, event: &EventRef<'_>, out: &mut Vec<Arc<LiveSub>>) {
+        let mut candidates: Vec<Entry> = Vec::new();
+        let mut add = |list: Option<&Vec<Entry>>| {
+            if let Some(list) = list {
+                candidates.extend_from_slice(list);
+            }
+        };
+        add(self.by_id.get(&event.id()));
+        add(self.by_author.get(&event.pubkey()));
+        add(self.by_kind.get(&event.kind()));
+        add(Some(&self.any));
+        if !self.by_tag.is_empty() {
+            let mut value = String::new();
+            for tag in event.tags() {
+                let Some(letter) = tag.name().and_then(|n| n.is_single_letter()) else {
+                    continue;
+                };
+                let (Some(map), Some(field)) = (self.by_tag.get(&letter), tag.value()) else {
+                    continue;
+                };
+                value.clear();
+                field.write_str_to(&mut value);
+                add(map.get(value.as_str()));
+            }
+        }
+        // One check per (subscription, filter), and one delivery per
+        // subscription.
+        candidates.sort_unstable_by_key(|e| (e.sub, e.filter));
+        candidates.dedup();
+        let mut last = None;
+        for entry in candidates {
+            if last == Some(entry.sub) {
+                continue;
+            }
+            let Some(sub) = self.subs.get(&entry.sub) else {
+                continue;
+            };
+            if sub.filters[entry.filter as usize].matches(event) {
+                last = Some(entry.sub);
+                out.push(Arc::clone(sub));
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! `megalith serve`: the NIP-01 relay on a store.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use megalith::EventStore;
+use megalith::server::{DurabilityName, ServeConfig};
+use tracing::{error, info, warn};
+
+use crate::{DurabilityArg, on_off, report_recovery, with_replay_progress};
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// A TOML file of settings (keys as in docs/server.md); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The store's data directory, created if missing [default: ./megalith-data].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7777].
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<SocketAddr>,
+    /// Shards of a new store (an existing store keeps its own) [default: one per core].
+    #[arg(long)]
+    shards: Option<u32>,
+    /// When an acknowledged event is on disk [default: always].
+    #[arg(long, value_enum)]
+    durability: Option<DurabilityArg>,
+    /// Keep the NIP-50 search index: `on` builds it from the log if missing, `off`
+    /// drops it [default: whatever the store has].
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    search: Option<bool>,
+    /// Log level, or a tracing filter such as `megalith=debug` (RUST_LOG wins if set).
+    #[arg(long, default_value = "info")]
+    log: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Every limit of `[limits]`, as flags.
+#[derive(Args)]
+struct LimitArgs {
+    /// Largest WebSocket message a client may send, in bytes [default: 131072].
+    #[arg(long, value_name = "BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Largest event, in bytes of its JSON [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    max_event_bytes: Option<usize>,
+    /// Most tags an event may have [default: 2000].
+    #[arg(long, value_name = "N")]
+    max_event_tags: Option<usize>,
+    /// Longest event content, in bytes [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    max_content_bytes: Option<usize>,
+    /// Most open subscriptions per connection [default: 200].
+    #[arg(long, value_name = "N")]
+    max_subscriptions: Option<usize>,
+    /// Most filters in one REQ or COUNT [default: 200].
+    #[arg(long, value_name = "N")]
+    max_filters: Option<usize>,
+    /// Longest subscription id, in characters [default: 64].
+    #[arg(long, value_name = "N")]
+    max_subid_length: Option<usize>,
+    /// Largest `limit` a filter gets; larger ones are clamped [default: 500].
+    #[arg(long, value_name = "N")]
+    max_limit: Option<usize>,
+    /// The `limit` of a filter without one [default: 500].
+    #[arg(long, value_name = "N")]
+    default_limit: Option<usize>,
+    /// Time one REQ or COUNT may spend in the store before it is CLOSED [default: 2000].
+    #[arg(long, value_name = "MS")]
+    query_time_budget_ms: Option<u64>,
+    /// Bytes queued for one client before it is disconnected as too slow [default: 8388608].
+    #[arg(long, value_name = "BYTES")]
+    max_outbound_bytes: Option<usize>,
+    /// Open connections per client IP address [default: 64].
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<usize>,
+    /// Events per second one connection may publish [default: 100].
+    #[arg(long, value_name = "RATE")]
+    events_per_second: Option<f64>,
+    /// Events one connection may publish in a burst [default: 1000].
+    #[arg(long, value_name = "N")]
+    events_burst: Option<f64>,
+    /// Seconds without any frame from a client before it is closed [default: 300].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout_secs: Option<u64>,
+    /// How far in the future created_at may be, in seconds [default: 900].
+    #[arg(long, value_name = "SECS")]
+    created_at_future_secs: Option<u64>,
+}
+
+impl ServeArgs {
+    /// Defaults, then the config file, then the flags.
+    fn config(&self) -> Result<ServeConfig, String> {
+        let mut config = match &self.config {
+            Some(path) => ServeConfig::from_toml_file(path)?,
+            None => ServeConfig::default(),
+        };
+        if let Some(data) = &self.data {
+            config.data = data.clone();
+        }
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if self.shards.is_some() {
+            config.shards = self.shards;
+        }
+        if let Some(durability) = self.durability {
+            config.durability = match durability {
+                DurabilityArg::Always => DurabilityName::Always,
+                DurabilityArg::Batch => DurabilityName::Batch,
+                DurabilityArg::Never => DurabilityName::Never,
+            };
+        }
+        if self.search.is_some() {
+            config.search = self.search;
+        }
+        let l = &self.limits;
+        let c = &mut config.limits;
+        macro_rules! set {
+            ($($field:ident),*) => {
+                $(if let Some(value) = l.$field { c.$field = value; })*
+            };
+        }
+        set!(
+            max_message_bytes,
+            max_event_bytes,
+            max_event_tags,
+            max_content_bytes,
+            max_subscriptions,
+            max_filters,
+            max_subid_length,
+            max_limit,
+            default_limit,
+            query_time_budget_ms,
+            max_outbound_bytes,
+            max_connections_per_ip,
+            events_per_second,
+            events_burst,
+            idle_timeout_secs,
+            created_at_future_secs
+        );
+        config.limits.check()?;
+        Ok(config)
+    }
+}
+
+pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
+        .map_err(|e| format!("--log {}: {e}", args.log))?;
+    // Ignore a second initialisation (never happens in the binary).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let config = args.config()?;
+    let relay = config.relay();
+    let mut builder = with_replay_progress(EventStore::builder(&config.data))
+        .durability(config.durability.durability())
+        .limits(relay.limits.event_limits())
+        .max_future(Duration::from_secs(relay.limits.created_at_future_secs));
+    if let Some(shards) = config.shards {
+        builder = builder.shards(shards);
+    }
+    if let Some(search) = config.search {
+        builder = builder.search(search);
+    }
+    let started = Instant::now();
+    let store = builder
+        .open()
+        .map_err(|e| format!("cannot open {}: {e}", config.data.display()))?;
+    report_recovery(&store);
+    info!(
+        data = %config.data.display(),
+        shards = store.shard_count(),
+        search = store.search_index(),
+        opened_in_ms = started.elapsed().as_millis() as u64,
+        "store open"
+    );
+    let store = Arc::new(store);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("megalith-relay")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(relay.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", relay.listen))?;
+        megalith::server::run(Arc::clone(&store), relay, listener, shutdown_signal())
+            .await
+            .map_err(|e| format!("the relay failed: {e}"))
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    // Every connection is gone; the blocking tasks that held the store end
+    // with the runtime.
+    let closed = match Arc::try_unwrap(store) {
+        Ok(store) => store.close().map_err(|e| e.to_string()),
+        Err(store) => {
+            warn!("the store is still shared at shutdown; checkpointing instead of closing");
+            store.checkpoint().map_err(|e| e.to_string())
+        }
+    };
+    match (&served, &closed) {
+        (Ok(()), Ok(())) => info!("store closed cleanly"),
+        (_, Err(e)) => error!(error = %e, "closing the store failed"),
+        _ => {}
+    }
+    served?;
+    closed.map_err(|e| format!("closing the store: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => info!("SIGINT received"),
+        _ = terminate => info!("SIGTERM received"),
+    }
+}
