@@ -258,3 +258,66 @@ impl RelayLimits {
         Duration::from_secs(self.idle_timeout_secs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(ServeConfig::from_toml("").unwrap(), ServeConfig::default());
+    }
+
+    #[test]
+    fn every_section_parses() {
+        let config = ServeConfig::from_toml(
+            r#"
+            data = "/srv/nostr"
+            listen = "0.0.0.0:8080"
+            shards = 4
+            durability = "batch"
+            search = true
+            [info]
+            name = "n"
+            contact = "c"
+            [limits]
+            max_limit = 100
+            events_per_second = 2.5
+            idle_timeout_secs = 60
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.data, PathBuf::from("/srv/nostr"));
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.shards, Some(4));
+        assert_eq!(config.durability, DurabilityName::Batch);
+        assert_eq!(config.search, Some(true));
+        assert_eq!(config.info.name, "n");
+        assert_eq!(config.info.contact.as_deref(), Some("c"));
+        assert_eq!(config.limits.max_limit, 100);
+        assert_eq!(config.limits.events_per_second, 2.5);
+        assert_eq!(
+            config.limits.max_filters,
+            RelayLimits::default().max_filters
+        );
+        assert_eq!(
+            config.relay().limits.idle_timeout(),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (text, expect) in [
+            ("lisen = \"x\"", "lisen"),
+            ("[limits]\nmax_limit = -1", "max_limit"),
+            ("[limits]\nmax_subscriptions = 0", "max_subscriptions"),
+            ("[limits]\nevents_per_second = 0.0", "events_per_second"),
+            ("[limits]\nmax_event_bytes = 200000", "max_event_bytes"),
+            ("durability = \"often\"", "often"),
+        ] {
+            let error = ServeConfig::from_toml(text).unwrap_err();
+            assert!(error.contains(expect), "{text}: {error}");
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! `megalith serve` as a process: flags and a config file, the address it
+//! logs, /health, SIGTERM shutdown with a clean store, and clear errors for
+//! bad settings.
+#![cfg(all(feature = "server", unix))]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use megalith::EventStore;
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/nostr+json\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn serve_starts_answers_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:1\"\nshards = 3\n[info]\nname = \"test relay\"\n[limits]\nmax_limit = 77\nmax_filters = 9\n",
+    )
+    .unwrap();
+    // The flags override the file's listen address and max_filters.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_megalith"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--max-filters", "11"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited early:\n{log}"
+        );
+        log.push_str(&line);
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let health = http_get(&addr, "/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let info = http_get(&addr, "/");
+    let body = info.split("\r\n\r\n").nth(1).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(doc["name"], "test relay");
+    assert_eq!(doc["limitation"]["max_limit"], 77);
+    assert_eq!(doc["limitation"]["max_filters"], 11);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    assert!(log.contains("store closed cleanly"), "{log}");
+    let store = EventStore::open(&data).unwrap();
+    assert!(!store.recovery_report().unclean_shutdown);
+    assert_eq!(store.shard_count(), 3);
+}
+
+#[test]
+fn bad_settings_are_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    for (text, expect) in [
+        ("[limits]\nmax_limt = 5\n", "max_limt"),
+        ("[limits]\nmax_limit = 0\n", "max_limit"),
+        ("durability = \"sometimes\"\n", "sometimes"),
+        ("listen = \"nowhere\"\n", "listen"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_megalith"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(dir.path().join("store"))
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expect), "{text}: {stderr}");
+        assert!(
+            !dir.path().join("store").exists(),
+            "{text}: a store was created"
+        );
+    }
+    let missing = Command::new(env!("CARGO_BIN_EXE_megalith"))
+        .args(["serve", "--config", "/nonexistent/relay.toml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/relay.toml"));
+    // Port in use: a clear error, after the store opened and closed again.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_megalith"))
+        .args(["serve", "--listen", &addr, "--data"])
+        .arg(dir.path().join("store2"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    let store = EventStore::open(dir.path().join("store2")).unwrap();
+    assert!(!store.recovery_report().unclean_shutdown);
+}
