@@ -616,3 +616,90 @@ async fn shutdown_closes_subscriptions_and_the_store_reopens_clean() {
     assert!(!store.recovery_report().unclean_shutdown);
     assert!(store.get(&event.id).unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_mid_answer_is_dropped() {
+    // 500 stored notes of 50 KB: a 25 MB answer, far past the socket
+    // buffers and the 1 MiB outbox.
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::builder(dir.path()).shards(2).open().unwrap();
+    let now = common::now();
+    let content = "q".repeat(50_000);
+    let events: Vec<Event> = (0..500u64)
+        .map(|i| note(&Keys::from_seed(300 + i % 7), now - 1_000 - i, 1, &content))
+        .collect();
+    store.insert_trusted(&events).unwrap();
+    let relay = TestRelay::serve(
+        store,
+        dir,
+        RelayLimits {
+            max_outbound_bytes: 1 << 20,
+            idle_timeout_secs: 2,
+            ..RelayLimits::default()
+        },
+    )
+    .await;
+    let mut stalled = relay.connect().await;
+    stalled
+        .send(r#"["REQ","big",{"kinds":[1],"limit":500}]"#)
+        .await;
+    // Not reading for longer than the idle timeout.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut events_seen = 0;
+    let mut eose = false;
+    while let Some(reply) = stalled.recv_within(Duration::from_secs(5)).await {
+        match reply[0].as_str() {
+            Some("EVENT") => events_seen += 1,
+            Some("EOSE") => eose = true,
+            _ => {}
+        }
+    }
+    assert!(!eose, "the stalled client got the whole answer");
+    assert!(events_seen < 500, "{events_seen}");
+    // Another client gets the whole answer.
+    let mut reader = relay.connect().await;
+    let all = reader
+        .req("big", &[json!({ "kinds": [1], "limit": 500 })])
+        .await;
+    assert_eq!(all.len(), 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_before_a_req_are_never_delivered_live() {
+    // Events published just before a REQ may still be on their way through
+    // the live broadcaster when the subscription opens; those its limit
+    // leaves out must not arrive afterwards as live events.
+    let relay = TestRelay::start(RelayLimits {
+        events_burst: 10_000.0,
+        ..RelayLimits::default()
+    })
+    .await;
+    let keys = Keys::from_seed(14);
+    let now = common::now();
+    let mut publisher = relay.connect().await;
+    let mut reader = relay.connect().await;
+    for round in 0..40u64 {
+        let mut batch = String::new();
+        let events: Vec<Event> = (0..10)
+            .map(|i| note(&keys, now - 1_000 + round * 10 + i, 1, "burst"))
+            .collect();
+        for event in &events {
+            batch = format!("[\"EVENT\",{}]", event.to_json());
+            publisher.send(&batch).await;
+        }
+        drop(batch);
+        for _ in &events {
+            assert_eq!(publisher.recv().await[0], "OK");
+        }
+        let sub = format!("r{round}");
+        let stored = reader
+            .req(
+                &sub,
+                &[json!({ "authors": [keys.pubkey().to_hex()], "limit": 1 })],
+            )
+            .await;
+        assert_eq!(stored, vec![as_value(&events[9])]);
+        reader.send(&json!(["CLOSE", sub]).to_string()).await;
+    }
+    assert_eq!(reader.recv_within(QUIET).await, None);
+}

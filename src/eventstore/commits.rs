@@ -17,9 +17,20 @@ use crate::event::{EventError, EventRef};
 #[derive(Clone)]
 pub struct Committed {
     payload: Arc<[u8]>,
+    sequence: u64,
 }
 
 impl Committed {
+    /// Its place in the stream: 1 for the first event published after the
+    /// store opened, then one more for each. An event with a sequence at
+    /// most [`EventStore::commit_sequence`] read at some moment was
+    /// queryable by then.
+    ///
+    /// [`EventStore::commit_sequence`]: crate::EventStore::commit_sequence
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
     /// The event. The payload was encoded by the store, so this fails only
     /// on a bug; callers skip such an event.
     pub fn event(&self) -> Result<EventRef<'_>, EventError> {
@@ -32,6 +43,7 @@ impl std::fmt::Debug for Committed {
         match self.event() {
             Ok(event) => f
                 .debug_struct("Committed")
+                .field("sequence", &self.sequence)
                 .field("id", &event.id())
                 .field("kind", &event.kind())
                 .finish(),
@@ -92,6 +104,8 @@ pub(crate) struct Watchers {
     list: Mutex<Vec<Watcher>>,
     /// Some watcher is open: inserts keep a copy of each accepted payload.
     active: AtomicBool,
+    /// Events published so far (the last sequence handed out).
+    sequence: AtomicU64,
 }
 
 impl std::fmt::Debug for Watchers {
@@ -115,6 +129,10 @@ impl Watchers {
         Commits { events: rx, lagged }
     }
 
+    pub(crate) fn sequence(&self) -> u64 {
+        self.sequence.load(Ordering::Acquire)
+    }
+
     pub(crate) fn active(&self) -> bool {
         self.active.load(Ordering::Acquire)
     }
@@ -124,7 +142,9 @@ impl Watchers {
     pub(crate) fn publish(&self, payloads: impl IntoIterator<Item = Arc<[u8]>>) {
         let mut list = self.list.lock();
         for payload in payloads {
-            let committed = Committed { payload };
+            // Under the lock: sequences reach every watcher in order.
+            let sequence = self.sequence.fetch_add(1, Ordering::AcqRel) + 1;
+            let committed = Committed { payload, sequence };
             list.retain(|watcher| match watcher.events.try_send(committed.clone()) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {

@@ -593,6 +593,15 @@ impl EventStore {
         self.watchers.subscribe(capacity)
     }
 
+    /// The sequence of the last event published on the commit stream (0
+    /// before the first). Every event with a sequence at most this was
+    /// queryable when it was read: a relay reads it when it registers a
+    /// subscription, and delivers live only events with a higher one (the
+    /// rest are the stored part's to answer).
+    pub fn commit_sequence(&self) -> u64 {
+        self.watchers.sequence()
+    }
+
     /// Cheap figures for monitoring (no scan): events stored, and the bytes
     /// of the log and of the indexes on disk.
     pub fn gauges(&self) -> StoreGauges {

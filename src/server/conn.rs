@@ -49,7 +49,11 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
         return;
     };
     let limits = &relay.config.limits;
-    let outbox = Arc::new(Outbox::new(limits.max_outbound_bytes));
+    // A reply waits for room at most as long as the client may stay silent.
+    let outbox = Arc::new(Outbox::new(
+        limits.max_outbound_bytes,
+        limits.idle_timeout(),
+    ));
     let ping_every = (limits.idle_timeout() / 3).max(Duration::from_secs(1));
     let mut writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox), ping_every));
     let mut conn = Conn {
@@ -72,7 +76,12 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
                     conn.notice(&format!("error: closing the connection: {e}")).await;
                     break (CLOSE_POLICY, "protocol error");
                 }
-                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
+                Some(Ok(Message::Text(text))) => {
+                    conn.on_text(text.as_str()).await;
+                    if outbox.overflowed() {
+                        break (CLOSE_POLICY, "");
+                    }
+                }
                 Some(Ok(Message::Binary(_))) => {
                     conn.notice("invalid: binary messages are not supported; send JSON text")
                         .await;
@@ -407,14 +416,17 @@ impl Conn {
         }
         // Registered before the stored part is read, so no event committed
         // meanwhile is missed; those wait in `Pending` until after EOSE.
-        let sub = Arc::new(LiveSub {
+        // Events committed before registration (sequence up to `after`) are
+        // the stored part's alone, even those its limit leaves out.
+        let sub = LiveSub {
             key: relay.next_sub_key(),
             sub_json: sub_json.clone(),
             filters,
+            after: 0, // set by add_sub
             outbox: Arc::clone(&self.outbox),
             state: Mutex::new(SubState::Pending(Vec::new())),
-        });
-        relay.add_sub(Arc::clone(&sub));
+        };
+        let sub = relay.add_sub(sub);
         self.subs.insert(sub_id, sub.key);
         let stored = {
             let relay = Arc::clone(&relay);

@@ -108,9 +108,17 @@ impl Relay {
         self.next_key.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn add_sub(&self, sub: Arc<LiveSub>) {
-        self.subs.write().insert(sub);
+    /// Files a subscription, setting its `after` to the store's commit
+    /// sequence under the index's write lock: an event published later
+    /// finds the subscription filed when the broadcaster gets to it.
+    fn add_sub(&self, mut sub: LiveSub) -> Arc<LiveSub> {
+        let mut index = self.subs.write();
+        sub.after = self.store.commit_sequence();
+        let sub = Arc::new(sub);
+        index.insert(Arc::clone(&sub));
+        drop(index);
         self.metrics.subscriptions.inc();
+        sub
     }
 
     fn remove_sub(&self, key: SubKey) {
@@ -284,6 +292,9 @@ fn broadcast(relay: &Relay, commits: &Commits) {
             }
             let json = event.to_json();
             for sub in matched.drain(..) {
+                if committed.sequence() <= sub.after {
+                    continue;
+                }
                 let mut state = sub.state.lock();
                 match &mut *state {
                     SubState::Pending(pending) => {

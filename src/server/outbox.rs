@@ -6,6 +6,8 @@
 
 use std::collections::VecDeque;
 
+use std::time::Duration;
+
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -24,6 +26,9 @@ struct Queue {
 pub struct Outbox {
     queue: Mutex<Queue>,
     max_bytes: usize,
+    /// How long a reply may wait for room before the client counts as
+    /// gone (it stopped reading mid-answer).
+    max_wait: Duration,
     /// Wakes the writer (something queued, or overflow/close).
     ready: Notify,
     /// Wakes a reply waiting for room.
@@ -54,10 +59,11 @@ pub enum Pushed {
 }
 
 impl Outbox {
-    pub fn new(max_bytes: usize) -> Outbox {
+    pub fn new(max_bytes: usize, max_wait: Duration) -> Outbox {
         Outbox {
             queue: Mutex::new(Queue::default()),
             max_bytes,
+            max_wait,
             ready: Notify::new(),
             room: Notify::new(),
             abort: Notify::new(),
@@ -84,8 +90,10 @@ impl Outbox {
 
     /// Queues a reply once the queue is at most half full (a single frame
     /// larger than that waits for an empty queue). Returns false if the
-    /// connection closed meanwhile.
+    /// connection closed meanwhile, or if no room came within `max_wait`
+    /// (the connection is then marked overflowed).
     pub async fn send(&self, frame: String) -> bool {
+        let deadline = tokio::time::Instant::now() + self.max_wait;
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
@@ -103,7 +111,10 @@ impl Outbox {
                     return true;
                 }
             }
-            room.await;
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                self.overflow();
+                return false;
+            }
         }
     }
 

@@ -37,6 +37,9 @@ pub struct LiveSub {
     /// The subscription id as a JSON string.
     pub sub_json: String,
     pub filters: Vec<Filter>,
+    /// The store's commit sequence when this was registered: events up to
+    /// it were committed before the REQ and belong to its stored part only.
+    pub after: u64,
     pub outbox: Arc<Outbox>,
     pub state: Mutex<SubState>,
 }
@@ -208,6 +211,116 @@ impl SubIndex {
             if sub.filters[entry.filter as usize].matches(event) {
                 last = Some(entry.sub);
                 out.push(Arc::clone(sub));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Keys;
+    use crate::reference;
+
+    /// SplitMix64.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % n as u64) as usize
+        }
+    }
+
+    /// The index finds exactly the subscriptions a brute-force check of
+    /// every filter finds, as subscriptions come and go.
+    #[test]
+    fn matching_equals_checking_every_filter() {
+        let mut rng = Rng(7);
+        let keys: Vec<Keys> = (0..12).map(Keys::from_seed).collect();
+        let words = ["a", "b", "c", "d"];
+        let mut events = Vec::new();
+        for i in 0..300u64 {
+            let mut tags = Vec::new();
+            if rng.below(2) == 0 {
+                tags.push(vec!["t".to_string(), words[rng.below(4)].to_string()]);
+            }
+            if rng.below(3) == 0 {
+                tags.push(vec!["p".to_string(), keys[rng.below(12)].pubkey().to_hex()]);
+            }
+            let kind = [1, 7, 6, 30023][rng.below(4)];
+            events.push(keys[rng.below(12)].sign(1_000 + i, kind, tags, String::new()));
+        }
+        let random_filter = |rng: &mut Rng| {
+            let mut filter = Filter::new();
+            if rng.below(4) == 0 {
+                filter = filter.ids((0..1 + rng.below(3)).map(|_| events[rng.below(300)].id));
+            }
+            if rng.below(3) == 0 {
+                filter =
+                    filter.authors((0..1 + rng.below(3)).map(|_| keys[rng.below(12)].pubkey()));
+            }
+            if rng.below(3) == 0 {
+                filter =
+                    filter.kinds((0..1 + rng.below(2)).map(|_| [1, 7, 6, 30023][rng.below(4)]));
+            }
+            if rng.below(3) == 0 {
+                filter = filter.tag('t', (0..1 + rng.below(2)).map(|_| words[rng.below(4)]));
+            }
+            if rng.below(4) == 0 {
+                filter = filter.tag('p', [keys[rng.below(12)].pubkey().to_hex()]);
+            }
+            if rng.below(5) == 0 {
+                filter = filter.since(1_000 + rng.below(300) as u64);
+            }
+            filter
+        };
+        let outbox = Arc::new(Outbox::new(1 << 20, std::time::Duration::from_secs(1)));
+        let mut index = SubIndex::default();
+        let mut open: Vec<Arc<LiveSub>> = Vec::new();
+        let mut payload = Vec::new();
+        for key in 0..400u64 {
+            let filters = (0..1 + rng.below(3))
+                .map(|_| random_filter(&mut rng))
+                .collect();
+            let sub = Arc::new(LiveSub {
+                key,
+                sub_json: format!("\"s{key}\""),
+                filters,
+                after: 0,
+                outbox: Arc::clone(&outbox),
+                state: Mutex::new(SubState::Live),
+            });
+            index.insert(Arc::clone(&sub));
+            open.push(sub);
+            if rng.below(3) == 0 {
+                let gone = open.swap_remove(rng.below(open.len()));
+                assert!(index.remove(gone.key).is_some());
+            }
+            if key % 20 != 19 {
+                continue;
+            }
+            for event in &events {
+                payload.clear();
+                event.encode_payload(&mut payload).unwrap();
+                let event_ref = EventRef::parse(&payload).unwrap();
+                let mut found = Vec::new();
+                index.matching(&event_ref, &mut found);
+                let mut found: Vec<SubKey> = found.iter().map(|s| s.key).collect();
+                let n = found.len();
+                found.sort_unstable();
+                found.dedup();
+                assert_eq!(found.len(), n, "a subscription matched twice");
+                let mut expected: Vec<SubKey> = open
+                    .iter()
+                    .filter(|s| s.filters.iter().any(|f| reference::matches(f, event)))
+                    .map(|s| s.key)
+                    .collect();
+                expected.sort_unstable();
+                assert_eq!(found, expected, "event {}", event.id);
             }
         }
     }
