@@ -340,8 +340,9 @@ async fn size_and_rate_limits_refuse_with_reasons() {
     let limits = RelayLimits {
         max_message_bytes: 8_192,
         max_event_bytes: 4_096,
+        max_event_tags: 5,
         events_per_second: 1.0,
-        events_burst: 3.0,
+        events_burst: 4.0,
         ..RelayLimits::default()
     };
     let relay = TestRelay::start(limits).await;
@@ -362,6 +363,12 @@ async fn size_and_rate_limits_refuse_with_reasons() {
     let (ok, message) = client.publish(&big).await;
     assert!(!ok);
     assert!(message.starts_with("invalid:"), "{message}");
+    // An event with more tags than allowed.
+    let tags: Vec<(&str, &str)> = (0..6).map(|_| ("t", "x")).collect();
+    let (ok, message) = client.publish(&tagged(&keys, now, 1, &tags)).await;
+    assert!(!ok);
+    assert!(message.starts_with("invalid:"), "{message}");
+    assert!(message.contains("tags"), "{message}");
     // The rest of the burst, then rate-limited.
     let mut refused = None;
     for i in 0..5 {
