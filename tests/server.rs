@@ -710,3 +710,52 @@ async fn events_committed_before_a_req_are_never_delivered_live() {
     }
     assert_eq!(reader.recv_within(QUIET).await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_events_get_their_oks_in_order() {
+    let relay = TestRelay::start(RelayLimits::default()).await;
+    let keys = Keys::from_seed(15);
+    let now = common::now();
+    let mut client = relay.connect().await;
+    let mut expected = Vec::new();
+    let mut messages = Vec::new();
+    for i in 0..120u64 {
+        let mut event = note(&keys, now - 500 + i, 1, &format!("pipelined {i}"));
+        let valid = i % 7 != 3;
+        if !valid {
+            event.sig.0[0] ^= 1;
+        }
+        messages.push(format!("[\"EVENT\",{}]", event.to_json()));
+        expected.push((event.id.to_hex(), valid));
+        if i % 30 == 29 {
+            // Other verbs in the stream keep their place.
+            messages.push(r#"["COUNT","c",{"kinds":[1]}]"#.to_string());
+            expected.push((String::from("COUNT"), true));
+        }
+    }
+    for message in &messages {
+        client.send(message).await;
+    }
+    let mut stored_so_far = 0;
+    for (what, valid) in &expected {
+        let reply = client.recv().await;
+        if what == "COUNT" {
+            assert_eq!(reply[0], "COUNT", "{reply}");
+            assert_eq!(reply[2]["count"], stored_so_far, "{reply}");
+            continue;
+        }
+        assert_eq!(reply[0], "OK", "{reply}");
+        assert_eq!(reply[1], what.as_str(), "{reply}");
+        assert_eq!(reply[2], *valid, "{reply}");
+        if *valid {
+            stored_so_far += 1;
+        } else {
+            assert!(
+                reply[3].as_str().unwrap().starts_with("invalid:"),
+                "{reply}"
+            );
+        }
+    }
+    let stored = client.req("all", &[json!({ "kinds": [1] })]).await;
+    assert_eq!(stored.len(), stored_so_far as usize);
+}

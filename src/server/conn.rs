@@ -7,9 +7,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
@@ -29,6 +30,10 @@ use super::subs::{LiveSub, SubKey, SubState};
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
+
+/// Most messages that already arrived handled in one go (and EVENTs
+/// stored in one batch).
+const READ_BATCH: usize = 256;
 
 /// Serves one upgraded connection until it closes.
 pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
@@ -68,26 +73,46 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
     let close = loop {
         let idle_at = tokio::time::Instant::now() + idle;
         tokio::select! {
-            message = stream.next() => match message {
-                None | Some(Ok(Message::Close(_))) => break (CLOSE_NORMAL, ""),
-                Some(Err(e)) => {
-                    // Over the transport's size bound, or a protocol error.
-                    debug!(%ip, error = %e, "websocket read failed");
-                    conn.notice(&format!("error: closing the connection: {e}")).await;
-                    break (CLOSE_POLICY, "protocol error");
+            message = stream.next() => {
+                // What else has already arrived is handled with it, so a
+                // client that pipelines EVENTs gets them stored together.
+                let mut texts = Vec::new();
+                let mut next = Some(message);
+                while let Some(message) = next.take() {
+                    match message {
+                        Some(Ok(Message::Text(text))) => texts.push(text),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                    if texts.len() < READ_BATCH {
+                        next = stream.next().now_or_never();
+                    }
                 }
-                Some(Ok(Message::Text(text))) => {
-                    conn.on_text(text.as_str()).await;
+                if !texts.is_empty() {
+                    conn.on_texts(&texts).await;
                     if outbox.overflowed() {
                         break (CLOSE_POLICY, "");
                     }
                 }
-                Some(Ok(Message::Binary(_))) => {
-                    conn.notice("invalid: binary messages are not supported; send JSON text")
-                        .await;
+                match next {
+                    None => {}
+                    Some(None | Some(Ok(Message::Close(_)))) => break (CLOSE_NORMAL, ""),
+                    Some(Some(Err(e))) => {
+                        // Over the transport's size bound, or a protocol error.
+                        debug!(%ip, error = %e, "websocket read failed");
+                        conn.notice(&format!("error: closing the connection: {e}")).await;
+                        break (CLOSE_POLICY, "protocol error");
+                    }
+                    Some(Some(Ok(Message::Binary(_)))) => {
+                        conn.notice("invalid: binary messages are not supported; send JSON text")
+                            .await;
+                    }
+                    Some(Some(Ok(_))) => {}
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            },
+            }
             _ = tokio::time::sleep_until(idle_at) => {
                 conn.notice(&format!(
                     "error: closing the connection after {} s without a message",
@@ -237,11 +262,45 @@ impl Conn {
         self.send("CLOSED", closed_frame(sub_json, reason)).await;
     }
 
-    async fn on_text(&mut self, text: &str) {
+    /// Handles messages in order; runs of EVENTs are stored as one batch
+    /// (one group commit), their OKs sent in order.
+    async fn on_texts(&mut self, texts: &[Utf8Bytes]) {
+        let mut events: Vec<&RawValue> = Vec::new();
+        for text in texts {
+            let Some(message) = self.parse(text.as_str()).await else {
+                continue;
+            };
+            if let ClientMessage::Event(raw) = message {
+                events.push(raw);
+                continue;
+            }
+            if !events.is_empty() {
+                self.on_events(&events).await;
+                events.clear();
+            }
+            match message {
+                ClientMessage::Event(_) => {}
+                ClientMessage::Req { sub_id, filters } => self.on_req(sub_id, &filters).await,
+                ClientMessage::Count { sub_id, filters } => self.on_count(sub_id, &filters).await,
+                ClientMessage::Close(sub_id) => self.on_close(&sub_id),
+                ClientMessage::Auth => {
+                    self.notice("invalid: AUTH (NIP-42) is not supported by this relay")
+                        .await;
+                }
+            }
+        }
+        if !events.is_empty() {
+            self.on_events(&events).await;
+        }
+    }
+
+    /// Checks a message's size and parses it, counting it by verb; answers
+    /// a bad one with a NOTICE.
+    async fn parse<'t>(&self, text: &'t str) -> Option<ClientMessage<'t>> {
+        let metrics = &self.relay.metrics;
         let max = self.relay.config.limits.max_message_bytes;
         if text.len() > max {
-            self.relay
-                .metrics
+            metrics
                 .client_messages
                 .with_label_values(&["TOO_LARGE"])
                 .inc();
@@ -250,18 +309,17 @@ impl Conn {
                 text.len()
             ))
             .await;
-            return;
+            return None;
         }
         let message = match ClientMessage::parse(text) {
             Ok(message) => message,
             Err(notice) => {
-                self.relay
-                    .metrics
+                metrics
                     .client_messages
                     .with_label_values(&["INVALID"])
                     .inc();
                 self.notice(&notice).await;
-                return;
+                return None;
             }
         };
         let verb = match &message {
@@ -271,21 +329,8 @@ impl Conn {
             ClientMessage::Close(_) => "CLOSE",
             ClientMessage::Auth => "AUTH",
         };
-        self.relay
-            .metrics
-            .client_messages
-            .with_label_values(&[verb])
-            .inc();
-        match message {
-            ClientMessage::Event(raw) => self.on_event(raw).await,
-            ClientMessage::Req { sub_id, filters } => self.on_req(sub_id, &filters).await,
-            ClientMessage::Count { sub_id, filters } => self.on_count(sub_id, &filters).await,
-            ClientMessage::Close(sub_id) => self.on_close(&sub_id),
-            ClientMessage::Auth => {
-                self.notice("invalid: AUTH (NIP-42) is not supported by this relay")
-                    .await;
-            }
-        }
+        metrics.client_messages.with_label_values(&[verb]).inc();
+        Some(message)
     }
 
     fn reject(&self, reason: &str) {
@@ -296,72 +341,106 @@ impl Conn {
             .inc();
     }
 
-    async fn on_event(&mut self, raw: &RawValue) {
+    /// EVENTs received together: each parsed and rate-limited, the valid
+    /// ones stored in one insert, then one reply per event in order (`OK`,
+    /// or a `NOTICE` for an event whose id cannot be read).
+    async fn on_events(&mut self, raws: &[&RawValue]) {
         let relay = Arc::clone(&self.relay);
-        let event = match parse_event(raw, &relay.event_limits) {
-            Ok(event) => event,
-            Err((id, message)) => {
-                self.reject("malformed");
-                match id {
-                    Some(id) => self.send("OK", ok_frame(&id, false, &message)).await,
-                    None => self.notice(&message).await,
+        let mut replies: Vec<Option<(&'static str, String)>> = vec![None; raws.len()];
+        let mut batch = Vec::new();
+        let mut positions = Vec::new();
+        for (i, raw) in raws.iter().enumerate() {
+            let event = match parse_event(raw, &relay.event_limits) {
+                Ok(event) => event,
+                Err((id, message)) => {
+                    self.reject("malformed");
+                    replies[i] = Some(match id {
+                        Some(id) => ("OK", ok_frame(&id, false, &message)),
+                        None => ("NOTICE", notice_frame(&message)),
+                    });
+                    continue;
                 }
-                return;
+            };
+            if !self.bucket.take() {
+                self.reject("rate-limited");
+                let message = format!(
+                    "rate-limited: more than {} events per second from this connection; slow down",
+                    relay.config.limits.events_per_second
+                );
+                replies[i] = Some(("OK", ok_frame(&event.id.to_hex(), false, &message)));
+                continue;
             }
-        };
-        let id = event.id.to_hex();
-        if !self.bucket.take() {
-            self.reject("rate-limited");
-            let message = format!(
-                "rate-limited: more than {} events per second from this connection; slow down",
-                relay.config.limits.events_per_second
-            );
-            self.send("OK", ok_frame(&id, false, &message)).await;
-            return;
+            batch.push(event);
+            positions.push(i);
         }
-        let kind = event.kind;
-        let started = Instant::now();
-        let store = Arc::clone(&relay.store);
-        let result =
-            tokio::task::spawn_blocking(move || store.insert(std::slice::from_ref(&event))).await;
-        relay.metrics.insert_batches.inc();
-        relay
-            .metrics
-            .insert_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let (accepted, message) = match result {
-            Ok(Ok(outcomes)) => match outcomes.into_iter().next() {
-                Some(outcome) => {
-                    if matches!(
-                        outcome,
-                        InsertOutcome::Stored
-                            | InsertOutcome::Replaced { .. }
-                            | InsertOutcome::Ephemeral
-                    ) {
-                        relay
-                            .metrics
-                            .events
-                            .with_label_values(&[kind.to_string().as_str()])
-                            .inc();
-                    } else if !outcome.accepted() {
-                        self.reject(outcome.label());
+        if !batch.is_empty() {
+            let started = Instant::now();
+            let store = Arc::clone(&relay.store);
+            let result = tokio::task::spawn_blocking(move || {
+                let outcomes = store.insert(&batch);
+                (batch, outcomes)
+            })
+            .await;
+            relay.metrics.insert_batches.inc();
+            relay
+                .metrics
+                .insert_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok((batch, Ok(outcomes))) if outcomes.len() == batch.len() => {
+                    for ((event, outcome), i) in batch.iter().zip(outcomes).zip(&positions) {
+                        if matches!(
+                            outcome,
+                            InsertOutcome::Stored
+                                | InsertOutcome::Replaced { .. }
+                                | InsertOutcome::Ephemeral
+                        ) {
+                            relay
+                                .metrics
+                                .events
+                                .with_label_values(&[event.kind.to_string().as_str()])
+                                .inc();
+                        } else if !outcome.accepted() {
+                            self.reject(outcome.label());
+                        }
+                        let frame =
+                            ok_frame(&event.id.to_hex(), outcome.accepted(), &outcome.message());
+                        replies[*i] = Some(("OK", frame));
                     }
-                    (outcome.accepted(), outcome.message())
                 }
-                None => (false, "error: the store gave no outcome".to_string()),
-            },
-            Ok(Err(e)) => {
-                warn!(error = %e, "insert failed");
-                self.reject("error");
-                (false, format!("error: could not store the event: {e}"))
+                Ok((batch, result)) => {
+                    let message = match result {
+                        Ok(_) => "error: the store gave the wrong number of outcomes".to_string(),
+                        Err(e) => {
+                            warn!(error = %e, "insert failed");
+                            format!("error: could not store the event: {e}")
+                        }
+                    };
+                    for (event, i) in batch.iter().zip(&positions) {
+                        self.reject("error");
+                        replies[*i] = Some(("OK", ok_frame(&event.id.to_hex(), false, &message)));
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "insert task failed");
+                    for (raw, i) in raws.iter().zip(0..) {
+                        if replies[i].is_none() {
+                            self.reject("error");
+                            let id = parse_event(raw, &relay.event_limits)
+                                .map(|e| e.id.to_hex())
+                                .unwrap_or_default();
+                            replies[i] = Some((
+                                "OK",
+                                ok_frame(&id, false, "error: internal error while storing"),
+                            ));
+                        }
+                    }
+                }
             }
-            Err(e) => {
-                warn!(error = %e, "insert task failed");
-                self.reject("error");
-                (false, "error: internal error while storing".to_string())
-            }
-        };
-        self.send("OK", ok_frame(&id, accepted, &message)).await;
+        }
+        for (verb, frame) in replies.into_iter().flatten() {
+            self.send(verb, frame).await;
+        }
     }
 
     /// The checks REQ and COUNT share; the error is the CLOSED reason.
