@@ -8,7 +8,7 @@
 # load tester (see benches/relay_load.rs), e.g. --events 5000.
 #
 #   scripts/relay-load.sh [--subscribers N] [--subs N] [--publishers N] [--events N]
-#                         [--durability always|batch|never] [--seed S] [--timeout-secs S]
+#                         [--durability always|batch|never] [--seed S] [--timeout-secs S] [--window N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec cargo bench --quiet --bench relay_load -- "$@"
