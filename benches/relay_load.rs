@@ -213,23 +213,14 @@ fn parse_event_message(text: &str) -> Option<(String, String)> {
     (verb == "EVENT").then_some((sub, event.id))
 }
 
-fn peak_rss_kib() -> u64 {
+/// A memory figure of this process from /proc/self/status, in KiB
+/// (`VmRSS` now, `VmHWM` the peak); 0 where there is no /proc.
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn current_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -362,7 +353,7 @@ async fn run(args: Args) -> Result<(), String> {
         },
     ));
     let url = format!("ws://{addr}/");
-    let rss_before = current_rss_kib();
+    let rss_before = status_kib("VmRSS:");
 
     // Subscribers: connect, open every subscription, wait for EOSE, then
     // record live events until each has what it expects (or time runs out).
@@ -547,7 +538,7 @@ async fn run(args: Args) -> Result<(), String> {
         mismatches.extend(problems);
     }
     let all_delivered = started.elapsed();
-    let peak_kib = peak_rss_kib();
+    let peak_kib = status_kib("VmHWM:");
     let _ = stop.send(());
     server
         .await

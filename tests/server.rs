@@ -759,3 +759,26 @@ async fn pipelined_events_get_their_oks_in_order() {
     let stored = client.req("all", &[json!({ "kinds": [1] })]).await;
     assert_eq!(stored.len(), stored_so_far as usize);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_past_the_transport_bound_gets_a_notice_before_the_close() {
+    // The limit is 8 KiB; the WebSocket layer takes up to 1 MiB. Past that
+    // the connection cannot continue, but the client is told why.
+    let relay = TestRelay::start(RelayLimits {
+        max_message_bytes: 8_192,
+        max_event_bytes: 4_096,
+        ..RelayLimits::default()
+    })
+    .await;
+    let mut client = relay.connect().await;
+    let huge = json!(["REQ", "big", { "#t": ["x".repeat(1_200_000)] }]).to_string();
+    client.send(&huge).await;
+    let (closed, seen) = client.closed_within(WAIT).await;
+    assert!(closed);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0][0], "NOTICE");
+    assert!(seen[0][1].as_str().unwrap().starts_with("error:"), "{seen:?}");
+    // The relay goes on serving others.
+    let mut other = relay.connect().await;
+    assert_eq!(other.req("ok", &[json!({ "limit": 1 })]).await.len(), 0);
+}
