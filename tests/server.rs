@@ -777,7 +777,10 @@ async fn a_message_past_the_transport_bound_gets_a_notice_before_the_close() {
     assert!(closed);
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0][0], "NOTICE");
-    assert!(seen[0][1].as_str().unwrap().starts_with("error:"), "{seen:?}");
+    assert!(
+        seen[0][1].as_str().unwrap().starts_with("error:"),
+        "{seen:?}"
+    );
     // The relay goes on serving others.
     let mut other = relay.connect().await;
     assert_eq!(other.req("ok", &[json!({ "limit": 1 })]).await.len(), 0);

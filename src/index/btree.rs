@@ -334,6 +334,11 @@ impl BTree {
         }
     }
 
+    /// Bytes per entry.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
     /// Adds `entry`; false if it was already there.
     pub fn insert(&mut self, entry: &[u8]) -> Result<bool, IndexError> {
         debug_assert_eq!(entry.len(), self.width);

@@ -16,7 +16,7 @@ pub(crate) use keys::{
     ID_PREFIX_LEN, TagSlot, address_prefix, author_kind_prefix, for_each_entry, location_at_end,
     primary_lower, tag_prefix, time_range,
 };
-pub(crate) use set::{Apply, IndexSet};
+pub(crate) use set::{Apply, GroupEntries, IndexSet};
 // The page codecs, for `inspect::index` (the checker's report and the fuzzer).
 pub(crate) use format::{
     FREE_IDS_PER_PAGE, Meta, PAGE_SIZE, decode_free_list_page, decode_meta, encode_free_list_page,

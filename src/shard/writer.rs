@@ -17,7 +17,7 @@ use parking_lot::RwLock;
 use crate::error::Error;
 use crate::event::EventRef;
 use crate::ids::{Location, Lsn};
-use crate::index::{Apply, IndexKind, IndexSet};
+use crate::index::{Apply, GroupEntries, IndexKind, IndexSet};
 use crate::wal::{Batch, BatchFull, LogWriter, RecordType, RemovePayload, WalError};
 
 use super::Durability;
@@ -237,23 +237,34 @@ impl Writer {
             }
         }
         let snapshot = self.log.log().snapshot();
-        let mut indexes = self.indexes.write();
-        for op in ops {
-            let result = match op {
-                Op::Insert {
-                    lsn,
-                    location,
-                    payload,
-                } => EventRef::parse(payload)
-                    .map_err(Error::from)
-                    .and_then(|event| Ok(indexes.apply(Apply::Insert, &event, location, lsn)?)),
-                Op::Remove { lsn, target } => snapshot
-                    .read_event(target)
-                    .map_err(Error::from)
-                    .and_then(|event| Ok(indexes.apply(Apply::Remove, &event, target, lsn)?)),
-            };
-            result.map_err(|e| (e, true))?;
+        // The group's entries are gathered before the write lock is taken,
+        // then applied per index in key order (see `IndexSet::apply_group`).
+        let mut group = GroupEntries::default();
+        {
+            let indexes = self.indexes.read();
+            for op in ops {
+                let result = match op {
+                    Op::Insert {
+                        lsn,
+                        location,
+                        payload,
+                    } => EventRef::parse(payload).map_err(Error::from).map(|event| {
+                        indexes.collect(Apply::Insert, &event, location, lsn, &mut group)
+                    }),
+                    Op::Remove { lsn, target } => snapshot
+                        .read_event(target)
+                        .map_err(Error::from)
+                        .map(|event| {
+                            indexes.collect(Apply::Remove, &event, target, lsn, &mut group)
+                        }),
+                };
+                result.map_err(|e| (e, true))?;
+            }
         }
+        self.indexes
+            .write()
+            .apply_group(group)
+            .map_err(|e| (e.into(), true))?;
         Ok(outcomes)
     }
 
