@@ -1,6 +1,7 @@
 //! The commit stream: each event a store accepts as new (stored, replacing
-//! an older version, or ephemeral), published once its batch is
-//! acknowledged, so a relay can deliver it live. A watcher that falls more
+//! an older version, or ephemeral), published once it is durable (per the
+//! store's durability) and, for a stored event, in the same step that makes
+//! it visible to queries, so a relay can deliver it live. A watcher that falls more
 //! than its capacity behind loses events rather than slowing the writers;
 //! it can tell how many from [`Commits::lagged`].
 
@@ -22,11 +23,13 @@ pub struct Committed {
 
 impl Committed {
     /// Its place in the stream: 1 for the first event published after the
-    /// store opened, then one more for each. An event with a sequence at
-    /// most [`EventStore::commit_sequence`] read at some moment was
-    /// queryable by then.
+    /// store opened, then one more for each. A stored event is published in
+    /// the same step (under its shard's index lock) that makes it visible to
+    /// queries, so a query that reports sequence `s`
+    /// ([`EventStore::query_snapshot`]) saw exactly the stored events
+    /// numbered up to `s` (of the shards it read).
     ///
-    /// [`EventStore::commit_sequence`]: crate::EventStore::commit_sequence
+    /// [`EventStore::query_snapshot`]: crate::EventStore::query_snapshot
     pub fn sequence(&self) -> u64 {
         self.sequence
     }
@@ -96,6 +99,16 @@ impl Commits {
 struct Watcher {
     events: Sender<Committed>,
     lagged: Arc<AtomicU64>,
+}
+
+impl crate::shard::CommitSink for Watchers {
+    fn active(&self) -> bool {
+        Watchers::active(self)
+    }
+
+    fn publish(&self, payloads: Vec<Arc<[u8]>>) {
+        Watchers::publish(self, payloads);
+    }
 }
 
 /// The store's side: its watchers.

@@ -15,7 +15,7 @@ use crate::ids::{Location, ShardId};
 use crate::index::IndexKind;
 use crate::query::{Deadline, Filter, Hit, execute, plan};
 use crate::recovery::{RecoveryReport, open_shard};
-use crate::shard::{Shard, ShardRead, WriteOutcome, WriterConfig, shard_of};
+use crate::shard::{CommitSink, Shard, ShardRead, WriteOutcome, WriterConfig, shard_of};
 use crate::storage::{OpenMode, Storage};
 
 use super::commits::{Commits, Watchers};
@@ -42,7 +42,7 @@ pub struct EventStore {
     /// Held (locked) while open; `None` once closed.
     lock: Mutex<Option<File>>,
     /// Subscribers to the commit stream.
-    watchers: Watchers,
+    watchers: Arc<Watchers>,
 }
 
 /// Counts and sizes, for `megalith stats`.
@@ -143,11 +143,13 @@ impl EventStore {
         storage
             .sync_dir(dir)
             .map_err(io_error(dir, "sync directory"))?;
+        let watchers = Arc::new(Watchers::default());
         let config = WriterConfig {
             durability: options.durability,
             checkpoint_interval: options.checkpoint_interval,
             checkpoint_dirty_nodes: options.checkpoint_dirty_nodes,
             max_group_events: options.max_group_events,
+            commits: Some(Arc::clone(&watchers) as Arc<dyn CommitSink>),
         };
         let mut shards = Vec::with_capacity(shard_count as usize);
         for n in 0..shard_count {
@@ -176,7 +178,7 @@ impl EventStore {
             verifier,
             report,
             lock: Mutex::new(Some(lock)),
-            watchers: Watchers::default(),
+            watchers,
         })
     }
 
@@ -217,8 +219,8 @@ impl EventStore {
         // signatures on the pool meanwhile), so concurrent callers share the
         // work and the shard writers only append bytes.
         let mut staged: Vec<Option<Vec<u8>>> = vec![None; events.len()];
-        // With watchers, a copy of each payload for the commit stream
-        // (ephemeral events included: they are only ever delivered live).
+        // With watchers, a copy of each ephemeral event for the commit
+        // stream (stored events are published by their shard's writer).
         let watching = self.watchers.active();
         let mut live: Vec<Option<Arc<[u8]>>> = Vec::new();
         if watching {
@@ -238,14 +240,8 @@ impl EventStore {
             if !ephemeral || watching {
                 let mut payload = Vec::with_capacity(event.payload_len());
                 match event.encode_payload(&mut payload) {
-                    Ok(()) => {
-                        if watching {
-                            live[i] = Some(Arc::from(payload.as_slice()));
-                        }
-                        if !ephemeral {
-                            staged[i] = Some(payload);
-                        }
-                    }
+                    Ok(()) if ephemeral => live[i] = Some(Arc::from(payload)),
+                    Ok(()) => staged[i] = Some(payload),
                     Err(e) => later[i] = Err(Rejection::from(&e)),
                 }
             }
@@ -320,16 +316,10 @@ impl EventStore {
             }
         }
         if watching {
-            // What was written is on the stream even if another shard
-            // failed: a retry would find it a duplicate and not publish it.
             self.watchers
                 .publish(outcomes.iter().zip(live).filter_map(
                     |(outcome, payload)| match outcome {
-                        Some(
-                            InsertOutcome::Stored
-                            | InsertOutcome::Replaced { .. }
-                            | InsertOutcome::Ephemeral,
-                        ) => payload,
+                        Some(InsertOutcome::Ephemeral) => payload,
                         _ => None,
                     },
                 ));
@@ -416,11 +406,29 @@ impl EventStore {
         &self,
         filters: &[Filter],
         deadline: Option<Instant>,
-        mut visit: impl FnMut(&EventRef<'_>) -> Result<(), Error>,
+        visit: impl FnMut(&EventRef<'_>) -> Result<(), Error>,
     ) -> Result<usize, Error> {
+        Ok(self.query_snapshot(filters, deadline, visit)?.0)
+    }
+
+    /// [`EventStore::query_with_deadline`] that also returns the commit
+    /// sequence of the state it read: of the shards the filters reach, it
+    /// saw every stored event the commit stream numbers up to that, and
+    /// none after. A relay delivers live only stored events numbered
+    /// higher, so that no event is both in a REQ's stored part and live, and
+    /// none its limit left out arrives live.
+    pub fn query_snapshot(
+        &self,
+        filters: &[Filter],
+        deadline: Option<Instant>,
+        mut visit: impl FnMut(&EventRef<'_>) -> Result<(), Error>,
+    ) -> Result<(usize, u64), Error> {
         let deadline = Deadline::new(deadline);
         let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
         let views = self.views(&targets);
+        // With the views' read locks held, no writer can publish: this is
+        // the sequence of what they show.
+        let sequence = self.watchers.sequence();
         let now = unix_now();
         let mut hits: Vec<(Hit, usize, EventRef<'_>)> = Vec::new();
         for (filter, targets) in filters.iter().zip(&targets) {
@@ -454,7 +462,7 @@ impl EventStore {
         for (_, _, event) in &hits {
             visit(event)?;
         }
-        Ok(hits.len())
+        Ok((hits.len(), sequence))
     }
 
     /// The shards a filter can match events in, each with the filter to run

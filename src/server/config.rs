@@ -219,11 +219,11 @@ impl RelayLimits {
                 return Err(format!("limits.{name} must be at least 1"));
             }
         }
-        if self.query_time_budget_ms == 0 || self.idle_timeout_secs == 0 {
-            return Err(
-                "limits.query_time_budget_ms and limits.idle_timeout_secs must be at least 1"
-                    .to_string(),
-            );
+        if !(1..=3_600_000).contains(&self.query_time_budget_ms) {
+            return Err("limits.query_time_budget_ms must be 1 to 3600000".to_string());
+        }
+        if !(1..=86_400).contains(&self.idle_timeout_secs) {
+            return Err("limits.idle_timeout_secs must be 1 to 86400".to_string());
         }
         if !(self.events_per_second > 0.0 && self.events_per_second.is_finite()) {
             return Err("limits.events_per_second must be a positive number".to_string());

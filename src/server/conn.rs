@@ -15,16 +15,18 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
-use crate::event::EventId;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+
+use crate::event::{EventId, KindClass};
 use crate::{Error, Filter, InsertOutcome};
 
-use super::Relay;
 use super::outbox::{Outbox, Pushed, Take};
 use super::protocol::{
     ClientMessage, closed_frame, count_frame, eose_frame, event_frame, json_string, notice_frame,
     ok_frame, parse_event, parse_filters,
 };
 use super::subs::{LiveSub, SubKey, SubState};
+use super::{Relay, transport_limit};
 
 /// WebSocket close codes used here (RFC 6455).
 const CLOSE_NORMAL: u16 = 1000;
@@ -60,7 +62,13 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
         limits.idle_timeout(),
     ));
     let ping_every = (limits.idle_timeout() / 3).max(Duration::from_secs(1));
-    let mut writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox), ping_every));
+    let mut writer = tokio::spawn({
+        let outbox = Arc::clone(&outbox);
+        async move {
+            write_loop(sink, Arc::clone(&outbox), ping_every).await;
+            outbox.writer_gone();
+        }
+    });
     let mut conn = Conn {
         relay: Arc::clone(&relay),
         outbox: Arc::clone(&outbox),
@@ -68,7 +76,14 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
         bucket: Bucket::new(limits.events_per_second, limits.events_burst),
     };
     let mut stop = relay.stop.subscribe();
+    // A shutdown that began before this connection subscribed.
+    if *stop.borrow_and_update() {
+        outbox.close(CLOSE_GOING_AWAY, "relay shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        return;
+    }
     let idle = limits.idle_timeout();
+    let read_batch_bytes = transport_limit(limits.max_message_bytes).saturating_mul(4);
     let mut writer_done = false;
     let close = loop {
         let idle_at = tokio::time::Instant::now() + idle;
@@ -76,18 +91,24 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
             message = stream.next() => {
                 // What else has already arrived is handled with it, so a
                 // client that pipelines EVENTs gets them stored together.
+                // Bounded in count and bytes: up to 4 messages of the
+                // largest size the transport takes.
                 let mut texts = Vec::new();
+                let mut bytes = 0;
                 let mut next = Some(message);
                 while let Some(message) = next.take() {
                     match message {
-                        Some(Ok(Message::Text(text))) => texts.push(text),
+                        Some(Ok(Message::Text(text))) => {
+                            bytes += text.len();
+                            texts.push(text);
+                        }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         other => {
                             next = Some(other);
                             break;
                         }
                     }
-                    if texts.len() < READ_BATCH {
+                    if texts.len() < READ_BATCH && bytes < read_batch_bytes {
                         next = stream.next().now_or_never();
                     }
                 }
@@ -246,6 +267,8 @@ struct Conn {
 struct Stored {
     frames: Vec<String>,
     ids: HashSet<EventId>,
+    /// The commit sequence of the state it read.
+    sequence: u64,
 }
 
 impl Conn {
@@ -502,6 +525,8 @@ impl Conn {
             sub_json: sub_json.clone(),
             filters,
             after: 0, // set by add_sub
+            // Nothing stored is live until the stored part says what it read.
+            stored_through: AtomicU64::new(u64::MAX),
             outbox: Arc::clone(&self.outbox),
             state: Mutex::new(SubState::Pending(Vec::new())),
         };
@@ -544,12 +569,15 @@ impl Conn {
         // read (less what it already had), under the state lock so no
         // newer live event overtakes them.
         let mut state = sub.state.lock();
+        sub.stored_through
+            .store(stored.sequence, AtomicOrdering::Release);
         if let SubState::Pending(pending) = std::mem::replace(&mut *state, SubState::Live) {
             for committed in pending {
                 let Ok(event) = committed.event() else {
                     continue;
                 };
-                if stored.ids.contains(&event.id()) {
+                let ephemeral = event.kind_class() == KindClass::Ephemeral;
+                if !sub.wants(committed.sequence(), ephemeral) || stored.ids.contains(&event.id()) {
                     continue;
                 }
                 let frame = event_frame(&sub.sub_json, &event.to_json());
@@ -617,20 +645,29 @@ impl Relay {
         let mut frames = Vec::new();
         let mut ids = HashSet::new();
         let mut json = Vec::new();
-        let result = self
-            .store
-            .query_with_deadline(filters, Some(deadline), |event| {
-                json.clear();
-                event.write_json(&mut json);
-                // The store writes valid UTF-8 JSON.
-                let text = String::from_utf8_lossy(&json);
-                frames.push(event_frame(sub_json, &text));
-                ids.insert(event.id());
-                Ok(())
-            });
+        // The answer is cut (the newest kept) at 4x the outbound bound.
+        let cap = self.config.limits.max_outbound_bytes.saturating_mul(4);
+        let mut bytes = 0usize;
+        let result = self.store.query_snapshot(filters, Some(deadline), |event| {
+            if bytes >= cap {
+                return Ok(());
+            }
+            json.clear();
+            event.write_json(&mut json);
+            bytes += json.len();
+            // The store writes valid UTF-8 JSON.
+            let text = String::from_utf8_lossy(&json);
+            frames.push(event_frame(sub_json, &text));
+            ids.insert(event.id());
+            Ok(())
+        });
         self.observe_query(filters, started);
         match result {
-            Ok(_) => Ok(Stored { frames, ids }),
+            Ok((_, sequence)) => Ok(Stored {
+                frames,
+                ids,
+                sequence,
+            }),
             Err(e) => Err(self.query_failure(e)),
         }
     }

@@ -254,6 +254,13 @@ pub async fn run(
     served
 }
 
+/// The largest message the WebSocket layer takes: 4x the limit, at least
+/// 1 MiB, so a client just over the limit gets a NOTICE, not a dropped
+/// connection.
+fn transport_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_mul(4).max(1 << 20)
+}
+
 /// The broadcaster: takes committed events and queues each to the open
 /// subscriptions it matches, never waiting on a connection.
 fn broadcast(relay: &Relay, commits: &Commits) {
@@ -261,14 +268,12 @@ fn broadcast(relay: &Relay, commits: &Commits) {
     let mut matched = Vec::new();
     let mut batch = Vec::new();
     loop {
+        if relay.broadcaster_stop.load(Ordering::Acquire) {
+            return;
+        }
         match commits.recv_timeout(Duration::from_millis(100)) {
             Ok(Some(first)) => batch.push(first),
-            Ok(None) => {
-                if relay.broadcaster_stop.load(Ordering::Acquire) {
-                    return;
-                }
-                continue;
-            }
+            Ok(None) => continue,
             Err(()) => return,
         }
         while batch.len() < 1024 {
@@ -291,6 +296,7 @@ fn broadcast(relay: &Relay, commits: &Commits) {
                 continue;
             }
             let json = event.to_json();
+            let ephemeral = event.kind_class() == crate::event::KindClass::Ephemeral;
             for sub in matched.drain(..) {
                 if committed.sequence() <= sub.after {
                     continue;
@@ -304,13 +310,16 @@ fn broadcast(relay: &Relay, commits: &Commits) {
                             sub.outbox.overflow();
                         }
                     }
-                    SubState::Live => match sub.outbox.push(event_frame(&sub.sub_json, &json)) {
-                        Pushed::Queued => {
-                            relay.metrics.sent("EVENT");
-                            relay.metrics.live_deliveries.inc();
+                    SubState::Live if sub.wants(committed.sequence(), ephemeral) => {
+                        match sub.outbox.push(event_frame(&sub.sub_json, &json)) {
+                            Pushed::Queued => {
+                                relay.metrics.sent("EVENT");
+                                relay.metrics.live_deliveries.inc();
+                            }
+                            Pushed::Overflowed | Pushed::Closed => {}
                         }
-                        Pushed::Overflowed | Pushed::Closed => {}
-                    },
+                    }
+                    SubState::Live => {}
                     SubState::Closed => {}
                 }
             }
@@ -352,10 +361,7 @@ async fn root(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Ok(upgrade) = upgrade {
-        // The transport takes messages up to 4x the limit (at least 1 MiB),
-        // so a client just over it gets a NOTICE, not a dropped connection.
-        let max = relay.config.limits.max_message_bytes;
-        let transport = max.saturating_mul(4).max(1 << 20);
+        let transport = transport_limit(relay.config.limits.max_message_bytes);
         return upgrade
             .max_message_size(transport)
             .max_frame_size(transport)

@@ -179,6 +179,17 @@ impl Outbox {
         self.queue.lock().overflowed
     }
 
+    /// The writer stopped (the socket failed): nothing more can be sent,
+    /// and a reply waiting for room gives up at once.
+    pub fn writer_gone(&self) {
+        let mut queue = self.queue.lock();
+        queue.closed.get_or_insert((1000, ""));
+        queue.frames.clear();
+        queue.bytes = 0;
+        drop(queue);
+        self.room.notify_waiters();
+    }
+
     /// No more frames: the writer sends what is queued, then a close frame
     /// with this code and reason, and stops.
     pub fn close(&self, code: u16, reason: &'static str) {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -38,10 +39,25 @@ pub struct LiveSub {
     pub sub_json: String,
     pub filters: Vec<Filter>,
     /// The store's commit sequence when this was registered: events up to
-    /// it were committed before the REQ and belong to its stored part only.
+    /// it were committed before the REQ and are never live.
     pub after: u64,
+    /// The commit sequence of the state the stored part read (set before
+    /// the subscription goes live): stored events up to it were the stored
+    /// part's to answer, or to leave out past its limit.
+    pub stored_through: AtomicU64,
     pub outbox: Arc<Outbox>,
     pub state: Mutex<SubState>,
+}
+
+impl LiveSub {
+    /// Whether a committed event, matching this subscription's filters,
+    /// is one to deliver live: committed after registration, and, if
+    /// stored, after the state the stored part read. (An ephemeral event is
+    /// never in a stored part.)
+    pub fn wants(&self, sequence: u64, ephemeral: bool) -> bool {
+        sequence > self.after
+            && (ephemeral || sequence > self.stored_through.load(Ordering::Acquire))
+    }
 }
 
 /// Most live events a pending subscription holds while its stored events
@@ -291,6 +307,7 @@ mod tests {
                 sub_json: format!("\"s{key}\""),
                 filters,
                 after: 0,
+                stored_through: AtomicU64::new(0),
                 outbox: Arc::clone(&outbox),
                 state: Mutex::new(SubState::Live),
             });

@@ -19,8 +19,8 @@ use crate::index::IndexSet;
 use crate::wal::{Log, LogSnapshot, LogWriter};
 
 pub(crate) use batch::WriteOutcome;
-pub(crate) use writer::WriterConfig;
 use writer::{Command, Writer};
+pub(crate) use writer::{CommitSink, WriterConfig};
 
 /// When an acknowledged insert is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,6 +40,16 @@ pub(crate) enum Command {
     },
 }
 
+/// Where the writer announces stored events (the store's commit stream).
+pub(crate) trait CommitSink: Send + Sync + std::fmt::Debug {
+    /// Someone listens: worth copying the payloads.
+    fn active(&self) -> bool;
+    /// Called with each group's stored events, in log order, while the
+    /// shard's index write lock is held: an event is announced exactly when
+    /// it becomes visible to queries.
+    fn publish(&self, payloads: Vec<Arc<[u8]>>);
+}
+
 /// Settings the writer runs with.
 #[derive(Debug, Clone)]
 pub(crate) struct WriterConfig {
@@ -47,6 +57,7 @@ pub(crate) struct WriterConfig {
     pub checkpoint_interval: Duration,
     pub checkpoint_dirty_nodes: usize,
     pub max_group_events: usize,
+    pub commits: Option<Arc<dyn CommitSink>>,
 }
 
 pub(crate) struct Writer {
@@ -237,6 +248,20 @@ impl Writer {
             }
         }
         let snapshot = self.log.log().snapshot();
+        // Copies of the stored events for the commit stream, if anyone listens.
+        let live: Option<Vec<Arc<[u8]>>> = self
+            .config
+            .commits
+            .as_ref()
+            .filter(|sink| sink.active())
+            .map(|_| {
+                ops.iter()
+                    .filter_map(|op| match op {
+                        Op::Insert { payload, .. } => Some(Arc::from(*payload)),
+                        Op::Remove { .. } => None,
+                    })
+                    .collect()
+            });
         // The group's entries are gathered before the write lock is taken,
         // then applied per index in key order (see `IndexSet::apply_group`).
         let mut group = GroupEntries::default();
@@ -261,10 +286,12 @@ impl Writer {
                 result.map_err(|e| (e, true))?;
             }
         }
-        self.indexes
-            .write()
-            .apply_group(group)
-            .map_err(|e| (e.into(), true))?;
+        let mut indexes = self.indexes.write();
+        indexes.apply_group(group).map_err(|e| (e.into(), true))?;
+        if let (Some(sink), Some(live)) = (&self.config.commits, live) {
+            sink.publish(live);
+        }
+        drop(indexes);
         Ok(outcomes)
     }
 
