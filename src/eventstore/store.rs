@@ -593,8 +593,9 @@ impl EventStore {
     }
 
     /// A new subscription to the commit stream: every event accepted as new
-    /// from now on (stored, replacing an older version, or ephemeral),
-    /// after its batch is acknowledged. It holds at most `capacity` events
+    /// from now on (stored, replacing an older version, or ephemeral), once
+    /// durable; a stored event in the same step that makes it visible to
+    /// queries (see [`Committed::sequence`](crate::Committed::sequence)). It holds at most `capacity` events
     /// not yet received; past that, events are dropped for this subscriber
     /// (counted by [`Commits::lagged`]) and writers never wait.
     pub fn commits(&self, capacity: usize) -> Commits {
@@ -602,10 +603,10 @@ impl EventStore {
     }
 
     /// The sequence of the last event published on the commit stream (0
-    /// before the first). Every event with a sequence at most this was
-    /// queryable when it was read: a relay reads it when it registers a
-    /// subscription, and delivers live only events with a higher one (the
-    /// rest are the stored part's to answer).
+    /// before the first). Every stored event with a sequence at most this
+    /// is seen by any query that starts after it was read. A relay reads it
+    /// when it registers a subscription: events at most this were committed
+    /// before the REQ and are never live.
     pub fn commit_sequence(&self) -> u64 {
         self.watchers.sequence()
     }
