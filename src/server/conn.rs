@@ -2,7 +2,7 @@
 //! in order, and a writer task that drains the connection's outbox (and
 //! pings). Queries and inserts run on tokio's blocking pool.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
-use crate::event::{EventId, KindClass};
+use crate::event::KindClass;
 use crate::{Error, Filter, InsertOutcome};
 
 use super::outbox::{Outbox, Pushed, Take};
@@ -266,7 +266,6 @@ struct Conn {
 /// What a REQ's stored part produced.
 struct Stored {
     frames: Vec<String>,
-    ids: HashSet<EventId>,
     /// The commit sequence of the state it read.
     sequence: u64,
 }
@@ -577,7 +576,9 @@ impl Conn {
                     continue;
                 };
                 let ephemeral = event.kind_class() == KindClass::Ephemeral;
-                if !sub.wants(committed.sequence(), ephemeral) || stored.ids.contains(&event.id()) {
+                // Stored events the stored part saw are numbered at most
+                // its sequence, so `wants` alone keeps them out.
+                if !sub.wants(committed.sequence(), ephemeral) {
                     continue;
                 }
                 let frame = event_frame(&sub.sub_json, &event.to_json());
@@ -643,7 +644,6 @@ impl Relay {
         let started = Instant::now();
         let deadline = started + self.config.limits.query_time_budget();
         let mut frames = Vec::new();
-        let mut ids = HashSet::new();
         let mut json = Vec::new();
         // The answer is cut (the newest kept) at 4x the outbound bound.
         let cap = self.config.limits.max_outbound_bytes.saturating_mul(4);
@@ -658,16 +658,11 @@ impl Relay {
             // The store writes valid UTF-8 JSON.
             let text = String::from_utf8_lossy(&json);
             frames.push(event_frame(sub_json, &text));
-            ids.insert(event.id());
             Ok(())
         });
         self.observe_query(filters, started);
         match result {
-            Ok((_, sequence)) => Ok(Stored {
-                frames,
-                ids,
-                sequence,
-            }),
+            Ok((_, sequence)) => Ok(Stored { frames, sequence }),
             Err(e) => Err(self.query_failure(e)),
         }
     }
