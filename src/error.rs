@@ -35,7 +35,10 @@ pub enum Error {
         op: &'static str,
         source: std::io::Error,
     },
-    /// A write failed to reach the disk earlier; the store refuses writes until reopened.
+    /// A write, sync or checkpoint of the event's shard failed (a full disk,
+    /// an I/O error): the shard refuses writes, reads go on, and it recovers
+    /// in place once the cause clears (see `EventStore::health`). The text
+    /// names files: for logs, not for a relay's clients.
     Poisoned(String),
     /// The store was closed.
     Closed,
@@ -69,7 +72,8 @@ impl std::fmt::Display for Error {
             Error::Io { path, op, source } => write!(f, "{op} {}: {source}", path.display()),
             Error::Poisoned(why) => write!(
                 f,
-                "the store refuses writes after a failed write ({why}); reopen it"
+                "the shard refuses writes after a failed write ({why}); it recovers by itself \
+                 once the cause clears, or reopen the store"
             ),
             Error::Closed => write!(f, "the store is closed"),
             Error::TimedOut => write!(f, "the query ran past its time budget"),

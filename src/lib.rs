@@ -43,5 +43,5 @@ pub use eventstore::{
 pub use ids::{Location, Lsn, SegmentId, ShardId};
 pub use index::IndexKind;
 pub use query::{Filter, FilterError};
-pub use recovery::{ProgressFn, RecoveryMode, RecoveryReport, ReplayProgress};
-pub use shard::Durability;
+pub use recovery::{LogRepair, ProgressFn, RecoveryMode, RecoveryReport, ReplayProgress};
+pub use shard::{Durability, ShardHealth};

@@ -24,7 +24,14 @@ fn real_segment() -> Vec<u8> {
         let mut payload = Vec::new();
         event.encode_payload(&mut payload).unwrap();
         lsn += 1;
-        let frame = encode_record(segment, RecordType::Event, lsn % 3 == 0, Lsn(lsn), &payload);
+        let frame = encode_record(
+            segment,
+            RecordType::Event,
+            lsn % 3 == 0,
+            Lsn(lsn),
+            Lsn(lsn - 1),
+            &payload,
+        );
         bytes.extend_from_slice(&frame.unwrap());
     }
     let mut remove = Vec::new();
@@ -38,7 +45,14 @@ fn real_segment() -> Vec<u8> {
     }
     .encode(&mut remove);
     lsn += 1;
-    let frame = encode_record(segment, RecordType::Remove, true, Lsn(lsn), &remove);
+    let frame = encode_record(
+        segment,
+        RecordType::Remove,
+        true,
+        Lsn(lsn),
+        Lsn(lsn - 1),
+        &remove,
+    );
     bytes.extend_from_slice(&frame.unwrap());
     bytes
 }

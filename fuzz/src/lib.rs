@@ -6,8 +6,8 @@
 //! of them may panic on any input for any other reason.
 
 use megalith::inspect::log::{
-    RecordRef, RecordType, RemovePayload, SEGMENT_HEADER_LEN, SegmentWalk, WalkItem, decode_record,
-    decode_segment_header, encode_record, encode_segment_header,
+    QuarantinePayload, RecordRef, RecordType, RemovePayload, SEGMENT_HEADER_LEN, SegmentWalk,
+    WalkItem, decode_record, decode_segment_header, encode_record, encode_segment_header,
 };
 use megalith::{Event, EventRef, Lsn, SegmentId, ShardId};
 
@@ -42,12 +42,12 @@ pub fn check_framed_payload(data: &[u8]) {
     let segment = SegmentId(5);
     let mut bytes = encode_segment_header(ShardId(0), segment).to_vec();
     let first = bytes.len();
-    let Ok(frame) = encode_record(segment, RecordType::Event, false, Lsn(7), data) else {
+    let Ok(frame) = encode_record(segment, RecordType::Event, false, Lsn(7), Lsn(6), data) else {
         return;
     };
     bytes.extend_from_slice(&frame);
     let second = bytes.len();
-    let Ok(frame) = encode_record(segment, RecordType::Remove, true, Lsn(8), data) else {
+    let Ok(frame) = encode_record(segment, RecordType::Remove, true, Lsn(8), Lsn(6), data) else {
         return;
     };
     bytes.extend_from_slice(&frame);
@@ -150,6 +150,7 @@ fn assert_reencodes(bytes: &[u8], segment: SegmentId, record: &RecordRef<'_>) {
         record.record_type,
         record.batch_end,
         record.lsn,
+        record.durable_lsn(),
         record.payload,
     )
     .expect("a decoded payload fits a frame");
@@ -186,6 +187,12 @@ fn check_payload(record: &RecordRef<'_>) {
                 let mut again = Vec::new();
                 remove.encode(&mut again);
                 assert_eq!(again, record.payload);
+            }
+        }
+        RecordType::Quarantined => {
+            if let Some(quarantined) = QuarantinePayload::decode(record.payload) {
+                let again = quarantined.encode(record.payload.len());
+                assert_eq!(QuarantinePayload::decode(&again), Some(quarantined));
             }
         }
     }

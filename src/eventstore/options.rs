@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::event::Limits;
-use crate::recovery::{ProgressFn, RecoveryMode};
+use crate::recovery::{ProgressFn, RecoveryMode, RecoveryReport};
 use crate::shard::Durability;
 use crate::storage::{FileStorage, Storage};
 
@@ -41,9 +41,15 @@ pub struct Options {
     /// Create a new store when the directory holds none. Default: true;
     /// when false, opening a directory without a store is `Error::Missing`.
     pub create_if_missing: bool,
-    /// What opening does with a torn or corrupt log tail. Default:
-    /// `RecoveryMode::TolerateCorruptTail` (cut it and report where).
+    /// What opening does when the log does not end cleanly. Default:
+    /// `RecoveryMode::TolerateCorruptTail` (cut a torn tail and report
+    /// where; refuse damage). See [`RecoveryMode`].
     pub recovery_mode: RecoveryMode,
+    /// Check every record of every log segment while opening, not only the
+    /// records replay reads (which start at the indexes' checkpoints), so
+    /// damage anywhere in the log is found now: refused, or repaired with
+    /// `RecoveryMode::Repair`. Reads the whole log. Default: false.
+    pub scan_whole_log: bool,
     /// Shards of a new store, each with its own log, indexes and writer
     /// thread; events go to `shard_of(pubkey)`. Default: `None`, which
     /// creates as many shards as the machine has cores and opens an existing
@@ -60,6 +66,12 @@ pub struct Options {
     /// ingest rate and 0.75x the raw JSON in disk on text-heavy data (see
     /// docs/performance.md).
     pub search: Option<bool>,
+    /// After a failed write, sync or checkpoint (a full disk, an I/O error)
+    /// the shard refuses writes, reads go on, and its writer opens it again
+    /// in place after this long, and after twice as long each time that
+    /// fails (at most 64 times this), so writes resume without a restart
+    /// once the cause clears. Default: 1 s.
+    pub recover_after: Duration,
     /// Threads that check signatures for `insert`, besides the calling
     /// thread, which helps. Default: the number of cores. 0 checks
     /// everything on the calling thread.
@@ -86,8 +98,10 @@ impl Default for Options {
             max_group_events: 10_000,
             create_if_missing: true,
             recovery_mode: RecoveryMode::TolerateCorruptTail,
+            scan_whole_log: false,
             shards: None,
             search: None,
+            recover_after: Duration::from_secs(1),
             verify_threads: cores(),
         }
     }
@@ -118,6 +132,12 @@ impl Options {
             return Err(Error::Options(format!(
                 "verify_threads {} is above 1,024",
                 self.verify_threads
+            )));
+        }
+        if self.recover_after.is_zero() || self.recover_after > Duration::from_secs(3600) {
+            return Err(Error::Options(format!(
+                "recover_after {:?} is outside 1 ns ..= 1 h",
+                self.recover_after
             )));
         }
         if self.max_group_events == 0 || self.checkpoint_dirty_nodes == 0 {
@@ -230,9 +250,38 @@ impl EventStoreBuilder {
         self
     }
 
+    /// See [`Options::recovery_mode`].
     pub fn recovery_mode(mut self, mode: RecoveryMode) -> Self {
         self.options.recovery_mode = mode;
         self
+    }
+
+    /// See [`Options::recover_after`].
+    pub fn recover_after(mut self, wait: Duration) -> Self {
+        self.options.recover_after = wait;
+        self
+    }
+
+    /// See [`Options::scan_whole_log`].
+    pub fn scan_whole_log(mut self, scan: bool) -> Self {
+        self.options.scan_whole_log = scan;
+        self
+    }
+
+    /// Finds and repairs damage anywhere in the store's log (every record
+    /// of every segment is checked), finishes, and closes the store: what
+    /// `megalith repair` runs. Damaged ranges go to quarantine files beside
+    /// the log and every valid record is kept; the report says what was
+    /// lost. A store without damage is left as it was (a torn tail is cut,
+    /// as any open does).
+    pub fn repair(mut self) -> Result<RecoveryReport, Error> {
+        self.options.recovery_mode = RecoveryMode::Repair;
+        self.options.scan_whole_log = true;
+        self.options.create_if_missing = false;
+        let store = self.open()?;
+        let report = store.recovery_report().clone();
+        store.close()?;
+        Ok(report)
     }
 
     /// Called with replay progress while opening (a long replay follows a

@@ -13,10 +13,15 @@ use crate::error::{Error, io_error};
 use crate::event::{Event, EventId, EventRef, KindClass, Pubkey};
 use crate::ids::{Location, ShardId};
 use crate::index::IndexKind;
+use crate::index::IndexSet;
 use crate::query::{Deadline, Filter, Hit, execute, plan};
-use crate::recovery::{RecoveryReport, open_shard};
-use crate::shard::{CommitSink, Shard, ShardRead, WriteOutcome, WriterConfig, shard_of};
+use crate::recovery::{OpenedShard, RecoveryReport, ShardParams, finish_repair, open_shard};
+use crate::shard::{
+    CommitSink, Reopen, Shard, ShardHealth, ShardRead, WriteOutcome, WriterConfig,
+    reapply_removals, shard_of,
+};
 use crate::storage::{OpenMode, Storage};
+use crate::wal::{Log, LogWriter};
 
 use super::commits::{Commits, Watchers};
 use super::lock::lock_store_dir;
@@ -144,28 +149,42 @@ impl EventStore {
             .sync_dir(dir)
             .map_err(io_error(dir, "sync directory"))?;
         let watchers = Arc::new(Watchers::default());
-        let config = WriterConfig {
-            durability: options.durability,
-            checkpoint_interval: options.checkpoint_interval,
-            checkpoint_dirty_nodes: options.checkpoint_dirty_nodes,
-            max_group_events: options.max_group_events,
-            commits: Some(Arc::clone(&watchers) as Arc<dyn CommitSink>),
-        };
         let mut shards = Vec::with_capacity(shard_count as usize);
         for n in 0..shard_count {
             let id = ShardId(n);
-            let shard_dir = dir.join(format!("shard-{n:04}"));
-            let (log, indexes) = open_shard(
-                Arc::clone(&storage),
-                &shard_dir,
-                id,
-                options.segment_size,
-                options.recovery_mode,
-                manifest.search,
-                progress.as_ref(),
-                &mut report,
-            )?;
-            shards.push(Shard::start(id, log, indexes, config.clone())?);
+            let params = ShardParams {
+                storage: Arc::clone(&storage),
+                dir: dir.join(format!("shard-{n:04}")),
+                shard: id,
+                segment_size: options.segment_size,
+                mode: options.recovery_mode,
+                search: manifest.search,
+                scan_whole_log: options.scan_whole_log,
+                progress: progress.clone(),
+            };
+            let (log, indexes) = open_one_shard(&params, None, &mut report)?;
+            // Reopening in place after a failure: the log is not scanned
+            // whole again, and nothing reports progress.
+            let again = ShardParams {
+                scan_whole_log: false,
+                progress: None,
+                ..params
+            };
+            let reopen: Reopen = Arc::new(move |log| {
+                let mut report = RecoveryReport::default();
+                let (writer, indexes) = open_one_shard(&again, Some(log), &mut report)?;
+                Ok((writer, indexes, describe_recovery(&report)))
+            });
+            let config = WriterConfig {
+                durability: options.durability,
+                checkpoint_interval: options.checkpoint_interval,
+                checkpoint_dirty_nodes: options.checkpoint_dirty_nodes,
+                max_group_events: options.max_group_events,
+                commits: Some(Arc::clone(&watchers) as Arc<dyn CommitSink>),
+                reopen: Some(reopen),
+                retry_after: options.recover_after,
+            };
+            shards.push(Shard::start(id, log, indexes, config)?);
         }
         let verifier = VerifyPool::start(options.verify_threads)
             .map_err(io_error(dir, "start verify threads"))?;
@@ -499,14 +518,30 @@ impl EventStore {
     }
 
     /// Read views of the shards some target needs, indexed by shard.
+    ///
+    /// Lock order: shards are always read-locked in ascending order. Taken in
+    /// the order the filters name them, two queries could each hold one
+    /// shard and wait for the other's, and with a writer queued on each
+    /// (the locks are fair: a queued writer holds back new readers) neither
+    /// would ever get it.
     fn views(&self, targets: &[Vec<(usize, Filter)>]) -> Vec<Option<ShardRead<'_>>> {
-        let mut views: Vec<Option<ShardRead<'_>>> = self.shards.iter().map(|_| None).collect();
+        let mut needed = vec![false; self.shards.len()];
         for (shard, _) in targets.iter().flatten() {
-            if views[*shard].is_none() {
-                views[*shard] = Some(self.shards[*shard].read());
-            }
+            needed[*shard] = true;
         }
-        views
+        needed
+            .iter()
+            .zip(&self.shards)
+            .map(|(&needed, shard)| needed.then(|| shard.read()))
+            .collect()
+    }
+
+    /// Whether each shard takes writes. A shard whose write, sync or
+    /// checkpoint failed (a full disk, an I/O error) refuses writes
+    /// (`Error::Poisoned`) while reads go on, and recovers in place by
+    /// itself once the cause clears (see [`Options::recover_after`](crate::Options::recover_after)).
+    pub fn health(&self) -> Vec<ShardHealth> {
+        self.shards.iter().map(Shard::health).collect()
     }
 
     /// The number of shards (fixed when the store was created).
@@ -693,6 +728,41 @@ impl Drop for EventStore {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
+}
+
+/// Opens one shard (see `open_shard`) and, after a repair, re-applies the
+/// removals its damaged batches owed and finishes the repair.
+fn open_one_shard(
+    params: &ShardParams,
+    existing: Option<&Arc<Log>>,
+    report: &mut RecoveryReport,
+) -> Result<(LogWriter, IndexSet), Error> {
+    let OpenedShard {
+        mut log,
+        mut indexes,
+        repair_scope,
+    } = open_shard(params, existing, report)?;
+    if let Some(scope) = repair_scope {
+        // A repair moved records aside: what they removed (a replaced
+        // version, what a deletion named) is removed again.
+        report.removals_reapplied += reapply_removals(&mut log, &mut indexes, &scope)?;
+        finish_repair(&*params.storage, &params.dir, &mut log, &mut indexes)?;
+    }
+    Ok((log, indexes))
+}
+
+/// One line on what a recovery in place did.
+fn describe_recovery(report: &RecoveryReport) -> String {
+    let mut parts = vec![format!("{} log records replayed", report.replayed_records)];
+    parts.extend(report.tail_repairs.iter().map(|t| format!("cut {t}")));
+    parts.extend(
+        report
+            .rebuilt_indexes
+            .iter()
+            .map(|r| format!("rebuilt {r}")),
+    );
+    parts.extend(report.log_repairs.iter().map(|r| format!("repaired {r}")));
+    parts.join("; ")
 }
 
 pub(crate) fn unix_now() -> u64 {

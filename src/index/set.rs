@@ -103,6 +103,31 @@ impl IndexSet {
         Ok(())
     }
 
+    /// Starts every index afresh (their files removed), to be rebuilt by
+    /// replaying the whole log: after a repair moved damaged log records
+    /// aside, entries pointing at them may be in any index.
+    pub fn restart_all(&mut self) -> Result<(), IndexError> {
+        let kinds: Vec<IndexKind> = self.kinds().collect();
+        for kind in &kinds {
+            let path = self.dir.join(kind.file_name());
+            // Close the file before it goes.
+            self.trees[*kind as usize] = None;
+            self.storage
+                .remove_file(&path)
+                .map_err(io_error(&path, "remove"))?;
+        }
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(io_error(&self.dir, "sync directory"))?;
+        for kind in kinds {
+            let path = self.dir.join(kind.file_name());
+            self.trees[kind as usize] =
+                Some(BTree::open(&*self.storage, &path, kind.id(), kind.width())?);
+            self.floors[kind as usize] = Lsn::ZERO;
+        }
+        Ok(())
+    }
+
     /// The index `kind`. Panics for an index the store does not keep: ask
     /// [`IndexSet::has`] first about term_time.
     pub fn tree(&self, kind: IndexKind) -> &BTree {

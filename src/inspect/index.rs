@@ -26,9 +26,10 @@ pub use rebuild::{RebuildReport, rebuild};
 
 use crate::error::{Error, io_error};
 use crate::eventstore::{MANIFEST_FILE, load_manifest, lock_store_dir};
-use crate::ids::{Lsn, ShardId};
+use crate::ids::{Location, Lsn, ShardId};
 use crate::index::{IndexKind, location_at_end};
 use crate::storage::FileStorage;
+use crate::wal::{Log, WalError};
 use log_walk::{LogWalk, hex, walk_log};
 
 /// Problems listed per index and kind of mismatch before the rest are
@@ -155,6 +156,7 @@ pub fn check_store(data_dir: &Path) -> Result<Report, Error> {
 
 fn check_shard(dir: &Path, shard: ShardId, search: bool, report: &mut Report) -> Result<(), Error> {
     let mut walk = walk_log(&dir.join("log"), shard, search)?;
+    predict_open(dir, shard, search, &mut walk)?;
     let last_lsn = walk.last_lsn();
     report.problems.append(&mut walk.problems);
     report.logs.push(LogSummary {
@@ -181,6 +183,86 @@ fn check_shard(dir: &Path, shard: ShardId, search: bool, report: &mut Report) ->
         });
     }
     Ok(())
+}
+
+/// Says what the next open does with the end of the shard's log, from the
+/// same code the open runs: cuts a torn tail (a note), or refuses damage
+/// (a problem, with how to repair it).
+fn predict_open(dir: &Path, shard: ShardId, search: bool, walk: &mut LogWalk) -> Result<(), Error> {
+    let log_dir = dir.join("log");
+    if !log_dir.is_dir() {
+        return Ok(());
+    }
+    let hint = newest_checkpoint(&dir.join("index"), search);
+    match Log::predict_end(&FileStorage, &log_dir, shard, hint) {
+        Ok(None) => {}
+        Ok(Some(tail)) => walk.notes.push(format!(
+            "{} at offset {}: {}; the next open cuts this torn tail (never acknowledged as durable)",
+            tail.path.display(),
+            tail.offset,
+            tail.reason
+        )),
+        Err(WalError::Damaged(damage)) => walk.problems.push(Problem {
+            file: damage.path.clone(),
+            page: None,
+            offset: Some(damage.offset),
+            index: None,
+            event_id: None,
+            reason: format!(
+                "damage, not a torn tail: {}; {} valid records follow it, and {}. The next \
+                 open refuses the store; `megalith repair --data {}` moves the damaged bytes to \
+                 a quarantine file and keeps every valid record",
+                damage.reason,
+                damage.valid_after,
+                damage.evidence,
+                dir.parent().unwrap_or(dir).display()
+            ),
+        }),
+        Err(WalError::Io { path, op, source }) => return Err(io_error(&path, op)(source)),
+        Err(other) => walk.problems.push(Problem {
+            file: log_dir,
+            page: None,
+            offset: None,
+            index: None,
+            event_id: None,
+            reason: format!("the next open refuses the store: {other}"),
+        }),
+    }
+    Ok(())
+}
+
+/// The newest checkpoint among the index files of `dir` (the one the open
+/// starts its search for the log's end from), read from their meta pages.
+fn newest_checkpoint(dir: &Path, search: bool) -> Option<(Location, Lsn)> {
+    let mut newest: Option<(Location, Lsn)> = None;
+    for kind in IndexKind::ALL {
+        if kind == IndexKind::TermTime && !search {
+            continue;
+        }
+        let Ok(bytes) = read_prefix(&dir.join(kind.file_name()), 2 * PAGE_SIZE) else {
+            continue;
+        };
+        let meta = (0..2u64)
+            .filter_map(|slot| {
+                let page = bytes.get(slot as usize * PAGE_SIZE..(slot as usize + 1) * PAGE_SIZE)?;
+                decode_meta_page(page, slot).ok()
+            })
+            .max_by_key(|m| m.generation);
+        if let Some(meta) = meta
+            && meta.checkpoint_lsn != Lsn::ZERO
+            && newest.is_none_or(|(_, lsn)| meta.checkpoint_lsn > lsn)
+        {
+            newest = Some((meta.checkpoint_position, meta.checkpoint_lsn));
+        }
+    }
+    newest
+}
+
+fn read_prefix(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(len);
+    File::open(path)?.take(len as u64).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn check_index_file(

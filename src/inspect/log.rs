@@ -8,8 +8,8 @@
 use crate::ids::{Lsn, SegmentId, ShardId};
 use crate::wal;
 pub use crate::wal::{
-    FrameError, FrameHeader, RecordRef, RecordType, RemovePayload, RemoveReason, SegmentHeader,
-    WalError,
+    FrameError, FrameHeader, QuarantinePayload, RecordRef, RecordType, RemovePayload, RemoveReason,
+    SegmentHeader, WalError,
 };
 
 /// Bytes of the segment header; the first record starts here.
@@ -54,16 +54,26 @@ pub fn decode_record(bytes: &[u8], segment: SegmentId) -> Result<RecordRef<'_>, 
     wal::decode_frame(bytes, segment)
 }
 
-/// The bytes of one frame, exactly as the engine writes it.
+/// The bytes of one frame, exactly as the engine writes it; `durable` is the
+/// last LSN durable when its batch was written.
 pub fn encode_record(
     segment: SegmentId,
     record_type: RecordType,
     batch_end: bool,
     lsn: Lsn,
+    durable: Lsn,
     payload: &[u8],
 ) -> Result<Vec<u8>, WalError> {
     let mut out = Vec::with_capacity(FRAME_OVERHEAD + payload.len());
-    wal::encode_frame(&mut out, segment, record_type, batch_end, lsn, payload)?;
+    wal::encode_frame(
+        &mut out,
+        segment,
+        record_type,
+        batch_end,
+        lsn,
+        durable,
+        payload,
+    )?;
     Ok(out)
 }
 
@@ -327,6 +337,7 @@ mod tests {
                 RecordType::Event,
                 i % 2 == 0,
                 Lsn(i),
+                Lsn(i - 1),
                 payload.as_bytes(),
             )
             .unwrap();
@@ -466,7 +477,14 @@ mod tests {
     #[test]
     fn lsns_that_go_backwards_are_reported() {
         let (mut bytes, _) = segment_bytes(1, 1);
-        let again = encode_record(SegmentId(1), RecordType::Remove, true, Lsn(1), &[0; 41]);
+        let again = encode_record(
+            SegmentId(1),
+            RecordType::Remove,
+            true,
+            Lsn(1),
+            Lsn(0),
+            &[0; 41],
+        );
         bytes.extend_from_slice(&again.unwrap());
         let problems: Vec<_> = SegmentWalk::new(&bytes, None)
             .filter_map(|item| match item {

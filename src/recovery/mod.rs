@@ -1,26 +1,107 @@
-//! Opening a shard: the log's end is found (a torn tail is cut), each index
-//! opens at its newest valid checkpoint (a broken one starts afresh), and the
-//! log is replayed from the oldest checkpoint so every index catches up.
+//! Opening a shard: the log's end is found (a torn tail is cut, damage is
+//! refused or repaired), each index opens at its newest valid checkpoint (a
+//! broken one starts afresh), and the log is replayed from the oldest
+//! checkpoint so every index catches up.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::Error;
-use crate::event::EventRef;
-use crate::ids::ShardId;
+use crate::error::{Error, io_error};
+use crate::event::{EventId, EventRef};
+use crate::ids::{Location, Lsn, ShardId};
 use crate::index::{Apply, IndexSet};
 use crate::storage::Storage;
-use crate::wal::{FrameError, Log, LogWriter, RecordType, RemovePayload, SEGMENT_HEADER_LEN};
+use crate::wal::{
+    DamagedRange, FrameError, Log, LogDamage, LogWriter, REPAIR_MARKER, RecordType, RemovePayload,
+    SEGMENT_HEADER_LEN, WalError, examine_after, lost_lsns, quarantine, quarantine_path, scan_log,
+};
 
-/// What opening a store does with a torn or corrupt end of the log.
+/// What opening a store does when the log does not end cleanly.
+///
+/// A *torn tail* is a bad frame with nothing valid after it that proves it
+/// was ever synced: what a crash during a write leaves, never acknowledged
+/// as durable. *Damage* is a bad frame that a later valid record (or the
+/// sealing of its segment, or an index checkpoint) proves was synced:
+/// cutting there would lose acknowledged records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RecoveryMode {
-    /// Cut the log at the last whole batch and report the file and offset
-    /// (what a crash during a write leaves). The default.
+    /// Cut a torn tail at the last whole batch and report the file and
+    /// offset; refuse damage, naming the file, the offset and how many
+    /// valid records follow, and change nothing. The default.
     #[default]
     TolerateCorruptTail,
-    /// Refuse to open, naming the file and offset, and change nothing.
+    /// Refuse a torn tail as well as damage, and change nothing.
     Strict,
+    /// Cut a torn tail; repair damage: move each damaged range to a
+    /// quarantine file beside the log, keep every valid record, rebuild the
+    /// shard's indexes and re-apply the removals the damaged batches owed.
+    /// What was lost is in [`RecoveryReport::log_repairs`].
+    Repair,
+}
+
+impl RecoveryMode {
+    /// The mode's name on command lines and in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecoveryMode::TolerateCorruptTail => "tolerate-torn-tail",
+            RecoveryMode::Strict => "strict",
+            RecoveryMode::Repair => "repair",
+        }
+    }
+
+    /// Parses [`RecoveryMode::name`].
+    pub fn parse(name: &str) -> Option<RecoveryMode> {
+        [
+            RecoveryMode::TolerateCorruptTail,
+            RecoveryMode::Strict,
+            RecoveryMode::Repair,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
+    }
+}
+
+/// One damaged range of a log that a repair moved aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRepair {
+    pub shard: ShardId,
+    /// The segment file and the damaged range in it.
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+    /// Where the damaged bytes are now, untouched.
+    pub quarantine: PathBuf,
+    /// What was wrong.
+    pub reason: String,
+    /// The LSNs of the records lost with the range (first, last), when the
+    /// record after it is in the same segment.
+    pub lost_lsns: Option<(Lsn, Lsn)>,
+    /// Ids of the events still readable in the damaged bytes (their
+    /// checksums fail, so they are unverified).
+    pub lost_event_ids: Vec<EventId>,
+}
+
+impl std::fmt::Display for LogRepair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bytes at offset {} of {} ({}) moved to {}",
+            self.len,
+            self.offset,
+            self.segment.display(),
+            self.reason,
+            self.quarantine.display()
+        )?;
+        if let Some((first, last)) = self.lost_lsns {
+            let records = last.0 - first.0 + 1;
+            write!(f, "; lost LSNs {first}..={last} ({records} records)")?;
+        }
+        if !self.lost_event_ids.is_empty() {
+            let ids: Vec<String> = self.lost_event_ids.iter().map(EventId::to_hex).collect();
+            write!(f, "; events readable in them: {}", ids.join(", "))?;
+        }
+        Ok(())
+    }
 }
 
 /// How far replay has come, for a progress display while opening.
@@ -51,57 +132,224 @@ pub struct RecoveryReport {
     pub tail_repairs: Vec<String>,
     /// Index files that were started afresh and rebuilt from the log, and why.
     pub rebuilt_indexes: Vec<String>,
+    /// Damaged log ranges moved to quarantine files ([`RecoveryMode::Repair`]).
+    pub log_repairs: Vec<LogRepair>,
+    /// Remove records written after a repair: removals that records lost to
+    /// damage had made (a replaced version, what a deletion named).
+    pub removals_reapplied: u64,
 }
 
-/// Recovers one shard's log and indexes from `dir`.
-#[allow(clippy::too_many_arguments)]
+/// A shard as recovery leaves it.
+pub(crate) struct OpenedShard {
+    pub log: LogWriter,
+    pub indexes: IndexSet,
+    /// After a repair: the event records of the damaged batches, whose
+    /// removals must be re-applied before the repair is finished.
+    pub repair_scope: Option<Vec<Location>>,
+}
+
+/// What opening a shard needs.
+#[derive(Clone)]
+pub(crate) struct ShardParams {
+    pub storage: Arc<dyn Storage>,
+    /// The shard's directory (`shard-NNNN`).
+    pub dir: PathBuf,
+    pub shard: ShardId,
+    pub segment_size: u64,
+    pub mode: RecoveryMode,
+    /// The store keeps the term_time index.
+    pub search: bool,
+    /// Check every record of every segment first (not only what replay
+    /// reads), so damage anywhere is refused or, in `Repair` mode, repaired.
+    pub scan_whole_log: bool,
+    pub progress: Option<ProgressFn>,
+}
+
+/// Recovers one shard's log and indexes. With `existing`, the log readers
+/// share is opened again in place (see `Log::open`).
 pub(crate) fn open_shard(
-    storage: Arc<dyn Storage>,
-    dir: &Path,
-    shard: ShardId,
-    segment_size: u64,
-    mode: RecoveryMode,
-    search: bool,
-    progress: Option<&ProgressFn>,
+    params: &ShardParams,
+    existing: Option<&Arc<Log>>,
     report: &mut RecoveryReport,
-) -> Result<(LogWriter, IndexSet), Error> {
-    let mut indexes = IndexSet::open(
-        Arc::clone(&storage),
-        &dir.join("index"),
-        search,
-        &mut report.rebuilt_indexes,
-    )?;
-    let (_, writer, repair) = Log::open(
+) -> Result<OpenedShard, Error> {
+    let ShardParams {
         storage,
-        &dir.join("log"),
+        dir,
         shard,
         segment_size,
-        indexes.newest_checkpoint(),
-        mode == RecoveryMode::Strict,
-    )?;
-    if let Some(repair) = repair {
-        report.tail_repairs.push(format!(
-            "{} at offset {}: {}",
-            repair.path.display(),
-            repair.offset,
-            repair.reason
-        ));
+        mode,
+        search,
+        scan_whole_log,
+        progress,
+    } = params;
+    let (dir, shard, segment_size, mode, search) =
+        (dir.as_path(), *shard, *segment_size, *mode, *search);
+    let (scan_whole_log, progress) = (*scan_whole_log, progress.as_ref());
+    let storage = Arc::clone(storage);
+    let log_dir = dir.join("log");
+    let mut repaired = false;
+    loop {
+        let mut indexes = IndexSet::open(
+            Arc::clone(&storage),
+            &dir.join("index"),
+            search,
+            &mut report.rebuilt_indexes,
+        )?;
+        let durable = indexes
+            .newest_checkpoint()
+            .map_or(Lsn::ZERO, |(_, lsn)| lsn);
+        if scan_whole_log && !repaired {
+            let damage = scan_log(&*storage, &log_dir, shard, durable)?;
+            if let Some(first) = damage.first() {
+                if mode != RecoveryMode::Repair {
+                    return Err(first.refusal().into());
+                }
+                repair(&*storage, dir, shard, &damage, report)?;
+                repaired = true;
+                continue;
+            }
+        }
+        let marker = dir.join(REPAIR_MARKER);
+        let pending = storage.exists(&marker).map_err(io_error(&marker, "stat"))?;
+        if pending {
+            report.rebuilt_indexes.push(format!(
+                "every index of shard {shard}: a repair of its log is being finished"
+            ));
+            indexes.restart_all()?;
+        }
+        let opened = Log::open(
+            Arc::clone(&storage),
+            &log_dir,
+            shard,
+            segment_size,
+            indexes.newest_checkpoint(),
+            mode == RecoveryMode::Strict,
+            existing,
+        );
+        let writer = match opened {
+            Ok((_, writer, tail)) => {
+                if let Some(tail) = tail {
+                    report.tail_repairs.push(format!(
+                        "{} at offset {}: {}",
+                        tail.path.display(),
+                        tail.offset,
+                        tail.reason
+                    ));
+                }
+                writer
+            }
+            Err(WalError::Damaged(_)) if mode == RecoveryMode::Repair && !repaired => {
+                repair_whole_log(&*storage, dir, shard, durable, report)?;
+                repaired = true;
+                continue;
+            }
+            Err(other) => return Err(other.into()),
+        };
+        // An index that claims records the log no longer has cannot be trusted.
+        let last_lsn = writer.last_lsn();
+        let ahead: Vec<_> = indexes
+            .checkpoints()
+            .filter(|(_, lsn)| *lsn > last_lsn)
+            .collect();
+        for (kind, lsn) in ahead {
+            report.rebuilt_indexes.push(format!(
+                "{}: checkpoint at LSN {lsn} is past the log's end ({last_lsn})",
+                kind.name()
+            ));
+            indexes.reset(kind)?;
+        }
+        match replay(shard, &writer, &mut indexes, progress) {
+            Ok(replayed) => {
+                report.replayed_records += replayed.records;
+                return Ok(OpenedShard {
+                    log: writer,
+                    indexes,
+                    repair_scope: pending.then_some(replayed.repair_scope),
+                });
+            }
+            Err(Error::Wal(WalError::Damaged(_))) if mode == RecoveryMode::Repair && !repaired => {
+                drop(writer);
+                repair_whole_log(&*storage, dir, shard, durable, report)?;
+                repaired = true;
+            }
+            Err(other) => return Err(other),
+        }
     }
-    // An index that claims records the log no longer has cannot be trusted.
-    let last_lsn = writer.last_lsn();
-    let ahead: Vec<_> = indexes
-        .checkpoints()
-        .filter(|(_, lsn)| *lsn > last_lsn)
+}
+
+/// Scans the whole log of the shard in `dir` and repairs what it finds.
+fn repair_whole_log(
+    storage: &dyn Storage,
+    dir: &Path,
+    shard: ShardId,
+    durable: Lsn,
+    report: &mut RecoveryReport,
+) -> Result<(), Error> {
+    let damage = scan_log(storage, &dir.join("log"), shard, durable)?;
+    repair(storage, dir, shard, &damage, report)
+}
+
+/// Moves every damaged range aside (see `wal::repair`) and reports it.
+fn repair(
+    storage: &dyn Storage,
+    dir: &Path,
+    shard: ShardId,
+    damage: &[DamagedRange],
+    report: &mut RecoveryReport,
+) -> Result<(), Error> {
+    if damage.is_empty() {
+        return Ok(());
+    }
+    let repairs: Vec<LogRepair> = damage
+        .iter()
+        .map(|range| LogRepair {
+            shard,
+            segment: range.path.clone(),
+            offset: range.start,
+            len: range.end - range.start,
+            quarantine: quarantine_path(dir, range),
+            reason: range.reason.clone(),
+            lost_lsns: lost_lsns(range),
+            lost_event_ids: range.readable_ids.iter().map(|id| EventId(*id)).collect(),
+        })
         .collect();
-    for (kind, lsn) in ahead {
-        report.rebuilt_indexes.push(format!(
-            "{}: checkpoint at LSN {lsn} is past the log's end ({last_lsn})",
-            kind.name()
-        ));
-        indexes.reset(kind)?;
+    let marker: String = repairs.iter().map(|r| format!("{r}\n")).collect();
+    quarantine(storage, dir, shard, damage, &marker)?;
+    report.log_repairs.extend(repairs);
+    Ok(())
+}
+
+/// Ends a repair once the removals its damaged batches owed are in the log:
+/// checkpoints every index, then removes the shard's marker.
+pub(crate) fn finish_repair(
+    storage: &dyn Storage,
+    dir: &Path,
+    log: &mut LogWriter,
+    indexes: &mut IndexSet,
+) -> Result<(), Error> {
+    log.sync()?;
+    let (lsn, position) = (log.last_lsn(), log.end());
+    let kinds: Vec<_> = indexes.kinds().collect();
+    for kind in kinds {
+        if let Some(prepared) = indexes.prepare_checkpoint(kind, lsn, position)? {
+            indexes.install(kind, prepared)?;
+        }
     }
-    report.replayed_records += replay(shard, &writer, &mut indexes, progress)?;
-    Ok((writer, indexes))
+    let marker = dir.join(REPAIR_MARKER);
+    storage
+        .remove_file(&marker)
+        .map_err(io_error(&marker, "remove"))?;
+    storage
+        .sync_dir(dir)
+        .map_err(io_error(dir, "sync directory"))?;
+    Ok(())
+}
+
+/// What replay did.
+struct Replayed {
+    records: u64,
+    /// Event records of the batches that `Quarantined` records cut into.
+    repair_scope: Vec<Location>,
 }
 
 /// Applies every record after the oldest index checkpoint; each index skips
@@ -111,10 +359,14 @@ fn replay(
     writer: &LogWriter,
     indexes: &mut IndexSet,
     progress: Option<&ProgressFn>,
-) -> Result<u64, Error> {
+) -> Result<Replayed, Error> {
     let snapshot = writer.log().snapshot();
+    let mut replayed = Replayed {
+        records: 0,
+        repair_scope: Vec::new(),
+    };
     let Some(first) = snapshot.segments().first() else {
-        return Ok(0);
+        return Ok(replayed);
     };
     let (start_segment, start_offset) = match indexes.replay_from() {
         Some((_, position)) => (position.segment, position.offset),
@@ -127,7 +379,10 @@ fn replay(
     }
     let end = writer.end();
     let last_lsn = writer.last_lsn();
-    let mut replayed = 0;
+    // Event records since the last batch end, and whether the records up to
+    // the next batch end belong to a batch a Quarantined record cut into.
+    let mut batch_events: Vec<Location> = Vec::new();
+    let mut after_quarantine = false;
     let span = |segment: &crate::wal::Segment| {
         let from = if segment.id() == start_segment {
             start_offset
@@ -176,7 +431,7 @@ fn replay(
             }
             let done = done_before + u64::from(offset - from);
             if done >= next_report {
-                tell(done, replayed);
+                tell(done, replayed.records);
                 next_report = done + PROGRESS_EVERY;
             }
             let location = segment.location(offset as usize);
@@ -185,50 +440,94 @@ fn replay(
                     let event = EventRef::parse(record.payload)
                         .map_err(|e| Error::corrupt(format!("event record at {location}: {e}")))?;
                     indexes.apply(Apply::Insert, &event, location, record.lsn)?;
+                    batch_events.push(location);
+                }
+                RecordType::Quarantined => {
+                    // The batch it cut into began before it and ends after it.
+                    replayed.repair_scope.append(&mut batch_events);
+                    after_quarantine = true;
                 }
                 RecordType::Remove => {
                     let remove = RemovePayload::decode(record.payload).ok_or_else(|| {
                         Error::corrupt(format!("malformed remove record at {location}"))
                     })?;
-                    let target = snapshot.read_event(remove.target)?;
-                    if target.id().0 != remove.target_id {
-                        return Err(Error::corrupt(format!(
-                            "remove record at {location} names event {} but {} holds {}",
-                            hex(&remove.target_id),
-                            remove.target,
-                            target.id()
-                        )));
+                    match snapshot.read_event(remove.target) {
+                        Ok(target) => {
+                            if target.id().0 != remove.target_id {
+                                return Err(Error::corrupt(format!(
+                                    "remove record at {location} names event {} but {} holds {}",
+                                    hex(&remove.target_id),
+                                    remove.target,
+                                    target.id()
+                                )));
+                            }
+                            indexes.apply(Apply::Remove, &target, remove.target, record.lsn)?;
+                        }
+                        // The event went to quarantine with damaged bytes:
+                        // it is in no index, and nothing is left to remove.
+                        Err(_) if snapshot.quarantined(remove.target) => {}
+                        Err(e) => return Err(e.into()),
                     }
-                    indexes.apply(Apply::Remove, &target, remove.target, record.lsn)?;
                 }
             }
-            replayed += 1;
+            if record.batch_end {
+                if after_quarantine && record.record_type != RecordType::Quarantined {
+                    replayed.repair_scope.append(&mut batch_events);
+                    after_quarantine = false;
+                }
+                batch_events.clear();
+            }
+            replayed.records += 1;
         }
         done_before += span(segment);
-        // A sealed segment ends exactly after its last record: stopping
-        // anywhere else (a bad frame, or zeros) is damage, not a torn tail.
-        if segment.id() != end.segment {
-            let at_end = scan.offset() == segment.bytes().len();
-            let problem = match scan.stop() {
-                Some(FrameError::End) if at_end => None,
-                Some(FrameError::End) => Some(format!(
-                    "zeros where a record should start, {} bytes before the segment's end",
-                    segment.bytes().len() - scan.offset()
-                )),
-                Some(other) => Some(other.to_string()),
-                None => None,
-            };
-            if let Some(problem) = problem {
-                return Err(Error::corrupt(format!(
-                    "log segment {} is damaged at offset {}: {problem}",
-                    segment.path().display(),
-                    scan.offset()
-                )));
-            }
+        // A sealed segment ends exactly after its last record, and the
+        // active one reaches the end found at open: stopping anywhere else
+        // (a bad frame, or zeros) is damage, not a torn tail.
+        let active = segment.id() == end.segment;
+        let stop_at = scan.offset();
+        let expected_end = if active {
+            end.offset as usize
+        } else {
+            segment.bytes().len()
+        };
+        let problem = match scan.stop() {
+            _ if stop_at >= expected_end => None,
+            Some(FrameError::End) => Some(format!(
+                "zeros where a record should start, {} bytes before the end of the records",
+                expected_end - stop_at
+            )),
+            Some(other) => Some(other.to_string()),
+            None => None,
+        };
+        if let Some(reason) = problem {
+            let last_good = replayed_lsn_before(segment, stop_at);
+            let after = examine_after(segment.bytes(), segment.id(), stop_at, last_good);
+            return Err(WalError::Damaged(LogDamage {
+                path: segment.path().to_path_buf(),
+                offset: stop_at as u64,
+                reason,
+                valid_after: after.valid_records,
+                evidence: if active {
+                    "an index checkpoint says the log was synced past it".to_string()
+                } else {
+                    "the segment was sealed, so all of it had been synced".to_string()
+                },
+            })
+            .into());
         }
     }
-    tell(total_bytes, replayed);
+    tell(total_bytes, replayed.records);
     Ok(replayed)
+}
+
+/// LSN of the last valid record before `offset` in `segment` (for a damage
+/// report; `Lsn::ZERO` when there is none).
+fn replayed_lsn_before(segment: &crate::wal::Segment, offset: usize) -> Lsn {
+    segment
+        .scan_from(SEGMENT_HEADER_LEN as u32)
+        .take_while(|(at, _)| (*at as usize) < offset)
+        .last()
+        .map_or(Lsn::ZERO, |(_, record)| record.lsn)
 }
 
 fn hex(bytes: &[u8]) -> String {

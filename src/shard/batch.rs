@@ -252,7 +252,7 @@ impl GroupState {
 
 /// An `e` tag value as an event id (a 64-char lowercase hex value is stored
 /// as its 32 raw bytes; anything else names no event).
-fn event_id(value: TagField<'_>) -> Option<EventId> {
+pub(super) fn event_id(value: TagField<'_>) -> Option<EventId> {
     match value {
         TagField::Hex(raw) => <[u8; 32]>::try_from(raw).ok().map(EventId),
         TagField::Text(text) => EventId::from_hex(text).ok(),

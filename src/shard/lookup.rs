@@ -112,13 +112,29 @@ impl Committed<'_> {
         address: &Address,
         skip: impl Fn(&Location) -> bool,
     ) -> Result<Option<Version>, Error> {
+        let mut best: Option<Version> = None;
+        for version in self.versions(address, skip)? {
+            if best.is_none_or(|b| version.beats(b.created_at, &b.id)) {
+                best = Some(version);
+            }
+        }
+        Ok(best)
+    }
+
+    /// Every stored version of `address` (one, unless a repair lost the
+    /// remove record of a replaced one), skipping what `skip` says is gone.
+    pub fn versions(
+        &self,
+        address: &Address,
+        skip: impl Fn(&Location) -> bool,
+    ) -> Result<Vec<Version>, Error> {
         let prefix = address_prefix(
             address.kind,
             &address.pubkey,
             &TagSlot::from_str(&address.d),
         );
         let mut cursor = self.indexes.tree(IndexKind::Address).seek(&prefix)?;
-        let mut best: Option<Version> = None;
+        let mut versions = Vec::new();
         while let Some(entry) = cursor.next()? {
             if !entry.starts_with(&prefix) {
                 break;
@@ -132,16 +148,13 @@ impl Committed<'_> {
             if Address::of_event_ref(&event).as_ref() != Some(address) {
                 continue;
             }
-            let version = Version {
+            versions.push(Version {
                 created_at: event.created_at(),
                 id: event.id(),
                 location,
-            };
-            if best.is_none_or(|b| version.beats(b.created_at, &b.id)) {
-                best = Some(version);
-            }
+            });
         }
-        Ok(best)
+        Ok(versions)
     }
 
     /// Whether a stored kind 5 from `author` names `id` in an `e` tag.

@@ -2,6 +2,7 @@
 //! readers share the shard through `ShardRead` views.
 
 mod batch;
+mod enforce;
 mod lookup;
 mod writer;
 
@@ -19,8 +20,9 @@ use crate::index::IndexSet;
 use crate::wal::{Log, LogSnapshot, LogWriter};
 
 pub(crate) use batch::WriteOutcome;
+pub(crate) use enforce::reapply_removals;
 use writer::{Command, Writer};
-pub(crate) use writer::{CommitSink, WriterConfig};
+pub(crate) use writer::{CommitSink, Reopen, WriterConfig};
 
 /// When an acknowledged insert is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,38 @@ pub(crate) fn shard_of(pubkey: &Pubkey, shards: usize) -> usize {
     ((u128::from(z) * shards as u128) >> 64) as usize
 }
 
+/// Whether a shard takes writes, as its writer last found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardHealth {
+    pub shard: ShardId,
+    /// Writes are accepted. After a failed write, sync or checkpoint (a full
+    /// disk, an I/O error) the shard refuses writes, reads go on, and the
+    /// writer retries in the background (waiting twice as long after each
+    /// failed try) until recovery in place works.
+    pub writable: bool,
+    /// Why writes are refused (with file paths: for logs, not for clients).
+    pub problem: Option<String>,
+    /// Since when.
+    pub failed_since: Option<std::time::SystemTime>,
+    /// Recoveries in place since the store was opened.
+    pub recoveries: u64,
+    /// What the last recovery did.
+    pub last_recovery: Option<String>,
+}
+
+impl ShardHealth {
+    fn new(shard: ShardId) -> ShardHealth {
+        ShardHealth {
+            shard,
+            writable: true,
+            problem: None,
+            failed_since: None,
+            recoveries: 0,
+            last_recovery: None,
+        }
+    }
+}
+
 /// A write handed to a shard's writer; [`PendingWrite::wait`] for its outcome.
 pub(crate) struct PendingWrite(Receiver<Result<Vec<WriteOutcome>, Error>>);
 
@@ -74,6 +108,7 @@ pub(crate) struct Shard {
     indexes: Arc<RwLock<IndexSet>>,
     commands: Sender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    health: Arc<Mutex<ShardHealth>>,
 }
 
 impl Shard {
@@ -87,12 +122,14 @@ impl Shard {
         let shared_log = Arc::clone(log.log());
         let indexes = Arc::new(RwLock::new(indexes));
         let (commands, receiver) = bounded(1024);
+        let health = Arc::new(Mutex::new(ShardHealth::new(id)));
         let writer = Writer {
             log,
             indexes: Arc::clone(&indexes),
             config,
             commands: receiver,
-            poisoned: None,
+            failed: None,
+            health: Arc::clone(&health),
             last_checkpoint: Instant::now(),
             unsynced_since: None,
         };
@@ -109,7 +146,13 @@ impl Shard {
             indexes,
             commands,
             thread: Mutex::new(Some(thread)),
+            health,
         })
+    }
+
+    /// Whether the shard takes writes, as its writer last found.
+    pub fn health(&self) -> ShardHealth {
+        self.health.lock().clone()
     }
 
     /// Queues validated events, given as their encoded payloads

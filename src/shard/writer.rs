@@ -12,17 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::Error;
 use crate::event::EventRef;
 use crate::ids::{Location, Lsn};
 use crate::index::{Apply, GroupEntries, IndexKind, IndexSet};
-use crate::wal::{Batch, BatchFull, LogWriter, RecordType, RemovePayload, WalError};
+use crate::wal::{
+    Batch, BatchFull, FRAME_OVERHEAD, Log, LogWriter, RecordType, RemovePayload, WalError,
+};
 
-use super::Durability;
 use super::batch::{GroupState, Removal, WriteOutcome};
 use super::lookup::Committed;
+use super::{Durability, ShardHealth};
 
 pub(crate) type WriteReply = Sender<Result<Vec<WriteOutcome>, Error>>;
 
@@ -50,14 +52,46 @@ pub(crate) trait CommitSink: Send + Sync + std::fmt::Debug {
     fn publish(&self, payloads: Vec<Arc<[u8]>>);
 }
 
+/// Opens a failed shard again in place: recovery over the log readers share
+/// (see `Log::open`), giving a new writer end and indexes, and a note of
+/// what recovery did.
+pub(crate) type Reopen =
+    Arc<dyn Fn(&Arc<Log>) -> Result<(LogWriter, IndexSet, String), Error> + Send + Sync>;
+
 /// Settings the writer runs with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct WriterConfig {
     pub durability: Durability,
     pub checkpoint_interval: Duration,
     pub checkpoint_dirty_nodes: usize,
     pub max_group_events: usize,
     pub commits: Option<Arc<dyn CommitSink>>,
+    /// How a failed writer recovers without a restart (`None`: it stays
+    /// failed until the store is reopened).
+    pub reopen: Option<Reopen>,
+    /// The first wait before a failed writer tries to recover; each failed
+    /// try doubles it, up to 64 times.
+    pub retry_after: Duration,
+}
+
+impl std::fmt::Debug for WriterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterConfig")
+            .field("durability", &self.durability)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("checkpoint_dirty_nodes", &self.checkpoint_dirty_nodes)
+            .field("max_group_events", &self.max_group_events)
+            .field("retry_after", &self.retry_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a writer refuses writes, and when it tries to recover.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub why: String,
+    pub next_try: Instant,
+    pub wait: Duration,
 }
 
 pub(crate) struct Writer {
@@ -65,7 +99,8 @@ pub(crate) struct Writer {
     pub indexes: Arc<RwLock<IndexSet>>,
     pub config: WriterConfig,
     pub commands: Receiver<Command>,
-    pub poisoned: Option<String>,
+    pub failed: Option<Failed>,
+    pub health: Arc<Mutex<ShardHealth>>,
     pub last_checkpoint: Instant,
     pub unsynced_since: Option<Instant>,
 }
@@ -133,9 +168,10 @@ impl Writer {
     }
 
     fn write_group(&mut self, group: Vec<(Vec<Vec<u8>>, WriteReply)>) {
-        if let Some(why) = &self.poisoned {
+        self.try_recover();
+        if let Some(failed) = &self.failed {
             for (_, reply) in group {
-                let _ = reply.send(Err(Error::Poisoned(why.clone())));
+                let _ = reply.send(Err(Error::Poisoned(failed.why.clone())));
             }
             return;
         }
@@ -154,13 +190,13 @@ impl Writer {
                 // may disagree: refuse further writes until a reopen replays.
                 let message = error.to_string();
                 if wrote || self.log.is_poisoned() {
-                    self.poisoned = Some(message.clone());
+                    self.fail(message.clone());
                 }
                 let mut first = Some(error);
                 for (_, reply) in group {
                     let error = match first.take() {
                         Some(e) => e,
-                        None if self.poisoned.is_some() => Error::Poisoned(message.clone()),
+                        None if self.failed.is_some() => Error::Poisoned(message.clone()),
                         None => Error::Corrupt(message.clone()),
                     };
                     let _ = reply.send(Err(error));
@@ -192,6 +228,11 @@ impl Writer {
                 let mut request_outcomes = Vec::with_capacity(payloads.len());
                 for payload in *payloads {
                     let event = EventRef::parse(payload).map_err(|e| (e.into(), wrote))?;
+                    // An event and the remove records it causes go into one
+                    // batch, so a crash keeps both or neither (never a new
+                    // version beside the one it replaced).
+                    make_room(log, &mut batch, &mut wrote, records_bound(&event, payload))
+                        .map_err(|e| (e, wrote))?;
                     let mut store = || -> Result<Location, Error> {
                         let (lsn, location) =
                             push(log, &mut batch, &mut wrote, RecordType::Event, payload)?;
@@ -295,11 +336,82 @@ impl Writer {
         Ok(outcomes)
     }
 
+    /// Refuses writes from now on, with `why`, until a recovery works.
+    fn fail(&mut self, why: String) {
+        let wait = match &self.failed {
+            Some(failed) => (failed.wait * 2).min(self.config.retry_after * 64),
+            None => self.config.retry_after,
+        };
+        let mut health = self.health.lock();
+        if health.writable {
+            health.writable = false;
+            health.failed_since = Some(std::time::SystemTime::now());
+        }
+        health.problem = Some(why.clone());
+        drop(health);
+        self.failed = Some(Failed {
+            why,
+            next_try: Instant::now() + wait,
+            wait,
+        });
+    }
+
+    /// When the writer has failed and its wait is over, opens the shard again
+    /// in place: the log is cut back to what can be trusted (see
+    /// `LogWriter::cut_for_reopen`) and recovered like at open, with the
+    /// index write lock held so no reader sees the change half done. A cause
+    /// that has cleared (space freed on a full disk) lets writes go on
+    /// without a restart; otherwise the next try waits twice as long.
+    fn try_recover(&mut self) {
+        let Some(failed) = &self.failed else {
+            return;
+        };
+        let Some(reopen) = self.config.reopen.clone() else {
+            return;
+        };
+        if Instant::now() < failed.next_try {
+            return;
+        }
+        let indexes = Arc::clone(&self.indexes);
+        let mut indexes = indexes.write();
+        let outcome = self
+            .log
+            .cut_for_reopen()
+            .map_err(Error::from)
+            .and_then(|cut| reopen(self.log.log()).map(|opened| (cut, opened)));
+        match outcome {
+            Ok((cut, (log, fresh, note))) => {
+                *indexes = fresh;
+                drop(indexes);
+                self.log = log;
+                self.failed = None;
+                self.unsynced_since = None;
+                self.last_checkpoint = Instant::now();
+                let mut health = self.health.lock();
+                health.writable = true;
+                health.problem = None;
+                health.failed_since = None;
+                health.recoveries += 1;
+                health.last_recovery = Some(format!(
+                    "writes resumed after a failure; {cut} unsynced records were cut; {note}"
+                ));
+            }
+            Err(error) => {
+                drop(indexes);
+                let why = format!("{} (recovery failed: {error})", failed.why);
+                self.fail(why);
+            }
+        }
+    }
+
     fn until_housekeeping(&self) -> Duration {
         let mut wait = self
             .config
             .checkpoint_interval
             .saturating_sub(self.last_checkpoint.elapsed());
+        if let Some(failed) = &self.failed {
+            wait = wait.min(failed.next_try.saturating_duration_since(Instant::now()));
+        }
         if let (Durability::Batch(interval), Some(since)) =
             (self.config.durability, self.unsynced_since)
         {
@@ -309,7 +421,8 @@ impl Writer {
     }
 
     fn housekeeping(&mut self) {
-        if self.poisoned.is_some() {
+        self.try_recover();
+        if self.failed.is_some() {
             return;
         }
         if let (Durability::Batch(interval), Some(since)) =
@@ -318,7 +431,7 @@ impl Writer {
         {
             match self.log.sync() {
                 Ok(()) => self.unsynced_since = None,
-                Err(e) => self.poisoned = Some(e.to_string()),
+                Err(e) => self.fail(e.to_string()),
             }
         }
         let dirty = self.indexes.read().dirty_nodes();
@@ -336,12 +449,12 @@ impl Writer {
     /// without memory knowing (see `BTree::prepare_checkpoint`), so only a
     /// reopen, which reads what is on disk, can continue safely.
     fn checkpoint(&mut self) -> Result<(), Error> {
-        if let Some(why) = &self.poisoned {
-            return Err(Error::Poisoned(why.clone()));
+        if let Some(failed) = &self.failed {
+            return Err(Error::Poisoned(failed.why.clone()));
         }
         let result = self.write_checkpoint();
         if let Err(error) = &result {
-            self.poisoned = Some(format!("checkpoint failed: {error}"));
+            self.fail(format!("checkpoint failed: {error}"));
         }
         result
     }
@@ -374,8 +487,39 @@ impl Writer {
     }
 }
 
+/// The most bytes an event's records can take in a batch: its own frame and
+/// a remove frame for everything it can remove (a replaced version, or one
+/// target per tag of a deletion).
+fn records_bound(event: &EventRef<'_>, payload: &[u8]) -> usize {
+    let removals = 1 + event.tags().count();
+    FRAME_OVERHEAD + payload.len() + removals * (FRAME_OVERHEAD + RemovePayload::LEN)
+}
+
+/// Commits the current batch and starts another when it has less than
+/// `needed` bytes of room.
+fn make_room(
+    log: &mut LogWriter,
+    batch: &mut Option<Batch>,
+    wrote: &mut bool,
+    needed: usize,
+) -> Result<(), Error> {
+    if let Some(current) = batch
+        && !current.is_empty()
+        && current.room() < needed
+        && let Some(full) = batch.take()
+    {
+        *wrote = true;
+        log.commit(full, false)?;
+    }
+    if batch.is_none() {
+        *batch = Some(log.batch()?);
+    }
+    Ok(())
+}
+
 /// Appends a record to the current batch, committing the batch and starting
-/// another when it is full.
+/// another when it is full (`make_room` keeps that from splitting an event
+/// from its removals; this only meets a record larger than a whole batch).
 fn push(
     log: &mut LogWriter,
     batch: &mut Option<Batch>,

@@ -92,6 +92,10 @@ impl StorageFile for RealFile {
         self.0.sync_data()
     }
 
+    fn data_end(&self) -> io::Result<u64> {
+        data_end(&self.0)
+    }
+
     fn map(&self) -> io::Result<Option<Mapping>> {
         if self.size()? == 0 {
             return Ok(None);
@@ -99,4 +103,42 @@ impl StorageFile for RealFile {
         // SAFETY: see `Mapping::of`; the engine keeps its contract.
         unsafe { Mapping::of(&self.0) }.map(Some)
     }
+}
+
+/// Where `file`'s data ends: the start of the hole (or the end of the file)
+/// after its last data region, found with `lseek(SEEK_DATA / SEEK_HOLE)`.
+/// Where the file system cannot tell holes apart, the whole file is data.
+pub(super) fn data_end(file: &File) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let len = file.metadata()?.len();
+    let fd = file.as_raw_fd();
+    let mut end = 0u64;
+    let mut from = 0u64;
+    while from < len {
+        let Ok(offset) = libc::off_t::try_from(from) else {
+            return Ok(len);
+        };
+        // SAFETY: `lseek` on a file descriptor this `File` owns and keeps
+        // open; it moves only the descriptor's offset, which nothing here
+        // uses (all reads and writes are positional).
+        let data = unsafe { libc::lseek(fd, offset, libc::SEEK_DATA) };
+        if data < 0 {
+            let error = io::Error::last_os_error();
+            return match error.raw_os_error() {
+                // No data at or after `from`.
+                Some(libc::ENXIO) => Ok(end),
+                // SEEK_DATA is not supported here.
+                Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(len),
+                _ => Err(error),
+            };
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        end = (hole as u64).min(len);
+        from = end.max(data as u64 + 1);
+    }
+    Ok(end.min(len))
 }

@@ -78,6 +78,14 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes every write and length change so far durable.
     fn sync(&self) -> io::Result<()>;
+    /// Where the file's data ends: no byte at or after this offset was ever
+    /// written (it lies in a hole, or past the end). Reading a hole through
+    /// a map can fault when the file system is full, so readers of a
+    /// pre-sized file stop here. The default, the file's size, is right for
+    /// file systems without holes.
+    fn data_end(&self) -> io::Result<u64> {
+        self.size()
+    }
     /// A read-only map of the whole file (`None` when it is empty). Writes
     /// made later through this file are visible through the map; the
     /// engine never reads mapped bytes that a write may be changing.

@@ -531,6 +531,11 @@ impl StorageFile for SimFile {
         Ok(())
     }
 
+    fn data_end(&self) -> io::Result<u64> {
+        self.state.lock().tick()?;
+        super::file::data_end(&self.file)
+    }
+
     fn map(&self) -> io::Result<Option<Mapping>> {
         self.state.lock().tick()?;
         if self.file.metadata()?.len() == 0 {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::log::LogDamage;
 use crate::ids::Location;
 
 #[derive(Debug)]
@@ -19,6 +20,9 @@ pub enum WalError {
         offset: u64,
         reason: String,
     },
+    /// A bad frame in the middle of the log, with valid records after it
+    /// that prove it was synced: damage, which is refused, never cut.
+    Damaged(LogDamage),
     /// A read named a location that holds no valid record.
     BadLocation { location: Location, reason: String },
     /// A payload larger than a frame can describe.
@@ -42,6 +46,18 @@ impl std::fmt::Display for WalError {
                     path.display()
                 )
             }
+            WalError::Damaged(damage) => write!(
+                f,
+                "log segment {} is damaged at offset {}: {}; {} valid records follow it in \
+                 that segment, and {}, so this is damage, not a torn tail: nothing was cut. \
+                 `megalith repair` (RecoveryMode::Repair) moves the damaged bytes to a \
+                 quarantine file beside the log and keeps every valid record",
+                damage.path.display(),
+                damage.offset,
+                damage.reason,
+                damage.valid_after,
+                damage.evidence
+            ),
             WalError::BadLocation { location, reason } => {
                 write!(f, "no valid record at {location}: {reason}")
             }

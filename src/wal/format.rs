@@ -10,22 +10,31 @@
 //!  20  reserved        u32 LE   0
 //!  24  header_crc      u64 LE   crc64 of bytes 0..24
 //!
-//! record frame (21 + payload_len bytes), records follow each other with no padding
+//! record frame (25 + payload_len bytes), records follow each other with no padding
 //!   0  payload_len     u32 LE
 //!   4  record_type     u8       low 7 bits: RecordType; bit 7: last record of its batch
 //!   5  lsn             u64 LE
-//!  13  payload         [u8; payload_len]
-//!  13+payload_len crc  u64 LE   crc64 of (segment_id u32 LE, bytes 0..13+payload_len)
+//!  13  unsynced_run    u32 LE   lsn minus the last LSN that was durable when this
+//!                               record's batch was written (>= 1; u32::MAX: no claim)
+//!  17  payload         [u8; payload_len]
+//!  17+payload_len crc  u64 LE   crc64 of (segment_id u32 LE, bytes 0..17+payload_len)
 //! ```
 //!
 //! Mixing the segment id into every record checksum means bytes left over
 //! from another segment (a recycled or copied file) never validate here.
+//!
+//! `unsynced_run` is what tells damage from a torn tail (`damage.rs`): a
+//! valid record that says record `n` was durable before its batch was
+//! written proves that an unreadable record `n` was synced, so it is
+//! damage, never a tail to cut.
 
 use super::error::WalError;
 use crate::ids::{Lsn, SegmentId, ShardId, crc64};
 
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"MEGALOG\0";
-pub(crate) const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// Version 2 added `unsynced_run` to every frame. Version 1 segments are
+/// refused with a message saying how to move their events.
+pub(crate) const SEGMENT_FORMAT_VERSION: u32 = 2;
 
 const MAGIC_OFFSET: usize = 0;
 const VERSION_OFFSET: usize = MAGIC_OFFSET + SEGMENT_MAGIC.len();
@@ -38,7 +47,8 @@ pub(crate) const SEGMENT_HEADER_LEN: usize = HEADER_CRC_OFFSET + size_of::<u64>(
 const LEN_OFFSET: usize = 0;
 const TYPE_OFFSET: usize = LEN_OFFSET + size_of::<u32>();
 const LSN_OFFSET: usize = TYPE_OFFSET + size_of::<u8>();
-pub(crate) const FRAME_HEADER_LEN: usize = LSN_OFFSET + size_of::<u64>();
+const UNSYNCED_RUN_OFFSET: usize = LSN_OFFSET + size_of::<u64>();
+pub(crate) const FRAME_HEADER_LEN: usize = UNSYNCED_RUN_OFFSET + size_of::<u32>();
 pub(crate) const FRAME_TRAILER_LEN: usize = size_of::<u64>();
 /// Bytes a frame adds around its payload.
 pub(crate) const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + FRAME_TRAILER_LEN;
@@ -53,6 +63,11 @@ pub enum RecordType {
     /// An earlier event leaves the indexes (replaced, deleted by NIP-09, ...);
     /// the payload is a [`RemovePayload`].
     Remove = 2,
+    /// Written by a repair over damaged bytes, which were moved to a
+    /// quarantine file; the frame spans exactly the damaged range, so every
+    /// other record keeps its location. The payload is a
+    /// [`QuarantinePayload`] padded with zeros. It changes no index.
+    Quarantined = 3,
 }
 
 impl RecordType {
@@ -60,6 +75,7 @@ impl RecordType {
         match byte {
             1 => Some(RecordType::Event),
             2 => Some(RecordType::Remove),
+            3 => Some(RecordType::Quarantined),
             _ => None,
         }
     }
@@ -68,7 +84,56 @@ impl RecordType {
         match self {
             RecordType::Event => "event",
             RecordType::Remove => "remove",
+            RecordType::Quarantined => "quarantined",
         }
+    }
+}
+
+/// Payload of a Quarantined record (at least 16 bytes; a shorter payload,
+/// for a damaged range too small to describe, holds only zeros):
+///
+/// ```text
+///  0  first lost LSN  u64 LE   the LSN the damaged range's first record had
+///  8  next LSN        u64 LE   the LSN of the first valid record after it
+/// 16  file name       UTF-8    the quarantine file, zero-padded to the end
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinePayload {
+    pub first_lost: Lsn,
+    pub next: Lsn,
+    pub file_name: String,
+}
+
+impl QuarantinePayload {
+    /// Encodes into exactly `len` bytes (the name is cut to fit).
+    pub fn encode(&self, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        if len >= 16 {
+            out[..8].copy_from_slice(&self.first_lost.0.to_le_bytes());
+            out[8..16].copy_from_slice(&self.next.0.to_le_bytes());
+            let name = self.file_name.as_bytes();
+            let room = (len - 16).min(name.len());
+            // Cut at a character boundary.
+            let cut = (0..=room)
+                .rev()
+                .find(|&n| self.file_name.is_char_boundary(n))
+                .unwrap_or(0);
+            out[16..16 + cut].copy_from_slice(&name[..cut]);
+        }
+        out
+    }
+
+    /// Decodes what `encode` wrote (`None` when the payload was too small to
+    /// hold a description, or its name is not UTF-8).
+    pub fn decode(bytes: &[u8]) -> Option<QuarantinePayload> {
+        let (first, rest) = bytes.split_first_chunk::<8>()?;
+        let (next, name) = rest.split_first_chunk::<8>()?;
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        Some(QuarantinePayload {
+            first_lost: Lsn(u64::from_le_bytes(*first)),
+            next: Lsn(u64::from_le_bytes(*next)),
+            file_name: String::from_utf8(name[..end].to_vec()).ok()?,
+        })
     }
 }
 
@@ -170,11 +235,20 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, Strin
     }
     let version = read_u32(header, VERSION_OFFSET);
     if version != SEGMENT_FORMAT_VERSION {
+        if version < SEGMENT_FORMAT_VERSION {
+            return Err(format!(
+                "segment format version {version} was written by an earlier Megalith, which this \
+                 build cannot read (it reads version {SEGMENT_FORMAT_VERSION}): export the events \
+                 with that build (`megalith query --data DIR '{{}}' > events.jsonl`) and import \
+                 them into a new store (`megalith import --data NEW events.jsonl`)"
+            ));
+        }
         return Err(format!(
-            "segment format version {version} is not supported (this build reads version {SEGMENT_FORMAT_VERSION})"
+            "segment format version {version} is newer than this build reads (version \
+             {SEGMENT_FORMAT_VERSION}): open the store with a newer Megalith"
         ));
     }
-    // Version 1 writes zero here; anything else was written by something else.
+    // Zero in every version so far; anything else was written by something else.
     let reserved = read_u32(header, RESERVED_OFFSET);
     if reserved != 0 {
         return Err(format!(
@@ -202,6 +276,7 @@ pub struct FrameHeader {
     /// The raw type byte, batch-end bit included.
     pub type_byte: u8,
     pub lsn: Lsn,
+    pub unsynced_run: u32,
 }
 
 impl FrameHeader {
@@ -222,16 +297,25 @@ pub(crate) fn peek_frame_header(bytes: &[u8]) -> Option<FrameHeader> {
         payload_len: read_u32(header, LEN_OFFSET),
         type_byte: header[TYPE_OFFSET],
         lsn: Lsn(read_u64(header, LSN_OFFSET)),
+        unsynced_run: read_u32(header, UNSYNCED_RUN_OFFSET),
     })
 }
 
-/// Appends one framed record to `out`.
+/// `unsynced_run` for a record with LSN `lsn` written when everything up to
+/// `durable` was durable (saturated: no claim).
+pub(crate) fn unsynced_run(lsn: Lsn, durable: Lsn) -> u32 {
+    u32::try_from(lsn.0.saturating_sub(durable.0)).unwrap_or(u32::MAX)
+}
+
+/// Appends one framed record to `out`. `durable` is the last LSN known to
+/// be durable (synced) before this record's batch is written.
 pub(crate) fn encode_frame(
     out: &mut Vec<u8>,
     segment: SegmentId,
     record_type: RecordType,
     batch_end: bool,
     lsn: Lsn,
+    durable: Lsn,
     payload: &[u8],
 ) -> Result<(), WalError> {
     let len = u32::try_from(payload.len())
@@ -240,6 +324,7 @@ pub(crate) fn encode_frame(
     out.extend_from_slice(&len.to_le_bytes());
     out.push(record_type as u8 | if batch_end { BATCH_END_BIT } else { 0 });
     out.extend_from_slice(&lsn.0.to_le_bytes());
+    out.extend_from_slice(&unsynced_run(lsn, durable).to_le_bytes());
     out.extend_from_slice(payload);
     let crc = crc64(&[&segment.0.to_le_bytes(), &out[start..]]);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -262,6 +347,9 @@ pub struct RecordRef<'a> {
     pub lsn: Lsn,
     pub record_type: RecordType,
     pub batch_end: bool,
+    /// See the frame layout: `lsn - unsynced_run` was durable when this
+    /// record's batch was written.
+    pub unsynced_run: u32,
     pub payload: &'a [u8],
 }
 
@@ -269,6 +357,12 @@ impl RecordRef<'_> {
     /// Bytes the whole frame takes.
     pub fn frame_len(&self) -> usize {
         FRAME_OVERHEAD + self.payload.len()
+    }
+
+    /// The last LSN that was durable when this record's batch was written
+    /// (`Lsn::ZERO` when the record makes no claim).
+    pub fn durable_lsn(&self) -> Lsn {
+        Lsn(self.lsn.0.saturating_sub(u64::from(self.unsynced_run)))
     }
 }
 
@@ -337,6 +431,7 @@ pub(crate) fn decode_frame(bytes: &[u8], segment: SegmentId) -> Result<RecordRef
         lsn: Lsn(read_u64(header, LSN_OFFSET)),
         record_type,
         batch_end: type_byte & BATCH_END_BIT != 0,
+        unsynced_run: read_u32(header, UNSYNCED_RUN_OFFSET),
         payload: &frame[FRAME_HEADER_LEN..body_end],
     })
 }
@@ -365,6 +460,7 @@ mod tests {
             RecordType::Event,
             false,
             Lsn(42),
+            Lsn(40),
             payload,
         )
         .unwrap();
@@ -380,6 +476,7 @@ mod tests {
             (Lsn(42), RecordType::Event, false)
         );
         assert_eq!(record.payload, b"hello");
+        assert_eq!((record.unsynced_run, record.durable_lsn()), (2, Lsn(40)));
         mark_batch_end(&mut buf, 0, SegmentId(7));
         assert!(decode_frame(&buf, SegmentId(7)).unwrap().batch_end);
     }

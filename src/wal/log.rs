@@ -10,12 +10,18 @@
 //! - The active segment is pre-sized to `segment_size + BATCH_SLACK` bytes of
 //!   zeros, so its map covers everything that will be appended to it; a batch
 //!   starts only below `segment_size`, and no batch exceeds `BATCH_SLACK`.
+//!   The pre-sized part is a hole until written, and readers never touch it
+//!   (`Segment::bytes` ends where the writer has appended).
+//! - Every frame records which LSN was durable when its batch was written,
+//!   so opening can tell damage (refused, never cut) from a torn tail (cut):
+//!   see `damage.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use super::damage::examine_after;
 use super::error::{WalError, io_error};
 use super::format::{
     FRAME_OVERHEAD, FrameError, RecordRef, RecordType, SEGMENT_HEADER_LEN, encode_frame,
@@ -47,6 +53,22 @@ pub(crate) struct LogEnd {
     pub offset: u32,
     /// LSN of the last record kept (`Lsn::ZERO` for an empty log).
     pub last_lsn: Lsn,
+}
+
+/// Damage in the log that opening found and refused: a bad frame that a
+/// later valid record proves was once synced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDamage {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Where its first bad frame starts.
+    pub offset: u64,
+    /// What is wrong there.
+    pub reason: String,
+    /// Valid records after it in the same segment.
+    pub valid_after: u64,
+    /// Why this is damage and not a torn tail.
+    pub evidence: String,
 }
 
 /// A torn or incomplete tail that opening the log cut off.
@@ -92,6 +114,22 @@ impl LogSnapshot {
         })
     }
 
+    /// Whether `location` lies inside a `Quarantined` record: its bytes were
+    /// damaged and moved aside by a repair (a remove record may still name
+    /// an event that was there). Scans the segment; for the rare path only.
+    pub fn quarantined(&self, location: Location) -> bool {
+        let Some(segment) = self.segment(location.segment) else {
+            return false;
+        };
+        for (offset, record) in segment.scan_from(SEGMENT_HEADER_LEN as u32) {
+            let end = offset as usize + record.frame_len();
+            if (location.offset as usize) < end {
+                return offset <= location.offset && record.record_type == RecordType::Quarantined;
+            }
+        }
+        false
+    }
+
     /// The checksummed record at `location`.
     pub fn read(&self, location: Location) -> Result<RecordRef<'_>, WalError> {
         let segment = self
@@ -117,6 +155,8 @@ impl Log {
     /// checkpoint); when it lies in the last segment the search for the end
     /// starts there instead of at the segment's first record. With
     /// `strict_tail`, a torn or corrupt tail is an error and nothing is cut.
+    /// With `existing`, the log that readers already share is opened again in
+    /// place (after its writer failed): its segment list is replaced.
     pub fn open(
         storage: Arc<dyn Storage>,
         dir: &Path,
@@ -124,6 +164,7 @@ impl Log {
         segment_size: u64,
         scan_hint: Option<(Location, Lsn)>,
         strict_tail: bool,
+        existing: Option<&Arc<Log>>,
     ) -> Result<(Arc<Log>, LogWriter, Option<TailRepair>), WalError> {
         let store = &*storage;
         store
@@ -172,14 +213,17 @@ impl Log {
             ids.push(SegmentId(1));
         }
         let mut segments = Vec::with_capacity(ids.len());
-        for (i, &id) in ids.iter().enumerate() {
+        for &id in &ids {
             let path = dir.join(segment_file_name(id));
-            if i + 1 == ids.len() {
-                let checkpoint = scan_hint.filter(|(hint, _)| hint.segment == id);
-                presize(store, &path, segment_size, checkpoint)?;
-            }
             segments.push(Arc::new(Segment::open(store, &path, shard, id)?));
         }
+        if let (Some(active), Some((hint, lsn))) = (segments.last(), scan_hint)
+            && hint.segment == active.id()
+        {
+            check_reaches(store, active.path(), hint, lsn)?;
+        }
+        // Nothing is changed before the end is known: damage is refused
+        // with every byte as it was.
         let (end, tail) = find_end(&segments, scan_hint)?;
         if let (true, Some(tail)) = (strict_tail, &tail) {
             return Err(WalError::Corrupt {
@@ -195,6 +239,7 @@ impl Log {
             // Zero everything past the end, always: a torn batch can leave
             // valid frames beyond a zeroed page, and once new batches reuse
             // their LSNs they must never be read back after another crash.
+            // Then pre-size the file again (the rest is a hole).
             let path = dir.join(segment_file_name(end.segment));
             let file = store
                 .open(&path, OpenMode::ReadWrite)
@@ -208,27 +253,86 @@ impl Log {
         if let Some(tail) = tail {
             repair = Some(tail);
         }
+        // Map the active segment again at its pre-sized length, so what is
+        // appended to it is visible through the map.
+        let active_segment = {
+            let path = dir.join(segment_file_name(end.segment));
+            let segment = Arc::new(Segment::open(store, &path, shard, end.segment)?);
+            segment.set_readable(end.offset as usize);
+            if let Some(last) = segments.last_mut() {
+                *last = Arc::clone(&segment);
+            }
+            segment
+        };
         let active_path = dir.join(segment_file_name(end.segment));
         let active = store
             .open(&active_path, OpenMode::ReadWrite)
             .map_err(io_error(&active_path, "open"))?;
-        let log = Arc::new(Log {
-            dir: dir.to_path_buf(),
-            shard,
-            storage: Arc::clone(&storage),
-            segments: RwLock::new(Arc::new(segments)),
-        });
+        let log = match existing {
+            Some(log) => {
+                log.replace_segments(segments);
+                Arc::clone(log)
+            }
+            None => Arc::new(Log {
+                dir: dir.to_path_buf(),
+                shard,
+                storage: Arc::clone(&storage),
+                segments: RwLock::new(Arc::new(segments)),
+            }),
+        };
         let writer = LogWriter {
             log: Arc::clone(&log),
             active,
+            active_segment,
             active_id: end.segment,
             position: u64::from(end.offset),
             next_lsn: end.last_lsn.next(),
+            // The log was synced above (and sealed segments at rotation).
+            durable: end.last_lsn,
+            durable_end: Location {
+                segment: end.segment,
+                offset: end.offset,
+            },
             segment_size,
-            poisoned: false,
+            poisoned: None,
             unsynced: false,
         };
         Ok((log, writer, repair))
+    }
+
+    /// What [`Log::open`] would find at the end of the log in `dir`, without
+    /// changing anything: `Ok(None)` a clean end, `Ok(Some(tail))` a torn
+    /// tail it would cut, `Err` damage (or anything else) it would refuse.
+    /// For tools that must say what the next open does.
+    pub fn predict_end(
+        storage: &dyn Storage,
+        dir: &Path,
+        shard: ShardId,
+        scan_hint: Option<(Location, Lsn)>,
+    ) -> Result<Option<TailRepair>, WalError> {
+        let mut ids = list_segment_ids(storage, dir)?;
+        if let Some(&last) = ids.last()
+            && never_written(storage, &dir.join(segment_file_name(last)))?
+            && scan_hint.is_none_or(|(hint, _)| hint.segment < last)
+        {
+            ids.pop();
+        }
+        let Some(&last) = ids.last() else {
+            return Ok(None);
+        };
+        let mut segments = Vec::with_capacity(2);
+        if let Some(&before) = ids.iter().rev().nth(1) {
+            let path = dir.join(segment_file_name(before));
+            segments.push(Arc::new(Segment::open(storage, &path, shard, before)?));
+        }
+        let path = dir.join(segment_file_name(last));
+        segments.push(Arc::new(Segment::open(storage, &path, shard, last)?));
+        if let Some((hint, lsn)) = scan_hint
+            && hint.segment == last
+        {
+            check_reaches(storage, &path, hint, lsn)?;
+        }
+        Ok(find_end(&segments, scan_hint)?.1)
     }
 
     pub fn dir(&self) -> &Path {
@@ -256,7 +360,10 @@ impl Log {
     }
 }
 
-fn list_segment_ids(storage: &dyn Storage, dir: &Path) -> Result<Vec<SegmentId>, WalError> {
+pub(crate) fn list_segment_ids(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<Vec<SegmentId>, WalError> {
     let mut ids = Vec::new();
     for name in storage.list(dir).map_err(io_error(dir, "list"))? {
         if let Some(id) = name.to_str().and_then(parse_segment_file_name) {
@@ -308,23 +415,20 @@ fn never_written(storage: &dyn Storage, path: &Path) -> Result<bool, WalError> {
     Ok(true)
 }
 
-/// Pre-sizes the active segment to `segment_size + BATCH_SLACK` bytes.
-/// `checkpoint`, an index checkpoint inside this segment, is where the log was
-/// synced to: a file that ends before it lost acknowledged records, which is
-/// damage, whatever the pre-sizing would add.
-fn presize(
+/// Checks that the active segment at `path` reaches `hint`, where an index
+/// checkpoint says the log was synced to: a file that ends before it lost
+/// acknowledged records, which is damage.
+fn check_reaches(
     storage: &dyn Storage,
     path: &Path,
-    segment_size: u64,
-    checkpoint: Option<(Location, Lsn)>,
+    hint: Location,
+    lsn: Lsn,
 ) -> Result<(), WalError> {
     let file = storage
-        .open(path, OpenMode::ReadWrite)
+        .open(path, OpenMode::Read)
         .map_err(io_error(path, "open"))?;
     let len = file.size().map_err(io_error(path, "stat"))?;
-    if let Some((hint, lsn)) = checkpoint
-        && u64::from(hint.offset) > len
-    {
+    if u64::from(hint.offset) > len {
         return Err(WalError::Corrupt {
             path: path.to_path_buf(),
             offset: len,
@@ -334,11 +438,6 @@ fn presize(
                 hint.offset
             ),
         });
-    }
-    let want = segment_size + BATCH_SLACK;
-    if len < want {
-        file.set_len(want).map_err(io_error(path, "extend"))?;
-        file.sync().map_err(io_error(path, "sync"))?;
     }
     Ok(())
 }
@@ -371,7 +470,9 @@ pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), WalError
 }
 
 /// Scans the active (last) segment and returns where its last whole batch
-/// ends, and a repair note if anything after that had to go.
+/// ends, and a repair note if a torn tail after that has to go. Damage (a
+/// bad frame that a later valid record proves was synced) is an error, and
+/// nothing is cut.
 fn find_end(
     segments: &[Arc<Segment>],
     hint: Option<(Location, Lsn)>,
@@ -398,43 +499,75 @@ fn find_end(
         }
         _ => (SEGMENT_HEADER_LEN as u32, None),
     };
+    let lsn_before = || lsn_at_start.unwrap_or_else(|| last_lsn_before(segments, start));
     let mut scan = active.scan_from(start);
     let mut kept: Option<(u32, Lsn)> = None;
-    let mut previous = Lsn::ZERO;
+    let mut previous: Option<Lsn> = lsn_at_start;
     let mut lsn_problem = None;
     for (offset, record) in scan.by_ref() {
-        if record.lsn <= previous {
+        if let Some(previous) = previous
+            && record.lsn <= previous
+        {
             lsn_problem = Some((
-                offset,
+                offset as usize,
                 format!("LSN {} does not follow {}", record.lsn, previous),
             ));
             break;
         }
-        previous = record.lsn;
+        previous = Some(record.lsn);
         if record.batch_end {
             kept = Some((offset + record.frame_len() as u32, record.lsn));
         }
     }
     let end_offset = kept.map_or(start, |(offset, _)| offset);
-    let scan_end = scan.offset() as u64;
+    let scan_end = scan.offset();
+    let bytes = active.bytes();
     let problem = match (lsn_problem, scan.stop()) {
-        (Some((offset, reason)), _) => Some((u64::from(offset), reason)),
-        (None, Some(FrameError::End) | None) if scan_end > u64::from(end_offset) => Some((
-            u64::from(end_offset),
-            "the last batch is incomplete".to_string(),
-        )),
-        (None, Some(FrameError::End) | None) => None,
+        (Some(problem), _) => Some(problem),
+        (None, Some(FrameError::End) | None) => next_data(bytes, scan_end).map(|data| {
+            (
+                scan_end,
+                format!(
+                    "{} zero bytes (an unwritten gap) followed by more data",
+                    data - scan_end
+                ),
+            )
+        }),
         (None, Some(other)) => Some((scan_end, other.to_string())),
+    };
+    if let Some((at, reason)) = &problem {
+        let last_good = previous.unwrap_or_else(lsn_before);
+        let after = examine_after(bytes, active.id(), *at, last_good);
+        if let Some((proof_at, lsn, durable)) = after.proof {
+            return Err(WalError::Damaged(LogDamage {
+                path: active.path().to_path_buf(),
+                offset: *at as u64,
+                reason: reason.clone(),
+                valid_after: after.valid_records,
+                evidence: format!(
+                    "the record at offset {proof_at} (LSN {lsn}) was written after LSN {durable} \
+                     had been synced"
+                ),
+            }));
+        }
+    }
+    let tail = match problem {
+        Some((at, reason)) => Some(TailRepair {
+            path: active.path().to_path_buf(),
+            offset: at as u64,
+            reason: format!("{reason}; the log is cut at offset {end_offset}"),
+        }),
+        None if scan_end > end_offset as usize => Some(TailRepair {
+            path: active.path().to_path_buf(),
+            offset: u64::from(end_offset),
+            reason: "the last batch is incomplete".to_string(),
+        }),
+        None => None,
     };
     let last_lsn = match kept {
         Some((_, lsn)) => lsn,
-        None => lsn_at_start.unwrap_or_else(|| last_lsn_before(segments, start)),
+        None => lsn_before(),
     };
-    let tail = problem.map(|(offset, reason)| TailRepair {
-        path: active.path().to_path_buf(),
-        offset,
-        reason,
-    });
     Ok((
         LogEnd {
             segment: active.id(),
@@ -443,6 +576,21 @@ fn find_end(
         },
         tail,
     ))
+}
+
+/// The offset of the first non-zero byte at or after `from`, if any.
+pub(crate) fn next_data(bytes: &[u8], from: usize) -> Option<usize> {
+    let rest = bytes.get(from..)?;
+    // Words first: the tail of a segment is mostly zeros.
+    let mut chunks = rest.chunks_exact(8);
+    let mut at = from;
+    for chunk in chunks.by_ref() {
+        if chunk.iter().any(|&b| b != 0) {
+            break;
+        }
+        at += 8;
+    }
+    bytes[at..].iter().position(|&b| b != 0).map(|p| at + p)
 }
 
 /// LSN of the last record before `offset` in the active segment or, when
@@ -482,6 +630,8 @@ pub(crate) struct Batch {
     capacity: usize,
     buf: Vec<u8>,
     next_lsn: Lsn,
+    /// The last LSN durable when the batch was started; every frame says so.
+    durable: Lsn,
     last_frame: Option<usize>,
 }
 
@@ -502,6 +652,7 @@ impl Batch {
             record_type,
             false,
             lsn,
+            self.durable,
             payload,
         )
         .map_err(|_| BatchFull)?;
@@ -520,6 +671,11 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.last_frame.is_none()
     }
+
+    /// Bytes still free in the batch.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.buf.len())
+    }
 }
 
 /// The one appender of a shard's log.
@@ -527,18 +683,38 @@ impl Batch {
 pub(crate) struct LogWriter {
     log: Arc<Log>,
     active: Box<dyn StorageFile>,
+    /// The active segment as readers see it: told how far it is written.
+    active_segment: Arc<Segment>,
     active_id: SegmentId,
     position: u64,
     next_lsn: Lsn,
+    /// The last LSN known durable (synced), which each batch records.
+    durable: Lsn,
+    /// Where the durable log ends.
+    durable_end: Location,
     segment_size: u64,
-    poisoned: bool,
+    /// Set by a failed write, sync, rotation or close: what failed.
+    poisoned: Option<Failure>,
     unsynced: bool,
+}
+
+/// What made a [`LogWriter`] refuse further writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// A write (or truncation, or segment creation) failed: what the file
+    /// holds past the writer's position is unknown, but what was written
+    /// before it is as written.
+    Write,
+    /// An fsync failed: the kernel may have dropped dirty pages and marked
+    /// them clean, so nothing written since the last good sync can be
+    /// trusted, even if it reads back fine ("fsyncgate").
+    Sync,
 }
 
 impl LogWriter {
     /// Starts a batch, rotating to a new segment first when the active one is full.
     pub fn batch(&mut self) -> Result<Batch, WalError> {
-        if self.poisoned {
+        if self.poisoned.is_some() {
             return Err(WalError::Poisoned);
         }
         if self.position >= self.segment_size {
@@ -551,6 +727,7 @@ impl LogWriter {
             capacity: room.min(BATCH_SLACK) as usize,
             buf: Vec::with_capacity(64 << 10),
             next_lsn: self.next_lsn,
+            durable: self.durable,
             last_frame: None,
         })
     }
@@ -559,7 +736,7 @@ impl LogWriter {
     /// Any failure poisons the writer: what reached the file is unknown, so
     /// nothing more is appended or acknowledged until the store is reopened.
     pub fn commit(&mut self, mut batch: Batch, sync: bool) -> Result<(), WalError> {
-        if self.poisoned {
+        if self.poisoned.is_some() {
             return Err(WalError::Poisoned);
         }
         let Some(last_frame) = batch.last_frame else {
@@ -569,7 +746,7 @@ impl LogWriter {
         mark_batch_end(&mut batch.buf, last_frame, batch.segment);
         let path = self.active_path();
         if let Err(source) = self.active.write_all_at(&batch.buf, self.position) {
-            self.poisoned = true;
+            self.poisoned = Some(Failure::Write);
             return Err(WalError::Io {
                 path,
                 op: "write",
@@ -577,6 +754,7 @@ impl LogWriter {
             });
         }
         self.position += batch.buf.len() as u64;
+        self.active_segment.set_readable(self.position as usize);
         self.next_lsn = batch.next_lsn;
         self.unsynced = true;
         if sync {
@@ -587,7 +765,7 @@ impl LogWriter {
 
     /// Makes every committed batch durable.
     pub fn sync(&mut self) -> Result<(), WalError> {
-        if self.poisoned {
+        if self.poisoned.is_some() {
             return Err(WalError::Poisoned);
         }
         if !self.unsynced {
@@ -596,7 +774,7 @@ impl LogWriter {
         if let Err(source) = self.active.sync() {
             // fsyncgate: after a failed fsync the kernel may have dropped the
             // dirty pages; retrying could "succeed" without the data on disk.
-            self.poisoned = true;
+            self.poisoned = Some(Failure::Sync);
             return Err(WalError::Io {
                 path: self.active_path(),
                 op: "sync",
@@ -604,11 +782,48 @@ impl LogWriter {
             });
         }
         self.unsynced = false;
+        self.durable = self.last_lsn();
+        self.durable_end = self.end();
         Ok(())
     }
 
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned
+        self.poisoned.is_some()
+    }
+
+    /// After a failure, cuts the log back to what can be trusted, so that
+    /// opening it again finds its end there: past the last successful write
+    /// after a failed write (its bytes are as written), past the last
+    /// successful sync after a failed sync (nothing since can be trusted).
+    /// Readers must not be reading past that point (the caller holds the
+    /// shard's index write lock). Returns the records cut.
+    pub fn cut_for_reopen(&mut self) -> Result<u64, WalError> {
+        let (keep, kept_lsn) = match self.poisoned {
+            Some(Failure::Sync) => (self.durable_end, self.durable),
+            _ => (self.end(), self.last_lsn()),
+        };
+        let dir = self.log.dir.clone();
+        // A segment begun by a rotation that failed holds no kept record:
+        // emptied, it is removed when the log is opened again.
+        if keep.segment != self.active_id {
+            self.active_segment.set_readable(0);
+            self.active
+                .set_len(0)
+                .map_err(io_error(&self.active_path(), "truncate"))?;
+        }
+        let path = dir.join(segment_file_name(keep.segment));
+        if let Some(segment) = self.log.snapshot().segment(keep.segment) {
+            let readable = segment.bytes().len().min(keep.offset as usize);
+            segment.set_readable(readable);
+        }
+        let file = self
+            .log
+            .storage
+            .open(&path, OpenMode::ReadWrite)
+            .map_err(io_error(&path, "open"))?;
+        file.set_len(u64::from(keep.offset))
+            .map_err(io_error(&path, "truncate"))?;
+        Ok(self.last_lsn().0.saturating_sub(kept_lsn.0))
     }
 
     /// LSN of the last committed record.
@@ -633,12 +848,12 @@ impl LogWriter {
     pub fn close(&mut self) -> Result<(), WalError> {
         self.sync()?;
         let path = self.active_path();
-        self.poisoned = true;
+        self.poisoned = Some(Failure::Write);
         self.active
             .set_len(self.position)
             .map_err(io_error(&path, "truncate"))?;
         self.active.sync().map_err(io_error(&path, "sync"))?;
-        self.poisoned = false;
+        self.poisoned = None;
         Ok(())
     }
 
@@ -653,7 +868,7 @@ impl LogWriter {
         let storage = &*self.log.storage;
         // Until the new segment is in place, what reached the disk is
         // unknown: a failure here poisons the writer like a failed write.
-        self.poisoned = true;
+        self.poisoned = Some(Failure::Write);
         self.active
             .set_len(self.position)
             .map_err(io_error(&path, "truncate"))?;
@@ -678,16 +893,19 @@ impl LogWriter {
             self.log.shard,
             next,
         )?);
+        fresh.set_readable(SEGMENT_HEADER_LEN);
         let mut segments: Vec<Arc<Segment>> = self.log.snapshot().segments().to_vec();
         if let Some(last) = segments.last_mut() {
             *last = sealed;
         }
-        segments.push(fresh);
+        segments.push(Arc::clone(&fresh));
         self.log.replace_segments(segments);
         self.active = file;
+        self.active_segment = fresh;
         self.active_id = next;
         self.position = SEGMENT_HEADER_LEN as u64;
-        self.poisoned = false;
+        self.durable_end = self.end();
+        self.poisoned = None;
         Ok(())
     }
 }
@@ -716,6 +934,7 @@ mod tests {
             segment_size,
             hint,
             strict,
+            None,
         )
     }
 
@@ -745,7 +964,13 @@ mod tests {
 
         let (_, writer, repair) = open_log(dir.path(), 1 << 20, None, false).unwrap();
         assert_eq!((writer.end(), writer.last_lsn()), (end, Lsn(1)));
-        assert!(repair.is_none(), "zeros are a clean end: {repair:?}");
+        // Nothing after the zeros says the lost batch was ever synced: a
+        // torn tail, cut and reported.
+        assert_eq!(
+            repair.map(|r| r.offset),
+            Some(u64::from(end.offset)),
+            "the torn tail is reported where it starts"
+        );
         let bytes = fs::read(&path).unwrap();
         assert!(
             bytes[end.offset as usize..].iter().all(|&b| b == 0),

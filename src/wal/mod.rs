@@ -1,11 +1,14 @@
 //! The write-ahead log, which is also the event store: per shard, an
 //! append-only sequence of segment files holding framed, checksummed records.
 
+mod damage;
 mod error;
 mod format;
 mod log;
+mod repair;
 mod segment;
 
+pub(crate) use damage::examine_after;
 pub use error::WalError;
 pub(crate) use format::SEGMENT_HEADER_LEN;
 pub(crate) use format::{
@@ -13,8 +16,13 @@ pub(crate) use format::{
     encode_segment_header, peek_frame_header, unchecked_segment_id,
 };
 pub use format::{
-    FrameError, FrameHeader, RecordRef, RecordType, RemovePayload, RemoveReason, SegmentHeader,
+    FrameError, FrameHeader, QuarantinePayload, RecordRef, RecordType, RemovePayload, RemoveReason,
+    SegmentHeader,
 };
+pub use log::LogDamage;
 pub(crate) use log::{Batch, BatchFull, Log, LogSnapshot, LogWriter};
+pub(crate) use repair::{
+    DamagedRange, REPAIR_MARKER, lost_lsns, quarantine, quarantine_path, scan_log,
+};
 pub(crate) use segment::Segment;
 pub(crate) use segment::{parse_segment_file_name, segment_file_name};

@@ -2,6 +2,7 @@
 //! its records in order.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::error::{WalError, io_error};
 use super::format::{
@@ -27,11 +28,18 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<SegmentId> {
 /// A read-only memory map of one segment. The active segment is mapped at its
 /// pre-sized length, so records appended later are visible through the same
 /// map (Linux keeps `write` and shared maps of one file coherent).
+///
+/// Only the first `readable` bytes are ever read through the map: what was
+/// written (for the active segment, up to where the writer has appended).
+/// The rest of a pre-sized file is a hole, and reading a hole through a map
+/// on a file system that has run out of space (tmpfs) raises SIGBUS: it
+/// must allocate a page for it and cannot.
 #[derive(Debug)]
 pub struct Segment {
     id: SegmentId,
     path: PathBuf,
     map: Option<Mapping>,
+    readable: AtomicUsize,
 }
 
 impl Segment {
@@ -47,14 +55,20 @@ impl Segment {
         // entries and scans that stop at the written end), and truncates a
         // segment only past its written end, so mapped bytes that are read
         // are never changed underneath (the `Mapping` contract).
-        let map = storage
+        let file = storage
             .open(path, OpenMode::Read)
-            .and_then(|file| file.map())
-            .map_err(io_error(path, "map"))?;
+            .map_err(io_error(path, "open"))?;
+        let map = file.map().map_err(io_error(path, "map"))?;
+        // Past the end of the file's data there are only holes (or nothing).
+        let data_end = file
+            .data_end()
+            .map_err(io_error(path, "find the end of data"))?;
+        let mapped = map.as_deref().map_or(0, <[u8]>::len);
         let segment = Segment {
             id,
             path: path.to_path_buf(),
             map,
+            readable: AtomicUsize::new((data_end as usize).min(mapped)),
         };
         let header =
             decode_segment_header(segment.bytes()).map_err(|reason| WalError::Corrupt {
@@ -83,9 +97,18 @@ impl Segment {
         &self.path
     }
 
-    /// Every mapped byte, header included (unwritten space reads as zeros).
+    /// The readable bytes, header included: the file's data (whole pages;
+    /// unwritten space in them reads as zeros), or for the active segment once
+    /// the log is open, what the writer has appended.
     pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        let map = self.map.as_deref().unwrap_or(&[]);
+        &map[..self.readable.load(Ordering::Acquire).min(map.len())]
+    }
+
+    /// Lets readers see the first `len` bytes (the writer, once they are
+    /// written: nothing past them is read).
+    pub(crate) fn set_readable(&self, len: usize) {
+        self.readable.store(len, Ordering::Release);
     }
 
     /// Decodes and checksums the record whose frame starts at `offset`.

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use megalith::inspect::log::{
-    FrameError, FrameHeader, Problem, RecordRef, RecordType, RemovePayload, RemoveReason,
-    SegmentWalk, WalkItem, parse_segment_file_name, parse_shard_dir_name,
+    FrameError, FrameHeader, Problem, QuarantinePayload, RecordRef, RecordType, RemovePayload,
+    RemoveReason, SegmentWalk, WalkItem, parse_segment_file_name, parse_shard_dir_name,
 };
 use megalith::{EventRef, SegmentId, ShardId};
 
@@ -69,6 +69,7 @@ struct Totals {
     records: u64,
     events: u64,
     removes: u64,
+    quarantined: u64,
     batches: u64,
     record_bytes: u64,
     file_bytes: u64,
@@ -274,6 +275,7 @@ impl<W: Write> Dump<W> {
                     match record.record_type {
                         RecordType::Event => self.totals.events += 1,
                         RecordType::Remove => self.totals.removes += 1,
+                        RecordType::Quarantined => self.totals.quarantined += 1,
                     }
                     if record.batch_end {
                         self.totals.batches += 1;
@@ -363,6 +365,7 @@ impl<W: Write> Dump<W> {
             match details {
                 Ok(Details::Event(event)) => doc["event"] = event,
                 Ok(Details::Remove(remove)) => doc["remove"] = remove,
+                Ok(Details::Quarantined(q)) => doc["quarantined"] = q,
                 Err(why) => doc["problem"] = why.into(),
             }
             if self.hex {
@@ -389,6 +392,12 @@ impl<W: Write> Dump<W> {
                     r["target_offset"],
                     r["reason"].as_str().unwrap_or(""),
                     r["target_id"].as_str().unwrap_or("")
+                ),
+                Ok(Details::Quarantined(q)) => format!(
+                    "damaged bytes moved to {} (records from LSN {} lost; next LSN {})",
+                    q["file"].as_str().unwrap_or("?"),
+                    q["first_lost"],
+                    q["next"]
                 ),
                 Err(why) => format!("!! PROBLEM: {why}"),
             };
@@ -525,6 +534,7 @@ impl<W: Write> Dump<W> {
 enum Details {
     Event(serde_json::Value),
     Remove(serde_json::Value),
+    Quarantined(serde_json::Value),
 }
 
 /// What an event or remove record holds, or why its payload does not decode.
@@ -556,6 +566,18 @@ fn describe(record: &RecordRef<'_>) -> Result<Details, String> {
                     RemoveReason::Deleted => "deleted",
                 },
                 "target_id": hex(&remove.target_id),
+            })))
+        }
+        RecordType::Quarantined => {
+            let q = QuarantinePayload::decode(record.payload).unwrap_or(QuarantinePayload {
+                first_lost: record.lsn,
+                next: megalith::Lsn(0),
+                file_name: String::new(),
+            });
+            Ok(Details::Quarantined(serde_json::json!({
+                "file": q.file_name,
+                "first_lost": q.first_lost.0,
+                "next": q.next.0,
             })))
         }
     }

@@ -61,6 +61,8 @@ pub(super) struct LogWalk {
     pub entries: [KindEntries; IndexKind::ALL.len()],
     pub segments: usize,
     pub removes: u64,
+    /// Quarantined records (damaged ranges a repair moved aside).
+    pub quarantined: u64,
     pub problems: Vec<Problem>,
     pub notes: Vec<String>,
     /// Whether the store keeps term_time (search) entries.
@@ -116,6 +118,8 @@ impl LogWalk {
                     list.owners.push(owner);
                 });
             }
+            // Damaged bytes a repair moved aside: nothing for the indexes.
+            RecordType::Quarantined => self.quarantined += 1,
             RecordType::Remove => {
                 self.removes += 1;
                 self.remove_locations.insert(location);
@@ -255,32 +259,13 @@ pub(super) fn walk_log(dir: &Path, shard: ShardId, terms: bool) -> Result<LogWal
         };
         if let Some((offset, lsn, before)) = lsn_problem {
             let reason = format!("LSN {lsn} does not follow {before}");
-            if active {
-                walk.notes.push(format!(
-                    "{} at offset {offset}: {reason}; the log is cut here at the next open",
-                    path.display()
-                ));
-            } else {
+            if !active {
                 walk.problem(path, Some(u64::from(offset)), reason);
             }
         }
         if active {
-            if !pending.is_empty() {
-                walk.notes.push(format!(
-                    "{}: the last batch ({} records from offset {}) is incomplete; cut at the next open",
-                    path.display(),
-                    pending.len(),
-                    pending[0].location.offset
-                ));
-            }
-            if !matches!(end.stop, FrameError::End) {
-                walk.notes.push(format!(
-                    "{} at offset {}: {}; the log's torn tail is cut here at the next open",
-                    path.display(),
-                    end.offset,
-                    end.stop
-                ));
-            }
+            // What the next open does with the end (cut a torn tail, or
+            // refuse damage) is said by `predict_open`, from the open's code.
         } else {
             // Replay applies a sealed segment's records whole batch or not.
             for record in pending.drain(..) {
@@ -299,7 +284,11 @@ pub(super) fn walk_log(dir: &Path, shard: ShardId, terms: bool) -> Result<LogWal
                 walk.problem(
                     path,
                     Some(end.offset),
-                    format!("sealed segment damaged: {reason} (opening the store fails)"),
+                    format!(
+                        "sealed segment damaged: {reason} (reading the events there fails, and \
+                         an open that replays this segment refuses the store; `megalith repair` \
+                         moves the damaged bytes to a quarantine file and keeps every valid record)"
+                    ),
                 );
             }
         }

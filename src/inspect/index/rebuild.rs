@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::EventStore;
 use crate::error::{Error, io_error};
+use crate::recovery::{LogRepair, RecoveryMode};
 
 use super::{lock_store, shard_dirs};
 
@@ -19,6 +20,11 @@ pub struct RebuildReport {
     pub replayed_records: u64,
     /// Time from opening the store to its indexes being checkpointed.
     pub elapsed: Duration,
+    /// Damaged log ranges found while replaying, moved to quarantine files
+    /// (never cut: every valid record after them is kept).
+    pub log_repairs: Vec<LogRepair>,
+    /// Torn log tails that were cut (never acknowledged as durable).
+    pub tail_repairs: Vec<String>,
 }
 
 /// Rebuilds every index of the store in `data_dir` from the log. `Err` when
@@ -51,23 +57,27 @@ pub fn rebuild(data_dir: &Path) -> Result<RebuildReport, Error> {
         // indexes itself and make `open` below fail with `Error::Locked`.
     };
     let started = Instant::now();
+    // Damage met while replaying is repaired, never cut (see RecoveryMode).
     let opened = EventStore::builder(data_dir)
         .create_if_missing(false)
+        .recovery_mode(RecoveryMode::Repair)
         .open()
         .and_then(|store| {
-            let replayed = store.recovery_report().replayed_records;
-            store.close().map(|()| replayed)
+            let report = store.recovery_report().clone();
+            store.close().map(|()| report)
         });
     match opened {
-        Ok(replayed_records) => {
+        Ok(report) => {
             let elapsed = started.elapsed();
             for (_, aside) in &moved {
                 std::fs::remove_dir_all(aside).map_err(io_error(aside, "remove"))?;
             }
             Ok(RebuildReport {
                 shards,
-                replayed_records,
+                replayed_records: report.replayed_records,
                 elapsed,
+                log_repairs: report.log_repairs,
+                tail_repairs: report.tail_repairs,
             })
         }
         Err(error) => {
