@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -15,6 +15,7 @@ use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 use super::{ImportArgs, durability};
+use crate::output::{Output, errln};
 
 /// What one input value turned out to be.
 enum Parsed {
@@ -112,16 +113,19 @@ pub(crate) fn run(args: &ImportArgs) -> Result<ExitCode, String> {
             "read": tally.read, "stored": stored, "invalid": tally.invalid,
             "outcomes": outcomes, "seconds": seconds,
         });
-        println!("{doc}");
+        let mut out = Output::stdout();
+        writeln!(out, "{doc}")
+            .and_then(|()| out.finish())
+            .map_err(|e| format!("writing the summary: {e}"))?;
     } else {
-        eprintln!(
+        errln!(
             "read {} event(s) in {seconds:.2} s ({:.0}/s): {stored} stored, {} invalid",
             tally.read,
             tally.read as f64 / seconds.max(1e-9),
             tally.invalid
         );
         for (label, n) in &tally.outcomes {
-            eprintln!("  {label:<14} {n}");
+            errln!("  {label:<14} {n}");
         }
     }
     Ok(if args.strict && tally.invalid > 0 {
@@ -241,7 +245,7 @@ fn refuse(
     tally.invalid += 1;
     *tally.outcomes.entry(rejection.code).or_default() += 1;
     if !args.quiet {
-        progress.suspend(|| eprintln!("{name}:{line}: {}", rejection.message));
+        progress.suspend(|| errln!("{name}:{line}: {}", rejection.message));
     }
 }
 

@@ -1,11 +1,18 @@
 //! `megalith`: serve a Megalith store as a Nostr relay; import, query, count
 //! and inspect it; generate test data.
+#![deny(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "println! and eprintln! panic on a closed pipe: write through output.rs"
+)]
 
 mod generate;
 mod import;
+#[path = "../common/output.rs"]
+mod output;
 mod serve;
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -15,6 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use megalith::{
     Durability, EventStore, EventStoreBuilder, Filter, Limits, ReplayProgress, ShardId,
 };
+use output::{Output, errln};
 
 #[derive(Parser)]
 #[command(
@@ -166,7 +174,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("megalith: {message}");
+            errln!("megalith: {message}");
             ExitCode::FAILURE
         }
     }
@@ -206,16 +214,16 @@ pub(crate) fn with_replay_progress(builder: EventStoreBuilder) -> EventStoreBuil
 pub(crate) fn report_recovery(store: &EventStore) {
     let report = store.recovery_report();
     if report.unclean_shutdown {
-        eprintln!(
+        errln!(
             "megalith: the store was not closed cleanly; replayed {} log records",
             report.replayed_records
         );
     }
     for repair in &report.tail_repairs {
-        eprintln!("megalith: cut the log's torn tail: {repair}");
+        errln!("megalith: cut the log's torn tail: {repair}");
     }
     for rebuilt in &report.rebuilt_indexes {
-        eprintln!("megalith: rebuilt index from the log: {rebuilt}");
+        errln!("megalith: rebuilt index from the log: {rebuilt}");
     }
 }
 
@@ -242,51 +250,83 @@ fn parse_filters(text: &str) -> Result<Vec<Filter>, String> {
 fn query(args: &QueryArgs) -> Result<ExitCode, String> {
     let filters = parse_filters(&args.filter)?;
     let store = open(&args.store)?;
-    let stdout = std::io::stdout().lock();
-    let mut out = BufWriter::new(stdout);
+    let mut out = Output::stdout();
     let mut line = Vec::with_capacity(1024);
     let mut write_error = None;
     let result = store.query_with(&filters, |event| {
         line.clear();
         event.write_json(&mut line);
         line.push(b'\n');
-        if write_error.is_none()
-            && let Err(e) = out.write_all(&line)
-        {
+        if let Err(e) = out.write_all(&line) {
             write_error = Some(e);
+        }
+        if write_error.is_some() || !out.is_open() {
+            // Stops the query; the error is ours, not the store's.
+            return Err(megalith::Error::Closed);
         }
         Ok(())
     });
-    let flushed = out.flush();
-    result.map_err(|e| e.to_string())?;
-    match write_error.map_or(flushed, Err) {
-        Ok(()) => {}
-        // `megalith query ... | head` closes the pipe early: not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => return Err(format!("writing output: {e}")),
-    }
-    store.close().map_err(|e| e.to_string())?;
-    Ok(ExitCode::SUCCESS)
+    // `megalith query ... | head` closes the pipe early: not an error.
+    let stopped_by_output = write_error.is_some() || !out.is_open();
+    let written = match write_error {
+        Some(e) => Err(e),
+        None => out.finish(),
+    };
+    let result = match result {
+        Err(_) if stopped_by_output => Ok(()),
+        other => other.map(|_| ()),
+    };
+    finish(store, result, written)
 }
 
 fn count(args: &CountArgs) -> Result<ExitCode, String> {
     let filters = parse_filters(&args.filter)?;
     let store = open(&args.store)?;
-    let n = store.count(&filters).map_err(|e| e.to_string())?;
-    if args.json {
-        println!("{{\"count\":{n}}}");
-    } else {
-        println!("{n}");
+    let result = store.count(&filters);
+    let mut out = Output::stdout();
+    let written = match &result {
+        Ok(n) if args.json => writeln!(out, "{{\"count\":{n}}}"),
+        Ok(n) => writeln!(out, "{n}"),
+        Err(_) => Ok(()),
     }
-    store.close().map_err(|e| e.to_string())?;
-    Ok(ExitCode::SUCCESS)
+    .and_then(|()| out.finish());
+    finish(store, result.map(|_| ()), written)
 }
 
 fn stats(args: &StatsArgs) -> Result<ExitCode, String> {
     let store = open(&args.store)?;
-    let stats = store.stats().map_err(|e| e.to_string())?;
+    let mut out = Output::stdout();
+    let result = store.stats();
+    let written = match &result {
+        Ok(stats) => write_stats(&mut out, &store, stats, args.json),
+        Err(_) => Ok(()),
+    }
+    .and_then(|()| out.finish());
+    finish(store, result.map(|_| ()), written)
+}
+
+/// Closes the store whatever happened, then reports the first failure: the
+/// store's work, the output (a closed pipe is none), closing the store.
+fn finish(
+    store: EventStore,
+    work: Result<(), megalith::Error>,
+    written: std::io::Result<()>,
+) -> Result<ExitCode, String> {
+    let closed = store.close();
+    work.map_err(|e| e.to_string())?;
+    written.map_err(|e| format!("writing output: {e}"))?;
+    closed.map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_stats(
+    out: &mut Output,
+    store: &EventStore,
+    stats: &megalith::StoreStats,
+    json: bool,
+) -> std::io::Result<()> {
     let index_total: u64 = stats.index_bytes.values().sum();
-    if args.json {
+    if json {
         let by_kind: serde_json::Map<String, serde_json::Value> = stats
             .events_by_kind
             .iter()
@@ -312,34 +352,35 @@ fn stats(args: &StatsArgs) -> Result<ExitCode, String> {
             "indexes": indexes,
             "index_bytes": index_total,
         });
-        println!("{doc}");
-    } else {
-        println!("events          {}", stats.events);
-        println!("shards          {}", store.shard_count());
-        println!(
-            "search index    {}",
-            if store.search_index() { "on" } else { "off" }
-        );
-        println!("by kind");
-        for (kind, n) in &stats.events_by_kind {
-            println!("  {kind:>6}  {n}");
-        }
-        println!(
-            "log             {} in {} segment(s)",
-            human_bytes(stats.log_bytes),
-            stats.log_segments
-        );
-        println!("indexes         {}", human_bytes(index_total));
-        for (name, bytes) in &stats.index_bytes {
-            let entries = stats.index_entries.get(name).copied().unwrap_or(0);
-            println!(
-                "  {name:<17} {:>10}  {entries} entries",
-                human_bytes(*bytes)
-            );
-        }
+        return writeln!(out, "{doc}");
     }
-    store.close().map_err(|e| e.to_string())?;
-    Ok(ExitCode::SUCCESS)
+    writeln!(out, "events          {}", stats.events)?;
+    writeln!(out, "shards          {}", store.shard_count())?;
+    writeln!(
+        out,
+        "search index    {}",
+        if store.search_index() { "on" } else { "off" }
+    )?;
+    writeln!(out, "by kind")?;
+    for (kind, n) in &stats.events_by_kind {
+        writeln!(out, "  {kind:>6}  {n}")?;
+    }
+    writeln!(
+        out,
+        "log             {} in {} segment(s)",
+        human_bytes(stats.log_bytes),
+        stats.log_segments
+    )?;
+    writeln!(out, "indexes         {}", human_bytes(index_total))?;
+    for (name, bytes) in &stats.index_bytes {
+        let entries = stats.index_entries.get(name).copied().unwrap_or(0);
+        writeln!(
+            out,
+            "  {name:<17} {:>10}  {entries} entries",
+            human_bytes(*bytes)
+        )?;
+    }
+    Ok(())
 }
 
 fn human_bytes(bytes: u64) -> String {
