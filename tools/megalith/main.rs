@@ -40,8 +40,25 @@ enum Command {
     /// Run the NIP-01 relay (WebSocket, NIP-11, /health, /metrics) on a store, creating it if
     /// missing; stops cleanly on Ctrl-C or SIGTERM.
     Serve(Box<serve::ServeArgs>),
-    /// Import events from JSONL files (bare events, ["EVENT", event] or
-    /// ["EVENT", sub, event]; pretty-printed values spanning lines work too).
+    /// Import events from JSONL files, one event per line: bare, ["EVENT", event] or ["EVENT", sub, event]
+    ///
+    /// Input is read line by line; a value pretty-printed over several lines
+    /// is not supported (each of its lines is refused). Every line that
+    /// holds no valid event (invalid UTF-8, binary data, truncated or
+    /// malformed JSON, `null` or other JSON that is not an event, an event
+    /// over the limits, a line longer than 4 x --max-event-bytes and at
+    /// least 1 MiB, which is skipped unread) is named on stderr as
+    /// `file:line: reason` and skipped; the lines around it are imported.
+    /// Blank lines are skipped silently.
+    ///
+    /// A summary of outcomes (stored, replaced, duplicate, superseded,
+    /// deleted, and each reason for a refusal) is always printed. If a store
+    /// error (a full disk, a store open in another process) or an input
+    /// that cannot be read stops the run, the summary names the first line
+    /// not imported and the --skip-lines that resumes there, and the exit
+    /// status is 1. The files are all opened first: one that cannot be
+    /// opened stops the command before anything is read.
+    #[command(verbatim_doc_comment)]
     Import(ImportArgs),
     /// Print the events matching a filter (or a JSON array of filters) as JSONL, newest first.
     Query(QueryArgs),
@@ -76,9 +93,14 @@ enum DurabilityArg {
 struct ImportArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// Files to read; `-` reads standard input.
+    /// Files to read, in order; `-` reads standard input.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
+    /// Pass over the first N lines of the first FILE unread (to resume a
+    /// run that stopped: its summary gives N). Line numbers in messages
+    /// still count from the top of the file.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    skip_lines: u64,
     /// Events per insert batch.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
@@ -100,13 +122,14 @@ struct ImportArgs {
     /// Largest event JSON accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_event_bytes)]
     max_event_bytes: usize,
-    /// Do not list refused events on stderr (the summary still counts them).
+    /// Do not list refused lines on stderr (the summary still counts them).
     #[arg(long)]
     quiet: bool,
-    /// Exit with status 1 if any event was refused as invalid.
+    /// Exit with status 1 if any line was refused as invalid.
     #[arg(long)]
     strict: bool,
-    /// Print the summary as JSON on stdout.
+    /// Print the summary as JSON on stdout (with "stopped": the file, the
+    /// resume_line and skip_lines, and the error, when the run stopped).
     #[arg(long)]
     json: bool,
 }
