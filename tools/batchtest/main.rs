@@ -3,10 +3,19 @@
 //! insert's outcome and a sample of random queries against the brute-force
 //! reference (before and after reopening), and reports throughput, latency
 //! per query shape, bytes on disk per event and peak memory. Exits 1 on any
-//! mismatch, 2 when it cannot run.
+//! mismatch, 2 when it cannot run. When nobody reads the report (`batchtest
+//! | head -1`), the rest of it is dropped and the status is the same.
+#![deny(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "println! and eprintln! panic on a closed pipe: write through output.rs"
+)]
 
+#[path = "../common/output.rs"]
+mod output;
 mod queries;
 
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +27,7 @@ use megalith::datagen::{GenConfig, Generator};
 use megalith::reference::{RefOutcome, Reference};
 use megalith::{Durability, Event, EventId, EventStore, InsertOutcome};
 
+use output::{Output, errln};
 use queries::{Query, SEARCH_SHAPES, SHAPES, Sampler};
 
 #[derive(Parser)]
@@ -105,7 +115,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(message) => {
-            eprintln!("batchtest: {message}");
+            errln!("batchtest: {message}");
             ExitCode::from(2)
         }
     }
@@ -153,7 +163,7 @@ impl Drop for DataDir {
         if self.remove {
             let _ = std::fs::remove_dir_all(&self.path);
         } else {
-            eprintln!("batchtest: the store is in {}", self.path.display());
+            errln!("batchtest: the store is in {}", self.path.display());
         }
     }
 }
@@ -299,7 +309,10 @@ fn run(cli: &Cli) -> Result<bool, String> {
 
     (report.disk_bytes, report.apparent_bytes) = disk_usage(&data.path);
     report.peak_rss_bytes = peak_rss();
-    print_report(cli, threads, &report);
+    let mut out = Output::stdout();
+    print_report(&mut out, cli, threads, &report)
+        .and_then(|()| out.finish())
+        .map_err(|e| format!("writing the report: {e}"))?;
     Ok(report.outcome_mismatch_count == 0 && report.query_mismatch_count == 0)
 }
 
@@ -548,7 +561,7 @@ fn percentiles(times: &[Duration]) -> Option<(f64, f64, f64)> {
     Some((at(0.50), at(0.99), at(1.0)))
 }
 
-fn print_report(cli: &Cli, threads: usize, r: &Report) {
+fn print_report(out: &mut Output, cli: &Cli, threads: usize, r: &Report) -> io::Result<()> {
     let rate = r.generated as f64 / r.insert_seconds.max(1e-9);
     let per_event = r.disk_bytes as f64 / r.stored.max(1) as f64;
     let ratio = r.disk_bytes as f64 / r.json_bytes.max(1) as f64;
@@ -582,10 +595,10 @@ fn print_report(cli: &Cli, threads: usize, r: &Report) {
             "query_mismatches": r.query_mismatch_count,
             "first_mismatches": r.outcome_mismatches.iter().chain(&r.query_mismatches).collect::<Vec<_>>(),
         });
-        println!("{doc}");
-        return;
+        return writeln!(out, "{doc}");
     }
-    println!(
+    writeln!(
+        out,
         "batchtest: {} events (seed {}, {} authors), batches of {}, {} insert threads, durability {}, {}",
         r.generated,
         cli.seed,
@@ -594,53 +607,62 @@ fn print_report(cli: &Cli, threads: usize, r: &Report) {
         threads,
         cli.durability.name(),
         if cli.trusted { "trusted" } else { "verified" }
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "generate   {:.1} s ({:.0} events/s)",
         r.generate_seconds,
         r.generated as f64 / r.generate_seconds.max(1e-9)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "insert     {:.2} s, {rate:.0} events/s; {} stored after replacements and deletions",
         r.insert_seconds, r.stored
-    );
+    )?;
     if let Some((p50, p99, max)) = batches {
-        println!(
+        writeln!(
+            out,
             "  per batch  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
             p50 / 1e3,
             p99 / 1e3,
             max / 1e3
-        );
+        )?;
     }
-    println!("queries    latency per shape (µs)");
-    println!(
+    writeln!(out, "queries    latency per shape (µs)")?;
+    writeln!(
+        out,
         "  {:<18} {:>7} {:>10} {:>10} {:>10}",
         "shape", "count", "p50", "p99", "max"
-    );
+    )?;
     for (shape, times) in &r.shapes {
         if let Some((p50, p99, max)) = percentiles(times) {
-            println!(
+            writeln!(
+                out,
                 "  {shape:<18} {:>7} {p50:>10.1} {p99:>10.1} {max:>10.1}",
                 times.len()
-            );
+            )?;
         }
     }
-    println!("reopen     {:.3} s", r.reopen_seconds);
-    println!(
+    writeln!(out, "reopen     {:.3} s", r.reopen_seconds)?;
+    writeln!(
+        out,
         "disk       {} bytes ({:.0} per stored event; {ratio:.2}x the {} bytes of JSONL inserted)",
         r.disk_bytes, per_event, r.json_bytes
-    );
+    )?;
     if let Some(peak) = r.peak_rss_bytes {
-        println!(
+        writeln!(
+            out,
             "memory     peak RSS {:.0} MiB (events, reference and store together)",
             peak as f64 / (1 << 20) as f64
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "checked    {} outcomes, {} queries: {} outcome and {} query mismatches",
         r.generated, r.queries_checked, r.outcome_mismatch_count, r.query_mismatch_count
-    );
+    )?;
     for problem in r.outcome_mismatches.iter().chain(&r.query_mismatches) {
-        println!("  MISMATCH {problem}");
+        writeln!(out, "  MISMATCH {problem}")?;
     }
+    Ok(())
 }

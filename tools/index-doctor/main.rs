@@ -2,13 +2,25 @@
 //! log) and rebuild them from the log.
 //!
 //! Exit status: 0 clean (or rebuilt), 1 problems found, 2 could not run
-//! (no store, store open in another process, unreadable file).
+//! (no store, store open in another process, unreadable file). When nobody
+//! reads the output any more (`index-doctor check | head -1`), the output
+//! stops and the status is the same.
+#![deny(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "println! and eprintln! panic on a closed pipe: write through output.rs"
+)]
 
+#[path = "../common/output.rs"]
+mod output;
+
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use megalith::inspect::index::{IndexSummary, Problem, Report, check_store, rebuild};
+use output::{Output, errln};
 
 #[derive(Parser)]
 #[command(
@@ -72,11 +84,11 @@ fn main() -> ExitCode {
 
 fn cannot_run(data: &Path, error: &megalith::Error) -> ExitCode {
     match error {
-        megalith::Error::Missing(_) => eprintln!(
+        megalith::Error::Missing(_) => errln!(
             "index-doctor: no store in {} (check --data)",
             data.display()
         ),
-        other => eprintln!("index-doctor: {other}"),
+        other => errln!("index-doctor: {other}"),
     }
     ExitCode::from(CANNOT_RUN)
 }
@@ -86,10 +98,16 @@ fn check(args: &CheckArgs) -> ExitCode {
         Ok(report) => report,
         Err(e) => return cannot_run(&args.store.data, &e),
     };
-    if args.json {
-        println!("{}", to_json(&report));
+    let mut out = Output::stdout();
+    let written = if args.json {
+        writeln!(out, "{}", to_json(&report))
     } else {
-        print_text(&report);
+        print_text(&mut out, &report)
+    }
+    .and_then(|()| out.finish());
+    if let Err(e) = written {
+        errln!("index-doctor: writing output: {e}");
+        return ExitCode::from(CANNOT_RUN);
     }
     if report.is_clean() {
         ExitCode::SUCCESS
@@ -101,13 +119,22 @@ fn check(args: &CheckArgs) -> ExitCode {
 fn rebuild_command(args: &RebuildArgs) -> ExitCode {
     match rebuild(&args.store.data) {
         Ok(report) => {
-            println!(
+            let mut out = Output::stdout();
+            let written = writeln!(
+                out,
                 "rebuilt the indexes of {} shard(s) from {} log records in {:.3} s",
                 report.shards,
                 report.replayed_records,
                 report.elapsed.as_secs_f64()
-            );
-            ExitCode::SUCCESS
+            )
+            .and_then(|()| out.finish());
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    errln!("index-doctor: the indexes were rebuilt, but writing output: {e}");
+                    ExitCode::from(CANNOT_RUN)
+                }
+            }
         }
         Err(e) => cannot_run(&args.store.data, &e),
     }
@@ -124,16 +151,17 @@ fn location(problem: &Problem) -> String {
     at
 }
 
-fn print_text(report: &Report) {
+fn print_text(out: &mut Output, report: &Report) -> io::Result<()> {
     for problem in &report.problems {
         let mut line = format!("problem: {}: {}", location(problem), problem.reason);
         if let Some(id) = &problem.event_id {
             line.push_str(&format!(" [event {id}]"));
         }
-        println!("{line}");
+        writeln!(out, "{line}")?;
     }
     for log in &report.logs {
-        println!(
+        writeln!(
+            out,
             "shard {} log: {} segment(s), {} records ({} events, {} removes), {} live events, last LSN {}",
             log.shard,
             log.segments,
@@ -142,33 +170,36 @@ fn print_text(report: &Report) {
             log.remove_records,
             log.live_events,
             log.last_lsn
-        );
+        )?;
         for note in &log.notes {
-            println!("  note: {note}");
+            writeln!(out, "  note: {note}")?;
         }
     }
-    println!(
+    writeln!(
+        out,
         "{:<6} {:<17} {:>7} {:>9} {:>5} {:>6} {:>10} {:>8} {:>8}",
         "shard", "index", "pages", "entries", "depth", "free", "checkpoint", "pending", "problems"
-    );
+    )?;
     for index in &report.indexes {
-        print_index(index);
+        print_index(out, index)?;
     }
     for index in &report.indexes {
         for note in index.check.iter().flat_map(|c| &c.notes) {
-            println!("  note: {}: {note}", index.path.display());
+            writeln!(out, "  note: {}: {note}", index.path.display())?;
         }
     }
     if report.is_clean() {
-        println!("clean: no problems found");
+        writeln!(out, "clean: no problems found")?;
     } else {
-        println!("{} problem(s) found", report.problems.len());
+        writeln!(out, "{} problem(s) found", report.problems.len())?;
     }
+    Ok(())
 }
 
-fn print_index(index: &IndexSummary) {
+fn print_index(out: &mut Output, index: &IndexSummary) -> io::Result<()> {
     let Some(check) = &index.check else {
-        println!(
+        writeln!(
+            out,
             "{:<6} {:<17} {:>7} {:>9} {:>5} {:>6} {:>10} {:>8} {:>8}",
             index.shard.0,
             index.kind.name(),
@@ -179,13 +210,14 @@ fn print_index(index: &IndexSummary) {
             "-",
             index.pending_replay,
             index.problems
-        );
-        return;
+        )?;
+        return Ok(());
     };
     let checkpoint = index
         .checkpoint_lsn
         .map_or_else(|| "-".to_string(), |l| l.to_string());
-    println!(
+    writeln!(
+        out,
         "{:<6} {:<17} {:>7} {:>9} {:>5} {:>6} {:>10} {:>8} {:>8}",
         index.shard.0,
         index.kind.name(),
@@ -196,7 +228,8 @@ fn print_index(index: &IndexSummary) {
         checkpoint,
         index.pending_replay,
         index.problems
-    );
+    )?;
+    Ok(())
 }
 
 fn to_json(report: &Report) -> serde_json::Value {

@@ -3,7 +3,7 @@
 //! same file.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use megalith::datagen::{GenConfig, Generator, write_jsonl};
 
 use super::GenerateArgs;
+use crate::output::{Output, errln};
 
 /// Events drafted, then signed in parallel, per round. The output does not depend on it.
 const ROUND: u64 = 32_768;
@@ -44,14 +45,14 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<ExitCode, String> {
         None => std::thread::available_parallelism().map_or(1, usize::from),
     };
     let path = args.out.as_deref().filter(|path| *path != Path::new("-"));
-    let sink: Box<dyn Write> = match path {
-        Some(path) => Box::new(
+    let sink = match path {
+        Some(path) => Output::file(
             File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?,
         ),
-        None => Box::new(std::io::stdout().lock()),
+        None => Output::stdout(),
     };
     let mut out = Counting {
-        inner: BufWriter::with_capacity(1 << 20, sink),
+        inner: sink,
         bytes: 0,
     };
     let started = Instant::now();
@@ -68,7 +69,8 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<ExitCode, String> {
     );
     let mut written = 0;
     let result = loop {
-        if written == args.count {
+        // `megalith generate | head` closes the pipe early: stop quietly.
+        if written == args.count || !out.inner.is_open() {
             break out.flush();
         }
         let round = (args.count - written).min(ROUND);
@@ -80,28 +82,27 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<ExitCode, String> {
         progress.set_position(written);
     };
     progress.finish_and_clear();
-    match result {
-        Ok(()) => {}
-        // `megalith generate | head` closes the pipe early: not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
-        Err(e) => return Err(format!("writing output: {e}")),
+    result.map_err(|e| format!("writing output: {e}"))?;
+    if !out.inner.is_open() {
+        // Fewer events than asked for: no summary.
+        return Ok(ExitCode::SUCCESS);
     }
     if !args.quiet {
         let seconds = started.elapsed().as_secs_f64();
         let stats = generator.stats();
-        eprintln!(
+        errln!(
             "generated {} event(s), {}, in {seconds:.1} s ({:.0}/s) on {threads} thread(s)",
             stats.events,
             crate::human_bytes(out.bytes),
             stats.events as f64 / seconds.max(1e-9),
         );
         for (kind, n) in &stats.by_kind {
-            eprintln!(
+            errln!(
                 "  kind {kind:>5}  {n:>10}  {:>5.2}%",
                 100.0 * *n as f64 / stats.events.max(1) as f64
             );
         }
-        eprintln!(
+        errln!(
             "  {} replace an earlier version, {} are deleted by a later kind 5: a store keeps {}",
             stats.replacements,
             stats.deleted,

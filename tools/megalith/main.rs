@@ -1,11 +1,18 @@
 //! `megalith`: serve a Megalith store as a Nostr relay; import, query, count
 //! and inspect it; generate test data.
+#![deny(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "println! and eprintln! panic on a closed pipe: write through output.rs"
+)]
 
 mod generate;
 mod import;
+#[path = "../common/output.rs"]
+mod output;
 mod serve;
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -15,6 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use megalith::{
     Durability, EventStore, EventStoreBuilder, Filter, Limits, ReplayProgress, ShardId,
 };
+use output::{Output, errln};
 
 #[derive(Parser)]
 #[command(
@@ -32,8 +40,25 @@ enum Command {
     /// Run the NIP-01 relay (WebSocket, NIP-11, /health, /metrics) on a store, creating it if
     /// missing; stops cleanly on Ctrl-C or SIGTERM.
     Serve(Box<serve::ServeArgs>),
-    /// Import events from JSONL files (bare events, ["EVENT", event] or
-    /// ["EVENT", sub, event]; pretty-printed values spanning lines work too).
+    /// Import events from JSONL files, one event per line: bare, ["EVENT", event] or ["EVENT", sub, event]
+    ///
+    /// Input is read line by line; a value pretty-printed over several lines
+    /// is not supported (each of its lines is refused). Every line that
+    /// holds no valid event (invalid UTF-8, binary data, truncated or
+    /// malformed JSON, `null` or other JSON that is not an event, an event
+    /// over the limits, a line longer than 4 x --max-event-bytes and at
+    /// least 1 MiB, which is skipped unread) is named on stderr as
+    /// `file:line: reason` and skipped; the lines around it are imported.
+    /// Blank lines are skipped silently.
+    ///
+    /// A summary of outcomes (stored, replaced, duplicate, superseded,
+    /// deleted, and each reason for a refusal) is always printed. If a store
+    /// error (a full disk, a store open in another process) or an input
+    /// that cannot be read stops the run, the summary names the first line
+    /// not imported and the --skip-lines that resumes there, and the exit
+    /// status is 1. The files are all opened first: one that cannot be
+    /// opened stops the command before anything is read.
+    #[command(verbatim_doc_comment)]
     Import(ImportArgs),
     /// Print the events matching a filter (or a JSON array of filters) as JSONL, newest first.
     Query(QueryArgs),
@@ -68,9 +93,14 @@ enum DurabilityArg {
 struct ImportArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// Files to read; `-` reads standard input.
+    /// Files to read, in order; `-` reads standard input.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
+    /// Pass over the first N lines of the first FILE unread (to resume a
+    /// run that stopped: its summary gives N). Line numbers in messages
+    /// still count from the top of the file.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    skip_lines: u64,
     /// Events per insert batch.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
@@ -92,13 +122,14 @@ struct ImportArgs {
     /// Largest event JSON accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_event_bytes)]
     max_event_bytes: usize,
-    /// Do not list refused events on stderr (the summary still counts them).
+    /// Do not list refused lines on stderr (the summary still counts them).
     #[arg(long)]
     quiet: bool,
-    /// Exit with status 1 if any event was refused as invalid.
+    /// Exit with status 1 if any line was refused as invalid.
     #[arg(long)]
     strict: bool,
-    /// Print the summary as JSON on stdout.
+    /// Print the summary as JSON on stdout (with "stopped": the file, the
+    /// resume_line and skip_lines, and the error, when the run stopped).
     #[arg(long)]
     json: bool,
 }
@@ -166,7 +197,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("megalith: {message}");
+            errln!("megalith: {message}");
             ExitCode::FAILURE
         }
     }
@@ -206,16 +237,16 @@ pub(crate) fn with_replay_progress(builder: EventStoreBuilder) -> EventStoreBuil
 pub(crate) fn report_recovery(store: &EventStore) {
     let report = store.recovery_report();
     if report.unclean_shutdown {
-        eprintln!(
+        errln!(
             "megalith: the store was not closed cleanly; replayed {} log records",
             report.replayed_records
         );
     }
     for repair in &report.tail_repairs {
-        eprintln!("megalith: cut the log's torn tail: {repair}");
+        errln!("megalith: cut the log's torn tail: {repair}");
     }
     for rebuilt in &report.rebuilt_indexes {
-        eprintln!("megalith: rebuilt index from the log: {rebuilt}");
+        errln!("megalith: rebuilt index from the log: {rebuilt}");
     }
 }
 
@@ -242,51 +273,83 @@ fn parse_filters(text: &str) -> Result<Vec<Filter>, String> {
 fn query(args: &QueryArgs) -> Result<ExitCode, String> {
     let filters = parse_filters(&args.filter)?;
     let store = open(&args.store)?;
-    let stdout = std::io::stdout().lock();
-    let mut out = BufWriter::new(stdout);
+    let mut out = Output::stdout();
     let mut line = Vec::with_capacity(1024);
     let mut write_error = None;
     let result = store.query_with(&filters, |event| {
         line.clear();
         event.write_json(&mut line);
         line.push(b'\n');
-        if write_error.is_none()
-            && let Err(e) = out.write_all(&line)
-        {
+        if let Err(e) = out.write_all(&line) {
             write_error = Some(e);
+        }
+        if write_error.is_some() || !out.is_open() {
+            // Stops the query; the error is ours, not the store's.
+            return Err(megalith::Error::Closed);
         }
         Ok(())
     });
-    let flushed = out.flush();
-    result.map_err(|e| e.to_string())?;
-    match write_error.map_or(flushed, Err) {
-        Ok(()) => {}
-        // `megalith query ... | head` closes the pipe early: not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => return Err(format!("writing output: {e}")),
-    }
-    store.close().map_err(|e| e.to_string())?;
-    Ok(ExitCode::SUCCESS)
+    // `megalith query ... | head` closes the pipe early: not an error.
+    let stopped_by_output = write_error.is_some() || !out.is_open();
+    let written = match write_error {
+        Some(e) => Err(e),
+        None => out.finish(),
+    };
+    let result = match result {
+        Err(_) if stopped_by_output => Ok(()),
+        other => other.map(|_| ()),
+    };
+    finish(store, result, written)
 }
 
 fn count(args: &CountArgs) -> Result<ExitCode, String> {
     let filters = parse_filters(&args.filter)?;
     let store = open(&args.store)?;
-    let n = store.count(&filters).map_err(|e| e.to_string())?;
-    if args.json {
-        println!("{{\"count\":{n}}}");
-    } else {
-        println!("{n}");
+    let result = store.count(&filters);
+    let mut out = Output::stdout();
+    let written = match &result {
+        Ok(n) if args.json => writeln!(out, "{{\"count\":{n}}}"),
+        Ok(n) => writeln!(out, "{n}"),
+        Err(_) => Ok(()),
     }
-    store.close().map_err(|e| e.to_string())?;
-    Ok(ExitCode::SUCCESS)
+    .and_then(|()| out.finish());
+    finish(store, result.map(|_| ()), written)
 }
 
 fn stats(args: &StatsArgs) -> Result<ExitCode, String> {
     let store = open(&args.store)?;
-    let stats = store.stats().map_err(|e| e.to_string())?;
+    let mut out = Output::stdout();
+    let result = store.stats();
+    let written = match &result {
+        Ok(stats) => write_stats(&mut out, &store, stats, args.json),
+        Err(_) => Ok(()),
+    }
+    .and_then(|()| out.finish());
+    finish(store, result.map(|_| ()), written)
+}
+
+/// Closes the store whatever happened, then reports the first failure: the
+/// store's work, the output (a closed pipe is none), closing the store.
+fn finish(
+    store: EventStore,
+    work: Result<(), megalith::Error>,
+    written: std::io::Result<()>,
+) -> Result<ExitCode, String> {
+    let closed = store.close();
+    work.map_err(|e| e.to_string())?;
+    written.map_err(|e| format!("writing output: {e}"))?;
+    closed.map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_stats(
+    out: &mut Output,
+    store: &EventStore,
+    stats: &megalith::StoreStats,
+    json: bool,
+) -> std::io::Result<()> {
     let index_total: u64 = stats.index_bytes.values().sum();
-    if args.json {
+    if json {
         let by_kind: serde_json::Map<String, serde_json::Value> = stats
             .events_by_kind
             .iter()
@@ -312,34 +375,35 @@ fn stats(args: &StatsArgs) -> Result<ExitCode, String> {
             "indexes": indexes,
             "index_bytes": index_total,
         });
-        println!("{doc}");
-    } else {
-        println!("events          {}", stats.events);
-        println!("shards          {}", store.shard_count());
-        println!(
-            "search index    {}",
-            if store.search_index() { "on" } else { "off" }
-        );
-        println!("by kind");
-        for (kind, n) in &stats.events_by_kind {
-            println!("  {kind:>6}  {n}");
-        }
-        println!(
-            "log             {} in {} segment(s)",
-            human_bytes(stats.log_bytes),
-            stats.log_segments
-        );
-        println!("indexes         {}", human_bytes(index_total));
-        for (name, bytes) in &stats.index_bytes {
-            let entries = stats.index_entries.get(name).copied().unwrap_or(0);
-            println!(
-                "  {name:<17} {:>10}  {entries} entries",
-                human_bytes(*bytes)
-            );
-        }
+        return writeln!(out, "{doc}");
     }
-    store.close().map_err(|e| e.to_string())?;
-    Ok(ExitCode::SUCCESS)
+    writeln!(out, "events          {}", stats.events)?;
+    writeln!(out, "shards          {}", store.shard_count())?;
+    writeln!(
+        out,
+        "search index    {}",
+        if store.search_index() { "on" } else { "off" }
+    )?;
+    writeln!(out, "by kind")?;
+    for (kind, n) in &stats.events_by_kind {
+        writeln!(out, "  {kind:>6}  {n}")?;
+    }
+    writeln!(
+        out,
+        "log             {} in {} segment(s)",
+        human_bytes(stats.log_bytes),
+        stats.log_segments
+    )?;
+    writeln!(out, "indexes         {}", human_bytes(index_total))?;
+    for (name, bytes) in &stats.index_bytes {
+        let entries = stats.index_entries.get(name).copied().unwrap_or(0);
+        writeln!(
+            out,
+            "  {name:<17} {:>10}  {entries} entries",
+            human_bytes(*bytes)
+        )?;
+    }
+    Ok(())
 }
 
 fn human_bytes(bytes: u64) -> String {

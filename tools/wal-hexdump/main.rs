@@ -1,7 +1,17 @@
 //! `wal-hexdump`: lists the records of Megalith log segments, damaged ones
-//! included, and says where and how a segment goes wrong.
+//! included, and says where and how a segment goes wrong. When nobody reads
+//! the listing any more (`wal-hexdump | head`), it stops reading and exits
+//! with the status of what it read.
+#![deny(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "println! and eprintln! panic on a closed pipe: write through output.rs"
+)]
 
-use std::io::{BufWriter, Write};
+#[path = "../common/output.rs"]
+mod output;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -11,6 +21,7 @@ use megalith::inspect::log::{
     RemoveReason, SegmentWalk, WalkItem, parse_segment_file_name, parse_shard_dir_name,
 };
 use megalith::{EventRef, SegmentId, ShardId};
+use output::{Output, errln};
 
 #[derive(Parser)]
 #[command(
@@ -76,8 +87,8 @@ struct Totals {
     problems: u64,
 }
 
-struct Dump<W: Write> {
-    out: W,
+struct Dump {
+    out: Output,
     hex: bool,
     json: bool,
     from_lsn: u64,
@@ -89,7 +100,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("wal-hexdump: {message}");
+            errln!("wal-hexdump: {message}");
             ExitCode::from(2)
         }
     }
@@ -106,9 +117,8 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
         }
         file_targets(&cli.files)
     };
-    let stdout = std::io::stdout().lock();
     let mut dump = Dump {
-        out: BufWriter::new(stdout),
+        out: Output::stdout(),
         hex: cli.hex,
         json: cli.json,
         from_lsn: cli.from_lsn,
@@ -118,6 +128,9 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
     let mut previous_lsn = 0;
     let result = (|| -> std::io::Result<()> {
         for target in &targets {
+            if !dump.out.is_open() {
+                break; // nobody reads the listing any more
+            }
             if target.first_of_shard {
                 previous_lsn = 0;
             }
@@ -125,7 +138,7 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
                 Ok(bytes) => dump.segment(target, &bytes, &mut previous_lsn)?,
                 Err(e) => {
                     dump.out.flush()?;
-                    eprintln!("wal-hexdump: cannot read {}: {e}", target.path.display());
+                    errln!("wal-hexdump: cannot read {}: {e}", target.path.display());
                     unreadable = true;
                 }
             }
@@ -133,12 +146,7 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
         dump.summary()?;
         dump.out.flush()
     })();
-    match result {
-        Ok(()) => {}
-        // `wal-hexdump | head` closes the pipe early: not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => return Err(format!("writing output: {e}")),
-    }
+    result.map_err(|e| format!("writing output: {e}"))?;
     Ok(if unreadable {
         ExitCode::from(2)
     } else if dump.totals.problems > 0 {
@@ -218,7 +226,7 @@ fn store_targets(data: &Path, only: Option<u32>) -> Result<Vec<Target>, String> 
     Ok(targets)
 }
 
-impl<W: Write> Dump<W> {
+impl Dump {
     fn segment(
         &mut self,
         target: &Target,
@@ -253,6 +261,9 @@ impl<W: Write> Dump<W> {
         let mut open_batch: Option<(usize, u64)> = None;
         let mut first_record = true;
         for item in walk {
+            if !self.out.is_open() {
+                return Ok(());
+            }
             match item {
                 WalkItem::Record { offset, record } => {
                     if first_record && !target.first_of_shard && record.lsn.0 <= *previous_lsn {
