@@ -121,9 +121,25 @@ pub(crate) fn write_escaped(out: &mut Vec<u8>, s: &str, esc: Escaping) {
 /// Whether `s` holds a character the two [`IdForm`]s write differently: a control character
 /// below U+0020 that NIP-01 leaves raw and JSON writes as `\u00xx`. Such characters are single
 /// bytes in UTF-8 and never occur inside a multi-byte sequence.
+///
+/// Runs on every stored event, so it looks at 8 bytes at a time and checks bytes one by one only
+/// in a word holding some byte below 0x20 (a newline, say).
 pub(crate) fn forms_differ(s: &str) -> bool {
-    s.bytes()
-        .any(|b| escape_code(&JSON_TABLE, b) == UNICODE_ESCAPE)
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let differs = |b: &u8| escape_code(&JSON_TABLE, *b) == UNICODE_ESCAPE;
+    let mut words = s.as_bytes().chunks_exact(8);
+    for word in &mut words {
+        let x = <[u8; 8]>::try_from(word).map_or(0, u64::from_ne_bytes);
+        // Nonzero iff some byte is below 0x20: the lowest such byte borrows into its own high
+        // bit, which `!x` keeps as it is below 0x80 (Bit Twiddling Hacks' `hasless`). Borrows
+        // may flag other bytes too; the exact check below sorts them out.
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH_BITS;
+        if below_space != 0 && word.iter().any(differs) {
+            return true;
+        }
+    }
+    words.remainder().iter().any(differs)
 }
 
 /// The exact number of bytes `write_escaped(_, s, esc)` appends.
@@ -412,6 +428,29 @@ mod tests {
             .collect();
         assert_eq!(differing, expected);
         assert!(!forms_differ("\u{7f}\u{80}\u{9f}\u{2028}"));
+    }
+
+    #[test]
+    fn forms_differ_finds_a_character_at_every_position() {
+        for len in 0..40 {
+            let base = "\n\u{1f600}".repeat(len);
+            let chars: Vec<char> = base.chars().collect();
+            assert!(!forms_differ(&base), "{len}");
+            for at in 0..=chars.len() {
+                for c in ['\u{0}', '\u{1}', '\u{7}', '\u{1f}'] {
+                    let mut s = chars.clone();
+                    s.insert(at, c);
+                    let s: String = s.into_iter().collect();
+                    assert!(forms_differ(&s), "{s:?}");
+                }
+                for c in ['\t', '\r', '\u{8}', '\u{c}', ' ', '\u{7f}', '\u{80}', 'é'] {
+                    let mut s = chars.clone();
+                    s.insert(at, c);
+                    let s: String = s.into_iter().collect();
+                    assert!(!forms_differ(&s), "{s:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Decoding lives in [`super::event_ref`], which validates a payload once and then reads it
 //! without copying.
 
-use super::canonical::IdForm;
+use super::canonical::{self, IdForm};
 use super::error::{EventError, EventErrorKind};
 use super::event::Event;
 use super::event_ref::TagField;
@@ -192,6 +192,8 @@ impl Event {
         let tag_count = u32::try_from(self.tags.len())
             .map_err(|_| too_large(format!("{} tags", self.tags.len())))?;
         // Validate every count and header before writing, so failure leaves `out` unchanged.
+        // The same pass looks for a character the two id forms write differently.
+        let mut forms_differ = canonical::forms_differ(&self.content);
         for tag in &self.tags {
             u32::try_from(tag.len())
                 .map_err(|_| too_large(format!("a tag of {} fields", tag.len())))?;
@@ -199,6 +201,8 @@ impl Event {
                 let (hex, stored) = field_repr(field);
                 field_header(hex, stored)
                     .ok_or_else(|| too_large(format!("a {}-byte tag field", field.len())))?;
+                // Hex digits are the same in both forms: only text fields are scanned.
+                forms_differ = forms_differ || (!hex && canonical::forms_differ(field));
             }
         }
 
@@ -208,7 +212,7 @@ impl Event {
         out.extend_from_slice(self.sig.as_bytes());
         out.extend_from_slice(&self.created_at.to_le_bytes());
         out.extend_from_slice(&self.kind.to_le_bytes());
-        out.push(self.payload_flags());
+        out.push(self.payload_flags(forms_differ));
         out.extend_from_slice(&tags_len.to_le_bytes());
         put_varint(out, tag_count);
         for tag in &self.tags {
@@ -228,16 +232,16 @@ impl Event {
         Ok(())
     }
 
-    /// The flags byte of this event's payload.
-    fn payload_flags(&self) -> u8 {
+    /// The flags byte of this event's payload; `forms_differ` is [`Event::id_forms_differ`].
+    fn payload_flags(&self, forms_differ: bool) -> u8 {
         let mut flags = 0;
         if self.expiration().is_some() {
             flags |= FLAG_EXPIRATION;
         }
-        // The scan is a pass over bytes already in cache; the second hash is paid only by the
-        // rare event holding such a character. Encoding decides on its own (rather than being
-        // told by `verify_id`) so a trusted insert stores the right form too.
-        if self.id_forms_differ() && self.compute_id_as(IdForm::JsonEscaped) == self.id {
+        // The second hash is paid only by the rare event holding such a character. Encoding
+        // decides on its own (rather than being told by `verify_id`) so that a trusted insert
+        // stores the right form too.
+        if forms_differ && self.compute_id_as(IdForm::JsonEscaped) == self.id {
             flags |= FLAG_JSON_ESCAPED_ID;
         }
         flags
