@@ -182,6 +182,9 @@ impl Event {
 
     /// Appends the binary payload (the on-disk format) to `out`.
     ///
+    /// The flags byte records which [`IdForm`] the id hashes; finding out costs a second hash
+    /// only for an event holding a control character the two forms write differently.
+    ///
     /// Fails with TooLarge, leaving `out` untouched, only for an event whose counts or lengths
     /// do not fit the format's u32 fields (a tags section of 4 GiB or more); any event that
     /// passes [`Event::check_limits`] with sane limits encodes.
