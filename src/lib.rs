@@ -35,7 +35,7 @@ mod shard;
 mod wal;
 
 pub use error::Error;
-pub use event::{Event, EventError, EventId, EventRef, Keys, Limits, Pubkey, Signature};
+pub use event::{Event, EventError, EventId, EventRef, IdForm, Keys, Limits, Pubkey, Signature};
 pub use eventstore::{
     Commits, Committed, EventStore, EventStoreBuilder, InsertOutcome, MAX_SHARDS, Options,
     Rejection, StoreGauges, StoreStats,

@@ -178,3 +178,27 @@ fn event_json_holds_its_properties_on_real_events_and_their_mutations() {
     // the round trips were checked on those.
     assert!(parsed > 100, "only {parsed} mutated events parsed");
 }
+
+#[test]
+fn event_json_holds_its_properties_on_json_escaped_ids() {
+    // Ids over the JSON-escaped serialization (nostr-tools, rust-nostr),
+    // where the payload records the form, beside NIP-01's form.
+    let keys = megalith::Keys::from_seed(21);
+    for c in (0u8..0x20).chain([0x7f]).map(char::from) {
+        for form in [megalith::IdForm::Nip01, megalith::IdForm::JsonEscaped] {
+            let mut event = keys.sign(
+                1_700_000_000,
+                1,
+                vec![vec!["t".into(), format!("{c}")]],
+                format!("a{c}b"),
+            );
+            event.id = event.compute_id_as(form);
+            event.sig = keys.sign_id(&event.id);
+            assert!(event.verify().is_ok(), "{c:?} {form:?}");
+            properties::check_event_json(event.to_json().as_bytes());
+            let mut payload = Vec::new();
+            event.encode_payload(&mut payload).unwrap();
+            properties::check_framed_payload(&payload);
+        }
+    }
+}

@@ -9,7 +9,13 @@
 // 3. checks the open subscription got each one live, after EOSE, with the exact ids;
 // 4. opens a second subscription and checks the 3 stored events come back before EOSE;
 // 5. closes the first subscription (CLOSE), publishes a 4th note and checks it
-//    reaches only the second one, then closes that and the connection.
+//    reaches only the second one, then closes that;
+// 6. publishes one note per control character U+0001..U+001F and U+007F (and one
+//    with all of them), each in the content and in tag values: nostr-tools hashes
+//    them as JSON.stringify writes them (\u00xx); each must get OK true, come back
+//    on a new subscription with the exact strings, and pass verifyEvent, both as
+//    nostr-tools delivered it and as a fresh copy of the raw frame; then closes
+//    the connection.
 // Exits 1 with a message on any mismatch.
 import { generateSecretKey, getPublicKey, finalizeEvent, verifyEvent } from 'nostr-tools/pure'
 import { Relay, useWebSocketImplementation } from 'nostr-tools/relay'
@@ -74,6 +80,59 @@ function subscribe(relay, filter, label) {
 
 const sorted = (xs) => [...xs].sort()
 const sameIds = (events, ids) => JSON.stringify(sorted(events.map((e) => e.id))) === JSON.stringify(sorted(ids))
+
+const hex4 = (c) => c.toString(16).toUpperCase().padStart(4, '0')
+
+// Step 6: returns the number of events published and checked.
+async function controlCharacters(relay, sk, pk, now) {
+  const codes = []
+  for (let c = 0x01; c <= 0x1f; c++) codes.push(c)
+  codes.push(0x7f)
+  const topic = `ctl-${pk.slice(0, 8)}`
+  const templates = codes.map((c) => {
+    const ch = String.fromCharCode(c)
+    return {
+      content: `control U+${hex4(c)} [${ch}] ${ch}${ch}`,
+      tags: [['t', topic], ['x', `${ch}`, `a${ch}b`], ['client', `roundtrip.mjs ${ch}`]],
+    }
+  })
+  const all = String.fromCharCode(...codes)
+  templates.push({ content: `all of them [${all}]`, tags: [['t', topic], ['x', all]] })
+
+  const sent = new Map() // id -> event
+  for (const t of templates) {
+    const event = finalizeEvent({ kind: 1, created_at: now, tags: t.tags, content: t.content }, sk)
+    try {
+      await relay.publish(event)
+    } catch (err) {
+      throw new Mismatch(`publish of ${JSON.stringify(t.content)} (${event.id}) not accepted: ${err.message}`)
+    }
+    sent.set(event.id, event)
+  }
+
+  const sub = subscribe(relay, { kinds: [1], authors: [pk], '#t': [topic] }, 'controls')
+  await waitFor(() => sub.eose || sub.closedReason !== null, 'EOSE on the control-character subscription')
+  check(sub.closedReason === null, `control-character subscription CLOSED: ${sub.closedReason}`)
+  check(sub.invalid.length === 0, `nostr-tools found ${sub.invalid.length} events invalid: ${JSON.stringify(sub.invalid.map((e) => e.content))}`)
+  check(sameIds(sub.before, [...sent.keys()]), `control-character events back: ${sub.before.length}, expected ${sent.size}`)
+  const same = (got, want) =>
+    got.content === want.content && JSON.stringify(got.tags) === JSON.stringify(want.tags) && got.pubkey === want.pubkey
+  for (const e of sub.before) {
+    const want = sent.get(e.id)
+    check(same(e, want), `event ${e.id} came back as ${JSON.stringify(e)}, sent ${JSON.stringify(want)}`)
+    // A fresh object: verifyEvent caches its verdict on the event it was given.
+    check(verifyEvent(JSON.parse(JSON.stringify(e))), `event ${JSON.stringify(e.content)} does not verify`)
+  }
+  // The frames as the relay wrote them, parsed anew.
+  const raw = frames.filter((f) => f[0] === 'EVENT' && f[1] === sub.sub.id).map((f) => f[2])
+  check(raw.length === sent.size, `${raw.length} raw EVENT frames for the control-character subscription, expected ${sent.size}`)
+  for (const e of raw) {
+    check(sent.has(e.id) && same(e, sent.get(e.id)), `raw frame event ${e.id} differs from what was sent`)
+    check(verifyEvent(e), `raw frame event ${JSON.stringify(e.content)} does not verify`)
+  }
+  sub.sub.close()
+  return sent.size
+}
 
 async function run(url) {
   const sk = generateSecretKey()
@@ -151,11 +210,16 @@ async function run(url) {
     check(stored.after.length === 1, `second subscription got ${stored.after.length} live events, expected 1`)
 
     stored.sub.close()
+
+    // 6. Control characters in content and tags.
+    const controls = await controlCharacters(relay, sk, pk, now)
+
     await new Promise((r) => setImmediate(r)) // let nostr-tools flush the CLOSE before closing the socket
     check(notices.length === 0, `relay sent NOTICE(s): ${JSON.stringify(notices)}`)
     return (
       `node nostr-tools round trip OK: published ${sent.length + 1}, ${live.after.length} live after EOSE, ` +
-      `${stored.before.length} stored before EOSE, CLOSE honoured (${url})`
+      `${stored.before.length} stored before EOSE, CLOSE honoured; ${controls} control-character events ` +
+      `published, read back exactly and verified (${url})`
     )
   } finally {
     relay.close()

@@ -7,7 +7,14 @@ Publishes three signed kind-1 notes from a fresh key (two carry a `t` tag),
 checks the relay accepted each one (OK true), fetches them back by author+kind
 and by the `t` tag and checks the exact ids and contents, then counts them
 with NIP-45 COUNT, both through the SDK and over a raw WebSocket (to check
-the exact ["COUNT", sub, {"count": n}] reply). Exits 1 on any mismatch.
+the exact ["COUNT", sub, {"count": n}] reply).
+
+Then publishes one note per control character U+0001..U+001F and U+007F (and
+one with all of them), each in the content and in tag values: rust-nostr
+hashes them as serde_json writes them (\\u00xx). Each must get OK true and come
+back with the exact strings, through the SDK and as raw frames on a plain
+WebSocket, and verify with `Event.from_json(frame).verify()`.
+Exits 1 on any mismatch.
 """
 
 import asyncio
@@ -19,6 +26,7 @@ from datetime import timedelta
 import websockets
 from nostr_sdk import (
     Client,
+    Event,
     EventBuilder,
     Filter,
     Keys,
@@ -54,6 +62,74 @@ async def raw_count(url: str, filt: dict) -> int:
         f"raw COUNT {json.dumps(filt)}: expected [\"COUNT\",\"c\",{{\"count\":n}}], got {reply!r}",
     )
     return reply[2]["count"]
+
+
+async def raw_events(url: str, filt: dict) -> list:
+    """Send ["REQ","r",filt]; return the exact text of each event the relay sends before EOSE."""
+    prefix = '["EVENT","r",'
+    events = []
+    async with websockets.connect(url, open_timeout=10, close_timeout=5) as ws:
+        await ws.send(json.dumps(["REQ", "r", filt]))
+        while True:
+            frame = await asyncio.wait_for(ws.recv(), 10)
+            if frame.startswith(prefix):
+                check(frame.endswith("]"), f"EVENT frame does not end with ]: {frame[-40:]!r}")
+                events.append(frame[len(prefix):-1])
+                continue
+            check(json.loads(frame) == ["EOSE", "r"], f"expected EVENT or EOSE, got {frame[:200]!r}")
+            return events
+
+
+async def control_characters(client: Client, relay_url: RelayUrl, url: str, keys: Keys) -> int:
+    """Publish, read back and verify events with control characters; return how many."""
+    author = keys.public_key()
+    topic = f"ctl-{secrets.token_hex(4)}"
+    codes = list(range(0x01, 0x20)) + [0x7F]
+    templates = []
+    for c in codes:
+        ch = chr(c)
+        templates.append((
+            f"control U+{c:04X} [{ch}] {ch}{ch}",
+            [["t", topic], ["x", ch, f"a{ch}b"], ["client", f"roundtrip.py {ch}"]],
+        ))
+    every = "".join(chr(c) for c in codes)
+    templates.append((f"all of them [{every}]", [["t", topic], ["x", every]]))
+
+    sent = {}  # id hex -> (content, tags)
+    for content, tags in templates:
+        event = EventBuilder(Kind(1), content).tags([Tag.parse(t) for t in tags]).finalize(keys)
+        out = await client.send_event(event, ok_timeout=TIMEOUT)
+        check(
+            not out.failed and [str(u) for u in out.success] == [str(relay_url)],
+            f"publish of {content!r} ({event.id().to_hex()}) not accepted: "
+            f"failed={ {str(k): v for k, v in out.failed.items()} }",
+        )
+        sent[event.id().to_hex()] = (content, tags)
+
+    def same(e: Event, label: str) -> None:
+        content, tags = sent[e.id().to_hex()]
+        check(e.content() == content, f"{label}: content {e.content()!r}, sent {content!r}")
+        got_tags = [t.to_vec() for t in e.tags()]
+        check(got_tags == tags, f"{label}: tags {got_tags!r}, sent {tags!r}")
+        check(e.author().to_hex() == author.to_hex(), f"{label}: author {e.author().to_hex()}")
+        check(e.verify(), f"{label}: {content!r} does not verify")
+
+    # Through the SDK (which verifies what it receives, and drops what fails).
+    filt = Filter().author(author).kind(Kind(1)).hashtag(topic)
+    got = await client.fetch_events(ReqTarget.single(relay_url, [filt]), TIMEOUT)
+    ids = [e.id().to_hex() for e in got]
+    check(sorted(ids) == sorted(sent), f"SDK fetch of control-character events: {len(ids)} of {len(sent)}")
+    for e in got:
+        same(e, "SDK fetch")
+
+    # The relay's exact JSON, parsed and verified anew.
+    raw = await raw_events(url, {"authors": [author.to_hex()], "kinds": [1], "#t": [topic]})
+    check(len(raw) == len(sent), f"raw REQ: {len(raw)} events, expected {len(sent)}")
+    for text in raw:
+        e = Event.from_json(text)
+        check(e.id().to_hex() in sent, f"raw REQ: unexpected event {text[:120]}")
+        same(e, "raw frame")
+    return len(sent)
 
 
 async def run(url: str) -> str:
@@ -118,12 +194,15 @@ async def run(url: str) -> str:
         check(n == len(sent), f"raw COUNT by author+kind: expected {len(sent)}, got {n}")
         n = await raw_count(url, {"#t": [topic]})
         check(n == len(tagged), f"raw COUNT by #t: expected {len(tagged)}, got {n}")
+
+        controls = await control_characters(client, relay_url, url, keys)
     finally:
         await client.shutdown()
 
     return (
         f"python nostr-sdk round trip OK: published {len(sent)} events, fetched {len(sent)} by author+kind "
-        f"and {len(tagged)} by #t, COUNT {len(sent)}/{len(tagged)} ({url})"
+        f"and {len(tagged)} by #t, COUNT {len(sent)}/{len(tagged)}; {controls} control-character events "
+        f"published, read back exactly and verified ({url})"
     )
 
 

@@ -2,6 +2,10 @@
 //!
 //! Both writers are generic over where tags come from (owned strings or a stored payload), so
 //! `Event` and `EventRef` produce byte-identical output by construction.
+//!
+//! The id array exists in two forms in the wild (see [`IdForm`]); they differ only in how a
+//! control character other than `\n \r \t \b \f` is written, so an event without one has a
+//! single id serialization.
 
 use std::cell::RefCell;
 
@@ -17,6 +21,31 @@ pub(crate) enum Escaping {
     Canonical,
     /// Valid JSON output: the canonical seven plus every other byte below 0x20 as `\u00xx`.
     Json,
+}
+
+/// Which serialization of `[0,pubkey,created_at,kind,tags,content]` an event id hashes.
+///
+/// NIP-01's text escapes only `\n \" \\ \r \t \b \f` and writes every other character
+/// verbatim; `JSON.stringify` (nostr-tools) and serde_json (rust-nostr) also write the other
+/// control characters U+0000..U+001F as `\u00xx` with lowercase hex. Neither escapes U+007F or
+/// anything above it. Both forms are accepted (see [`Event::id_form`](super::Event::id_form));
+/// the stored payload remembers which one an event was signed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdForm {
+    /// NIP-01's text: control characters other than the seven escapes are hashed raw.
+    Nip01,
+    /// The `JSON.stringify` / serde_json form: every control character below U+0020 escaped,
+    /// the five with a short escape as `\n \r \t \b \f`, the others as `\u00xx`.
+    JsonEscaped,
+}
+
+impl IdForm {
+    fn escaping(self) -> Escaping {
+        match self {
+            IdForm::Nip01 => Escaping::Canonical,
+            IdForm::JsonEscaped => Escaping::Json,
+        }
+    }
 }
 
 /// Marks a byte that needs a `\u00xx` escape in the JSON table.
@@ -87,6 +116,30 @@ pub(crate) fn write_escaped(out: &mut Vec<u8>, s: &str, esc: Escaping) {
         rest = after;
     }
     out.extend_from_slice(rest);
+}
+
+/// Whether `s` holds a character the two [`IdForm`]s write differently: a control character
+/// below U+0020 that NIP-01 leaves raw and JSON writes as `\u00xx`. Such characters are single
+/// bytes in UTF-8 and never occur inside a multi-byte sequence.
+///
+/// Runs on every stored event, so it looks at 8 bytes at a time and checks bytes one by one only
+/// in a word holding some byte below 0x20 (a newline, say).
+pub(crate) fn forms_differ(s: &str) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let differs = |b: &u8| escape_code(&JSON_TABLE, *b) == UNICODE_ESCAPE;
+    let mut words = s.as_bytes().chunks_exact(8);
+    for word in &mut words {
+        let x = <[u8; 8]>::try_from(word).map_or(0, u64::from_ne_bytes);
+        // Nonzero iff some byte is below 0x20: the lowest such byte borrows into its own high
+        // bit, which `!x` keeps as it is below 0x80 (Bit Twiddling Hacks' `hasless`). Borrows
+        // may flag other bytes too; the exact check below sorts them out.
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH_BITS;
+        if below_space != 0 && word.iter().any(differs) {
+            return true;
+        }
+    }
+    words.remainder().iter().any(differs)
 }
 
 /// The exact number of bytes `write_escaped(_, s, esc)` appends.
@@ -248,12 +301,14 @@ where
         + CLOSE.len()
 }
 
-/// Appends the NIP-01 id serialization `[0,"<pubkey>",<created_at>,<kind>,<tags>,"<content>"]`.
-pub(crate) fn write_canonical<'t, T, F>(out: &mut Vec<u8>, parts: Parts<'_, T>)
+/// Appends the id serialization `[0,"<pubkey>",<created_at>,<kind>,<tags>,"<content>"]` in
+/// `form`.
+pub(crate) fn write_canonical<'t, T, F>(out: &mut Vec<u8>, parts: Parts<'_, T>, form: IdForm)
 where
     T: IntoIterator<Item = F>,
     F: IntoIterator<Item = TagField<'t>>,
 {
+    let esc = form.escaping();
     out.extend_from_slice(b"[0,\"");
     push_hex(out, parts.pubkey.as_bytes());
     out.extend_from_slice(b"\",");
@@ -261,9 +316,9 @@ where
     out.push(b',');
     write_u64(out, u64::from(parts.kind));
     out.push(b',');
-    write_tags(out, parts.tags, Escaping::Canonical);
+    write_tags(out, parts.tags, esc);
     out.extend_from_slice(b",\"");
-    write_escaped(out, parts.content, Escaping::Canonical);
+    write_escaped(out, parts.content, esc);
     out.extend_from_slice(b"\"]");
 }
 
@@ -292,14 +347,14 @@ fn with_scratch<R>(mut f: impl FnMut(&mut Vec<u8>) -> R) -> R {
     }
 }
 
-/// The event id: sha256 of the canonical serialization.
-pub(crate) fn compute_id<'t, T, F>(parts: Parts<'_, T>) -> EventId
+/// The event id: sha256 of the id serialization in `form`.
+pub(crate) fn compute_id<'t, T, F>(parts: Parts<'_, T>, form: IdForm) -> EventId
 where
     T: IntoIterator<Item = F> + Clone,
     F: IntoIterator<Item = TagField<'t>>,
 {
     with_scratch(|buf| {
-        write_canonical(buf, parts.clone());
+        write_canonical(buf, parts.clone(), form);
         EventId(Sha256::digest(buf.as_slice()).into())
     })
 }
@@ -339,6 +394,62 @@ mod tests {
             let out = escaped(&s, Escaping::Json);
             let back: String = serde_json::from_str(&format!("\"{out}\"")).unwrap();
             assert_eq!(back, s);
+        }
+    }
+
+    /// The JSON writer and the id form it stands for spell every string the way serde_json
+    /// (rust-nostr) does, and JSON.stringify too: the same rules, lowercase hex, U+007F raw.
+    #[test]
+    fn json_escaping_is_serde_json_escaping() {
+        let mut samples: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        samples.extend([
+            "\u{2028}é✓\u{1f600}".to_owned(),
+            "a\u{1}\u{1f}\u{7f}\"\\/".to_owned(),
+        ]);
+        for s in &samples {
+            let quoted = serde_json::to_string(s).unwrap();
+            assert_eq!(
+                format!("\"{}\"", escaped(s, Escaping::Json)),
+                quoted,
+                "{s:?}"
+            );
+            // The forms differ exactly where the escapes differ.
+            assert_eq!(
+                forms_differ(s),
+                escaped(s, Escaping::Json) != escaped(s, Escaping::Canonical),
+                "{s:?}"
+            );
+        }
+        let differing: Vec<u8> = (0u8..0x80)
+            .filter(|&b| forms_differ(&char::from(b).to_string()))
+            .collect();
+        let expected: Vec<u8> = (0u8..0x20)
+            .filter(|b| ![b'\n', b'\r', b'\t', 0x08, 0x0c].contains(b))
+            .collect();
+        assert_eq!(differing, expected);
+        assert!(!forms_differ("\u{7f}\u{80}\u{9f}\u{2028}"));
+    }
+
+    #[test]
+    fn forms_differ_finds_a_character_at_every_position() {
+        for len in 0..40 {
+            let base = "\n\u{1f600}".repeat(len);
+            let chars: Vec<char> = base.chars().collect();
+            assert!(!forms_differ(&base), "{len}");
+            for at in 0..=chars.len() {
+                for c in ['\u{0}', '\u{1}', '\u{7}', '\u{1f}'] {
+                    let mut s = chars.clone();
+                    s.insert(at, c);
+                    let s: String = s.into_iter().collect();
+                    assert!(forms_differ(&s), "{s:?}");
+                }
+                for c in ['\t', '\r', '\u{8}', '\u{c}', ' ', '\u{7f}', '\u{80}', 'é'] {
+                    let mut s = chars.clone();
+                    s.insert(at, c);
+                    let s: String = s.into_iter().collect();
+                    assert!(!forms_differ(&s), "{s:?}");
+                }
+            }
         }
     }
 

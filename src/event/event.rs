@@ -3,7 +3,7 @@
 use secp256k1::global::SECP256K1;
 use secp256k1::{XOnlyPublicKey, schnorr};
 
-use super::canonical::{self, Parts};
+use super::canonical::{self, IdForm, Parts};
 use super::error::{EventError, EventErrorKind};
 use super::event_ref::TagField;
 use super::json;
@@ -13,7 +13,7 @@ use super::types::{EventId, KindClass, Pubkey, Signature, parse_decimal_u64};
 /// A NIP-01 event, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// sha256 of the canonical serialization (see [`Event::compute_id`]).
+    /// sha256 of the id serialization, in either [`IdForm`] (see [`Event::id_form`]).
     pub id: EventId,
     /// The author's x-only public key.
     pub pubkey: Pubkey,
@@ -87,20 +87,51 @@ impl Event {
         canonical::json_len(self.parts())
     }
 
-    /// sha256 of the NIP-01 serialization `[0,"<pubkey>",<created_at>,<kind>,<tags>,"<content>"]`.
+    /// sha256 of the NIP-01 serialization `[0,"<pubkey>",<created_at>,<kind>,<tags>,"<content>"]`
+    /// as NIP-01's text writes it ([`IdForm::Nip01`]); [`Keys::sign`](super::Keys::sign) signs
+    /// this form.
     pub fn compute_id(&self) -> EventId {
-        canonical::compute_id(self.parts())
+        self.compute_id_as(IdForm::Nip01)
     }
 
-    /// Checks that `id` is the hash of the event.
-    pub fn verify_id(&self) -> Result<(), EventError> {
+    /// sha256 of the id serialization in `form`.
+    pub fn compute_id_as(&self, form: IdForm) -> EventId {
+        canonical::compute_id(self.parts(), form)
+    }
+
+    /// Whether a string of the event holds a character the two [`IdForm`]s write differently
+    /// (a control character below U+0020 other than `\n \r \t \b \f`). Without one, both
+    /// forms are the same bytes and hash alike.
+    pub(crate) fn id_forms_differ(&self) -> bool {
+        canonical::forms_differ(&self.content)
+            || self
+                .tags
+                .iter()
+                .flatten()
+                .any(|field| canonical::forms_differ(field))
+    }
+
+    /// Which serialization `id` is the hash of: [`IdForm::Nip01`] is tried first; the JSON form
+    /// is hashed only when that fails and the event holds a character the forms write
+    /// differently. `None` if neither matches.
+    pub fn id_form(&self) -> Option<IdForm> {
         if self.compute_id() == self.id {
-            Ok(())
+            Some(IdForm::Nip01)
+        } else if self.id_forms_differ() && self.compute_id_as(IdForm::JsonEscaped) == self.id {
+            Some(IdForm::JsonEscaped)
         } else {
-            Err(EventError::new(
+            None
+        }
+    }
+
+    /// Checks that `id` is the hash of the event in either [`IdForm`] (see [`Event::id_form`]).
+    pub fn verify_id(&self) -> Result<(), EventError> {
+        match self.id_form() {
+            Some(_) => Ok(()),
+            None => Err(EventError::new(
                 EventErrorKind::BadId,
                 "id does not match the event's sha256 hash",
-            ))
+            )),
         }
     }
 
@@ -215,6 +246,64 @@ mod tests {
             event.compute_id(),
             EventId(Sha256::digest(reference.as_bytes()).into())
         );
+    }
+
+    /// `event` re-signed over the serialization `text` (built by the caller, independently).
+    fn signed_over(mut event: Event, text: &str) -> Event {
+        event.id = EventId(Sha256::digest(text.as_bytes()).into());
+        event.sig = Keys::from_seed(42).sign_id(&event.id);
+        event
+    }
+
+    #[test]
+    fn either_id_form_verifies() {
+        let tags = vec![strings(&["t", "a\u{7}b"])];
+        let content = "x\u{0}\u{1f}\u{7f}\n";
+        let nip01 = signed(tags.clone(), content);
+        let pubkey = nip01.pubkey.to_hex();
+        assert_eq!(nip01.id_form(), Some(IdForm::Nip01));
+        // The form nostr-tools and rust-nostr hash, written by hand.
+        let json_text = format!(
+            "[0,\"{pubkey}\",1700000000,1,[[\"t\",\"a\\u0007b\"]],\"x\\u0000\\u001f\u{7f}\\n\"]"
+        );
+        let json = signed_over(nip01.clone(), &json_text);
+        assert_ne!(json.id, nip01.id);
+        assert_eq!(json.compute_id_as(IdForm::JsonEscaped), json.id);
+        assert_eq!(json.id_form(), Some(IdForm::JsonEscaped));
+        json.verify().unwrap();
+        // Both serialize to the same JSON object apart from id and sig.
+        assert_eq!(
+            json.to_json()
+                .replace(&json.id.to_hex(), "")
+                .replace(&json.sig.to_hex(), ""),
+            nip01
+                .to_json()
+                .replace(&nip01.id.to_hex(), "")
+                .replace(&nip01.sig.to_hex(), "")
+        );
+
+        // Uppercase hex is neither form.
+        let upper = signed_over(nip01.clone(), &json_text.replace("\\u001f", "\\u001F"));
+        assert_eq!(upper.id_form(), None);
+        let e = upper.verify().unwrap_err();
+        assert_eq!(e.kind(), EventErrorKind::BadId);
+        assert!(e.to_string().starts_with("invalid: "), "{e}");
+
+        // Without a character the forms write differently there is one serialization, and the
+        // JSON form is not tried: a hash of anything else is refused.
+        let plain = signed(vec![], "tab\there\u{7f}");
+        assert!(!plain.id_forms_differ());
+        assert_eq!(plain.compute_id_as(IdForm::JsonEscaped), plain.id);
+        let other = signed_over(plain, "not the serialization");
+        assert_eq!(other.id_form(), None);
+    }
+
+    #[test]
+    fn id_forms_differ_looks_at_content_and_every_tag_field() {
+        assert!(!signed(vec![strings(&["t", "\n"])], "\t\u{7f}").id_forms_differ());
+        assert!(signed(vec![], "\u{1}").id_forms_differ());
+        assert!(signed(vec![strings(&["t", "x", "\u{1b}"])], "").id_forms_differ());
+        assert!(signed(vec![vec![], strings(&["\u{0}"])], "").id_forms_differ());
     }
 
     #[test]

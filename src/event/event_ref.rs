@@ -3,12 +3,12 @@
 
 use std::fmt;
 
-use super::canonical::{self, Parts};
+use super::canonical::{self, IdForm, Parts};
 use super::error::EventError;
 use super::event::Event;
 use super::payload::{
-    CREATED_AT_OFFSET, FLAG_EXPIRATION, FLAGS_OFFSET, FieldError, HEADER_LEN, ID_OFFSET,
-    KIND_OFFSET, KNOWN_FLAGS, PUBKEY_OFFSET, SIG_OFFSET, TAGS_LEN_OFFSET, TAGS_OFFSET,
+    CREATED_AT_OFFSET, FLAG_EXPIRATION, FLAG_JSON_ESCAPED_ID, FLAGS_OFFSET, FieldError, HEADER_LEN,
+    ID_OFFSET, KIND_OFFSET, KNOWN_FLAGS, PUBKEY_OFFSET, SIG_OFFSET, TAGS_LEN_OFFSET, TAGS_OFFSET,
     header_field, read_varint, split_field,
 };
 use super::types::{EventId, KindClass, Pubkey, Signature};
@@ -169,14 +169,23 @@ impl<'a> EventRef<'a> {
             )));
         }
 
-        Ok(EventRef {
+        let view = EventRef {
             bytes: payload,
             header,
             tags,
             tag_count,
             content,
             expiration,
-        })
+        };
+        // One spelling per event: the JSON-escaped flag only where the forms differ (checked
+        // only when set, so reading an ordinary payload scans nothing more).
+        if flags & FLAG_JSON_ESCAPED_ID != 0 && !view.id_forms_differ() {
+            return Err(EventError::corrupt(format!(
+                "JSON-escaped id flag at offset {FLAGS_OFFSET} is set, but no string holds a \
+                 control character the two id forms write differently"
+            )));
+        }
+        Ok(view)
     }
 
     /// The event id as stored.
@@ -272,7 +281,7 @@ impl<'a> EventRef<'a> {
         canonical::json_len(self.parts())
     }
 
-    /// The owned event.
+    /// The owned event. [`Event`] does not carry the id form; [`Event::id_form`] finds it again.
     pub fn to_event(&self) -> Event {
         Event {
             id: self.id(),
@@ -288,10 +297,38 @@ impl<'a> EventRef<'a> {
         }
     }
 
-    /// sha256 of the canonical serialization, same as [`Event::compute_id`]; compare with
-    /// [`EventRef::id`] to check stored bytes.
+    /// Which serialization the id was signed in, as recorded when the event was stored (see
+    /// [`IdForm`]).
+    pub fn id_form(&self) -> IdForm {
+        if self.flags() & FLAG_JSON_ESCAPED_ID != 0 {
+            IdForm::JsonEscaped
+        } else {
+            IdForm::Nip01
+        }
+    }
+
+    /// sha256 of the id serialization in the stored form ([`EventRef::id_form`]), the same as
+    /// [`Event::compute_id_as`] with that form; compare with [`EventRef::id`] to check stored
+    /// bytes.
     pub fn compute_id(&self) -> EventId {
-        canonical::compute_id(self.parts())
+        canonical::compute_id(self.parts(), self.id_form())
+    }
+
+    fn flags(&self) -> u8 {
+        let [flags] = header_field::<FLAGS_OFFSET, 1>(self.header);
+        flags
+    }
+
+    /// Whether a string holds a character the two id forms write differently.
+    fn id_forms_differ(&self) -> bool {
+        canonical::forms_differ(self.content)
+            || self.tags().any(|tag| {
+                tag.fields().any(|field| match field {
+                    TagField::Text(text) => canonical::forms_differ(text),
+                    // Stands for hex digits only.
+                    TagField::Hex(_) => false,
+                })
+            })
     }
 }
 
@@ -422,8 +459,99 @@ mod tests {
 
     #[test]
     fn unknown_flags() {
-        let msg = corrupt(&raw_payload(0b10, &[0], b""));
-        assert_eq!(msg, "unknown flag bits 0x02 at offset 138");
+        let msg = corrupt(&raw_payload(0b100, &[0], b""));
+        assert_eq!(msg, "unknown flag bits 0x04 at offset 138");
+        let msg = corrupt(&raw_payload(0x80 | FLAG_JSON_ESCAPED_ID, &[0], b"\x07"));
+        assert_eq!(msg, "unknown flag bits 0x80 at offset 138");
+    }
+
+    /// `sample()`'s shape, signed over the JSON-escaped serialization, with `text` in the
+    /// content and in a tag value.
+    fn json_escaped(text: &str) -> Event {
+        let keys = Keys::from_seed(7);
+        let mut event = Event {
+            tags: vec![
+                strings(&["t", text]),
+                strings(&["e", &"0f".repeat(32)]),
+                strings(&["expiration", "1800000000"]),
+            ],
+            content: format!("bell {text}"),
+            ..sample()
+        };
+        event.pubkey = keys.pubkey();
+        event.id = event.compute_id_as(IdForm::JsonEscaped);
+        event.sig = keys.sign_id(&event.id);
+        event
+    }
+
+    #[test]
+    fn the_json_escaped_form_is_stored_and_used() {
+        let event = json_escaped("\u{7}");
+        assert_eq!(event.id_form(), Some(IdForm::JsonEscaped));
+        let payload = encode(&event);
+        assert_eq!(
+            payload[FLAGS_OFFSET],
+            FLAG_EXPIRATION | FLAG_JSON_ESCAPED_ID
+        );
+        let view = EventRef::parse(&payload).unwrap();
+        assert_eq!(view.id_form(), IdForm::JsonEscaped);
+        assert_eq!(view.compute_id(), event.id);
+        assert_ne!(
+            event.compute_id(),
+            event.id,
+            "NIP-01's form hashes otherwise"
+        );
+        assert_eq!(view.to_event(), event);
+        view.to_event().verify().unwrap();
+        assert_eq!(view.to_json(), event.to_json());
+        assert!(view.to_json().contains(r#""content":"bell \u0007","#));
+
+        // The same strings signed in NIP-01's form: flag clear.
+        let keys = Keys::from_seed(7);
+        let nip01 = keys.sign(event.created_at, event.kind, event.tags, event.content);
+        let payload = encode(&nip01);
+        assert_eq!(payload[FLAGS_OFFSET], FLAG_EXPIRATION);
+        let view = EventRef::parse(&payload).unwrap();
+        assert_eq!(view.id_form(), IdForm::Nip01);
+        assert_eq!(view.compute_id(), nip01.id);
+    }
+
+    #[test]
+    fn the_json_escaped_flag_is_set_only_where_the_forms_differ() {
+        // U+007F and the short escapes are written alike by both forms: one id, flag clear.
+        for text in ["\u{7f}", "\n\t\r\u{8}\u{c}", "plain"] {
+            let event = json_escaped(text);
+            assert_eq!(event.id, event.compute_id(), "{text:?}");
+            assert_eq!(event.id_form(), Some(IdForm::Nip01));
+            assert_eq!(encode(&event)[FLAGS_OFFSET] & FLAG_JSON_ESCAPED_ID, 0);
+        }
+        // An id matching neither form (only a trusted insert stores one): flag clear.
+        let mut forged = json_escaped("\u{1}");
+        forged.content.push('!');
+        assert_eq!(forged.id_form(), None);
+        assert_eq!(encode(&forged)[FLAGS_OFFSET] & FLAG_JSON_ESCAPED_ID, 0);
+
+        // Set by hand where no string needs it: refused, so each event has one payload.
+        let mut payload = encode(&json_escaped("\u{7f}"));
+        payload[FLAGS_OFFSET] |= FLAG_JSON_ESCAPED_ID;
+        assert_eq!(
+            corrupt(&payload),
+            "JSON-escaped id flag at offset 138 is set, but no string holds a control character \
+             the two id forms write differently"
+        );
+        // A character only in a tag value, or only in the content, is enough.
+        assert!(EventRef::parse(&raw_payload(FLAG_JSON_ESCAPED_ID, &[0], b"\x1f")).is_ok());
+        let section = [1, 1, 1 << 1, 0x00];
+        let view_bytes = raw_payload(FLAG_JSON_ESCAPED_ID, &section, b"");
+        assert_eq!(
+            EventRef::parse(&view_bytes).unwrap().id_form(),
+            IdForm::JsonEscaped
+        );
+        // Hex-compacted fields stand for hex digits, never control characters.
+        let section = [1, 1, (1 << 1) | 1, 0x01];
+        assert!(
+            corrupt(&raw_payload(FLAG_JSON_ESCAPED_ID, &section, b"")).contains("JSON-escaped")
+        );
     }
 
     #[test]
@@ -526,7 +654,7 @@ mod tests {
                     let owned = view.to_event();
                     assert_eq!(view.to_json(), owned.to_json());
                     assert_eq!(view.expiration(), owned.expiration());
-                    assert_eq!(view.compute_id(), owned.compute_id());
+                    assert_eq!(view.compute_id(), owned.compute_id_as(view.id_form()));
                 }
                 copy[i] ^= delta;
             }

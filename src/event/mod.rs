@@ -24,6 +24,7 @@ mod parse_tests;
 #[cfg(test)]
 mod proptests;
 
+pub use canonical::IdForm;
 pub use error::{EventError, EventErrorKind};
 pub use event::Event;
 pub(crate) use event::verify_schnorr;

@@ -3,6 +3,7 @@
 //! Decoding lives in [`super::event_ref`], which validates a payload once and then reads it
 //! without copying.
 
+use super::canonical::{self, IdForm};
 use super::error::{EventError, EventErrorKind};
 use super::event::Event;
 use super::event_ref::TagField;
@@ -16,7 +17,11 @@ use super::types::{hex_nibble, is_lower_hex_even};
 // 64     64        sig (raw)
 // 128    8         created_at  u64
 // 136    2         kind        u16
-// 138    1         flags       bit 0: Event::expiration() is Some; other bits must be 0
+// 138    1         flags       bit 0: Event::expiration() is Some
+//                              bit 1: the id hashes the JSON-escaped form (IdForm::JsonEscaped);
+//                                     set only when some string holds a character the forms
+//                                     write differently
+//                              other bits must be 0
 // 139    4         tags_len    u32: byte length of the tags section
 // 143    tags_len  tags section:
 //                    varint tag_count
@@ -39,8 +44,13 @@ const _: () = assert!(HEADER_LEN == 143, "the documented on-disk layout");
 
 /// Flag bit 0: the event has an `expiration` tag with a decimal u64 value.
 pub(crate) const FLAG_EXPIRATION: u8 = 0b0000_0001;
+/// Flag bit 1: the id is the hash of the JSON-escaped serialization (`IdForm::JsonEscaped`), not
+/// of NIP-01's text. Clear for every event whose strings hold no control character the two
+/// forms write differently (their serializations are the same bytes), and for an event whose
+/// id matches neither form (only a trusted insert stores one).
+pub(crate) const FLAG_JSON_ESCAPED_ID: u8 = 0b0000_0010;
 /// Every flag bit this version understands; payloads with others set are rejected.
-pub(crate) const KNOWN_FLAGS: u8 = FLAG_EXPIRATION;
+pub(crate) const KNOWN_FLAGS: u8 = FLAG_EXPIRATION | FLAG_JSON_ESCAPED_ID;
 
 /// A varint holds a u32 in at most this many bytes of unsigned LEB128.
 const MAX_VARINT_LEN: usize = 5;
@@ -172,6 +182,9 @@ impl Event {
 
     /// Appends the binary payload (the on-disk format) to `out`.
     ///
+    /// The flags byte records which [`IdForm`] the id hashes; finding out costs a second hash
+    /// only for an event holding a control character the two forms write differently.
+    ///
     /// Fails with TooLarge, leaving `out` untouched, only for an event whose counts or lengths
     /// do not fit the format's u32 fields (a tags section of 4 GiB or more); any event that
     /// passes [`Event::check_limits`] with sane limits encodes.
@@ -182,6 +195,8 @@ impl Event {
         let tag_count = u32::try_from(self.tags.len())
             .map_err(|_| too_large(format!("{} tags", self.tags.len())))?;
         // Validate every count and header before writing, so failure leaves `out` unchanged.
+        // The same pass looks for a character the two id forms write differently.
+        let mut forms_differ = canonical::forms_differ(&self.content);
         for tag in &self.tags {
             u32::try_from(tag.len())
                 .map_err(|_| too_large(format!("a tag of {} fields", tag.len())))?;
@@ -189,6 +204,8 @@ impl Event {
                 let (hex, stored) = field_repr(field);
                 field_header(hex, stored)
                     .ok_or_else(|| too_large(format!("a {}-byte tag field", field.len())))?;
+                // Hex digits are the same in both forms: only text fields are scanned.
+                forms_differ = forms_differ || (!hex && canonical::forms_differ(field));
             }
         }
 
@@ -198,12 +215,7 @@ impl Event {
         out.extend_from_slice(self.sig.as_bytes());
         out.extend_from_slice(&self.created_at.to_le_bytes());
         out.extend_from_slice(&self.kind.to_le_bytes());
-        let flags = if self.expiration().is_some() {
-            FLAG_EXPIRATION
-        } else {
-            0
-        };
-        out.push(flags);
+        out.push(self.payload_flags(forms_differ));
         out.extend_from_slice(&tags_len.to_le_bytes());
         put_varint(out, tag_count);
         for tag in &self.tags {
@@ -221,6 +233,21 @@ impl Event {
         }
         out.extend_from_slice(self.content.as_bytes());
         Ok(())
+    }
+
+    /// The flags byte of this event's payload; `forms_differ` is [`Event::id_forms_differ`].
+    fn payload_flags(&self, forms_differ: bool) -> u8 {
+        let mut flags = 0;
+        if self.expiration().is_some() {
+            flags |= FLAG_EXPIRATION;
+        }
+        // The second hash is paid only by the rare event holding such a character. Encoding
+        // decides on its own (rather than being told by `verify_id`) so that a trusted insert
+        // stores the right form too.
+        if forms_differ && self.compute_id_as(IdForm::JsonEscaped) == self.id {
+            flags |= FLAG_JSON_ESCAPED_ID;
+        }
+        flags
     }
 }
 
@@ -427,6 +454,29 @@ mod tests {
             ]),
             FLAG_EXPIRATION
         );
+    }
+
+    #[test]
+    fn json_escaped_id_flag_follows_the_id() {
+        let flags = |ev: &Event| {
+            let mut out = Vec::new();
+            ev.encode_payload(&mut out).unwrap();
+            assert_eq!(out.len(), ev.payload_len());
+            out[FLAGS_OFFSET]
+        };
+        let mut ev = event(
+            vec![strings(&["expiration", "5"]), strings(&["t", "\u{1}"])],
+            "",
+        );
+        assert_eq!(flags(&ev), FLAG_EXPIRATION, "an id matching neither form");
+        ev.id = ev.compute_id_as(IdForm::JsonEscaped);
+        assert_eq!(flags(&ev), FLAG_EXPIRATION | FLAG_JSON_ESCAPED_ID);
+        ev.id = ev.compute_id_as(IdForm::Nip01);
+        assert_eq!(flags(&ev), FLAG_EXPIRATION);
+        let mut ev = event(vec![], "\u{7f}\n");
+        ev.id = ev.compute_id_as(IdForm::JsonEscaped);
+        assert_eq!(flags(&ev), 0, "the forms are the same bytes");
+        assert_eq!(KNOWN_FLAGS, 0b11);
     }
 
     #[test]

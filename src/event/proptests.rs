@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::event::{Event, EventId, EventRef, Pubkey, Signature};
+use crate::event::{Event, EventId, EventRef, IdForm, Pubkey, Signature};
 
 /// Characters that stress escaping, mixed with arbitrary Unicode.
 fn any_char() -> impl Strategy<Value = char> {
@@ -79,7 +79,7 @@ fn exercise(view: &EventRef<'_>) {
     assert_eq!(view.to_json(), owned.to_json());
     assert_eq!(view.json_len(), owned.json_len());
     assert_eq!(view.expiration(), owned.expiration());
-    assert_eq!(view.compute_id(), owned.compute_id());
+    assert_eq!(view.compute_id(), owned.compute_id_as(view.id_form()));
     assert_eq!(view.tags().count(), view.tag_count());
     for tag in view.tags() {
         assert_eq!(tag.fields().count(), tag.len());
@@ -131,6 +131,19 @@ fn reference_id(event: &Event) -> EventId {
     EventId(Sha256::digest(text.as_bytes()).into())
 }
 
+/// The id as rust-nostr computes it: serde_json's compact serialization of the array.
+fn serde_json_id(event: &Event) -> EventId {
+    let array = serde_json::json!([
+        0,
+        event.pubkey.to_hex(),
+        event.created_at,
+        event.kind,
+        event.tags,
+        event.content
+    ]);
+    EventId(Sha256::digest(serde_json::to_string(&array).unwrap().as_bytes()).into())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -149,7 +162,8 @@ proptest! {
         event.write_json(&mut a);
         view.write_json(&mut b);
         prop_assert_eq!(a, b);
-        prop_assert_eq!(view.compute_id(), event.compute_id());
+        prop_assert_eq!(view.id_form(), event.id_form().unwrap_or(IdForm::Nip01));
+        prop_assert_eq!(view.compute_id(), event.compute_id_as(view.id_form()));
         // Re-encoding the decoded event reproduces the same bytes.
         prop_assert_eq!(encode(&view.to_event()), payload);
     }
@@ -171,6 +185,32 @@ proptest! {
     }
 
     #[test]
+    fn json_escaped_form_matches_serde_json(event in any_event()) {
+        prop_assert_eq!(event.compute_id_as(IdForm::JsonEscaped), serde_json_id(&event));
+    }
+
+    #[test]
+    fn events_signed_in_either_form_verify_and_keep_their_form(
+        event in any_event(),
+        json in any::<bool>(),
+    ) {
+        let mut event = event;
+        let form = if json { IdForm::JsonEscaped } else { IdForm::Nip01 };
+        event.id = event.compute_id_as(form);
+        let expected = if event.id_forms_differ() { form } else { IdForm::Nip01 };
+        prop_assert_eq!(event.id_form(), Some(expected));
+        event.verify_id().unwrap();
+        let payload = encode(&event);
+        let view = EventRef::parse(&payload).unwrap();
+        prop_assert_eq!(view.id_form(), expected);
+        prop_assert_eq!(view.compute_id(), event.id);
+        prop_assert_eq!(view.to_event().id_form(), Some(expected));
+        let back = Event::from_json(&view.to_json()).unwrap();
+        prop_assert_eq!(back.id_form(), Some(expected));
+        prop_assert_eq!(encode(&back), payload);
+    }
+
+    #[test]
     fn parse_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
         if let Ok(view) = EventRef::parse(&bytes) {
             exercise(&view);
@@ -179,7 +219,7 @@ proptest! {
 
     #[test]
     fn parse_never_panics_on_arbitrary_sections(
-        flags in 0u8..4,
+        flags in 0u8..8,
         section in prop::collection::vec(any::<u8>(), 0..64),
         content in prop::collection::vec(any::<u8>(), 0..16),
     ) {
