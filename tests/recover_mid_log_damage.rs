@@ -107,7 +107,7 @@ fn ids(store: &EventStore) -> Vec<EventId> {
 fn damage_inside_the_active_segment_is_refused_not_cut() {
     let scratch = tempfile::tempdir().unwrap();
     let live = scratch.path().join("live");
-    let store = builder(&live, 1 << 30).open().unwrap();
+    let store = builder(&live, 4 << 20).open().unwrap();
     let acknowledged = fill(&store, 1200);
     let killed = scratch.path().join("killed");
     copy_dir(&live, &killed);
@@ -120,7 +120,7 @@ fn damage_inside_the_active_segment_is_refused_not_cut() {
     let at = flip_inside(&segment, victim);
     let before = std::fs::read(&segment).unwrap();
 
-    let error = builder(&killed, 1 << 30)
+    let error = builder(&killed, 4 << 20)
         .open()
         .map(|s| format!("opened with {} events", ids(&s).len()))
         .expect_err("a store damaged mid-log must not open as if its tail were torn");
@@ -147,7 +147,7 @@ fn damage_inside_the_active_segment_is_refused_not_cut() {
 fn rebuild_never_cuts_records_after_damage() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("store");
-    let store = builder(&dir, 1 << 30).open().unwrap();
+    let store = builder(&dir, 4 << 20).open().unwrap();
     let mut acknowledged = fill(&store, 900);
     store.close().unwrap();
 
@@ -158,7 +158,7 @@ fn rebuild_never_cuts_records_after_damage() {
     let length_before = std::fs::metadata(&segment).unwrap().len();
 
     let rebuilt = megalith::inspect::index::rebuild(&dir);
-    let store = builder(&dir, 1 << 30).open();
+    let store = builder(&dir, 4 << 20).open();
     let held = store.as_ref().map(ids).unwrap_or_default();
     acknowledged.sort();
     let missing = acknowledged.iter().filter(|id| !held.contains(id)).count();
@@ -181,7 +181,7 @@ fn rebuild_never_cuts_records_after_damage() {
 fn repair_keeps_every_valid_record_and_quarantines_the_damage() {
     let scratch = tempfile::tempdir().unwrap();
     let live = scratch.path().join("live");
-    let store = builder(&live, 1 << 30).open().unwrap();
+    let store = builder(&live, 4 << 20).open().unwrap();
     let mut acknowledged = fill(&store, 700);
     let killed = scratch.path().join("killed");
     copy_dir(&live, &killed);
@@ -193,9 +193,9 @@ fn repair_keeps_every_valid_record_and_quarantines_the_damage() {
     let original = std::fs::read(&segment).unwrap()[victim.0..victim.0 + victim.1].to_vec();
     flip_inside(&segment, victim);
     let damaged = std::fs::read(&segment).unwrap()[victim.0..victim.0 + victim.1].to_vec();
-    assert!(builder(&killed, 1 << 30).open().is_err());
+    assert!(builder(&killed, 4 << 20).open().is_err());
 
-    let report = builder(&killed, 1 << 30)
+    let report = builder(&killed, 4 << 20)
         .repair()
         .expect("repair of a store with one damaged frame");
     assert_eq!(report.log_repairs.len(), 1, "{report:?}");
@@ -211,7 +211,7 @@ fn repair_keeps_every_valid_record_and_quarantines_the_damage() {
     assert_ne!(damaged, original);
     // The damaged note's id is still readable in its bytes (the flip is in
     // its content), and it is the one event missing.
-    let store = builder(&killed, 1 << 30).open().unwrap();
+    let store = builder(&killed, 4 << 20).open().unwrap();
     let held = ids(&store);
     store.close().unwrap();
     acknowledged.sort();
@@ -224,4 +224,108 @@ fn repair_keeps_every_valid_record_and_quarantines_the_damage() {
     assert_eq!(repair.lost_event_ids, missing, "{repair}");
     assert_eq!(held.len(), acknowledged.len() - 1);
     common::crash::assert_doctor_clean(&killed, "after the repair");
+}
+
+/// `index-doctor check` says what the next open does, from the open's own
+/// code: refuses damage (a problem, with how to repair it), cuts a torn tail
+/// (a note). Before, it promised a rebuild and the open refused.
+#[test]
+fn index_doctor_check_predicts_the_next_open() {
+    let scratch = tempfile::tempdir().unwrap();
+    let live = scratch.path().join("live");
+    let store = builder(&live, 4 << 20).open().unwrap();
+    fill(&store, 300);
+    let damaged = scratch.path().join("damaged");
+    copy_dir(&live, &damaged);
+    store.close().unwrap();
+    let torn = scratch.path().join("torn");
+    copy_dir(&damaged, &torn);
+
+    // Damage: a flip in the middle, many acknowledged records after it.
+    let segment = segments(&damaged).pop().unwrap();
+    let frames = frames(&segment);
+    let victim = frames[frames.len() / 2];
+    flip_inside(&segment, victim);
+    let report = megalith::inspect::index::check_store(&damaged).unwrap();
+    let problem = report
+        .problems
+        .iter()
+        .find(|p| p.offset == Some(victim.0 as u64))
+        .unwrap_or_else(|| panic!("no problem at the damaged frame: {:?}", report.problems));
+    assert!(
+        problem.reason.contains("refuses") && problem.reason.contains("megalith repair"),
+        "{}",
+        problem.reason
+    );
+    assert!(builder(&damaged, 4 << 20).open().is_err());
+
+    // A torn tail: the last record's bytes cut short, as a crash leaves them.
+    let segment = segments(&torn).pop().unwrap();
+    let last = *frames.last().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    for b in &mut bytes[last.0 + last.1 / 2..last.0 + last.1] {
+        *b = 0;
+    }
+    std::fs::write(&segment, &bytes).unwrap();
+    let report = megalith::inspect::index::check_store(&torn).unwrap();
+    let notes: Vec<&String> = report.logs.iter().flat_map(|l| &l.notes).collect();
+    assert!(
+        notes.iter().any(|n| n.contains("cuts this torn tail")),
+        "{notes:?} {:?}",
+        report.problems
+    );
+    let store = builder(&torn, 4 << 20).open().unwrap();
+    assert_eq!(store.recovery_report().tail_repairs.len(), 1);
+    assert_eq!(ids(&store).len(), 299);
+    store.close().unwrap();
+}
+
+/// `megalith repair --json` on a damaged store, then `megalith count`.
+#[test]
+fn the_repair_command_reports_what_it_did() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    let store = builder(&dir, 64 << 10).open().unwrap();
+    fill(&store, 600);
+    store.close().unwrap();
+    // A sealed middle segment.
+    let all = segments(&dir);
+    assert!(all.len() >= 3, "{} segments", all.len());
+    let middle = &all[all.len() / 2];
+    let frames = frames(middle);
+    flip_inside(middle, frames[frames.len() / 2]);
+
+    let megalith = env!("CARGO_BIN_EXE_megalith");
+    let output = std::process::Command::new(megalith)
+        .args(["repair", "--json", "--data"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["damaged_ranges"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert_eq!(report["records_lost"], 1, "{report}");
+    let output = std::process::Command::new(megalith)
+        .args(["count", "--data"])
+        .arg(&dir)
+        .arg("{}")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "599");
+    // Nothing left to repair.
+    let output = std::process::Command::new(megalith)
+        .args(["repair", "--json", "--data"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["damaged_ranges"].as_array().unwrap().len(),
+        0,
+        "{report}"
+    );
 }

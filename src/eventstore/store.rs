@@ -227,7 +227,54 @@ impl EventStore {
         self.insert_checked(events, false)
     }
 
+    /// Like [`EventStore::insert`], but a shard that cannot write (see
+    /// [`EventStore::health`]) fails only its own events: one result per
+    /// event, so a relay answers the events of healthy shards as usual.
+    pub fn insert_each(&self, events: &[Event]) -> Vec<Result<InsertOutcome, Error>> {
+        let (outcomes, failures) = self.insert_routed(events, true);
+        let mut failed: Vec<Option<&Error>> = vec![None; events.len()];
+        for (positions, error) in &failures {
+            for &i in positions {
+                failed[i] = Some(error);
+            }
+        }
+        outcomes
+            .into_iter()
+            .zip(failed)
+            .map(|(outcome, failure)| match (outcome, failure) {
+                (_, Some(error)) => Err(Error::Poisoned(error.to_string())),
+                (Some(outcome), None) => Ok(outcome),
+                (None, None) => Err(Error::corrupt(
+                    "a shard returned fewer outcomes than events",
+                )),
+            })
+            .collect()
+    }
+
     fn insert_checked(&self, events: &[Event], verify: bool) -> Result<Vec<InsertOutcome>, Error> {
+        let (outcomes, failures) = self.insert_routed(events, verify);
+        // With several shards, others may have stored their part: the batch
+        // as a whole is not acknowledged, and the caller retries (duplicates
+        // are answered as such).
+        if let Some((_, e)) = failures.into_iter().next() {
+            return Err(e);
+        }
+        // Every event got an outcome above or from its shard; a gap would be a bug.
+        outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| Error::corrupt("a shard returned fewer outcomes than events")))
+            .collect()
+    }
+
+    /// Checks, routes and stores `events`; returns each event's outcome
+    /// (`None` for the events of a shard that failed) and each failed
+    /// shard's events with its error.
+    #[allow(clippy::type_complexity)]
+    fn insert_routed(
+        &self,
+        events: &[Event],
+        verify: bool,
+    ) -> (Vec<Option<InsertOutcome>>, Vec<(Vec<usize>, Error)>) {
         let now = unix_now();
         let mut outcomes: Vec<Option<InsertOutcome>> = vec![None; events.len()];
         // Checks after the signature's, kept so each event reports the first
@@ -302,16 +349,14 @@ impl EventStore {
         }
         // Every shard's writer gets its part before any is waited for.
         let mut pending = Vec::new();
-        let mut first_error = None;
+        let mut failures = Vec::new();
         for (shard, (positions, payloads)) in self.shards.iter().zip(routed) {
             if payloads.is_empty() {
                 continue;
             }
             match shard.submit(payloads) {
                 Ok(write) => pending.push((positions, write)),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+                Err(e) => failures.push((positions, e)),
             }
         }
         for (positions, write) in pending {
@@ -329,9 +374,7 @@ impl EventStore {
                         });
                     }
                 }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+                Err(e) => failures.push((positions, e)),
             }
         }
         if watching {
@@ -343,17 +386,7 @@ impl EventStore {
                     },
                 ));
         }
-        // With several shards, others may have stored their part: the batch
-        // as a whole is not acknowledged, and the caller retries (duplicates
-        // are answered as such).
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        // Every event got an outcome above or from its shard; a gap would be a bug.
-        outcomes
-            .into_iter()
-            .map(|o| o.ok_or_else(|| Error::corrupt("a shard returned fewer outcomes than events")))
-            .collect()
+        (outcomes, failures)
     }
 
     /// The checks before the signature's, in the NIP-01 order: size and

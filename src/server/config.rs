@@ -21,6 +21,13 @@ pub struct ServeConfig {
     pub durability: DurabilityName,
     /// Keep the NIP-50 search index (`None`: whatever the store has).
     pub search: Option<bool>,
+    /// What opening does when the log does not end cleanly: `strict`,
+    /// `tolerate-torn-tail` (default) or `repair` (see `RecoveryMode`).
+    pub recovery: RecoveryName,
+    /// After a failed write (a full disk), a shard refuses writes and
+    /// retries in place after this many milliseconds, doubling each time
+    /// (see `Options::recover_after`). Default 1000.
+    pub recover_after_ms: u64,
     /// Address to listen on. Default `127.0.0.1:7777`.
     pub listen: SocketAddr,
     /// NIP-11 fields (`[info]`).
@@ -36,6 +43,8 @@ impl Default for ServeConfig {
             shards: None,
             durability: DurabilityName::Always,
             search: None,
+            recovery: RecoveryName::TolerateTornTail,
+            recover_after_ms: 1000,
             listen: RelayConfig::default().listen,
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
@@ -55,8 +64,19 @@ impl ServeConfig {
     /// Parses TOML text (see `docs/server.md` for the keys).
     pub fn from_toml(text: &str) -> Result<ServeConfig, String> {
         let config: ServeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.limits.check()?;
+        config.check()?;
         Ok(config)
+    }
+
+    /// Checks every setting's range.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=3_600_000).contains(&self.recover_after_ms) {
+            return Err(format!(
+                "recover_after_ms {} is outside 1 ..= 3600000",
+                self.recover_after_ms
+            ));
+        }
+        self.limits.check()
     }
 
     /// The relay part.
@@ -87,6 +107,28 @@ impl DurabilityName {
             DurabilityName::Always => crate::Durability::Always,
             DurabilityName::Batch => crate::Durability::Batch(Duration::from_millis(100)),
             DurabilityName::Never => crate::Durability::Never,
+        }
+    }
+}
+
+/// The recovery mode names a config file uses (`RecoveryMode::name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoveryName {
+    /// Refuse a torn tail as well as damage.
+    Strict,
+    /// Cut a torn tail; refuse damage.
+    TolerateTornTail,
+    /// Cut a torn tail; repair damage (quarantine it, keep every valid record).
+    Repair,
+}
+
+impl RecoveryName {
+    pub fn mode(self) -> crate::RecoveryMode {
+        match self {
+            RecoveryName::Strict => crate::RecoveryMode::Strict,
+            RecoveryName::TolerateTornTail => crate::RecoveryMode::TolerateCorruptTail,
+            RecoveryName::Repair => crate::RecoveryMode::Repair,
         }
     }
 }

@@ -28,6 +28,11 @@ use super::protocol::{
 use super::subs::{LiveSub, SubKey, SubState};
 use super::{Relay, transport_limit};
 
+/// The OK message for an event the store could not take now (its shard's
+/// write failed: a full disk); `/health` and `/metrics` say which shard,
+/// the log says why.
+const STORE_UNAVAILABLE: &str = "error: store unavailable, try again later";
+
 /// WebSocket close codes used here (RFC 6455).
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
@@ -398,8 +403,10 @@ impl Conn {
         if !batch.is_empty() {
             let started = Instant::now();
             let store = Arc::clone(&relay.store);
+            // One result per event: a shard that cannot write (a full
+            // disk) fails only its own events.
             let result = tokio::task::spawn_blocking(move || {
-                let outcomes = store.insert(&batch);
+                let outcomes = store.insert_each(&batch);
                 (batch, outcomes)
             })
             .await;
@@ -409,38 +416,39 @@ impl Conn {
                 .insert_seconds
                 .observe(started.elapsed().as_secs_f64());
             match result {
-                Ok((batch, Ok(outcomes))) if outcomes.len() == batch.len() => {
+                Ok((batch, outcomes)) => {
+                    let mut logged = false;
                     for ((event, outcome), i) in batch.iter().zip(outcomes).zip(&positions) {
-                        if matches!(
-                            outcome,
-                            InsertOutcome::Stored
-                                | InsertOutcome::Replaced { .. }
-                                | InsertOutcome::Ephemeral
-                        ) {
-                            relay
-                                .metrics
-                                .events
-                                .with_label_values(&[event.kind.to_string().as_str()])
-                                .inc();
-                        } else if !outcome.accepted() {
-                            self.reject(outcome.label());
-                        }
-                        let frame =
-                            ok_frame(&event.id.to_hex(), outcome.accepted(), &outcome.message());
+                        let frame = match outcome {
+                            Ok(outcome) => {
+                                if matches!(
+                                    outcome,
+                                    InsertOutcome::Stored
+                                        | InsertOutcome::Replaced { .. }
+                                        | InsertOutcome::Ephemeral
+                                ) {
+                                    relay
+                                        .metrics
+                                        .events
+                                        .with_label_values(&[event.kind.to_string().as_str()])
+                                        .inc();
+                                } else if !outcome.accepted() {
+                                    self.reject(outcome.label());
+                                }
+                                ok_frame(&event.id.to_hex(), outcome.accepted(), &outcome.message())
+                            }
+                            // The client learns only that it may try again;
+                            // what failed, with file paths, goes to the log.
+                            Err(e) => {
+                                if !logged {
+                                    warn!(error = %e, "insert failed");
+                                    logged = true;
+                                }
+                                self.reject("unavailable");
+                                ok_frame(&event.id.to_hex(), false, STORE_UNAVAILABLE)
+                            }
+                        };
                         replies[*i] = Some(("OK", frame));
-                    }
-                }
-                Ok((batch, result)) => {
-                    let message = match result {
-                        Ok(_) => "error: the store gave the wrong number of outcomes".to_string(),
-                        Err(e) => {
-                            warn!(error = %e, "insert failed");
-                            format!("error: could not store the event: {e}")
-                        }
-                    };
-                    for (event, i) in batch.iter().zip(&positions) {
-                        self.reject("error");
-                        replies[*i] = Some(("OK", ok_frame(&event.id.to_hex(), false, &message)));
                     }
                 }
                 Err(e) => {
@@ -699,9 +707,10 @@ impl Relay {
                 )
             }
             Error::Filter(e) => format!("invalid: {e}"),
+            // Details (file paths, offsets) go to the log, not to clients.
             e => {
                 warn!(error = %e, "query failed");
-                format!("error: the store could not answer: {e}")
+                "error: the store could not answer this query; try again later".to_string()
             }
         }
     }

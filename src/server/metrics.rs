@@ -2,8 +2,8 @@
 //! store's own figures. `GET /metrics` renders them in the text format.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder, exponential_buckets,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, exponential_buckets,
 };
 
 use crate::EventStore;
@@ -42,6 +42,8 @@ pub struct Metrics {
     events_stored: IntGauge,
     log_bytes: IntGauge,
     index_bytes: IntGauge,
+    shard_writable: IntGaugeVec,
+    shard_recoveries: IntGaugeVec,
 }
 
 impl Metrics {
@@ -115,6 +117,23 @@ impl Metrics {
         let events_stored = IntGauge::new("megalith_events_stored", "Events in the store")?;
         let log_bytes = IntGauge::new("megalith_log_bytes", "Bytes of the log on disk")?;
         let index_bytes = IntGauge::new("megalith_index_bytes", "Bytes of the indexes on disk")?;
+        let shard_writable = IntGaugeVec::new(
+            Opts::new(
+                "megalith_shard_writable",
+                "1 while the shard takes writes, 0 while it refuses them after a failed write \
+                 (a full disk) and retries in place",
+            ),
+            &["shard"],
+        )?;
+        let shard_recoveries = IntGaugeVec::new(
+            Opts::new(
+                "megalith_shard_recoveries",
+                "Times the shard recovered in place after a failed write since the relay started",
+            ),
+            &["shard"],
+        )?;
+        registry.register(Box::new(shard_writable.clone()))?;
+        registry.register(Box::new(shard_recoveries.clone()))?;
         registry.register(Box::new(client_messages.clone()))?;
         registry.register(Box::new(relay_messages.clone()))?;
         registry.register(Box::new(events.clone()))?;
@@ -149,6 +168,8 @@ impl Metrics {
             events_stored,
             log_bytes,
             index_bytes,
+            shard_writable,
+            shard_recoveries,
         })
     }
 
@@ -165,6 +186,15 @@ impl Metrics {
             .set(i64::try_from(gauges.log_bytes).unwrap_or(i64::MAX));
         self.index_bytes
             .set(i64::try_from(gauges.index_bytes).unwrap_or(i64::MAX));
+        for shard in store.health() {
+            let label = shard.shard.0.to_string();
+            self.shard_writable
+                .with_label_values(&[label.as_str()])
+                .set(i64::from(shard.writable));
+            self.shard_recoveries
+                .with_label_values(&[label.as_str()])
+                .set(i64::try_from(shard.recoveries).unwrap_or(i64::MAX));
+        }
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# error encoding metrics: {e}\n"))

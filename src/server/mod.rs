@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use crate::{Commits, EventStore, Limits};
 
-pub use config::{DurabilityName, RelayConfig, RelayInfo, RelayLimits, ServeConfig};
+pub use config::{DurabilityName, RecoveryName, RelayConfig, RelayInfo, RelayLimits, ServeConfig};
 pub use metrics::Metrics;
 
 use outbox::Pushed;
@@ -212,6 +212,7 @@ pub async fn run(
             let relay = Arc::clone(&relay);
             move || broadcast(&relay, &commits)
         })?;
+    let watcher = tokio::spawn(watch_health(Arc::clone(&relay)));
     let app = Router::new()
         .route("/", get(root).options(preflight))
         .route("/health", get(health))
@@ -230,6 +231,7 @@ pub async fn run(
             })
             .await
     };
+    watcher.abort();
     // Upgraded connections are not axum's to wait for.
     let wait_closed = async {
         loop {
@@ -400,24 +402,81 @@ async fn preflight() -> Response {
     response
 }
 
-/// `/health`: 200 and `ok` while the store answers, 503 otherwise.
+/// Logs each shard's change between taking writes and refusing them (what
+/// failed, with its files; what the recovery did), once a second.
+async fn watch_health(relay: Arc<Relay>) {
+    let mut writable: Vec<bool> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let shards = relay.store.health();
+        writable.resize(shards.len(), true);
+        for (was, shard) in writable.iter_mut().zip(&shards) {
+            match (*was, shard.writable) {
+                (true, false) => warn!(
+                    shard = shard.shard.0,
+                    problem = shard.problem.as_deref().unwrap_or(""),
+                    "shard refuses writes; it retries in place"
+                ),
+                (false, true) => info!(
+                    shard = shard.shard.0,
+                    recovery = shard.last_recovery.as_deref().unwrap_or(""),
+                    "shard takes writes again"
+                ),
+                _ => {}
+            }
+            *was = shard.writable;
+        }
+    }
+}
+
+/// `/health`: 200 and `ok` while the store answers reads and every shard
+/// takes writes; 503 with the reason otherwise (no file paths: details go
+/// to the log).
 async fn health(State(relay): State<Arc<Relay>>) -> Response {
     let store = Arc::clone(&relay.store);
     // Reads the newest event: the indexes and the log answer.
-    let probe =
-        tokio::task::spawn_blocking(move || store.query(&[crate::Filter::new().limit(1)])).await;
+    let probe = tokio::task::spawn_blocking(move || {
+        store
+            .query(&[crate::Filter::new().limit(1)])
+            .map(|_| store.health())
+    })
+    .await;
+    let unavailable = |reason: String| {
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            "no-store".parse().expect("a valid header"),
+        );
+        response
+    };
     match probe {
-        Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store error: {e}\n"),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("internal error: {e}\n"),
-        )
-            .into_response(),
+        Ok(Ok(shards)) => {
+            let refusing: Vec<String> = shards
+                .iter()
+                .filter(|s| !s.writable)
+                .map(|s| {
+                    format!(
+                        "shard {} refuses writes ({}); retrying",
+                        s.shard,
+                        s.cause.as_deref().unwrap_or("a write failed")
+                    )
+                })
+                .collect();
+            if refusing.is_empty() {
+                (StatusCode::OK, "ok\n").into_response()
+            } else {
+                unavailable(format!("store unavailable: {}\n", refusing.join("; ")))
+            }
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "health probe: the store cannot answer a read");
+            unavailable("store unavailable: reads fail\n".to_string())
+        }
+        Err(e) => {
+            warn!(error = %e, "health probe failed");
+            unavailable("internal error\n".to_string())
+        }
     }
 }
 

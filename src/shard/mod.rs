@@ -65,6 +65,10 @@ pub struct ShardHealth {
     pub writable: bool,
     /// Why writes are refused (with file paths: for logs, not for clients).
     pub problem: Option<String>,
+    /// The cause in a few words, without paths (the operating system's
+    /// message, such as "No space left on device (os error 28)"): fit to
+    /// show to anyone.
+    pub cause: Option<String>,
     /// Since when.
     pub failed_since: Option<std::time::SystemTime>,
     /// Recoveries in place since the store was opened.
@@ -79,6 +83,7 @@ impl ShardHealth {
             shard,
             writable: true,
             problem: None,
+            cause: None,
             failed_since: None,
             recoveries: 0,
             last_recovery: None,

@@ -190,7 +190,7 @@ impl Writer {
                 // may disagree: refuse further writes until a reopen replays.
                 let message = error.to_string();
                 if wrote || self.log.is_poisoned() {
-                    self.fail(message.clone());
+                    self.fail(message.clone(), short_cause(&error));
                 }
                 let mut first = Some(error);
                 for (_, reply) in group {
@@ -336,8 +336,9 @@ impl Writer {
         Ok(outcomes)
     }
 
-    /// Refuses writes from now on, with `why`, until a recovery works.
-    fn fail(&mut self, why: String) {
+    /// Refuses writes from now on, with `why` (and `cause`, the same
+    /// without paths), until a recovery works.
+    fn fail(&mut self, why: String, cause: String) {
         let wait = match &self.failed {
             Some(failed) => (failed.wait * 2).min(self.config.retry_after * 64),
             None => self.config.retry_after,
@@ -348,6 +349,7 @@ impl Writer {
             health.failed_since = Some(std::time::SystemTime::now());
         }
         health.problem = Some(why.clone());
+        health.cause = Some(cause);
         drop(health);
         self.failed = Some(Failed {
             why,
@@ -390,6 +392,7 @@ impl Writer {
                 let mut health = self.health.lock();
                 health.writable = true;
                 health.problem = None;
+                health.cause = None;
                 health.failed_since = None;
                 health.recoveries += 1;
                 health.last_recovery = Some(format!(
@@ -399,7 +402,7 @@ impl Writer {
             Err(error) => {
                 drop(indexes);
                 let why = format!("{} (recovery failed: {error})", failed.why);
-                self.fail(why);
+                self.fail(why, short_cause(&error));
             }
         }
     }
@@ -431,7 +434,10 @@ impl Writer {
         {
             match self.log.sync() {
                 Ok(()) => self.unsynced_since = None,
-                Err(e) => self.fail(e.to_string()),
+                Err(e) => {
+                    let cause = short_cause(&e);
+                    self.fail(e.to_string(), cause);
+                }
             }
         }
         let dirty = self.indexes.read().dirty_nodes();
@@ -454,7 +460,7 @@ impl Writer {
         }
         let result = self.write_checkpoint();
         if let Err(error) = &result {
-            self.fail(format!("checkpoint failed: {error}"));
+            self.fail(format!("checkpoint failed: {error}"), short_cause(error));
         }
         result
     }
@@ -485,6 +491,19 @@ impl Writer {
         self.checkpoint()?;
         Ok(self.log.close()?)
     }
+}
+
+/// What made a write fail, in a few words and without file paths: the
+/// operating system's message when an I/O call failed.
+fn short_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.to_string();
+        }
+        current = e.source();
+    }
+    "a write to the store failed".to_string()
 }
 
 /// The most bytes an event's records can take in a batch: its own frame and

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use megalith::{
-    Durability, EventStore, EventStoreBuilder, Filter, Limits, ReplayProgress, ShardId,
+    Durability, EventStore, EventStoreBuilder, Filter, Limits, RecoveryMode, ReplayProgress,
+    ShardId,
 };
 use output::{Output, errln};
 
@@ -69,6 +70,19 @@ enum Command {
     /// Write a seeded, realistic stream of signed events as JSONL: the same seed and authors
     /// always give the same bytes (the kind mix is in docs/api.md).
     Generate(GenerateArgs),
+    /// Find and repair damage anywhere in a store's log (the store must not be open).
+    ///
+    /// Every record of every segment is checked. Each damaged byte range (a
+    /// flipped bit, a lost page: a bad record that later records prove was
+    /// synced) is moved to a quarantine file beside the log
+    /// (DIR/shard-NNNN/quarantine/, never deleted), every valid record
+    /// after it is kept, the shard's indexes are rebuilt, and removals the
+    /// lost records had made are made again. A torn tail (what a crash
+    /// leaves, never acknowledged) is cut as any open does. Prints what was
+    /// lost: each range, its LSNs and the event ids still readable in it.
+    /// Exit status: 0 nothing to repair or repaired, 1 could not repair.
+    #[command(verbatim_doc_comment)]
+    Repair(RepairArgs),
 }
 
 #[derive(Args)]
@@ -77,6 +91,48 @@ struct StoreArgs {
     /// commands need an existing store).
     #[arg(long, value_name = "DIR", default_value = "./megalith-data")]
     data: PathBuf,
+    /// What opening does when the log does not end cleanly: `tolerate-torn-tail`
+    /// cuts what a crash left (never acknowledged) and refuses damage inside
+    /// the log; `strict` refuses both; `repair` cuts the first and repairs the
+    /// second (see `megalith repair`).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value = "tolerate-torn-tail"
+    )]
+    recovery: RecoveryArg,
+}
+
+/// `--recovery` (RecoveryMode's names).
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum RecoveryArg {
+    /// refuse a torn tail and damage
+    Strict,
+    /// cut a torn tail, refuse damage
+    TolerateTornTail,
+    /// cut a torn tail, repair damage
+    Repair,
+}
+
+impl RecoveryArg {
+    pub(crate) fn mode(self) -> RecoveryMode {
+        match self {
+            RecoveryArg::Strict => RecoveryMode::Strict,
+            RecoveryArg::TolerateTornTail => RecoveryMode::TolerateCorruptTail,
+            RecoveryArg::Repair => RecoveryMode::Repair,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RepairArgs {
+    /// The store's data directory.
+    #[arg(long, value_name = "DIR", default_value = "./megalith-data")]
+    data: PathBuf,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -193,6 +249,7 @@ fn main() -> ExitCode {
         Command::Count(args) => count(&args),
         Command::Stats(args) => stats(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Repair(args) => repair(&args),
     };
     match result {
         Ok(code) => code,
@@ -248,12 +305,22 @@ pub(crate) fn report_recovery(store: &EventStore) {
     for rebuilt in &report.rebuilt_indexes {
         errln!("megalith: rebuilt index from the log: {rebuilt}");
     }
+    for repair in &report.log_repairs {
+        errln!("megalith: repaired damage in the log: {repair}");
+    }
+    if report.removals_reapplied > 0 {
+        errln!(
+            "megalith: re-applied {} removals that repaired records had made",
+            report.removals_reapplied
+        );
+    }
 }
 
 /// Opens an existing store (reading commands never create one).
 fn open(store: &StoreArgs) -> Result<EventStore, String> {
     let store = with_replay_progress(EventStore::builder(&store.data))
         .create_if_missing(false)
+        .recovery_mode(store.recovery.mode())
         .open()
         .map_err(|e| match e {
             megalith::Error::Missing(_) => format!(
@@ -329,7 +396,10 @@ fn stats(args: &StatsArgs) -> Result<ExitCode, String> {
 }
 
 /// Closes the store whatever happened, then reports the first failure: the
-/// store's work, the output (a closed pipe is none), closing the store.
+/// store's work, the output (a closed pipe is none). A reading command's
+/// answer stands when closing fails (a full disk cannot take the checkpoint
+/// of what opening replayed): the log is intact and the next open replays
+/// it again, so that is a warning.
 fn finish(
     store: EventStore,
     work: Result<(), megalith::Error>,
@@ -338,8 +408,89 @@ fn finish(
     let closed = store.close();
     work.map_err(|e| e.to_string())?;
     written.map_err(|e| format!("writing output: {e}"))?;
-    closed.map_err(|e| e.to_string())?;
+    if let Err(e) = closed {
+        errln!(
+            "megalith: warning: the store could not be closed cleanly ({e}); nothing is \
+             lost, the next open replays the log again"
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn repair(args: &RepairArgs) -> Result<ExitCode, String> {
+    let report = with_replay_progress(EventStore::builder(&args.data))
+        .repair()
+        .map_err(|e| match e {
+            megalith::Error::Missing(_) => {
+                format!("no store in {} (check --data)", args.data.display())
+            }
+            other => format!("cannot repair {}: {other}", args.data.display()),
+        })?;
+    let lost: u64 = report
+        .log_repairs
+        .iter()
+        .filter_map(|r| r.lost_lsns)
+        .map(|(first, last)| last.0 - first.0 + 1)
+        .sum();
+    let quarantined: u64 = report.log_repairs.iter().map(|r| r.len).sum();
+    let mut out = Output::stdout();
+    let written = if args.json {
+        let ranges: Vec<serde_json::Value> = report
+            .log_repairs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "shard": r.shard.0,
+                    "segment": r.segment.display().to_string(),
+                    "offset": r.offset,
+                    "len": r.len,
+                    "quarantine": r.quarantine.display().to_string(),
+                    "reason": r.reason,
+                    "lost_lsns": r.lost_lsns.map(|(a, b)| [a.0, b.0]),
+                    "lost_event_ids": r.lost_event_ids.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "damaged_ranges": ranges,
+            "bytes_quarantined": quarantined,
+            "records_lost": lost,
+            "removals_reapplied": report.removals_reapplied,
+            "torn_tails_cut": report.tail_repairs,
+            "indexes_rebuilt": report.rebuilt_indexes,
+        });
+        writeln!(out, "{doc}")
+    } else {
+        report_lines(&mut out, &report, quarantined, lost)
+    }
+    .and_then(|()| out.finish());
+    written.map_err(|e| format!("writing output: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_lines(
+    out: &mut Output,
+    report: &megalith::RecoveryReport,
+    quarantined: u64,
+    lost: u64,
+) -> std::io::Result<()> {
+    for repair in &report.log_repairs {
+        writeln!(out, "repaired: {repair}")?;
+    }
+    for tail in &report.tail_repairs {
+        writeln!(out, "cut a torn tail: {tail}")?;
+    }
+    if report.log_repairs.is_empty() {
+        writeln!(out, "no damage found in the log")
+    } else {
+        writeln!(
+            out,
+            "{} damaged range(s), {quarantined} bytes moved to quarantine; {lost} log record(s) \
+             lost; {} removal(s) re-applied; indexes rebuilt",
+            report.log_repairs.len(),
+            report.removals_reapplied
+        )
+    }
 }
 
 fn write_stats(

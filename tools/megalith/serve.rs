@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use megalith::EventStore;
-use megalith::server::{DurabilityName, ServeConfig};
+use megalith::server::{DurabilityName, RecoveryName, ServeConfig};
 use tracing::{error, info, warn};
 
-use crate::{DurabilityArg, on_off, report_recovery, with_replay_progress};
+use crate::{DurabilityArg, RecoveryArg, on_off, report_recovery, with_replay_progress};
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
@@ -35,6 +35,15 @@ pub(crate) struct ServeArgs {
     /// drops it [default: whatever the store has].
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     search: Option<bool>,
+    /// What opening does when the log does not end cleanly [default:
+    /// tolerate-torn-tail] (see `megalith import --help`).
+    #[arg(long, value_enum, value_name = "MODE")]
+    recovery: Option<RecoveryArg>,
+    /// After a failed write (a full disk), a shard refuses writes and tries
+    /// again in place after this many milliseconds, doubling each time
+    /// [default: 1000].
+    #[arg(long, value_name = "MS")]
+    recover_after_ms: Option<u64>,
     /// Log level, or a tracing filter such as `megalith=debug` (RUST_LOG wins if set).
     #[arg(long, default_value = "info")]
     log: String,
@@ -121,6 +130,16 @@ impl ServeArgs {
         if self.search.is_some() {
             config.search = self.search;
         }
+        if let Some(recovery) = self.recovery {
+            config.recovery = match recovery {
+                RecoveryArg::Strict => RecoveryName::Strict,
+                RecoveryArg::TolerateTornTail => RecoveryName::TolerateTornTail,
+                RecoveryArg::Repair => RecoveryName::Repair,
+            };
+        }
+        if let Some(ms) = self.recover_after_ms {
+            config.recover_after_ms = ms;
+        }
         let l = &self.limits;
         let c = &mut config.limits;
         macro_rules! set {
@@ -146,7 +165,7 @@ impl ServeArgs {
             idle_timeout_secs,
             created_at_future_secs
         );
-        config.limits.check()?;
+        config.check()?;
         Ok(config)
     }
 }
@@ -166,7 +185,9 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     let mut builder = with_replay_progress(EventStore::builder(&config.data))
         .durability(config.durability.durability())
         .limits(relay.limits.event_limits())
-        .max_future(Duration::from_secs(relay.limits.created_at_future_secs));
+        .max_future(Duration::from_secs(relay.limits.created_at_future_secs))
+        .recovery_mode(config.recovery.mode())
+        .recover_after(Duration::from_millis(config.recover_after_ms));
     if let Some(shards) = config.shards {
         builder = builder.shards(shards);
     }

@@ -160,6 +160,7 @@ fn open_input(path: &Path) -> Result<Input, String> {
 fn open_store(args: &ImportArgs, limits: &Limits) -> Result<EventStore, String> {
     let mut builder = crate::with_replay_progress(EventStore::builder(&args.store.data))
         .durability(durability(args.durability))
+        .recovery_mode(args.store.recovery.mode())
         .limits(limits.clone());
     if let Some(shards) = args.shards {
         builder = builder.shards(shards);
