@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -186,36 +186,24 @@ fn http_get(addr: &str, path: &str) -> (String, String) {
 
 /// Starts `megalith serve` on `data`; returns the child and its address.
 fn serve(data: &Path) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_megalith"))
-        .args(["serve", "--shards", "1", "--recover-after-ms", "50"])
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--events-per-second", "100000"])
-        .args(["--events-burst", "100000"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited early:\n{log}"
-        );
-        log.push_str(&line);
-        if let Some(rest) = line.split("address=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let mut serving = common::serve::spawn([
+        "--shards".as_ref(),
+        "1".as_ref(),
+        "--recover-after-ms".as_ref(),
+        "50".as_ref(),
+        "--events-per-second".as_ref(),
+        "100000".as_ref(),
+        "--events-burst".as_ref(),
+        "100000".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ]);
     // Keep draining the log so the relay never blocks on a full pipe.
     std::thread::spawn(move || {
         let mut sink = String::new();
-        let _ = stderr.read_to_string(&mut sink);
+        let _ = serving.stderr.read_to_string(&mut sink);
     });
-    (child, addr)
+    (serving.child, serving.addr)
 }
 
 /// Finding 4: after ENOSPC every later EVENT got `OK false` until a

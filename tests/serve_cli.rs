@@ -3,12 +3,14 @@
 //! bad settings.
 #![cfg(all(feature = "server", unix))]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use megalith::EventStore;
+
+mod common;
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -36,30 +38,19 @@ fn serve_starts_answers_and_stops_cleanly_on_sigterm() {
     )
     .unwrap();
     // The flags override the file's listen address and max_filters.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_megalith"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(&data)
-        .args(["--listen", "127.0.0.1:0", "--max-filters", "11"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited early:\n{log}"
-        );
-        log.push_str(&line);
-        if let Some(rest) = line.split("address=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let common::serve::Serving {
+        mut child,
+        addr,
+        mut stderr,
+        mut log,
+    } = common::serve::spawn([
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--max-filters".as_ref(),
+        "11".as_ref(),
+    ]);
     let health = http_get(&addr, "/health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let info = http_get(&addr, "/");

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use crate::error::Error;
 use crate::event::{EventId, EventRef, KindClass, Pubkey, TagField};
 use crate::ids::Location;
-use crate::wal::RemoveReason;
+use crate::wal::{RemovePayload, RemoveReason};
 
 use super::lookup::{Address, Committed, DELETION_KIND, Version};
 
@@ -32,6 +32,20 @@ pub(crate) struct Removal {
     pub target: Location,
     pub target_id: EventId,
     pub reason: RemoveReason,
+}
+
+impl Removal {
+    /// The payload of its remove record.
+    pub fn payload(&self) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(RemovePayload::LEN);
+        RemovePayload {
+            target: self.target,
+            reason: self.reason,
+            target_id: self.target_id.0,
+        }
+        .encode(&mut payload);
+        payload
+    }
 }
 
 /// A stored event as later events of the same group see it.

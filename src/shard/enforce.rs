@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::event::EventRef;
 use crate::ids::{Location, Lsn};
 use crate::index::{Apply, IndexSet};
-use crate::wal::{BatchFull, LogWriter, RecordType, RemovePayload, RemoveReason, WalError};
+use crate::wal::{BatchFull, LogWriter, RecordType, RemoveReason, WalError};
 
 use super::batch::{Removal, event_id};
 use super::lookup::{Address, Committed, DELETION_KIND};
@@ -48,13 +48,7 @@ pub(crate) fn reapply_removals(
     let mut placed: Vec<(Lsn, Location)> = Vec::with_capacity(removals.len());
     let mut batch = log.batch()?;
     for removal in &removals {
-        let mut payload = Vec::with_capacity(RemovePayload::LEN);
-        RemovePayload {
-            target: removal.target,
-            reason: removal.reason,
-            target_id: removal.target_id.0,
-        }
-        .encode(&mut payload);
+        let payload = removal.payload();
         // Each removal stands alone: a full batch is committed and the
         // next one started.
         let (lsn, _) = match batch.push(RecordType::Remove, &payload) {

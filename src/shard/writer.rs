@@ -252,13 +252,7 @@ impl Writer {
                         .decide(&committed, &event, &mut store, &mut remove)
                         .map_err(|e| (e, wrote))?;
                     for removal in removals {
-                        let mut payload = Vec::with_capacity(RemovePayload::LEN);
-                        RemovePayload {
-                            target: removal.target,
-                            reason: removal.reason,
-                            target_id: removal.target_id.0,
-                        }
-                        .encode(&mut payload);
+                        let payload = removal.payload();
                         let (lsn, _) =
                             push(log, &mut batch, &mut wrote, RecordType::Remove, &payload)
                                 .map_err(|e| (e, wrote))?;

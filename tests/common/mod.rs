@@ -566,6 +566,8 @@ pub mod crash;
 pub mod model_run;
 #[cfg(feature = "server")]
 pub mod relay;
+#[cfg(feature = "server")]
+pub mod serve;
 
 /// The model's name for what the store answered.
 pub fn outcome_kind(outcome: &InsertOutcome) -> ModelOutcome {

@@ -1,0 +1,53 @@
+//! `megalith serve` as a child process on a free loopback port.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStderr, Command, Stdio};
+
+/// A running `megalith serve`.
+pub struct Serving {
+    pub child: Child,
+    /// `HOST:PORT` it listens on, from its log.
+    pub addr: String,
+    /// The rest of its log (read it, or the relay blocks once the pipe fills).
+    pub stderr: BufReader<ChildStderr>,
+    /// Its log up to the line naming the address.
+    pub log: String,
+}
+
+/// Starts `megalith serve` with `args` and `--listen 127.0.0.1:0`, and waits
+/// for the line that names its address.
+pub fn spawn<I, S>(args: I) -> Serving
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut child = Command::new(env!("CARGO_BIN_EXE_megalith"))
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited early:\n{log}"
+        );
+        log.push_str(&line);
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    Serving {
+        child,
+        addr,
+        stderr,
+        log,
+    }
+}
