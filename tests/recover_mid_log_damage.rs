@@ -329,3 +329,47 @@ fn the_repair_command_reports_what_it_did() {
         "{report}"
     );
 }
+
+/// A sealed segment whose tail became a hole (a file system that lost the
+/// end of a file): the hole is never read through the map, and it is damage,
+/// not the segment's end.
+#[test]
+fn a_hole_at_the_end_of_a_sealed_segment_is_damage() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    let store = builder(&dir, 64 << 10).open().unwrap();
+    let acknowledged = fill(&store, 600);
+    store.close().unwrap();
+    let all = segments(&dir);
+    let middle = &all[all.len() / 2];
+    let frames = frames(middle);
+    let len = std::fs::metadata(middle).unwrap().len();
+    // The last 4 KiB and more become a hole: cut and extended again.
+    let cut = frames[frames.len() - 3].0 as u64;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(middle)
+        .unwrap();
+    file.set_len(cut).unwrap();
+    file.set_len(len).unwrap();
+    drop(file);
+    let lost = frames.iter().filter(|f| f.0 as u64 >= cut).count();
+
+    let error = builder(&dir, 64 << 10)
+        .scan_whole_log(true)
+        .open()
+        .err()
+        .expect("the hole is refused as damage")
+        .to_string();
+    assert!(
+        error.contains(&middle.display().to_string()) && error.contains(&cut.to_string()),
+        "{error}"
+    );
+    let report = builder(&dir, 64 << 10).repair().unwrap();
+    assert_eq!(report.log_repairs.len(), 1, "{report:?}");
+    let repair = &report.log_repairs[0];
+    assert_eq!((repair.offset, repair.offset + repair.len), (cut, len));
+    let store = builder(&dir, 64 << 10).open().unwrap();
+    assert_eq!(ids(&store).len(), acknowledged.len() - lost);
+    store.close().unwrap();
+}

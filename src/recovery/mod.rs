@@ -488,7 +488,7 @@ fn replay(
         let expected_end = if active {
             end.offset as usize
         } else {
-            segment.bytes().len()
+            segment.file_len()
         };
         let problem = match scan.stop() {
             _ if stop_at >= expected_end => None,

@@ -132,7 +132,14 @@ pub(crate) fn scan_log(
                 }
                 Ok(record) => format!("LSN {} does not follow {previous}", record.lsn),
                 Err(FrameError::End) => match next_data(bytes, at) {
-                    None => break,
+                    // The clean end of the active segment, or the exact end
+                    // of a sealed one.
+                    None if last || at >= mapped.len() => break,
+                    // A sealed segment ends exactly after its last record.
+                    None => format!(
+                        "zeros where a record should start, {} bytes before the segment's end",
+                        mapped.len() - at
+                    ),
                     Some(data) => format!(
                         "{} zero bytes (an unwritten gap) followed by more data",
                         data - at
@@ -146,7 +153,12 @@ pub(crate) fn scan_log(
             if !proven {
                 break; // a torn tail: opening cuts it
             }
-            let end = after.resumes_at.unwrap_or(bytes.len());
+            // Without a valid record after it, the range runs to the end of
+            // the data (active segment) or of the file (sealed: its tail may
+            // be a hole, which is read with `pread`, never through the map).
+            let end = after
+                .resumes_at
+                .unwrap_or(if last { bytes.len() } else { mapped.len() });
             let evidence = match after.proof {
                 _ if !last => "the segment was sealed, so all of it had been synced".to_string(),
                 Some((offset, lsn, synced)) => format!(
@@ -166,7 +178,7 @@ pub(crate) fn scan_log(
                 reason: problem,
                 last_good: previous,
                 next: after.resume_lsn,
-                readable_ids: readable_ids(&bytes[at..end]),
+                readable_ids: readable_ids(&bytes[at..end.min(bytes.len())]),
                 valid_after: after.valid_records,
                 evidence,
             });

@@ -105,6 +105,13 @@ impl Segment {
         &map[..self.readable.load(Ordering::Acquire).min(map.len())]
     }
 
+    /// The file's length when it was mapped (a sealed segment ends exactly
+    /// after its last record; the readable bytes may stop earlier where the
+    /// file's tail is a hole).
+    pub fn file_len(&self) -> usize {
+        self.map.as_deref().map_or(0, <[u8]>::len)
+    }
+
     /// Lets readers see the first `len` bytes (the writer, once they are
     /// written: nothing past them is read).
     pub(crate) fn set_readable(&self, len: usize) {
