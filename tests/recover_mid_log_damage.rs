@@ -225,3 +225,44 @@ fn repair_keeps_every_valid_record_and_quarantines_the_damage() {
     assert_eq!(held.len(), acknowledged.len() - 1);
     common::crash::assert_doctor_clean(&killed, "after the repair");
 }
+
+/// A flipped byte in the header of a sealed segment: `index-doctor
+/// rebuild` (Repair mode without the whole-log scan) met it as a
+/// `Corrupt` error while opening the segment and gave up; it must rewrite
+/// the header like `repair()` does and keep every event. (Found by
+/// tests/damage_sweep.rs, the flip at offset 0.)
+#[test]
+fn rebuild_repairs_a_damaged_segment_header() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    let store = builder(&dir, 64 << 10).open().unwrap();
+    let mut acknowledged = fill(&store, 900);
+    store.close().unwrap();
+    let segments = segments(&dir);
+    assert!(segments.len() >= 3, "{} segments", segments.len());
+    let middle = &segments[segments.len() / 2];
+    let pristine = std::fs::read(middle).unwrap();
+    let mut damaged = pristine.clone();
+    damaged[0] ^= 0x01;
+    std::fs::write(middle, &damaged).unwrap();
+
+    let report = megalith::inspect::index::rebuild(&dir).expect("rebuild repairs the header");
+    assert_eq!(report.log_repairs.len(), 1, "{:?}", report.log_repairs);
+    let repair = &report.log_repairs[0];
+    assert_eq!(
+        (&repair.segment, repair.offset, repair.len),
+        (middle, 0, 32)
+    );
+    assert_eq!(std::fs::read(&repair.quarantine).unwrap(), damaged[..32]);
+    assert_eq!(
+        std::fs::read(middle).unwrap(),
+        pristine,
+        "the header is rewritten"
+    );
+    let store = builder(&dir, 64 << 10).open().unwrap();
+    let held = ids(&store);
+    store.close().unwrap();
+    acknowledged.sort();
+    assert_eq!(held, acknowledged, "no event is lost with a header");
+    common::crash::assert_doctor_clean(&dir, "after the rebuild");
+}
