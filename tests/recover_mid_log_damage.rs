@@ -266,3 +266,38 @@ fn rebuild_repairs_a_damaged_segment_header() {
     assert_eq!(held, acknowledged, "no event is lost with a header");
     common::crash::assert_doctor_clean(&dir, "after the rebuild");
 }
+
+/// After a repair lost an event that a surviving remove record names (the
+/// first version of a profile, replaced by a second), replay skips that
+/// remove record; `index-doctor check` must skip it too instead of
+/// reporting that opening the store fails there. (Found by
+/// tests/damage_sweep.rs.)
+#[test]
+fn doctor_is_clean_after_a_repair_lost_a_replaced_event() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    let store = builder(&dir, 1 << 30).open().unwrap();
+    let keys = Keys::from_seed(11);
+    let first = keys.sign(1_700_000_000, 0, vec![], r#"{"name":"first"}"#.into());
+    let second = keys.sign(1_700_000_100, 0, vec![], r#"{"name":"second"}"#.into());
+    for event in [&first, &second] {
+        store.insert(std::slice::from_ref(event)).unwrap();
+    }
+    let mut acknowledged = fill(&store, 20);
+    store.close().unwrap();
+    let segment = segments(&dir).pop().unwrap();
+    let frames = frames(&segment);
+    // The first version, the second, the remove record naming the first.
+    flip_inside(&segment, frames[0]);
+
+    let report = builder(&dir, 1 << 30).repair().expect("repair");
+    assert_eq!(report.log_repairs.len(), 1, "{:?}", report.log_repairs);
+    assert_eq!(report.log_repairs[0].lost_event_ids, vec![first.id]);
+    common::crash::assert_doctor_clean(&dir, "after the repair");
+    let store = builder(&dir, 1 << 30).open().unwrap();
+    let held = ids(&store);
+    store.close().unwrap();
+    acknowledged.push(second.id);
+    acknowledged.sort();
+    assert_eq!(held, acknowledged);
+}
