@@ -373,3 +373,212 @@ fn a_hole_at_the_end_of_a_sealed_segment_is_damage() {
     assert_eq!(ids(&store).len(), acknowledged.len() - lost);
     store.close().unwrap();
 }
+
+/// A flipped byte in the header of a sealed segment: `index-doctor
+/// rebuild` (Repair mode without the whole-log scan) met it as a
+/// `Corrupt` error while opening the segment and gave up; it must rewrite
+/// the header like `repair()` does and keep every event. (Found by
+/// tests/damage_sweep.rs, the flip at offset 0.)
+#[test]
+fn rebuild_repairs_a_damaged_segment_header() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    let store = builder(&dir, 64 << 10).open().unwrap();
+    let mut acknowledged = fill(&store, 900);
+    store.close().unwrap();
+    let segments = segments(&dir);
+    assert!(segments.len() >= 3, "{} segments", segments.len());
+    let middle = &segments[segments.len() / 2];
+    let pristine = std::fs::read(middle).unwrap();
+    let mut damaged = pristine.clone();
+    damaged[0] ^= 0x01;
+    std::fs::write(middle, &damaged).unwrap();
+
+    let report = megalith::inspect::index::rebuild(&dir).expect("rebuild repairs the header");
+    assert_eq!(report.log_repairs.len(), 1, "{:?}", report.log_repairs);
+    let repair = &report.log_repairs[0];
+    assert_eq!(
+        (&repair.segment, repair.offset, repair.len),
+        (middle, 0, 32)
+    );
+    assert_eq!(std::fs::read(&repair.quarantine).unwrap(), damaged[..32]);
+    assert_eq!(
+        std::fs::read(middle).unwrap(),
+        pristine,
+        "the header is rewritten"
+    );
+    let store = builder(&dir, 64 << 10).open().unwrap();
+    let held = ids(&store);
+    store.close().unwrap();
+    acknowledged.sort();
+    assert_eq!(held, acknowledged, "no event is lost with a header");
+    common::crash::assert_doctor_clean(&dir, "after the rebuild");
+}
+
+/// After a repair lost an event that a surviving remove record names (the
+/// first version of a profile, replaced by a second), replay skips that
+/// remove record; `index-doctor check` must skip it too instead of
+/// reporting that opening the store fails there. (Found by
+/// tests/damage_sweep.rs.)
+#[test]
+fn doctor_is_clean_after_a_repair_lost_a_replaced_event() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    let store = builder(&dir, 1 << 30).open().unwrap();
+    let keys = Keys::from_seed(11);
+    let first = keys.sign(1_700_000_000, 0, vec![], r#"{"name":"first"}"#.into());
+    let second = keys.sign(1_700_000_100, 0, vec![], r#"{"name":"second"}"#.into());
+    for event in [&first, &second] {
+        store.insert(std::slice::from_ref(event)).unwrap();
+    }
+    let mut acknowledged = fill(&store, 20);
+    store.close().unwrap();
+    let segment = segments(&dir).pop().unwrap();
+    let frames = frames(&segment);
+    // The first version, the second, the remove record naming the first.
+    flip_inside(&segment, frames[0]);
+
+    let report = builder(&dir, 1 << 30).repair().expect("repair");
+    assert_eq!(report.log_repairs.len(), 1, "{:?}", report.log_repairs);
+    assert_eq!(report.log_repairs[0].lost_event_ids, vec![first.id]);
+    common::crash::assert_doctor_clean(&dir, "after the repair");
+    let store = builder(&dir, 1 << 30).open().unwrap();
+    let held = ids(&store);
+    store.close().unwrap();
+    acknowledged.push(second.id);
+    acknowledged.sort();
+    assert_eq!(held, acknowledged);
+}
+
+/// Zeroes the frames `first..=last` of a segment, as a lost sector would.
+fn zero_frames(path: &Path, first: (usize, usize), last: (usize, usize)) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[first.0..last.0 + last.1].fill(0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The record type of each valid frame of a segment.
+fn frame_types(path: &Path) -> Vec<megalith::inspect::log::RecordType> {
+    let bytes = std::fs::read(path).unwrap();
+    let id: u32 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    SegmentWalk::new(&bytes, Some(SegmentId(id)))
+        .filter_map(|item| match item {
+            WalkItem::Record { record, .. } => Some(record.record_type),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A lost sector takes a second version of a relay list together with the
+/// remove record that replaced the first; a third version, stored later,
+/// had replaced the second. The log that survives says the first is live
+/// (nothing removes it), but the third is newer: a repair must leave one
+/// version, the third, not two. (Found by the sector trial of
+/// tests/damage_sweep.rs.)
+#[test]
+fn a_repair_that_loses_a_removal_keeps_one_version_per_address() {
+    use megalith::inspect::log::RecordType;
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    let store = builder(&dir, 1 << 30).open().unwrap();
+    let keys = Keys::from_seed(12);
+    let list = |at: u64, relay: &str| {
+        keys.sign(
+            at,
+            10002,
+            vec![vec!["r".into(), relay.into()]],
+            String::new(),
+        )
+    };
+    let (first, second, third) = (
+        list(1_700_000_000, "wss://one.example"),
+        list(1_700_000_100, "wss://two.example"),
+        list(1_700_000_200, "wss://three.example"),
+    );
+    store.insert(std::slice::from_ref(&first)).unwrap();
+    store.insert(std::slice::from_ref(&second)).unwrap();
+    let mut acknowledged = fill(&store, 3);
+    store.insert(std::slice::from_ref(&third)).unwrap();
+    store.close().unwrap();
+    let segment = segments(&dir).pop().unwrap();
+    let frames = frames(&segment);
+    let types = frame_types(&segment);
+    // first; second, remove first; 3 notes; third, remove second.
+    assert_eq!(
+        types[1..3],
+        [RecordType::Event, RecordType::Remove],
+        "{types:?}"
+    );
+    zero_frames(&segment, frames[1], frames[2]);
+
+    let report = builder(&dir, 1 << 30).repair().expect("repair");
+    assert_eq!(report.log_repairs.len(), 1, "{:?}", report.log_repairs);
+    common::crash::assert_doctor_clean(&dir, "after the repair");
+    let store = builder(&dir, 1 << 30).open().unwrap();
+    let lists: Vec<EventId> = store
+        .query(&[Filter::new().kinds([10002])])
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let held = ids(&store);
+    store.close().unwrap();
+    assert_eq!(
+        lists,
+        vec![third.id],
+        "first {}, third {}",
+        first.id,
+        third.id
+    );
+    acknowledged.push(third.id);
+    acknowledged.sort();
+    assert_eq!(held, acknowledged);
+}
+
+/// A lost sector takes a deletion together with its remove record; a second
+/// deletion of the same note, stored later, survives (it wrote no remove
+/// record: the note was gone by then). A repair must not serve the note.
+#[test]
+fn a_repair_that_loses_a_deletion_keeps_what_a_later_deletion_names() {
+    use megalith::inspect::log::RecordType;
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    let store = builder(&dir, 1 << 30).open().unwrap();
+    let keys = Keys::from_seed(13);
+    let note = keys.sign(1_700_000_000, 1, vec![], "regretted".into());
+    let deletion = |at: u64| {
+        keys.sign(
+            at,
+            5,
+            vec![vec!["e".into(), note.id.to_hex()]],
+            String::new(),
+        )
+    };
+    let (once, again) = (deletion(1_700_000_100), deletion(1_700_000_200));
+    store.insert(std::slice::from_ref(&note)).unwrap();
+    store.insert(std::slice::from_ref(&once)).unwrap();
+    let mut acknowledged = fill(&store, 3);
+    store.insert(std::slice::from_ref(&again)).unwrap();
+    store.close().unwrap();
+    let segment = segments(&dir).pop().unwrap();
+    let frames = frames(&segment);
+    let types = frame_types(&segment);
+    // note; deletion, remove note; 3 notes; deletion.
+    assert_eq!(
+        types[1..3],
+        [RecordType::Event, RecordType::Remove],
+        "{types:?}"
+    );
+    assert_eq!(types.len(), 7, "{types:?}");
+    zero_frames(&segment, frames[1], frames[2]);
+
+    let report = builder(&dir, 1 << 30).repair().expect("repair");
+    assert_eq!(report.log_repairs.len(), 1, "{:?}", report.log_repairs);
+    common::crash::assert_doctor_clean(&dir, "after the repair");
+    let store = builder(&dir, 1 << 30).open().unwrap();
+    let held = ids(&store);
+    store.close().unwrap();
+    acknowledged.push(again.id);
+    acknowledged.sort();
+    assert_eq!(held, acknowledged, "the deleted note is {}", note.id);
+}

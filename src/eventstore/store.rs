@@ -18,7 +18,7 @@ use crate::query::{Deadline, Filter, Hit, execute, plan};
 use crate::recovery::{OpenedShard, RecoveryReport, ShardParams, finish_repair, open_shard};
 use crate::shard::{
     CommitSink, Reopen, Shard, ShardHealth, ShardRead, WriteOutcome, WriterConfig,
-    reapply_removals, shard_of,
+    reapply_removals, restore_invariants, shard_of,
 };
 use crate::storage::{OpenMode, Storage};
 use crate::wal::{Log, LogWriter};
@@ -779,6 +779,9 @@ fn open_one_shard(
         // A repair moved records aside: what they removed (a replaced
         // version, what a deletion named) is removed again.
         report.removals_reapplied += reapply_removals(&mut log, &mut indexes, &scope)?;
+        // What lost remove records had removed is live again: the rules a
+        // later version or a surviving deletion relied on hold again.
+        report.removals_reapplied += restore_invariants(&mut log, &mut indexes)?;
         finish_repair(&*params.storage, &params.dir, &mut log, &mut indexes)?;
     }
     Ok((log, indexes))

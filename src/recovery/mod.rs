@@ -238,7 +238,13 @@ pub(crate) fn open_shard(
                 }
                 writer
             }
-            Err(WalError::Damaged(_)) if mode == RecoveryMode::Repair && !repaired => {
+            // A damaged segment header is refused as `Corrupt` when the
+            // segment is opened: the scan finds it as damage too (and
+            // rewrites it). Whatever the scan does not count as damage is
+            // refused again on the next pass.
+            Err(WalError::Damaged(_) | WalError::Corrupt { .. })
+                if mode == RecoveryMode::Repair && !repaired =>
+            {
                 repair_whole_log(&*storage, dir, shard, durable, report)?;
                 repaired = true;
                 continue;

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use crate::error::Error;
 use crate::event::EventRef;
 use crate::ids::{Location, Lsn};
-use crate::index::{Apply, IndexSet};
+use crate::index::{Apply, IndexKind, IndexSet, location_at_end, time_range};
 use crate::wal::{BatchFull, LogWriter, RecordType, RemoveReason, WalError};
 
 use super::batch::{Removal, event_id};
@@ -45,9 +45,86 @@ pub(crate) fn reapply_removals(
             })?;
         }
     }
+    write_removals(log, indexes, &removals)
+}
+
+/// After a repair: the store-wide rules the write path keeps, restored.
+///
+/// A damaged range can take an event together with the remove records it
+/// caused (a sector lost over both), and those records cannot be read to
+/// say what they removed. What they removed is then live again, which is
+/// what the surviving log states; but it may break a rule a later event
+/// relied on: a newer version of the same address stored after it, or a
+/// surviving deletion that names it. So, over the whole shard: every
+/// address keeps only its newest version, and every stored deletion
+/// removes what it names. Returns how many removals that wrote.
+pub(crate) fn restore_invariants(
+    log: &mut LogWriter,
+    indexes: &mut IndexSet,
+) -> Result<u64, Error> {
+    let snapshot = log.log().snapshot();
+    let mut removals: Vec<Removal> = Vec::new();
+    {
+        let committed = Committed {
+            indexes,
+            log: &snapshot,
+        };
+        let mut seen = HashSet::new();
+        let mut owe = |location: Location| -> Result<(), Error> {
+            let event = snapshot.read_event(location)?;
+            owed(&committed, &event, location, &mut |removal| {
+                if seen.insert(removal.target) {
+                    removals.push(removal);
+                }
+            })
+        };
+        // Addresses with more than one entry (entries of one address are
+        // adjacent; a hashed d slot may hold several addresses, which
+        // `owed` tells apart on the records).
+        let prefix_len = IndexKind::Address.width() - Location::ENCODED_LEN;
+        let mut group: Vec<(Vec<u8>, Location)> = Vec::new();
+        let mut cursor = indexes.tree(IndexKind::Address).seek(&[])?;
+        loop {
+            let next = cursor.next()?;
+            let same = matches!((next, group.first()), (Some(entry), Some((first, _))) if entry[..prefix_len] == first[..]);
+            if !same {
+                if group.len() > 1 {
+                    for &(_, location) in &group {
+                        owe(location)?;
+                    }
+                }
+                group.clear();
+            }
+            let Some(entry) = next else { break };
+            group.push((entry[..prefix_len].to_vec(), location_at_end(entry)));
+        }
+        // Every stored deletion.
+        let deletions = DELETION_KIND.to_be_bytes();
+        let (lower, upper) = time_range(&deletions, 0, u64::MAX);
+        let mut cursor = indexes.tree(IndexKind::KindTime).seek(&lower)?;
+        while let Some(entry) = cursor.next()? {
+            if entry > upper.as_slice() {
+                break;
+            }
+            owe(location_at_end(entry))?;
+        }
+    }
+    write_removals(log, indexes, &removals)
+}
+
+/// Writes `removals` as remove records (as many batches as they need),
+/// syncs, and applies them to the indexes.
+fn write_removals(
+    log: &mut LogWriter,
+    indexes: &mut IndexSet,
+    removals: &[Removal],
+) -> Result<u64, Error> {
+    if removals.is_empty() {
+        return Ok(0);
+    }
     let mut placed: Vec<(Lsn, Location)> = Vec::with_capacity(removals.len());
     let mut batch = log.batch()?;
-    for removal in &removals {
+    for removal in removals {
         let payload = removal.payload();
         // Each removal stands alone: a full batch is committed and the
         // next one started.

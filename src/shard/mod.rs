@@ -20,7 +20,7 @@ use crate::index::IndexSet;
 use crate::wal::{Log, LogSnapshot, LogWriter};
 
 pub(crate) use batch::WriteOutcome;
-pub(crate) use enforce::reapply_removals;
+pub(crate) use enforce::{reapply_removals, restore_invariants};
 use writer::{Command, Writer};
 pub(crate) use writer::{CommitSink, Reopen, WriterConfig};
 

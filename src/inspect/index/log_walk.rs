@@ -14,8 +14,8 @@ use crate::event::EventRef;
 use crate::ids::{Location, Lsn, SegmentId, ShardId};
 use crate::index::{IndexKind, for_each_entry};
 use crate::wal::{
-    FrameError, RecordRef, RecordType, RemovePayload, SEGMENT_HEADER_LEN, decode_frame,
-    decode_segment_header, parse_segment_file_name,
+    FRAME_OVERHEAD, FrameError, RecordRef, RecordType, RemovePayload, SEGMENT_HEADER_LEN,
+    decode_frame, decode_segment_header, parse_segment_file_name,
 };
 
 use super::Problem;
@@ -63,6 +63,9 @@ pub(super) struct LogWalk {
     pub removes: u64,
     /// Quarantined records (damaged ranges a repair moved aside).
     pub quarantined: u64,
+    /// The byte ranges those records cover, per segment: a remove record
+    /// naming an event inside one is skipped, as replay does.
+    pub quarantined_ranges: HashMap<SegmentId, Vec<(u32, u32)>>,
     pub problems: Vec<Problem>,
     pub notes: Vec<String>,
     /// Whether the store keeps term_time (search) entries.
@@ -119,7 +122,14 @@ impl LogWalk {
                 });
             }
             // Damaged bytes a repair moved aside: nothing for the indexes.
-            RecordType::Quarantined => self.quarantined += 1,
+            RecordType::Quarantined => {
+                self.quarantined += 1;
+                let end = location.offset + (FRAME_OVERHEAD + record.payload.len()) as u32;
+                self.quarantined_ranges
+                    .entry(location.segment)
+                    .or_default()
+                    .push((location.offset, end));
+            }
             RecordType::Remove => {
                 self.removes += 1;
                 self.remove_locations.insert(location);
@@ -128,6 +138,17 @@ impl LogWalk {
                     return;
                 };
                 let Some(&target) = self.by_location.get(&remove.target) else {
+                    // The event went to quarantine with damaged bytes: it is
+                    // in no index, and replay skips this record.
+                    let target = remove.target;
+                    let quarantined = self.quarantined_ranges.get(&target.segment);
+                    if quarantined.is_some_and(|ranges| {
+                        ranges
+                            .iter()
+                            .any(|&(start, end)| (start..end).contains(&target.offset))
+                    }) {
+                        return;
+                    }
                     let what = if self.remove_locations.contains(&remove.target) {
                         "a remove record"
                     } else {
