@@ -140,7 +140,15 @@ impl Filter {
                 "since" => filter.since = Some(timestamp(key, value)?),
                 "until" => filter.until = Some(timestamp(key, value)?),
                 "limit" => {
-                    let limit = value.as_u64().ok_or_else(|| {
+                    // A whole number past u64 (JSON allows any) is clamped
+                    // like any other large limit, not refused.
+                    let huge = || {
+                        value
+                            .as_f64()
+                            .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                            .map(|_| u64::MAX)
+                    };
+                    let limit = value.as_u64().or_else(huge).ok_or_else(|| {
                         FilterError(format!(
                             "`limit` must be a non-negative integer, got {value}"
                         ))
@@ -347,6 +355,21 @@ mod tests {
         assert_eq!(filter.tags.get(&b't'), Some(&vec!["nostr".to_string()]));
         assert_eq!(filter.search.as_deref(), Some("sunset \"clips\""));
         assert_eq!(Filter::from_json(&filter.to_json()).unwrap(), filter);
+    }
+
+    #[test]
+    fn limits_past_u64_are_clamped_not_refused() {
+        for json in [
+            r#"{"limit":18446744073709551616}"#,
+            r#"{"limit":1e300}"#,
+            r#"{"limit":18446744073709551615}"#,
+        ] {
+            let filter = Filter::from_json(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(filter.limit, Some(usize::MAX), "{json}");
+        }
+        for json in [r#"{"limit":-1}"#, r#"{"limit":2.5}"#, r#"{"limit":"5"}"#] {
+            assert!(Filter::from_json(json).is_err(), "{json}");
+        }
     }
 
     #[test]

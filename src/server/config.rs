@@ -30,6 +30,9 @@ pub struct ServeConfig {
     pub recover_after_ms: u64,
     /// Address to listen on. Default `127.0.0.1:7777`.
     pub listen: SocketAddr,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For`
+    /// or `Forwarded` header names the client. Default none.
+    pub trusted_proxies: Vec<String>,
     /// NIP-11 fields (`[info]`).
     pub info: RelayInfo,
     /// What the relay enforces (`[limits]`).
@@ -46,6 +49,7 @@ impl Default for ServeConfig {
             recovery: RecoveryName::TolerateTornTail,
             recover_after_ms: 1000,
             listen: RelayConfig::default().listen,
+            trusted_proxies: Vec::new(),
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
         }
@@ -76,13 +80,14 @@ impl ServeConfig {
                 self.recover_after_ms
             ));
         }
-        self.limits.check()
+        self.relay().check()
     }
 
     /// The relay part.
     pub fn relay(&self) -> RelayConfig {
         RelayConfig {
             listen: self.listen,
+            trusted_proxies: self.trusted_proxies.clone(),
             info: self.info.clone(),
             limits: self.limits.clone(),
         }
@@ -138,6 +143,9 @@ impl RecoveryName {
 pub struct RelayConfig {
     /// Address to listen on. Default `127.0.0.1:7777`.
     pub listen: SocketAddr,
+    /// Reverse proxies (addresses or CIDR ranges) whose forwarding headers
+    /// name the client.
+    pub trusted_proxies: Vec<String>,
     /// NIP-11 fields.
     pub info: RelayInfo,
     /// What the relay enforces (and advertises in NIP-11).
@@ -148,9 +156,26 @@ impl Default for RelayConfig {
     fn default() -> RelayConfig {
         RelayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            trusted_proxies: Vec::new(),
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
         }
+    }
+}
+
+impl RelayConfig {
+    /// Checks the limits and the proxy list.
+    pub fn check(&self) -> Result<(), String> {
+        self.trusted_proxy_ranges()?;
+        self.limits.check()
+    }
+
+    /// `trusted_proxies`, parsed.
+    pub fn trusted_proxy_ranges(&self) -> Result<Vec<super::gate::Cidr>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|text| super::gate::Cidr::parse(text).map_err(|e| format!("trusted_proxies: {e}")))
+            .collect()
     }
 }
 
@@ -194,6 +219,10 @@ pub struct RelayLimits {
     pub max_subscriptions: usize,
     /// Most filters in one REQ or COUNT. Default 200.
     pub max_filters: usize,
+    /// Bytes the open subscriptions of one connection may hold, counted
+    /// after parsing (values, and their entries in the live index); a REQ
+    /// past it is CLOSED. Default 2,097,152 (2 MiB).
+    pub max_subscription_bytes: usize,
     /// Longest subscription id, in characters. Default 64.
     pub max_subid_length: usize,
     /// Largest `limit` a filter gets (larger ones are clamped). Default 500.
@@ -206,8 +235,15 @@ pub struct RelayLimits {
     /// Bytes queued for one client before it is disconnected as too slow.
     /// Default 8 MiB.
     pub max_outbound_bytes: usize,
-    /// Open connections per client IP address. Default 64.
+    /// Open connections per client address (IPv6: per /64), counted from
+    /// the TCP accept, before any HTTP is read. Default 64.
     pub max_connections_per_ip: usize,
+    /// Open connections in all, counted from the TCP accept. Default 10,000
+    /// (keep it below the process's file descriptor limit).
+    pub max_connections: usize,
+    /// Seconds a connection has to become a WebSocket; an HTTP request
+    /// (NIP-11, /health, /metrics) must be done by then too. Default 10.
+    pub handshake_timeout_secs: u64,
     /// Events per second one connection may publish (a token bucket).
     /// Default 100.
     pub events_per_second: f64,
@@ -229,12 +265,15 @@ impl Default for RelayLimits {
             max_content_bytes: 65_536,
             max_subscriptions: 200,
             max_filters: 200,
+            max_subscription_bytes: 2 << 20,
             max_subid_length: 64,
             max_limit: 500,
             default_limit: 500,
             query_time_budget_ms: 2_000,
             max_outbound_bytes: 8 << 20,
             max_connections_per_ip: 64,
+            max_connections: 10_000,
+            handshake_timeout_secs: 10,
             events_per_second: 100.0,
             events_burst: 1_000.0,
             idle_timeout_secs: 300,
@@ -251,10 +290,12 @@ impl RelayLimits {
             ("max_event_bytes", self.max_event_bytes),
             ("max_subscriptions", self.max_subscriptions),
             ("max_filters", self.max_filters),
+            ("max_subscription_bytes", self.max_subscription_bytes),
             ("max_subid_length", self.max_subid_length),
             ("max_limit", self.max_limit),
             ("max_outbound_bytes", self.max_outbound_bytes),
             ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_connections", self.max_connections),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -263,6 +304,9 @@ impl RelayLimits {
         }
         if !(1..=3_600_000).contains(&self.query_time_budget_ms) {
             return Err("limits.query_time_budget_ms must be 1 to 3600000".to_string());
+        }
+        if !(1..=3_600).contains(&self.handshake_timeout_secs) {
+            return Err("limits.handshake_timeout_secs must be 1 to 3600".to_string());
         }
         if !(1..=86_400).contains(&self.idle_timeout_secs) {
             return Err("limits.idle_timeout_secs must be 1 to 86400".to_string());
@@ -294,6 +338,10 @@ impl RelayLimits {
 
     pub fn query_time_budget(&self) -> Duration {
         Duration::from_millis(self.query_time_budget_ms)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
     }
 
     pub fn idle_timeout(&self) -> Duration {
@@ -357,6 +405,11 @@ mod tests {
             ("[limits]\nevents_per_second = 0.0", "events_per_second"),
             ("[limits]\nmax_event_bytes = 200000", "max_event_bytes"),
             ("durability = \"often\"", "often"),
+            ("trusted_proxies = [\"10.0.0.0/40\"]", "trusted_proxies"),
+            (
+                "[limits]\nhandshake_timeout_secs = 0",
+                "handshake_timeout_secs",
+            ),
         ] {
             let error = ServeConfig::from_toml(text).unwrap_err();
             assert!(error.contains(expect), "{text}: {error}");

@@ -20,12 +20,13 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use crate::event::KindClass;
 use crate::{Error, Filter, InsertOutcome};
 
+use super::metrics::kind_label;
 use super::outbox::{Outbox, Pushed, Take};
 use super::protocol::{
-    ClientMessage, closed_frame, count_frame, eose_frame, event_frame, json_string, notice_frame,
-    ok_frame, parse_event, parse_filters,
+    ClientMessage, closed_frame, count_frame, eose_frame, event_frame, event_message_id,
+    json_string, notice_frame, ok_frame, parse_event, parse_filters,
 };
-use super::subs::{LiveSub, SubKey, SubState};
+use super::subs::{LiveSub, SubKey, SubState, held_bytes};
 use super::{Relay, transport_limit};
 
 /// The OK message for an event the store could not take now (its shard's
@@ -78,6 +79,7 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
         relay: Arc::clone(&relay),
         outbox: Arc::clone(&outbox),
         subs: HashMap::new(),
+        sub_bytes: 0,
         bucket: Bucket::new(limits.events_per_second, limits.events_burst),
     };
     let mut stop = relay.stop.subscribe();
@@ -263,8 +265,10 @@ impl Bucket {
 struct Conn {
     relay: Arc<Relay>,
     outbox: Arc<Outbox>,
-    /// Open subscriptions by id.
-    subs: HashMap<String, SubKey>,
+    /// Open subscriptions by id, with the bytes each holds.
+    subs: HashMap<String, (SubKey, usize)>,
+    /// The sum of those bytes (at most `max_subscription_bytes`).
+    sub_bytes: usize,
     bucket: Bucket,
 }
 
@@ -331,11 +335,18 @@ impl Conn {
                 .client_messages
                 .with_label_values(&["TOO_LARGE"])
                 .inc();
-            self.notice(&format!(
+            let message = format!(
                 "invalid: message is {} bytes, more than the limit of {max}",
                 text.len()
-            ))
-            .await;
+            );
+            // An EVENT gets its OK, so the client can match the refusal.
+            match event_message_id(text) {
+                Some(id) => {
+                    self.reject("too_large");
+                    self.send("OK", ok_frame(&id, false, &message)).await;
+                }
+                None => self.notice(&message).await,
+            }
             return None;
         }
         let message = match ClientMessage::parse(text) {
@@ -430,7 +441,7 @@ impl Conn {
                                     relay
                                         .metrics
                                         .events
-                                        .with_label_values(&[event.kind.to_string().as_str()])
+                                        .with_label_values(&[kind_label(event.kind)])
                                         .inc();
                                 } else if !outcome.accepted() {
                                     self.reject(outcome.label());
@@ -512,8 +523,29 @@ impl Conn {
         };
         let relay = Arc::clone(&self.relay);
         let limits = &relay.config.limits;
+        let bytes = held_bytes(&filters);
+        let replaced = self.subs.get(&sub_id).map_or(0, |&(_, bytes)| bytes);
+        if self.sub_bytes - replaced + bytes > limits.max_subscription_bytes {
+            let reason = if bytes > limits.max_subscription_bytes {
+                format!(
+                    "invalid: these filters would hold {bytes} bytes, more than the {} a \
+                     connection's subscriptions may hold; split or narrow them",
+                    limits.max_subscription_bytes
+                )
+            } else {
+                format!(
+                    "rate-limited: this connection's subscriptions would hold {} bytes, more \
+                     than the limit of {}; CLOSE some first",
+                    self.sub_bytes - replaced + bytes,
+                    limits.max_subscription_bytes
+                )
+            };
+            self.closed(&sub_json, &reason).await;
+            return;
+        }
         // A REQ with an open subscription's id replaces it.
-        if let Some(old) = self.subs.remove(&sub_id) {
+        if let Some((old, old_bytes)) = self.subs.remove(&sub_id) {
+            self.sub_bytes -= old_bytes;
             relay.remove_sub(old);
         } else if self.subs.len() >= limits.max_subscriptions {
             let reason = format!(
@@ -538,7 +570,8 @@ impl Conn {
             state: Mutex::new(SubState::Pending(Vec::new())),
         };
         let sub = relay.add_sub(sub);
-        self.subs.insert(sub_id, sub.key);
+        self.subs.insert(sub_id, (sub.key, bytes));
+        self.sub_bytes += bytes;
         let stored = {
             let relay = Arc::clone(&relay);
             let sub = Arc::clone(&sub);
@@ -628,20 +661,39 @@ impl Conn {
     }
 
     fn on_close(&mut self, sub_id: &str) {
-        if let Some(key) = self.subs.remove(sub_id) {
+        if let Some((key, bytes)) = self.subs.remove(sub_id) {
+            self.sub_bytes -= bytes;
             self.relay.remove_sub(key);
         }
     }
 
     fn drop_sub(&mut self, sub: &LiveSub) {
-        self.subs.retain(|_, key| *key != sub.key);
+        let mut freed = 0;
+        self.subs.retain(|_, (key, bytes)| {
+            let keep = *key != sub.key;
+            if !keep {
+                freed += *bytes;
+            }
+            keep
+        });
+        self.sub_bytes -= freed;
         self.relay.remove_sub(sub.key);
     }
 
+    /// Takes every subscription out, on the blocking pool: a connection
+    /// may hold hundreds, and the runtime thread has other clients.
     fn close_all(&mut self) {
-        for (_, key) in self.subs.drain() {
-            self.relay.remove_sub(key);
+        let keys: Vec<SubKey> = self.subs.drain().map(|(_, (key, _))| key).collect();
+        self.sub_bytes = 0;
+        if keys.is_empty() {
+            return;
         }
+        let relay = Arc::clone(&self.relay);
+        tokio::task::spawn_blocking(move || {
+            for key in keys {
+                relay.remove_sub(key);
+            }
+        });
     }
 }
 

@@ -8,6 +8,143 @@ use prometheus::{
 
 use crate::EventStore;
 
+/// The `kind` label of `nostr_events_total`: the kinds the NIPs define, by
+/// number; every other kind is `other`, so a client publishing thousands
+/// of made-up kinds cannot make thousands of series.
+pub fn kind_label(kind: u16) -> &'static str {
+    match kind {
+        0 => "0",
+        1 => "1",
+        2 => "2",
+        3 => "3",
+        4 => "4",
+        5 => "5",
+        6 => "6",
+        7 => "7",
+        8 => "8",
+        9 => "9",
+        10 => "10",
+        11 => "11",
+        12 => "12",
+        13 => "13",
+        14 => "14",
+        15 => "15",
+        16 => "16",
+        17 => "17",
+        20 => "20",
+        21 => "21",
+        22 => "22",
+        40 => "40",
+        41 => "41",
+        42 => "42",
+        43 => "43",
+        44 => "44",
+        64 => "64",
+        1018 => "1018",
+        1021 => "1021",
+        1022 => "1022",
+        1040 => "1040",
+        1059 => "1059",
+        1060 => "1060",
+        1063 => "1063",
+        1068 => "1068",
+        1111 => "1111",
+        1222 => "1222",
+        1244 => "1244",
+        1311 => "1311",
+        1617 => "1617",
+        1621 => "1621",
+        1622 => "1622",
+        1630 => "1630",
+        1633 => "1633",
+        1971 => "1971",
+        1984 => "1984",
+        1985 => "1985",
+        2003 => "2003",
+        2004 => "2004",
+        4550 => "4550",
+        5000 => "5000",
+        6000 => "6000",
+        7000 => "7000",
+        9041 => "9041",
+        9321 => "9321",
+        9467 => "9467",
+        9734 => "9734",
+        9735 => "9735",
+        9802 => "9802",
+        10000 => "10000",
+        10001 => "10001",
+        10002 => "10002",
+        10003 => "10003",
+        10004 => "10004",
+        10005 => "10005",
+        10006 => "10006",
+        10007 => "10007",
+        10009 => "10009",
+        10015 => "10015",
+        10030 => "10030",
+        10050 => "10050",
+        10063 => "10063",
+        10096 => "10096",
+        13194 => "13194",
+        21000 => "21000",
+        22242 => "22242",
+        23194 => "23194",
+        23195 => "23195",
+        24133 => "24133",
+        24242 => "24242",
+        27235 => "27235",
+        30000 => "30000",
+        30001 => "30001",
+        30002 => "30002",
+        30003 => "30003",
+        30004 => "30004",
+        30005 => "30005",
+        30007 => "30007",
+        30008 => "30008",
+        30009 => "30009",
+        30015 => "30015",
+        30017 => "30017",
+        30018 => "30018",
+        30019 => "30019",
+        30020 => "30020",
+        30023 => "30023",
+        30024 => "30024",
+        30030 => "30030",
+        30063 => "30063",
+        30078 => "30078",
+        30311 => "30311",
+        30315 => "30315",
+        30382 => "30382",
+        30383 => "30383",
+        30384 => "30384",
+        30388 => "30388",
+        30402 => "30402",
+        30403 => "30403",
+        30617 => "30617",
+        30618 => "30618",
+        30818 => "30818",
+        30819 => "30819",
+        31234 => "31234",
+        31388 => "31388",
+        31890 => "31890",
+        31922 => "31922",
+        31923 => "31923",
+        31924 => "31924",
+        31925 => "31925",
+        31989 => "31989",
+        31990 => "31990",
+        34235 => "34235",
+        34236 => "34236",
+        34550 => "34550",
+        39000 => "39000",
+        39001 => "39001",
+        39002 => "39002",
+        39003 => "39003",
+        _ => "other",
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -37,6 +174,14 @@ pub struct Metrics {
     pub slow_disconnects: IntCounter,
     /// `megalith_connections`: open WebSocket connections.
     pub connections: IntGauge,
+    /// `megalith_tcp_connections`: open TCP connections (WebSocket or not).
+    pub tcp_connections: IntGauge,
+    /// `megalith_connections_refused_total{reason}`: TCP connections turned
+    /// away at accept (`relay_full`, `address_full`).
+    pub connections_refused: IntCounterVec,
+    /// `megalith_handshake_timeouts_total`: connections closed for not
+    /// becoming a WebSocket in time.
+    pub handshake_timeouts: IntCounter,
     /// `megalith_subscriptions`: open subscriptions.
     pub subscriptions: IntGauge,
     events_stored: IntGauge,
@@ -66,7 +211,8 @@ impl Metrics {
         let events = IntCounterVec::new(
             Opts::new(
                 "nostr_events_total",
-                "Events accepted from clients (stored, replacing or ephemeral), by kind",
+                "Events accepted from clients (stored, replacing or ephemeral), by kind (the kinds \
+                 the NIPs define; `other` for the rest)",
             ),
             &["kind"],
         )?;
@@ -114,6 +260,24 @@ impl Metrics {
         )?;
         let connections = IntGauge::new("megalith_connections", "Open WebSocket connections")?;
         let subscriptions = IntGauge::new("megalith_subscriptions", "Open subscriptions")?;
+        let tcp_connections = IntGauge::new(
+            "megalith_tcp_connections",
+            "Open TCP connections, upgraded to WebSocket or not",
+        )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "megalith_connections_refused_total",
+                "TCP connections turned away at accept, by reason (relay_full, address_full)",
+            ),
+            &["reason"],
+        )?;
+        let handshake_timeouts = IntCounter::new(
+            "megalith_handshake_timeouts_total",
+            "Connections closed for not becoming a WebSocket within the handshake timeout",
+        )?;
+        registry.register(Box::new(tcp_connections.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(handshake_timeouts.clone()))?;
         let events_stored = IntGauge::new("megalith_events_stored", "Events in the store")?;
         let log_bytes = IntGauge::new("megalith_log_bytes", "Bytes of the log on disk")?;
         let index_bytes = IntGauge::new("megalith_index_bytes", "Bytes of the indexes on disk")?;
@@ -164,6 +328,9 @@ impl Metrics {
             lagged,
             slow_disconnects,
             connections,
+            tcp_connections,
+            connections_refused,
+            handshake_timeouts,
             subscriptions,
             events_stored,
             log_bytes,
@@ -198,5 +365,22 @@ impl Metrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# error encoding metrics: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_labels_are_a_bounded_set() {
+        let labels: std::collections::HashSet<&str> = (0..=u16::MAX).map(kind_label).collect();
+        assert!(labels.len() < 200, "{} labels", labels.len());
+        assert_eq!(kind_label(1), "1");
+        assert_eq!(kind_label(30023), "30023");
+        assert_eq!(kind_label(4242), "other");
+        for label in labels {
+            assert!(label == "other" || label.parse::<u16>().is_ok(), "{label}");
+        }
     }
 }

@@ -12,6 +12,7 @@
 
 mod config;
 mod conn;
+mod gate;
 mod metrics;
 mod outbox;
 mod protocol;
@@ -19,7 +20,7 @@ mod subs;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -37,7 +38,10 @@ use tracing::{info, warn};
 use crate::{Commits, EventStore, Limits};
 
 pub use config::{DurabilityName, RecoveryName, RelayConfig, RelayInfo, RelayLimits, ServeConfig};
+pub use gate::Cidr;
 pub use metrics::Metrics;
+
+use gate::{Gate, GateConfig, Peer};
 
 use outbox::Pushed;
 use protocol::event_frame;
@@ -62,6 +66,8 @@ struct Relay {
     /// Open connections, and a wake-up when the last one ends.
     open: AtomicUsize,
     all_closed: Notify,
+    /// `config.trusted_proxies`, parsed.
+    trusted_proxies: Vec<Cidr>,
     /// Set once to shut down: connections close their subscriptions and go.
     stop: watch::Sender<bool>,
     /// Tells the broadcaster thread to end.
@@ -92,7 +98,10 @@ impl Drop for ConnectionSlot<'_> {
 }
 
 impl Relay {
+    /// A WebSocket connection's slot under the per-address cap, by the
+    /// client's address (`gate::address_key`).
     fn connection_slot(&self, ip: IpAddr) -> Option<ConnectionSlot<'_>> {
+        let ip = gate::address_key(ip);
         let mut per_ip = self.per_ip.lock();
         let n = per_ip.entry(ip).or_insert(0);
         if *n >= self.config.limits.max_connections_per_ip {
@@ -161,6 +170,9 @@ impl Relay {
                 "query_time_budget_ms": limits.query_time_budget_ms,
                 "max_outbound_bytes": limits.max_outbound_bytes,
                 "max_connections_per_ip": limits.max_connections_per_ip,
+                "max_connections": limits.max_connections,
+                "max_subscription_bytes": limits.max_subscription_bytes,
+                "handshake_timeout_secs": limits.handshake_timeout_secs,
                 "events_per_second": limits.events_per_second,
                 "events_burst": limits.events_burst,
                 "idle_timeout_secs": limits.idle_timeout_secs,
@@ -186,11 +198,20 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    config
-        .limits
-        .check()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    config.check().map_err(invalid)?;
+    let trusted_proxies = config.trusted_proxy_ranges().map_err(invalid)?;
     let metrics = Metrics::new().map_err(std::io::Error::other)?;
+    let listener = Gate::new(
+        listener,
+        GateConfig {
+            max_connections: config.limits.max_connections,
+            max_per_address: config.limits.max_connections_per_ip,
+            handshake_timeout: config.limits.handshake_timeout(),
+            trusted_proxies: trusted_proxies.clone(),
+        },
+        metrics.clone(),
+    );
     let (stop, _) = watch::channel(false);
     let relay = Arc::new(Relay {
         event_limits: config.limits.event_limits(),
@@ -200,6 +221,7 @@ pub async fn run(
         subs: RwLock::new(SubIndex::default()),
         next_key: AtomicU64::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        trusted_proxies,
         open: AtomicUsize::new(0),
         all_closed: Notify::new(),
         stop,
@@ -218,8 +240,8 @@ pub async fn run(
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .with_state(Arc::clone(&relay))
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let local = listener.local_addr()?;
+        .into_make_service_with_connect_info::<Peer>();
+    let local = axum::serve::Listener::local_addr(&listener)?;
     info!(address = %local, "relay listening");
     let served = {
         let relay = Arc::clone(&relay);
@@ -358,16 +380,18 @@ fn cors(response: &mut Response) {
 /// `/`: the WebSocket, or NIP-11, or a short page for browsers.
 async fn root(
     State(relay): State<Arc<Relay>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Ok(upgrade) = upgrade {
         let transport = transport_limit(relay.config.limits.max_message_bytes);
+        let ip = gate::client_ip(peer.addr.ip(), &headers, &relay.trusted_proxies);
+        peer.mark_upgraded();
         return upgrade
             .max_message_size(transport)
             .max_frame_size(transport)
-            .on_upgrade(move |socket| conn::serve(relay, socket, peer.ip()));
+            .on_upgrade(move |socket| conn::serve(relay, socket, ip));
     }
     let wants_info = headers
         .get_all(header::ACCEPT)

@@ -90,18 +90,35 @@ fn truncate(s: &str, max_chars: usize) -> String {
 
 /// Parses an `EVENT`'s event. On failure, the event id if one could be
 /// read (for an `OK false`) and the `invalid:` reason.
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow)]
+    id: Option<&'a str>,
+}
+
+fn hex_id(id: Option<&str>) -> Option<String> {
+    id.filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase)
+}
+
+/// The id of the event in an `["EVENT", {...}]` message refused before
+/// parsing (too large), so its `OK false` can name it; `None` for any
+/// other message.
+pub fn event_message_id(text: &str) -> Option<String> {
+    let (verb, event): (&str, IdOnly<'_>) = serde_json::from_str(text).ok()?;
+    if verb != "EVENT" {
+        return None;
+    }
+    hex_id(event.id)
+}
+
 pub fn parse_event(raw: &RawValue, limits: &Limits) -> Result<Event, (Option<String>, String)> {
     Event::from_json_with(raw.get(), limits).map_err(|e| {
-        #[derive(Deserialize)]
-        struct IdOnly<'a> {
-            #[serde(borrow)]
-            id: Option<&'a str>,
-        }
-        let id = serde_json::from_str::<IdOnly<'_>>(raw.get())
-            .ok()
-            .and_then(|v| v.id)
-            .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_ascii_lowercase);
+        let id = hex_id(
+            serde_json::from_str::<IdOnly<'_>>(raw.get())
+                .ok()
+                .and_then(|v| v.id),
+        );
         let message = e.to_string();
         let message = if message.starts_with("invalid:") {
             message
@@ -231,6 +248,20 @@ mod tests {
         assert!(message.starts_with("invalid: "), "{message}");
         let raw: Box<RawValue> = serde_json::from_str(r#"{"kind":1}"#).unwrap();
         assert_eq!(parse_event(&raw, &Limits::default()).unwrap_err().0, None);
+    }
+
+    #[test]
+    fn an_oversized_event_message_still_names_its_id() {
+        let id = "ab".repeat(32);
+        let text = format!(
+            r#"["EVENT",{{"content":"{}","id":"{}","tags":[["t","x"]]}}]"#,
+            "x".repeat(1000),
+            id.to_uppercase()
+        );
+        assert_eq!(event_message_id(&text), Some(id));
+        assert_eq!(event_message_id(r#"["REQ","s",{}]"#), None);
+        assert_eq!(event_message_id(r#"["EVENT",{"id":"short"}]"#), None);
+        assert_eq!(event_message_id("not json"), None);
     }
 
     #[test]

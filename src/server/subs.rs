@@ -5,7 +5,7 @@
 //! the few that name none of these. Each candidate filter is then checked in
 //! full.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -64,21 +64,25 @@ impl LiveSub {
 /// are sent; past it the connection is treated as too slow.
 pub const MAX_PENDING: usize = 10_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Entry {
     sub: SubKey,
     filter: u32,
 }
 
+/// The entries filed under one value. A set, so taking one subscription out
+/// costs the same however many others share the value.
+type Entries = HashSet<Entry>;
+
 /// The subscriptions of every connection.
 #[derive(Debug, Default)]
 pub struct SubIndex {
     subs: HashMap<SubKey, Arc<LiveSub>>,
-    by_id: HashMap<EventId, Vec<Entry>>,
-    by_author: HashMap<Pubkey, Vec<Entry>>,
-    by_kind: HashMap<u16, Vec<Entry>>,
-    by_tag: HashMap<u8, HashMap<String, Vec<Entry>>>,
-    any: Vec<Entry>,
+    by_id: HashMap<EventId, Entries>,
+    by_author: HashMap<Pubkey, Entries>,
+    by_kind: HashMap<u16, Entries>,
+    by_tag: HashMap<u8, HashMap<String, Entries>>,
+    any: Entries,
 }
 
 /// The field a filter is filed under.
@@ -107,91 +111,110 @@ fn anchor(filter: &Filter) -> Anchor<'_> {
     Anchor::Any
 }
 
-fn dedup<T: Clone + Ord>(values: &[T]) -> Vec<T> {
-    let mut values = values.to_vec();
-    values.sort_unstable();
-    values.dedup();
-    values
+/// Bytes a set of filters holds once parsed and filed in the index (an
+/// estimate from the sizes of what is stored: values, their `String` and
+/// hash table slots, the index entries). What a connection's budget of
+/// subscription bytes counts.
+pub fn held_bytes(filters: &[Filter]) -> usize {
+    /// A hash table slot with its entry set, per distinct value filed.
+    const FILED: usize = 96;
+    fn distinct<T: std::hash::Hash + Eq>(values: &[T]) -> usize {
+        values.iter().collect::<HashSet<_>>().len()
+    }
+    let mut bytes = 0usize;
+    for filter in filters {
+        bytes += std::mem::size_of::<Filter>() + 64;
+        if let Some(ids) = &filter.ids {
+            bytes += ids.len() * 32 + distinct(ids) * FILED;
+        }
+        if let Some(authors) = &filter.authors {
+            bytes += authors.len() * 32 + distinct(authors) * FILED;
+        }
+        if let Some(kinds) = &filter.kinds {
+            bytes += kinds.len() * 2 + distinct(kinds) * FILED;
+        }
+        for values in filter.tags.values() {
+            bytes += 48 + values.iter().map(|v| v.len() + 24).sum::<usize>();
+            bytes += distinct(values) * FILED;
+        }
+        bytes += filter.search.as_ref().map_or(0, |s| s.len() + 24);
+    }
+    bytes
+}
+
+/// Files (`Some(entries)` to add to) or unfiles (`None`) `entry` under each
+/// distinct key.
+fn file<K: std::hash::Hash + Eq + Clone>(
+    map: &mut HashMap<K, Entries>,
+    keys: impl Iterator<Item = K>,
+    entry: Entry,
+    add: bool,
+) {
+    for key in keys {
+        if add {
+            map.entry(key).or_default().insert(entry);
+        } else if let Some(set) = map.get_mut(&key) {
+            set.remove(&entry);
+            if set.is_empty() {
+                map.remove(&key);
+            }
+        }
+    }
 }
 
 impl SubIndex {
     /// Files a subscription under each of its filters.
     pub fn insert(&mut self, sub: Arc<LiveSub>) {
+        self.file_all(&sub, true);
+        self.subs.insert(sub.key, sub);
+    }
+
+    /// Takes a subscription out (and marks it closed, so a delivery racing
+    /// with this sends nothing more). Costs time in the subscription's own
+    /// size, never in the number of others.
+    pub fn remove(&mut self, key: SubKey) -> Option<Arc<LiveSub>> {
+        let sub = self.subs.remove(&key)?;
+        *sub.state.lock() = SubState::Closed;
+        self.file_all(&sub, false);
+        Some(sub)
+    }
+
+    fn file_all(&mut self, sub: &LiveSub, add: bool) {
         for (i, filter) in sub.filters.iter().enumerate() {
             let entry = Entry {
                 sub: sub.key,
                 filter: i as u32,
             };
             match anchor(filter) {
-                Anchor::Ids(ids) => {
-                    for id in dedup(ids) {
-                        self.by_id.entry(id).or_default().push(entry);
-                    }
-                }
+                Anchor::Ids(ids) => file(&mut self.by_id, ids.iter().copied(), entry, add),
                 Anchor::Authors(authors) => {
-                    for author in dedup(authors) {
-                        self.by_author.entry(author).or_default().push(entry);
-                    }
+                    file(&mut self.by_author, authors.iter().copied(), entry, add)
                 }
                 Anchor::Tag(letter, values) => {
                     let map = self.by_tag.entry(letter).or_default();
-                    for value in dedup(values) {
-                        map.entry(value).or_default().push(entry);
+                    file(map, values.iter().cloned(), entry, add);
+                    if map.is_empty() {
+                        self.by_tag.remove(&letter);
                     }
                 }
-                Anchor::Kinds(kinds) => {
-                    for kind in dedup(kinds) {
-                        self.by_kind.entry(kind).or_default().push(entry);
+                Anchor::Kinds(kinds) => file(&mut self.by_kind, kinds.iter().copied(), entry, add),
+                Anchor::Any => {
+                    if add {
+                        self.any.insert(entry);
+                    } else {
+                        self.any.remove(&entry);
                     }
-                }
-                Anchor::Any => self.any.push(entry),
-            }
-        }
-        self.subs.insert(sub.key, sub);
-    }
-
-    /// Takes a subscription out (and marks it closed, so a delivery racing
-    /// with this sends nothing more).
-    pub fn remove(&mut self, key: SubKey) -> Option<Arc<LiveSub>> {
-        let sub = self.subs.remove(&key)?;
-        *sub.state.lock() = SubState::Closed;
-        fn drop_key<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<Entry>>, k: &K, sub: SubKey) {
-            if let Some(list) = map.get_mut(k) {
-                list.retain(|e| e.sub != sub);
-                if list.is_empty() {
-                    map.remove(k);
                 }
             }
         }
-        for filter in &sub.filters {
-            match anchor(filter) {
-                Anchor::Ids(ids) => ids.iter().for_each(|id| drop_key(&mut self.by_id, id, key)),
-                Anchor::Authors(authors) => authors
-                    .iter()
-                    .for_each(|a| drop_key(&mut self.by_author, a, key)),
-                Anchor::Tag(letter, values) => {
-                    if let Some(map) = self.by_tag.get_mut(&letter) {
-                        values.iter().for_each(|v| drop_key(map, v, key));
-                        if map.is_empty() {
-                            self.by_tag.remove(&letter);
-                        }
-                    }
-                }
-                Anchor::Kinds(kinds) => kinds
-                    .iter()
-                    .for_each(|k| drop_key(&mut self.by_kind, k, key)),
-                Anchor::Any => self.any.retain(|e| e.sub != key),
-            }
-        }
-        Some(sub)
     }
 
     /// The subscriptions `event` matches, each once.
     pub fn matching(&self, event: &EventRef<'_>, out: &mut Vec<Arc<LiveSub>>) {
         let mut candidates: Vec<Entry> = Vec::new();
-        let mut add = |list: Option<&Vec<Entry>>| {
+        let mut add = |list: Option<&Entries>| {
             if let Some(list) = list {
-                candidates.extend_from_slice(list);
+                candidates.extend(list.iter().copied());
             }
         };
         add(self.by_id.get(&event.id()));

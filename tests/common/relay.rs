@@ -38,11 +38,35 @@ impl TestRelay {
         TestRelay::serve(store, dir, limits).await
     }
 
+    /// A fresh store (2 shards) served with `config` (its `listen` is
+    /// ignored: a free port is used).
+    pub async fn start_with(config: RelayConfig) -> TestRelay {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EventStore::builder(dir.path())
+            .shards(2)
+            .limits(config.limits.event_limits())
+            .open()
+            .unwrap();
+        TestRelay::serve_with(store, dir, config).await
+    }
+
     /// Serves an already open store.
     pub async fn serve(
         store: EventStore,
         dir: tempfile::TempDir,
         limits: RelayLimits,
+    ) -> TestRelay {
+        let config = RelayConfig {
+            limits,
+            ..RelayConfig::default()
+        };
+        TestRelay::serve_with(store, dir, config).await
+    }
+
+    async fn serve_with(
+        store: EventStore,
+        dir: tempfile::TempDir,
+        config: RelayConfig,
     ) -> TestRelay {
         let store = Arc::new(store);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -50,8 +74,7 @@ impl TestRelay {
         let (stop, stopped) = oneshot::channel::<()>();
         let config = RelayConfig {
             listen: addr,
-            limits,
-            ..RelayConfig::default()
+            ..config
         };
         let task = tokio::spawn(megalith::server::run(
             Arc::clone(&store),
@@ -133,6 +156,21 @@ pub struct Client {
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Client { ws }
+    }
+
+    /// Connects with extra request headers (a proxy's `X-Forwarded-For`).
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
         Client { ws }
     }
 

@@ -44,6 +44,10 @@ pub(crate) struct ServeArgs {
     /// [default: 1000].
     #[arg(long, value_name = "MS")]
     recover_after_ms: Option<u64>,
+    /// A reverse proxy (address or CIDR range) whose X-Forwarded-For or
+    /// Forwarded header names the client; repeat for several [default: none].
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<String>,
     /// Log level, or a tracing filter such as `megalith=debug` (RUST_LOG wins if set).
     #[arg(long, default_value = "info")]
     log: String,
@@ -72,6 +76,9 @@ struct LimitArgs {
     /// Most filters in one REQ or COUNT [default: 200].
     #[arg(long, value_name = "N")]
     max_filters: Option<usize>,
+    /// Bytes the open subscriptions of one connection may hold, as parsed [default: 2097152].
+    #[arg(long, value_name = "BYTES")]
+    max_subscription_bytes: Option<usize>,
     /// Longest subscription id, in characters [default: 64].
     #[arg(long, value_name = "N")]
     max_subid_length: Option<usize>,
@@ -87,9 +94,15 @@ struct LimitArgs {
     /// Bytes queued for one client before it is disconnected as too slow [default: 8388608].
     #[arg(long, value_name = "BYTES")]
     max_outbound_bytes: Option<usize>,
-    /// Open connections per client IP address [default: 64].
+    /// Open connections per client address (IPv6: per /64), counted from the TCP accept [default: 64].
     #[arg(long, value_name = "N")]
     max_connections_per_ip: Option<usize>,
+    /// Open connections in all, counted from the TCP accept [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Seconds a connection has to become a WebSocket (or finish its HTTP request) [default: 10].
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout_secs: Option<u64>,
     /// Events per second one connection may publish [default: 100].
     #[arg(long, value_name = "RATE")]
     events_per_second: Option<f64>,
@@ -140,6 +153,9 @@ impl ServeArgs {
         if let Some(ms) = self.recover_after_ms {
             config.recover_after_ms = ms;
         }
+        if !self.trusted_proxies.is_empty() {
+            config.trusted_proxies = self.trusted_proxies.clone();
+        }
         let l = &self.limits;
         let c = &mut config.limits;
         macro_rules! set {
@@ -154,12 +170,15 @@ impl ServeArgs {
             max_content_bytes,
             max_subscriptions,
             max_filters,
+            max_subscription_bytes,
             max_subid_length,
             max_limit,
             default_limit,
             query_time_budget_ms,
             max_outbound_bytes,
             max_connections_per_ip,
+            max_connections,
+            handshake_timeout_secs,
             events_per_second,
             events_burst,
             idle_timeout_secs,
