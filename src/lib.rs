@@ -37,7 +37,7 @@ mod wal;
 pub use error::Error;
 pub use event::{Event, EventError, EventId, EventRef, IdForm, Keys, Limits, Pubkey, Signature};
 pub use eventstore::{
-    Commits, Committed, EventStore, EventStoreBuilder, InsertOutcome, MAX_SHARDS, Options,
+    Answer, Commits, Committed, EventStore, EventStoreBuilder, InsertOutcome, MAX_SHARDS, Options,
     Rejection, StoreGauges, StoreStats,
 };
 pub use ids::{Location, Lsn, SegmentId, ShardId};

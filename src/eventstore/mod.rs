@@ -13,4 +13,4 @@ pub(crate) use lock::lock_store_dir;
 pub(crate) use manifest::{MANIFEST_FILE, load as load_manifest};
 pub use options::{EventStoreBuilder, MAX_SHARDS, Options};
 pub use outcome::{InsertOutcome, Rejection};
-pub use store::{EventStore, StoreGauges, StoreStats};
+pub use store::{Answer, EventStore, StoreGauges, StoreStats};

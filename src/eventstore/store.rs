@@ -21,7 +21,7 @@ use crate::shard::{
     reapply_removals, restore_invariants, shard_of,
 };
 use crate::storage::{OpenMode, Storage};
-use crate::wal::{Log, LogWriter};
+use crate::wal::{Log, LogSnapshot, LogWriter};
 
 use super::commits::{Commits, Watchers};
 use super::lock::lock_store_dir;
@@ -481,9 +481,57 @@ impl EventStore {
         // With the views' read locks held, no writer can publish: this is
         // the sequence of what they show.
         let sequence = self.watchers.sequence();
+        let hits = self.hits(filters, &targets, &views, &deadline)?;
+        for (_, _, event) in &hits {
+            visit(event)?;
+        }
+        Ok((hits.len(), sequence))
+    }
+
+    /// The answer to `filters`, in NIP-01 order, read from one consistent
+    /// state (as [`EventStore::query_snapshot`]) but held as places in the
+    /// log: the shards' locks are released before this returns, and the
+    /// events are read (zero-copy) only as [`Answer::visit`] asks for them.
+    /// A relay streams a large answer this way, at the pace its client
+    /// reads, without building it whole or holding up the writers. Gives
+    /// up with [`Error::TimedOut`] once `deadline` passes.
+    pub fn query_answer(
+        &self,
+        filters: &[Filter],
+        deadline: Option<Instant>,
+    ) -> Result<Answer, Error> {
+        let deadline = Deadline::new(deadline);
+        let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
+        let views = self.views(&targets);
+        let sequence = self.watchers.sequence();
+        let places = self
+            .hits(filters, &targets, &views, &deadline)?
+            .into_iter()
+            .map(|(hit, shard, _)| (shard, hit.location))
+            .collect();
+        let logs = views
+            .into_iter()
+            .map(|view| view.map(|view| view.log))
+            .collect();
+        Ok(Answer {
+            places,
+            logs,
+            sequence,
+        })
+    }
+
+    /// Every hit of `filters` in the views, merged, in NIP-01 order, each
+    /// once.
+    fn hits<'v>(
+        &self,
+        filters: &[Filter],
+        targets: &[Vec<(usize, Filter)>],
+        views: &'v [Option<ShardRead<'_>>],
+        deadline: &Deadline,
+    ) -> Result<Vec<(Hit, usize, EventRef<'v>)>, Error> {
         let now = unix_now();
-        let mut hits: Vec<(Hit, usize, EventRef<'_>)> = Vec::new();
-        for (filter, targets) in filters.iter().zip(&targets) {
+        let mut hits: Vec<(Hit, usize, EventRef<'v>)> = Vec::new();
+        for (filter, targets) in filters.iter().zip(targets) {
             let start = hits.len();
             for (shard, part) in targets {
                 let Some(view) = &views[*shard] else { continue };
@@ -493,7 +541,7 @@ impl EventStore {
                     part,
                     now,
                     filter.limit,
-                    &deadline,
+                    deadline,
                     |hit, event| {
                         hits.push((hit, *shard, event));
                     },
@@ -511,10 +559,7 @@ impl EventStore {
         // settles that, and merges the filters' results.
         hits.sort_unstable_by_key(|(hit, _, _)| *hit);
         hits.dedup_by_key(|(hit, shard, _)| (*shard, hit.location));
-        for (_, _, event) in &hits {
-            visit(event)?;
-        }
-        Ok((hits.len(), sequence))
+        Ok(hits)
     }
 
     /// The shards a filter can match events in, each with the filter to run
@@ -805,4 +850,48 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// An answer of [`EventStore::query_answer`]: the places of its events in
+/// the log, and the log snapshots to read them from. It holds no lock; the
+/// snapshots keep the segments it needs mapped.
+#[derive(Debug)]
+pub struct Answer {
+    places: Vec<(usize, Location)>,
+    logs: Vec<Option<LogSnapshot>>,
+    sequence: u64,
+}
+
+impl Answer {
+    /// How many events the answer holds.
+    pub fn len(&self) -> usize {
+        self.places.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.places.is_empty()
+    }
+
+    /// The commit sequence of the state it was read from (see
+    /// [`EventStore::query_snapshot`]).
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Hands the events `range` (positions in NIP-01 order) to `visit`, as
+    /// zero-copy views of their stored bytes.
+    pub fn visit(
+        &self,
+        range: std::ops::Range<usize>,
+        mut visit: impl FnMut(&EventRef<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let end = range.end.min(self.places.len());
+        for &(shard, location) in &self.places[range.start.min(end)..end] {
+            let log = self.logs[shard]
+                .as_ref()
+                .expect("an answer keeps the log of every shard it holds events of");
+            visit(&log.read_event(location)?)?;
+        }
+        Ok(())
+    }
 }

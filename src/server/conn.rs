@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use crate::event::KindClass;
-use crate::{Error, Filter, InsertOutcome};
+use crate::{Answer, Error, Filter, InsertOutcome};
 
 use super::metrics::kind_label;
 use super::outbox::{Outbox, Pushed, Take};
@@ -38,6 +38,9 @@ const STORE_UNAVAILABLE: &str = "error: store unavailable, try again later";
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
+
+/// Events of a REQ's stored part written out at a time.
+const STREAM_CHUNK: usize = 32;
 
 /// Most messages that already arrived handled in one go (and EVENTs
 /// stored in one batch).
@@ -270,13 +273,6 @@ struct Conn {
     /// The sum of those bytes (at most `max_subscription_bytes`).
     sub_bytes: usize,
     bucket: Bucket,
-}
-
-/// What a REQ's stored part produced.
-struct Stored {
-    frames: Vec<String>,
-    /// The commit sequence of the state it read.
-    sequence: u64,
 }
 
 impl Conn {
@@ -572,14 +568,13 @@ impl Conn {
         let sub = relay.add_sub(sub);
         self.subs.insert(sub_id, (sub.key, bytes));
         self.sub_bytes += bytes;
-        let stored = {
+        let answer = {
             let relay = Arc::clone(&relay);
             let sub = Arc::clone(&sub);
-            tokio::task::spawn_blocking(move || relay.stored_events(&sub.filters, &sub.sub_json))
-                .await
+            tokio::task::spawn_blocking(move || relay.stored_answer(&sub.filters)).await
         };
-        let stored = match stored {
-            Ok(Ok(stored)) => stored,
+        let answer = match answer {
+            Ok(Ok(answer)) => answer,
             Ok(Err(reason)) => {
                 self.drop_sub(&sub);
                 self.closed(&sub_json, &reason).await;
@@ -593,10 +588,38 @@ impl Conn {
                 return;
             }
         };
-        let sent = stored.frames.len() as u64;
-        for frame in stored.frames {
-            if !self.outbox.send(frame).await {
+        // Streamed: a few events are written out at a time, each waiting
+        // for room in the outbox, so a client that reads slowly holds the
+        // answer's places, not its JSON. Cut (newest kept) once its JSON
+        // passes 4x the outbound bound, so one REQ cannot pull gigabytes.
+        let cap = limits.max_outbound_bytes.saturating_mul(4);
+        let (mut at, mut bytes, mut sent) = (0, 0usize, 0u64);
+        let mut json = Vec::new();
+        let mut frames = Vec::new();
+        while at < answer.len() && bytes < cap {
+            let end = (at + STREAM_CHUNK).min(answer.len());
+            let read = answer.visit(at..end, |event| {
+                if bytes < cap {
+                    json.clear();
+                    event.write_json(&mut json);
+                    bytes += json.len();
+                    // The store writes valid UTF-8 JSON.
+                    frames.push(event_frame(&sub_json, &String::from_utf8_lossy(&json)));
+                }
+                Ok(())
+            });
+            if let Err(e) = read {
+                let reason = relay.query_failure(e);
+                self.drop_sub(&sub);
+                self.closed(&sub_json, &reason).await;
                 return;
+            }
+            at = end;
+            for frame in frames.drain(..) {
+                if !self.outbox.send(frame).await {
+                    return;
+                }
+                sent += 1;
             }
         }
         relay
@@ -610,7 +633,7 @@ impl Conn {
         // newer live event overtakes them.
         let mut state = sub.state.lock();
         sub.stored_through
-            .store(stored.sequence, AtomicOrdering::Release);
+            .store(answer.sequence(), AtomicOrdering::Release);
         if let SubState::Pending(pending) = std::mem::replace(&mut *state, SubState::Live) {
             for committed in pending {
                 let Ok(event) = committed.event() else {
@@ -698,33 +721,14 @@ impl Conn {
 }
 
 impl Relay {
-    /// A REQ's stored events as EVENT frames (run on the blocking pool).
-    /// The error is the CLOSED reason.
-    fn stored_events(&self, filters: &[Filter], sub_json: &str) -> Result<Stored, String> {
+    /// A REQ's stored events, as places in the log to stream from (run on
+    /// the blocking pool). The error is the CLOSED reason.
+    fn stored_answer(&self, filters: &[Filter]) -> Result<Answer, String> {
         let started = Instant::now();
         let deadline = started + self.config.limits.query_time_budget();
-        let mut frames = Vec::new();
-        let mut json = Vec::new();
-        // The answer is cut (the newest kept) at 4x the outbound bound.
-        let cap = self.config.limits.max_outbound_bytes.saturating_mul(4);
-        let mut bytes = 0usize;
-        let result = self.store.query_snapshot(filters, Some(deadline), |event| {
-            if bytes >= cap {
-                return Ok(());
-            }
-            json.clear();
-            event.write_json(&mut json);
-            bytes += json.len();
-            // The store writes valid UTF-8 JSON.
-            let text = String::from_utf8_lossy(&json);
-            frames.push(event_frame(sub_json, &text));
-            Ok(())
-        });
+        let result = self.store.query_answer(filters, Some(deadline));
         self.observe_query(filters, started);
-        match result {
-            Ok((_, sequence)) => Ok(Stored { frames, sequence }),
-            Err(e) => Err(self.query_failure(e)),
-        }
+        result.map_err(|e| self.query_failure(e))
     }
 
     /// NIP-45 count (on the blocking pool); the error is the CLOSED reason.
