@@ -33,6 +33,10 @@ pub struct ServeConfig {
     /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For`
     /// or `Forwarded` header names the client. Default none.
     pub trusted_proxies: Vec<String>,
+    /// The relay's public URL (`wss://relay.example.com`), which a NIP-42
+    /// authentication event's `relay` tag must name. Default none: the
+    /// `Host` the client connected to.
+    pub relay_url: Option<String>,
     /// NIP-11 fields (`[info]`).
     pub info: RelayInfo,
     /// What the relay enforces (`[limits]`).
@@ -50,6 +54,7 @@ impl Default for ServeConfig {
             recover_after_ms: 1000,
             listen: RelayConfig::default().listen,
             trusted_proxies: Vec::new(),
+            relay_url: None,
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
         }
@@ -88,6 +93,7 @@ impl ServeConfig {
         RelayConfig {
             listen: self.listen,
             trusted_proxies: self.trusted_proxies.clone(),
+            relay_url: self.relay_url.clone(),
             info: self.info.clone(),
             limits: self.limits.clone(),
         }
@@ -146,6 +152,8 @@ pub struct RelayConfig {
     /// Reverse proxies (addresses or CIDR ranges) whose forwarding headers
     /// name the client.
     pub trusted_proxies: Vec<String>,
+    /// The URL a NIP-42 `relay` tag must name (`None`: the `Host` header).
+    pub relay_url: Option<String>,
     /// NIP-11 fields.
     pub info: RelayInfo,
     /// What the relay enforces (and advertises in NIP-11).
@@ -157,6 +165,7 @@ impl Default for RelayConfig {
         RelayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7777)),
             trusted_proxies: Vec::new(),
+            relay_url: None,
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
         }

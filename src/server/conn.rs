@@ -20,11 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use crate::event::KindClass;
 use crate::{Answer, Error, Filter, InsertOutcome};
 
+use super::auth::{self, RelayUrl, Viewer};
 use super::metrics::kind_label;
 use super::outbox::{Outbox, Pushed, Take};
 use super::protocol::{
-    ClientMessage, closed_frame, count_frame, eose_frame, event_frame, event_message_id,
-    json_string, notice_frame, ok_frame, parse_event, parse_filters,
+    ClientMessage, auth_frame, closed_frame, count_frame, eose_frame, event_frame,
+    event_message_id, json_string, notice_frame, ok_frame, parse_event, parse_filters,
 };
 use super::subs::{LiveSub, SubKey, SubState, held_bytes};
 use super::{Relay, transport_limit};
@@ -47,7 +48,7 @@ const STREAM_CHUNK: usize = 32;
 const READ_BATCH: usize = 256;
 
 /// Serves one upgraded connection until it closes.
-pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
+pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url: RelayUrl) {
     let (mut sink, mut stream) = socket.split();
     let Some(_slot) = relay.connection_slot(ip) else {
         let limit = relay.config.limits.max_connections_per_ip;
@@ -81,6 +82,8 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
     let mut conn = Conn {
         relay: Arc::clone(&relay),
         outbox: Arc::clone(&outbox),
+        viewer: Arc::new(Viewer::new()),
+        url,
         subs: HashMap::new(),
         sub_bytes: 0,
         bucket: Bucket::new(limits.events_per_second, limits.events_burst),
@@ -92,6 +95,8 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr) {
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
         return;
     }
+    // NIP-42: the challenge comes first.
+    conn.send("AUTH", auth_frame(conn.viewer.challenge())).await;
     let idle = limits.idle_timeout();
     let read_batch_bytes = transport_limit(limits.max_message_bytes).saturating_mul(4);
     let mut writer_done = false;
@@ -268,6 +273,10 @@ impl Bucket {
 struct Conn {
     relay: Arc<Relay>,
     outbox: Arc<Outbox>,
+    /// The keys this connection proved (NIP-42).
+    viewer: Arc<Viewer>,
+    /// What an authentication event's `relay` tag must name.
+    url: RelayUrl,
     /// Open subscriptions by id, with the bytes each holds.
     subs: HashMap<String, (SubKey, usize)>,
     /// The sum of those bytes (at most `max_subscription_bytes`).
@@ -310,10 +319,7 @@ impl Conn {
                 ClientMessage::Req { sub_id, filters } => self.on_req(sub_id, &filters).await,
                 ClientMessage::Count { sub_id, filters } => self.on_count(sub_id, &filters).await,
                 ClientMessage::Close(sub_id) => self.on_close(&sub_id),
-                ClientMessage::Auth => {
-                    self.notice("invalid: AUTH (NIP-42) is not supported by this relay")
-                        .await;
-                }
+                ClientMessage::Auth(raw) => self.on_auth(raw).await,
             }
         }
         if !events.is_empty() {
@@ -361,7 +367,7 @@ impl Conn {
             ClientMessage::Req { .. } => "REQ",
             ClientMessage::Count { .. } => "COUNT",
             ClientMessage::Close(_) => "CLOSE",
-            ClientMessage::Auth => "AUTH",
+            ClientMessage::Auth(_) => "AUTH",
         };
         metrics.client_messages.with_label_values(&[verb]).inc();
         Some(message)
@@ -480,6 +486,37 @@ impl Conn {
         }
     }
 
+    /// `["AUTH", event]`: on success the event's key joins the
+    /// connection's; either way an `OK` answers.
+    async fn on_auth(&mut self, raw: &RawValue) {
+        let relay = Arc::clone(&self.relay);
+        let id = event_message_id(&format!("[\"EVENT\",{}]", raw.get())).unwrap_or_default();
+        match auth::verify(raw.get(), &relay.event_limits, &self.viewer, &self.url) {
+            Ok(event) => {
+                self.viewer.add(event.pubkey);
+                relay.metrics.auths.with_label_values(&["ok"]).inc();
+                self.send("OK", ok_frame(&id, true, "")).await;
+            }
+            Err(message) => {
+                relay.metrics.auths.with_label_values(&["refused"]).inc();
+                self.send("OK", ok_frame(&id, false, &message)).await;
+            }
+        }
+    }
+
+    /// Private kinds (DMs, gift wraps) named by a filter need an
+    /// authenticated connection; the error is the CLOSED reason.
+    fn check_private(&self, filters: &[Filter]) -> Result<(), String> {
+        if !self.viewer.is_authenticated() && filters.iter().any(auth::names_private_kinds) {
+            return Err(
+                "auth-required: direct messages and gift wraps (kinds 4, 1059, 1060) \
+                        are served only to their author or recipient; send AUTH first"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+
     /// The checks REQ and COUNT share; the error is the CLOSED reason.
     fn checked_filters(&self, sub_id: &str, raw: &[&RawValue]) -> Result<Vec<Filter>, String> {
         let limits = &self.relay.config.limits;
@@ -505,6 +542,7 @@ impl Conn {
             let limit = filter.limit.unwrap_or(limits.default_limit);
             filter.limit = Some(limit.min(limits.max_limit));
         }
+        self.check_private(&filters)?;
         Ok(filters)
     }
 
@@ -563,6 +601,7 @@ impl Conn {
             // Nothing stored is live until the stored part says what it read.
             stored_through: AtomicU64::new(u64::MAX),
             outbox: Arc::clone(&self.outbox),
+            viewer: Arc::clone(&self.viewer),
             state: Mutex::new(SubState::Pending(Vec::new())),
         };
         let sub = relay.add_sub(sub);
@@ -599,7 +638,7 @@ impl Conn {
         while at < answer.len() && bytes < cap {
             let end = (at + STREAM_CHUNK).min(answer.len());
             let read = answer.visit(at..end, |event| {
-                if bytes < cap {
+                if bytes < cap && self.viewer.may_see(event) {
                     json.clear();
                     event.write_json(&mut json);
                     bytes += json.len();
@@ -642,7 +681,7 @@ impl Conn {
                 let ephemeral = event.kind_class() == KindClass::Ephemeral;
                 // Stored events the stored part saw are numbered at most
                 // its sequence, so `wants` alone keeps them out.
-                if !sub.wants(committed.sequence(), ephemeral) {
+                if !sub.wants(committed.sequence(), ephemeral) || !self.viewer.may_see(&event) {
                     continue;
                 }
                 let frame = event_frame(&sub.sub_json, &event.to_json());

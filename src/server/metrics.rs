@@ -182,6 +182,8 @@ pub struct Metrics {
     /// `megalith_handshake_timeouts_total`: connections closed for not
     /// becoming a WebSocket in time.
     pub handshake_timeouts: IntCounter,
+    /// `megalith_auth_total{result}`: NIP-42 AUTH messages, `ok` or `refused`.
+    pub auths: IntCounterVec,
     /// `megalith_subscriptions`: open subscriptions.
     pub subscriptions: IntGauge,
     events_stored: IntGauge,
@@ -275,6 +277,14 @@ impl Metrics {
             "megalith_handshake_timeouts_total",
             "Connections closed for not becoming a WebSocket within the handshake timeout",
         )?;
+        let auths = IntCounterVec::new(
+            Opts::new(
+                "megalith_auth_total",
+                "NIP-42 AUTH messages, by result (ok, refused)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(auths.clone()))?;
         registry.register(Box::new(tcp_connections.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(handshake_timeouts.clone()))?;
@@ -331,6 +341,7 @@ impl Metrics {
             tcp_connections,
             connections_refused,
             handshake_timeouts,
+            auths,
             subscriptions,
             events_stored,
             log_bytes,

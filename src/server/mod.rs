@@ -10,6 +10,7 @@
 //! subscriptions it matches, found through the subscription index
 //! (`subs`).
 
+mod auth;
 mod config;
 mod conn;
 mod gate;
@@ -140,7 +141,7 @@ impl Relay {
     fn info_document(&self) -> serde_json::Value {
         let limits = &self.config.limits;
         let info = &self.config.info;
-        let mut nips = vec![1, 9, 11, 40, 45];
+        let mut nips = vec![1, 9, 11, 40, 42, 45];
         if self.store.search_index() {
             nips.push(50);
         }
@@ -334,7 +335,10 @@ fn broadcast(relay: &Relay, commits: &Commits) {
                             sub.outbox.overflow();
                         }
                     }
-                    SubState::Live if sub.wants(committed.sequence(), ephemeral) => {
+                    SubState::Live
+                        if sub.wants(committed.sequence(), ephemeral)
+                            && sub.viewer.may_see(&event) =>
+                    {
                         match sub.outbox.push(event_frame(&sub.sub_json, &json)) {
                             Pushed::Queued => {
                                 relay.metrics.sent("EVENT");
@@ -387,11 +391,21 @@ async fn root(
     if let Ok(upgrade) = upgrade {
         let transport = transport_limit(relay.config.limits.max_message_bytes);
         let ip = gate::client_ip(peer.addr.ip(), &headers, &relay.trusted_proxies);
+        let url = match &relay.config.relay_url {
+            Some(url) => auth::RelayUrl::Configured(url.clone()),
+            None => auth::RelayUrl::Host(
+                headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+        };
         peer.mark_upgraded();
         return upgrade
             .max_message_size(transport)
             .max_frame_size(transport)
-            .on_upgrade(move |socket| conn::serve(relay, socket, ip));
+            .on_upgrade(move |socket| conn::serve(relay, socket, ip, url));
     }
     let wants_info = headers
         .get_all(header::ACCEPT)

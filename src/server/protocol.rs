@@ -27,8 +27,8 @@ pub enum ClientMessage<'a> {
     },
     /// `["CLOSE", <subscription id>]`
     Close(String),
-    /// `["AUTH", ...]` (NIP-42, not supported here)
-    Auth,
+    /// `["AUTH", <event>]` (NIP-42)
+    Auth(&'a RawValue),
 }
 
 impl<'a> ClientMessage<'a> {
@@ -68,7 +68,13 @@ impl<'a> ClientMessage<'a> {
                     .ok_or_else(|| "invalid: CLOSE's subscription id must be a string".to_string()),
                 _ => Err("invalid: CLOSE takes exactly one subscription id".to_string()),
             },
-            "AUTH" => Ok(ClientMessage::Auth),
+            "AUTH" => match rest {
+                [event] => Ok(ClientMessage::Auth(event)),
+                _ => Err(format!(
+                    "invalid: AUTH takes exactly one event, got {} elements",
+                    rest.len()
+                )),
+            },
             other => Err(format!(
                 "invalid: unknown message type {}",
                 json_string(&truncate(other, 32))
@@ -183,6 +189,10 @@ pub fn notice_frame(message: &str) -> String {
 }
 
 /// `["COUNT", <sub>, {"count": n}]`
+pub fn auth_frame(challenge: &str) -> String {
+    format!("[\"AUTH\",{}]", json_string(challenge))
+}
+
 pub fn count_frame(sub_json: &str, count: u64) -> String {
     format!("[\"COUNT\",{sub_json},{{\"count\":{count}}}]")
 }

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use crate::event::{EventId, EventRef, Pubkey};
 use crate::{Committed, Filter};
 
+use super::auth::Viewer;
 use super::outbox::Outbox;
 
 /// A subscription's key in the index (unique for the relay's life).
@@ -46,6 +47,9 @@ pub struct LiveSub {
     /// part's to answer, or to leave out past its limit.
     pub stored_through: AtomicU64,
     pub outbox: Arc<Outbox>,
+    /// Who the connection proved to be (NIP-42): private events go only
+    /// to their author or a recipient.
+    pub viewer: Arc<Viewer>,
     pub state: Mutex<SubState>,
 }
 
@@ -332,6 +336,7 @@ mod tests {
                 after: 0,
                 stored_through: AtomicU64::new(0),
                 outbox: Arc::clone(&outbox),
+                viewer: Arc::new(Viewer::new()),
                 state: Mutex::new(SubState::Live),
             });
             index.insert(Arc::clone(&sub));

@@ -151,12 +151,18 @@ impl TestRelay {
 
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The relay's NIP-42 challenge, once seen (the `AUTH` message is
+    /// taken out of the stream of messages the test reads).
+    pub challenge: Option<String>,
 }
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Client { ws }
+        Client {
+            ws,
+            challenge: None,
+        }
     }
 
     /// Connects with extra request headers (a proxy's `X-Forwarded-For`).
@@ -171,7 +177,45 @@ impl Client {
             );
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        Client { ws }
+        Client {
+            ws,
+            challenge: None,
+        }
+    }
+
+    /// The relay's NIP-42 challenge: the first message of a connection.
+    pub async fn challenge(&mut self) -> String {
+        if let Some(challenge) = &self.challenge {
+            return challenge.clone();
+        }
+        let message = tokio::time::timeout(WAIT, self.ws.next())
+            .await
+            .expect("no AUTH challenge came")
+            .expect("the connection ended")
+            .unwrap();
+        let Message::Text(text) = message else {
+            panic!("expected the AUTH challenge, got {message:?}");
+        };
+        let value: Value = serde_json::from_str(text.as_str()).unwrap();
+        assert_eq!(
+            value[0], "AUTH",
+            "expected the AUTH challenge first, got {value}"
+        );
+        let challenge = value[1].as_str().unwrap().to_string();
+        self.challenge = Some(challenge.clone());
+        challenge
+    }
+
+    /// Sends `["AUTH", event]` and returns its OK's (accepted, message).
+    pub async fn auth(&mut self, event: &Event) -> (bool, String) {
+        self.send(&format!("[\"AUTH\",{}]", event.to_json())).await;
+        let reply = self.recv().await;
+        assert_eq!(reply[0], "OK", "expected OK, got {reply}");
+        assert_eq!(reply[1], event.id.to_hex(), "OK for another event: {reply}");
+        (
+            reply[2].as_bool().unwrap(),
+            reply[3].as_str().unwrap().to_string(),
+        )
     }
 
     pub async fn send(&mut self, text: &str) {
@@ -188,7 +232,16 @@ impl Client {
                 Ok(Some(Ok(message))) => message,
             };
             match message {
-                Message::Text(text) => return Some(serde_json::from_str(text.as_str()).unwrap()),
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if value[0] == "AUTH"
+                        && let Some(challenge) = value[1].as_str()
+                    {
+                        self.challenge = Some(challenge.to_string());
+                        continue;
+                    }
+                    return Some(value);
+                }
                 Message::Close(_) => return None,
                 _ => continue,
             }
@@ -213,7 +266,10 @@ impl Client {
                 Err(_) => return (false, seen),
                 Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return (true, seen),
                 Ok(Some(Ok(Message::Text(text)))) => {
-                    seen.push(serde_json::from_str(text.as_str()).unwrap())
+                    let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if value[0] != "AUTH" {
+                        seen.push(value)
+                    }
                 }
                 Ok(Some(Ok(_))) => {}
             }

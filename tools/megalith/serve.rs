@@ -48,6 +48,10 @@ pub(crate) struct ServeArgs {
     /// Forwarded header names the client; repeat for several [default: none].
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     trusted_proxies: Vec<String>,
+    /// The relay's public URL, which a NIP-42 AUTH event's relay tag must name
+    /// [default: none: the Host header the client connected with].
+    #[arg(long, value_name = "URL")]
+    relay_url: Option<String>,
     /// Log level, or a tracing filter such as `megalith=debug` (RUST_LOG wins if set).
     #[arg(long, default_value = "info")]
     log: String,
@@ -152,6 +156,9 @@ impl ServeArgs {
         }
         if let Some(ms) = self.recover_after_ms {
             config.recover_after_ms = ms;
+        }
+        if self.relay_url.is_some() {
+            config.relay_url = self.relay_url.clone();
         }
         if !self.trusted_proxies.is_empty() {
             config.trusted_proxies = self.trusted_proxies.clone();
