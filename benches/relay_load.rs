@@ -389,6 +389,8 @@ async fn run(args: Args) -> Result<(), String> {
                     Some(Ok(Message::Text(text))) if text.as_str().starts_with("[\"EOSE\"") => {
                         eose += 1
                     }
+                    // The NIP-42 challenge every connection gets first.
+                    Some(Ok(Message::Text(text))) if text.as_str().starts_with("[\"AUTH\"") => {}
                     Some(Ok(Message::Text(text))) => {
                         return Err(format!("before EOSE: {}", text.as_str()));
                     }

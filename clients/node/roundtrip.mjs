@@ -15,7 +15,11 @@
 //    them as JSON.stringify writes them (\u00xx); each must get OK true, come back
 //    on a new subscription with the exact strings, and pass verifyEvent, both as
 //    nostr-tools delivered it and as a fresh copy of the raw frame; then closes
-//    the connection.
+//    the connection;
+// 7. NIP-42: publishes a DM (kind 4) to a fresh recipient; a REQ for it before
+//    AUTH is CLOSED with auth-required:; a second connection authenticates as
+//    the recipient with relay.auth (nostr-tools signs the challenge) and gets
+//    the DM back, verified.
 // Exits 1 with a message on any mismatch.
 import { generateSecretKey, getPublicKey, finalizeEvent, verifyEvent } from 'nostr-tools/pure'
 import { Relay, useWebSocketImplementation } from 'nostr-tools/relay'
@@ -134,6 +138,43 @@ async function controlCharacters(relay, sk, pk, now) {
   return sent.size
 }
 
+// Step 7: a DM is refused before AUTH and served after it, to its recipient.
+async function directMessage(relay, url, sk, now) {
+  const rk = generateSecretKey()
+  const rpk = getPublicKey(rk)
+  const dm = finalizeEvent({ kind: 4, created_at: now, tags: [['p', rpk]], content: 'bm90IHJlYWxseQ==?iv=AAAAAAAAAAAAAAAAAAAAAA==' }, sk)
+  try {
+    await relay.publish(dm)
+  } catch (err) {
+    throw new Mismatch(`publish of the DM ${dm.id} not accepted: ${err.message}`)
+  }
+  const before = subscribe(relay, { kinds: [4], '#p': [rpk] }, 'dm before auth')
+  await waitFor(() => before.eose || before.closedReason !== null, 'CLOSED for a DM read before AUTH')
+  check(
+    typeof before.closedReason === 'string' && before.closedReason.includes('auth-required:'),
+    `a DM read before AUTH: ${before.eose ? `EOSE with ${before.before.length} events` : `closed: ${before.closedReason}`}`,
+  )
+
+  const second = await Relay.connect(url)
+  try {
+    await waitFor(() => second.challenge !== undefined, 'the AUTH challenge on a new connection')
+    try {
+      await second.auth(async (template) => finalizeEvent(template, rk))
+    } catch (err) {
+      throw new Mismatch(`AUTH as the recipient refused: ${err.message}`)
+    }
+    const after = subscribe(second, { kinds: [4], '#p': [rpk] }, 'dm after auth')
+    await waitFor(() => after.eose || after.closedReason !== null, 'EOSE for a DM read after AUTH')
+    check(after.closedReason === null, `a DM read after AUTH was CLOSED: ${after.closedReason}`)
+    check(after.before.length === 1 && after.before[0].id === dm.id, `after AUTH the recipient got ${after.before.length} DMs`)
+    check(verifyEvent(JSON.parse(JSON.stringify(after.before[0]))), 'the DM does not verify')
+    after.sub.close()
+  } finally {
+    second.close()
+  }
+  return 'a DM refused before AUTH (auth-required:), served after relay.auth as its recipient'
+}
+
 async function run(url) {
   const sk = generateSecretKey()
   const pk = getPublicKey(sk)
@@ -142,7 +183,10 @@ async function run(url) {
   // 0. NIP-11 (GET on the relay URL over http with Accept: application/nostr+json).
   const info = await fetchRelayInformation(url)
   const nips = info.supported_nips
-  check(Array.isArray(nips) && nips.includes(1) && nips.includes(45), `NIP-11 supported_nips ${JSON.stringify(nips)} lacks 1 or 45`)
+  check(
+    Array.isArray(nips) && nips.includes(1) && nips.includes(42) && nips.includes(45),
+    `NIP-11 supported_nips ${JSON.stringify(nips)} lacks 1, 42 or 45`,
+  )
 
   const relay = await Relay.connect(url)
   const notices = []
@@ -214,12 +258,15 @@ async function run(url) {
     // 6. Control characters in content and tags.
     const controls = await controlCharacters(relay, sk, pk, now)
 
+    // 7. NIP-42.
+    const auth = await directMessage(relay, url, sk, now)
+
     await new Promise((r) => setImmediate(r)) // let nostr-tools flush the CLOSE before closing the socket
     check(notices.length === 0, `relay sent NOTICE(s): ${JSON.stringify(notices)}`)
     return (
       `node nostr-tools round trip OK: published ${sent.length + 1}, ${live.after.length} live after EOSE, ` +
       `${stored.before.length} stored before EOSE, CLOSE honoured; ${controls} control-character events ` +
-      `published, read back exactly and verified (${url})`
+      `published, read back exactly and verified; ${auth} (${url})`
     )
   } finally {
     relay.close()

@@ -48,11 +48,20 @@ def check(cond: bool, what: str) -> None:
         raise Mismatch(what)
 
 
+async def recv_skipping_auth(ws) -> str:
+    """The next frame that is not the relay's NIP-42 ["AUTH", challenge]."""
+    while True:
+        frame = await asyncio.wait_for(ws.recv(), 10)
+        if frame.startswith('["AUTH",'):
+            continue
+        return frame
+
+
 async def raw_count(url: str, filt: dict) -> int:
     """Send ["COUNT","c",filt] on a plain WebSocket; return n from ["COUNT","c",{"count":n}]."""
     async with websockets.connect(url, open_timeout=10, close_timeout=5) as ws:
         await ws.send(json.dumps(["COUNT", "c", filt]))
-        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        reply = json.loads(await recv_skipping_auth(ws))
     check(
         isinstance(reply, list)
         and len(reply) == 3
@@ -71,7 +80,7 @@ async def raw_events(url: str, filt: dict) -> list:
     async with websockets.connect(url, open_timeout=10, close_timeout=5) as ws:
         await ws.send(json.dumps(["REQ", "r", filt]))
         while True:
-            frame = await asyncio.wait_for(ws.recv(), 10)
+            frame = await recv_skipping_auth(ws)
             if frame.startswith(prefix):
                 check(frame.endswith("]"), f"EVENT frame does not end with ]: {frame[-40:]!r}")
                 events.append(frame[len(prefix):-1])
