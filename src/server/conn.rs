@@ -40,6 +40,28 @@ const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
 
+/// Sorts and deduplicates a filter's lists (a filter is a set of
+/// conditions): what is held, filed and checked is each distinct value
+/// once, however often the client repeated it.
+fn normalize(filter: &mut Filter) {
+    fn set<T: Ord>(values: &mut Vec<T>) {
+        values.sort_unstable();
+        values.dedup();
+    }
+    if let Some(ids) = &mut filter.ids {
+        set(ids);
+    }
+    if let Some(authors) = &mut filter.authors {
+        set(authors);
+    }
+    if let Some(kinds) = &mut filter.kinds {
+        set(kinds);
+    }
+    for values in filter.tags.values_mut() {
+        set(values);
+    }
+}
+
 /// Events of a REQ's stored part written out at a time.
 const STREAM_CHUNK: usize = 32;
 
@@ -541,6 +563,7 @@ impl Conn {
         for filter in &mut filters {
             let limit = filter.limit.unwrap_or(limits.default_limit);
             filter.limit = Some(limit.min(limits.max_limit));
+            normalize(filter);
         }
         self.check_private(&filters)?;
         Ok(filters)
