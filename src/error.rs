@@ -45,6 +45,9 @@ pub enum Error {
     /// A query ran past the deadline it was given
     /// ([`EventStore::query_with_deadline`](crate::EventStore::query_with_deadline)).
     TimedOut,
+    /// A shard was reopened in place (its writer recovered from a failure)
+    /// while a query read it: ask again.
+    Interrupted,
 }
 
 impl Error {
@@ -77,6 +80,9 @@ impl std::fmt::Display for Error {
             ),
             Error::Closed => write!(f, "the store is closed"),
             Error::TimedOut => write!(f, "the query ran past its time budget"),
+            Error::Interrupted => {
+                write!(f, "a shard was reopened while the query read it; ask again")
+            }
         }
     }
 }
@@ -118,6 +124,7 @@ impl From<QueryError> for Error {
             QueryError::Index(e) => Error::Index(e),
             QueryError::Log(e) => Error::Wal(e),
             QueryError::TimedOut => Error::TimedOut,
+            QueryError::Interrupted => Error::Interrupted,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `EventStore`: the one entry type. It validates events, routes them to
 //! their shard's writer, and answers queries from consistent shard views.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -14,10 +15,10 @@ use crate::event::{Event, EventId, EventRef, KindClass, Pubkey};
 use crate::ids::{Location, ShardId};
 use crate::index::IndexKind;
 use crate::index::IndexSet;
-use crate::query::{Deadline, Filter, Hit, execute, plan};
+use crate::query::{Deadline, Filter, Hit, IndexAccess, QueryError, execute, plan};
 use crate::recovery::{OpenedShard, RecoveryReport, ShardParams, finish_repair, open_shard};
 use crate::shard::{
-    CommitSink, Reopen, Shard, ShardHealth, ShardRead, WriteOutcome, WriterConfig,
+    CommitSink, ReadPoint, Reopen, Shard, ShardHealth, ShardReader, WriteOutcome, WriterConfig,
     reapply_removals, restore_invariants, shard_of,
 };
 use crate::storage::{OpenMode, Storage};
@@ -439,9 +440,10 @@ impl EventStore {
 
     /// Like [`EventStore::query`], handing each event to `visit` as a
     /// zero-copy view of its stored bytes (write it out with
-    /// `EventRef::write_json`). All of it reads one consistent state: the
-    /// shard's indexes stay read-locked while `visit` runs, so a slow
-    /// `visit` holds up the writer.
+    /// `EventRef::write_json`). It answers what was stored when the query
+    /// began (less what was removed while it ran); no lock is held while
+    /// `visit` runs, and a writer never waits for more than one step of the
+    /// query (see `docs/api.md`, "Reads and writes").
     pub fn query_with(
         &self,
         filters: &[Filter],
@@ -452,8 +454,8 @@ impl EventStore {
 
     /// [`EventStore::query_with`] that gives up with [`Error::TimedOut`]
     /// (having visited nothing) once `deadline` passes: a relay's time
-    /// budget per query, so one heavy filter cannot hold the shards' read
-    /// views, and the writers behind them, for long.
+    /// budget per query, so one heavy filter cannot take a large share of
+    /// the machine.
     pub fn query_with_deadline(
         &self,
         filters: &[Filter],
@@ -465,8 +467,8 @@ impl EventStore {
 
     /// [`EventStore::query_with_deadline`] that also returns the commit
     /// sequence of the state it read: of the shards the filters reach, it
-    /// saw every stored event the commit stream numbers up to that, and
-    /// none after. A relay delivers live only stored events numbered
+    /// saw every stored event the commit stream numbers up to that (unless
+    /// removed while it ran), and none after. A relay delivers live only stored events numbered
     /// higher, so that no event is both in a REQ's stored part and live, and
     /// none its limit left out arrives live.
     pub fn query_snapshot(
@@ -477,11 +479,8 @@ impl EventStore {
     ) -> Result<(usize, u64), Error> {
         let deadline = Deadline::new(deadline);
         let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
-        let views = self.views(&targets);
-        // With the views' read locks held, no writer can publish: this is
-        // the sequence of what they show.
-        let sequence = self.watchers.sequence();
-        let hits = self.hits(filters, &targets, &views, &deadline)?;
+        let (points, sequence) = self.read_points(&targets);
+        let hits = self.hits(filters, &targets, &points, &deadline, None)?;
         for (_, _, event) in &hits {
             visit(event)?;
         }
@@ -502,16 +501,15 @@ impl EventStore {
     ) -> Result<Answer, Error> {
         let deadline = Deadline::new(deadline);
         let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
-        let views = self.views(&targets);
-        let sequence = self.watchers.sequence();
+        let (points, sequence) = self.read_points(&targets);
         let places = self
-            .hits(filters, &targets, &views, &deadline)?
+            .hits(filters, &targets, &points, &deadline, None)?
             .into_iter()
             .map(|(hit, shard, _)| (shard, hit.location))
             .collect();
-        let logs = views
+        let logs = points
             .into_iter()
-            .map(|view| view.map(|view| view.log))
+            .map(|point| point.map(|point| point.log))
             .collect();
         Ok(Answer {
             places,
@@ -520,32 +518,59 @@ impl EventStore {
         })
     }
 
-    /// Every hit of `filters` in the views, merged, in NIP-01 order, each
-    /// once.
+    /// For tests of reads that run while the store changes: the answer of
+    /// [`EventStore::query`], read as if a writer waited at every step (the
+    /// shard's index lock is let go after each index entry or record), with
+    /// `between` called each time before it is taken again. `between` may
+    /// write to the store; the answer must hold what was stored when the
+    /// query began, less what `between` removed before the query reached
+    /// it, and nothing `between` stored.
+    #[doc(hidden)]
+    pub fn query_interleaved(
+        &self,
+        filters: &[Filter],
+        mut between: impl FnMut(),
+    ) -> Result<Vec<Event>, Error> {
+        let deadline = Deadline::new(None);
+        let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
+        let (points, _) = self.read_points(&targets);
+        let between: &RefCell<dyn FnMut() + '_> = &RefCell::new(&mut between);
+        let hits = self.hits(filters, &targets, &points, &deadline, Some(between))?;
+        Ok(hits.iter().map(|(_, _, event)| event.to_event()).collect())
+    }
+
+    /// Every hit of `filters` from the read points, merged, in NIP-01
+    /// order, each once.
     fn hits<'v>(
         &self,
         filters: &[Filter],
         targets: &[Vec<(usize, Filter)>],
-        views: &'v [Option<ShardRead<'_>>],
+        points: &'v [Option<ReadPoint>],
         deadline: &Deadline,
+        between: Option<&RefCell<dyn FnMut() + '_>>,
     ) -> Result<Vec<(Hit, usize, EventRef<'v>)>, Error> {
         let now = unix_now();
         let mut hits: Vec<(Hit, usize, EventRef<'v>)> = Vec::new();
         for (filter, targets) in filters.iter().zip(targets) {
             let start = hits.len();
             for (shard, part) in targets {
-                let Some(view) = &views[*shard] else { continue };
-                execute(
-                    &view.indexes,
-                    &view.log,
-                    part,
-                    now,
-                    filter.limit,
-                    deadline,
-                    |hit, event| {
-                        hits.push((hit, *shard, event));
-                    },
-                )?;
+                let Some(point) = &points[*shard] else {
+                    continue;
+                };
+                let reader = self.shards[*shard].reader(point);
+                let keep = |hit, event| hits.push((hit, *shard, event));
+                match between {
+                    None => execute(&reader, &point.log, part, now, filter.limit, deadline, keep)?,
+                    Some(between) => {
+                        let interleaved = Interleaved {
+                            reader,
+                            between,
+                            locked: Cell::new(false),
+                        };
+                        let log = &point.log;
+                        execute(&interleaved, log, part, now, filter.limit, deadline, keep)?
+                    }
+                };
             }
             // Each shard kept to the limit; together they may pass it.
             if let Some(limit) = filter.limit
@@ -595,23 +620,38 @@ impl EventStore {
         }
     }
 
-    /// Read views of the shards some target needs, indexed by shard.
+    /// Where each shard some target needs is read from (indexed by shard),
+    /// and the commit sequence of that state: every event the commit
+    /// stream numbers up to it is below the points' bounds, every later one
+    /// at or past them. The shards are read-locked together only while the
+    /// points are taken; queries then lock each shard in slices that end
+    /// whenever its writer waits (see `query::IndexAccess`).
     ///
     /// Lock order: shards are always read-locked in ascending order. Taken in
-    /// the order the filters name them, two queries could each hold one
+    /// the order the filters name them, two readers could each hold one
     /// shard and wait for the other's, and with a writer queued on each
     /// (the locks are fair: a queued writer holds back new readers) neither
     /// would ever get it.
-    fn views(&self, targets: &[Vec<(usize, Filter)>]) -> Vec<Option<ShardRead<'_>>> {
+    fn read_points(&self, targets: &[Vec<(usize, Filter)>]) -> (Vec<Option<ReadPoint>>, u64) {
         let mut needed = vec![false; self.shards.len()];
         for (shard, _) in targets.iter().flatten() {
             needed[*shard] = true;
         }
-        needed
+        let guards: Vec<_> = needed
             .iter()
             .zip(&self.shards)
-            .map(|(&needed, shard)| needed.then(|| shard.read()))
-            .collect()
+            .map(|(&needed, shard)| needed.then(|| shard.lock()))
+            .collect();
+        // With the read locks held, no writer can publish: this is the
+        // sequence of what the points show.
+        let sequence = self.watchers.sequence();
+        let points = guards
+            .iter()
+            .zip(&self.shards)
+            .map(|(guard, shard)| guard.as_ref().map(|guard| shard.read_point(guard)))
+            .collect();
+        drop(guards);
+        (points, sequence)
     }
 
     /// Whether each shard takes writes. A shard whose write, sync or
@@ -662,17 +702,19 @@ impl EventStore {
     ) -> Result<u64, Error> {
         let deadline = Deadline::new(deadline);
         let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
-        let views = self.views(&targets);
+        let (points, _) = self.read_points(&targets);
         let now = unix_now();
         // An event lives in one shard, and one filter meets it once: a single
         // filter's counts add up.
         if let [targets] = targets.as_slice() {
             let mut n = 0;
             for (shard, part) in targets {
-                let Some(view) = &views[*shard] else { continue };
+                let Some(point) = &points[*shard] else {
+                    continue;
+                };
                 n += execute(
-                    &view.indexes,
-                    &view.log,
+                    &self.shards[*shard].reader(point),
+                    &point.log,
                     part,
                     now,
                     None,
@@ -684,10 +726,12 @@ impl EventStore {
         }
         let mut seen: HashSet<(usize, Location)> = HashSet::new();
         for (shard, part) in targets.iter().flatten() {
-            let Some(view) = &views[*shard] else { continue };
+            let Some(point) = &points[*shard] else {
+                continue;
+            };
             execute(
-                &view.indexes,
-                &view.log,
+                &self.shards[*shard].reader(point),
+                &point.log,
                 part,
                 now,
                 None,
@@ -729,10 +773,10 @@ impl EventStore {
     pub fn gauges(&self) -> StoreGauges {
         let mut gauges = StoreGauges::default();
         for shard in &self.shards {
-            let view = shard.read();
-            gauges.events += view.indexes.tree(IndexKind::Primary).entry_count();
-            for kind in view.indexes.kinds() {
-                let tree = view.indexes.tree(kind);
+            let view = shard.lock();
+            gauges.events += view.tree(IndexKind::Primary).entry_count();
+            for kind in view.kinds() {
+                let tree = view.tree(kind);
                 gauges.index_bytes += self.storage.size_on_disk(tree.path()).unwrap_or(0);
             }
             gauges.log_bytes += shard.log().bytes_on_disk();
@@ -749,22 +793,22 @@ impl EventStore {
     pub fn stats(&self) -> Result<StoreStats, Error> {
         let mut stats = StoreStats::default();
         for shard in &self.shards {
-            let view = shard.read();
-            for kind in view.indexes.kinds() {
-                let tree = view.indexes.tree(kind);
+            let view = shard.lock();
+            for kind in view.kinds() {
+                let tree = view.tree(kind);
                 *stats.index_entries.entry(kind.name()).or_default() += tree.entry_count();
                 let bytes = self.storage.size_on_disk(tree.path()).unwrap_or(0);
                 *stats.index_bytes.entry(kind.name()).or_default() += bytes;
             }
-            stats.events += view.indexes.tree(IndexKind::Primary).entry_count();
-            let mut cursor = view.indexes.tree(IndexKind::KindTime).seek(&[0u8; 26])?;
+            stats.events += view.tree(IndexKind::Primary).entry_count();
+            let mut cursor = view.tree(IndexKind::KindTime).seek(&[0u8; 26])?;
             while let Some(entry) = cursor.next()? {
                 *stats
                     .events_by_kind
                     .entry(u16::from_be_bytes([entry[0], entry[1]]))
                     .or_default() += 1;
             }
-            stats.log_segments += view.log.segments().len();
+            stats.log_segments += shard.log().snapshot().segments().len();
             stats.log_bytes += shard.log().bytes_on_disk();
         }
         Ok(stats)
@@ -850,6 +894,37 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A shard reader that lets go of the lock after every step (as if a
+/// writer always waited) and runs `between` before taking it again: see
+/// [`EventStore::query_interleaved`].
+struct Interleaved<'a> {
+    reader: ShardReader<'a>,
+    between: &'a RefCell<dyn FnMut() + 'a>,
+    locked: Cell<bool>,
+}
+
+impl IndexAccess for Interleaved<'_> {
+    type Guard<'g>
+        = <ShardReader<'g> as IndexAccess>::Guard<'g>
+    where
+        Self: 'g;
+
+    fn lock(&self) -> Result<Self::Guard<'_>, QueryError> {
+        if self.locked.replace(true) {
+            (self.between.borrow_mut())();
+        }
+        self.reader.lock()
+    }
+
+    fn writer_waiting(&self) -> bool {
+        true
+    }
+
+    fn visible(&self, location: Location) -> bool {
+        self.reader.visible(location)
+    }
 }
 
 /// An answer of [`EventStore::query_answer`]: the places of its events in

@@ -9,7 +9,7 @@ mod keys;
 mod node;
 mod set;
 
-pub(crate) use btree::Cursor;
+pub(crate) use btree::{BTree, Cursor};
 pub use error::IndexError;
 pub use keys::IndexKind;
 pub(crate) use keys::{

@@ -10,6 +10,9 @@ pub enum QueryError {
     Log(WalError),
     /// The query ran past its deadline (see `EventStore::query_with_deadline`).
     TimedOut,
+    /// A shard was reopened in place (its writer recovered from a failure)
+    /// while the query read it; asking again answers from the new state.
+    Interrupted,
 }
 
 impl std::fmt::Display for QueryError {
@@ -18,6 +21,9 @@ impl std::fmt::Display for QueryError {
             QueryError::Index(e) => e.fmt(f),
             QueryError::Log(e) => e.fmt(f),
             QueryError::TimedOut => f.write_str("the query ran past its time budget"),
+            QueryError::Interrupted => {
+                f.write_str("a shard was reopened while the query read it; ask again")
+            }
         }
     }
 }
@@ -27,7 +33,7 @@ impl std::error::Error for QueryError {
         match self {
             QueryError::Index(e) => Some(e),
             QueryError::Log(e) => Some(e),
-            QueryError::TimedOut => None,
+            QueryError::TimedOut | QueryError::Interrupted => None,
         }
     }
 }

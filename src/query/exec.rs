@@ -1,15 +1,17 @@
 //! Runs a plan on one shard: a k-way merge of newest-first index cursors that
-//! checks each candidate on its record and stops at the limit.
+//! checks each candidate on its record and stops at the limit, holding the
+//! shard's index lock in slices that end whenever its writer waits.
 
 use std::cell::Cell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::ops::Deref;
 use std::time::Instant;
 
 use crate::event::{EventId, EventRef};
 use crate::ids::Location;
 use crate::index::{
-    Cursor, ID_PREFIX_LEN, IndexKind, IndexSet, location_at_end, primary_lower, time_range,
+    BTree, Cursor, ID_PREFIX_LEN, IndexKind, IndexSet, location_at_end, primary_lower, time_range,
 };
 use crate::search;
 use crate::wal::LogSnapshot;
@@ -42,13 +44,34 @@ impl PartialOrd for Hit {
     }
 }
 
+/// How an executor reads one shard's indexes: read-locked in slices. A
+/// slice ends, its guard dropped and taken again, as soon as a writer waits
+/// for the lock, so a writer waits for one step of a reader (one index entry
+/// or record), never for a whole query. Executors keep their positions as
+/// keys across slices and seek them again; entries of groups applied since
+/// the query began are skipped ([`IndexAccess::visible`]), so a query
+/// answers exactly what was stored when it began, less what was removed
+/// while it ran.
+pub(crate) trait IndexAccess {
+    type Guard<'g>: Deref<Target = IndexSet>
+    where
+        Self: 'g;
+    /// The indexes, read-locked (waiting for a writer that waits first).
+    fn lock(&self) -> Result<Self::Guard<'_>, QueryError>;
+    /// A writer waits for the lock: end the slice.
+    fn writer_waiting(&self) -> bool;
+    /// Whether an event stored at `location` was visible when the query
+    /// began.
+    fn visible(&self, location: Location) -> bool;
+}
+
 /// Calls `visit` with each event matching `filter` in NIP-01 order (exact up
 /// to events sharing created_at and the first 8 id bytes, which the caller's
 /// final sort settles), at most `limit` times (`None`: no limit). Events
 /// expired at `now` (NIP-40) are skipped. Returns how many were visited.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn execute<'l>(
-    indexes: &IndexSet,
+    access: &impl IndexAccess,
     log: &'l LogSnapshot,
     filter: &Filter,
     now: u64,
@@ -84,14 +107,19 @@ pub(crate) fn execute<'l>(
                 .as_ref()
                 .is_none_or(|terms| search::event_has_terms(event, terms))
     };
-    match &plan(filter, indexes.has(IndexKind::TermTime)) {
+    let search_index = access.lock()?.has(IndexKind::TermTime);
+    match &plan(filter, search_index) {
         Plan::Nothing => Ok(0),
         Plan::Ids(ids) => {
             let mut hits = Vec::new();
-            let primary = indexes.tree(IndexKind::Primary);
+            let mut guard = access.lock()?;
             for id in ids {
                 deadline.tick()?;
-                let mut cursor = primary.seek(&primary_lower(id))?;
+                if access.writer_waiting() {
+                    drop(guard);
+                    guard = access.lock()?;
+                }
+                let mut cursor = guard.tree(IndexKind::Primary).seek(&primary_lower(id))?;
                 let Some(entry) = cursor.next()? else {
                     continue;
                 };
@@ -99,6 +127,9 @@ pub(crate) fn execute<'l>(
                     continue;
                 }
                 let location = location_at_end(entry);
+                if !access.visible(location) {
+                    continue;
+                }
                 let event = log.read_event(location)?;
                 if accept(&event) {
                     hits.push((
@@ -111,6 +142,7 @@ pub(crate) fn execute<'l>(
                     ));
                 }
             }
+            drop(guard);
             hits.sort_unstable_by_key(|(hit, _)| *hit);
             hits.truncate(limit);
             let visited = hits.len();
@@ -124,7 +156,7 @@ pub(crate) fn execute<'l>(
             since,
             until,
         } => intersect(
-            indexes,
+            access,
             log,
             prefixes,
             (*since, *until),
@@ -162,7 +194,7 @@ pub(crate) fn execute<'l>(
                 };
                 let mut found = Vec::new();
                 let complete = merge(
-                    indexes,
+                    access,
                     log,
                     scan_index,
                     &scan_prefixes,
@@ -185,7 +217,7 @@ pub(crate) fn execute<'l>(
             }
             let mut visited = 0;
             merge(
-                indexes,
+                access,
                 log,
                 *index,
                 prefixes,
@@ -248,9 +280,12 @@ const CANDIDATES_PER_AUTHOR: usize = 4;
 /// candidate's record, and passes those `accept` takes to `take` until it
 /// returns true. Returns false if `budget` candidates were read first (the
 /// answer is then incomplete), true otherwise.
+///
+/// Between slices (see [`IndexAccess`]) its state is the heap of each
+/// source's head: a source's cursor is sought again just after its head.
 #[allow(clippy::too_many_arguments)]
 fn merge<'l>(
-    indexes: &IndexSet,
+    access: &impl IndexAccess,
     log: &'l LogSnapshot,
     index: IndexKind,
     prefixes: &[Vec<u8>],
@@ -260,54 +295,96 @@ fn merge<'l>(
     accept: impl Fn(&EventRef<'_>) -> bool,
     mut take: impl FnMut(Hit, EventRef<'l>) -> bool,
 ) -> Result<bool, QueryError> {
-    let tree = indexes.tree(index);
     let prefix_len = index.time_prefix_len().unwrap_or(0);
-    let mut sources = Vec::with_capacity(prefixes.len());
-    let mut heap = BinaryHeap::with_capacity(prefixes.len());
-    for prefix in prefixes {
-        let (lower, upper) = time_range(prefix, since, until);
-        let mut source = Source {
-            cursor: tree.seek(&lower)?,
-            upper,
-            prefix_len,
-        };
-        if let Some(head) = source.head()? {
-            heap.push(Reverse((head, sources.len())));
-        }
-        sources.push(source);
-    }
+    let ranges: Vec<(Vec<u8>, Vec<u8>)> = prefixes
+        .iter()
+        .map(|prefix| time_range(prefix, since, until))
+        .collect();
+    let mut heap = BinaryHeap::with_capacity(ranges.len());
+    // Sources whose first head has been looked for.
+    let mut opened = 0;
     let mut read = 0;
     let mut last: Option<[u8; SUFFIX_LEN]> = None;
-    while let Some(Reverse((head, source))) = heap.pop() {
-        if let Some(next) = sources[source].head()? {
-            heap.push(Reverse((next, source)));
+    'slices: loop {
+        let guard = access.lock()?;
+        let tree = guard.tree(index);
+        // This slice's cursors, opened as they are needed.
+        let mut cursors: Vec<Option<Cursor<'_>>> = Vec::new();
+        cursors.resize_with(ranges.len(), || None);
+        while opened < ranges.len() {
+            deadline.tick()?;
+            let (lower, upper) = &ranges[opened];
+            let mut cursor = tree.seek(lower)?;
+            if let Some(head) = head_of(&mut cursor, upper, prefix_len)? {
+                heap.push(Reverse((head, opened)));
+            }
+            cursors[opened] = Some(cursor);
+            opened += 1;
+            if access.writer_waiting() {
+                continue 'slices;
+            }
         }
-        // One event reached through two cursors (two matching tag
-        // values) has the same suffix twice in a row.
-        if last == Some(head) {
-            continue;
+        while let Some(Reverse((head, source))) = heap.pop() {
+            let (lower, upper) = &ranges[source];
+            let next = if let Some(cursor) = cursors[source].as_mut() {
+                head_of(cursor, upper, prefix_len)?
+            } else if let Some(mut cursor) = seek_after(tree, &lower[..prefix_len], head)? {
+                let next = head_of(&mut cursor, upper, prefix_len)?;
+                cursors[source] = Some(cursor);
+                next
+            } else {
+                None
+            };
+            if let Some(next) = next {
+                heap.push(Reverse((next, source)));
+            }
+            // One event reached through two cursors (two matching tag
+            // values) has the same suffix twice in a row.
+            if last == Some(head) {
+                continue;
+            }
+            last = Some(head);
+            if read == budget {
+                return Ok(false);
+            }
+            read += 1;
+            deadline.tick()?;
+            let location = location_at_end(&head);
+            if access.visible(location) {
+                let event = log.read_event(location)?;
+                if accept(&event) {
+                    let hit = Hit {
+                        created_at: event.created_at(),
+                        id: event.id(),
+                        location,
+                    };
+                    if take(hit, event) {
+                        return Ok(true);
+                    }
+                }
+            }
+            if access.writer_waiting() {
+                continue 'slices;
+            }
         }
-        last = Some(head);
-        if read == budget {
-            return Ok(false);
-        }
-        read += 1;
-        deadline.tick()?;
-        let location = location_at_end(&head);
-        let event = log.read_event(location)?;
-        if !accept(&event) {
-            continue;
-        }
-        let hit = Hit {
-            created_at: event.created_at(),
-            id: event.id(),
-            location,
-        };
-        if take(hit, event) {
-            break;
-        }
+        return Ok(true);
     }
-    Ok(true)
+}
+
+/// A cursor at the first entry of `prefix` after the one that ended in
+/// `suffix`, or `None` if no key can follow it.
+fn seek_after<'t>(
+    tree: &'t BTree,
+    prefix: &[u8],
+    mut suffix: [u8; SUFFIX_LEN],
+) -> Result<Option<Cursor<'t>>, QueryError> {
+    if !increment(&mut suffix) {
+        return Ok(None);
+    }
+    let mut key = Vec::with_capacity(prefix.len() + SUFFIX_LEN);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&suffix);
+    Ok(Some(tree.seek(&key)?))
 }
 
 /// Leapfrogs one newest-first `term_time` cursor per prefix (term hash):
@@ -315,9 +392,13 @@ fn merge<'l>(
 /// target, and a term that lands past it moves the target there; when every
 /// term lands on the target, that event has them all. Each candidate is
 /// confirmed on its record by `accept`. Returns how many were visited.
+///
+/// Between slices (see [`IndexAccess`]) its state is the target and each
+/// term's head: a term's cursor is sought again at the target when it must
+/// move, which is where it would have moved anyway.
 #[allow(clippy::too_many_arguments)]
 fn intersect<'l>(
-    indexes: &IndexSet,
+    access: &impl IndexAccess,
     log: &'l LogSnapshot,
     prefixes: &[Vec<u8>],
     (since, until): (u64, u64),
@@ -326,7 +407,6 @@ fn intersect<'l>(
     deadline: &Deadline,
     mut visit: impl FnMut(Hit, EventRef<'l>),
 ) -> Result<usize, QueryError> {
-    let tree = indexes.tree(IndexKind::TermTime);
     let Some(first) = prefixes.first() else {
         return Ok(0);
     };
@@ -335,70 +415,85 @@ fn intersect<'l>(
     let mut target = [0u8; SUFFIX_LEN];
     target.copy_from_slice(&lower[prefix_len..]);
     let upper_suffix = &upper[prefix_len..];
-    // Per term: its cursor and the entry suffix it stands on (the first at
-    // or after every target so far).
-    let mut terms = Vec::with_capacity(prefixes.len());
-    for prefix in prefixes {
-        let mut key = prefix.clone();
-        key.extend_from_slice(&target);
-        terms.push((tree.seek(&key)?, None::<[u8; SUFFIX_LEN]>));
-    }
+    // Per term: the entry suffix it stands on (the first at or after every
+    // target so far).
+    let mut heads: Vec<Option<[u8; SUFFIX_LEN]>> = vec![None; prefixes.len()];
     let mut key = Vec::with_capacity(prefix_len + SUFFIX_LEN);
     let mut visited = 0;
-    'targets: loop {
-        let mut agreed = 0;
-        let mut term = 0;
-        // Move each term in turn (round robin) until all agree on the target.
-        while agreed < prefixes.len() {
-            deadline.tick()?;
-            let (cursor, head) = &mut terms[term];
-            if head.is_none_or(|h| h < target) {
-                if head.is_some() {
+    let mut agreed = 0;
+    let mut term = 0;
+    'slices: loop {
+        let guard = access.lock()?;
+        let tree = guard.tree(IndexKind::TermTime);
+        let mut cursors: Vec<Option<Cursor<'_>>> = Vec::new();
+        cursors.resize_with(prefixes.len(), || None);
+        loop {
+            // Move each term in turn (round robin) until all agree on the target.
+            while agreed < prefixes.len() {
+                deadline.tick()?;
+                let head = &mut heads[term];
+                if head.is_none_or(|h| h < target) {
                     key.clear();
                     key.extend_from_slice(&prefixes[term]);
                     key.extend_from_slice(&target);
-                    cursor.seek_forward(&key)?;
+                    let cursor = match &mut cursors[term] {
+                        Some(cursor) => {
+                            cursor.seek_forward(&key)?;
+                            cursor
+                        }
+                        slot => slot.insert(tree.seek(&key)?),
+                    };
+                    let Some(entry) = cursor.next()? else {
+                        return Ok(visited);
+                    };
+                    if entry[..prefix_len] != prefixes[term][..]
+                        || &entry[prefix_len..] > upper_suffix
+                    {
+                        return Ok(visited);
+                    }
+                    let mut suffix = [0u8; SUFFIX_LEN];
+                    suffix.copy_from_slice(&entry[prefix_len..]);
+                    *head = Some(suffix);
                 }
-                let Some(entry) = cursor.next()? else {
-                    break 'targets;
-                };
-                if entry[..prefix_len] != prefixes[term][..] || &entry[prefix_len..] > upper_suffix
-                {
-                    break 'targets;
+                let landed = head.unwrap_or(target);
+                if landed == target {
+                    agreed += 1;
+                } else {
+                    target = landed;
+                    agreed = 1;
                 }
-                let mut suffix = [0u8; SUFFIX_LEN];
-                suffix.copy_from_slice(&entry[prefix_len..]);
-                *head = Some(suffix);
+                term = (term + 1) % prefixes.len();
+                if access.writer_waiting() {
+                    continue 'slices;
+                }
             }
-            let landed = head.unwrap_or(target);
-            if landed == target {
-                agreed += 1;
-            } else {
-                target = landed;
-                agreed = 1;
+            let location = location_at_end(&target);
+            if access.visible(location) {
+                let event = log.read_event(location)?;
+                if accept(&event) {
+                    let hit = Hit {
+                        created_at: event.created_at(),
+                        id: event.id(),
+                        location,
+                    };
+                    visit(hit, event);
+                    visited += 1;
+                    if visited == limit {
+                        return Ok(visited);
+                    }
+                }
             }
-            term = (term + 1) % prefixes.len();
-        }
-        let location = location_at_end(&target);
-        let event = log.read_event(location)?;
-        if accept(&event) {
-            let hit = Hit {
-                created_at: event.created_at(),
-                id: event.id(),
-                location,
-            };
-            visit(hit, event);
-            visited += 1;
-            if visited == limit {
-                break;
+            // The next target is the smallest suffix after this one.
+            if !increment(&mut target) {
+                return Ok(visited);
             }
-        }
-        // The next target is the smallest suffix after this one.
-        if !increment(&mut target) {
-            break;
+            agreed = 0;
+            term = 0;
+            if access.writer_waiting() {
+                continue 'slices;
+            }
         }
     }
-    Ok(visited)
 }
 
 /// Adds one to a big-endian number; false if it was all ones.
@@ -417,22 +512,19 @@ fn increment(bytes: &mut [u8]) -> bool {
 /// after its prefix, which sorts in NIP-01 order.
 const SUFFIX_LEN: usize = 8 + ID_PREFIX_LEN + Location::ENCODED_LEN;
 
-struct Source<'t> {
-    cursor: Cursor<'t>,
-    upper: Vec<u8>,
+/// The suffix of the cursor's next entry, if it is at most `upper`.
+fn head_of(
+    cursor: &mut Cursor<'_>,
+    upper: &[u8],
     prefix_len: usize,
-}
-
-impl Source<'_> {
-    fn head(&mut self) -> Result<Option<[u8; SUFFIX_LEN]>, QueryError> {
-        let Some(entry) = self.cursor.next()? else {
-            return Ok(None);
-        };
-        if entry > self.upper.as_slice() {
-            return Ok(None);
-        }
-        let mut suffix = [0u8; SUFFIX_LEN];
-        suffix.copy_from_slice(&entry[self.prefix_len..]);
-        Ok(Some(suffix))
+) -> Result<Option<[u8; SUFFIX_LEN]>, QueryError> {
+    let Some(entry) = cursor.next()? else {
+        return Ok(None);
+    };
+    if entry > upper {
+        return Ok(None);
     }
+    let mut suffix = [0u8; SUFFIX_LEN];
+    suffix.copy_from_slice(&entry[prefix_len..]);
+    Ok(Some(suffix))
 }

@@ -7,6 +7,6 @@ mod filter;
 mod plan;
 
 pub use error::QueryError;
-pub(crate) use exec::{Deadline, Hit, execute};
+pub(crate) use exec::{Deadline, Hit, IndexAccess, execute};
 pub use filter::{Filter, FilterError};
 pub(crate) use plan::plan;

@@ -825,6 +825,9 @@ impl Relay {
                 )
             }
             Error::Filter(e) => format!("invalid: {e}"),
+            Error::Interrupted => {
+                "error: the store recovered from a failure while answering; ask again".to_string()
+            }
             // Details (file paths, offsets) go to the log, not to clients.
             e => {
                 warn!(error = %e, "query failed");

@@ -1,22 +1,26 @@
 //! A shard: one log, its indexes and the writer thread that owns both. Many
-//! readers share the shard through `ShardRead` views.
+//! readers share the shard: each query reads it from a `ReadPoint`, taking
+//! the index lock in slices that end whenever the writer waits.
 
 mod batch;
 mod enforce;
 mod lookup;
 mod writer;
 
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::Error;
 use crate::event::Pubkey;
-use crate::ids::ShardId;
+use crate::ids::{Location, ShardId};
 use crate::index::IndexSet;
+use crate::query::{IndexAccess, QueryError};
 use crate::wal::{Log, LogSnapshot, LogWriter};
 
 pub(crate) use batch::WriteOutcome;
@@ -100,17 +104,111 @@ impl PendingWrite {
     }
 }
 
-/// A consistent read view of a shard: its indexes (read-locked) and the log
-/// segments they point into.
-pub(crate) struct ShardRead<'a> {
-    pub indexes: RwLockReadGuard<'a, IndexSet>,
+/// A shard's indexes, with what a reader that lets go of them mid-query
+/// needs to take them up again safely.
+#[derive(Debug)]
+pub(crate) struct Indexed {
+    pub set: IndexSet,
+    /// The log's end when the last group was applied: every event stored
+    /// below it is applied (or already removed again); every event at or
+    /// past it belongs to a later group, not yet visible.
+    pub applied_end: Location,
+    /// Counts reopenings in place (a failed writer's recovery may cut the
+    /// log's unsynced end): a reader that began before one cannot go on.
+    pub epoch: u64,
+}
+
+impl Deref for Indexed {
+    type Target = IndexSet;
+    fn deref(&self) -> &IndexSet {
+        &self.set
+    }
+}
+
+impl DerefMut for Indexed {
+    fn deref_mut(&mut self) -> &mut IndexSet {
+        &mut self.set
+    }
+}
+
+/// A shard's indexes behind their lock, and the flag that tells readers a
+/// writer waits for it.
+#[derive(Debug)]
+pub(crate) struct SharedIndexes {
+    lock: RwLock<Indexed>,
+    writer_waiting: AtomicBool,
+}
+
+impl SharedIndexes {
+    fn new(indexes: Indexed) -> SharedIndexes {
+        SharedIndexes {
+            lock: RwLock::new(indexes),
+            writer_waiting: AtomicBool::new(false),
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, Indexed> {
+        self.lock.read()
+    }
+
+    /// The write lock, for the shard's writer only. While it waits, readers
+    /// see [`SharedIndexes::writer_waiting`] and let go at their next step.
+    pub fn write(&self) -> RwLockWriteGuard<'_, Indexed> {
+        self.writer_waiting.store(true, Ordering::Release);
+        let guard = self.lock.write();
+        self.writer_waiting.store(false, Ordering::Release);
+        guard
+    }
+
+    pub fn writer_waiting(&self) -> bool {
+        self.writer_waiting.load(Ordering::Acquire)
+    }
+}
+
+/// Where a query reads a shard from: the log as it was, and the point in it
+/// up to which the indexes had been applied when the query began.
+#[derive(Debug)]
+pub(crate) struct ReadPoint {
     pub log: LogSnapshot,
+    bound: Location,
+    epoch: u64,
+}
+
+/// A query's access to one shard's indexes (see [`IndexAccess`]): read-locked
+/// in slices, let go whenever the writer waits, and seen only as of the
+/// query's [`ReadPoint`]: an entry of a group applied since is skipped.
+pub(crate) struct ShardReader<'a> {
+    indexes: &'a SharedIndexes,
+    point: &'a ReadPoint,
+}
+
+impl IndexAccess for ShardReader<'_> {
+    type Guard<'g>
+        = MappedRwLockReadGuard<'g, IndexSet>
+    where
+        Self: 'g;
+
+    fn lock(&self) -> Result<Self::Guard<'_>, QueryError> {
+        let guard = self.indexes.read();
+        if guard.epoch != self.point.epoch {
+            return Err(QueryError::Interrupted);
+        }
+        Ok(RwLockReadGuard::map(guard, |indexed| &indexed.set))
+    }
+
+    fn writer_waiting(&self) -> bool {
+        self.indexes.writer_waiting()
+    }
+
+    fn visible(&self, location: Location) -> bool {
+        location < self.point.bound
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct Shard {
     log: Arc<Log>,
-    indexes: Arc<RwLock<IndexSet>>,
+    indexes: Arc<SharedIndexes>,
     commands: Sender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
     health: Arc<Mutex<ShardHealth>>,
@@ -125,7 +223,12 @@ impl Shard {
         config: WriterConfig,
     ) -> Result<Shard, Error> {
         let shared_log = Arc::clone(log.log());
-        let indexes = Arc::new(RwLock::new(indexes));
+        // Everything in the log is applied once recovery is done.
+        let indexes = Arc::new(SharedIndexes::new(Indexed {
+            set: indexes,
+            applied_end: log.end(),
+            epoch: 0,
+        }));
         let (commands, receiver) = bounded(1024);
         let health = Arc::new(Mutex::new(ShardHealth::new(id)));
         let writer = Writer {
@@ -171,12 +274,29 @@ impl Shard {
         Ok(PendingWrite(outcome))
     }
 
-    /// A consistent view for queries. The index lock is taken before the log
-    /// snapshot, so every location the indexes hold is in the snapshot.
-    pub fn read(&self) -> ShardRead<'_> {
-        let indexes = self.indexes.read();
-        let log = self.log.snapshot();
-        ShardRead { indexes, log }
+    /// The shard's indexes, read-locked. Hold them briefly: the writer
+    /// waits for every reader.
+    pub fn lock(&self) -> RwLockReadGuard<'_, Indexed> {
+        self.indexes.read()
+    }
+
+    /// Where a query starting now reads from, taken with the indexes locked
+    /// (`indexes` is this shard's guard): the log snapshot is taken after
+    /// the lock, so every location the indexes hold is in it.
+    pub fn read_point(&self, indexes: &Indexed) -> ReadPoint {
+        ReadPoint {
+            log: self.log.snapshot(),
+            bound: indexes.applied_end,
+            epoch: indexes.epoch,
+        }
+    }
+
+    /// A query's access to the indexes from `point` on.
+    pub fn reader<'a>(&'a self, point: &'a ReadPoint) -> ShardReader<'a> {
+        ShardReader {
+            indexes: &self.indexes,
+            point,
+        }
     }
 
     pub fn checkpoint(&self) -> Result<(), Error> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::event::EventRef;
@@ -24,7 +24,7 @@ use crate::wal::{
 
 use super::batch::{GroupState, Removal, WriteOutcome};
 use super::lookup::Committed;
-use super::{Durability, ShardHealth};
+use super::{Durability, ShardHealth, SharedIndexes};
 
 pub(crate) type WriteReply = Sender<Result<Vec<WriteOutcome>, Error>>;
 
@@ -96,7 +96,7 @@ pub(crate) struct Failed {
 
 pub(crate) struct Writer {
     pub log: LogWriter,
-    pub indexes: Arc<RwLock<IndexSet>>,
+    pub indexes: Arc<SharedIndexes>,
     pub config: WriterConfig,
     pub commands: Receiver<Command>,
     pub failed: Option<Failed>,
@@ -323,6 +323,8 @@ impl Writer {
         }
         let mut indexes = self.indexes.write();
         indexes.apply_group(group).map_err(|e| (e.into(), true))?;
+        // Readers that began before this group skip its entries.
+        indexes.applied_end = self.log.end();
         if let (Some(sink), Some(live)) = (&self.config.commits, live) {
             sink.publish(live);
         }
@@ -377,7 +379,11 @@ impl Writer {
             .and_then(|cut| reopen(self.log.log()).map(|opened| (cut, opened)));
         match outcome {
             Ok((cut, (log, fresh, note))) => {
-                *indexes = fresh;
+                indexes.set = fresh;
+                indexes.applied_end = log.end();
+                // Queries that began before this cannot resume (their
+                // places may have been cut): they fail and are asked again.
+                indexes.epoch += 1;
                 drop(indexes);
                 self.log = log;
                 self.failed = None;
