@@ -338,3 +338,52 @@ async fn large_answers_are_streamed_at_the_readers_pace() {
     assert!(ids == expected, "the events came in another order");
     drop(idle);
 }
+
+/// The connections of one address share a budget of bytes per second:
+/// past it, the relay reads from them more slowly (TCP pushes back), so a
+/// flood of large messages cannot take all the CPU parsing them. Nothing
+/// is dropped: every message still gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_over_its_byte_budget_is_read_more_slowly_not_dropped() {
+    let relay = TestRelay::start(RelayLimits {
+        ingress_bytes_per_second: 400_000,
+        ingress_burst_bytes: 100_000,
+        ..RelayLimits::default()
+    })
+    .await;
+    let values: Vec<String> = (0..2_000).map(|i| format!("topic{i}")).collect();
+    let filter = json!({"#t": values, "limit": 1});
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(relay.connect().await);
+    }
+    // 2 connections x 10 COUNTs of ~22 KB: 440 KB, past the burst.
+    for (c, client) in clients.iter_mut().enumerate() {
+        for i in 0..10 {
+            let message = json!(["COUNT", format!("c{c}-{i}"), filter]);
+            client.send(&message.to_string()).await;
+        }
+    }
+    for client in &mut clients {
+        for _ in 0..10 {
+            let reply = client.recv().await;
+            assert_eq!(reply[0], "COUNT", "{reply}");
+        }
+    }
+    let (_, _, metrics) = relay.http_get("/metrics", None).await;
+    let pauses: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("megalith_ingress_pauses_total "))
+        .expect("megalith_ingress_pauses_total in /metrics")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        pauses > 0,
+        "no pause counted for 440 KB sent within a second"
+    );
+    for client in clients {
+        client.close().await;
+    }
+    still_serves(&relay, 9).await;
+}

@@ -250,6 +250,17 @@ pub struct RelayLimits {
     /// Open connections in all, counted from the TCP accept. Default 10,000
     /// (keep it below the process's file descriptor limit).
     pub max_connections: usize,
+    /// Bytes per second the connections of one client address (IPv6: one
+    /// /64) may send together; past the burst, the relay stops reading
+    /// from them until they are back within it (TCP pushes back on the
+    /// client). Default 1,048,576 (1 MiB/s).
+    pub ingress_bytes_per_second: usize,
+    /// Bytes one address may send at once before the rate applies.
+    /// Default 4,194,304 (4 MiB).
+    pub ingress_burst_bytes: usize,
+    /// Store queries (REQ, COUNT) the connections of one address may have
+    /// running at once; more wait their turn. Default 2.
+    pub max_queries_per_ip: usize,
     /// Seconds a connection has to become a WebSocket; an HTTP request
     /// (NIP-11, /health, /metrics) must be done by then too. Default 10.
     pub handshake_timeout_secs: u64,
@@ -283,6 +294,9 @@ impl Default for RelayLimits {
             max_connections_per_ip: 64,
             max_connections: 10_000,
             handshake_timeout_secs: 10,
+            ingress_bytes_per_second: 1 << 20,
+            ingress_burst_bytes: 4 << 20,
+            max_queries_per_ip: 2,
             events_per_second: 100.0,
             events_burst: 1_000.0,
             idle_timeout_secs: 300,
@@ -305,6 +319,9 @@ impl RelayLimits {
             ("max_outbound_bytes", self.max_outbound_bytes),
             ("max_connections_per_ip", self.max_connections_per_ip),
             ("max_connections", self.max_connections),
+            ("ingress_bytes_per_second", self.ingress_bytes_per_second),
+            ("ingress_burst_bytes", self.ingress_burst_bytes),
+            ("max_queries_per_ip", self.max_queries_per_ip),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -28,7 +28,7 @@ use super::protocol::{
     event_message_id, json_string, notice_frame, ok_frame, parse_event, parse_filters,
 };
 use super::subs::{LiveSub, SubKey, SubState, held_bytes};
-use super::{Relay, transport_limit};
+use super::{AddressShare, Relay, transport_limit};
 
 /// The OK message for an event the store could not take now (its shard's
 /// write failed: a full disk); `/health` and `/metrics` say which shard,
@@ -72,7 +72,7 @@ const READ_BATCH: usize = 256;
 /// Serves one upgraded connection until it closes.
 pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url: RelayUrl) {
     let (mut sink, mut stream) = socket.split();
-    let Some(_slot) = relay.connection_slot(ip) else {
+    let Some(slot) = relay.connection_slot(ip) else {
         let limit = relay.config.limits.max_connections_per_ip;
         let notice = notice_frame(&format!(
             "rate-limited: too many connections from your address (at most {limit})"
@@ -109,6 +109,7 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url:
         subs: HashMap::new(),
         sub_bytes: 0,
         bucket: Bucket::new(limits.events_per_second, limits.events_burst),
+        share: Arc::clone(&slot.share),
     };
     let mut stop = relay.stop.subscribe();
     // A shutdown that began before this connection subscribed.
@@ -150,6 +151,17 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url:
                     }
                 }
                 if !texts.is_empty() {
+                    // The address's byte budget: past it, nothing more is
+                    // read from this connection until it is paid back
+                    // (the client's TCP window fills; it waits).
+                    let pause = slot.share.read(bytes);
+                    if !pause.is_zero() {
+                        relay.metrics.ingress_pauses.inc();
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
                     conn.on_texts(&texts).await;
                     if outbox.overflowed() {
                         break (CLOSE_POLICY, "");
@@ -295,6 +307,8 @@ impl Bucket {
 struct Conn {
     relay: Arc<Relay>,
     outbox: Arc<Outbox>,
+    /// What this connection shares with the others of its address.
+    share: Arc<AddressShare>,
     /// The keys this connection proved (NIP-42).
     viewer: Arc<Viewer>,
     /// What an authentication event's `relay` tag must name.
@@ -633,6 +647,7 @@ impl Conn {
         let answer = {
             let relay = Arc::clone(&relay);
             let sub = Arc::clone(&sub);
+            let _slot = self.share.query_slot().await;
             tokio::task::spawn_blocking(move || relay.stored_answer(&sub.filters)).await
         };
         let answer = match answer {
@@ -732,6 +747,7 @@ impl Conn {
         let relay = Arc::clone(&self.relay);
         let result = {
             let relay = Arc::clone(&relay);
+            let _slot = self.share.query_slot().await;
             tokio::task::spawn_blocking(move || relay.count(&filters)).await
         };
         match result {

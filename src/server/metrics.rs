@@ -172,6 +172,9 @@ pub struct Metrics {
     pub lagged: IntCounter,
     /// `megalith_slow_clients_disconnected_total`
     pub slow_disconnects: IntCounter,
+    /// Times a connection stopped reading because its address passed its
+    /// byte budget.
+    pub ingress_pauses: IntCounter,
     /// `megalith_connections`: open WebSocket connections.
     pub connections: IntGauge,
     /// `megalith_tcp_connections`: open TCP connections (WebSocket or not).
@@ -260,6 +263,10 @@ impl Metrics {
             "megalith_slow_clients_disconnected_total",
             "Connections closed because their outbound queue passed its bound",
         )?;
+        let ingress_pauses = IntCounter::new(
+            "megalith_ingress_pauses_total",
+            "Times the relay stopped reading from a connection whose address passed its byte budget",
+        )?;
         let connections = IntGauge::new("megalith_connections", "Open WebSocket connections")?;
         let subscriptions = IntGauge::new("megalith_subscriptions", "Open subscriptions")?;
         let tcp_connections = IntGauge::new(
@@ -319,6 +326,7 @@ impl Metrics {
         registry.register(Box::new(live_deliveries.clone()))?;
         registry.register(Box::new(lagged.clone()))?;
         registry.register(Box::new(slow_disconnects.clone()))?;
+        registry.register(Box::new(ingress_pauses.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(subscriptions.clone()))?;
         registry.register(Box::new(events_stored.clone()))?;
@@ -337,6 +345,7 @@ impl Metrics {
             live_deliveries,
             lagged,
             slow_disconnects,
+            ingress_pauses,
             connections,
             tcp_connections,
             connections_refused,

@@ -63,7 +63,7 @@ struct Relay {
     subs: RwLock<SubIndex>,
     next_key: AtomicU64,
     /// Open connections per client address.
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: Mutex<HashMap<IpAddr, (usize, Arc<AddressShare>)>>,
     /// Open connections, and a wake-up when the last one ends.
     open: AtomicUsize,
     all_closed: Notify,
@@ -79,12 +79,79 @@ struct Relay {
 struct ConnectionSlot<'r> {
     relay: &'r Relay,
     ip: IpAddr,
+    share: Arc<AddressShare>,
+}
+
+/// What the connections of one client address (IPv6: one /64) share, so
+/// that many connections get no more than one would: a budget of bytes
+/// read per second, and a number of queries running at once.
+#[derive(Debug)]
+pub(crate) struct AddressShare {
+    ingress: Mutex<ByteBucket>,
+    queries: tokio::sync::Semaphore,
+}
+
+impl AddressShare {
+    fn new(limits: &RelayLimits) -> AddressShare {
+        AddressShare {
+            ingress: Mutex::new(ByteBucket::new(
+                limits.ingress_bytes_per_second,
+                limits.ingress_burst_bytes,
+            )),
+            queries: tokio::sync::Semaphore::new(limits.max_queries_per_ip),
+        }
+    }
+
+    /// Counts `bytes` read; how long the reader should pause before reading
+    /// more (zero within the budget).
+    pub(crate) fn read(&self, bytes: usize) -> Duration {
+        self.ingress.lock().take(bytes as f64)
+    }
+
+    /// Waits for one of the address's query slots.
+    pub(crate) async fn query_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.queries.acquire().await.ok()
+    }
+}
+
+/// A token bucket of bytes that may go into debt: a message larger than
+/// what is left is taken whole, and the reader then pauses until the debt
+/// is paid back at the rate.
+#[derive(Debug)]
+struct ByteBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: std::time::Instant,
+}
+
+impl ByteBucket {
+    fn new(rate: usize, burst: usize) -> ByteBucket {
+        ByteBucket {
+            tokens: burst as f64,
+            rate: rate as f64,
+            burst: burst as f64,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self, bytes: f64) -> Duration {
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst) - bytes;
+        self.last = now;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
 }
 
 impl Drop for ConnectionSlot<'_> {
     fn drop(&mut self) {
         let mut per_ip = self.relay.per_ip.lock();
-        if let Some(n) = per_ip.get_mut(&self.ip) {
+        if let Some((n, _)) = per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
                 per_ip.remove(&self.ip);
@@ -104,14 +171,21 @@ impl Relay {
     fn connection_slot(&self, ip: IpAddr) -> Option<ConnectionSlot<'_>> {
         let ip = gate::address_key(ip);
         let mut per_ip = self.per_ip.lock();
-        let n = per_ip.entry(ip).or_insert(0);
+        let (n, share) = per_ip
+            .entry(ip)
+            .or_insert_with(|| (0, Arc::new(AddressShare::new(&self.config.limits))));
         if *n >= self.config.limits.max_connections_per_ip {
             return None;
         }
         *n += 1;
+        let share = Arc::clone(share);
         self.open.fetch_add(1, Ordering::AcqRel);
         self.metrics.connections.inc();
-        Some(ConnectionSlot { relay: self, ip })
+        Some(ConnectionSlot {
+            relay: self,
+            ip,
+            share,
+        })
     }
 
     fn next_sub_key(&self) -> SubKey {
@@ -174,6 +248,9 @@ impl Relay {
                 "max_connections": limits.max_connections,
                 "max_subscription_bytes": limits.max_subscription_bytes,
                 "handshake_timeout_secs": limits.handshake_timeout_secs,
+                "ingress_bytes_per_second": limits.ingress_bytes_per_second,
+                "ingress_burst_bytes": limits.ingress_burst_bytes,
+                "max_queries_per_ip": limits.max_queries_per_ip,
                 "events_per_second": limits.events_per_second,
                 "events_burst": limits.events_burst,
                 "idle_timeout_secs": limits.idle_timeout_secs,

@@ -107,6 +107,15 @@ struct LimitArgs {
     /// Seconds a connection has to become a WebSocket (or finish its HTTP request) [default: 10].
     #[arg(long, value_name = "SECS")]
     handshake_timeout_secs: Option<u64>,
+    /// Bytes per second the connections of one address may send together; past the burst the relay stops reading from them for a while [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    ingress_bytes_per_second: Option<usize>,
+    /// Bytes one address may send at once before that rate applies [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    ingress_burst_bytes: Option<usize>,
+    /// Queries (REQ, COUNT) the connections of one address may have running at once [default: 2].
+    #[arg(long, value_name = "N")]
+    max_queries_per_ip: Option<usize>,
     /// Events per second one connection may publish [default: 100].
     #[arg(long, value_name = "RATE")]
     events_per_second: Option<f64>,
@@ -186,6 +195,9 @@ impl ServeArgs {
             max_connections_per_ip,
             max_connections,
             handshake_timeout_secs,
+            ingress_bytes_per_second,
+            ingress_burst_bytes,
+            max_queries_per_ip,
             events_per_second,
             events_burst,
             idle_timeout_secs,
