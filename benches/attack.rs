@@ -551,12 +551,21 @@ where
 }
 
 /// Sends `reqs` without reading the answers.
-async fn send_reqs(ws: &mut Ws, reqs: impl Iterator<Item = String>) {
+/// Sends `reqs` until the attack stops, or the relay pushes back (a send
+/// waits over a second: it stopped reading from this address); returns how
+/// many were sent.
+async fn send_reqs(ws: &mut Ws, reqs: impl Iterator<Item = String>, stop: &AtomicBool) -> usize {
+    let mut sent = 0;
     for req in reqs {
-        if ws.send(Message::text(req)).await.is_err() {
+        if stop.load(Ordering::Relaxed) {
             break;
         }
+        match tokio::time::timeout(Duration::from_secs(1), ws.send(Message::text(req))).await {
+            Ok(Ok(())) => sent += 1,
+            _ => break,
+        }
     }
+    sent
 }
 
 /// Attack 1: many subscriptions of 200 filters naming one kind 300 times,
@@ -577,8 +586,7 @@ async fn close_storm(url: String, stop: Arc<AtomicBool>, conns: usize, subs: usi
                 m.extend(std::iter::repeat_n(filter.clone(), 200));
                 Value::Array(m).to_string()
             });
-            send_reqs(&mut ws, reqs).await;
-            opened += subs;
+            opened += send_reqs(&mut ws, reqs, &stop).await;
             open.push(ws);
         }
         // Let them be filed, then drop them all at once.

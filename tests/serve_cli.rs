@@ -120,3 +120,63 @@ fn bad_settings_are_refused_with_a_clear_error() {
     let store = EventStore::open(dir.path().join("store2")).unwrap();
     assert!(!store.recovery_report().unclean_shutdown);
 }
+
+/// `--rules FILE`: NIP-11 says what they require, SIGHUP reloads them (the
+/// process lives on), and a rules file that does not parse stops the start
+/// with an error naming the file and the field.
+#[test]
+fn rules_load_at_start_and_reload_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[auth_required]\nread = true\n").unwrap();
+    let common::serve::Serving {
+        mut child,
+        addr,
+        mut stderr,
+        mut log,
+    } = common::serve::spawn([
+        "--data".as_ref(),
+        dir.path().join("store").as_os_str(),
+        "--rules".as_ref(),
+        rules.as_os_str(),
+    ]);
+    let info = http_get(&addr, "/");
+    let doc: serde_json::Value =
+        serde_json::from_str(info.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(doc["limitation"]["auth_required"], true, "{doc}");
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reloaded = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        http_get(&addr, "/metrics").contains("megalith_rules_reloads_total{result=\"ok\"} 1")
+    });
+    assert!(reloaded, "no reload counted after SIGHUP");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = child.wait().unwrap();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    assert!(log.contains("access rules reloaded"), "{log}");
+
+    std::fs::write(&rules, "[write]\nkinds = [\"1-x\"]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_megalith"))
+        .arg("serve")
+        .arg("--data")
+        .arg(dir.path().join("store"))
+        .arg("--rules")
+        .arg(&rules)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rules.toml") && stderr.contains("write.kinds"),
+        "{stderr}"
+    );
+}

@@ -7,9 +7,12 @@
 //! or as a recipient (`p` tag); asking for those kinds before authenticating
 //! gets `CLOSED` with `auth-required:`.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
+
+use super::rules::RulesHandle;
 
 use crate::event::{Event, EventRef, Pubkey};
 use crate::{Filter, Limits};
@@ -41,15 +44,23 @@ pub fn names_private_kinds(filter: &Filter) -> bool {
 pub struct Viewer {
     challenge: String,
     keys: RwLock<Vec<Pubkey>>,
+    /// The relay's access rules (what kinds this connection may read).
+    rules: Arc<RulesHandle>,
 }
 
 impl Viewer {
-    pub fn new() -> Viewer {
+    pub fn new(rules: Arc<RulesHandle>) -> Viewer {
         let bytes: [u8; 16] = secp256k1::rand::random();
         Viewer {
             challenge: bytes.iter().map(|b| format!("{b:02x}")).collect(),
             keys: RwLock::new(Vec::new()),
+            rules,
         }
+    }
+
+    /// The keys this connection proved.
+    pub fn keys(&self) -> Vec<Pubkey> {
+        self.keys.read().clone()
     }
 
     pub fn challenge(&self) -> &str {
@@ -67,14 +78,17 @@ impl Viewer {
         }
     }
 
-    /// Whether this connection may be sent `event`: any public event; a
-    /// private one only if it proved the author's key or a `p`-tagged
-    /// recipient's.
+    /// Whether this connection may be sent `event`: one of a kind the
+    /// access rules let it read; if private, only if it proved the author's
+    /// key or a `p`-tagged recipient's.
     pub fn may_see(&self, event: &EventRef<'_>) -> bool {
+        let keys = self.keys.read();
+        if !self.rules.current().may_read(event.kind(), &keys) {
+            return false;
+        }
         if !is_private(event.kind()) {
             return true;
         }
-        let keys = self.keys.read();
         if keys.is_empty() {
             return false;
         }
@@ -97,8 +111,9 @@ impl Viewer {
 }
 
 impl Default for Viewer {
+    /// A viewer under no access rules.
     fn default() -> Viewer {
-        Viewer::new()
+        Viewer::new(Arc::new(RulesHandle::open()))
     }
 }
 

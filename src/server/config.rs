@@ -37,6 +37,10 @@ pub struct ServeConfig {
     /// authentication event's `relay` tag must name. Default none: the
     /// `Host` the client connected to.
     pub relay_url: Option<String>,
+    /// The access rules file (TOML; see docs/server.md), reloaded on
+    /// SIGHUP and when it changes. Default none: anyone may publish and
+    /// read anything within the limits.
+    pub rules: Option<PathBuf>,
     /// NIP-11 fields (`[info]`).
     pub info: RelayInfo,
     /// What the relay enforces (`[limits]`).
@@ -55,6 +59,7 @@ impl Default for ServeConfig {
             listen: RelayConfig::default().listen,
             trusted_proxies: Vec::new(),
             relay_url: None,
+            rules: None,
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
         }
@@ -94,6 +99,7 @@ impl ServeConfig {
             listen: self.listen,
             trusted_proxies: self.trusted_proxies.clone(),
             relay_url: self.relay_url.clone(),
+            rules: self.rules.clone(),
             info: self.info.clone(),
             limits: self.limits.clone(),
         }
@@ -154,6 +160,8 @@ pub struct RelayConfig {
     pub trusted_proxies: Vec<String>,
     /// The URL a NIP-42 `relay` tag must name (`None`: the `Host` header).
     pub relay_url: Option<String>,
+    /// The access rules file (`None`: no rules).
+    pub rules: Option<PathBuf>,
     /// NIP-11 fields.
     pub info: RelayInfo,
     /// What the relay enforces (and advertises in NIP-11).
@@ -166,6 +174,7 @@ impl Default for RelayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7777)),
             trusted_proxies: Vec::new(),
             relay_url: None,
+            rules: None,
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
         }

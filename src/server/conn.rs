@@ -104,7 +104,7 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url:
     let mut conn = Conn {
         relay: Arc::clone(&relay),
         outbox: Arc::clone(&outbox),
-        viewer: Arc::new(Viewer::new()),
+        viewer: Arc::new(Viewer::new(Arc::clone(&relay.rules))),
         url,
         subs: HashMap::new(),
         sub_bytes: 0,
@@ -112,6 +112,7 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url:
         share: Arc::clone(&slot.share),
     };
     let mut stop = relay.stop.subscribe();
+    let mut rules_changed = relay.rules_version.subscribe();
     // A shutdown that began before this connection subscribed.
     if *stop.borrow_and_update() {
         outbox.close(CLOSE_GOING_AWAY, "relay shutting down");
@@ -190,6 +191,9 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url:
                 ))
                 .await;
                 break (CLOSE_NORMAL, "idle timeout");
+            }
+            _ = rules_changed.changed() => {
+                conn.recheck_subscriptions().await;
             }
             _ = stop.changed() => {
                 for sub_id in conn.subs.keys() {
@@ -437,6 +441,21 @@ impl Conn {
                     continue;
                 }
             };
+            let keys = self.viewer.keys();
+            if let Err(message) = relay.rules.current().check_write(
+                &event,
+                raw.get().len(),
+                &keys,
+                &relay.rules.rates,
+            ) {
+                self.reject(if message.starts_with("rate-limited") {
+                    "author-rate-limited"
+                } else {
+                    "restricted"
+                });
+                replies[i] = Some(("OK", ok_frame(&event.id.to_hex(), false, &message)));
+                continue;
+            }
             if !self.bucket.take() {
                 self.reject("rate-limited");
                 let message = format!(
@@ -580,6 +599,10 @@ impl Conn {
             normalize(filter);
         }
         self.check_private(&filters)?;
+        self.relay
+            .rules
+            .current()
+            .check_read(&filters, &self.viewer.keys())?;
         Ok(filters)
     }
 
@@ -758,6 +781,26 @@ impl Conn {
                 self.closed(&sub_json, "error: internal error while counting")
                     .await;
             }
+        }
+    }
+
+    /// After the access rules changed: every open subscription the
+    /// connection may no longer hold is CLOSED with the reason.
+    async fn recheck_subscriptions(&mut self) {
+        let rules = self.relay.rules.current();
+        let keys = self.viewer.keys();
+        let mut lost = Vec::new();
+        for (sub_id, (key, _)) in &self.subs {
+            let Some(sub) = self.relay.subs.read().get(*key) else {
+                continue;
+            };
+            if let Err(reason) = rules.check_read(&sub.filters, &keys) {
+                lost.push((sub_id.clone(), reason));
+            }
+        }
+        for (sub_id, reason) in lost {
+            self.on_close(&sub_id);
+            self.closed(&json_string(&sub_id), &reason).await;
         }
     }
 

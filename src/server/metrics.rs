@@ -172,6 +172,8 @@ pub struct Metrics {
     pub lagged: IntCounter,
     /// `megalith_slow_clients_disconnected_total`
     pub slow_disconnects: IntCounter,
+    /// Reloads of the access rules, by result (`ok`, `error`).
+    pub rules_reloads: IntCounterVec,
     /// Times a connection stopped reading because its address passed its
     /// byte budget.
     pub ingress_pauses: IntCounter,
@@ -263,6 +265,13 @@ impl Metrics {
             "megalith_slow_clients_disconnected_total",
             "Connections closed because their outbound queue passed its bound",
         )?;
+        let rules_reloads = IntCounterVec::new(
+            Opts::new(
+                "megalith_rules_reloads_total",
+                "Reloads of the access rules file, by result",
+            ),
+            &["result"],
+        )?;
         let ingress_pauses = IntCounter::new(
             "megalith_ingress_pauses_total",
             "Times the relay stopped reading from a connection whose address passed its byte budget",
@@ -327,6 +336,7 @@ impl Metrics {
         registry.register(Box::new(lagged.clone()))?;
         registry.register(Box::new(slow_disconnects.clone()))?;
         registry.register(Box::new(ingress_pauses.clone()))?;
+        registry.register(Box::new(rules_reloads.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(subscriptions.clone()))?;
         registry.register(Box::new(events_stored.clone()))?;
@@ -346,6 +356,7 @@ impl Metrics {
             lagged,
             slow_disconnects,
             ingress_pauses,
+            rules_reloads,
             connections,
             tcp_connections,
             connections_refused,

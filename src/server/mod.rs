@@ -17,6 +17,7 @@ mod gate;
 mod metrics;
 mod outbox;
 mod protocol;
+mod rules;
 mod subs;
 
 use std::collections::HashMap;
@@ -43,6 +44,8 @@ pub use gate::Cidr;
 pub use metrics::Metrics;
 
 use gate::{Gate, GateConfig, Peer};
+pub use rules::Rules;
+use rules::RulesHandle;
 
 use outbox::Pushed;
 use protocol::event_frame;
@@ -73,6 +76,11 @@ struct Relay {
     stop: watch::Sender<bool>,
     /// Tells the broadcaster thread to end.
     broadcaster_stop: AtomicBool,
+    /// The access rules in force.
+    rules: Arc<RulesHandle>,
+    /// Bumped at each reload of the rules: connections check their
+    /// subscriptions again.
+    rules_version: watch::Sender<u64>,
 }
 
 /// A connection's claim on its address's quota; released on drop.
@@ -215,6 +223,7 @@ impl Relay {
     fn info_document(&self) -> serde_json::Value {
         let limits = &self.config.limits;
         let info = &self.config.info;
+        let rules = self.rules.current();
         let mut nips = vec![1, 9, 11, 40, 42, 45];
         if self.store.search_index() {
             nips.push(50);
@@ -235,9 +244,9 @@ impl Relay {
                 "max_event_tags": limits.max_event_tags,
                 "max_content_length": limits.max_content_bytes,
                 "min_pow_difficulty": 0,
-                "auth_required": false,
+                "auth_required": rules.auth_required_for_reads(),
                 "payment_required": false,
-                "restricted_writes": false,
+                "restricted_writes": rules.restricts_writes(),
                 "created_at_upper_limit": limits.created_at_future_secs,
             },
             "megalith_limitation": {
@@ -266,6 +275,53 @@ impl Relay {
     }
 }
 
+/// How often the rules file's modification time is looked at.
+const RULES_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads the access rules on SIGHUP and when the file changes; a file
+/// that does not parse leaves the rules in force (the error is logged and
+/// counted). After a reload, connections CLOSE the subscriptions that lost
+/// their right.
+async fn watch_rules(relay: Arc<Relay>, mut hangup: Option<tokio::signal::unix::Signal>) {
+    let Some(path) = relay.rules.path().map(std::path::Path::to_path_buf) else {
+        return;
+    };
+    loop {
+        let signalled = async {
+            match &mut hangup {
+                Some(hangup) => {
+                    hangup.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let forced = tokio::select! {
+            () = signalled => true,
+            () = tokio::time::sleep(RULES_POLL) => false,
+        };
+        if !forced && !relay.rules.changed_on_disk() {
+            continue;
+        }
+        let rules = Arc::clone(&relay.rules);
+        match tokio::task::spawn_blocking(move || rules.reload()).await {
+            Ok(Ok(())) => {
+                relay.metrics.rules_reloads.with_label_values(&["ok"]).inc();
+                info!(path = %path.display(), "access rules reloaded");
+                relay.rules_version.send_modify(|v| *v += 1);
+            }
+            Ok(Err(e)) => {
+                relay
+                    .metrics
+                    .rules_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                warn!(error = %e, "the access rules were not reloaded; the previous ones stay");
+            }
+            Err(e) => warn!(error = %e, "reloading the access rules failed"),
+        }
+    }
+}
+
 /// Serves `store` as a relay on `listener` until `shutdown` resolves, then
 /// closes every subscription and connection (waiting up to 10 s for them)
 /// and returns; the caller closes the store. `config.listen` is not used:
@@ -280,6 +336,7 @@ pub async fn run(
     config.check().map_err(invalid)?;
     let trusted_proxies = config.trusted_proxy_ranges().map_err(invalid)?;
     let metrics = Metrics::new().map_err(std::io::Error::other)?;
+    let rules = Arc::new(RulesHandle::load(config.rules.as_deref()).map_err(invalid)?);
     let listener = Gate::new(
         listener,
         GateConfig {
@@ -304,6 +361,8 @@ pub async fn run(
         all_closed: Notify::new(),
         stop,
         broadcaster_stop: AtomicBool::new(false),
+        rules,
+        rules_version: watch::channel(0).0,
     });
     let commits = relay.store.commits(COMMIT_STREAM_CAPACITY);
     let broadcaster = std::thread::Builder::new()
@@ -313,6 +372,13 @@ pub async fn run(
             move || broadcast(&relay, &commits)
         })?;
     let watcher = tokio::spawn(watch_health(Arc::clone(&relay)));
+    // Taken before the relay says it listens: a SIGHUP from then on
+    // reloads the rules (without a handler it would end the process).
+    let hangup = match relay.rules.path() {
+        Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        None => None,
+    };
+    let rules_watcher = tokio::spawn(watch_rules(Arc::clone(&relay), hangup));
     let app = Router::new()
         .route("/", get(root).options(preflight))
         .route("/health", get(health))
@@ -332,6 +398,7 @@ pub async fn run(
             .await
     };
     watcher.abort();
+    rules_watcher.abort();
     // Upgraded connections are not axum's to wait for.
     let wait_closed = async {
         loop {

@@ -176,6 +176,10 @@ impl SubIndex {
     /// Takes a subscription out (and marks it closed, so a delivery racing
     /// with this sends nothing more). Costs time in the subscription's own
     /// size, never in the number of others.
+    pub fn get(&self, key: SubKey) -> Option<Arc<LiveSub>> {
+        self.subs.get(&key).cloned()
+    }
+
     pub fn remove(&mut self, key: SubKey) -> Option<Arc<LiveSub>> {
         let sub = self.subs.remove(&key)?;
         *sub.state.lock() = SubState::Closed;
@@ -336,7 +340,7 @@ mod tests {
                 after: 0,
                 stored_through: AtomicU64::new(0),
                 outbox: Arc::clone(&outbox),
-                viewer: Arc::new(Viewer::new()),
+                viewer: Arc::new(Viewer::default()),
                 state: Mutex::new(SubState::Live),
             });
             index.insert(Arc::clone(&sub));

@@ -52,6 +52,11 @@ pub(crate) struct ServeArgs {
     /// [default: none: the Host header the client connected with].
     #[arg(long, value_name = "URL")]
     relay_url: Option<String>,
+    /// An access rules file (TOML: who may publish and read what; see
+    /// docs/server.md), reloaded on SIGHUP and when it changes [default: none:
+    /// anyone may publish and read anything within the limits].
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
     /// Log level, or a tracing filter such as `megalith=debug` (RUST_LOG wins if set).
     #[arg(long, default_value = "info")]
     log: String,
@@ -168,6 +173,9 @@ impl ServeArgs {
         }
         if self.relay_url.is_some() {
             config.relay_url = self.relay_url.clone();
+        }
+        if self.rules.is_some() {
+            config.rules = self.rules.clone();
         }
         if !self.trusted_proxies.is_empty() {
             config.trusted_proxies = self.trusted_proxies.clone();
