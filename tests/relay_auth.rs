@@ -5,31 +5,13 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::relay::{Client, TestRelay, WAIT};
+use common::now;
+use common::relay::{Client, TestRelay, WAIT, auth_event};
 use megalith::server::{RelayConfig, RelayLimits};
 use megalith::{Event, Keys};
 use serde_json::json;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn auth_event(keys: &Keys, relay: &str, challenge: &str, created_at: u64) -> Event {
-    keys.sign(
-        created_at,
-        22242,
-        vec![
-            vec!["relay".into(), relay.into()],
-            vec!["challenge".into(), challenge.into()],
-        ],
-        String::new(),
-    )
-}
 
 fn dm(from: &Keys, to: &Keys, created_at: u64) -> Event {
     from.sign(

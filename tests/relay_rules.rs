@@ -6,31 +6,13 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::relay::{TestRelay, WAIT};
+use common::now;
+use common::relay::{TestRelay, WAIT, auth_event};
 use megalith::server::RelayConfig;
 use megalith::{Event, Keys};
 use serde_json::{Value, json};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn auth_event(keys: &Keys, relay: &str, challenge: &str) -> Event {
-    keys.sign(
-        now(),
-        22242,
-        vec![
-            vec!["relay".into(), relay.into()],
-            vec!["challenge".into(), challenge.into()],
-        ],
-        String::new(),
-    )
-}
 
 async fn start(rules: &Path) -> TestRelay {
     TestRelay::start_with(RelayConfig {
@@ -147,7 +129,7 @@ async fn auth_required_for_reads_and_writes() {
     );
     let challenge = client.challenge().await;
     let (ok, message) = client
-        .auth(&auth_event(&other, &relay.url(), &challenge))
+        .auth(&auth_event(&other, &relay.url(), &challenge, now()))
         .await;
     assert!(ok, "{message}");
     // Authenticated, but as someone else than the author.
@@ -155,7 +137,7 @@ async fn auth_required_for_reads_and_writes() {
     assert!(!accepted);
     assert!(message.starts_with("restricted:"), "{message}");
     let (ok, message) = client
-        .auth(&auth_event(&keys, &relay.url(), &challenge))
+        .auth(&auth_event(&keys, &relay.url(), &challenge, now()))
         .await;
     assert!(ok, "{message}");
     let (accepted, message) = client.publish(&event).await;

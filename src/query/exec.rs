@@ -349,19 +349,10 @@ fn merge<'l>(
             }
             read += 1;
             deadline.tick()?;
-            let location = location_at_end(&head);
-            if access.visible(location) {
-                let event = log.read_event(location)?;
-                if accept(&event) {
-                    let hit = Hit {
-                        created_at: event.created_at(),
-                        id: event.id(),
-                        location,
-                    };
-                    if take(hit, event) {
-                        return Ok(true);
-                    }
-                }
+            if let Some((hit, event)) = candidate(access, log, &head, &accept)?
+                && take(hit, event)
+            {
+                return Ok(true);
             }
             if access.writer_waiting() {
                 continue 'slices;
@@ -369,6 +360,30 @@ fn merge<'l>(
         }
         return Ok(true);
     }
+}
+
+/// The event an index entry ending in `suffix` points at, if it was
+/// visible when the query began and `accept` takes it.
+fn candidate<'l>(
+    access: &impl IndexAccess,
+    log: &'l LogSnapshot,
+    suffix: &[u8; SUFFIX_LEN],
+    accept: &impl Fn(&EventRef<'_>) -> bool,
+) -> Result<Option<(Hit, EventRef<'l>)>, QueryError> {
+    let location = location_at_end(suffix);
+    if !access.visible(location) {
+        return Ok(None);
+    }
+    let event = log.read_event(location)?;
+    if !accept(&event) {
+        return Ok(None);
+    }
+    let hit = Hit {
+        created_at: event.created_at(),
+        id: event.id(),
+        location,
+    };
+    Ok(Some((hit, event)))
 }
 
 /// A cursor at the first entry of `prefix` after the one that ended in
@@ -467,20 +482,11 @@ fn intersect<'l>(
                     continue 'slices;
                 }
             }
-            let location = location_at_end(&target);
-            if access.visible(location) {
-                let event = log.read_event(location)?;
-                if accept(&event) {
-                    let hit = Hit {
-                        created_at: event.created_at(),
-                        id: event.id(),
-                        location,
-                    };
-                    visit(hit, event);
-                    visited += 1;
-                    if visited == limit {
-                        return Ok(visited);
-                    }
+            if let Some((hit, event)) = candidate(access, log, &target, &accept)? {
+                visit(hit, event);
+                visited += 1;
+                if visited == limit {
+                    return Ok(visited);
                 }
             }
             // The next target is the smallest suffix after this one.

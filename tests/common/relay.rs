@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use megalith::server::{RelayConfig, RelayLimits};
-use megalith::{Event, EventStore};
+use megalith::{Event, EventStore, Keys};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -335,4 +335,17 @@ impl Client {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+/// A NIP-42 authentication event for `relay` and `challenge`.
+pub fn auth_event(keys: &Keys, relay: &str, challenge: &str, created_at: u64) -> Event {
+    keys.sign(
+        created_at,
+        22242,
+        vec![
+            vec!["relay".into(), relay.into()],
+            vec!["challenge".into(), challenge.into()],
+        ],
+        String::new(),
+    )
 }
