@@ -12,4 +12,4 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin megalith
 # The partial-HTTP attack opens 2,000 sockets: make room if the shell's limit is lower.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-exec cargo bench --quiet --bench attack -- --bin target/release/megalith "$@"
+exec cargo bench --quiet --bench attack -- --bin "$PWD/target/release/megalith" "$@"

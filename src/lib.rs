@@ -21,8 +21,6 @@ pub mod event;
 pub mod inspect;
 pub mod reference;
 pub mod search;
-#[cfg(feature = "server")]
-pub mod server;
 pub mod storage;
 
 mod error;

@@ -530,11 +530,21 @@ pub fn matches(filter: &Filter, event: &Event) -> bool {
         })
 }
 
+/// The repository's root: the crate's directory, or the nearest one above
+/// it that holds `tests/common` (these helpers serve every crate's tests).
+pub fn repo_root() -> std::path::PathBuf {
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .ancestors()
+        .find(|dir| dir.join("tests/common/mod.rs").is_file())
+        .unwrap_or(crate_dir)
+        .to_path_buf()
+}
+
 /// The real events shipped in `../shared/data/nostrdb-testdata/` (the 720
 /// one-a-line events), with the original JSON object text of each.
 pub fn real_events() -> Vec<(String, Event)> {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/nostrdb-testdata");
+    let dir = repo_root().join("../shared/data/nostrdb-testdata");
     let files = [
         "test_counts.json",
         "profiles.json",
@@ -564,10 +574,6 @@ pub fn real_events() -> Vec<(String, Event)> {
 }
 pub mod crash;
 pub mod model_run;
-#[cfg(feature = "server")]
-pub mod relay;
-#[cfg(feature = "server")]
-pub mod serve;
 
 /// The model's name for what the store answered.
 pub fn outcome_kind(outcome: &InsertOutcome) -> ModelOutcome {

@@ -9,9 +9,12 @@
 //!   message (no paths), says so on `/health` and `/metrics`, and takes
 //!   writes again once space is freed, without a restart; after a restart
 //!   every event that got `OK true` is there.
-#![cfg(all(feature = "server", unix))]
+#![cfg(unix)]
 
-mod common;
+#[path = "../../tests/service/relay.rs"]
+mod relay;
+#[path = "../../tests/service/serve.rs"]
+mod serve;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::relay::Client;
 use megalith::inspect::log::FRAME_OVERHEAD;
 use megalith::{Durability, EventStore, Filter, Keys};
+use relay::Client;
 
 /// A tmpfs of `megabytes` mounted on a fresh directory, unmounted on drop.
 struct Tmpfs {
@@ -186,7 +189,7 @@ fn http_get(addr: &str, path: &str) -> (String, String) {
 
 /// Starts `megalith serve` on `data`; returns the child and its address.
 fn serve(data: &Path) -> (std::process::Child, String) {
-    let mut serving = common::serve::spawn([
+    let mut serving = serve::spawn([
         "--shards".as_ref(),
         "1".as_ref(),
         "--recover-after-ms".as_ref(),

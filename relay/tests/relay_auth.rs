@@ -1,16 +1,18 @@
 //! NIP-42 on the relay: the challenge, each way an authentication event is
 //! refused, several keys per connection, and private kinds (DMs, gift
 //! wraps) served only to their author or recipient, stored and live.
-#![cfg(feature = "server")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../../tests/service/relay.rs"]
+mod relay;
 
 use std::time::Duration;
 
 use common::now;
-use common::relay::{Client, TestRelay, WAIT, auth_event};
-use megalith::server::{RelayConfig, RelayLimits};
 use megalith::{Event, Keys};
+use megalith_relay::{RelayConfig, RelayLimits};
+use relay::{Client, TestRelay, WAIT, auth_event};
 use serde_json::json;
 
 fn dm(from: &Keys, to: &Keys, created_at: u64) -> Event {

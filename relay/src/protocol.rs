@@ -5,8 +5,8 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::Filter;
-use crate::event::{Event, Limits};
+use megalith::Filter;
+use megalith::event::{Event, Limits};
 
 /// A message from a client, parsed as far as its verb and subscription id;
 /// events and filters are parsed by the handler (so a bad one gets an `OK`

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use megalith::EventStore;
-use megalith::server::{DurabilityName, RecoveryName, ServeConfig};
+use megalith_relay::{DurabilityName, RecoveryName, ServeConfig};
 use tracing::{error, info, warn};
 
 use crate::{DurabilityArg, RecoveryArg, on_off, report_recovery, with_replay_progress};
@@ -262,7 +262,7 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         let listener = tokio::net::TcpListener::bind(relay.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", relay.listen))?;
-        megalith::server::run(Arc::clone(&store), relay, listener, shutdown_signal())
+        megalith_relay::run(Arc::clone(&store), relay, listener, shutdown_signal())
             .await
             .map_err(|e| format!("the relay failed: {e}"))
     });

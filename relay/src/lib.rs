@@ -1,4 +1,4 @@
-//! The NIP-01 relay (`megalith serve`): WebSocket at `/` (EVENT, REQ,
+//! megalith-relay, the NIP-01 relay (`megalith serve`) on the Megalith engine, using only its public API: WebSocket at `/` (EVENT, REQ,
 //! CLOSE, COUNT), NIP-11 on `GET /` with `Accept: application/nostr+json`,
 //! `GET /health` and `GET /metrics`. `docs/server.md` describes its
 //! messages, limits and metrics.
@@ -37,7 +37,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
-use crate::{Commits, EventStore, Limits};
+use megalith::{Commits, EventStore, Limits};
 
 pub use config::{DurabilityName, RecoveryName, RelayConfig, RelayInfo, RelayLimits, ServeConfig};
 pub use gate::Cidr;
@@ -465,7 +465,7 @@ fn broadcast(relay: &Relay, commits: &Commits) {
                 continue;
             }
             let json = event.to_json();
-            let ephemeral = event.kind_class() == crate::event::KindClass::Ephemeral;
+            let ephemeral = event.kind_class() == megalith::event::KindClass::Ephemeral;
             for sub in matched.drain(..) {
                 if committed.sequence() <= sub.after {
                     continue;
@@ -620,7 +620,7 @@ async fn health(State(relay): State<Arc<Relay>>) -> Response {
     // Reads the newest event: the indexes and the log answer.
     let probe = tokio::task::spawn_blocking(move || {
         store
-            .query(&[crate::Filter::new().limit(1)])
+            .query(&[megalith::Filter::new().limit(1)])
             .map(|_| store.health())
     })
     .await;

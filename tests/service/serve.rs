@@ -1,5 +1,7 @@
 //! `megalith serve` as a child process on a free loopback port.
 
+#![allow(dead_code)]
+
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStderr, Command, Stdio};

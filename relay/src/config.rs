@@ -119,11 +119,11 @@ pub enum DurabilityName {
 }
 
 impl DurabilityName {
-    pub fn durability(self) -> crate::Durability {
+    pub fn durability(self) -> megalith::Durability {
         match self {
-            DurabilityName::Always => crate::Durability::Always,
-            DurabilityName::Batch => crate::Durability::Batch(Duration::from_millis(100)),
-            DurabilityName::Never => crate::Durability::Never,
+            DurabilityName::Always => megalith::Durability::Always,
+            DurabilityName::Batch => megalith::Durability::Batch(Duration::from_millis(100)),
+            DurabilityName::Never => megalith::Durability::Never,
         }
     }
 }
@@ -141,11 +141,11 @@ pub enum RecoveryName {
 }
 
 impl RecoveryName {
-    pub fn mode(self) -> crate::RecoveryMode {
+    pub fn mode(self) -> megalith::RecoveryMode {
         match self {
-            RecoveryName::Strict => crate::RecoveryMode::Strict,
-            RecoveryName::TolerateTornTail => crate::RecoveryMode::TolerateCorruptTail,
-            RecoveryName::Repair => crate::RecoveryMode::Repair,
+            RecoveryName::Strict => megalith::RecoveryMode::Strict,
+            RecoveryName::TolerateTornTail => megalith::RecoveryMode::TolerateCorruptTail,
+            RecoveryName::Repair => megalith::RecoveryMode::Repair,
         }
     }
 }
@@ -362,12 +362,12 @@ impl RelayLimits {
     }
 
     /// The store-side event limits these imply.
-    pub fn event_limits(&self) -> crate::Limits {
-        crate::Limits {
+    pub fn event_limits(&self) -> megalith::Limits {
+        megalith::Limits {
             max_event_bytes: self.max_event_bytes,
             max_tags: self.max_event_tags,
             max_content_bytes: self.max_content_bytes,
-            ..crate::Limits::default()
+            ..megalith::Limits::default()
         }
     }
 

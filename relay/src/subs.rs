@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::event::{EventId, EventRef, Pubkey};
-use crate::{Committed, Filter};
+use megalith::event::{EventId, EventRef, Pubkey};
+use megalith::{Committed, Filter};
 
 use super::auth::Viewer;
 use super::outbox::Outbox;
@@ -266,8 +266,8 @@ impl SubIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Keys;
-    use crate::reference;
+    use megalith::Keys;
+    use megalith::reference;
 
     /// SplitMix64.
     struct Rng(u64);

@@ -1,7 +1,7 @@
 //! `megalith serve` as a process: flags and a config file, the address it
 //! logs, /health, SIGTERM shutdown with a clean store, and clear errors for
 //! bad settings.
-#![cfg(all(feature = "server", unix))]
+#![cfg(unix)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use megalith::EventStore;
 
-mod common;
+#[path = "../../tests/service/serve.rs"]
+mod serve;
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -38,12 +39,12 @@ fn serve_starts_answers_and_stops_cleanly_on_sigterm() {
     )
     .unwrap();
     // The flags override the file's listen address and max_filters.
-    let common::serve::Serving {
+    let serve::Serving {
         mut child,
         addr,
         mut stderr,
         mut log,
-    } = common::serve::spawn([
+    } = serve::spawn([
         "--config".as_ref(),
         config.as_os_str(),
         "--data".as_ref(),
@@ -129,12 +130,12 @@ fn rules_load_at_start_and_reload_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.toml");
     std::fs::write(&rules, "[auth_required]\nread = true\n").unwrap();
-    let common::serve::Serving {
+    let serve::Serving {
         mut child,
         addr,
         mut stderr,
         mut log,
-    } = common::serve::spawn([
+    } = serve::spawn([
         "--data".as_ref(),
         dir.path().join("store").as_os_str(),
         "--rules".as_ref(),

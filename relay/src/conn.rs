@@ -17,8 +17,8 @@ use tracing::{debug, warn};
 
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
-use crate::event::KindClass;
-use crate::{Answer, Error, Filter, InsertOutcome};
+use megalith::event::KindClass;
+use megalith::{Answer, Error, Filter, InsertOutcome};
 
 use super::auth::{self, RelayUrl, Viewer};
 use super::metrics::kind_label;

@@ -6,7 +6,7 @@ use prometheus::{
     Registry, TextEncoder, exponential_buckets,
 };
 
-use crate::EventStore;
+use megalith::EventStore;
 
 /// The `kind` label of `nostr_events_total`: the kinds the NIPs define, by
 /// number; every other kind is `other`, so a client publishing thousands

@@ -17,8 +17,8 @@ use std::time::{Instant, SystemTime};
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 
-use crate::event::{Pubkey, nip19};
-use crate::{Event, Filter};
+use megalith::event::{Pubkey, nip19};
+use megalith::{Event, Filter};
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -590,7 +590,7 @@ impl RulesHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Keys;
+    use megalith::Keys;
 
     #[test]
     fn the_empty_file_allows_everything() {

@@ -1,13 +1,15 @@
 //! A relay running in the test's runtime on a free loopback port, and a
 //! small NIP-01 WebSocket client for talking to it.
 
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use megalith::server::{RelayConfig, RelayLimits};
 use megalith::{Event, EventStore, Keys};
+use megalith_relay::{RelayConfig, RelayLimits};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -76,7 +78,7 @@ impl TestRelay {
             listen: addr,
             ..config
         };
-        let task = tokio::spawn(megalith::server::run(
+        let task = tokio::spawn(megalith_relay::run(
             Arc::clone(&store),
             config,
             listener,

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use megalith::server::{RelayConfig, RelayLimits};
 use megalith::{Durability, Event, EventId, EventStore, Filter, Keys};
+use megalith_relay::{RelayConfig, RelayLimits};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::Barrier;
@@ -340,7 +340,7 @@ async fn run(args: Args) -> Result<(), String> {
         ..RelayLimits::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(megalith::server::run(
+    let server = tokio::spawn(megalith_relay::run(
         Arc::clone(&store),
         RelayConfig {
             listen: addr,

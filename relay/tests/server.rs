@@ -1,15 +1,17 @@
 //! The relay over real WebSockets: every NIP-01 message type, live
 //! delivery, NIP-11, /health and /metrics, each limit's refusal, and a
 //! clean shutdown.
-#![cfg(feature = "server")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../../tests/service/relay.rs"]
+mod relay;
 
 use std::time::Duration;
 
-use common::relay::{TestRelay, WAIT};
-use megalith::server::RelayLimits;
 use megalith::{Event, EventStore, Keys};
+use megalith_relay::RelayLimits;
+use relay::{TestRelay, WAIT};
 use serde_json::{Value, json};
 
 fn note(keys: &Keys, created_at: u64, kind: u16, content: &str) -> Event {

@@ -2,13 +2,13 @@
 //! filled its memory or its file descriptors, or gave a client no answer,
 //! at a size CI can run, while a well-behaved client checks the relay still
 //! serves. The full-size attacks are `scripts/attack.sh`.
-#![cfg(feature = "server")]
 
-mod common;
+#[path = "../../tests/service/relay.rs"]
+mod relay;
 
-use common::relay::{Client, TestRelay, WAIT};
-use megalith::server::{RelayConfig, RelayLimits};
 use megalith::{Event, Keys};
+use megalith_relay::{RelayConfig, RelayLimits};
+use relay::{Client, TestRelay, WAIT};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

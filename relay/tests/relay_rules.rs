@@ -1,17 +1,19 @@
 //! Access rules on the relay (issue 13): who may publish and read what,
 //! AUTH required for reads or writes, and a reload (the file changes) that
 //! CLOSEs the subscriptions that lost their right, without a reconnect.
-#![cfg(feature = "server")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../../tests/service/relay.rs"]
+mod relay;
 
 use std::path::Path;
 use std::time::Duration;
 
 use common::now;
-use common::relay::{TestRelay, WAIT, auth_event};
-use megalith::server::RelayConfig;
 use megalith::{Event, Keys};
+use megalith_relay::RelayConfig;
+use relay::{TestRelay, WAIT, auth_event};
 use serde_json::{Value, json};
 
 async fn start(rules: &Path) -> TestRelay {

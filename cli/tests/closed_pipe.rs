@@ -6,6 +6,7 @@
 //! depends on timing.
 #![cfg(unix)]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use megalith::inspect::log::{SegmentWalk, WalkItem};
 use megalith::{Durability, EventId, EventStore, Filter, Keys, SegmentId};
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 /// A one-shard store that syncs every acknowledged insert.

@@ -14,8 +14,8 @@ use parking_lot::RwLock;
 
 use super::rules::RulesHandle;
 
-use crate::event::{Event, EventRef, Pubkey};
-use crate::{Filter, Limits};
+use megalith::event::{Event, EventRef, Pubkey};
+use megalith::{Filter, Limits};
 
 /// The kind of an authentication event.
 pub const AUTH_KIND: u16 = 22242;

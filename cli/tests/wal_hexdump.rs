@@ -3,6 +3,7 @@
 //! flipped byte, a truncated file) reports the offset where the segment goes
 //! wrong and exits 1; it exits 2 when it cannot run.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

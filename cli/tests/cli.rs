@@ -1,6 +1,7 @@
 //! The `megalith` command: import of every input shape (good and bad lines
 //! mixed), query output in NIP-01 order, count, stats, generated data, and clear errors.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::io::Write;

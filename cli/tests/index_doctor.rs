@@ -4,6 +4,7 @@
 //! locked or missing store cannot be checked; `rebuild` makes a damaged store
 //! check clean again with the same query results.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::fs;
