@@ -163,3 +163,37 @@ fn queries_let_writers_in_at_every_step_and_answer_the_state_they_began_with() {
         }
     }
 }
+
+/// `contains_ids` answers, for a batch of ids, exactly which the store
+/// holds (the model's live events), across shards, without reading records.
+#[test]
+fn contains_ids_says_which_events_are_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 3);
+    let mut generator = Generator::new(77, 10);
+    let mut model = Model::default();
+    let now = common::now();
+    let mut sent = Vec::new();
+    for _ in 0..800 {
+        let event = generator.next_event();
+        store.insert(std::slice::from_ref(&event)).unwrap();
+        model.insert(&event, now);
+        sent.push(event.id);
+    }
+    // Ids sent (some replaced, deleted or refused since) and ids never seen.
+    let mut ids = sent.clone();
+    ids.extend((0..50u8).map(|i| EventId([i; 32])));
+    let live: HashSet<EventId> = model.query(&[Filter::new()]).iter().map(|e| e.id).collect();
+    let held = store.contains_ids(&ids).unwrap();
+    assert_eq!(held.len(), ids.len());
+    let mut yes = 0;
+    for (id, held) in ids.iter().zip(held) {
+        assert_eq!(held, live.contains(id), "{id}");
+        yes += usize::from(held);
+    }
+    assert!(
+        yes > 300 && yes < sent.len(),
+        "{yes} held of {}",
+        sent.len()
+    );
+}

@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 use crate::error::{Error, io_error};
 use crate::event::{Event, EventId, EventRef, KindClass, Pubkey};
 use crate::ids::{Location, ShardId};
-use crate::index::IndexKind;
 use crate::index::IndexSet;
+use crate::index::{IndexKind, primary_lower};
 use crate::query::{Deadline, Filter, Hit, IndexAccess, QueryError, execute, plan};
 use crate::recovery::{OpenedShard, RecoveryReport, ShardParams, finish_repair, open_shard};
 use crate::shard::{
@@ -742,6 +742,32 @@ impl EventStore {
             )?;
         }
         Ok(seen.len() as u64)
+    }
+
+    /// Which of `ids` the store holds, one answer per id in order: a look
+    /// in each shard's primary index, reading no record and checking no
+    /// signature, so that an ingester can drop what it already has before
+    /// paying for verification. An event the store would refuse for another
+    /// reason (deleted by its author, replaced by a newer version) is not
+    /// held; `insert` answers those. Like a query, it lets go of a shard's
+    /// lock whenever the shard's writer waits.
+    pub fn contains_ids(&self, ids: &[EventId]) -> Result<Vec<bool>, Error> {
+        let mut held = vec![false; ids.len()];
+        for shard in &self.shards {
+            let mut indexes = shard.lock();
+            for (id, held) in ids.iter().zip(&mut held) {
+                if *held {
+                    continue;
+                }
+                if shard.writer_waiting() {
+                    drop(indexes);
+                    indexes = shard.lock();
+                }
+                let mut cursor = indexes.tree(IndexKind::Primary).seek(&primary_lower(id))?;
+                *held = cursor.next()?.is_some_and(|entry| entry[..32] == id.0);
+            }
+        }
+        Ok(held)
     }
 
     /// The stored event with this id (not if expired).

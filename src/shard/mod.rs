@@ -280,6 +280,12 @@ impl Shard {
         self.indexes.read()
     }
 
+    /// Whether the writer waits for the index lock: a reader holding it
+    /// should let go.
+    pub fn writer_waiting(&self) -> bool {
+        self.indexes.writer_waiting()
+    }
+
     /// Where a query starting now reads from, taken with the indexes locked
     /// (`indexes` is this shard's guard): the log snapshot is taken after
     /// the lock, so every location the indexes hold is in it.
