@@ -1,0 +1,16 @@
+//! megalith-ingest: fetching Nostr events from other relays into a
+//! Megalith store (issue 14; the design is docs/ingester.md). It uses only
+//! the engine's public API.
+//!
+//! Built so far, the pieces the pool stands on: relay URLs in one
+//! normalized form (one connection per relay however a URL is spelled),
+//! the reconnect schedule (capped backoff with jitter, and a penalty box
+//! for relays that keep failing), and the parser of what relays send.
+
+pub mod backoff;
+pub mod message;
+pub mod url;
+
+pub use backoff::Backoff;
+pub use message::RelayMessage;
+pub use url::RelayUrl;
