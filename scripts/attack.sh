@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The attack suite (benches/attack.rs): `megalith serve` (release build, a
+# The attack suite (relay/benches/attack.rs): `megalith serve` (release build, a
 # child process on 127.0.0.1) under each hostile pattern of issue 13, while a
 # well-behaved probe publishes, reads back by id and receives live every
 # 0.5 s. Prints the probe's latencies per attack, the recovery after the

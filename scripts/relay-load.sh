@@ -5,7 +5,7 @@
 # exactly the events its filters match (checked against the brute-force
 # matcher), none twice; prints events/s in, deliveries/s out, delivery
 # latency and peak memory as a markdown table. Extra arguments go to the
-# load tester (see benches/relay_load.rs), e.g. --events 5000.
+# load tester (see relay/benches/relay_load.rs), e.g. --events 5000.
 #
 #   scripts/relay-load.sh [--subscribers N] [--subs N] [--publishers N] [--events N]
 #                         [--durability always|batch|never] [--seed S] [--timeout-secs S] [--window N]
