@@ -3,13 +3,23 @@
 
 use std::fs::{self, File};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, io_error};
 
 pub(crate) const LOCK_FILE: &str = "LOCK";
 
+/// How long taking the lock waits for a holder to let go before it says
+/// `Error::Locked`. A lock just released can still be held for a moment:
+/// when a process forks (any program that starts a child), the child
+/// shares its open files until its exec closes them, and an `flock`
+/// belongs to the open file, not to the process. A store closed and opened
+/// again at once, in a program that also starts children, met that.
+pub(crate) const LOCK_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Takes the lock of the store in `dir` (which must exist); `Error::Locked`
-/// when another process holds it. The lock lasts as long as the `File`.
+/// when another process holds it for longer than [`LOCK_PATIENCE`]. The
+/// lock lasts as long as the `File`.
 pub(crate) fn lock_store_dir(dir: &Path) -> Result<File, Error> {
     let path = dir.join(LOCK_FILE);
     let lock = File::options()
@@ -18,9 +28,17 @@ pub(crate) fn lock_store_dir(dir: &Path) -> Result<File, Error> {
         .write(true)
         .open(&path)
         .map_err(io_error(&path, "open"))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
-        Err(fs::TryLockError::Error(e)) => Err(io_error(&path, "lock")(e)),
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error(&path, "lock")(e)),
+        }
     }
 }
