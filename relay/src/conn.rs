@@ -21,6 +21,7 @@ use megalith::event::KindClass;
 use megalith::{Answer, Error, Filter, InsertOutcome};
 
 use super::auth::{self, RelayUrl, Viewer};
+use super::bucket::TokenBucket;
 use super::metrics::kind_label;
 use super::outbox::{Outbox, Pushed, Take};
 use super::protocol::{
@@ -108,7 +109,7 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url:
         url,
         subs: HashMap::new(),
         sub_bytes: 0,
-        bucket: Bucket::new(limits.events_per_second, limits.events_burst),
+        bucket: TokenBucket::new(limits.events_per_second, limits.events_burst),
         share: Arc::clone(&slot.share),
     };
     let mut stop = relay.stop.subscribe();
@@ -275,39 +276,6 @@ async fn write_loop(
     }
 }
 
-/// Per-connection token bucket for published events.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: f64, burst: f64) -> Bucket {
-        Bucket {
-            tokens: burst,
-            rate,
-            burst,
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 struct Conn {
     relay: Arc<Relay>,
     outbox: Arc<Outbox>,
@@ -321,7 +289,8 @@ struct Conn {
     subs: HashMap<String, (SubKey, usize)>,
     /// The sum of those bytes (at most `max_subscription_bytes`).
     sub_bytes: usize,
-    bucket: Bucket,
+    /// Events this connection may publish (`events_per_second`).
+    bucket: TokenBucket,
 }
 
 impl Conn {
@@ -456,7 +425,7 @@ impl Conn {
                 replies[i] = Some(("OK", ok_frame(&event.id.to_hex(), false, &message)));
                 continue;
             }
-            if !self.bucket.take() {
+            if !self.bucket.try_take(1.0) {
                 self.reject("rate-limited");
                 let message = format!(
                     "rate-limited: more than {} events per second from this connection; slow down",

@@ -11,6 +11,7 @@
 //! (`subs`).
 
 mod auth;
+mod bucket;
 mod config;
 mod conn;
 mod gate;
@@ -43,6 +44,7 @@ pub use config::{DurabilityName, RecoveryName, RelayConfig, RelayInfo, RelayLimi
 pub use gate::Cidr;
 pub use metrics::Metrics;
 
+use bucket::TokenBucket;
 use gate::{Gate, GateConfig, Peer};
 pub use rules::Rules;
 use rules::RulesHandle;
@@ -95,16 +97,16 @@ struct ConnectionSlot<'r> {
 /// read per second, and a number of queries running at once.
 #[derive(Debug)]
 pub(crate) struct AddressShare {
-    ingress: Mutex<ByteBucket>,
+    ingress: Mutex<TokenBucket>,
     queries: tokio::sync::Semaphore,
 }
 
 impl AddressShare {
     fn new(limits: &RelayLimits) -> AddressShare {
         AddressShare {
-            ingress: Mutex::new(ByteBucket::new(
-                limits.ingress_bytes_per_second,
-                limits.ingress_burst_bytes,
+            ingress: Mutex::new(TokenBucket::new(
+                limits.ingress_bytes_per_second as f64,
+                limits.ingress_burst_bytes as f64,
             )),
             queries: tokio::sync::Semaphore::new(limits.max_queries_per_ip),
         }
@@ -113,46 +115,14 @@ impl AddressShare {
     /// Counts `bytes` read; how long the reader should pause before reading
     /// more (zero within the budget).
     pub(crate) fn read(&self, bytes: usize) -> Duration {
-        self.ingress.lock().take(bytes as f64)
+        // Taken whole, even past the budget: the reader then pauses until
+        // the debt is paid back.
+        self.ingress.lock().take_on_credit(bytes as f64)
     }
 
     /// Waits for one of the address's query slots.
     pub(crate) async fn query_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
         self.queries.acquire().await.ok()
-    }
-}
-
-/// A token bucket of bytes that may go into debt: a message larger than
-/// what is left is taken whole, and the reader then pauses until the debt
-/// is paid back at the rate.
-#[derive(Debug)]
-struct ByteBucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: std::time::Instant,
-}
-
-impl ByteBucket {
-    fn new(rate: usize, burst: usize) -> ByteBucket {
-        ByteBucket {
-            tokens: burst as f64,
-            rate: rate as f64,
-            burst: burst as f64,
-            last: std::time::Instant::now(),
-        }
-    }
-
-    fn take(&mut self, bytes: f64) -> Duration {
-        let now = std::time::Instant::now();
-        let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.burst) - bytes;
-        self.last = now;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
     }
 }
 

@@ -12,13 +12,16 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 
 use megalith::event::{Pubkey, nip19};
+
 use megalith::{Event, Filter};
+
+use super::bucket::TokenBucket;
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -488,7 +491,7 @@ impl Rules {
 /// across reloads: a token bucket per author, one minute's worth deep.
 #[derive(Debug, Default)]
 pub struct AuthorRates {
-    buckets: Mutex<HashMap<Pubkey, (f64, Instant)>>,
+    buckets: Mutex<HashMap<Pubkey, TokenBucket>>,
 }
 
 /// Authors tracked before full (idle) buckets are dropped.
@@ -496,24 +499,17 @@ const MAX_TRACKED_AUTHORS: usize = 100_000;
 
 impl AuthorRates {
     fn take(&self, author: Pubkey, per_minute: f64) -> bool {
-        let now = Instant::now();
         let mut buckets = self.buckets.lock();
         if buckets.len() >= MAX_TRACKED_AUTHORS && !buckets.contains_key(&author) {
             // A full bucket is the same as none.
-            buckets.retain(|_, (tokens, last)| {
-                *tokens + now.duration_since(*last).as_secs_f64() * per_minute / 60.0 < per_minute
-            });
+            buckets.retain(|_, bucket| !bucket.is_full());
         }
-        let (tokens, last) = buckets.entry(author).or_insert((per_minute, now));
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * per_minute / 60.0).min(per_minute);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let bucket = buckets
+            .entry(author)
+            .or_insert_with(|| TokenBucket::new(per_minute / 60.0, per_minute));
+        // The terms may have changed at a reload.
+        bucket.set_rate(per_minute / 60.0, per_minute);
+        bucket.try_take(1.0)
     }
 }
 
@@ -532,13 +528,9 @@ impl RulesHandle {
     pub fn load(path: Option<&Path>) -> Result<RulesHandle, String> {
         let handle = RulesHandle {
             path: path.map(Path::to_path_buf),
-            current: RwLock::new(Arc::new(Rules::default())),
-            loaded_mtime: Mutex::new(None),
-            rates: AuthorRates::default(),
+            ..RulesHandle::open()
         };
-        if path.is_some() {
-            handle.reload()?;
-        }
+        handle.reload()?;
         Ok(handle)
     }
 

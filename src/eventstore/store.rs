@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 use crate::error::{Error, io_error};
 use crate::event::{Event, EventId, EventRef, KindClass, Pubkey};
 use crate::ids::{Location, ShardId};
+use crate::index::IndexKind;
 use crate::index::IndexSet;
-use crate::index::{IndexKind, primary_lower};
 use crate::query::{Deadline, Filter, Hit, IndexAccess, QueryError, execute, plan};
 use crate::recovery::{OpenedShard, RecoveryReport, ShardParams, finish_repair, open_shard};
 use crate::shard::{
@@ -763,8 +763,7 @@ impl EventStore {
                     drop(indexes);
                     indexes = shard.lock();
                 }
-                let mut cursor = indexes.tree(IndexKind::Primary).seek(&primary_lower(id))?;
-                *held = cursor.next()?.is_some_and(|entry| entry[..32] == id.0);
+                *held = indexes.find_id(id)?.is_some();
             }
         }
         Ok(held)

@@ -14,7 +14,7 @@ pub use error::IndexError;
 pub use keys::IndexKind;
 pub(crate) use keys::{
     ID_PREFIX_LEN, TagSlot, address_prefix, author_kind_prefix, for_each_entry, location_at_end,
-    primary_lower, tag_prefix, time_range,
+    tag_prefix, time_range,
 };
 pub(crate) use set::{Apply, GroupEntries, IndexSet};
 // The page codecs, for `inspect::index` (the checker's report and the fuzzer).

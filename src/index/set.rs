@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::btree::{BTree, PreparedCheckpoint};
 use super::error::{IndexError, io_error};
-use super::keys::{IndexKind, for_each_entry};
-use crate::event::EventRef;
+use super::keys::{IndexKind, for_each_entry, location_at_end, primary_lower};
+use crate::event::{EventId, EventRef};
 use crate::ids::{Location, Lsn};
 use crate::storage::Storage;
 
@@ -130,6 +130,15 @@ impl IndexSet {
 
     /// The index `kind`. Panics for an index the store does not keep: ask
     /// [`IndexSet::has`] first about term_time.
+    /// Where the event with this id is stored, from the primary index.
+    pub fn find_id(&self, id: &EventId) -> Result<Option<Location>, IndexError> {
+        let mut cursor = self.tree(IndexKind::Primary).seek(&primary_lower(id))?;
+        Ok(match cursor.next()? {
+            Some(entry) if entry[..32] == id.0 => Some(location_at_end(entry)),
+            _ => None,
+        })
+    }
+
     pub fn tree(&self, kind: IndexKind) -> &BTree {
         self.trees[kind as usize]
             .as_ref()

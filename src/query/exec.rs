@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::event::{EventId, EventRef};
 use crate::ids::Location;
 use crate::index::{
-    BTree, Cursor, ID_PREFIX_LEN, IndexKind, IndexSet, location_at_end, primary_lower, time_range,
+    BTree, Cursor, ID_PREFIX_LEN, IndexKind, IndexSet, location_at_end, time_range,
 };
 use crate::search;
 use crate::wal::LogSnapshot;
@@ -119,14 +119,9 @@ pub(crate) fn execute<'l>(
                     drop(guard);
                     guard = access.lock()?;
                 }
-                let mut cursor = guard.tree(IndexKind::Primary).seek(&primary_lower(id))?;
-                let Some(entry) = cursor.next()? else {
+                let Some(location) = guard.find_id(id)? else {
                     continue;
                 };
-                if entry[..32] != id.0 {
-                    continue;
-                }
-                let location = location_at_end(entry);
                 if !access.visible(location) {
                     continue;
                 }

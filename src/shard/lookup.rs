@@ -5,8 +5,7 @@ use crate::error::Error;
 use crate::event::{EventId, EventRef, KindClass, Pubkey};
 use crate::ids::Location;
 use crate::index::{
-    IndexKind, IndexSet, TagSlot, address_prefix, location_at_end, primary_lower, tag_prefix,
-    time_range,
+    IndexKind, IndexSet, TagSlot, address_prefix, location_at_end, tag_prefix, time_range,
 };
 use crate::wal::LogSnapshot;
 
@@ -96,14 +95,7 @@ pub(crate) struct Committed<'a> {
 impl Committed<'_> {
     /// Location of the stored event with this id.
     pub fn find(&self, id: &EventId) -> Result<Option<Location>, Error> {
-        let mut cursor = self
-            .indexes
-            .tree(IndexKind::Primary)
-            .seek(&primary_lower(id))?;
-        Ok(match cursor.next()? {
-            Some(entry) if entry[..32] == id.0 => Some(location_at_end(entry)),
-            _ => None,
-        })
+        Ok(self.indexes.find_id(id)?)
     }
 
     /// The stored version of `address`, skipping locations `skip` says are gone.
