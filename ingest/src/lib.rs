@@ -9,8 +9,14 @@
 
 pub mod backoff;
 pub mod message;
+pub mod pool;
+pub mod sink;
+pub mod stats;
 pub mod url;
 
 pub use backoff::Backoff;
 pub use message::RelayMessage;
+pub use pool::{PoolConfig, PoolEvent, PoolHandle, SubId, Subscription};
+pub use sink::{Sink, Tally};
+pub use stats::{RelayStats, Stats};
 pub use url::RelayUrl;
