@@ -99,7 +99,7 @@ impl Reference {
         if self.get(&event.id).is_some() {
             return RefOutcome::Duplicate;
         }
-        if self.deleted_ids.contains(&(event.pubkey, event.id)) {
+        if event.kind != 5 && self.deleted_ids.contains(&(event.pubkey, event.id)) {
             return RefOutcome::Deleted;
         }
         let mut outcome = RefOutcome::Stored;

@@ -89,11 +89,14 @@ impl GroupState {
         if self.stored.contains_key(&id) || stored {
             return Ok(WriteOutcome::Duplicate);
         }
-        if self
-            .deleted_ids
-            .get(&id)
-            .is_some_and(|authors| authors.contains(&pubkey))
-            || committed.deleted_by_id(&id, &pubkey)?
+        // A deletion request naming a deletion request has no effect
+        // (NIP-09), whichever arrives first.
+        if kind != DELETION_KIND
+            && (self
+                .deleted_ids
+                .get(&id)
+                .is_some_and(|authors| authors.contains(&pubkey))
+                || committed.deleted_by_id(&id, &pubkey)?)
         {
             return Ok(WriteOutcome::Deleted);
         }

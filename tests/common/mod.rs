@@ -365,12 +365,14 @@ impl Model {
             return ModelOutcome::Duplicate;
         }
         let id_hex = event.id.to_hex();
-        let deleted_by_id = self.deletions.iter().any(|d| {
-            d.pubkey == event.pubkey
-                && d.tags.iter().any(|t| {
-                    t.first().map(String::as_str) == Some("e") && t.get(1) == Some(&id_hex)
-                })
-        });
+        // A deletion request naming a deletion request has no effect.
+        let deleted_by_id = event.kind != 5
+            && self.deletions.iter().any(|d| {
+                d.pubkey == event.pubkey
+                    && d.tags.iter().any(|t| {
+                        t.first().map(String::as_str) == Some("e") && t.get(1) == Some(&id_hex)
+                    })
+            });
         if deleted_by_id {
             return ModelOutcome::Deleted;
         }
