@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod message;
+pub mod mirror;
 pub mod pool;
 pub mod sink;
 pub mod stats;

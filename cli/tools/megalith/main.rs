@@ -8,6 +8,7 @@
 
 mod generate;
 mod import;
+mod mirror;
 #[path = "../common/output.rs"]
 mod output;
 mod serve;
@@ -83,6 +84,22 @@ enum Command {
     /// Exit status: 0 nothing to repair or repaired, 1 could not repair.
     #[command(verbatim_doc_comment)]
     Repair(RepairArgs),
+    /// Copy the events matching a filter from other relays into the store
+    ///
+    /// Per relay, a backfill walks backwards in pages (each page's `until`
+    /// is the oldest second of the last, whose events already stored are
+    /// dropped when they come again, so nothing sharing a second is
+    /// skipped), then stays live from when the mirror first started. The
+    /// resume point per (relay, filter) is kept in DIR/mirror/, so a
+    /// restart neither downloads everything again nor misses what arrived
+    /// while it was down. Events are checked (ids, signatures, the filter)
+    /// before they are stored; ids already stored are dropped first.
+    /// Ctrl-C or SIGTERM stops cleanly; a summary per relay (received,
+    /// stored, duplicate, invalid, pages, errors) is always printed. Exit
+    /// status 1 if a relay failed (with --once: never finished its
+    /// backfill).
+    #[command(verbatim_doc_comment)]
+    Mirror(Box<mirror::MirrorArgs>),
 }
 
 #[derive(Args)]
@@ -250,6 +267,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Repair(args) => repair(&args),
+        Command::Mirror(args) => mirror::run(&args),
     };
     match result {
         Ok(code) => code,
@@ -581,7 +599,7 @@ pub(crate) fn durability(arg: DurabilityArg) -> Durability {
 }
 
 /// `on` or `off`, for flags that switch a feature.
-fn on_off(value: &str) -> Result<bool, String> {
+pub(crate) fn on_off(value: &str) -> Result<bool, String> {
     match value {
         "on" => Ok(true),
         "off" => Ok(false),

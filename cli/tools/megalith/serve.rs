@@ -287,7 +287,7 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             error!(error = %e, "cannot listen for Ctrl-C");
