@@ -28,6 +28,10 @@ pub struct GenConfig {
     /// of 1,000 `p` tags is about 73 KB, over the 64 KiB event limit, so values above
     /// [`GenConfig::FOLLOWS_THAT_FIT`] are lowered to it. Default 850.
     pub max_follows: usize,
+    /// The relays that relay lists (kind 10002) and relay hints name; `None`: sixteen
+    /// well-known public relays. Tests and local benchmarks name their own loopback relays
+    /// here, so that nothing built from the data dials a public host. Default `None`.
+    pub relays: Option<Vec<String>>,
 }
 
 impl GenConfig {
@@ -45,6 +49,7 @@ impl Default for GenConfig {
             note_median_bytes: 120,
             max_note_bytes: 8_192,
             max_follows: 850,
+            relays: None,
         }
     }
 }

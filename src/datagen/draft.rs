@@ -3,7 +3,7 @@
 
 use super::generator::{Draft, Generator};
 use super::history::Target;
-use super::text::{self, RELAYS, TOPICS};
+use super::text::{self, TOPICS};
 use crate::event::nip19;
 
 /// The share of each kind in a generated stream, in percent. Drafts that need an earlier
@@ -58,12 +58,18 @@ impl Generator {
     }
 
     /// A relay hint: empty half the time, as many clients leave it.
-    fn relay_hint(&mut self) -> &'static str {
+    fn relay_hint(&mut self) -> String {
         if self.rng.chance(50) {
-            ""
+            String::new()
         } else {
-            self.rng.pick::<&str>(&RELAYS)
+            self.relay()
         }
+    }
+
+    /// One of the relays the data names.
+    fn relay(&mut self) -> String {
+        let i = self.rng.index(self.relays.len());
+        self.relays[i].clone()
     }
 
     /// A note that draws engagement. Seven times in ten, a draw from the attention window
@@ -288,7 +294,7 @@ impl Generator {
         let relay = self.relay_hint();
         let target_author = &self.pubkeys_hex[target.author as usize];
         let mut tags = vec![
-            tag(&["e", &target.id.to_hex(), relay, target_author]),
+            tag(&["e", &target.id.to_hex(), &relay, target_author]),
             tag(&["p", target_author]),
         ];
         if let Some(address) = &target.address {
@@ -322,9 +328,9 @@ impl Generator {
         self.history.engaged_with(note);
         // The same signature the note gets when its batch is signed (signing is deterministic).
         reposted.sig = self.keys[target.author as usize].sign_id(&reposted.id);
-        let relay = *self.rng.pick(&RELAYS);
+        let relay = self.relay();
         let tags = vec![
-            tag(&["e", &target.id.to_hex(), relay]),
+            tag(&["e", &target.id.to_hex(), &relay]),
             tag(&["p", &self.pubkeys_hex[target.author as usize]]),
         ];
         Some(self.finish(author, self.clock, 6, tags, reposted.to_json()))
@@ -338,14 +344,14 @@ impl Generator {
             self.comment_target().or_else(|| self.video_target())
         }?;
         let author = self.engaging_author(&target, 16)?;
-        let relay = *self.rng.pick(&RELAYS);
+        let relay = self.relay();
         let mut tags = vec![
-            tag(&["e", &target.id.to_hex(), relay]),
+            tag(&["e", &target.id.to_hex(), &relay]),
             tag(&["p", &self.pubkeys_hex[target.author as usize]]),
             tag(&["k", &target.kind.to_string()]),
         ];
         if let Some(address) = &target.address {
-            tags.push(tag(&["a", address, relay]));
+            tags.push(tag(&["a", address, &relay]));
         }
         Some(self.finish(author, self.clock, 16, tags, String::new()))
     }
@@ -375,7 +381,7 @@ impl Generator {
             )
         };
         let mut tags = vec![
-            tag(&["A", &address, relay]),
+            tag(&["A", &address, &relay]),
             tag(&["K", &video_kind]),
             tag(&["P", &video_author]),
         ];
@@ -383,13 +389,13 @@ impl Generator {
             Some(comment) => {
                 let parent = &self.history.posted[self.history.comments[comment].posted as usize];
                 let parent_author = &self.pubkeys_hex[parent.author as usize];
-                tags.push(tag(&["e", &parent.id.to_hex(), relay, parent_author]));
+                tags.push(tag(&["e", &parent.id.to_hex(), &relay, parent_author]));
                 tags.push(tag(&["k", "1111"]));
                 tags.push(tag(&["p", parent_author]));
             }
             None => {
-                tags.push(tag(&["a", &address, relay]));
-                tags.push(tag(&["e", &video_id, relay]));
+                tags.push(tag(&["a", &address, &relay]));
+                tags.push(tag(&["e", &video_id, &relay]));
                 tags.push(tag(&["k", &video_kind]));
                 tags.push(tag(&["p", &video_author]));
             }
@@ -471,16 +477,16 @@ impl Generator {
     /// marked `read` or `write`.
     fn relay_list(&mut self) -> Draft {
         let author = self.upkeep_author();
-        let count = self.rng.between(2, 7) as usize;
-        let mut relays: Vec<&str> = RELAYS.to_vec();
+        let mut relays = self.relays.clone();
+        let count = (self.rng.between(2, 7) as usize).min(relays.len());
         let mut tags = Vec::with_capacity(count);
         for i in 0..count {
             let pick = i + self.rng.index(relays.len() - i);
             relays.swap(i, pick);
             tags.push(match self.rng.below(10) {
-                0..6 => tag(&["r", relays[i]]),
-                6..8 => tag(&["r", relays[i], "read"]),
-                _ => tag(&["r", relays[i], "write"]),
+                0..6 => tag(&["r", &relays[i]]),
+                6..8 => tag(&["r", &relays[i], "read"]),
+                _ => tag(&["r", &relays[i], "write"]),
             });
         }
         let (created_at, replaces) = self.replaceable_time(author, 2);

@@ -67,6 +67,8 @@ pub struct Generator {
     pub(super) clock: u64,
     pub(super) history: History,
     pub(super) stats: GenStats,
+    /// What relay lists and hints name: `config.relays`, or the public list.
+    pub(super) relays: Vec<String>,
 }
 
 impl Generator {
@@ -85,7 +87,15 @@ impl Generator {
             .enumerate()
             .map(|(i, pubkey)| (*pubkey, i as u32))
             .collect();
+        let relays = match &config.relays {
+            Some(relays) if !relays.is_empty() => relays.clone(),
+            _ => super::text::RELAYS
+                .iter()
+                .map(|r| (*r).to_owned())
+                .collect(),
+        };
         Generator {
+            relays,
             rng: Rng::new(config.seed),
             activity: Zipf::new(config.authors, config.zipf_exponent),
             upkeep: Zipf::new(config.authors, config.zipf_exponent / 2.0),

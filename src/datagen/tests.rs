@@ -403,3 +403,35 @@ fn sampling_does_not_change_what_comes_next() {
     sampler.reacted_note(1);
     assert_eq!(sampled.batch(200, 2), plain.batch(200, 2));
 }
+
+#[test]
+fn relay_lists_and_hints_name_only_the_given_relays() {
+    let local = vec![
+        "ws://127.0.0.1:7001".to_string(),
+        "ws://127.0.0.1:7002".to_string(),
+    ];
+    let mut generator = Generator::new(GenConfig {
+        seed: 3,
+        authors: 300,
+        relays: Some(local.clone()),
+        ..GenConfig::default()
+    });
+    let events = generator.batch(5_000, 2);
+    let mut lists = 0;
+    for event in &events {
+        for tag in &event.tags {
+            if event.kind == 10_002 && tag[0] == "r" {
+                assert!(local.contains(&tag[1]), "{tag:?}");
+            }
+            if matches!(tag[0].as_str(), "e" | "a" | "A") && tag.len() > 2 && !tag[2].is_empty() {
+                assert!(local.contains(&tag[2]), "a hint names {tag:?}");
+            }
+        }
+        if event.kind == 10_002 {
+            lists += 1;
+            let r: Vec<_> = event.tags.iter().filter(|t| t[0] == "r").collect();
+            assert!(!r.is_empty() && r.len() <= 2, "{:?}", event.tags);
+        }
+    }
+    assert!(lists > 20, "{lists}");
+}

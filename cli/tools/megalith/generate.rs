@@ -59,6 +59,7 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<ExitCode, String> {
     let mut generator = Generator::new(GenConfig {
         seed: args.seed,
         authors: args.authors,
+        relays: (!args.relays.is_empty()).then(|| args.relays.clone()),
         ..GenConfig::default()
     });
     // Drawn only when stderr is a terminal.

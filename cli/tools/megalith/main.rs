@@ -255,6 +255,11 @@ struct GenerateArgs {
     /// Do not print the summary (events, bytes, time, kind mix) on stderr.
     #[arg(long)]
     quiet: bool,
+    /// The relays that relay lists (kind 10002) and relay hints name,
+    /// comma-separated (for data served by local relays in tests and
+    /// benchmarks) [default: sixteen well-known public relays].
+    #[arg(long, value_name = "URL,URL,...", value_delimiter = ',')]
+    relays: Vec<String>,
 }
 
 fn main() -> ExitCode {
