@@ -8,6 +8,8 @@
 //! for relays that keep failing), and the parser of what relays send.
 
 pub mod backoff;
+pub mod feed;
+mod files;
 pub mod message;
 pub mod mirror;
 pub mod pool;
@@ -16,6 +18,7 @@ pub mod stats;
 pub mod url;
 
 pub use backoff::Backoff;
+pub use feed::{FeedConfig, FeedJobs, JobPhase, JobStatus};
 pub use message::RelayMessage;
 pub use pool::{PoolConfig, PoolEvent, PoolHandle, SubId, Subscription};
 pub use sink::{Sink, Tally};

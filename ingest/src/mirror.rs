@@ -12,7 +12,7 @@
 //! page and misses nothing that arrived while it was down.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::files::write_atomically;
 use crate::pool::{PoolEvent, PoolHandle, Subscription};
 use crate::sink::{Sink, Tally};
 use crate::stats::now_secs;
@@ -48,6 +49,18 @@ pub struct MirrorOptions {
     pub resume_margin: u64,
     /// Where the resume files live (`DIR/mirror`).
     pub state_dir: PathBuf,
+    /// Keep resume files (default true; a feed job's short-lived mirrors
+    /// do not).
+    pub persist: bool,
+    /// The first page's size, when it should differ (a feed asks for one
+    /// screen first, then deeper pages).
+    pub first_page_size: Option<usize>,
+    /// Pages after which the backfill counts as complete (default: none,
+    /// until a page brings nothing new).
+    pub max_pages: Option<u64>,
+    /// Count into this tally instead of one per relay (a feed job sums its
+    /// mirrors).
+    pub tally: Option<Arc<Tally>>,
 }
 
 impl MirrorOptions {
@@ -61,6 +74,10 @@ impl MirrorOptions {
             max_failures: 5,
             resume_margin: 60,
             state_dir,
+            persist: true,
+            first_page_size: None,
+            max_pages: None,
+            tally: None,
         }
     }
 }
@@ -145,8 +162,10 @@ pub async fn run(
     stop: watch::Receiver<bool>,
     progress: Progress,
 ) -> Result<Vec<RelayReport>, String> {
-    std::fs::create_dir_all(&options.state_dir)
-        .map_err(|e| format!("cannot create {}: {e}", options.state_dir.display()))?;
+    if options.persist {
+        std::fs::create_dir_all(&options.state_dir)
+            .map_err(|e| format!("cannot create {}: {e}", options.state_dir.display()))?;
+    }
     let options = Arc::new(options);
     let mut tasks = Vec::new();
     let mut relays = options.relays.clone();
@@ -213,7 +232,12 @@ impl RelayMirror {
         let path = options
             .state_dir
             .join(format!("{:016x}.json", key(&relay, &filter_json)));
-        let state = match std::fs::read(&path) {
+        let existing = if options.persist {
+            std::fs::read(&path)
+        } else {
+            Err(std::io::ErrorKind::NotFound.into())
+        };
+        let state = match existing {
             Ok(bytes) => {
                 let state: ResumeState = serde_json::from_slice(&bytes).map_err(|e| {
                     format!(
@@ -241,6 +265,7 @@ impl RelayMirror {
             },
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
+        let tally = options.tally.clone().unwrap_or_default();
         Ok(RelayMirror {
             relay,
             index,
@@ -248,7 +273,7 @@ impl RelayMirror {
             pool,
             sink,
             progress,
-            tally: Arc::new(Tally::default()),
+            tally,
             state,
             path,
             errors: 0,
@@ -314,7 +339,20 @@ impl RelayMirror {
             if *stop.borrow() {
                 return Ok(false);
             }
+            if self
+                .options
+                .max_pages
+                .is_some_and(|max| self.state.pages >= max)
+            {
+                self.state.backfill_done = true;
+                break;
+            }
             let sweep = self.state.sweep;
+            let page_size = match self.options.first_page_size {
+                Some(first) if self.state.pages == 0 && sweep.is_none() => first,
+                _ => self.options.page_size,
+            }
+            .max(1);
             let mut page = self.options.filter.clone();
             if let Some(second) = sweep {
                 // The relay's own maximum answer for one second.
@@ -322,7 +360,7 @@ impl RelayMirror {
                 page.since = Some(page.since.map_or(second, |s| s.max(second)));
                 page.until = Some(second);
             } else {
-                page.limit = Some(self.options.page_size.max(1));
+                page.limit = Some(page_size);
                 if let Some(until) = self.state.backfill_until {
                     page.until = Some(page.until.map_or(until, |u| u.min(until)));
                 }
@@ -389,7 +427,7 @@ impl RelayMirror {
                         self.state.backfill_done = true;
                     }
                 }
-                None => self.next_page(top, &received, fresh),
+                None => self.next_page(top, page_size, &received, fresh),
             }
             self.save()?;
         }
@@ -398,12 +436,18 @@ impl RelayMirror {
     }
 
     /// Moves the resume point past one page.
-    fn next_page(&mut self, top: Option<u64>, received: &[(u64, String)], fresh: usize) {
+    fn next_page(
+        &mut self,
+        top: Option<u64>,
+        page_size: usize,
+        received: &[(u64, String)],
+        fresh: usize,
+    ) {
         let Some(oldest) = received.iter().map(|(t, _)| *t).min() else {
             self.state.backfill_done = true;
             return;
         };
-        let full = received.len() >= self.options.page_size.max(1);
+        let full = received.len() >= page_size;
         let crowded = full && top == Some(oldest) && received.iter().all(|(t, _)| *t == oldest);
         if fresh == 0 && !crowded {
             self.state.backfill_done = true;
@@ -544,25 +588,12 @@ impl RelayMirror {
     /// Writes the resume file atomically (temporary file, fsync, rename,
     /// fsync of the directory).
     fn save(&self) -> Result<(), String> {
+        if !self.options.persist {
+            return Ok(());
+        }
         let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| e.to_string())?;
         write_atomically(&self.path, &bytes)
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", tmp.display());
-    let mut file = std::fs::File::create(&tmp).map_err(|e| fail("cannot create", e))?;
-    file.write_all(bytes).map_err(|e| fail("cannot write", e))?;
-    file.sync_all().map_err(|e| fail("cannot sync", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| fail("cannot rename", e))?;
-    if let Some(dir) = path.parent()
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
 }
 
 /// Whether `filter` matches `event` (the engine's matcher, on the event's

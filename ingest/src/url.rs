@@ -61,6 +61,53 @@ impl RelayUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The host, without brackets for IPv6.
+    pub fn host(&self) -> &str {
+        let rest = self.0.split_once("://").map_or("", |(_, rest)| rest);
+        let authority = rest.split('/').next().unwrap_or("");
+        let host = split_host_port(authority).map_or(authority, |(host, _)| host);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// Whether the host names this machine or a private network: loopback,
+    /// private, link-local, unique-local or unspecified addresses,
+    /// `localhost`, `*.localhost`, `*.local`, `*.internal`, or a name without
+    /// a dot. A relay list (kind 10002) is written by anyone, so a service
+    /// that dials the relays lists name refuses these (unless told
+    /// otherwise) rather than let a stranger aim it at its own network. A
+    /// public name that resolves to a private address is not caught here.
+    pub fn is_private(&self) -> bool {
+        use std::net::IpAddr;
+        let host = self.host();
+        match host.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => {
+                ip.is_loopback()
+                    || ip.is_private()
+                    || ip.is_link_local()
+                    || ip.is_unspecified()
+                    || ip.is_broadcast()
+                    || ip.octets()[0] == 0
+                    || (ip.octets()[0] == 100 && (64..128).contains(&ip.octets()[1]))
+            }
+            Ok(IpAddr::V6(ip)) => {
+                let first = ip.segments()[0];
+                ip.is_loopback()
+                    || ip.is_unspecified()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80
+                    || ip
+                        .to_ipv4_mapped()
+                        .is_some_and(|v4| RelayUrl(format!("ws://{v4}")).is_private())
+            }
+            Err(_) => {
+                !host.contains('.')
+                    || host.ends_with(".localhost")
+                    || host.ends_with(".local")
+                    || host.ends_with(".internal")
+            }
+        }
+    }
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
@@ -117,6 +164,39 @@ mod tests {
             RelayUrl::parse("ws://relay.example.com").unwrap(),
             RelayUrl::parse("wss://relay.example.com").unwrap()
         );
+    }
+
+    #[test]
+    fn private_hosts_are_known() {
+        for text in [
+            "ws://127.0.0.1:7777",
+            "ws://localhost:8080",
+            "ws://10.1.2.3",
+            "ws://192.168.0.1",
+            "ws://172.20.0.5",
+            "ws://169.254.169.254",
+            "ws://0.0.0.0",
+            "ws://100.64.0.1",
+            "ws://[::1]:80",
+            "ws://[fd00::1]",
+            "ws://[fe80::1]",
+            "ws://[::ffff:127.0.0.1]",
+            "ws://redis",
+            "ws://db.internal",
+            "ws://printer.local",
+        ] {
+            assert!(RelayUrl::parse(text).unwrap().is_private(), "{text}");
+        }
+        for text in [
+            "wss://relay.damus.io",
+            "wss://8.8.8.8",
+            "ws://172.32.0.1",
+            "wss://[2001:db8::1]",
+        ] {
+            assert!(!RelayUrl::parse(text).unwrap().is_private(), "{text}");
+        }
+        assert_eq!(RelayUrl::parse("ws://[::1]:81/x").unwrap().host(), "::1");
+        assert_eq!(RelayUrl::parse("wss://a.b:99/x").unwrap().host(), "a.b");
     }
 
     #[test]
