@@ -32,6 +32,16 @@ use crate::sink::{Sink, Tally};
 use crate::stats::now_ms;
 use crate::url::RelayUrl;
 
+/// Where feed jobs look for contact and relay lists when none are
+/// configured: well-known public relays that keep many of both.
+pub const DEFAULT_RELAYS: [&str; 5] = [
+    "wss://relay.damus.io",
+    "wss://nos.lol",
+    "wss://relay.primal.net",
+    "wss://purplepag.es",
+    "wss://relay.nostr.band",
+];
+
 /// How feed jobs behave; [`FeedConfig::new`] gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct FeedConfig {
@@ -471,11 +481,15 @@ impl Job {
                 .await?;
         }
         let Some(contacts) = self.newest(&[self.pubkey], 3)?.into_iter().next() else {
-            let mut asked = config_relays.len() + own_relays.len();
-            asked = asked.max(1);
-            return Err(format!(
-                "no contact list (kind 3) for this person on the {asked} relays asked"
-            ));
+            let asked = config_relays.len() + own_relays.len();
+            let mut why = format!(
+                "no contact list (kind 3) for this person on the {asked} relay{} asked",
+                if asked == 1 { "" } else { "s" }
+            );
+            if let Some(last) = self.status.borrow().last_error.clone() {
+                why.push_str(&format!(" (last error: {last})"));
+            }
+            return Err(why);
         };
         let follows = follows_of(&contacts, self.config().max_follows);
         self.status.send_modify(|s| s.follows = follows.len());

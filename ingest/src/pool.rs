@@ -707,11 +707,28 @@ type Socket =
 
 impl Connection {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<RelayCommand>) {
+        let mut last_error: Option<String>;
         loop {
+            // Take what is queued first, so that everyone waiting hears how
+            // this dial goes.
+            while let Ok(command) = commands.try_recv() {
+                match command {
+                    RelayCommand::Close => return,
+                    RelayCommand::CloseIfIdle => {
+                        let idle = self.idle();
+                        let _ = self.internal.send(Internal::Idle(self.url.clone(), idle));
+                        if idle {
+                            return;
+                        }
+                    }
+                    command => self.offline_command(command),
+                }
+            }
             self.stats.update(&self.url, |s| s.attempts += 1);
             let started = Instant::now();
             let lasted = match self.dial().await {
                 Ok(socket) => {
+                    last_error = None;
                     self.connections += 1;
                     let reconnect = self.connections > 1;
                     self.stats.update(&self.url, |s| {
@@ -741,6 +758,7 @@ impl Connection {
                 }
                 Err(what) => {
                     self.stats.error(&self.url, &what);
+                    last_error = Some(what.clone());
                     self.tell_all(PoolEvent::Error {
                         relay: self.url.clone(),
                         what,
@@ -773,7 +791,20 @@ impl Connection {
                             }
                             let _ = self.internal.send(Internal::Idle(self.url.clone(), false));
                         }
-                        Some(command) => self.offline_command(command),
+                        Some(command) => {
+                            // A newcomer hears at once that the relay is failing.
+                            let newcomer = match &command {
+                                RelayCommand::Subscribe { to, .. } | RelayCommand::Publish { to, .. } => Some(to.clone()),
+                                _ => None,
+                            };
+                            self.offline_command(command);
+                            if let (Some(to), Some(what)) = (newcomer, &last_error) {
+                                let _ = to.try_send(PoolEvent::Error {
+                                    relay: self.url.clone(),
+                                    what: what.clone(),
+                                });
+                            }
+                        }
                     },
                 }
             }

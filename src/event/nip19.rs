@@ -9,6 +9,7 @@ use super::types::{EventId, Pubkey};
 
 const NPUB: Hrp = Hrp::parse_unchecked("npub");
 const NOTE: Hrp = Hrp::parse_unchecked("note");
+const NPROFILE: Hrp = Hrp::parse_unchecked("nprofile");
 
 fn encode(hrp: Hrp, data: &[u8; 32]) -> String {
     // Only fails past bech32's 90-character limit; 32 bytes with a 4-letter prefix make 63.
@@ -79,6 +80,77 @@ pub fn parse_pubkey(s: &str) -> Result<Pubkey, EventError> {
     }
 }
 
+/// The `nprofile1...` form of a public key with relay hints (NIP-19 TLV:
+/// type 0 the key, type 1 each relay).
+pub fn encode_nprofile(pubkey: &Pubkey, relays: &[&str]) -> String {
+    let mut data = vec![0u8, 32];
+    data.extend_from_slice(pubkey.as_bytes());
+    for relay in relays {
+        let bytes = relay.as_bytes();
+        if bytes.len() > 255 {
+            continue;
+        }
+        data.push(1);
+        data.push(bytes.len() as u8);
+        data.extend_from_slice(bytes);
+    }
+    bech32::encode::<Bech32>(NPROFILE, &data).unwrap_or_default()
+}
+
+/// Decodes an `nprofile1...` string: the key and the relay hints (hints
+/// that are not UTF-8 are skipped; unknown TLV types are ignored, as NIP-19
+/// asks).
+pub fn decode_nprofile(s: &str) -> Result<(Pubkey, Vec<String>), EventError> {
+    let bad = |why: String| EventError::bad_field(format!("invalid nprofile: {why}"));
+    let checked = CheckedHrpstring::new::<Bech32>(s).map_err(|e| bad(describe(&e)))?;
+    if checked.hrp() != NPROFILE {
+        return Err(bad(format!(
+            "prefix is \"{}\", expected \"nprofile\"",
+            checked.hrp()
+        )));
+    }
+    let data: Vec<u8> = checked.byte_iter().collect();
+    let mut pubkey = None;
+    let mut relays = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let (Some(&kind), Some(&len)) = (data.get(at), data.get(at + 1)) else {
+            return Err(bad("a TLV record is cut short".to_string()));
+        };
+        let value = data
+            .get(at + 2..at + 2 + usize::from(len))
+            .ok_or_else(|| bad("a TLV value runs past the end".to_string()))?;
+        match kind {
+            0 => {
+                let key = <[u8; 32]>::try_from(value)
+                    .map_err(|_| bad(format!("the key holds {len} bytes, expected 32")))?;
+                pubkey.get_or_insert(Pubkey(key));
+            }
+            1 => {
+                if let Ok(relay) = std::str::from_utf8(value) {
+                    relays.push(relay.to_string());
+                }
+            }
+            _ => {}
+        }
+        at += 2 + usize::from(len);
+    }
+    let pubkey = pubkey.ok_or_else(|| bad("no key (TLV type 0)".to_string()))?;
+    Ok((pubkey, relays))
+}
+
+/// Parses a person given as hex, `npub1...` or `nprofile1...`: the key and
+/// the nprofile's relay hints (none for the other forms).
+pub fn parse_profile(s: &str) -> Result<(Pubkey, Vec<String>), EventError> {
+    let s = s.trim();
+    let s = s.strip_prefix("nostr:").unwrap_or(s);
+    if s.starts_with("nprofile1") {
+        decode_nprofile(s)
+    } else {
+        parse_pubkey(s).map(|p| (p, Vec::new()))
+    }
+}
+
 /// Parses an event id given as 64 lowercase hex characters or as `note1...`.
 pub fn parse_event_id(s: &str) -> Result<EventId, EventError> {
     if s.starts_with("note1") {
@@ -95,6 +167,37 @@ mod tests {
 
     const NPUB_VECTOR: &str = "npub10elfcs4fr0l0r8af98jlmgdh9c8tcxjvz9qkw038js35mp4dma8qzvjptg";
     const HEX_VECTOR: &str = "7e7e9c42a91bfef19fa929e5fda1b72e0ebc1a4c1141673e2794234d86addf4e";
+
+    #[test]
+    fn known_nprofile_vector() {
+        // NIP-19's example.
+        let (pubkey, relays) = parse_profile(
+            "nprofile1qqsrhuxx8l9ex335q7he0f09aej04zpazpl0ne2cgukyawd24mayt8gpp4mhxue69uhhytnc9e3k7mgpz4mhxue69uhkg6nzv9ejuumpv34kytnrdaksjlyr9p",
+        )
+        .unwrap();
+        assert_eq!(
+            pubkey.to_hex(),
+            "3bf0c63fcb93463407af97a5e5ee64fa883d107ef9e558472c4eb9aaaefa459d"
+        );
+        assert_eq!(relays, ["wss://r.x.com", "wss://djbas.sadkb.com"]);
+        let again = encode_nprofile(&pubkey, &["wss://r.x.com", "wss://djbas.sadkb.com"]);
+        assert_eq!(decode_nprofile(&again).unwrap(), (pubkey, relays));
+        assert_eq!(parse_profile(HEX_VECTOR).unwrap().0.to_hex(), HEX_VECTOR);
+        assert_eq!(
+            parse_profile(&format!("nostr:{NPUB_VECTOR}"))
+                .unwrap()
+                .0
+                .to_hex(),
+            HEX_VECTOR
+        );
+        for (bad, says) in [
+            ("nprofile1qqqqqqqq", "nprofile"),
+            (&encode_nprofile(&pubkey, &[])[..20], "nprofile"),
+        ] {
+            let error = parse_profile(bad).unwrap_err().to_string();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn known_npub_vector() {

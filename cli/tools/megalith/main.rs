@@ -6,6 +6,7 @@
     reason = "println! and eprintln! panic on a closed pipe: write through output.rs"
 )]
 
+mod follow;
 mod generate;
 mod import;
 mod mirror;
@@ -100,6 +101,19 @@ enum Command {
     /// backfill).
     #[command(verbatim_doc_comment)]
     Mirror(Box<mirror::MirrorArgs>),
+    /// Fill the store with a person's feed (one feed job in the foreground)
+    ///
+    /// Fetches the person's newest contact list (kind 3) and relay list
+    /// (kind 10002) from the relays given, then the follows' relay lists,
+    /// then the follows' posts (kinds 1 and 6) from each follow's own write
+    /// relays (NIP-65; up to --relays-per-author each, chosen so that few
+    /// relays cover many follows; follows without a list are read from the
+    /// relays given), newest first. Prints each phase as it starts (--json:
+    /// the status object each time it changes) and a summary per relay.
+    /// Afterwards, `megalith query` reads the feed. Exit status 1 if the job
+    /// failed (no contact list found, no relay answered).
+    #[command(verbatim_doc_comment)]
+    Follow(Box<follow::FollowArgs>),
 }
 
 #[derive(Args)]
@@ -273,6 +287,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(&args),
         Command::Repair(args) => repair(&args),
         Command::Mirror(args) => mirror::run(&args),
+        Command::Follow(args) => follow::run(&args),
     };
     match result {
         Ok(code) => code,
