@@ -144,3 +144,111 @@ fn bad_flags_are_named() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn serve_runs_the_mirrors_of_its_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    {
+        let store = EventStore::open(&source).unwrap();
+        let mut generator = common::Generator::new(8, 100);
+        let events: Vec<_> = (0..1_500).map(|_| generator.next_event()).collect();
+        store.insert(&events).unwrap();
+        store.close().unwrap();
+    }
+    let want = ids(&source);
+    let mut upstream = serve::spawn([std::ffi::OsStr::new("--data"), source.as_os_str()]);
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = upstream.stderr.read_to_end(&mut sink);
+    });
+    let upstream_url = format!("ws://{}", upstream.addr);
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!("[[mirror]]\nrelays = [\"{upstream_url}\"]\nfilter = '{{}}'\npage_size = 200\n"),
+    )
+    .unwrap();
+    let copy = dir.path().join("copy");
+    let mut mirroring = serve::spawn([
+        std::ffi::OsStr::new("--config"),
+        config.as_os_str(),
+        std::ffi::OsStr::new("--data"),
+        copy.as_os_str(),
+    ]);
+    let addr = mirroring.addr.clone();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = mirroring.stderr.read_to_end(&mut sink);
+    });
+    // The copy fills; /metrics says how far (polled, up to a minute).
+    let sample = format!("megalith_ingest_relay_stored_total{{relay=\"{upstream_url}\"}} ");
+    let mut stored = 0;
+    for _ in 0..600 {
+        let metrics = http_get(&addr, "/metrics");
+        stored = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&sample))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if stored >= want.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(stored, want.len());
+    for child in [&mirroring.child, &upstream.child] {
+        // SAFETY: kill(2) on a child we spawned and have not waited for.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    assert!(mirroring.child.wait().unwrap().success());
+    upstream.child.wait().unwrap();
+    assert_eq!(ids(&copy), want);
+    assert!(copy.join("mirror").read_dir().unwrap().count() == 1);
+}
+
+#[test]
+fn a_bad_mirror_table_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    for (text, says) in [
+        (
+            "[[mirror]]\nrelays = [\"http://x\"]\n",
+            "[[mirror]] number 1",
+        ),
+        (
+            "[[mirror]]\nrelays = [\"ws://x\"]\nfilter = '{\"kinds\":1}'\n",
+            "filter",
+        ),
+        ("[[mirror]]\nrelays = []\n", "no relays"),
+        ("[[mirror]]\nrelay = [\"ws://x\"]\n", "unknown field"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let output = megalith()
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(dir.path().join("store"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{text}");
+        assert!(stderr.contains(says), "{text}: {stderr}");
+    }
+}

@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod feed;
 mod files;
 pub mod message;
+pub mod metrics;
 pub mod mirror;
 pub mod pool;
 pub mod sink;

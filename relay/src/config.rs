@@ -45,6 +45,34 @@ pub struct ServeConfig {
     pub info: RelayInfo,
     /// What the relay enforces (`[limits]`).
     pub limits: RelayLimits,
+    /// Other relays to copy into this one (`[[mirror]]` tables), run by
+    /// `megalith serve` beside the relay (see `megalith mirror`).
+    pub mirror: Vec<MirrorEntry>,
+}
+
+/// One `[[mirror]]` table: what `megalith mirror` would do, run beside the
+/// relay (backfill, then live; resume points in DIR/mirror/).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorEntry {
+    /// The relays to copy from (`ws://` or `wss://`).
+    pub relays: Vec<String>,
+    /// The NIP-01 filter, as JSON text. Default `{}`: everything.
+    #[serde(default = "MirrorEntry::everything")]
+    pub filter: String,
+    /// Events per page of the backfill. Default 500.
+    #[serde(default = "MirrorEntry::default_page_size")]
+    pub page_size: usize,
+}
+
+impl MirrorEntry {
+    fn everything() -> String {
+        "{}".to_string()
+    }
+
+    fn default_page_size() -> usize {
+        500
+    }
 }
 
 impl Default for ServeConfig {
@@ -62,6 +90,7 @@ impl Default for ServeConfig {
             rules: None,
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
+            mirror: Vec::new(),
         }
     }
 }

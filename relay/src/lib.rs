@@ -40,7 +40,9 @@ use tracing::{info, warn};
 
 use megalith::{Commits, EventStore, Limits};
 
-pub use config::{DurabilityName, RecoveryName, RelayConfig, RelayInfo, RelayLimits, ServeConfig};
+pub use config::{
+    DurabilityName, MirrorEntry, RecoveryName, RelayConfig, RelayInfo, RelayLimits, ServeConfig,
+};
 pub use gate::Cidr;
 pub use metrics::Metrics;
 
@@ -57,9 +59,26 @@ use subs::{LiveSub, MAX_PENDING, SubIndex, SubKey, SubState};
 /// starts missing some (counted in `megalith_commit_stream_lagged_total`).
 const COMMIT_STREAM_CAPACITY: usize = 65_536;
 
+/// What a service beside the relay adds to it (`megalith serve` wires the
+/// ingester in this way; the relay knows nothing of it).
+#[derive(Clone, Default)]
+pub struct Extras {
+    /// More Prometheus text appended to `/metrics`.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Extras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extras")
+            .field("metrics", &self.metrics.is_some())
+            .finish()
+    }
+}
+
 /// The shared state of a running relay.
 #[derive(Debug)]
 struct Relay {
+    extras: Extras,
     store: Arc<EventStore>,
     config: RelayConfig,
     /// The store-side limits implied by `config.limits`.
@@ -302,6 +321,17 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with_extras(store, config, listener, shutdown, Extras::default()).await
+}
+
+/// [`run`], with what a service beside the relay adds.
+pub async fn run_with_extras(
+    store: Arc<EventStore>,
+    config: RelayConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    extras: Extras,
+) -> std::io::Result<()> {
     let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
     config.check().map_err(invalid)?;
     let trusted_proxies = config.trusted_proxy_ranges().map_err(invalid)?;
@@ -319,6 +349,7 @@ pub async fn run(
     );
     let (stop, _) = watch::channel(false);
     let relay = Arc::new(Relay {
+        extras,
         event_limits: config.limits.event_limits(),
         store,
         config,
@@ -635,7 +666,14 @@ async fn health(State(relay): State<Arc<Relay>>) -> Response {
 /// `/metrics`: Prometheus text format.
 async fn metrics_text(State(relay): State<Arc<Relay>>) -> Response {
     let relay2 = Arc::clone(&relay);
-    match tokio::task::spawn_blocking(move || relay2.metrics.render(&relay2.store)).await {
+    let rendered = tokio::task::spawn_blocking(move || {
+        let mut text = relay2.metrics.render(&relay2.store);
+        if let Some(extra) = &relay2.extras.metrics {
+            text.push_str(&extra());
+        }
+        text
+    });
+    match rendered.await {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

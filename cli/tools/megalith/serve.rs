@@ -8,8 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use megalith::EventStore;
-use megalith_relay::{DurabilityName, RecoveryName, ServeConfig};
+use megalith::{EventStore, Filter};
+use megalith_ingest::metrics as ingest_metrics;
+use megalith_ingest::mirror::{self, MirrorOptions, Progress};
+use megalith_ingest::pool::{self, PoolConfig};
+use megalith_ingest::{RelayUrl, Sink};
+use megalith_relay::{DurabilityName, Extras, RecoveryName, ServeConfig};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::{DurabilityArg, RecoveryArg, on_off, report_recovery, with_replay_progress};
@@ -227,6 +232,7 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         .with_writer(std::io::stderr)
         .try_init();
     let config = args.config()?;
+    let mirrors = mirror_options(&config)?;
     let relay = config.relay();
     let mut builder = with_replay_progress(EventStore::builder(&config.data))
         .durability(config.durability.durability())
@@ -262,9 +268,58 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         let listener = tokio::net::TcpListener::bind(relay.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", relay.listen))?;
-        megalith_relay::run(Arc::clone(&store), relay, listener, shutdown_signal())
-            .await
-            .map_err(|e| format!("the relay failed: {e}"))
+        // The mirrors of the config file run beside the relay, on their own
+        // pool and store sink, until the relay stops.
+        let ingest = (!mirrors.is_empty()).then(|| {
+            let (pool, pool_task) = pool::start(PoolConfig::default());
+            let (sink, sink_task) = Sink::start(Arc::clone(&store), pool.stats().clone());
+            let (stop, stopped) = watch::channel(false);
+            let tasks: Vec<_> = mirrors
+                .into_iter()
+                .map(|options| {
+                    let (pool, sink, stopped) = (pool.clone(), sink.clone(), stopped.clone());
+                    tokio::spawn(async move {
+                        let relays: Vec<String> =
+                            options.relays.iter().map(|r| r.to_string()).collect();
+                        match mirror::run(pool, sink, options, stopped, Progress::default()).await {
+                            Ok(reports) => {
+                                for r in reports {
+                                    info!(relay = %r.relay, stored = r.stored, pages = r.pages, errors = r.errors, "mirror stopped");
+                                }
+                            }
+                            Err(e) => error!(relays = ?relays, error = %e, "mirror failed"),
+                        }
+                    })
+                })
+                .collect();
+            (pool, pool_task, sink_task, stop, tasks)
+        });
+        let extras = Extras {
+            metrics: ingest.as_ref().map(|(pool, ..)| {
+                let stats = pool.stats().clone();
+                Arc::new(move || ingest_metrics::render(&stats, None))
+                    as Arc<dyn Fn() -> String + Send + Sync>
+            }),
+        };
+        let served = megalith_relay::run_with_extras(
+            Arc::clone(&store),
+            relay,
+            listener,
+            shutdown_signal(),
+            extras,
+        )
+        .await
+        .map_err(|e| format!("the relay failed: {e}"));
+        if let Some((pool, pool_task, sink_task, stop, tasks)) = ingest {
+            let _ = stop.send(true);
+            for task in tasks {
+                let _ = task.await;
+            }
+            pool.shutdown().await;
+            let _ = pool_task.await;
+            let _ = sink_task.await;
+        }
+        served
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
     // Every connection is gone; the blocking tasks that held the store end
@@ -284,6 +339,34 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     served?;
     closed.map_err(|e| format!("closing the store: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `[[mirror]]` tables, checked: each relay URL and filter parses.
+fn mirror_options(config: &ServeConfig) -> Result<Vec<MirrorOptions>, String> {
+    config
+        .mirror
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let what = format!("[[mirror]] number {}", i + 1);
+            if entry.relays.is_empty() {
+                return Err(format!("{what}: no relays"));
+            }
+            let relays = entry
+                .relays
+                .iter()
+                .map(|r| RelayUrl::parse(r).map_err(|e| format!("{what}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let filter =
+                Filter::from_json(&entry.filter).map_err(|e| format!("{what}: filter: {e}"))?;
+            if entry.page_size == 0 {
+                return Err(format!("{what}: page_size must be at least 1"));
+            }
+            let mut options = MirrorOptions::new(relays, filter, config.data.join("mirror"));
+            options.page_size = entry.page_size;
+            Ok(options)
+        })
+        .collect()
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
