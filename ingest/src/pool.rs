@@ -585,7 +585,7 @@ impl Pool {
                 connector: self.connector.clone(),
                 internal: internal.clone(),
                 subs: HashMap::new(),
-                publishes: HashMap::new(),
+                publishes: Vec::new(),
                 auth: AuthState::default(),
                 backoff: Backoff::new(seed_of(&url)),
                 connections: 0,
@@ -696,7 +696,9 @@ struct Connection {
     connector: Connector,
     internal: mpsc::UnboundedSender<Internal>,
     subs: HashMap<SubId, SubState>,
-    publishes: HashMap<EventId, PendingPublish>,
+    /// Sent or to send, waiting for their `OK`, in the order they were
+    /// made (they are sent again in that order after a reconnect).
+    publishes: Vec<PendingPublish>,
     auth: AuthState,
     backoff: Backoff,
     connections: u64,
@@ -845,8 +847,7 @@ impl Connection {
                 self.subs.remove(&id);
             }
             RelayCommand::Publish { event, to } => {
-                self.publishes
-                    .insert(event.id, PendingPublish::new(event, to));
+                self.publishes.push(PendingPublish::new(event, to));
             }
             RelayCommand::CloseIfIdle | RelayCommand::Close => {}
         }
@@ -863,7 +864,7 @@ impl Connection {
         for id in gone {
             self.drop_sub(&id);
         }
-        for publish in self.publishes.values() {
+        for publish in &self.publishes {
             let _ = publish.to.try_send(event.clone());
         }
     }
@@ -889,7 +890,7 @@ impl Connection {
             sub.auth_retried = false;
             out.push(req(id, &sub.resume_filters(self.config.resume_margin)));
         }
-        for publish in self.publishes.values_mut() {
+        for publish in &mut self.publishes {
             publish.awaiting_auth = false;
             out.push(event_message(&publish.event));
         }
@@ -949,7 +950,7 @@ impl Connection {
                     }
                     Some(RelayCommand::Publish { event, to }) => {
                         out.push(event_message(&event));
-                        self.publishes.insert(event.id, PendingPublish::new(event, to));
+                        self.publishes.push(PendingPublish::new(event, to));
                     }
                 },
                 _ = ping.tick() => {
@@ -1127,7 +1128,7 @@ impl Connection {
                     out.push(req(sub, &state.resume_filters(self.config.resume_margin)));
                 }
             }
-            for publish in self.publishes.values_mut() {
+            for publish in &mut self.publishes {
                 if publish.awaiting_auth {
                     publish.awaiting_auth = false;
                     publish.auth_retried = true;
@@ -1136,9 +1137,10 @@ impl Connection {
             }
             return;
         }
-        let Some(publish) = self.publishes.get_mut(&id) else {
+        let Some(at) = self.publishes.iter().position(|p| p.event.id == id) else {
             return;
         };
+        let publish = &mut self.publishes[at];
         if !accepted
             && message.starts_with("auth-required:")
             && self.config.auth_keys.is_some()
@@ -1148,14 +1150,13 @@ impl Connection {
             publish.awaiting_auth = true;
             return;
         }
-        if let Some(publish) = self.publishes.remove(&id) {
-            let _ = publish.to.try_send(PoolEvent::Ok {
-                relay: self.url.clone(),
-                id,
-                accepted,
-                message,
-            });
-        }
+        let publish = self.publishes.remove(at);
+        let _ = publish.to.try_send(PoolEvent::Ok {
+            relay: self.url.clone(),
+            id,
+            accepted,
+            message,
+        });
     }
 }
 

@@ -12,6 +12,7 @@ mod import;
 mod mirror;
 #[path = "../common/output.rs"]
 mod output;
+mod publish;
 mod serve;
 
 use std::io::Write;
@@ -114,6 +115,14 @@ enum Command {
     /// failed (no contact list found, no relay answered).
     #[command(verbatim_doc_comment)]
     Follow(Box<follow::FollowArgs>),
+    /// Publish signed events from JSONL to other relays (through the relay pool)
+    ///
+    /// Every event is checked (id and signature) before anything is sent; a
+    /// line that holds none stops the command naming it. Prints what each
+    /// relay said (accepted, refused with its message, unanswered); exit
+    /// status 1 if any relay refused or did not answer an event.
+    #[command(verbatim_doc_comment)]
+    Publish(publish::PublishArgs),
 }
 
 #[derive(Args)]
@@ -288,6 +297,7 @@ fn main() -> ExitCode {
         Command::Repair(args) => repair(&args),
         Command::Mirror(args) => mirror::run(&args),
         Command::Follow(args) => follow::run(&args),
+        Command::Publish(args) => publish::run(&args),
     };
     match result {
         Ok(code) => code,
