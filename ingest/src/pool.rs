@@ -69,6 +69,11 @@ pub struct PoolConfig {
     pub auth_keys: Option<Keys>,
     /// Capacity of the command queue (default 1,024).
     pub command_capacity: usize,
+    /// Subscriptions open at once on one relay (default 100); more wait
+    /// their turn. A relay that refuses a subscription as one too many
+    /// (`CLOSED` saying so) lowers this for itself, and the refused one
+    /// waits instead of failing.
+    pub max_subscriptions_per_relay: usize,
 }
 
 impl Default for PoolConfig {
@@ -85,6 +90,7 @@ impl Default for PoolConfig {
             reconnect_scale: 1.0,
             auth_keys: None,
             command_capacity: 1024,
+            max_subscriptions_per_relay: 100,
         }
     }
 }
@@ -585,6 +591,9 @@ impl Pool {
                 connector: self.connector.clone(),
                 internal: internal.clone(),
                 subs: HashMap::new(),
+                waiting: VecDeque::new(),
+                max_subs: self.config.max_subscriptions_per_relay.max(1),
+                next_seq: 0,
                 publishes: Vec::new(),
                 auth: AuthState::default(),
                 backoff: Backoff::new(seed_of(&url)),
@@ -643,6 +652,10 @@ struct SubState {
     awaiting_auth: bool,
     /// Already re-sent once after an AUTH.
     auth_retried: bool,
+    /// Its REQ is out on the current connection (it holds a slot).
+    sent: bool,
+    /// Arrival order, for the waiting line.
+    seq: u64,
 }
 
 impl SubState {
@@ -696,6 +709,11 @@ struct Connection {
     connector: Connector,
     internal: mpsc::UnboundedSender<Internal>,
     subs: HashMap<SubId, SubState>,
+    /// Subscriptions waiting for a slot, in arrival order.
+    waiting: VecDeque<SubId>,
+    /// Slots: subscriptions open at once (lowered by a relay's refusals).
+    max_subs: usize,
+    next_seq: u64,
     /// Sent or to send, waiting for their `OK`, in the order they were
     /// made (they are sent again in that order after a reconnect).
     publishes: Vec<PendingPublish>,
@@ -841,10 +859,11 @@ impl Connection {
     fn offline_command(&mut self, command: RelayCommand) {
         match command {
             RelayCommand::Subscribe { id, filters, to } => {
-                self.subs.insert(id, SubState::new(filters, to));
+                self.add_sub(id, filters, to);
             }
             RelayCommand::Unsubscribe(id) => {
                 self.subs.remove(&id);
+                self.waiting.retain(|w| *w != id);
             }
             RelayCommand::Publish { event, to } => {
                 self.publishes.push(PendingPublish::new(event, to));
@@ -869,7 +888,34 @@ impl Connection {
         }
     }
 
+    fn add_sub(&mut self, id: SubId, filters: Vec<Filter>, to: mpsc::Sender<PoolEvent>) {
+        self.next_seq += 1;
+        self.waiting.push_back(id.clone());
+        self.subs
+            .insert(id, SubState::new(filters, to, self.next_seq));
+    }
+
+    /// Sends waiting subscriptions while slots are free.
+    fn admit(&mut self, out: &mut Vec<String>) {
+        let mut open = self.subs.values().filter(|s| s.sent).count();
+        while open < self.max_subs {
+            let Some(id) = self.waiting.pop_front() else {
+                return;
+            };
+            let Some(state) = self.subs.get_mut(&id) else {
+                continue;
+            };
+            if state.sent {
+                continue;
+            }
+            state.sent = true;
+            out.push(req(&id, &state.resume_filters(self.config.resume_margin)));
+            open += 1;
+        }
+    }
+
     fn drop_sub(&mut self, id: &SubId) {
+        self.waiting.retain(|w| w != id);
         if self.subs.remove(id).is_some() {
             let _ = self
                 .internal
@@ -885,11 +931,17 @@ impl Connection {
         let (mut write, mut read) = socket.split();
         self.auth = AuthState::default();
         let mut out: Vec<String> = Vec::new();
+        // Every subscription queues again, in arrival order, for a slot.
+        let mut order: Vec<(u64, SubId)> = Vec::new();
         for (id, sub) in &mut self.subs {
             sub.awaiting_auth = false;
             sub.auth_retried = false;
-            out.push(req(id, &sub.resume_filters(self.config.resume_margin)));
+            sub.sent = false;
+            order.push((sub.seq, id.clone()));
         }
+        order.sort();
+        self.waiting = order.into_iter().map(|(_, id)| id).collect();
+        self.admit(&mut out);
         for publish in &mut self.publishes {
             publish.awaiting_auth = false;
             out.push(event_message(&publish.event));
@@ -903,6 +955,7 @@ impl Connection {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         loop {
+            self.admit(&mut out);
             for text in out.drain(..) {
                 if let Err(e) = write.send(Message::text(text)).await {
                     return End::Dropped(format!("send: {e}"));
@@ -940,11 +993,11 @@ impl Connection {
                         let _ = self.internal.send(Internal::Idle(self.url.clone(), false));
                     }
                     Some(RelayCommand::Subscribe { id, filters, to }) => {
-                        out.push(req(&id, &filters));
-                        self.subs.insert(id, SubState::new(filters, to));
+                        self.add_sub(id, filters, to);
                     }
                     Some(RelayCommand::Unsubscribe(id)) => {
-                        if self.subs.remove(&id).is_some() {
+                        self.waiting.retain(|w| *w != id);
+                        if self.subs.remove(&id).is_some_and(|s| s.sent) {
                             out.push(serde_json::json!(["CLOSE", &*id]).to_string());
                         }
                     }
@@ -1042,15 +1095,38 @@ impl Connection {
                     state.awaiting_auth = true;
                     return;
                 }
+                let was_sent = state.sent;
+                if was_sent && too_many_subscriptions(&reason) {
+                    let open = self.subs.values().filter(|s| s.sent).count();
+                    if open > 1 {
+                        // The relay's own cap: wait for a slot under it.
+                        self.max_subs = open - 1;
+                        let id: SubId = Arc::from(sub.as_str());
+                        let seq = self.subs.get_mut(&id).map_or(0, |state| {
+                            state.sent = false;
+                            state.seq
+                        });
+                        // Back in line in arrival order.
+                        let at = self
+                            .waiting
+                            .iter()
+                            .position(|w| self.subs.get(w).is_some_and(|s| s.seq > seq))
+                            .unwrap_or(self.waiting.len());
+                        self.waiting.insert(at, id);
+                        return;
+                    }
+                }
                 let id: SubId = Arc::from(sub.as_str());
-                let _ = state
-                    .to
-                    .send(PoolEvent::Closed {
-                        relay: self.url.clone(),
-                        sub: id.clone(),
-                        reason,
-                    })
-                    .await;
+                if let Some(state) = self.subs.get(&id) {
+                    let _ = state
+                        .to
+                        .send(PoolEvent::Closed {
+                            relay: self.url.clone(),
+                            sub: id.clone(),
+                            reason,
+                        })
+                        .await;
+                }
                 self.drop_sub(&id);
             }
             RelayMessage::Notice { message } => {
@@ -1161,7 +1237,7 @@ impl Connection {
 }
 
 impl SubState {
-    fn new(filters: Vec<Filter>, to: mpsc::Sender<PoolEvent>) -> SubState {
+    fn new(filters: Vec<Filter>, to: mpsc::Sender<PoolEvent>, seq: u64) -> SubState {
         SubState {
             filters,
             to,
@@ -1169,6 +1245,8 @@ impl SubState {
             eose_at: None,
             awaiting_auth: false,
             auth_retried: false,
+            sent: false,
+            seq,
         }
     }
 }
@@ -1182,6 +1260,14 @@ impl PendingPublish {
             auth_retried: false,
         }
     }
+}
+
+/// Whether a `CLOSED` reason says the connection has too many
+/// subscriptions (strfry, nostr-rs-relay and others word it differently).
+fn too_many_subscriptions(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    reason.contains("subscri")
+        && (reason.contains("too many") || reason.contains("max") || reason.contains("limit"))
 }
 
 fn req(id: &str, filters: &[Filter]) -> String {
@@ -1205,7 +1291,7 @@ mod tests {
     #[test]
     fn a_subscription_resumes_from_what_it_saw() {
         let (to, _rx) = mpsc::channel(1);
-        let mut sub = SubState::new(vec![Filter::new().kinds([1]).since(100).limit(10)], to);
+        let mut sub = SubState::new(vec![Filter::new().kinds([1]).since(100).limit(10)], to, 1);
         // Before EOSE: the backfill was not finished, sent again as given.
         sub.newest = Some(5_000);
         assert_eq!(sub.resume_filters(60), sub.filters);

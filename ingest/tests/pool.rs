@@ -414,3 +414,40 @@ async fn publishes_reach_the_relay_in_the_order_they_were_made() {
     assert_eq!(received.len(), sent.len());
     assert_eq!(out_of_place, 0, "events out of order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_s_cap_on_subscriptions_is_learned_and_waited_for() {
+    // The relay allows 3 subscriptions per connection; 10 are made at
+    // once. Each must get its answer (none refused), the later ones once
+    // earlier ones close.
+    let fake = FakeRelay::start(
+        notes(13, 5),
+        Behaviour {
+            max_subs: Some(3),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let (pool, _task) = pool::start(fast());
+    let mut subs = Vec::new();
+    for _ in 0..10 {
+        subs.push(
+            pool.subscribe(vec![url(&fake.url())], vec![Filter::new()], 16)
+                .await
+                .unwrap(),
+        );
+    }
+    for mut sub in subs {
+        let mut events = 0;
+        loop {
+            match next(&mut sub).await {
+                PoolEvent::Event { .. } => events += 1,
+                PoolEvent::Eose { .. } => break,
+                PoolEvent::Connected { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(events, 5);
+        // Dropping it closes it and frees a slot for the next.
+    }
+}

@@ -39,6 +39,10 @@ pub struct Behaviour {
     /// Accept the WebSocket, then never read from it again (no pongs, no
     /// answers).
     pub deaf: bool,
+    /// Refuse a REQ beyond this many open subscriptions on a connection
+    /// with `CLOSED` "error: too many concurrent subscriptions" (strfry's
+    /// wording).
+    pub max_subs: Option<usize>,
 }
 
 pub struct FakeRelay {
@@ -159,6 +163,12 @@ async fn serve(
                     Some("REQ") => {
                         reqs.lock().push(Value::Array(items[1..].to_vec()));
                         let sub = items[1].as_str().unwrap_or("").to_string();
+                        let cap = behaviour.lock().max_subs;
+                        if cap.is_some_and(|cap| subs.len() >= cap && !subs.iter().any(|(s, _)| *s == sub)) {
+                            let closed = serde_json::json!(["CLOSED", sub, "error: too many concurrent subscriptions"]).to_string();
+                            if write.send(Message::text(closed)).await.is_err() { return; }
+                            continue;
+                        }
                         let filters: Vec<Filter> = items[2..]
                             .iter()
                             .map(|f| Filter::from_value(f).unwrap())
