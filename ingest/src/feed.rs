@@ -176,11 +176,13 @@ pub struct JobStatus {
     pub follows: usize,
     /// Follows with a relay list.
     pub follows_with_relays: usize,
-    /// Posts (kinds 1 and 6) stored by this job.
+    /// Posts (kinds 1 and 6) of the follows this job brought into the store
+    /// (stored, or found there already: another job's, an earlier run's),
+    /// each once.
     pub events_ingested: u64,
-    /// The newest post stored.
+    /// The newest of those posts.
     pub latest_created_at: Option<u64>,
-    /// Milliseconds from the job's start to its first stored post.
+    /// Milliseconds from the job's start to its first post in the store.
     pub first_post_ms: Option<u64>,
     pub last_error: Option<String>,
     pub started_at_ms: Option<u64>,
@@ -377,7 +379,7 @@ async fn run(
         pubkey,
         status: status.clone(),
         started,
-        posts: Arc::new(Tally::default()),
+        posts: Arc::new(Tally::distinct()),
     };
     let result = job.run(&mut stop).await;
     status.send_modify(|s| {
@@ -722,9 +724,11 @@ impl Job {
             }
         }
         let stats = self.shared.pool.stats();
-        let stored = self.posts.stored.load(Ordering::Relaxed);
-        let newest = self.posts.newest_stored.load(Ordering::Relaxed);
-        let first = self.posts.first_stored_ms.load(Ordering::Relaxed);
+        // Each post once, also one another job stored first: it is in this
+        // feed.
+        let stored = self.posts.distinct_held.load(Ordering::Relaxed);
+        let newest = self.posts.newest_held.load(Ordering::Relaxed);
+        let first = self.posts.first_held_ms.load(Ordering::Relaxed);
         let started_ms = self.status.borrow().started_at_ms.unwrap_or(0);
         self.status.send_modify(|s| {
             s.events_ingested = stored;

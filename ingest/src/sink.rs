@@ -41,26 +41,73 @@ pub struct Tally {
     pub newest_stored: AtomicU64,
     /// When the first event was stored (Unix ms; 0: not yet).
     pub first_stored_ms: AtomicU64,
+    /// The newest `created_at` now in the store: stored, or already held.
+    pub newest_held: AtomicU64,
+    /// When the first event was stored or found already held (Unix ms; 0:
+    /// not yet): a feed job whose follows another job fetched first has
+    /// its posts all the same.
+    pub first_held_ms: AtomicU64,
     /// The last store error, if any (the store refused a whole batch).
     pub last_error: Mutex<Option<String>>,
+    /// Distinct events now in the store (stored or held), when counted:
+    /// see [`Tally::distinct`].
+    pub distinct_held: AtomicU64,
+    /// The first 8 bytes of each id held, when distinct events are counted.
+    seen: Mutex<Option<std::collections::HashSet<u64>>>,
 }
 
 impl Tally {
+    /// A tally that also counts distinct events held (a feed job reads an
+    /// author from several relays; it shows each post once).
+    pub fn distinct() -> Tally {
+        Tally {
+            seen: Mutex::new(Some(std::collections::HashSet::new())),
+            ..Tally::default()
+        }
+    }
+
+    fn distinct_one(&self, id: &megalith::EventId) {
+        let mut seen = self.seen.lock();
+        if let Some(seen) = seen.as_mut() {
+            let key = u64::from_le_bytes(id.0[..8].try_into().unwrap_or_default());
+            if seen.insert(key) {
+                self.distinct_held.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counts an event the store held already.
+    fn held(&self, created_at: u64) {
+        self.duplicate.fetch_add(1, Ordering::Relaxed);
+        self.newest_held.fetch_max(created_at, Ordering::Relaxed);
+        let _ =
+            self.first_held_ms
+                .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     fn count(&self, outcome: &InsertOutcome, created_at: u64) -> Fate {
         match outcome {
             InsertOutcome::Stored | InsertOutcome::Replaced { .. } => {
                 self.stored.fetch_add(1, Ordering::Relaxed);
                 self.newest_stored.fetch_max(created_at, Ordering::Relaxed);
+                self.newest_held.fetch_max(created_at, Ordering::Relaxed);
+                let now = now_ms();
                 let _ = self.first_stored_ms.compare_exchange(
                     0,
-                    now_ms(),
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                let _ = self.first_held_ms.compare_exchange(
+                    0,
+                    now,
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 );
                 Fate::Stored
             }
             InsertOutcome::Duplicate => {
-                self.duplicate.fetch_add(1, Ordering::Relaxed);
+                self.held(created_at);
                 Fate::Duplicate
             }
             InsertOutcome::Invalid(rejection)
@@ -202,10 +249,11 @@ fn write(store: &EventStore, stats: &Stats, batch: Vec<Arrival>) -> Result<(), S
     let mut origins = Vec::with_capacity(batch.len());
     for ((relay, event, tally), held) in batch.into_iter().zip(held) {
         if held {
-            tally.duplicate.fetch_add(1, Ordering::Relaxed);
+            tally.held(event.created_at);
+            tally.distinct_one(&event.id);
             stats.update(&relay, |s| s.duplicates += 1);
         } else {
-            origins.push((relay, tally, event.created_at));
+            origins.push((relay, tally, event.created_at, event.id));
             fresh.push(*event);
         }
     }
@@ -216,17 +264,23 @@ fn write(store: &EventStore, stats: &Stats, batch: Vec<Arrival>) -> Result<(), S
         Ok(outcomes) => outcomes,
         Err(e) => {
             let message = format!("store: {e}");
-            for (relay, tally, _) in &origins {
+            for (relay, tally, _, _) in &origins {
                 *tally.last_error.lock() = Some(message.clone());
                 stats.error(relay, &message);
             }
             return Err(message);
         }
     };
-    for ((relay, tally, created_at), outcome) in origins.iter().zip(&outcomes) {
+    for ((relay, tally, created_at, id), outcome) in origins.iter().zip(&outcomes) {
         match tally.count(outcome, *created_at) {
-            Fate::Stored => stats.update(relay, |s| s.stored += 1),
-            Fate::Duplicate => stats.update(relay, |s| s.duplicates += 1),
+            Fate::Stored => {
+                tally.distinct_one(id);
+                stats.update(relay, |s| s.stored += 1);
+            }
+            Fate::Duplicate => {
+                tally.distinct_one(id);
+                stats.update(relay, |s| s.duplicates += 1);
+            }
             Fate::Invalid => stats.update(relay, |s| s.invalid += 1),
             Fate::Refused => {}
         }

@@ -253,6 +253,19 @@ async fn a_job_ends_with_exactly_the_follows_posts_the_relays_hold() {
     let saved: JobStatus = serde_json::from_str(&saved).unwrap();
     assert_eq!(saved, status);
     assert_eq!(ingester.jobs.ensure_job(me).borrow().clone(), status);
+
+    // A second person sharing follows: the posts the first job stored
+    // count for the second job's feed too, each once.
+    let (other, their_follows) = (1..50)
+        .filter_map(|seed| net.generator.sampler(seed).follow_list(20))
+        .find(|(p, f)| *p != me && f.iter().any(|a| follows.contains(a)))
+        .unwrap();
+    let theirs = finish(&ingester.jobs, other).await;
+    assert_eq!(theirs.phase, Some(JobPhase::Finished), "{theirs:#?}");
+    let posts = Filter::new()
+        .authors(their_follows.iter().copied())
+        .kinds([1, 6]);
+    assert_eq!(theirs.events_ingested as usize, net.held(&posts).len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
