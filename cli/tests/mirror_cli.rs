@@ -252,3 +252,78 @@ fn a_bad_mirror_table_is_named() {
         assert!(stderr.contains(says), "{text}: {stderr}");
     }
 }
+
+#[test]
+fn a_mirror_killed_mid_backfill_resumes_without_gaps_or_a_full_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    {
+        let store = EventStore::open(&source).unwrap();
+        let mut generator = common::Generator::new(9, 300);
+        let events: Vec<_> = (0..20_000).map(|_| generator.next_event()).collect();
+        for chunk in events.chunks(2_000) {
+            store.insert(chunk).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let want = ids(&source);
+    let mut serving = serve::spawn([std::ffi::OsStr::new("--data"), source.as_os_str()]);
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = serving.stderr.read_to_end(&mut sink);
+    });
+    let url = format!("ws://{}", serving.addr);
+    let copy = dir.path().join("copy");
+    let mut first = megalith()
+        .args(["mirror", "--page-size", "100", "--relay", &url, "--data"])
+        .arg(&copy)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once a few pages are in (or later: the point is SIGKILL).
+    let resume_dir = copy.join("mirror");
+    for _ in 0..200 {
+        if resume_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on a child we spawned and have not waited for.
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+    let before = ids(&copy).len();
+
+    let second = megalith()
+        .args([
+            "mirror",
+            "--once",
+            "--json",
+            "--page-size",
+            "100",
+            "--relay",
+            &url,
+            "--data",
+        ])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    let received = summary["relays"][0]["received"].as_u64().unwrap() as usize;
+    // SAFETY: as above.
+    unsafe { libc::kill(serving.child.id() as i32, libc::SIGTERM) };
+    serving.child.wait().unwrap();
+    assert_eq!(ids(&copy), want, "no gap");
+    // What the first run stored is not asked for again, but for at most
+    // the page in flight and its last second's repeats.
+    assert!(
+        received <= want.len() - before + 200,
+        "received {received} after {before} of {} were in",
+        want.len()
+    );
+}

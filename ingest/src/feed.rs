@@ -803,6 +803,7 @@ impl Job {
             .await
             .map_err(|e| e.to_string())?;
         let deadline = tokio::time::Instant::now() + self.config().phase_timeout;
+        let mut arrived = Vec::new();
         while !pending.is_empty() {
             let Ok(next) = tokio::time::timeout_at(deadline, sub.recv()).await else {
                 break;
@@ -811,7 +812,7 @@ impl Job {
                 None => break,
                 Some(PoolEvent::Event { relay, event, .. }) => {
                     if filters.iter().any(|f| mirror::matches(f, &event)) {
-                        self.shared.sink.send(relay, event, tally).await;
+                        arrived.push((relay, event));
                     }
                 }
                 Some(PoolEvent::Eose { relay, .. }) => {
@@ -833,7 +834,8 @@ impl Job {
             }
         }
         drop(sub);
-        self.shared.sink.flush().await
+        // Lists go in at once, not behind other jobs' posts in the sink.
+        self.shared.sink.store_now(arrived, tally).await
     }
 }
 

@@ -208,6 +208,8 @@ struct RelayMirror {
     /// The last error the pool reported for the relay (a failed dial, a
     /// drop), to say why pages go unanswered.
     last_relay_error: Option<String>,
+    /// The resume point being saved behind the pages.
+    saving: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
 enum PageEnd {
@@ -280,6 +282,7 @@ impl RelayMirror {
             off_filter: 0,
             last_error: None,
             last_relay_error: None,
+            saving: None,
         })
     }
 
@@ -378,9 +381,11 @@ impl RelayMirror {
                 .page(&mut sub, &page, &seen, &mut received, &mut fresh, stop)
                 .await;
             drop(sub);
-            self.sink.flush().await?;
             match end {
-                PageEnd::Stopped => return Ok(false),
+                PageEnd::Stopped => {
+                    self.settle().await?;
+                    return Ok(false);
+                }
                 PageEnd::Closed(reason) => {
                     failures += 1;
                     self.error(format!("the relay closed the page's REQ: {reason}"));
@@ -429,10 +434,46 @@ impl RelayMirror {
                 }
                 None => self.next_page(top, page_size, &received, fresh),
             }
-            self.save()?;
+            self.save_behind().await?;
         }
+        self.settle().await?;
         self.publish(Phase::Backfill);
         Ok(true)
+    }
+
+    /// Saves the resume point once the sink has stored everything sent so
+    /// far, in the background: the next page is asked for meanwhile, so the
+    /// relay's answer and the store's verification overlap. Saves stay in
+    /// order (each waits for the one before), and an error surfaces at the
+    /// next page.
+    async fn save_behind(&mut self) -> Result<(), String> {
+        if let Some(previous) = self.saving.take() {
+            previous
+                .await
+                .map_err(|e| format!("saving the resume point: {e}"))??;
+        }
+        let sink = self.sink.clone();
+        let (persist, path) = (self.options.persist, self.path.clone());
+        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| e.to_string())?;
+        self.saving = Some(tokio::spawn(async move {
+            sink.flush().await?;
+            if persist {
+                write_atomically(&path, &bytes)?;
+            }
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    /// Waits for the background save, then stores and saves what is left.
+    async fn settle(&mut self) -> Result<(), String> {
+        if let Some(previous) = self.saving.take() {
+            previous
+                .await
+                .map_err(|e| format!("saving the resume point: {e}"))??;
+        }
+        self.sink.flush().await?;
+        self.save()
     }
 
     /// Moves the resume point past one page.

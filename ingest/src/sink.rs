@@ -147,9 +147,17 @@ enum Item {
 }
 
 /// A handle on the sink task; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sink {
     items: mpsc::Sender<Item>,
+    store: Arc<EventStore>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Item {
@@ -166,8 +174,39 @@ impl Sink {
     /// handle is dropped.
     pub fn start(store: Arc<EventStore>, stats: Stats) -> (Sink, JoinHandle<()>) {
         let (items, receiver) = mpsc::channel(4 * BATCH_EVENTS);
-        let task = tokio::spawn(run(store, stats, receiver));
-        (Sink { items }, task)
+        let task = tokio::spawn(run(store.clone(), stats.clone(), receiver));
+        (
+            Sink {
+                items,
+                store,
+                stats,
+            },
+            task,
+        )
+    }
+
+    /// Stores a few events now, beside the queue rather than behind it (a
+    /// feed job's contact and relay lists must not wait for other jobs'
+    /// posts), with the same checks and counts.
+    pub async fn store_now(
+        &self,
+        events: Vec<(RelayUrl, Box<Event>)>,
+        tally: &Arc<Tally>,
+    ) -> Result<(), String> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        tally
+            .received
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        let batch: Vec<Arrival> = events
+            .into_iter()
+            .map(|(relay, event)| (relay, event, tally.clone()))
+            .collect();
+        let (store, stats) = (self.store.clone(), self.stats.clone());
+        tokio::task::spawn_blocking(move || write(&store, &stats, batch))
+            .await
+            .map_err(|e| format!("the store writer panicked: {e}"))?
     }
 
     /// Hands one event to the sink (waits while the sink is full).
