@@ -5,6 +5,7 @@
 use megalith::EventId;
 use megalith::event::{Event, Limits};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// One message from a relay. Events are parsed (fields, limits) and their
 /// ids checked, but their signatures are not checked here: the store's verify pool does
@@ -32,20 +33,29 @@ pub enum RelayMessage {
 }
 
 impl RelayMessage {
-    /// Parses one text frame; events are held to `limits`.
+    /// Parses one text frame; events are held to `limits`. The frame is
+    /// split into raw elements first, so an event is parsed once, straight
+    /// from its own bytes.
     pub fn parse(text: &str, limits: &Limits) -> Result<RelayMessage, String> {
-        let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-        let Value::Array(items) = value else {
-            return Err("not a JSON array".to_string());
+        let items: Vec<&RawValue> = match serde_json::from_str(text) {
+            Ok(items) => items,
+            Err(e) => {
+                return Err(match serde_json::from_str::<Value>(text) {
+                    Ok(_) => "not a JSON array".to_string(),
+                    Err(_) => format!("not JSON: {e}"),
+                });
+            }
         };
-        let Some(verb) = items.first().and_then(Value::as_str) else {
+        let Some(verb) = items
+            .first()
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+        else {
             return Err("the first element is not a string (the verb)".to_string());
         };
         let string = |at: usize, what: &str| -> Result<String, String> {
             items
                 .get(at)
-                .and_then(Value::as_str)
-                .map(str::to_string)
+                .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
                 .ok_or_else(|| format!("{verb}: element {at} ({what}) is missing or not a string"))
         };
         let arity = |n: usize| -> Result<(), String> {
@@ -55,11 +65,11 @@ impl RelayMessage {
                 Err(format!("{verb}: {} elements, expected {n}", items.len()))
             }
         };
-        match verb {
+        match verb.as_str() {
             "EVENT" => {
                 arity(3)?;
                 let sub = string(1, "subscription id")?;
-                let event = Event::from_json_with(&items[2].to_string(), limits)
+                let event = Event::from_json_with(items[2].get(), limits)
                     .map_err(|e| format!("EVENT: {e}"))?;
                 // The id is cheap to check here; the signature is left to
                 // the store, once the ids it already holds are dropped.
@@ -99,9 +109,8 @@ impl RelayMessage {
                 arity(4)?;
                 let id = string(1, "event id")?;
                 let id = EventId::from_hex(&id).map_err(|e| format!("OK: event id: {e}"))?;
-                let accepted = items[2]
-                    .as_bool()
-                    .ok_or_else(|| "OK: element 2 (accepted) is not true or false".to_string())?;
+                let accepted = serde_json::from_str::<bool>(items[2].get())
+                    .map_err(|_| "OK: element 2 (accepted) is not true or false".to_string())?;
                 Ok(RelayMessage::Ok {
                     id,
                     accepted,
@@ -116,9 +125,9 @@ impl RelayMessage {
             }
             "COUNT" => {
                 arity(3)?;
-                let count = items[2]
-                    .get("count")
-                    .and_then(Value::as_u64)
+                let count = serde_json::from_str::<Value>(items[2].get())
+                    .ok()
+                    .and_then(|v| v.get("count").and_then(Value::as_u64))
                     .ok_or_else(|| "COUNT: element 2 has no whole-number count".to_string())?;
                 Ok(RelayMessage::Count {
                     sub: string(1, "subscription id")?,

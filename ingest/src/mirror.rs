@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use megalith::{Event, EventRef, Filter};
+use megalith::{Event, Filter};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -637,14 +637,9 @@ impl RelayMirror {
     }
 }
 
-/// Whether `filter` matches `event` (the engine's matcher, on the event's
-/// stored form).
+/// Whether `filter` matches `event`.
 pub fn matches(filter: &Filter, event: &Event) -> bool {
-    let mut payload = Vec::with_capacity(event.payload_len());
-    if event.encode_payload(&mut payload).is_err() {
-        return false;
-    }
-    EventRef::parse(&payload).is_ok_and(|e| filter.matches(&e))
+    filter.matches_event(event)
 }
 
 /// FNV-1a over the relay and the filter: the resume file's name.

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::event::{EventId, EventRef, Pubkey};
+use crate::event::{Event, EventId, EventRef, Pubkey};
 use crate::search::{self, MAX_SEARCH_BYTES};
 
 /// A NIP-01 filter. `None` fields do not constrain; an empty list matches nothing.
@@ -258,6 +258,37 @@ impl Filter {
             || self.kinds.as_ref().is_some_and(Vec::is_empty)
             || self.tags.values().any(Vec::is_empty)
             || matches!((self.since, self.until), (Some(s), Some(u)) if s > u)
+    }
+
+    /// [`Filter::matches`] on an owned event, without encoding it (what a
+    /// client of other relays checks each event it is sent against).
+    pub fn matches_event(&self, event: &Event) -> bool {
+        if self.since.is_some_and(|s| event.created_at < s)
+            || self.until.is_some_and(|u| event.created_at > u)
+            || self
+                .kinds
+                .as_ref()
+                .is_some_and(|k| !k.contains(&event.kind))
+            || self
+                .authors
+                .as_ref()
+                .is_some_and(|a| !a.contains(&event.pubkey))
+            || self.ids.as_ref().is_some_and(|i| !i.contains(&event.id))
+        {
+            return false;
+        }
+        let tags = self.tags.iter().all(|(&letter, values)| {
+            event.tags.iter().any(|tag| {
+                tag.len() >= 2 && tag[0].as_bytes() == [letter] && values.contains(&tag[1])
+            })
+        });
+        tags && self.search.as_ref().is_none_or(|search| {
+            search::is_searchable(event.kind)
+                && search::terms_match(
+                    &search::owned_event_terms(event),
+                    &search::query_terms(search),
+                )
+        })
     }
 
     /// The full NIP-01 test of one event (limit aside), NIP-50 search
