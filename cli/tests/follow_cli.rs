@@ -5,76 +5,27 @@
 //! are JSON, and bad input is named.
 #![cfg(unix)]
 
-use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
+
+#[path = "../../tests/service/placement.rs"]
+mod placement;
+#[path = "../../tests/service/process.rs"]
+mod process;
 
 use megalith::datagen::{GenConfig, Generator};
 use megalith::event::nip19;
-use megalith::{Event, EventId, EventStore, Filter, Pubkey};
+use megalith::{EventId, EventStore, Filter};
 
 fn megalith() -> Command {
     Command::new(env!("CARGO_BIN_EXE_megalith"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `megalith serve` on `port`, once it says it listens.
-fn serve(data: &Path, port: u16) -> Child {
-    let mut child = megalith()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(data)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited:\n{log}"
-        );
-        log.push_str(&line);
-        if line.contains("address=") {
-            break;
-        }
-    }
-    std::thread::spawn(move || {
-        let mut rest = Vec::new();
-        let _ = stderr.read_to_end(&mut rest);
-    });
-    child
-}
-
-fn stop(mut child: Child) {
-    // SAFETY: kill(2) on a child we spawned and have not waited for.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
-}
-
-fn write_relays(list: &Event) -> Vec<String> {
-    list.tags
-        .iter()
-        .filter(|t| t[0] == "r" && (t.len() == 2 || t[2] == "write"))
-        .map(|t| t[1].clone())
-        .collect()
-}
-
 #[test]
 fn follow_fills_the_store_with_exactly_the_follows_posts() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = [free_port(), free_port()];
+    let ports = [process::free_port(), process::free_port()];
     let urls: Vec<String> = ports
         .iter()
         .map(|p| format!("ws://127.0.0.1:{p}"))
@@ -91,33 +42,7 @@ fn follow_fills_the_store_with_exactly_the_follows_posts() {
     let events = generator.batch(8_000, 2);
     let (me, follows) = generator.sampler(5).follow_list(30).unwrap();
     // Each author's events on their own write relays; lists on the first.
-    let mut newest: HashMap<Pubkey, &Event> = HashMap::new();
-    for e in events.iter().filter(|e| e.kind == 10_002) {
-        if newest
-            .get(&e.pubkey)
-            .is_none_or(|n| n.created_at <= e.created_at)
-        {
-            newest.insert(e.pubkey, e);
-        }
-    }
-    let mut placed = [Vec::new(), Vec::new()];
-    for e in &events {
-        let mut homes: Vec<usize> = newest
-            .get(&e.pubkey)
-            .map(|l| write_relays(l))
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|u| urls.iter().position(|x| x == u))
-            .collect();
-        if homes.is_empty() || matches!(e.kind, 0 | 3 | 10_002) {
-            homes.push(0);
-        }
-        homes.sort();
-        homes.dedup();
-        for h in homes {
-            placed[h].push(e.clone());
-        }
-    }
+    let placed = placement::place(&events, &urls);
     for (i, path) in stores.iter().enumerate() {
         let store = EventStore::open(path).unwrap();
         for chunk in placed[i].chunks(1_000) {
@@ -125,7 +50,10 @@ fn follow_fills_the_store_with_exactly_the_follows_posts() {
         }
         store.close().unwrap();
     }
-    let relays: Vec<Child> = (0..2).map(|i| serve(&stores[i], ports[i])).collect();
+    let bin = Path::new(env!("CARGO_BIN_EXE_megalith"));
+    let relays: Vec<Child> = (0..2)
+        .map(|i| process::serve_at(bin, &stores[i], &format!("127.0.0.1:{}", ports[i])))
+        .collect();
 
     let copy = dir.path().join("feed");
     let npub = nip19::encode_npub(&me);
@@ -144,7 +72,7 @@ fn follow_fills_the_store_with_exactly_the_follows_posts() {
         .output()
         .unwrap();
     for relay in relays {
-        stop(relay);
+        process::stop(relay);
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -222,7 +150,7 @@ fn bad_people_and_unreachable_relays_are_named() {
     // A valid key, and a relay that refuses connections: the job fails
     // saying no contact list was found, with the relay's error.
     let someone = nip19::encode_npub(&megalith::Keys::from_seed(4).pubkey());
-    let port = free_port();
+    let port = process::free_port();
     let output = megalith()
         .args([
             "follow",

@@ -31,6 +31,22 @@ fn ids(dir: &std::path::Path) -> HashSet<EventId> {
     ids
 }
 
+/// `megalith serve` with `args` (and a free port), its log drained; the
+/// process and its address.
+fn served(args: &[&std::ffi::OsStr]) -> (std::process::Child, String) {
+    let serve::Serving {
+        child,
+        addr,
+        mut stderr,
+        ..
+    } = serve::spawn(args);
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = stderr.read_to_end(&mut sink);
+    });
+    (child, addr)
+}
+
 #[test]
 fn mirror_copies_a_served_store_exactly_and_resumes_to_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,12 +60,8 @@ fn mirror_copies_a_served_store_exactly_and_resumes_to_nothing() {
         store.close().unwrap();
     }
     let want = ids(&source);
-    let mut serving = serve::spawn([std::ffi::OsStr::new("--data"), source.as_os_str()]);
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = serving.stderr.read_to_end(&mut sink);
-    });
-    let url = format!("ws://{}", serving.addr);
+    let (mut serving, addr) = served(&[std::ffi::OsStr::new("--data"), source.as_os_str()]);
+    let url = format!("ws://{addr}");
 
     let run = |extra: &[&str]| {
         megalith()
@@ -106,8 +118,8 @@ fn mirror_copies_a_served_store_exactly_and_resumes_to_nothing() {
     assert!(log.contains("mirror: 1 relays"), "{log}");
 
     // SAFETY: as above.
-    unsafe { libc::kill(serving.child.id() as i32, libc::SIGTERM) };
-    serving.child.wait().unwrap();
+    unsafe { libc::kill(serving.id() as i32, libc::SIGTERM) };
+    serving.wait().unwrap();
     assert_eq!(ids(&copy), want);
 }
 
@@ -173,12 +185,9 @@ fn serve_runs_the_mirrors_of_its_config_file() {
         store.close().unwrap();
     }
     let want = ids(&source);
-    let mut upstream = serve::spawn([std::ffi::OsStr::new("--data"), source.as_os_str()]);
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = upstream.stderr.read_to_end(&mut sink);
-    });
-    let upstream_url = format!("ws://{}", upstream.addr);
+    let (mut upstream, upstream_addr) =
+        served(&[std::ffi::OsStr::new("--data"), source.as_os_str()]);
+    let upstream_url = format!("ws://{upstream_addr}");
     let config = dir.path().join("relay.toml");
     std::fs::write(
         &config,
@@ -186,17 +195,12 @@ fn serve_runs_the_mirrors_of_its_config_file() {
     )
     .unwrap();
     let copy = dir.path().join("copy");
-    let mut mirroring = serve::spawn([
+    let (mut mirroring, addr) = served(&[
         std::ffi::OsStr::new("--config"),
         config.as_os_str(),
         std::ffi::OsStr::new("--data"),
         copy.as_os_str(),
     ]);
-    let addr = mirroring.addr.clone();
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = mirroring.stderr.read_to_end(&mut sink);
-    });
     // The copy fills; /metrics says how far (polled, up to a minute).
     let sample = format!("megalith_ingest_relay_stored_total{{relay=\"{upstream_url}\"}} ");
     let mut stored = 0;
@@ -213,12 +217,12 @@ fn serve_runs_the_mirrors_of_its_config_file() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(stored, want.len());
-    for child in [&mirroring.child, &upstream.child] {
+    for child in [&mirroring, &upstream] {
         // SAFETY: kill(2) on a child we spawned and have not waited for.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     }
-    assert!(mirroring.child.wait().unwrap().success());
-    upstream.child.wait().unwrap();
+    assert!(mirroring.wait().unwrap().success());
+    upstream.wait().unwrap();
     assert_eq!(ids(&copy), want);
     assert!(copy.join("mirror").read_dir().unwrap().count() == 1);
 }
@@ -267,12 +271,8 @@ fn a_mirror_killed_mid_backfill_resumes_without_gaps_or_a_full_download() {
         store.close().unwrap();
     }
     let want = ids(&source);
-    let mut serving = serve::spawn([std::ffi::OsStr::new("--data"), source.as_os_str()]);
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = serving.stderr.read_to_end(&mut sink);
-    });
-    let url = format!("ws://{}", serving.addr);
+    let (mut serving, addr) = served(&[std::ffi::OsStr::new("--data"), source.as_os_str()]);
+    let url = format!("ws://{addr}");
     let copy = dir.path().join("copy");
     let mut first = megalith()
         .args(["mirror", "--page-size", "100", "--relay", &url, "--data"])
@@ -316,8 +316,8 @@ fn a_mirror_killed_mid_backfill_resumes_without_gaps_or_a_full_download() {
     let summary: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
     let received = summary["relays"][0]["received"].as_u64().unwrap() as usize;
     // SAFETY: as above.
-    unsafe { libc::kill(serving.child.id() as i32, libc::SIGTERM) };
-    serving.child.wait().unwrap();
+    unsafe { libc::kill(serving.id() as i32, libc::SIGTERM) };
+    serving.wait().unwrap();
     assert_eq!(ids(&copy), want, "no gap");
     // What the first run stored is not asked for again, but for at most
     // the page in flight and its last second's repeats.

@@ -20,16 +20,18 @@
 //! (verified, batches of 1,000) into a fresh store: the import rate the
 //! ingest rate is compared with.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/service/placement.rs"]
+mod placement;
+#[path = "../../tests/service/process.rs"]
+mod process;
+
 use megalith::datagen::{GenConfig, Generator};
 use megalith::{Durability, Event, EventStore, Filter, Pubkey};
-use megalith_ingest::feed::write_relays;
 use megalith_ingest::mirror::{self, MirrorOptions, Progress};
 use megalith_ingest::pool::{self, PoolConfig};
 use megalith_ingest::{FeedConfig, FeedJobs, JobPhase, RelayUrl, Sink};
@@ -80,14 +82,6 @@ fn main() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn prepare() {
     let events_wanted = env("FEED_BENCH_EVENTS", 1_000_000);
     let authors = env("FEED_BENCH_AUTHORS", 10_000);
@@ -105,7 +99,7 @@ fn prepare() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let ports: Vec<u16> = (0..RELAYS).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..RELAYS).map(|_| process::free_port()).collect();
     let urls: Vec<String> = ports
         .iter()
         .map(|p| format!("ws://127.0.0.1:{p}"))
@@ -128,22 +122,7 @@ fn prepare() {
         events.len(),
         started.elapsed().as_secs_f64()
     );
-    let mut newest: HashMap<Pubkey, usize> = HashMap::new();
-    for (i, e) in events.iter().enumerate() {
-        if e.kind == 10_002 {
-            newest.insert(e.pubkey, i);
-        }
-    }
-    let homes: HashMap<Pubkey, Vec<usize>> = newest
-        .iter()
-        .map(|(author, &i)| {
-            let relays = write_relays(&events[i])
-                .iter()
-                .filter_map(|u| urls.iter().position(|x| x == u.as_str()))
-                .collect();
-            (*author, relays)
-        })
-        .collect();
+    let homes = placement::homes(&events, &urls);
     let stores: Vec<EventStore> = (0..RELAYS)
         .map(|i| {
             EventStore::builder(dir.join(format!("relay{i}")))
@@ -154,13 +133,7 @@ fn prepare() {
         .collect();
     let mut placed: Vec<Vec<Event>> = vec![Vec::new(); RELAYS];
     for e in events.drain(..) {
-        let mut to: Vec<usize> = homes.get(&e.pubkey).cloned().unwrap_or_default();
-        if to.is_empty() || matches!(e.kind, 0 | 3 | 10_002) {
-            to.push(0);
-        }
-        to.sort();
-        to.dedup();
-        for &r in &to {
+        for r in placement::relays_of(&homes, &e) {
             placed[r].push(e.clone());
             if placed[r].len() >= 10_000 {
                 stores[r].insert_trusted(&placed[r]).unwrap();
@@ -206,36 +179,6 @@ fn prepare() {
     );
 }
 
-fn serve(bin: &Path, data: &Path, port: u16) -> Child {
-    let mut child = Command::new(bin)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(data)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited:\n{log}"
-        );
-        log.push_str(&line);
-        if line.contains("address=") {
-            break;
-        }
-    }
-    std::thread::spawn(move || {
-        let mut rest = Vec::new();
-        let _ = stderr.read_to_end(&mut rest);
-    });
-    child
-}
-
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -266,7 +209,10 @@ async fn run() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join("target/release/megalith"));
     let relays: Vec<Child> = (0..RELAYS)
-        .map(|i| serve(&bin, &dir.join(format!("relay{i}")), prepared.ports[i]))
+        .map(|i| {
+            let listen = format!("127.0.0.1:{}", prepared.ports[i]);
+            process::serve_at(&bin, &dir.join(format!("relay{i}")), &listen)
+        })
         .collect();
     let ingest_dir = dir.join("ingest");
     let _ = std::fs::remove_dir_all(&ingest_dir);
@@ -345,10 +291,8 @@ async fn run() {
     let copied_events = copy.query(&[Filter::new()]).unwrap();
     let mirror_rate = copied[0].stored as f64 / mirror_secs;
     drop(copy);
-    for mut relay in relays {
-        // SAFETY: kill(2) on a child this process spawned.
-        unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
-        let _ = relay.wait();
+    for relay in relays {
+        process::stop(relay);
     }
     let again_dir = dir.join("mirror-import");
     let _ = std::fs::remove_dir_all(&again_dir);

@@ -9,17 +9,18 @@
 mod common;
 #[path = "../../tests/service/fake_relay.rs"]
 mod fake_relay;
+#[path = "../../tests/service/placement.rs"]
+mod placement;
 #[path = "../../tests/service/relay.rs"]
 mod relay;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fake_relay::{Behaviour, FakeRelay, answer};
 use megalith::datagen::{GenConfig, Generator};
 use megalith::{Event, EventId, EventStore, Filter, Pubkey};
-use megalith_ingest::feed::write_relays;
 use megalith_ingest::pool::{self, PoolConfig};
 use megalith_ingest::{FeedConfig, FeedJobs, JobPhase, JobStatus, RelayUrl, Sink};
 use megalith_relay::RelayLimits;
@@ -96,33 +97,7 @@ async fn network(behaviour: Behaviour) -> Network {
         ..GenConfig::default()
     });
     let events = generator.batch(15_000, 2);
-    // Each author's home: the write relays of their newest relay list.
-    let mut newest: HashMap<Pubkey, &Event> = HashMap::new();
-    for e in events.iter().filter(|e| e.kind == 10_002) {
-        if newest
-            .get(&e.pubkey)
-            .is_none_or(|n| n.created_at <= e.created_at)
-        {
-            newest.insert(e.pubkey, e);
-        }
-    }
-    let urls = net.urls();
-    let index = |u: &RelayUrl| urls.iter().position(|x| x == u.as_str());
-    let mut placed: Vec<Vec<Event>> = vec![Vec::new(); urls.len()];
-    for e in &events {
-        let mut homes: Vec<usize> = newest
-            .get(&e.pubkey)
-            .map(|list| write_relays(list).iter().filter_map(&index).collect())
-            .unwrap_or_default();
-        if homes.is_empty() || matches!(e.kind, 0 | 3 | 10_002) {
-            homes.push(0);
-        }
-        homes.sort();
-        homes.dedup();
-        for home in homes {
-            placed[home].push(e.clone());
-        }
-    }
+    let placed = placement::place(&events, &net.urls());
     for (i, relay) in net.relays.iter().enumerate() {
         for chunk in placed[i].chunks(1_000) {
             relay.store.insert(chunk).unwrap();

@@ -132,10 +132,7 @@ pub(crate) fn run(args: &FollowArgs) -> Result<ExitCode, String> {
         last
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
-    let closed = match Arc::try_unwrap(store) {
-        Ok(store) => store.close().map_err(|e| format!("closing the store: {e}")),
-        Err(_) => Err("closing the store: still in use".to_string()),
-    };
+    let closed = crate::close_shared(store);
     let last = result?;
     if !json {
         for line in summary(&last).lines() {

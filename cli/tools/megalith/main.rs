@@ -364,6 +364,14 @@ pub(crate) fn report_recovery(store: &EventStore) {
     }
 }
 
+/// Closes a store shared with tasks that have all ended.
+pub(crate) fn close_shared(store: Arc<EventStore>) -> Result<(), String> {
+    match Arc::try_unwrap(store) {
+        Ok(store) => store.close().map_err(|e| format!("closing the store: {e}")),
+        Err(_) => Err("closing the store: still in use".to_string()),
+    }
+}
+
 /// Opens an existing store (reading commands never create one).
 fn open(store: &StoreArgs) -> Result<EventStore, String> {
     let store = with_replay_progress(EventStore::builder(&store.data))

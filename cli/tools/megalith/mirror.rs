@@ -130,10 +130,7 @@ pub(crate) fn run(args: &MirrorArgs) -> Result<ExitCode, String> {
         result
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
-    let closed = match Arc::try_unwrap(store) {
-        Ok(store) => store.close().map_err(|e| format!("closing the store: {e}")),
-        Err(_) => Err("closing the store: still in use".to_string()),
-    };
+    let closed = crate::close_shared(store);
     let reports = result?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {

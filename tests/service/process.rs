@@ -1,0 +1,56 @@
+//! `megalith serve` as a child process on a given address, for tests and
+//! benchmarks that need relays on known ports.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Starts `bin serve --data DATA --listen LISTEN` and returns once it says
+/// it listens; the rest of its log is read (and dropped) in a thread.
+pub fn serve_at(bin: &Path, data: &Path, listen: &str) -> Child {
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", listen])
+        .arg("--data")
+        .arg(data)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited:\n{log}"
+        );
+        log.push_str(&line);
+        if line.contains("address=") {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = stderr.read_to_end(&mut rest);
+    });
+    child
+}
+
+/// SIGTERM, then wait.
+pub fn stop(mut child: Child) {
+    // SAFETY: kill(2) on a child this process spawned and has not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+/// A free loopback port (free when asked; a test binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
