@@ -684,7 +684,13 @@ struct AuthState {
     pending: Option<EventId>,
     /// AUTH succeeded on this connection.
     done: bool,
+    /// Challenges answered on this connection.
+    answered: u32,
 }
+
+/// Challenges answered per connection at most: each answer is a signature,
+/// and a relay must not be able to make the pool sign without end.
+const MAX_AUTH_ANSWERS: u32 = 4;
 
 struct PendingPublish {
     event: Box<Event>,
@@ -1143,7 +1149,13 @@ impl Connection {
                 message,
             } => self.ok(id, accepted, message, out).await,
             RelayMessage::Auth { challenge } => {
+                if self.auth.answered >= MAX_AUTH_ANSWERS {
+                    self.protocol_error("AUTH: too many challenges on one connection; ignored")
+                        .await;
+                    return;
+                }
                 if let Some(keys) = &self.config.auth_keys {
+                    self.auth.answered += 1;
                     let event = keys.sign(
                         now_secs(),
                         22242,

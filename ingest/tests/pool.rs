@@ -451,3 +451,43 @@ async fn a_relay_s_cap_on_subscriptions_is_learned_and_waited_for() {
         // Dropping it closes it and frees a slot for the next.
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_cannot_make_the_pool_sign_without_end() {
+    // 50 challenges on one connection: a few are answered, the rest
+    // ignored and counted as errors.
+    let fake = FakeRelay::start(
+        notes(14, 2),
+        Behaviour {
+            challenges: 50,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let (pool, _task) = pool::start(PoolConfig {
+        auth_keys: Some(Keys::from_seed(15)),
+        ..fast()
+    });
+    let mut sub = pool
+        .subscribe(vec![url(&fake.url())], vec![Filter::new()], 64)
+        .await
+        .unwrap();
+    assert_eq!(until_eose(&mut sub, 1).await.len(), 2);
+    let auths = || fake.auths.load(std::sync::atomic::Ordering::SeqCst);
+    let errors = || pool.stats().get(&url(&fake.url())).map_or(0, |s| s.errors);
+    // Every challenge has been read once 46 are counted as ignored.
+    for _ in 0..500 {
+        if errors() >= 46 && auths() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Whatever answers were sent have had time to arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        (1..=4).contains(&auths()),
+        "{} challenges answered",
+        auths()
+    );
+    assert!(errors() >= 46, "{}", errors());
+}

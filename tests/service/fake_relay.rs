@@ -43,6 +43,8 @@ pub struct Behaviour {
     /// with `CLOSED` "error: too many concurrent subscriptions" (strfry's
     /// wording).
     pub max_subs: Option<usize>,
+    /// AUTH challenges sent as soon as a connection opens.
+    pub challenges: usize,
 }
 
 pub struct FakeRelay {
@@ -52,6 +54,8 @@ pub struct FakeRelay {
     /// Every REQ received: `[sub, filter, ...]`.
     pub reqs: Arc<Mutex<Vec<Value>>>,
     pub connections: Arc<AtomicUsize>,
+    /// AUTH messages received from clients.
+    pub auths: Arc<AtomicUsize>,
     live: broadcast::Sender<Event>,
     kick: broadcast::Sender<()>,
     task: tokio::task::JoinHandle<()>,
@@ -71,33 +75,36 @@ impl FakeRelay {
         let behaviour = Arc::new(Mutex::new(behaviour));
         let reqs = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let auths = Arc::new(AtomicUsize::new(0));
         let (live, _) = broadcast::channel(1024);
         let (kick, _) = broadcast::channel(4);
         let task = {
-            let (events, behaviour, reqs, connections, live, kick) = (
+            let (events, behaviour, reqs, connections, live, kick, auths) = (
                 events.clone(),
                 behaviour.clone(),
                 reqs.clone(),
                 connections.clone(),
                 live.clone(),
                 kick.clone(),
+                auths.clone(),
             );
             tokio::spawn(async move {
                 while let Ok((tcp, _)) = listener.accept().await {
                     let n = connections.fetch_add(1, Ordering::SeqCst);
-                    let (events, behaviour, reqs, live, mut kicked) = (
+                    let (events, behaviour, reqs, live, mut kicked, auths) = (
                         events.clone(),
                         behaviour.clone(),
                         reqs.clone(),
                         live.subscribe(),
                         kick.subscribe(),
+                        auths.clone(),
                     );
                     tokio::spawn(async move {
                         let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
                             return;
                         };
                         tokio::select! {
-                            _ = serve(ws, n, events, behaviour, reqs, live) => {}
+                            _ = serve(ws, n, events, behaviour, reqs, live, auths) => {}
                             _ = kicked.recv() => {} // the socket is dropped
                         }
                     });
@@ -110,6 +117,7 @@ impl FakeRelay {
             behaviour,
             reqs,
             connections,
+            auths,
             live,
             kick,
             task,
@@ -143,9 +151,16 @@ async fn serve(
     behaviour: Arc<Mutex<Behaviour>>,
     reqs: Arc<Mutex<Vec<Value>>>,
     mut live: broadcast::Receiver<Event>,
+    auths: Arc<AtomicUsize>,
 ) {
     let behaviour_now = behaviour.lock().clone();
     let (mut write, mut read) = ws.split();
+    for i in 0..behaviour_now.challenges {
+        let challenge = serde_json::json!(["AUTH", format!("challenge-{i}")]).to_string();
+        if write.send(Message::text(challenge)).await.is_err() {
+            return;
+        }
+    }
     if behaviour_now.deaf {
         // Hold the socket open and never read it.
         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -190,6 +205,9 @@ async fn serve(
                         }
                         subs.retain(|(s, _)| s != &sub);
                         subs.push((sub, filters));
+                    }
+                    Some("AUTH") => {
+                        auths.fetch_add(1, Ordering::SeqCst);
                     }
                     Some("CLOSE") => {
                         let sub = items.get(1).and_then(Value::as_str).unwrap_or("");
