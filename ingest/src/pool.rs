@@ -732,7 +732,27 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl Connection {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<RelayCommand>) {
+    async fn run(mut self, commands: mpsc::UnboundedReceiver<RelayCommand>) {
+        self.serve_until_closed(commands).await;
+        // Removed from the pool, or the pool shut down: whoever still
+        // listens hears it (a subscription on other relays goes on there).
+        for (id, sub) in &self.subs {
+            let _ = sub.to.try_send(PoolEvent::Closed {
+                relay: self.url.clone(),
+                sub: id.clone(),
+                reason: "closed by the pool: the relay was removed or the pool shut down"
+                    .to_string(),
+            });
+        }
+        for publish in &self.publishes {
+            let _ = publish.to.try_send(PoolEvent::Error {
+                relay: self.url.clone(),
+                what: "no answer before the relay was removed or the pool shut down".to_string(),
+            });
+        }
+    }
+
+    async fn serve_until_closed(&mut self, mut commands: mpsc::UnboundedReceiver<RelayCommand>) {
         let mut last_error: Option<String>;
         loop {
             // Take what is queued first, so that everyone waiting hears how

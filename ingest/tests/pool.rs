@@ -491,3 +491,36 @@ async fn a_relay_cannot_make_the_pool_sign_without_end() {
     );
     assert!(errors() >= 46, "{}", errors());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_relay_closes_its_side_of_a_subscription() {
+    let a = FakeRelay::start(notes(16, 2), Behaviour::default()).await;
+    let b = FakeRelay::start(notes(17, 3), Behaviour::default()).await;
+    let (pool, _task) = pool::start(fast());
+    let mut sub = pool
+        .subscribe(vec![url(&a.url()), url(&b.url())], vec![Filter::new()], 64)
+        .await
+        .unwrap();
+    assert_eq!(until_eose(&mut sub, 2).await.len(), 5);
+    pool.remove_relay(url(&a.url())).await.unwrap();
+    loop {
+        match next(&mut sub).await {
+            PoolEvent::Closed { relay, reason, .. } => {
+                assert_eq!(relay, url(&a.url()));
+                assert!(reason.contains("removed"), "{reason}");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // b still serves it: a live event arrives.
+    let fresh = Keys::from_seed(18).sign(now(), 1, vec![], "still here".into());
+    b.push(fresh.clone());
+    loop {
+        if let PoolEvent::Event { relay, event, .. } = next(&mut sub).await {
+            assert_eq!(relay, url(&b.url()));
+            assert_eq!(event.id, fresh.id);
+            break;
+        }
+    }
+}
