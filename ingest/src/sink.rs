@@ -5,7 +5,6 @@
 //! store's verify pool and commits the batch as one group. Invalid events
 //! are counted per relay and never stored.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,8 +21,6 @@ use crate::url::RelayUrl;
 pub const BATCH_EVENTS: usize = 1_000;
 /// Longest a batch waits to fill.
 pub const BATCH_WAIT: Duration = Duration::from_millis(20);
-/// Batches being stored at once.
-const WRITING_AT_ONCE: usize = 2;
 
 /// What happened to the events one caller (a mirror, a feed job) sent to
 /// the sink. Shared: the caller reads it while the sink writes it.
@@ -240,17 +237,6 @@ impl Sink {
 
 async fn run(store: Arc<EventStore>, stats: Stats, mut items: mpsc::Receiver<Item>) {
     let mut failed: Option<String> = None;
-    // Batches being stored: two at once, so one batch's signatures are
-    // checked while the one before is written (the store's result does
-    // not depend on the order events arrive in).
-    let mut writing: VecDeque<JoinHandle<Result<(), String>>> = VecDeque::new();
-    async fn settle(handle: JoinHandle<Result<(), String>>, failed: &mut Option<String>) {
-        match handle.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => *failed = Some(e),
-            Err(e) => *failed = Some(format!("the store writer panicked: {e}")),
-        }
-    }
     while let Some(first) = items.recv().await {
         let mut batch = Vec::new();
         let mut flushes = Vec::new();
@@ -273,30 +259,21 @@ async fn run(store: Arc<EventStore>, stats: Stats, mut items: mpsc::Receiver<Ite
             }
         }
         if !batch.is_empty() {
-            if writing.len() >= WRITING_AT_ONCE
-                && let Some(oldest) = writing.pop_front()
-            {
-                settle(oldest, &mut failed).await;
-            }
-            let (store, stats) = (store.clone(), stats.clone());
-            writing.push_back(tokio::task::spawn_blocking(move || {
-                write(&store, &stats, batch)
-            }));
-        }
-        if !flushes.is_empty() {
-            while let Some(handle) = writing.pop_front() {
-                settle(handle, &mut failed).await;
-            }
-            for tx in flushes {
-                let _ = tx.send(match failed.take() {
-                    None => Ok(()),
-                    Some(e) => Err(e),
-                });
+            let store = store.clone();
+            let stats = stats.clone();
+            let result = tokio::task::spawn_blocking(move || write(&store, &stats, batch)).await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failed = Some(e),
+                Err(e) => failed = Some(format!("the store writer panicked: {e}")),
             }
         }
-    }
-    while let Some(handle) = writing.pop_front() {
-        settle(handle, &mut failed).await;
+        for tx in flushes {
+            let _ = tx.send(match failed.take() {
+                None => Ok(()),
+                Some(e) => Err(e),
+            });
+        }
     }
 }
 
