@@ -204,6 +204,19 @@ struct Shared {
     jobs: Mutex<HashMap<Pubkey, Entry>>,
     queue: Mutex<VecDeque<Pubkey>>,
     permits: Arc<Semaphore>,
+    /// Relay lists (kind 10002) asked for lately, by author: jobs whose
+    /// follows overlap ask for each list once and wait for one another
+    /// (twenty jobs starting together otherwise fetched and verified the
+    /// same lists twenty times).
+    lists: Mutex<HashMap<Pubkey, ListFetch>>,
+}
+
+/// One author's relay list, as far as the jobs know.
+enum ListFetch {
+    /// A job is asking for it; the channel turns true (or closes) when done.
+    Asking(watch::Receiver<bool>),
+    /// Asked for at this time (its answer, if any, is in the store).
+    Asked(Instant),
 }
 
 /// The feed-job manager; cheap to clone.
@@ -267,6 +280,7 @@ impl FeedJobs {
                 jobs: Mutex::new(jobs),
                 queue: Mutex::new(VecDeque::new()),
                 permits,
+                lists: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -506,14 +520,28 @@ impl Job {
         self.phase(JobPhase::Relays);
         let mut lookup_relays = config_relays.clone();
         lookup_relays.extend(own_relays.iter().cloned());
-        let fetches = follows
-            .chunks(self.config().chunk_authors.max(1))
-            .map(|chunk| {
-                let filter = Filter::new().authors(chunk.iter().copied()).kinds([10_002]);
-                self.fetch(lookup_relays.clone(), vec![filter], &meta)
-            });
-        for result in futures_util::future::join_all(fetches).await {
+        // Ask only for the lists no other job asked for lately; wait for
+        // those another job is asking for now.
+        let (ask, others, done) = self.claim_lists(&follows);
+        let fetches = ask.chunks(self.config().chunk_authors.max(1)).map(|chunk| {
+            let filter = Filter::new().authors(chunk.iter().copied()).kinds([10_002]);
+            self.fetch(lookup_relays.clone(), vec![filter], &meta)
+        });
+        let fetched = futures_util::future::join_all(fetches).await;
+        {
+            let now = Instant::now();
+            let mut lists = self.shared.lists.lock();
+            for author in &ask {
+                lists.insert(*author, ListFetch::Asked(now));
+            }
+        }
+        let _ = done.send(true);
+        for result in fetched {
             result?;
+        }
+        let wait = self.config().phase_timeout;
+        for mut other in others {
+            let _ = tokio::time::timeout(wait, other.wait_for(|d| *d)).await;
         }
         let lists = self.newest(&follows, 10_002)?;
         let mut write: HashMap<Pubkey, Vec<RelayUrl>> = HashMap::new();
@@ -752,6 +780,49 @@ impl Job {
             }
         });
         all
+    }
+
+    /// Of `follows`, the authors whose relay lists this job asks for (they
+    /// are marked as being asked), and the channels of the other jobs
+    /// asking for the rest now; lists asked for less than `fresh_for` ago
+    /// are read from the store.
+    fn claim_lists(
+        &self,
+        follows: &[Pubkey],
+    ) -> (Vec<Pubkey>, Vec<watch::Receiver<bool>>, watch::Sender<bool>) {
+        let (done, asking) = watch::channel(false);
+        let fresh_for = self.config().fresh_for;
+        let mut ask = Vec::new();
+        let mut others: Vec<watch::Receiver<bool>> = Vec::new();
+        let mut lists = self.shared.lists.lock();
+        if lists.len() > 200_000 {
+            lists.retain(|_, fetch| match fetch {
+                ListFetch::Asked(at) => at.elapsed() < fresh_for,
+                ListFetch::Asking(other) => other.has_changed().is_ok(),
+            });
+        }
+        for author in follows {
+            let claim = match lists.get(author) {
+                Some(ListFetch::Asked(at)) => at.elapsed() >= fresh_for,
+                // A job that stopped before saying: ask again.
+                Some(ListFetch::Asking(other)) => {
+                    if other.has_changed().is_err() {
+                        true
+                    } else {
+                        if !others.iter().any(|o| o.same_channel(other)) {
+                            others.push(other.clone());
+                        }
+                        false
+                    }
+                }
+                None => true,
+            };
+            if claim {
+                lists.insert(*author, ListFetch::Asking(asking.clone()));
+                ask.push(*author);
+            }
+        }
+        (ask, others, done)
     }
 
     /// Relay URLs a job may dial.
