@@ -60,7 +60,7 @@ pub struct FeedConfig {
     pub fresh_for: Duration,
     /// Authors per REQ (default 256).
     pub chunk_authors: usize,
-    /// Write relays read per author (default 3).
+    /// Write relays read per author (default 2).
     pub relays_per_author: usize,
     /// Relays one job reads posts from at most (default 64).
     pub max_relays: usize,
@@ -93,7 +93,7 @@ impl FeedConfig {
             live_forever: false,
             fresh_for: Duration::from_secs(600),
             chunk_authors: 256,
-            relays_per_author: 3,
+            relays_per_author: 2,
             max_relays: 64,
             max_follows: 2_000,
             first_page: 100,

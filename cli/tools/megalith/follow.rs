@@ -47,7 +47,7 @@ pub(crate) struct FollowArgs {
     #[arg(long, value_name = "N", default_value_t = 4)]
     max_pages: u64,
     /// Write relays read per follow (the outbox model).
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(long, value_name = "N", default_value_t = 2)]
     relays_per_author: usize,
     /// Dial relays on loopback or private networks that relay lists name
     /// (off: a stranger's relay list cannot aim this at your network).
