@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 
 #[path = "../../tests/service/placement.rs"]
 mod placement;
@@ -51,7 +51,7 @@ fn follow_fills_the_store_with_exactly_the_follows_posts() {
         store.close().unwrap();
     }
     let bin = Path::new(env!("CARGO_BIN_EXE_megalith"));
-    let relays: Vec<Child> = (0..2)
+    let relays: Vec<process::KillOnDrop> = (0..2)
         .map(|i| process::serve_at(bin, &stores[i], &format!("127.0.0.1:{}", ports[i])))
         .collect();
 

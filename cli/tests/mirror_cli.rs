@@ -12,6 +12,8 @@ use megalith::{EventId, EventStore, Filter};
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../../tests/service/process.rs"]
+mod process;
 #[path = "../../tests/service/serve.rs"]
 mod serve;
 
@@ -32,8 +34,8 @@ fn ids(dir: &std::path::Path) -> HashSet<EventId> {
 }
 
 /// `megalith serve` with `args` (and a free port), its log drained; the
-/// process and its address.
-fn served(args: &[&std::ffi::OsStr]) -> (std::process::Child, String) {
+/// process (killed if the test fails first) and its address.
+fn served(args: &[&std::ffi::OsStr]) -> (process::KillOnDrop, String) {
     let serve::Serving {
         child,
         addr,
@@ -44,7 +46,7 @@ fn served(args: &[&std::ffi::OsStr]) -> (std::process::Child, String) {
         let mut sink = Vec::new();
         let _ = stderr.read_to_end(&mut sink);
     });
-    (child, addr)
+    (process::KillOnDrop(child), addr)
 }
 
 #[test]
@@ -97,13 +99,15 @@ fn mirror_copies_a_served_store_exactly_and_resumes_to_nothing() {
     assert_eq!(summary["relays"][0]["received"], 0, "{summary}");
 
     // Live, then Ctrl-C: a clean stop, the summary, status 0.
-    let mut live = megalith()
-        .args(["mirror", "--relay", &url, "--data"])
-        .arg(&copy)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut live = process::KillOnDrop(
+        megalith()
+            .args(["mirror", "--relay", &url, "--data"])
+            .arg(&copy)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(1_500));
     // SAFETY: kill(2) on a child we spawned and have not waited for.
     unsafe { libc::kill(live.id() as i32, libc::SIGINT) };
@@ -274,13 +278,15 @@ fn a_mirror_killed_mid_backfill_resumes_without_gaps_or_a_full_download() {
     let (mut serving, addr) = served(&[std::ffi::OsStr::new("--data"), source.as_os_str()]);
     let url = format!("ws://{addr}");
     let copy = dir.path().join("copy");
-    let mut first = megalith()
-        .args(["mirror", "--page-size", "100", "--relay", &url, "--data"])
-        .arg(&copy)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = process::KillOnDrop(
+        megalith()
+            .args(["mirror", "--page-size", "100", "--relay", &url, "--data"])
+            .arg(&copy)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Killed once a few pages are in (or later: the point is SIGKILL).
     let resume_dir = copy.join("mirror");
     for _ in 0..200 {

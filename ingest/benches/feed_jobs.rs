@@ -21,7 +21,6 @@
 //! ingest rate is compared with.
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -208,7 +207,7 @@ async fn run() {
     let bin = std::env::var("MEGALITH_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join("target/release/megalith"));
-    let relays: Vec<Child> = (0..RELAYS)
+    let relays: Vec<process::KillOnDrop> = (0..RELAYS)
         .map(|i| {
             let listen = format!("127.0.0.1:{}", prepared.ports[i]);
             process::serve_at(&bin, &dir.join(format!("relay{i}")), &listen)

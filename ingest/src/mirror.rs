@@ -458,7 +458,10 @@ impl RelayMirror {
         self.saving = Some(tokio::spawn(async move {
             sink.flush().await?;
             if persist {
-                write_atomically(&path, &bytes)?;
+                // fsync and rename: off the async workers.
+                tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+                    .await
+                    .map_err(|e| format!("saving the resume point: {e}"))??;
             }
             Ok(())
         }));

@@ -7,9 +7,33 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// A child process killed when dropped, so a test that fails midway
+/// leaves no relay running behind it.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Starts `bin serve --data DATA --listen LISTEN` and returns once it says
 /// it listens; the rest of its log is read (and dropped) in a thread.
-pub fn serve_at(bin: &Path, data: &Path, listen: &str) -> Child {
+pub fn serve_at(bin: &Path, data: &Path, listen: &str) -> KillOnDrop {
     let mut child = Command::new(bin)
         .args(["serve", "--listen", listen])
         .arg("--data")
@@ -36,11 +60,11 @@ pub fn serve_at(bin: &Path, data: &Path, listen: &str) -> Child {
         let mut rest = Vec::new();
         let _ = stderr.read_to_end(&mut rest);
     });
-    child
+    KillOnDrop(child)
 }
 
-/// SIGTERM, then wait.
-pub fn stop(mut child: Child) {
+/// SIGTERM, then wait (a clean stop; dropping kills).
+pub fn stop(mut child: KillOnDrop) {
     // SAFETY: kill(2) on a child this process spawned and has not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
