@@ -882,7 +882,7 @@ impl Job {
             match next {
                 None => break,
                 Some(PoolEvent::Event { relay, event, .. }) => {
-                    if filters.iter().any(|f| mirror::matches(f, &event)) {
+                    if filters.iter().any(|f| f.matches_event(&event)) {
                         arrived.push((relay, event));
                     }
                 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use megalith::{Event, Filter};
+use megalith::Filter;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -537,7 +537,7 @@ impl RelayMirror {
             match next {
                 None => return PageEnd::Closed("the pool stopped".to_string()),
                 Some(PoolEvent::Event { relay, event, .. }) => {
-                    if !matches(filter, &event) {
+                    if !filter.matches_event(&event) {
                         self.off_filter += 1;
                         continue;
                     }
@@ -596,7 +596,7 @@ impl RelayMirror {
                 Ok(None) => break,
                 Err(_) => {}
                 Ok(Some(PoolEvent::Event { relay, event, .. })) => {
-                    if matches(&filter, &event) {
+                    if filter.matches_event(&event) {
                         self.sink.send(relay, event, &self.tally).await;
                         pending = true;
                     } else {
@@ -640,19 +640,13 @@ impl RelayMirror {
     }
 }
 
-/// Whether `filter` matches `event`.
-pub fn matches(filter: &Filter, event: &Event) -> bool {
-    filter.matches_event(event)
-}
-
 /// FNV-1a over the relay and the filter: the resume file's name.
 fn key(relay: &RelayUrl, filter_json: &str) -> u64 {
-    relay
-        .as_str()
-        .bytes()
-        .chain(std::iter::once(b'\n'))
-        .chain(filter_json.bytes())
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
+    crate::url::fnv1a(
+        relay
+            .as_str()
+            .bytes()
+            .chain(std::iter::once(b'\n'))
+            .chain(filter_json.bytes()),
+    )
 }

@@ -110,6 +110,14 @@ impl RelayUrl {
     }
 }
 
+/// FNV-1a over `bytes`: a stable, cheap 64-bit hash (resume file names,
+/// per-relay jitter seeds), the same on every run and machine.
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
 fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
     if authority.starts_with('[') {

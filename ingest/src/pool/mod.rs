@@ -610,10 +610,8 @@ impl Pool {
 }
 
 fn seed_of(url: &RelayUrl) -> u64 {
-    // FNV-1a of the URL: relays that failed together come back apart.
-    url.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    // Per relay: relays that failed together come back apart.
+    crate::url::fnv1a(url.as_str().bytes())
 }
 
 /// rustls with the Mozilla roots (webpki-roots) and the ring provider, so
