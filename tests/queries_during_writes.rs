@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{Generator, Model};
-use megalith::{Durability, Event, EventId, EventStore, Filter};
+use megalith::{Durability, Event, EventId, EventStore, Filter, Pubkey};
 
 fn open(dir: &std::path::Path, shards: u32) -> EventStore {
     EventStore::builder(dir)
@@ -174,11 +174,13 @@ fn contains_ids_says_which_events_are_held() {
     let mut model = Model::default();
     let now = common::now();
     let mut sent = Vec::new();
+    let mut sent_events = Vec::new();
     for _ in 0..800 {
         let event = generator.next_event();
         store.insert(std::slice::from_ref(&event)).unwrap();
         model.insert(&event, now);
         sent.push(event.id);
+        sent_events.push(event);
     }
     // Ids sent (some replaced, deleted or refused since) and ids never seen.
     let mut ids = sent.clone();
@@ -186,6 +188,27 @@ fn contains_ids_says_which_events_are_held() {
     let live: HashSet<EventId> = model.query(&[Filter::new()]).iter().map(|e| e.id).collect();
     let held = store.contains_ids(&ids).unwrap();
     assert_eq!(held.len(), ids.len());
+    // The author-routed form answers the same for the events sent, and
+    // never for an id claimed under an author that did not sign it.
+    let authored: Vec<(EventId, Pubkey)> = sent_events.iter().map(|e| (e.id, e.pubkey)).collect();
+    let by_author = store.contains_events(&authored).unwrap();
+    assert_eq!(&by_author[..], &held[..sent.len()]);
+    let forged: Vec<(EventId, Pubkey)> = sent_events
+        .iter()
+        .zip(sent_events.iter().rev())
+        .filter(|(a, b)| {
+            a.pubkey != b.pubkey && store.shard_of(&a.pubkey) != store.shard_of(&b.pubkey)
+        })
+        .map(|(a, b)| (a.id, b.pubkey))
+        .collect();
+    assert!(forged.len() > 100, "{} forged", forged.len());
+    assert!(
+        store
+            .contains_events(&forged)
+            .unwrap()
+            .iter()
+            .all(|held| !held)
+    );
     let mut yes = 0;
     for (id, held) in ids.iter().zip(held) {
         assert_eq!(held, live.contains(id), "{id}");

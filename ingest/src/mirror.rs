@@ -208,9 +208,18 @@ struct RelayMirror {
     /// The last error the pool reported for the relay (a failed dial, a
     /// drop), to say why pages go unanswered.
     last_relay_error: Option<String>,
-    /// The resume point being saved behind the pages.
+    /// The newest resume point being saved behind the pages (each save
+    /// waits for the one before it).
     saving: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    /// Pages stored and saved behind the one being read: at most
+    /// [`PAGES_AHEAD`].
+    behind: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many pages may be waiting to be stored while the next is read: the
+/// store's batches then hold more than one page, and the verifiers are not
+/// left idle while the relay answers.
+const PAGES_AHEAD: usize = 2;
 
 enum PageEnd {
     Eose,
@@ -283,6 +292,7 @@ impl RelayMirror {
             last_error: None,
             last_relay_error: None,
             saving: None,
+            behind: Arc::new(tokio::sync::Semaphore::new(PAGES_AHEAD)),
         })
     }
 
@@ -447,16 +457,31 @@ impl RelayMirror {
     /// order (each waits for the one before), and an error surfaces at the
     /// next page.
     async fn save_behind(&mut self) -> Result<(), String> {
-        if let Some(previous) = self.saving.take() {
+        let permit = Arc::clone(&self.behind)
+            .acquire_owned()
+            .await
+            .map_err(|e| format!("saving the resume point: {e}"))?;
+        if self.saving.as_ref().is_some_and(|p| p.is_finished())
+            && let Some(previous) = self.saving.take()
+        {
+            // A save's error surfaces at the next page.
             previous
                 .await
                 .map_err(|e| format!("saving the resume point: {e}"))??;
         }
+        let previous = self.saving.take();
         let sink = self.sink.clone();
         let (persist, path) = (self.options.persist, self.path.clone());
         let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| e.to_string())?;
         self.saving = Some(tokio::spawn(async move {
+            let _permit = permit;
             sink.flush().await?;
+            // Saves land in order: this one after the one before it.
+            if let Some(previous) = previous {
+                previous
+                    .await
+                    .map_err(|e| format!("saving the resume point: {e}"))??;
+            }
             if persist {
                 // fsync and rename: off the async workers.
                 tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))

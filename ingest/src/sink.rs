@@ -1,6 +1,6 @@
 //! Into the store: events from the pool are batched (up to
 //! [`BATCH_EVENTS`] or [`BATCH_WAIT`]), the ids the store already holds
-//! are dropped before any signature check (`EventStore::contains_ids`),
+//! are dropped before any signature check (`EventStore::contains_events`),
 //! and the rest go through `EventStore::insert`, which verifies them in the
 //! store's verify pool and commits the batch as one group. Invalid events
 //! are counted per relay and never stored.
@@ -252,10 +252,20 @@ async fn run(store: Arc<EventStore>, stats: Stats, mut items: mpsc::Receiver<Ite
         }
         push(first, &mut batch, &mut flushes);
         let deadline = tokio::time::Instant::now() + BATCH_WAIT;
-        while batch.len() < BATCH_EVENTS && flushes.is_empty() {
-            match tokio::time::timeout_at(deadline, items.recv()).await {
-                Ok(Some(item)) => push(item, &mut batch, &mut flushes),
-                _ => break,
+        while batch.len() < BATCH_EVENTS {
+            if flushes.is_empty() {
+                match tokio::time::timeout_at(deadline, items.recv()).await {
+                    Ok(Some(item)) => push(item, &mut batch, &mut flushes),
+                    _ => break,
+                }
+            } else {
+                // Someone waits: no more waiting, but what is already queued
+                // (the next page of a mirror, often) joins this batch, and
+                // the flush is answered when the batch is stored.
+                match items.try_recv() {
+                    Ok(item) => push(item, &mut batch, &mut flushes),
+                    Err(_) => break,
+                }
             }
         }
         if !batch.is_empty() {
@@ -280,9 +290,9 @@ async fn run(store: Arc<EventStore>, stats: Stats, mut items: mpsc::Receiver<Ite
 /// Stores one batch; counts every event's fate in its tally and its
 /// relay's counters.
 fn write(store: &EventStore, stats: &Stats, batch: Vec<Arrival>) -> Result<(), String> {
-    let ids: Vec<_> = batch.iter().map(|(_, e, _)| e.id).collect();
+    let ids: Vec<_> = batch.iter().map(|(_, e, _)| (e.id, e.pubkey)).collect();
     let held = store
-        .contains_ids(&ids)
+        .contains_events(&ids)
         .map_err(|e| format!("store: {e}"))?;
     let mut fresh = Vec::with_capacity(batch.len());
     let mut origins = Vec::with_capacity(batch.len());

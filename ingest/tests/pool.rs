@@ -232,12 +232,13 @@ async fn a_nip42_challenge_is_answered_and_the_refused_req_sent_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_and_bad_signatures_are_counted_and_never_stored() {
+async fn garbage_bad_signatures_and_forged_ids_are_counted_and_never_stored() {
     let events = notes(9, 40);
     let fake = FakeRelay::start(
         events.clone(),
         Behaviour {
             bad_sig_every: 4,
+            forged_every: 5,
             garbage_every: 10,
             ..Behaviour::default()
         },
@@ -267,29 +268,36 @@ async fn garbage_and_bad_signatures_are_counted_and_never_stored() {
     sink.flush().await.unwrap();
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(errors, 4, "one malformed message per 10 events");
+    let bad = |i: usize| i % 4 == 3 || i % 5 == 4;
+    let refused = (0..40).filter(|&i| bad(i)).count() as u64;
+    assert_eq!(refused, 16);
     assert_eq!(
         tally.invalid.load(Relaxed),
-        10,
-        "every 4th signature is bad"
+        refused,
+        "every 4th signature is bad, every 5th id forged"
     );
-    assert_eq!(tally.stored.load(Relaxed), 30);
+    assert_eq!(tally.stored.load(Relaxed), 40 - refused);
     let stats = pool.stats().get(&url(&fake.url())).unwrap();
-    assert_eq!((stats.invalid, stats.stored, stats.events), (14, 30, 40));
-    // Exactly the good ones are stored.
+    assert_eq!(
+        (stats.invalid, stats.stored, stats.events),
+        (refused + 4, 40 - refused, 40)
+    );
+    // Exactly the good ones are stored, and nothing under a forged id.
     for (i, event) in events.iter().rev().enumerate() {
         let held = store.get(&event.id).unwrap().is_some();
-        assert_eq!(held, i % 4 != 3, "event {i}");
+        assert_eq!(held, !bad(i), "event {i}");
     }
-    // The same events again, every signature good now: the 30 held are
-    // dropped before any signature check, the 10 refused before are stored.
+    assert_eq!(store.count(&[Filter::new()]).unwrap(), 40 - refused);
+    // The same events again, all good now: the 24 held are dropped before
+    // any signature check, the 16 refused before are stored.
     let again = Arc::new(Tally::default());
     for event in &events {
         sink.send(url(&fake.url()), Box::new(event.clone()), &again)
             .await;
     }
     sink.flush().await.unwrap();
-    assert_eq!(again.duplicate.load(Relaxed), 30);
-    assert_eq!(again.stored.load(Relaxed), 10);
+    assert_eq!(again.duplicate.load(Relaxed), 40 - refused);
+    assert_eq!(again.stored.load(Relaxed), refused);
     assert_eq!(again.invalid.load(Relaxed), 0);
 }
 

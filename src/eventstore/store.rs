@@ -769,6 +769,34 @@ impl EventStore {
         Ok(held)
     }
 
+    /// [`EventStore::contains_ids`] for events whose authors are known (an
+    /// ingester holding the events it received): each id is looked for
+    /// only in its author's shard, one index look-up per event where
+    /// `contains_ids` makes one per shard. An id paired with an author that
+    /// did not sign it is looked for in that author's shard only, so it may
+    /// be answered either way; `insert` refuses such an event regardless.
+    pub fn contains_events(&self, events: &[(EventId, Pubkey)]) -> Result<Vec<bool>, Error> {
+        let mut held = vec![false; events.len()];
+        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for (at, (_, author)) in events.iter().enumerate() {
+            by_shard[shard_of(author, self.shards.len())].push(at);
+        }
+        for (shard, positions) in self.shards.iter().zip(&by_shard) {
+            if positions.is_empty() {
+                continue;
+            }
+            let mut indexes = shard.lock();
+            for &at in positions {
+                if shard.writer_waiting() {
+                    drop(indexes);
+                    indexes = shard.lock();
+                }
+                held[at] = indexes.find_id(&events[at].0)?.is_some();
+            }
+        }
+        Ok(held)
+    }
+
     /// The stored event with this id (not if expired).
     pub fn get(&self, id: &EventId) -> Result<Option<Event>, Error> {
         Ok(self.query(&[Filter::new().ids([*id])])?.into_iter().next())

@@ -32,6 +32,9 @@ pub struct Behaviour {
     pub no_eose: bool,
     /// Corrupt the signature of every n-th event sent (0: none).
     pub bad_sig_every: usize,
+    /// Change the content of every n-th event sent after it was signed, so
+    /// its id no longer matches (0: none).
+    pub forged_every: usize,
     /// Send a malformed message before every n-th event (0: none).
     pub garbage_every: usize,
     /// Wait this long before each event.
@@ -255,6 +258,9 @@ async fn send_event(write: &mut Write, sub: &str, event: &Event, n: usize, b: &B
     let mut event = event.clone();
     if b.bad_sig_every > 0 && n % b.bad_sig_every == b.bad_sig_every - 1 {
         event.sig.0[5] ^= 0x40;
+    }
+    if b.forged_every > 0 && n % b.forged_every == b.forged_every - 1 {
+        event.content.push_str(" (edited)");
     }
     let text = format!(
         "[\"EVENT\",{},{}]",
