@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{Generator, Model};
-use megalith::{Durability, Event, EventId, EventStore, Filter, Pubkey};
+use megalith::{Durability, Event, EventId, EventStore, Filter, InsertOutcome, Pubkey};
 
 fn open(dir: &std::path::Path, shards: u32) -> EventStore {
     EventStore::builder(dir)
@@ -219,4 +219,31 @@ fn contains_ids_says_which_events_are_held() {
         "{yes} held of {}",
         sent.len()
     );
+}
+
+/// `write_mark` moves with every stored batch, whether or not anyone
+/// subscribes to the commit stream (the commit sequence only moves for
+/// subscribers), and stays put while nothing is written.
+#[test]
+fn the_write_mark_moves_with_every_stored_write_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 3);
+    let mut generator = Generator::new(5, 20);
+    let mut mark = store.write_mark();
+    for _ in 0..50 {
+        let event = generator.next_event();
+        let stored = store
+            .insert(std::slice::from_ref(&event))
+            .unwrap()
+            .iter()
+            .any(|o| matches!(o, InsertOutcome::Stored | InsertOutcome::Replaced { .. }));
+        store.query(&[Filter::new().limit(5)]).unwrap();
+        let now = store.write_mark();
+        assert_eq!(now != mark, stored, "{:?}", event.kind);
+        mark = now;
+        // The same event again is a duplicate: nothing is written.
+        store.insert(std::slice::from_ref(&event)).unwrap();
+        assert_eq!(store.write_mark(), mark);
+    }
+    assert_eq!(store.commit_sequence(), 0, "nobody subscribed");
 }

@@ -181,3 +181,136 @@ fn rules_load_at_start_and_reload_on_sighup() {
         "{stderr}"
     );
 }
+
+/// A GET with the headers given, over HTTP/1.0 (the body ends with the
+/// connection).
+fn http_get_with(addr: &str, path: &str, headers: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+/// The feed pages ride on the relay's address: a browser's `GET /` gets the
+/// form, NIP-11 and the WebSocket stay where they were, `/start` is limited
+/// per client address (behind a trusted proxy: the forwarded one), an open
+/// update stream does not hold up SIGTERM, and `--feed off` takes it all
+/// away.
+#[test]
+fn the_feed_pages_share_the_relays_address_and_its_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "[feed]\nrelays = [\"ws://127.0.0.1:9\"]\nstart_burst = 2\nstart_every_secs = 600\n",
+    )
+    .unwrap();
+    let serve::Serving {
+        mut child,
+        addr,
+        mut stderr,
+        mut log,
+    } = serve::spawn([
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--trusted-proxy".as_ref(),
+        "127.0.0.1/32".as_ref(),
+    ]);
+    let (status, home) = http_get_with(&addr, "/", "Accept: text/html\r\n");
+    assert_eq!(status, 200, "{home}");
+    assert!(home.contains("<form action=\"/start\""), "{home}");
+    assert!(
+        home.to_lowercase()
+            .contains("content-security-policy: default-src 'none'")
+    );
+    let (status, info) = http_get_with(&addr, "/", "Accept: application/nostr+json\r\n");
+    assert_eq!(status, 200);
+    assert!(info.contains("\"supported_nips\""), "{info}");
+
+    let npub = |seed: u64| {
+        megalith::event::nip19::encode_npub(&megalith::event::Keys::from_seed(seed).pubkey())
+    };
+    let start = |seed: u64, from: &str| {
+        http_get_with(
+            &addr,
+            &format!("/start?npub={}", npub(seed)),
+            &format!("X-Forwarded-For: {from}\r\n"),
+        )
+        .0
+    };
+    // Two starts per address: the third from 203.0.113.1 is refused, the
+    // others' addresses have their own.
+    assert_eq!(start(1, "203.0.113.1"), 302);
+    assert_eq!(start(2, "203.0.113.1"), 302);
+    assert_eq!(start(3, "203.0.113.1"), 429);
+    assert_eq!(start(4, "203.0.113.2"), 302);
+    assert_eq!(start(5, "2001:db8::7"), 302);
+
+    // A stream left open (the job's relay does not exist: it waits in its
+    // first phase for a while).
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET /events?npub={} HTTP/1.0\r\nHost: {addr}\r\n\r\n",
+        npub(4)
+    )
+    .unwrap();
+    let mut first = [0u8; 64];
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let n = stream.read(&mut first).unwrap();
+    let head = String::from_utf8_lossy(&first[..n]).to_string();
+    assert!(head.contains(" 200 OK"), "{head}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    assert!(log.contains("store closed cleanly"), "{log}");
+
+    // --feed off: browsers get the relay's line of text, no pages.
+    let serve::Serving {
+        mut child,
+        addr,
+        mut stderr,
+        mut log,
+    } = serve::spawn([
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--feed".as_ref(),
+        "off".as_ref(),
+    ]);
+    let (_, home) = http_get_with(&addr, "/", "Accept: text/html\r\n");
+    assert!(home.contains("a Nostr relay"), "{home}");
+    assert!(!home.contains("<form"));
+    let (status, _) = http_get_with(&addr, &format!("/timeline?npub={}", npub(1)), "");
+    assert_eq!(status, 404);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = child.wait().unwrap();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(exit.success(), "{exit:?}\n{log}");
+}

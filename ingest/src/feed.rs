@@ -1,12 +1,12 @@
 //! Per-user feed jobs (the Megalith V3 ingestion manager): given a person,
-//! fetch their contact list, their follows' relay lists, then their
+//! fetch their contact list, their follows' relay lists and profiles, then their
 //! follows' posts from those relays (the outbox model, NIP-65), into the
 //! store, and keep them coming for a while.
 //!
 //! Phases: `queued` (at most [`FeedConfig::max_running`] jobs run, the rest
 //! wait in FIFO order) → `contacts` (the person's newest kind 3 and kind
 //! 10002 across the configured relays, and their own write relays) →
-//! `relays` (the follows' kind 10002) → `posts_backfill` (kinds 1 and 6,
+//! `relays` (the follows' kind 10002 and kind 0) → `posts_backfill` (kinds 1 and 6,
 //! authors in chunks of 256 per REQ, the newest screen first, then deeper
 //! pages, from each author's chosen write relays) → `live` (from the job's
 //! start, minus a margin) → `finished` after the wall-time cap, or
@@ -333,6 +333,15 @@ impl FeedJobs {
             .map(|e| e.status.borrow().clone())
     }
 
+    /// The person's status stream, if a job ran or runs (none is started).
+    pub fn watch(&self, pubkey: &Pubkey) -> Option<watch::Receiver<JobStatus>> {
+        self.shared
+            .jobs
+            .lock()
+            .get(pubkey)
+            .map(|e| e.status.subscribe())
+    }
+
     /// Jobs by phase (for `/metrics`).
     pub fn phase_counts(&self) -> BTreeMap<JobPhase, usize> {
         let mut counts: BTreeMap<JobPhase, usize> = JobPhase::ALL.iter().map(|p| (*p, 0)).collect();
@@ -481,6 +490,8 @@ impl Job {
                 .authors([self.pubkey])
                 .kinds([10_002])
                 .limit(1),
+            // The person's profile, for the page's header.
+            Filter::new().authors([self.pubkey]).kinds([0]).limit(1),
         ];
         self.fetch(config_relays.clone(), own.clone(), &meta)
             .await?;
@@ -523,8 +534,12 @@ impl Job {
         // Ask only for the lists no other job asked for lately; wait for
         // those another job is asking for now.
         let (ask, others, done) = self.claim_lists(&follows);
+        // Relay lists, and the profiles (kind 0) the feed shows names and
+        // pictures from, in the same REQ.
         let fetches = ask.chunks(self.config().chunk_authors.max(1)).map(|chunk| {
-            let filter = Filter::new().authors(chunk.iter().copied()).kinds([10_002]);
+            let filter = Filter::new()
+                .authors(chunk.iter().copied())
+                .kinds([0, 10_002]);
             self.fetch(lookup_relays.clone(), vec![filter], &meta)
         });
         let fetched = futures_util::future::join_all(fetches).await;

@@ -48,6 +48,43 @@ pub struct ServeConfig {
     /// Other relays to copy into this one (`[[mirror]]` tables), run by
     /// `megalith serve` beside the relay (see `megalith mirror`).
     pub mirror: Vec<MirrorEntry>,
+    /// The feed pages and their feed jobs (`[feed]`), run by `megalith
+    /// serve` beside the relay (docs/web.md).
+    pub feed: FeedEntry,
+}
+
+/// The `[feed]` table: the feed pages (`/start`, `/timeline`, ...) and the
+/// jobs they start.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedEntry {
+    /// Serve the pages and run the jobs. Default true.
+    pub enabled: bool,
+    /// Where jobs look for a person's contact list and relay list. Default:
+    /// empty, meaning the well-known public relays of docs/web.md.
+    pub relays: Vec<String>,
+    /// Jobs running at once; the rest queue. Default 24.
+    pub max_running: usize,
+    /// Dial relays that relay lists name on loopback or private networks.
+    /// Default false.
+    pub allow_private_relays: bool,
+    /// `/start` requests one client address may make at once. Default 10.
+    pub start_burst: u32,
+    /// ...and the seconds after which it may make one more. Default 6.
+    pub start_every_secs: f64,
+}
+
+impl Default for FeedEntry {
+    fn default() -> FeedEntry {
+        FeedEntry {
+            enabled: true,
+            relays: Vec::new(),
+            max_running: 24,
+            allow_private_relays: false,
+            start_burst: 10,
+            start_every_secs: 6.0,
+        }
+    }
 }
 
 /// One `[[mirror]]` table: what `megalith mirror` would do, run beside the
@@ -91,6 +128,7 @@ impl Default for ServeConfig {
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
             mirror: Vec::new(),
+            feed: FeedEntry::default(),
         }
     }
 }
@@ -117,6 +155,16 @@ impl ServeConfig {
             return Err(format!(
                 "recover_after_ms {} is outside 1 ..= 3600000",
                 self.recover_after_ms
+            ));
+        }
+        let feed = &self.feed;
+        if feed.max_running == 0 || feed.start_burst == 0 {
+            return Err("[feed] max_running and start_burst must be at least 1".to_string());
+        }
+        if !(feed.start_every_secs.is_finite() && feed.start_every_secs > 0.0) {
+            return Err(format!(
+                "[feed] start_every_secs {} must be a positive number of seconds",
+                feed.start_every_secs
             ));
         }
         self.relay().check()
@@ -461,6 +509,27 @@ mod tests {
     }
 
     #[test]
+    fn the_feed_table_parses() {
+        let config = ServeConfig::from_toml(
+            "[feed]\nenabled = false\nrelays = [\"ws://127.0.0.1:9\"]\nmax_running = 3\n\
+             start_burst = 4\nstart_every_secs = 0.5\nallow_private_relays = true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.feed,
+            FeedEntry {
+                enabled: false,
+                relays: vec!["ws://127.0.0.1:9".into()],
+                max_running: 3,
+                allow_private_relays: true,
+                start_burst: 4,
+                start_every_secs: 0.5,
+            }
+        );
+        assert!(ServeConfig::default().feed.enabled);
+    }
+
+    #[test]
     fn mistakes_are_named() {
         for (text, expect) in [
             ("lisen = \"x\"", "lisen"),
@@ -474,6 +543,9 @@ mod tests {
                 "[limits]\nhandshake_timeout_secs = 0",
                 "handshake_timeout_secs",
             ),
+            ("[feed]\nmax_running = 0", "max_running"),
+            ("[feed]\nstart_every_secs = 0", "start_every_secs"),
+            ("[feed]\nrelay = [\"wss://x\"]", "relay"),
         ] {
             let error = ServeConfig::from_toml(text).unwrap_err();
             assert!(error.contains(expect), "{text}: {error}");

@@ -41,7 +41,8 @@ use tracing::{info, warn};
 use megalith::{Commits, EventStore, Limits};
 
 pub use config::{
-    DurabilityName, MirrorEntry, RecoveryName, RelayConfig, RelayInfo, RelayLimits, ServeConfig,
+    DurabilityName, FeedEntry, MirrorEntry, RecoveryName, RelayConfig, RelayInfo, RelayLimits,
+    ServeConfig,
 };
 pub use gate::Cidr;
 pub use metrics::Metrics;
@@ -65,12 +66,23 @@ const COMMIT_STREAM_CAPACITY: usize = 65_536;
 pub struct Extras {
     /// More Prometheus text appended to `/metrics`.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// More routes, merged into the relay's (which keep `/`, `/health` and
+    /// `/metrics`: a route of the same path here is a startup error). Their
+    /// handlers find the client's address (the trusted proxy's
+    /// `X-Forwarded-For` resolved, as for the relay's own limits) as
+    /// `ConnectInfo<SocketAddr>`.
+    pub routes: Option<Router>,
+    /// What a browser gets on `GET /` (no WebSocket upgrade, no NIP-11
+    /// `Accept`), instead of the relay's line of text.
+    pub home: Option<Arc<dyn Fn() -> Response + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Extras {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Extras")
             .field("metrics", &self.metrics.is_some())
+            .field("routes", &self.routes.is_some())
+            .field("home", &self.home.is_some())
             .finish()
     }
 }
@@ -380,11 +392,19 @@ pub async fn run_with_extras(
         None => None,
     };
     let rules_watcher = tokio::spawn(watch_rules(Arc::clone(&relay), hangup));
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/", get(root).options(preflight))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
-        .with_state(Arc::clone(&relay))
+        .with_state(Arc::clone(&relay));
+    if let Some(routes) = relay.extras.routes.clone() {
+        app = merge_routes(app, routes)?;
+    }
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&relay),
+            client_address,
+        ))
         .into_make_service_with_connect_info::<Peer>();
     let local = axum::serve::Listener::local_addr(&listener)?;
     info!(address = %local, "relay listening");
@@ -510,6 +530,38 @@ fn broadcast(relay: &Relay, commits: &Commits) {
     }
 }
 
+/// The relay's routes and a service's, or an error naming the clash.
+fn merge_routes(relay: Router, more: Router) -> std::io::Result<Router> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || relay.merge(more))).map_err(
+        |panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("the extra routes clash with the relay's: {why}"),
+            )
+        },
+    )
+}
+
+/// Puts the client's address (behind a trusted proxy: the forwarded one) on
+/// every request as `ConnectInfo<SocketAddr>`, for the extra routes.
+async fn client_address(
+    State(relay): State<Arc<Relay>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ip = gate::client_ip(peer.addr.ip(), request.headers(), &relay.trusted_proxies);
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(std::net::SocketAddr::new(ip, peer.addr.port())));
+    next.run(request).await
+}
+
 fn cors(response: &mut Response) {
     let headers = response.headers_mut();
     headers.insert(
@@ -563,6 +615,8 @@ async fn root(
             relay.info_document().to_string(),
         )
             .into_response()
+    } else if let Some(home) = &relay.extras.home {
+        return home();
     } else {
         (
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -821,6 +821,20 @@ impl EventStore {
         self.watchers.sequence()
     }
 
+    /// A number that grows whenever a write becomes visible to queries (the
+    /// ends of the shards' logs as their indexes have applied them), with or
+    /// without commit-stream subscribers: a reader that polls can skip its
+    /// query while the mark stays the same.
+    pub fn write_mark(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let end = shard.lock().applied_end;
+                (u64::from(end.segment.0) << 32) | u64::from(end.offset)
+            })
+            .fold(0u64, u64::wrapping_add)
+    }
+
     /// Cheap figures for monitoring (no scan): events stored, and the bytes
     /// of the log and of the indexes on disk.
     pub fn gauges(&self) -> StoreGauges {

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use megalith::{EventStore, Filter};
+use megalith_ingest::feed::DEFAULT_RELAYS;
 use megalith_ingest::metrics as ingest_metrics;
 use megalith_ingest::mirror::{self, MirrorOptions, Progress};
 use megalith_ingest::pool::{self, PoolConfig};
-use megalith_ingest::{RelayUrl, Sink};
+use megalith_ingest::{FeedConfig, FeedJobs, RelayUrl, Sink};
 use megalith_relay::{DurabilityName, Extras, RecoveryName, ServeConfig};
+use megalith_web::{Web, WebConfig};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -62,6 +64,19 @@ pub(crate) struct ServeArgs {
     /// anyone may publish and read anything within the limits].
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// The feed pages (`/start`, `/timeline`, ...; docs/web.md) and the feed
+    /// jobs they start [default: on].
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    feed: Option<bool>,
+    /// A relay where feed jobs look for a person's contact list and relay
+    /// list; repeat for several [default: wss://relay.damus.io, wss://nos.lol,
+    /// wss://relay.primal.net, wss://purplepag.es, wss://relay.nostr.band].
+    #[arg(long = "relay", value_name = "URL")]
+    relays: Vec<String>,
+    /// Let feed jobs dial relays that relay lists name on loopback or private
+    /// networks [default: off].
+    #[arg(long)]
+    allow_private_relays: bool,
     /// Log level, or a tracing filter such as `megalith=debug` (RUST_LOG wins if set).
     #[arg(long, default_value = "info")]
     log: String,
@@ -185,6 +200,15 @@ impl ServeArgs {
         if !self.trusted_proxies.is_empty() {
             config.trusted_proxies = self.trusted_proxies.clone();
         }
+        if let Some(feed) = self.feed {
+            config.feed.enabled = feed;
+        }
+        if !self.relays.is_empty() {
+            config.feed.relays = self.relays.clone();
+        }
+        if self.allow_private_relays {
+            config.feed.allow_private_relays = true;
+        }
         let l = &self.limits;
         let c = &mut config.limits;
         macro_rules! set {
@@ -233,6 +257,12 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         .try_init();
     let config = args.config()?;
     let mirrors = mirror_options(&config)?;
+    let feed = feed_config(&config)?;
+    let web_config = WebConfig {
+        start_burst: config.feed.start_burst,
+        start_every: Duration::from_secs_f64(config.feed.start_every_secs),
+        ..WebConfig::default()
+    };
     let relay = config.relay();
     let mut builder = with_replay_progress(EventStore::builder(&config.data))
         .durability(config.durability.durability())
@@ -268,56 +298,98 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         let listener = tokio::net::TcpListener::bind(relay.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", relay.listen))?;
-        // The mirrors of the config file run beside the relay, on their own
-        // pool and store sink, until the relay stops.
-        let ingest = (!mirrors.is_empty()).then(|| {
-            let (pool, pool_task) = pool::start(PoolConfig::default());
-            let (sink, sink_task) = Sink::start(Arc::clone(&store), pool.stats().clone());
-            let (stop, stopped) = watch::channel(false);
-            let tasks: Vec<_> = mirrors
-                .into_iter()
-                .map(|options| {
-                    let (pool, sink, stopped) = (pool.clone(), sink.clone(), stopped.clone());
-                    tokio::spawn(async move {
-                        let relays: Vec<String> =
-                            options.relays.iter().map(|r| r.to_string()).collect();
-                        match mirror::run(pool, sink, options, stopped, Progress::default()).await {
-                            Ok(reports) => {
-                                for r in reports {
-                                    info!(relay = %r.relay, stored = r.stored, pages = r.pages, errors = r.errors, "mirror stopped");
-                                }
+        // The mirrors of the config file and the feed jobs run beside the
+        // relay, on one pool and store sink, until the relay stops.
+        let (pool, pool_task) = pool::start(PoolConfig::default());
+        let (sink, sink_task) = Sink::start(Arc::clone(&store), pool.stats().clone());
+        let (stop, stopped) = watch::channel(false);
+        let tasks: Vec<_> = mirrors
+            .into_iter()
+            .map(|options| {
+                let (pool, sink, stopped) = (pool.clone(), sink.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let relays: Vec<String> =
+                        options.relays.iter().map(|r| r.to_string()).collect();
+                    match mirror::run(pool, sink, options, stopped, Progress::default()).await {
+                        Ok(reports) => {
+                            for r in reports {
+                                info!(relay = %r.relay, stored = r.stored, pages = r.pages, errors = r.errors, "mirror stopped");
                             }
-                            Err(e) => error!(relays = ?relays, error = %e, "mirror failed"),
                         }
-                    })
+                        Err(e) => error!(relays = ?relays, error = %e, "mirror failed"),
+                    }
                 })
-                .collect();
-            (pool, pool_task, sink_task, stop, tasks)
+            })
+            .collect();
+        let jobs = feed.map(|feed| {
+            Arc::new(FeedJobs::new(
+                feed,
+                Arc::clone(&store),
+                pool.clone(),
+                sink.clone(),
+            ))
         });
+        let web = jobs
+            .as_ref()
+            .map(|jobs| Web::new(Arc::clone(&store), Arc::clone(jobs), web_config.clone()));
+        if jobs.is_some() {
+            info!("feed pages on http://{}/", relay.listen);
+        }
+        let web_handle = web.clone();
         let extras = Extras {
-            metrics: ingest.as_ref().map(|(pool, ..)| {
+            metrics: Some({
                 let stats = pool.stats().clone();
-                Arc::new(move || ingest_metrics::render(&stats, None))
-                    as Arc<dyn Fn() -> String + Send + Sync>
+                let jobs = jobs.clone();
+                Arc::new(move || ingest_metrics::render(&stats, jobs.as_deref()))
             }),
+            home: web.is_some().then(|| {
+                Arc::new(megalith_web::home_response)
+                    as Arc<dyn Fn() -> megalith_web::Response + Send + Sync>
+            }),
+            routes: web.map(megalith_web::router),
+        };
+        // The relay waits for open responses before it exits: the pages'
+        // update streams end as soon as the shutdown starts.
+        let shutdown = {
+            let web = web_handle;
+            async move {
+                shutdown_signal().await;
+                if let Some(web) = web {
+                    web.shutdown();
+                }
+            }
         };
         let served = megalith_relay::run_with_extras(
             Arc::clone(&store),
             relay,
             listener,
-            shutdown_signal(),
+            shutdown,
             extras,
         )
         .await
         .map_err(|e| format!("the relay failed: {e}"));
-        if let Some((pool, pool_task, sink_task, stop, tasks)) = ingest {
-            let _ = stop.send(true);
-            for task in tasks {
-                let _ = task.await;
-            }
-            pool.shutdown().await;
-            let _ = pool_task.await;
-            let _ = sink_task.await;
+        let _ = stop.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Some(jobs) = &jobs {
+            jobs.shutdown().await;
+        }
+        drop(jobs);
+        pool.shutdown().await;
+        let _ = pool_task.await;
+        // Everything the mirrors and jobs sent is stored; the sink task ends
+        // once the last handle is gone (the web routes may still hold the
+        // jobs, and so a handle, until the runtime shuts down).
+        if let Err(e) = sink.flush().await {
+            error!(error = %e, "storing the last fetched events failed");
+        }
+        drop(sink);
+        if tokio::time::timeout(Duration::from_secs(2), sink_task)
+            .await
+            .is_err()
+        {
+            info!("the store sink is still referenced; it stops with the runtime");
         }
         served
     });
@@ -339,6 +411,27 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     served?;
     closed.map_err(|e| format!("closing the store: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The feed jobs' settings from `[feed]` (none when the feed is off),
+/// checked: each relay URL parses.
+fn feed_config(config: &ServeConfig) -> Result<Option<FeedConfig>, String> {
+    if !config.feed.enabled {
+        return Ok(None);
+    }
+    let named: Vec<String> = if config.feed.relays.is_empty() {
+        DEFAULT_RELAYS.iter().map(|r| r.to_string()).collect()
+    } else {
+        config.feed.relays.clone()
+    };
+    let relays = named
+        .iter()
+        .map(|r| RelayUrl::parse(r).map_err(|e| format!("[feed] relay {r:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut feed = FeedConfig::new(relays, config.data.join("jobs"));
+    feed.max_running = config.feed.max_running;
+    feed.allow_private_relays = config.feed.allow_private_relays;
+    Ok(Some(feed))
 }
 
 /// The `[[mirror]]` tables, checked: each relay URL and filter parses.
