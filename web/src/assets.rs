@@ -40,9 +40,10 @@ button{font:inherit;padding:.6rem 1.1rem;border:0;border-radius:.5rem;background
 details summary{cursor:pointer;color:var(--accent)}"#;
 
 /// Opens `/events` and puts each post not yet shown at its place (newest
-/// first, ties by lowest id), updates the banner, stops when the job is
-/// done. Kept under 2 KB (a test checks).
-pub const SCRIPT: &str = r#"(()=>{const d=document.body.dataset,l=document.getElementById('posts'),b=document.getElementById('banner');if(!d.live||!l||!window.EventSource)return;const s=new EventSource('/events?npub='+encodeURIComponent(d.npub)+'&limit='+d.limit+(d.mode?'&mode='+d.mode:''));s.addEventListener('status',e=>{const v=JSON.parse(e.data);if(b){b.textContent=v.banner||'';b.hidden=!v.banner;b.className='banner'+(v.failed?' failed':'')}if(v.done)s.close()});s.addEventListener('posts',e=>{const t=document.createElement('template');t.innerHTML=JSON.parse(e.data);for(const p of [...t.content.children]){if(!p.id||document.getElementById(p.id))continue;const k=+p.dataset.t;let a=null;for(const q of l.children){const u=+q.dataset.t;if(u<k||(u===k&&q.id>p.id)){a=q;break}}l.insertBefore(p,a)}const m=document.getElementById('empty');if(m&&l.children.length)m.remove()})})();"#;
+/// first, ties by lowest id), points "Older posts" past the last post shown,
+/// updates the banner, stops when the job is done. Kept under 2 KB (a test
+/// checks).
+pub const SCRIPT: &str = r#"(()=>{const d=document.body.dataset,l=document.getElementById('posts'),b=document.getElementById('banner');if(!d.live||!l||!window.EventSource)return;const s=new EventSource('/events?npub='+encodeURIComponent(d.npub)+'&limit='+d.limit+(d.mode?'&mode='+d.mode:''));s.addEventListener('status',e=>{const v=JSON.parse(e.data);if(b){b.textContent=v.banner||'';b.hidden=!v.banner;b.className='banner'+(v.failed?' failed':'')}if(v.done)s.close()});s.addEventListener('posts',e=>{const t=document.createElement('template');t.innerHTML=JSON.parse(e.data);for(const p of [...t.content.children]){if(!p.id||document.getElementById(p.id))continue;const k=+p.dataset.t;let a=null;for(const q of l.children){const u=+q.dataset.t;if(u<k||(u===k&&q.id>p.id)){a=q;break}}l.insertBefore(p,a)}const m=document.getElementById('empty');if(m&&l.children.length)m.remove();const o=document.getElementById('older'),z=l.lastElementChild;if(o&&z){o.href='/timeline?npub='+encodeURIComponent(d.npub)+'&until='+z.dataset.t+':'+z.id.slice(2)+'&limit='+d.limit+(d.mode?'&mode='+d.mode:'');o.parentNode.hidden=false}})})();"#;
 
 fn hash(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());

@@ -11,7 +11,7 @@ use crate::profile::Profile;
 use crate::text::{self, Piece};
 
 /// Characters of a post shown before the rest goes behind "show all".
-const SHOWN_CHARS: usize = 2_000;
+const SHOWN_CHARS: usize = 600;
 
 /// A post ready to show: the event, its author, and for a repost the
 /// reposted note when it came embedded and valid.
@@ -172,8 +172,13 @@ pub fn timeline(t: &Timeline<'_>) -> Markup {
             ol #posts .posts {
                 @for post in t.posts { (post_item(post, t.now)) }
             }
-            @if let Some(older) = &t.older {
-                nav.more { a href=(older) rel="next" { "Older posts" } }
+            // A page that updates itself keeps the link (hidden while there
+            // is nothing to page to): its script points it past the last
+            // post it shows.
+            @if t.older.is_some() || live {
+                nav.more hidden[t.older.is_none()] {
+                    a #older href=(t.older.as_deref().unwrap_or("#")) rel="next" { "Older posts" }
+                }
             }
         },
     )
