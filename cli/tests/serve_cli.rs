@@ -182,6 +182,19 @@ fn rules_load_at_start_and_reload_on_sighup() {
     );
 }
 
+/// SIGTERM, then the exit must be clean; returns the log.
+fn stop_cleanly(mut child: std::process::Child, mut stderr: impl Read, mut log: String) -> String {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    log
+}
+
 /// A GET with the headers given, over HTTP/1.0 (the body ends with the
 /// connection).
 fn http_get_with(addr: &str, path: &str, headers: &str) -> (u16, String) {
@@ -220,10 +233,10 @@ fn the_feed_pages_share_the_relays_address_and_its_shutdown() {
     )
     .unwrap();
     let serve::Serving {
-        mut child,
+        child,
         addr,
-        mut stderr,
-        mut log,
+        stderr,
+        log,
     } = serve::spawn([
         "--data".as_ref(),
         data.as_os_str(),
@@ -279,22 +292,15 @@ fn the_feed_pages_share_the_relays_address_and_its_shutdown() {
     let head = String::from_utf8_lossy(&first[..n]).to_string();
     assert!(head.contains(" 200 OK"), "{head}");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    stderr.read_to_string(&mut log).unwrap();
-    assert!(exit.success(), "{exit:?}\n{log}");
+    let log = stop_cleanly(child, stderr, log);
     assert!(log.contains("store closed cleanly"), "{log}");
 
     // --feed off: browsers get the relay's line of text, no pages.
     let serve::Serving {
-        mut child,
+        child,
         addr,
-        mut stderr,
-        mut log,
+        stderr,
+        log,
     } = serve::spawn([
         "--data".as_ref(),
         data.as_os_str(),
@@ -306,11 +312,5 @@ fn the_feed_pages_share_the_relays_address_and_its_shutdown() {
     assert!(!home.contains("<form"));
     let (status, _) = http_get_with(&addr, &format!("/timeline?npub={}", npub(1)), "");
     assert_eq!(status, 404);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let exit = child.wait().unwrap();
-    stderr.read_to_string(&mut log).unwrap();
-    assert!(exit.success(), "{exit:?}\n{log}");
+    stop_cleanly(child, stderr, log);
 }

@@ -34,10 +34,16 @@ impl std::ops::DerefMut for KillOnDrop {
 /// Starts `bin serve --data DATA --listen LISTEN` and returns once it says
 /// it listens; the rest of its log is read (and dropped) in a thread.
 pub fn serve_at(bin: &Path, data: &Path, listen: &str) -> KillOnDrop {
+    serve_with(bin, data, listen, &[])
+}
+
+/// [`serve_at`] with more flags.
+pub fn serve_with(bin: &Path, data: &Path, listen: &str, flags: &[&str]) -> KillOnDrop {
     let mut child = Command::new(bin)
         .args(["serve", "--listen", listen])
         .arg("--data")
         .arg(data)
+        .args(flags)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

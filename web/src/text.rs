@@ -150,9 +150,10 @@ pub fn short_reference(bech32: &str) -> String {
 }
 
 /// How long ago `then` was, seen at `now` (Unix seconds): "now", "5 min",
-/// "3 h", "2 d", or the date beyond four weeks or in the future.
+/// "3 h", "2 d", or the date beyond four weeks or more than 15 minutes in
+/// the future (less is clock skew, which relays accept: "now").
 pub fn ago(now: u64, then: u64) -> String {
-    if then > now + 60 {
+    if then > now + 900 {
         return date(then);
     }
     let secs = now.saturating_sub(then);
@@ -334,6 +335,7 @@ mod tests {
         assert_eq!(ago(now, now - 2 * 86_400), "2 d");
         assert_eq!(ago(now, now - 40 * 86_400), "2025-10-25");
         assert_eq!(ago(now, now + 3_600), "2025-12-04");
+        assert_eq!(ago(now, now + 100), "now", "a clock a little ahead");
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(1_284), "1,284");
         assert_eq!(thousands(1_234_567), "1,234,567");
