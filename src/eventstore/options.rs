@@ -76,6 +76,13 @@ pub struct Options {
     /// thread, which helps. Default: the number of cores. 0 checks
     /// everything on the calling thread.
     pub verify_threads: usize,
+    /// The nice value the verify threads run at (Linux, where it is a
+    /// per-thread setting; ignored elsewhere). A server that answers
+    /// queries beside a busy writer raises it (`megalith serve` uses 10),
+    /// so that signature checks, which are throughput work, give way to
+    /// queries, which are latency work; with nothing else to run they get
+    /// every core all the same. Default 0 (unchanged).
+    pub verify_nice: i32,
 }
 
 /// Most shards a store can have.
@@ -103,6 +110,7 @@ impl Default for Options {
             search: None,
             recover_after: Duration::from_secs(1),
             verify_threads: cores(),
+            verify_nice: 0,
         }
     }
 }
@@ -132,6 +140,12 @@ impl Options {
             return Err(Error::Options(format!(
                 "verify_threads {} is above 1,024",
                 self.verify_threads
+            )));
+        }
+        if !(-20..=19).contains(&self.verify_nice) {
+            return Err(Error::Options(format!(
+                "verify_nice {} is outside -20 ..= 19",
+                self.verify_nice
             )));
         }
         if self.recover_after.is_zero() || self.recover_after > Duration::from_secs(3600) {
@@ -247,6 +261,12 @@ impl EventStoreBuilder {
     /// See [`Options::verify_threads`].
     pub fn verify_threads(mut self, threads: usize) -> Self {
         self.options.verify_threads = threads;
+        self
+    }
+
+    /// See [`Options::verify_nice`].
+    pub fn verify_nice(mut self, nice: i32) -> Self {
+        self.options.verify_nice = nice;
         self
     }
 

@@ -187,7 +187,7 @@ impl EventStore {
             };
             shards.push(Shard::start(id, log, indexes, config)?);
         }
-        let verifier = VerifyPool::start(options.verify_threads)
+        let verifier = VerifyPool::start(options.verify_threads, options.verify_nice)
             .map_err(io_error(dir, "start verify threads"))?;
         Ok(EventStore {
             dir: dir.to_path_buf(),

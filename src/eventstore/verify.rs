@@ -44,6 +44,22 @@ impl Job {
     }
 }
 
+/// Sets the calling thread's nice value (Linux keeps one per thread). A
+/// refusal (raising priority needs privileges; lowering it never does) is
+/// ignored: the thread runs as it was.
+#[cfg(target_os = "linux")]
+fn lower_priority(nice: i32) {
+    // SAFETY: gettid and setpriority take and return plain integers; the
+    // thread id is this thread's own.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(_nice: i32) {}
+
 #[derive(Debug)]
 pub(crate) struct VerifyPool {
     jobs: Option<Sender<Job>>,
@@ -52,8 +68,9 @@ pub(crate) struct VerifyPool {
 }
 
 impl VerifyPool {
-    /// Starts `workers` threads (0: callers check their own signatures).
-    pub fn start(workers: usize) -> std::io::Result<VerifyPool> {
+    /// Starts `workers` threads (0: callers check their own signatures) at
+    /// the nice value `nice` (see `Options::verify_nice`).
+    pub fn start(workers: usize, nice: i32) -> std::io::Result<VerifyPool> {
         let (jobs, queue) = unbounded::<Job>();
         let mut pool = VerifyPool {
             jobs: Some(jobs),
@@ -65,6 +82,9 @@ impl VerifyPool {
             let worker = std::thread::Builder::new()
                 .name(format!("megalith-verify-{n}"))
                 .spawn(move || {
+                    if nice != 0 {
+                        lower_priority(nice);
+                    }
                     while let Ok(job) = queue.recv() {
                         job.run();
                     }
@@ -198,7 +218,7 @@ mod tests {
     #[test]
     fn results_come_back_in_order_with_and_without_workers() {
         for workers in [0, 1, 3] {
-            let pool = VerifyPool::start(workers).unwrap();
+            let pool = VerifyPool::start(workers, 0).unwrap();
             for n in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 7] {
                 let events = events(n);
                 let mut batch = pool.batch();
@@ -214,7 +234,7 @@ mod tests {
 
     #[test]
     fn concurrent_callers_share_the_pool() {
-        let pool = VerifyPool::start(2).unwrap();
+        let pool = VerifyPool::start(2, 0).unwrap();
         let events = events(200);
         std::thread::scope(|scope| {
             for _ in 0..4 {

@@ -24,15 +24,27 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_megalith"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_megalith"));
+    command
         .arg("serve")
         .args(args)
         .args(["--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    // A test that fails midway never reaches its SIGTERM: the relay dies
+    // with the test's thread instead of running on (two were found still
+    // running after failed runs, holding ports and CPU).
+    // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut log = String::new();
     let addr = loop {

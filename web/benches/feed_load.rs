@@ -157,6 +157,31 @@ fn import_trusted(bin: &Path, data: &Path, jsonl: &[u8]) {
     assert!(import.wait().unwrap().success());
 }
 
+/// `rounds` reads of /timeline, alternating between two people: the
+/// latencies of each and the posts each page showed.
+async fn read_timelines(
+    addr: SocketAddr,
+    people: [&str; 2],
+    rounds: usize,
+) -> ([Vec<f64>; 2], [usize; 2]) {
+    let mut ms = [Vec::new(), Vec::new()];
+    let mut shown = [0, 0];
+    for i in 0..rounds {
+        let who = i % 2;
+        let (status, body, took) = get(
+            addr,
+            &format!("/timeline?npub={}", people[who]),
+            "127.0.0.1",
+        )
+        .await;
+        assert_eq!(status, 200);
+        ms[who].push(took);
+        shown[who] = posts_on(&body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (ms, shown)
+}
+
 fn main() {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -176,6 +201,39 @@ async fn run() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join("target/release/megalith"));
     let wanted = env("FEED_LOAD_PEOPLE", 20).min(prepared.people.len());
+    // The stores of part 2, made once (before the relays hold theirs open).
+    let full = dir.join("web-1m");
+    if !full.join("MANIFEST").exists() {
+        let _ = std::fs::remove_dir_all(&full);
+        eprintln!(
+            "feed-load: building a store of every event once ({})",
+            full.display()
+        );
+        for i in 0..prepared.ports.len() {
+            let dump = Command::new(&bin)
+                .args(["query", "--data"])
+                .arg(dir.join(format!("relay{i}")))
+                .arg("{}")
+                .output()
+                .unwrap();
+            assert!(
+                dump.status.success(),
+                "{}",
+                String::from_utf8_lossy(&dump.stderr)
+            );
+            import_trusted(&bin, &full, &dump.stdout);
+        }
+    }
+    let fresh = dir.join("fresh-300k");
+    if !fresh.join("MANIFEST").exists() {
+        let _ = std::fs::remove_dir_all(&fresh);
+        let generate = Command::new(&bin)
+            .args(["generate", "--count", "300000", "--seed", "99", "--quiet"])
+            .output()
+            .unwrap();
+        assert!(generate.status.success());
+        import_trusted(&bin, &fresh, &generate.stdout);
+    }
     let relays: Vec<process::KillOnDrop> = prepared
         .ports
         .iter()
@@ -255,34 +313,6 @@ async fn run() {
     );
 
     // Part 2: the read on a 1M-event store while a mirror writes into it.
-    let full = dir.join("web-1m");
-    if !full.join("MANIFEST").exists() {
-        let _ = std::fs::remove_dir_all(&full);
-        eprintln!(
-            "feed-load: building a store of every event once ({})",
-            full.display()
-        );
-        for i in 0..prepared.ports.len() {
-            let dump = Command::new(&bin)
-                .args(["query", "--data"])
-                .arg(dir.join(format!("relay{i}")))
-                .arg("{}")
-                .output()
-                .unwrap();
-            assert!(dump.status.success());
-            import_trusted(&bin, &full, &dump.stdout);
-        }
-    }
-    let fresh = dir.join("fresh-300k");
-    if !fresh.join("MANIFEST").exists() {
-        let _ = std::fs::remove_dir_all(&fresh);
-        let generate = Command::new(&bin)
-            .args(["generate", "--count", "300000", "--seed", "99", "--quiet"])
-            .output()
-            .unwrap();
-        assert!(generate.status.success());
-        import_trusted(&bin, &fresh, &generate.stdout);
-    }
     let run_dir = dir.join("web-1m-run");
     let _ = std::fs::remove_dir_all(&run_dir);
     assert!(
@@ -307,14 +337,6 @@ async fn run() {
         format!("[[mirror]]\nrelays = [\"ws://127.0.0.1:{fresh_port}\"]\n"),
     )
     .unwrap();
-    let port = process::free_port();
-    let web = process::serve_with(
-        &bin,
-        &run_dir,
-        &format!("127.0.0.1:{port}"),
-        &["--config", config.to_str().unwrap(), "--feed", "on"],
-    );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (near_500, _) = prepared
         .people
         .iter()
@@ -327,6 +349,22 @@ async fn run() {
         .find(|(h, _)| h == near_500)
         .unwrap()
         .1;
+    let who = [npub(near_500), npub(largest)];
+    let who = [who[0].as_str(), who[1].as_str()];
+    // Quiet first: the same store, nothing writing.
+    let port = process::free_port();
+    let web = process::serve_with(&bin, &run_dir, &format!("127.0.0.1:{port}"), &[]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let ([mut quiet_near, mut quiet_big], _) = read_timelines(addr, who, 300).await;
+    process::stop(web);
+    let port = process::free_port();
+    let web = process::serve_with(
+        &bin,
+        &run_dir,
+        &format!("127.0.0.1:{port}"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let stored = |metrics: &str| -> u64 {
         metrics
             .lines()
@@ -345,26 +383,7 @@ async fn run() {
     }
     let (_, before, _) = get(addr, "/metrics", "127.0.0.1").await;
     let t = Instant::now();
-    let mut near = Vec::new();
-    let mut big = Vec::new();
-    let mut shown = (0, 0);
-    for i in 0..300 {
-        let (who, out) = if i % 2 == 0 {
-            (near_500, &mut near)
-        } else {
-            (largest, &mut big)
-        };
-        let (status, body, ms) =
-            get(addr, &format!("/timeline?npub={}", npub(who)), "127.0.0.1").await;
-        assert_eq!(status, 200);
-        out.push(ms);
-        if i % 2 == 0 {
-            shown.0 = posts_on(&body);
-        } else {
-            shown.1 = posts_on(&body);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ([mut near, mut big], shown) = read_timelines(addr, who, 300).await;
     let secs = t.elapsed().as_secs_f64();
     let (_, after, _) = get(addr, "/metrics", "127.0.0.1").await;
     let ingested = stored(&after).saturating_sub(stored(&before));
@@ -375,11 +394,28 @@ async fn run() {
     }
     let _ = std::fs::remove_dir_all(&run_dir);
     let part2 = serde_json::json!({
-        "near_500": {"follows": near_n, "posts_shown": shown.0, "p50_ms": percentile(&mut near, 0.5), "p99_ms": percentile(&mut near, 0.99)},
-        "largest": {"follows": largest_n, "posts_shown": shown.1, "p50_ms": percentile(&mut big, 0.5), "p99_ms": percentile(&mut big, 0.99)},
+        "near_500": {"follows": near_n, "posts_shown": shown[0], "p50_ms": percentile(&mut near, 0.5), "p99_ms": percentile(&mut near, 0.99),
+            "quiet_p50_ms": percentile(&mut quiet_near, 0.5), "quiet_p99_ms": percentile(&mut quiet_near, 0.99)},
+        "largest": {"follows": largest_n, "posts_shown": shown[1], "p50_ms": percentile(&mut big, 0.5), "p99_ms": percentile(&mut big, 0.99),
+            "quiet_p50_ms": percentile(&mut quiet_big, 0.5), "quiet_p99_ms": percentile(&mut quiet_big, 0.99)},
         "ingested_while_reading": ingested,
         "ingest_per_s": ingested as f64 / secs,
     });
+    eprintln!(
+        "feed-load: /timeline on the 1M-event store, nothing writing: {near_n} follows p50 {:.2} ms p99 {:.2} ms; {largest_n} follows p50 {:.2} ms p99 {:.2} ms",
+        part2["near_500"]["quiet_p50_ms"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        part2["near_500"]["quiet_p99_ms"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        part2["largest"]["quiet_p50_ms"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        part2["largest"]["quiet_p99_ms"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+    );
     eprintln!(
         "feed-load: /timeline on the 1M-event store while a mirror stored {ingested} events ({:.0}/s): {near_n} follows p50 {:.2} ms p99 {:.2} ms; {largest_n} follows p50 {:.2} ms p99 {:.2} ms",
         ingested as f64 / secs,

@@ -269,7 +269,11 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         .limits(relay.limits.event_limits())
         .max_future(Duration::from_secs(relay.limits.created_at_future_secs))
         .recovery_mode(config.recovery.mode())
-        .recover_after(Duration::from_millis(config.recover_after_ms));
+        .recover_after(Duration::from_millis(config.recover_after_ms))
+        // Queries (the relay's, the pages') come before signature checks:
+        // a page read beside a mirror storing 18,000 events/s took 5.0 ms
+        // at p50 with the verifiers at the same priority (1.9 ms quiet).
+        .verify_nice(10);
     if let Some(shards) = config.shards {
         builder = builder.shards(shards);
     }
