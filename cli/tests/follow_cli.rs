@@ -92,8 +92,10 @@ fn follow_fills_the_store_with_exactly_the_follows_posts() {
         assert!(phases.contains(&phase), "{phases:?}");
     }
 
-    // Exactly the follows' posts the two relays hold.
-    let posts = Filter::new().authors(follows.iter().copied()).kinds([1, 6]);
+    // Exactly the follows' posts (and the person's own) the two relays hold.
+    let posts = Filter::new()
+        .authors(follows.iter().copied().chain([me]))
+        .kinds([1, 6]);
     let ids = |path: &Path| -> HashSet<EventId> {
         let store = EventStore::open(path).unwrap();
         let ids = store

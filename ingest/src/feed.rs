@@ -1,6 +1,6 @@
 //! Per-user feed jobs (the Megalith V3 ingestion manager): given a person,
 //! fetch their contact list, their follows' relay lists and profiles, then their
-//! follows' posts from those relays (the outbox model, NIP-65), into the
+//! follows' posts (and their own) from those relays (the outbox model, NIP-65), into the
 //! store, and keep them coming for a while.
 //!
 //! Phases: `queued` (at most [`FeedConfig::max_running`] jobs run, the rest
@@ -495,13 +495,15 @@ impl Job {
         ];
         self.fetch(config_relays.clone(), own.clone(), &meta)
             .await?;
-        let own_relays: Vec<RelayUrl> = self
+        let own_relays_all: Vec<RelayUrl> = self
             .newest(&[self.pubkey], 10_002)?
             .first()
             .map(|list| self.allowed(write_relays(list)))
-            .unwrap_or_default()
-            .into_iter()
+            .unwrap_or_default();
+        let own_relays: Vec<RelayUrl> = own_relays_all
+            .iter()
             .filter(|r| !config_relays.contains(r))
+            .cloned()
             .collect();
         if !own_relays.is_empty() {
             self.fetch(own_relays.clone(), own[..1].to_vec(), &meta)
@@ -568,8 +570,17 @@ impl Job {
         }
         self.status
             .send_modify(|s| s.follows_with_relays = write.len());
+        // The person's own posts come too (their page's author mode shows
+        // them), from their own write relays.
+        let mut authors = follows.clone();
+        if !authors.contains(&self.pubkey) {
+            authors.push(self.pubkey);
+            if !own_relays_all.is_empty() {
+                write.insert(self.pubkey, own_relays_all.clone());
+            }
+        }
         let plan = choose_relays(
-            &follows,
+            &authors,
             &write,
             self.config().relays_per_author,
             self.config().max_relays,

@@ -180,7 +180,10 @@ async fn a_job_ends_with_exactly_the_follows_posts_the_relays_hold() {
     assert_eq!(status.follows, follows.len());
     assert!(status.follows_with_relays > 0);
 
-    let posts = Filter::new().authors(follows.iter().copied()).kinds([1, 6]);
+    // The follows' posts, and the person's own.
+    let posts = Filter::new()
+        .authors(follows.iter().copied().chain([me]))
+        .kinds([1, 6]);
     let want = net.held(&posts);
     let got: Vec<Event> = ingester.store.query(std::slice::from_ref(&posts)).unwrap();
     let got_ids: HashSet<EventId> = got.iter().map(|e| e.id).collect();
@@ -238,7 +241,7 @@ async fn a_job_ends_with_exactly_the_follows_posts_the_relays_hold() {
     let theirs = finish(&ingester.jobs, other).await;
     assert_eq!(theirs.phase, Some(JobPhase::Finished), "{theirs:#?}");
     let posts = Filter::new()
-        .authors(their_follows.iter().copied())
+        .authors(their_follows.iter().copied().chain([other]))
         .kinds([1, 6]);
     assert_eq!(theirs.events_ingested as usize, net.held(&posts).len());
 }
