@@ -22,7 +22,7 @@ use crate::banner::banner;
 use crate::limit::StreamSlot;
 use crate::page;
 use crate::read;
-use crate::routes::{Asked, Params, json_error};
+use crate::request::{Asked, Params, json_error};
 
 struct Stream {
     web: Arc<Web>,

@@ -5,7 +5,8 @@
 //! them (`megalith serve` wires the two in `cli`).
 //!
 //! Layout: [`Web`] holds the store, the jobs and the limits; [`router`]
-//! gives the routes (`routes`); `read` is the timeline query, `page` the
+//! gives the routes (`routes`, what they ask checked in `request`); `read`
+//! is the timeline query, `page` the
 //! templates, `text` and `profile` what a post becomes, `banner` a job's
 //! status in words, `assets` the inline style, script and CSP, `limit` the
 //! per-address limits, `events` the Server-Sent Events stream.
@@ -17,6 +18,7 @@ mod limit;
 mod page;
 mod profile;
 mod read;
+mod request;
 mod routes;
 mod text;
 
