@@ -10,6 +10,8 @@
 //! owned events, so it suits the millions of events a test generates, not
 //! a production store.
 
+pub mod analytics;
+
 use std::collections::{HashMap, HashSet};
 
 use crate::event::{Event, EventId, KindClass, Pubkey};
