@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+pub mod analytics;
 pub mod datagen;
 pub mod event;
 pub mod inspect;

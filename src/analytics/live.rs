@@ -1,0 +1,282 @@
+//! The figures kept incrementally: the store says which events it added
+//! and which it removed (replaced, deleted, expired), and the counts follow.
+//! Every figure is a function of the live set and of the ids video versions
+//! ever had, so the order in which the changes of different authors arrive
+//! does not matter (docs/analytics.md, "Where the state lives").
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::video::{Figures, VideoKey, tag_values, video_key};
+use crate::event::{Event, EventId, Pubkey};
+
+/// What the store did.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Stored and served from now on.
+    Added(Event),
+    /// No longer served: replaced by a newer version, deleted, vanished or
+    /// expired.
+    Removed(Event),
+}
+
+/// The acts deduplicated per (actor, target): reactions and reposts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Class {
+    Reaction,
+    Repost,
+}
+
+/// Order of a person's acts on one target: the newest counts (later
+/// `created_at`, then the lowest id); the value says whether it is a
+/// downvote.
+type Acts = BTreeMap<(u64, std::cmp::Reverse<EventId>), bool>;
+
+/// Where an act points, before its `e` target is known as a video version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    /// An address (`a`), or an id already known as a version of a video.
+    Key(VideoKey),
+    /// An id not (yet) known as a video's: kept under `VideoKey::Id` and
+    /// moved to the video's key if a version with that id arrives.
+    Id(EventId),
+}
+
+/// Figures of the live videos, kept as the store adds and removes events.
+#[derive(Debug, Default)]
+pub struct LiveAnalytics {
+    versions: HashMap<EventId, VideoKey>,
+    videos: HashMap<VideoKey, Event>,
+    acts: HashMap<(Class, Pubkey, VideoKey), Acts>,
+    /// The keys (actor, class) with acts on each target, to move them.
+    actors: HashMap<VideoKey, Vec<(Class, Pubkey)>>,
+    counts: HashMap<VideoKey, Figures>,
+}
+
+impl LiveAnalytics {
+    pub fn new() -> LiveAnalytics {
+        LiveAnalytics::default()
+    }
+
+    /// Applies one change of the store.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Added(event) => self.add(event),
+            Change::Removed(event) => self.remove(event),
+        }
+    }
+
+    /// A live video's figures (zero when nothing counts for it; none when
+    /// no such video is live).
+    pub fn figures(&self, key: &VideoKey) -> Option<Figures> {
+        self.videos
+            .contains_key(key)
+            .then(|| self.counts.get(key).copied().unwrap_or_default())
+    }
+
+    /// The live videos.
+    pub fn videos(&self) -> impl Iterator<Item = (&VideoKey, &Event)> {
+        self.videos.iter()
+    }
+
+    /// The live video an id of any of its versions names.
+    pub fn video_by_id(&self, id: &EventId) -> Option<(&VideoKey, &Event)> {
+        self.videos.get_key_value(self.versions.get(id)?)
+    }
+
+    fn add(&mut self, event: &Event) {
+        if let Some(key) = video_key(event) {
+            let known = self.versions.insert(event.id, key.clone());
+            if known.is_none() && key != VideoKey::Id(event.id) {
+                // Acts that named this version's id before it was known.
+                self.move_target(&VideoKey::Id(event.id), &key);
+            }
+            self.videos.insert(key, event.clone());
+            return;
+        }
+        match event.kind {
+            7 | 6 | 16 => {
+                let class = if event.kind == 7 {
+                    Class::Reaction
+                } else {
+                    Class::Repost
+                };
+                if let Some(target) = self.act_target(event) {
+                    let key = self.key_of(target);
+                    let down = class == Class::Reaction && event.content == "-";
+                    self.change_acts(class, event.pubkey, key, |acts| {
+                        acts.insert((event.created_at, std::cmp::Reverse(event.id)), down);
+                    });
+                }
+            }
+            1_111 | 1 => {
+                if let Some(target) = self.comment_target(event) {
+                    let key = self.key_of(target);
+                    let f = self.counts.entry(key).or_default();
+                    if event.kind == 1_111 {
+                        f.comments += 1;
+                    } else {
+                        f.legacy_comments += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn remove(&mut self, event: &Event) {
+        if let Some(key) = video_key(event) {
+            // Only the current version leaves the lists; the id stays a
+            // version of the key.
+            if self.videos.get(&key).is_some_and(|v| v.id == event.id) {
+                self.videos.remove(&key);
+            }
+            return;
+        }
+        match event.kind {
+            7 | 6 | 16 => {
+                let class = if event.kind == 7 {
+                    Class::Reaction
+                } else {
+                    Class::Repost
+                };
+                if let Some(target) = self.act_target(event) {
+                    let key = self.key_of(target);
+                    self.change_acts(class, event.pubkey, key, |acts| {
+                        acts.remove(&(event.created_at, std::cmp::Reverse(event.id)));
+                    });
+                }
+            }
+            1_111 | 1 => {
+                if let Some(target) = self.comment_target(event) {
+                    let key = self.key_of(target);
+                    if let Some(f) = self.counts.get_mut(&key) {
+                        if event.kind == 1_111 {
+                            f.comments = f.comments.saturating_sub(1);
+                        } else {
+                            f.legacy_comments = f.legacy_comments.saturating_sub(1);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A reaction's or repost's target: the last `a` (a kind 16's, a kind
+    /// 7's), else the last `e`.
+    fn act_target(&self, event: &Event) -> Option<Target> {
+        let by_address = matches!(event.kind, 7 | 16)
+            .then(|| {
+                tag_values(event, "a")
+                    .last()
+                    .and_then(VideoKey::parse_address)
+            })
+            .flatten();
+        by_address.map(Target::Key).or_else(|| {
+            tag_values(event, "e")
+                .last()
+                .and_then(|id| EventId::from_hex(id).ok())
+                .map(Target::Id)
+        })
+    }
+
+    /// A comment's video: kind 1111's root `A`, else its root `E`; kind 1's
+    /// `e` marked `root`, else its first `e`.
+    fn comment_target(&self, event: &Event) -> Option<Target> {
+        let id = |text: &str| EventId::from_hex(text).ok().map(Target::Id);
+        if event.kind == 1_111 {
+            return tag_values(event, "A")
+                .next()
+                .and_then(VideoKey::parse_address)
+                .map(Target::Key)
+                .or_else(|| tag_values(event, "E").next().and_then(id));
+        }
+        event
+            .tags
+            .iter()
+            .find(|t| t.len() >= 4 && t[0] == "e" && t[3] == "root")
+            .map(|t| t[1].as_str())
+            .or_else(|| tag_values(event, "e").next())
+            .and_then(id)
+    }
+
+    /// Where a target's counts are kept now.
+    fn key_of(&self, target: Target) -> VideoKey {
+        match target {
+            Target::Key(key) => key,
+            Target::Id(id) => self.versions.get(&id).cloned().unwrap_or(VideoKey::Id(id)),
+        }
+    }
+
+    /// Changes one person's acts on a target, keeping the counts right:
+    /// the group's contribution (its newest act) is taken out before and
+    /// put back after.
+    fn change_acts(
+        &mut self,
+        class: Class,
+        actor: Pubkey,
+        key: VideoKey,
+        change: impl FnOnce(&mut Acts),
+    ) {
+        let slot = (class, actor, key.clone());
+        let before = self.acts.get(&slot).and_then(newest);
+        let acts = self.acts.entry(slot.clone()).or_default();
+        let was_empty = acts.is_empty();
+        change(acts);
+        let after = newest(acts);
+        if acts.is_empty() {
+            self.acts.remove(&slot);
+            if let Some(list) = self.actors.get_mut(&key) {
+                list.retain(|a| *a != (class, actor));
+            }
+        } else if was_empty {
+            self.actors
+                .entry(key.clone())
+                .or_default()
+                .push((class, actor));
+        }
+        let f = self.counts.entry(key).or_default();
+        contribute(f, class, before, false);
+        contribute(f, class, after, true);
+    }
+
+    /// Moves every act and count kept under `from` to `to` (an id learnt to
+    /// be a version of an addressable video).
+    fn move_target(&mut self, from: &VideoKey, to: &VideoKey) {
+        // Comments move as counts; reactions and reposts are merged per
+        // person (one may have acted on both the id and the address), and
+        // counted again under `to`.
+        if let Some(moved) = self.counts.remove(from) {
+            let f = self.counts.entry(to.clone()).or_default();
+            f.comments += moved.comments;
+            f.legacy_comments += moved.legacy_comments;
+        }
+        for (class, actor) in self.actors.remove(from).unwrap_or_default() {
+            if let Some(acts) = self.acts.remove(&(class, actor, from.clone())) {
+                self.change_acts(class, actor, to.clone(), |kept| kept.extend(acts));
+            }
+        }
+    }
+}
+
+/// The newest act of a group: whether it is a downvote.
+fn newest(acts: &Acts) -> Option<bool> {
+    acts.iter().next_back().map(|(_, down)| *down)
+}
+
+/// Adds (or takes away) a group's contribution: its newest act.
+fn contribute(f: &mut Figures, class: Class, newest: Option<bool>, add: bool) {
+    let Some(down) = newest else {
+        return;
+    };
+    let field = match (class, down) {
+        (Class::Reaction, false) => &mut f.reactions,
+        (Class::Reaction, true) => &mut f.downvotes,
+        (Class::Repost, _) => &mut f.reposts,
+    };
+    if add {
+        *field += 1;
+    } else {
+        *field = field.saturating_sub(1);
+    }
+}
