@@ -601,7 +601,12 @@ async fn root(
         peer.mark_upgraded();
         return upgrade
             .max_message_size(transport)
-            .max_frame_size(transport)
+            // A frame is refused at its header when longer than this, with
+            // its payload still unread: closing then resets the connection
+            // and the client may never read the NOTICE that says why. A
+            // frame up to twice the bound is read whole first, then refused
+            // as a message too long, and the NOTICE arrives.
+            .max_frame_size(transport.saturating_mul(2))
             .on_upgrade(move |socket| conn::serve(relay, socket, ip, url));
     }
     let wants_info = headers
