@@ -223,7 +223,7 @@ fn diff(before: &HashMap<EventId, Event>, after: &HashMap<EventId, Event>) -> Ve
     out
 }
 
-fn compare(live: &LiveAnalytics, reference: &Analytics, history: &[Event], what: &str) {
+fn compare(live: &LiveAnalytics, reference: &Analytics, history: &[Event], now: u64, what: &str) {
     let mut keys: Vec<&VideoKey> = live.videos().map(|(k, _)| k).collect();
     let mut want: Vec<&VideoKey> = reference.videos.keys().collect();
     keys.sort();
@@ -243,6 +243,14 @@ fn compare(live: &LiveAnalytics, reference: &Analytics, history: &[Event], what:
             key.text()
         );
     }
+    let ranked: Vec<VideoKey> = reference
+        .trending(now)
+        .into_iter()
+        .map(|(k, _)| k)
+        .take(25)
+        .collect();
+    let got: Vec<VideoKey> = live.trending(now, 25).into_iter().cloned().collect();
+    assert_eq!(got, ranked, "{what}: the trending order");
     for event in history {
         assert_eq!(
             live.video_by_id(&event.id).map(|(k, _)| k.clone()),
@@ -292,6 +300,7 @@ fn incremental_figures_agree_with_the_counting_rules() {
                     &live,
                     &brute,
                     &history,
+                    now,
                     &format!("seed {seed}, step {step}"),
                 );
             }
@@ -321,6 +330,7 @@ fn incremental_figures_agree_with_the_counting_rules() {
             &regrouped,
             &brute,
             &history,
+            now,
             &format!("seed {seed}, by shard"),
         );
     }

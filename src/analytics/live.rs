@@ -4,7 +4,8 @@
 //! ever had, so the order in which the changes of different authors arrive
 //! does not matter (docs/analytics.md, "Where the state lives").
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::video::{Figures, VideoKey, tag_values, video_key};
 use crate::event::{Event, EventId, Pubkey};
@@ -29,7 +30,7 @@ enum Class {
 /// Order of a person's acts on one target: the newest counts (later
 /// `created_at`, then the lowest id); the value says whether it is a
 /// downvote.
-type Acts = BTreeMap<(u64, std::cmp::Reverse<EventId>), bool>;
+type Acts = BTreeMap<(u64, Reverse<EventId>), bool>;
 
 /// Where an act points, before its `e` target is known as a video version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,6 +51,22 @@ pub struct LiveAnalytics {
     /// The keys (actor, class) with acts on each target, to move them.
     actors: HashMap<VideoKey, Vec<(Class, Pubkey)>>,
     counts: HashMap<VideoKey, Figures>,
+    /// The trending order, highest first: each live video's [`trend_key`].
+    ranking: BTreeSet<(Reverse<i64>, VideoKey)>,
+    ranked: HashMap<VideoKey, i64>,
+    /// Keys whose figures or video changed in the change being applied.
+    touched: Vec<VideoKey>,
+}
+
+/// The order of `engagement · exp(−age_hours/24)` among videos, whatever
+/// the time: `ln(engagement) + created_at/86400`, in fixed point (10^-9);
+/// no engagement sorts below any (docs/analytics.md, "Scores").
+pub fn trend_key(engagement: u64, created_at: u64) -> i64 {
+    if engagement == 0 {
+        return i64::MIN;
+    }
+    let value = (engagement as f64).ln() + created_at as f64 / 86_400.0;
+    (value * 1e9).round() as i64
 }
 
 impl LiveAnalytics {
@@ -62,6 +79,37 @@ impl LiveAnalytics {
         match change {
             Change::Added(event) => self.add(event),
             Change::Removed(event) => self.remove(event),
+        }
+        for key in std::mem::take(&mut self.touched) {
+            self.rank(key);
+        }
+    }
+
+    /// Live videos by trending score at `now`, highest first, ties by key:
+    /// those created in the last 7 days, at most `limit`.
+    pub fn trending(&self, now: u64, limit: usize) -> Vec<&VideoKey> {
+        self.ranking
+            .iter()
+            .map(|(_, key)| key)
+            .filter(|key| {
+                self.videos
+                    .get(*key)
+                    .is_some_and(|v| now.saturating_sub(v.created_at) <= 7 * 86_400)
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// Puts `key` at its place in the ranking (or takes it out).
+    fn rank(&mut self, key: VideoKey) {
+        if let Some(old) = self.ranked.remove(&key) {
+            self.ranking.remove(&(Reverse(old), key.clone()));
+        }
+        if let Some(video) = self.videos.get(&key) {
+            let engagement = self.counts.get(&key).map_or(0, Figures::engagement);
+            let trend = trend_key(engagement, video.created_at);
+            self.ranking.insert((Reverse(trend), key.clone()));
+            self.ranked.insert(key, trend);
         }
     }
 
@@ -90,7 +138,8 @@ impl LiveAnalytics {
                 // Acts that named this version's id before it was known.
                 self.move_target(&VideoKey::Id(event.id), &key);
             }
-            self.videos.insert(key, event.clone());
+            self.videos.insert(key.clone(), event.clone());
+            self.touched.push(key);
             return;
         }
         match event.kind {
@@ -104,13 +153,14 @@ impl LiveAnalytics {
                     let key = self.key_of(target);
                     let down = class == Class::Reaction && event.content == "-";
                     self.change_acts(class, event.pubkey, key, |acts| {
-                        acts.insert((event.created_at, std::cmp::Reverse(event.id)), down);
+                        acts.insert((event.created_at, Reverse(event.id)), down);
                     });
                 }
             }
             1_111 | 1 => {
                 if let Some(target) = self.comment_target(event) {
                     let key = self.key_of(target);
+                    self.touched.push(key.clone());
                     let f = self.counts.entry(key).or_default();
                     if event.kind == 1_111 {
                         f.comments += 1;
@@ -129,6 +179,7 @@ impl LiveAnalytics {
             // version of the key.
             if self.videos.get(&key).is_some_and(|v| v.id == event.id) {
                 self.videos.remove(&key);
+                self.touched.push(key);
             }
             return;
         }
@@ -142,13 +193,14 @@ impl LiveAnalytics {
                 if let Some(target) = self.act_target(event) {
                     let key = self.key_of(target);
                     self.change_acts(class, event.pubkey, key, |acts| {
-                        acts.remove(&(event.created_at, std::cmp::Reverse(event.id)));
+                        acts.remove(&(event.created_at, Reverse(event.id)));
                     });
                 }
             }
             1_111 | 1 => {
                 if let Some(target) = self.comment_target(event) {
                     let key = self.key_of(target);
+                    self.touched.push(key.clone());
                     if let Some(f) = self.counts.get_mut(&key) {
                         if event.kind == 1_111 {
                             f.comments = f.comments.saturating_sub(1);
@@ -235,6 +287,7 @@ impl LiveAnalytics {
                 .or_default()
                 .push((class, actor));
         }
+        self.touched.push(key.clone());
         let f = self.counts.entry(key).or_default();
         contribute(f, class, before, false);
         contribute(f, class, after, true);
@@ -246,6 +299,8 @@ impl LiveAnalytics {
         // Comments move as counts; reactions and reposts are merged per
         // person (one may have acted on both the id and the address), and
         // counted again under `to`.
+        self.touched.push(from.clone());
+        self.touched.push(to.clone());
         if let Some(moved) = self.counts.remove(from) {
             let f = self.counts.entry(to.clone()).or_default();
             f.comments += moved.comments;

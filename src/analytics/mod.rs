@@ -5,7 +5,7 @@
 mod live;
 mod video;
 
-pub use live::{Change, LiveAnalytics};
+pub use live::{Change, LiveAnalytics, trend_key};
 pub use video::{
     Figures, VIDEO_KINDS, VideoFields, VideoKey, tag_value, tag_values, trending_score,
     video_fields, video_key,
