@@ -20,15 +20,18 @@
 //! (verified, batches of 1,000) into a fresh store: the import rate the
 //! ingest rate is compared with.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/service/bench.rs"]
+mod bench;
 #[path = "../../tests/service/placement.rs"]
 mod placement;
 #[path = "../../tests/service/process.rs"]
 mod process;
 
+use bench::{dir, env, peak_rss_mib, percentile, root};
 use megalith::datagen::{GenConfig, Generator};
 use megalith::{Durability, Event, EventStore, Filter, Pubkey};
 use megalith_ingest::mirror::{self, MirrorOptions, Progress};
@@ -46,23 +49,6 @@ struct Prepared {
     ports: Vec<u16>,
     /// The people whose feeds are fetched (hex), and their follow counts.
     people: Vec<(String, usize)>,
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn dir() -> PathBuf {
-    std::env::var("FEED_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("target/feed-bench"))
 }
 
 fn main() {
@@ -178,24 +164,6 @@ fn prepare() {
     );
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    let at = ((values.len() as f64 - 1.0) * p).round() as usize;
-    values[at]
-}
-
 async fn run() {
     let dir = dir();
     let prepared: Prepared = serde_json::from_str(
@@ -247,7 +215,7 @@ async fn run() {
     }
     let wall = started.elapsed().as_secs_f64();
     let finals: Vec<_> = statuses.iter().map(|s| s.borrow().clone()).collect();
-    let rss = peak_rss_mib();
+    let rss = peak_rss_mib("self");
     let failed = finals
         .iter()
         .filter(|s| s.phase == Some(JobPhase::Failed))

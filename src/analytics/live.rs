@@ -140,36 +140,8 @@ impl LiveAnalytics {
             }
             self.videos.insert(key.clone(), event.clone());
             self.touched.push(key);
-            return;
-        }
-        match event.kind {
-            7 | 6 | 16 => {
-                let class = if event.kind == 7 {
-                    Class::Reaction
-                } else {
-                    Class::Repost
-                };
-                if let Some(target) = self.act_target(event) {
-                    let key = self.key_of(target);
-                    let down = class == Class::Reaction && event.content == "-";
-                    self.change_acts(class, event.pubkey, key, |acts| {
-                        acts.insert((event.created_at, Reverse(event.id)), down);
-                    });
-                }
-            }
-            1_111 | 1 => {
-                if let Some(target) = self.comment_target(event) {
-                    let key = self.key_of(target);
-                    self.touched.push(key.clone());
-                    let f = self.counts.entry(key).or_default();
-                    if event.kind == 1_111 {
-                        f.comments += 1;
-                    } else {
-                        f.legacy_comments += 1;
-                    }
-                }
-            }
-            _ => {}
+        } else {
+            self.count(event, true);
         }
     }
 
@@ -181,8 +153,13 @@ impl LiveAnalytics {
                 self.videos.remove(&key);
                 self.touched.push(key);
             }
-            return;
+        } else {
+            self.count(event, false);
         }
+    }
+
+    /// Counts an act or a comment in (`added`) or out.
+    fn count(&mut self, event: &Event, added: bool) {
         match event.kind {
             7 | 6 | 16 => {
                 let class = if event.kind == 7 {
@@ -192,8 +169,14 @@ impl LiveAnalytics {
                 };
                 if let Some(target) = self.act_target(event) {
                     let key = self.key_of(target);
+                    let at = (event.created_at, Reverse(event.id));
+                    let down = class == Class::Reaction && event.content == "-";
                     self.change_acts(class, event.pubkey, key, |acts| {
-                        acts.remove(&(event.created_at, Reverse(event.id)));
+                        if added {
+                            acts.insert(at, down);
+                        } else {
+                            acts.remove(&at);
+                        }
                     });
                 }
             }
@@ -201,13 +184,17 @@ impl LiveAnalytics {
                 if let Some(target) = self.comment_target(event) {
                     let key = self.key_of(target);
                     self.touched.push(key.clone());
-                    if let Some(f) = self.counts.get_mut(&key) {
-                        if event.kind == 1_111 {
-                            f.comments = f.comments.saturating_sub(1);
-                        } else {
-                            f.legacy_comments = f.legacy_comments.saturating_sub(1);
-                        }
-                    }
+                    let f = self.counts.entry(key).or_default();
+                    let field = if event.kind == 1_111 {
+                        &mut f.comments
+                    } else {
+                        &mut f.legacy_comments
+                    };
+                    *field = if added {
+                        *field + 1
+                    } else {
+                        field.saturating_sub(1)
+                    };
                 }
             }
             _ => {}

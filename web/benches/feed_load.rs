@@ -26,9 +26,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/service/bench.rs"]
+mod bench;
 #[path = "../../tests/service/process.rs"]
 mod process;
 
+use bench::{dir, env, peak_rss_mib, percentile, root};
 use megalith::Pubkey;
 use megalith::event::nip19;
 use serde::Deserialize;
@@ -41,31 +44,6 @@ struct Prepared {
 }
 
 const SCREEN: usize = 50;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn dir() -> PathBuf {
-    std::env::var("FEED_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("target/feed-bench"))
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[((values.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// A GET over HTTP/1.0: (status, body, milliseconds).
 async fn get(addr: SocketAddr, path: &str, from: &str) -> (u16, String, f64) {
@@ -95,15 +73,6 @@ async fn get(addr: SocketAddr, path: &str, from: &str) -> (u16, String, f64) {
 
 fn posts_on(body: &str) -> usize {
     body.matches("<li class=\"post\"").count()
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 struct Person {
@@ -284,7 +253,7 @@ async fn run() {
         people.push(task.await.unwrap());
     }
     let wall = t.elapsed().as_secs_f64();
-    let rss = peak_rss_mib(web.id());
+    let rss = peak_rss_mib(&web.id().to_string());
     process::stop(web);
     let mut first: Vec<f64> = people.iter().filter_map(|p| p.first_post_ms).collect();
     let mut screen: Vec<f64> = people.iter().filter_map(|p| p.screen_ms).collect();
