@@ -314,3 +314,77 @@ fn the_feed_pages_share_the_relays_address_and_its_shutdown() {
     assert_eq!(status, 404);
     stop_cleanly(child, stderr, log);
 }
+
+/// An update stream outlives the handshake timeout (which bounds how long
+/// a client may take to send its request, not how long a long-lived answer
+/// may run): with a 1 s timeout, the stream of a running job is still open
+/// after 3 s. (It was cut at the timeout, so a browser reconnected every
+/// ten seconds and was sent everything again.)
+#[test]
+fn an_update_stream_outlives_the_handshake_timeout() {
+    // A relay that accepts connections and never answers: the job stays
+    // in its first phase.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("ws://{}", silent.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for stream in silent.incoming().take(4).flatten() {
+            kept.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let serve::Serving {
+        child,
+        addr,
+        stderr,
+        log,
+    } = serve::spawn([
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--relay".as_ref(),
+        silent_url.as_ref(),
+        "--allow-private-relays".as_ref(),
+        "--handshake-timeout-secs".as_ref(),
+        "1".as_ref(),
+    ]);
+    let npub = megalith::event::nip19::encode_npub(&megalith::event::Keys::from_seed(9).pubkey());
+    let (status, _) = http_get_with(&addr, &format!("/start?npub={npub}"), "");
+    assert_eq!(status, 302);
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET /events?npub={npub} HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    while started.elapsed() < Duration::from_secs(3) {
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) => panic!(
+                "the stream ended after {:?}: {}",
+                started.elapsed(),
+                String::from_utf8_lossy(&received)
+            ),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("the stream failed after {:?}: {e}", started.elapsed()),
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains(" 200 OK"), "{text}");
+    assert!(text.contains("event: status"), "{text}");
+    drop(stream);
+    let log = stop_cleanly(child, stderr, log);
+    assert!(log.contains("store closed cleanly"), "{log}");
+    drop(held);
+}

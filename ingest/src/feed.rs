@@ -403,6 +403,7 @@ async fn run(
         status: status.clone(),
         started,
         posts: Arc::new(Tally::distinct()),
+        stopping: stop.clone(),
     };
     let result = job.run(&mut stop).await;
     status.send_modify(|s| {
@@ -461,6 +462,8 @@ struct Job {
     status: watch::Sender<JobStatus>,
     started: Instant,
     posts: Arc<Tally>,
+    /// Set when the job is told to stop: a phase's wait for answers ends.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Job {
@@ -495,6 +498,9 @@ impl Job {
         ];
         self.fetch(config_relays.clone(), own.clone(), &meta)
             .await?;
+        if *stop.borrow() {
+            return Ok(());
+        }
         let own_relays_all: Vec<RelayUrl> = self
             .newest(&[self.pubkey], 10_002)?
             .first()
@@ -508,6 +514,9 @@ impl Job {
         if !own_relays.is_empty() {
             self.fetch(own_relays.clone(), own[..1].to_vec(), &meta)
                 .await?;
+            if *stop.borrow() {
+                return Ok(());
+            }
         }
         let Some(contacts) = self.newest(&[self.pubkey], 3)?.into_iter().next() else {
             let asked = config_relays.len() + own_relays.len();
@@ -902,7 +911,13 @@ impl Job {
         let deadline = tokio::time::Instant::now() + self.config().phase_timeout;
         let mut arrived = Vec::new();
         while !pending.is_empty() {
-            let Ok(next) = tokio::time::timeout_at(deadline, sub.recv()).await else {
+            let mut stopping = self.stopping.clone();
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, sub.recv()) => next,
+                // Told to stop: what arrived so far is stored.
+                _ = stopping.wait_for(|s| *s) => break,
+            };
+            let Ok(next) = next else {
                 break;
             };
             match next {

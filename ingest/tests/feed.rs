@@ -329,3 +329,44 @@ async fn jobs_beyond_the_limit_wait_their_turn_and_unknown_people_fail_saying_wh
     let first_done = finish(&ingester.jobs, first).await;
     assert!(first_done.started_at_ms.unwrap() <= failed.started_at_ms.unwrap());
 }
+
+/// A job waiting for a relay that never answers stops when told to, not
+/// at the end of its phase's wait (an hour here; `megalith serve` took 8 s
+/// to stop while a job waited on such a relay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_on_a_silent_relay_stops_when_told() {
+    let deaf = FakeRelay::start(
+        Vec::new(),
+        Behaviour {
+            deaf: true,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EventStore::open(dir.path().join("store")).unwrap());
+    let (pool, _task) = pool::start(PoolConfig::default());
+    let (sink, _sink_task) = Sink::start(store.clone(), pool.stats().clone());
+    let mut config = FeedConfig::new(vec![url(&deaf.url())], dir.path().join("jobs"));
+    config.phase_timeout = Duration::from_secs(3_600);
+    config.allow_private_relays = true;
+    let jobs = FeedJobs::new(config, store, pool, sink);
+    let person = Pubkey([7; 32]);
+    let mut status = jobs.ensure_job(person);
+    // In its first phase, asking the silent relay.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.phase == Some(JobPhase::Contacts)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(30), jobs.shutdown())
+        .await
+        .expect("the job kept waiting for the silent relay after it was told to stop");
+    assert_eq!(
+        jobs.status(&person).unwrap().phase,
+        Some(JobPhase::Finished)
+    );
+}

@@ -529,3 +529,62 @@ async fn removing_a_relay_closes_its_side_of_a_subscription() {
         }
     }
 }
+
+/// A relay that accepts the connection and never answers the WebSocket
+/// handshake must not hold up the pool's shutdown, or a relay's removal,
+/// for the dial timeout (an hour here; `megalith serve` took the default
+/// 10 s to stop while a feed job dialed such a relay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_never_answers_holds_up_neither_removal_nor_shutdown() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = url(&format!("ws://{}", silent.local_addr().unwrap()));
+    let _held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            kept.push(tcp);
+        }
+    });
+    let (pool, task) = pool::start(PoolConfig {
+        connect_timeout: Duration::from_secs(3_600),
+        ..fast()
+    });
+    let mut sub = pool
+        .subscribe(vec![silent_url.clone()], vec![Filter::new()], 16)
+        .await
+        .unwrap();
+    // The dial has begun (the relay saw the connection) and hangs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pool.stats().get(&silent_url).unwrap().attempts, 1);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        pool.remove_relay(silent_url.clone()),
+    )
+    .await
+    .expect("removing the relay waited for its dial")
+    .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match sub.recv().await {
+                None | Some(PoolEvent::Closed { .. }) => return,
+                Some(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the subscription never heard that its relay went"
+    );
+    // And a shutdown with another such dial in progress.
+    let _other = pool
+        .subscribe(vec![silent_url], vec![Filter::new()], 16)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        pool.shutdown().await;
+        task.await.unwrap();
+    })
+    .await
+    .expect("the pool's shutdown waited for a dial");
+}

@@ -548,7 +548,8 @@ fn merge_routes(relay: Router, more: Router) -> std::io::Result<Router> {
 }
 
 /// Puts the client's address (behind a trusted proxy: the forwarded one) on
-/// every request as `ConnectInfo<SocketAddr>`, for the extra routes.
+/// every request as `ConnectInfo<SocketAddr>`, for the extra routes; lifts
+/// the handshake deadline of a connection that gets an event stream.
 async fn client_address(
     State(relay): State<Arc<Relay>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -559,7 +560,18 @@ async fn client_address(
     request
         .extensions_mut()
         .insert(ConnectInfo(std::net::SocketAddr::new(ip, peer.addr.port())));
-    next.run(request).await
+    let response = next.run(request).await;
+    // A Server-Sent Events answer is long-lived like a WebSocket: the
+    // handshake deadline (for sending the request) no longer applies, or
+    // the stream would be cut at it.
+    if response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+    {
+        peer.mark_upgraded();
+    }
+    response
 }
 
 fn cors(response: &mut Response) {

@@ -163,21 +163,35 @@ impl Connection {
             // Take what is queued first, so that everyone waiting hears how
             // this dial goes.
             while let Ok(command) = commands.try_recv() {
-                match command {
-                    RelayCommand::Close => return,
-                    RelayCommand::CloseIfIdle => {
-                        let idle = self.idle();
-                        let _ = self.internal.send(Internal::Idle(self.url.clone(), idle));
-                        if idle {
-                            return;
-                        }
-                    }
-                    command => self.offline_command(command),
+                if self.take_offline(command) {
+                    return;
                 }
             }
             self.stats.update(&self.url, |s| s.attempts += 1);
             let started = Instant::now();
-            let lasted = match self.dial().await {
+            // A relay that never answers must not hold up a removal or the
+            // pool's shutdown for the whole dial timeout: commands are read
+            // while dialing, and taken once the dial is over.
+            let mut during = Vec::new();
+            let dialed = {
+                let dial = self.dial();
+                tokio::pin!(dial);
+                loop {
+                    tokio::select! {
+                        dialed = &mut dial => break dialed,
+                        command = commands.recv() => match command {
+                            None | Some(RelayCommand::Close) => return,
+                            Some(command) => during.push(command),
+                        },
+                    }
+                }
+            };
+            for command in during {
+                if self.take_offline(command) {
+                    return;
+                }
+            }
+            let lasted = match dialed {
                 Ok(socket) => {
                     last_error = None;
                     self.connections += 1;
@@ -258,6 +272,23 @@ impl Connection {
                         }
                     },
                 }
+            }
+        }
+    }
+
+    /// A command while not connected; true when the connection is to end
+    /// (closed, or closed because idle).
+    fn take_offline(&mut self, command: RelayCommand) -> bool {
+        match command {
+            RelayCommand::Close => true,
+            RelayCommand::CloseIfIdle => {
+                let idle = self.idle();
+                let _ = self.internal.send(Internal::Idle(self.url.clone(), idle));
+                idle
+            }
+            command => {
+                self.offline_command(command);
+                false
             }
         }
     }
