@@ -21,6 +21,12 @@ pub struct ServeConfig {
     pub durability: DurabilityName,
     /// Keep the NIP-50 search index (`None`: whatever the store has).
     pub search: Option<bool>,
+    /// Keep the video analytics and serve the video API under `/api/`
+    /// (`None`: whatever the store has; a new store has none).
+    pub analytics: Option<bool>,
+    /// The bearer token every `/api/` endpoint but `/api/openapi.json`
+    /// asks for. Default none: the API is open.
+    pub api_token: Option<String>,
     /// What opening does when the log does not end cleanly: `strict`,
     /// `tolerate-torn-tail` (default) or `repair` (see `RecoveryMode`).
     pub recovery: RecoveryName,
@@ -119,6 +125,8 @@ impl Default for ServeConfig {
             shards: None,
             durability: DurabilityName::Always,
             search: None,
+            analytics: None,
+            api_token: None,
             recovery: RecoveryName::TolerateTornTail,
             recover_after_ms: 1000,
             listen: RelayConfig::default().listen,

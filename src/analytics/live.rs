@@ -5,10 +5,12 @@
 //! does not matter (docs/analytics.md, "Where the state lives").
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
-use super::video::{Figures, VideoKey, tag_values, video_key};
-use crate::event::{Event, EventId, Pubkey};
+use super::active::Active;
+use super::lists::{CreatorFigures, Listed, Lists, Place, Sort, TagFigures};
+use super::video::{Figures, VIDEO_KINDS, VideoKey, hashtags, tag_values, video_key};
+use crate::event::{Event, EventId, EventRef, Pubkey};
 
 /// What the store did.
 #[derive(Debug, Clone)]
@@ -22,7 +24,7 @@ pub enum Change {
 
 /// The acts deduplicated per (actor, target): reactions and reposts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Class {
+pub(crate) enum Class {
     Reaction,
     Repost,
 }
@@ -30,7 +32,7 @@ enum Class {
 /// Order of a person's acts on one target: the newest counts (later
 /// `created_at`, then the lowest id); the value says whether it is a
 /// downvote.
-type Acts = BTreeMap<(u64, Reverse<EventId>), bool>;
+pub(crate) type Acts = BTreeMap<(u64, Reverse<EventId>), bool>;
 
 /// Where an act points, before its `e` target is known as a video version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,17 +47,32 @@ enum Target {
 /// Figures of the live videos, kept as the store adds and removes events.
 #[derive(Debug, Default)]
 pub struct LiveAnalytics {
-    versions: HashMap<EventId, VideoKey>,
-    videos: HashMap<VideoKey, Event>,
-    acts: HashMap<(Class, Pubkey, VideoKey), Acts>,
+    pub(crate) versions: HashMap<EventId, VideoKey>,
+    pub(crate) videos: HashMap<VideoKey, Event>,
+    pub(crate) acts: HashMap<(Class, Pubkey, VideoKey), Acts>,
     /// The keys (actor, class) with acts on each target, to move them.
     actors: HashMap<VideoKey, Vec<(Class, Pubkey)>>,
-    counts: HashMap<VideoKey, Figures>,
-    /// The trending order, highest first: each live video's [`trend_key`].
-    ranking: BTreeSet<(Reverse<i64>, VideoKey)>,
-    ranked: HashMap<VideoKey, i64>,
+    pub(crate) counts: HashMap<VideoKey, Figures>,
+    /// The live videos in every order the API reads.
+    pub(crate) lists: Lists,
+    pub(crate) active: Active,
+    /// Counted events with a NIP-40 expiration, by when they leave.
+    pub(crate) expiring: BTreeMap<(u64, EventId), Event>,
     /// Keys whose figures or video changed in the change being applied.
     touched: Vec<VideoKey>,
+}
+
+/// Whether the figures can depend on an event beyond its author's
+/// activity: a video, a reaction, a repost, a comment, or a kind 1 with an
+/// `e` tag (a reply).
+pub fn counts_for_videos(event: &EventRef<'_>) -> bool {
+    match event.kind() {
+        7 | 6 | 16 | 1_111 => true,
+        1 => event
+            .tags()
+            .any(|tag| tag.name().is_some_and(|name| name.eq_str("e"))),
+        kind => VIDEO_KINDS.contains(&kind),
+    }
 }
 
 /// The order of `engagement · exp(−age_hours/24)` among videos, whatever
@@ -74,12 +91,82 @@ impl LiveAnalytics {
         LiveAnalytics::default()
     }
 
-    /// Applies one change of the store.
+    /// Applies one change of the store, with no clock: an event with an
+    /// expiration counts until it is removed (see [`LiveAnalytics::apply_at`]).
     pub fn apply(&mut self, change: &Change) {
+        self.apply_at(change, 0);
+    }
+
+    /// Applies one change seen at `now` (seconds): an event whose NIP-40
+    /// expiration has passed is not counted (the store keeps serving no
+    /// such event), one that expires later leaves at [`LiveAnalytics::sweep`].
+    pub fn apply_at(&mut self, change: &Change, now: u64) {
         match change {
-            Change::Added(event) => self.add(event),
-            Change::Removed(event) => self.remove(event),
+            Change::Added(event) => self.change(event, true, now),
+            Change::Removed(event) => self.change(event, false, now),
         }
+    }
+
+    /// [`LiveAnalytics::apply_at`] of an event in the store's encoding,
+    /// which is only copied when it can count for a video.
+    pub fn apply_ref(&mut self, added: bool, event: &EventRef<'_>, now: u64) {
+        if event.expiration().is_some() || counts_for_videos(event) {
+            self.change(&event.to_event(), added, now);
+        } else {
+            self.active
+                .change(event.pubkey(), event.created_at(), added);
+        }
+    }
+
+    fn change(&mut self, event: &Event, added: bool, now: u64) {
+        if let Some(at) = event.expiration() {
+            let slot = (at, event.id);
+            if added && at <= now {
+                // Never served, but an id of a video version all the same.
+                if let Some(key) = video_key(event) {
+                    self.versions.entry(event.id).or_insert(key);
+                }
+                return;
+            }
+            if added {
+                self.expiring.insert(slot, event.clone());
+            } else if self.expiring.remove(&slot).is_none() {
+                // Expired (and taken out) already, or never counted.
+                return;
+            }
+        }
+        self.active.change(event.pubkey, event.created_at, added);
+        if added {
+            self.add(event);
+        } else {
+            self.remove(event);
+        }
+        self.rank_touched();
+    }
+
+    /// Whether an event expires at or before `now` (a [`LiveAnalytics::sweep`]
+    /// has work).
+    pub fn expired_by(&self, now: u64) -> bool {
+        self.expiring
+            .keys()
+            .next()
+            .is_some_and(|(at, _)| *at <= now)
+    }
+
+    /// Takes out every counted event whose expiration is at or before `now`.
+    pub fn sweep(&mut self, now: u64) {
+        while let Some(entry) = self.expiring.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let event = entry.remove();
+            self.active.change(event.pubkey, event.created_at, false);
+            self.remove(&event);
+            self.rank_touched();
+        }
+    }
+
+    fn rank_touched(&mut self) {
         for key in std::mem::take(&mut self.touched) {
             self.rank(key);
         }
@@ -88,28 +175,44 @@ impl LiveAnalytics {
     /// Live videos by trending score at `now`, highest first, ties by key:
     /// those created in the last 7 days, at most `limit`.
     pub fn trending(&self, now: u64, limit: usize) -> Vec<&VideoKey> {
-        self.ranking
-            .iter()
-            .map(|(_, key)| key)
-            .filter(|key| {
-                self.videos
-                    .get(*key)
-                    .is_some_and(|v| now.saturating_sub(v.created_at) <= 7 * 86_400)
+        self.lists
+            .page(Sort::Trending, None, limit, |_, listed| {
+                now.saturating_sub(listed.created_at) <= 7 * 86_400
             })
-            .take(limit)
+            .into_iter()
+            .map(|(_, key)| key)
             .collect()
     }
 
-    /// Puts `key` at its place in the ranking (or takes it out).
-    fn rank(&mut self, key: VideoKey) {
-        if let Some(old) = self.ranked.remove(&key) {
-            self.ranking.remove(&(Reverse(old), key.clone()));
-        }
-        if let Some(video) = self.videos.get(&key) {
+    /// Puts `key` at its place in every list (or takes it out).
+    pub(crate) fn rank(&mut self, key: VideoKey) {
+        let listed = self.videos.get(&key).map(|video| {
             let engagement = self.counts.get(&key).map_or(0, Figures::engagement);
-            let trend = trend_key(engagement, video.created_at);
-            self.ranking.insert((Reverse(trend), key.clone()));
-            self.ranked.insert(key, trend);
+            Listed {
+                kind: video.kind,
+                author: video.pubkey,
+                created_at: video.created_at,
+                engagement,
+                trend: trend_key(engagement, video.created_at),
+                hashtags: hashtags(video),
+            }
+        });
+        self.lists.set(&key, listed);
+    }
+
+    /// Rebuilds what is derived from the acts and videos (after a snapshot
+    /// is loaded): who acted on each target, and every list.
+    pub(crate) fn derive(&mut self) {
+        self.actors.clear();
+        for (class, actor, key) in self.acts.keys() {
+            self.actors
+                .entry(key.clone())
+                .or_default()
+                .push((*class, *actor));
+        }
+        let keys: Vec<VideoKey> = self.videos.keys().cloned().collect();
+        for key in keys {
+            self.rank(key);
         }
     }
 
@@ -119,6 +222,116 @@ impl LiveAnalytics {
         self.videos
             .contains_key(key)
             .then(|| self.counts.get(key).copied().unwrap_or_default())
+    }
+
+    /// A live video's event (its current version).
+    pub fn video(&self, key: &VideoKey) -> Option<&Event> {
+        self.videos.get(key)
+    }
+
+    /// Live videos.
+    pub fn video_count(&self) -> usize {
+        self.videos.len()
+    }
+
+    /// The key a text names: an event id of any version (64 hex), an
+    /// `naddr1...`, or `kind:pubkey:d`; none when it names no video kind
+    /// or does not parse. The video need not be live.
+    pub fn resolve(&self, text: &str) -> Option<VideoKey> {
+        if let Ok(id) = EventId::from_hex(text) {
+            return Some(self.versions.get(&id).cloned().unwrap_or(VideoKey::Id(id)));
+        }
+        if text.starts_with("naddr1") {
+            let (kind, pubkey, d) = crate::event::nip19::decode_naddr(text).ok()?;
+            return matches!(kind, 34_235 | 34_236).then_some(VideoKey::Address {
+                kind,
+                pubkey,
+                d,
+            });
+        }
+        VideoKey::parse_address(text)
+    }
+
+    /// A page of live videos in `sort` order after `after`, of `kind` when
+    /// given; [`Sort::Trending`] lists only videos of the 7 days before `now`.
+    pub fn page(
+        &self,
+        sort: Sort,
+        kind: Option<u16>,
+        after: Option<&Place>,
+        limit: usize,
+        now: u64,
+    ) -> Vec<(Place, &VideoKey)> {
+        self.lists.page(sort, after, limit, |_, listed| {
+            kind.is_none_or(|k| k == listed.kind)
+                && (sort != Sort::Trending || now.saturating_sub(listed.created_at) <= 7 * 86_400)
+        })
+    }
+
+    /// An author's live videos, newest first.
+    pub fn by_author(
+        &self,
+        author: &Pubkey,
+        after: Option<&Place>,
+        limit: usize,
+    ) -> Vec<(Place, &VideoKey)> {
+        self.lists.by_author(author, after, limit)
+    }
+
+    /// Live videos with hashtag `tag` (any case), newest first.
+    pub fn by_tag(
+        &self,
+        tag: &str,
+        after: Option<&Place>,
+        limit: usize,
+    ) -> Vec<(Place, &VideoKey)> {
+        self.lists.by_tag(&tag.to_lowercase(), after, limit)
+    }
+
+    /// The hashtags on most live videos.
+    pub fn top_tags(&self, limit: usize) -> Vec<(String, TagFigures)> {
+        self.lists.top_tags(limit)
+    }
+
+    /// Distinct hashtags on live videos.
+    pub fn tag_count(&self) -> usize {
+        self.lists.tag_count()
+    }
+
+    /// Creators by their live videos' engagement.
+    pub fn top_creators(&self, limit: usize) -> Vec<(Pubkey, CreatorFigures)> {
+        self.lists.top_creators(limit)
+    }
+
+    /// A creator's totals (none without live videos).
+    pub fn creator(&self, author: &Pubkey) -> Option<CreatorFigures> {
+        self.lists.creator(author)
+    }
+
+    /// Authors with live videos.
+    pub fn creator_count(&self) -> usize {
+        self.lists.creator_count()
+    }
+
+    /// Distinct authors with a live event created in the `days` UTC days
+    /// ending with day number `day` (`created_at / 86400`).
+    pub fn active_authors(&self, day: u64, days: u64) -> u64 {
+        self.active.distinct(day, days)
+    }
+
+    /// The figures of every live video, summed.
+    pub fn totals(&self) -> Figures {
+        let mut sum = Figures::default();
+        for key in self.videos.keys() {
+            if let Some(f) = self.counts.get(key) {
+                sum.reactions += f.reactions;
+                sum.downvotes += f.downvotes;
+                sum.comments += f.comments;
+                sum.legacy_comments += f.legacy_comments;
+                sum.reposts += f.reposts;
+            }
+        }
+        sum
     }
 
     /// The live videos.

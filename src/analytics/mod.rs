@@ -2,11 +2,19 @@
 //! counting rules over the store's live events, kept incrementally from the
 //! events the store adds and removes.
 
+mod active;
+mod lists;
 mod live;
+mod snapshot;
+mod state;
 mod video;
 
-pub use live::{Change, LiveAnalytics, trend_key};
+pub use active::DAY;
+pub use lists::{CreatorFigures, Place, Sort, TagFigures, is_short};
+pub use live::{Change, LiveAnalytics, counts_for_videos, trend_key};
+pub use state::{ANALYTICS_DIR, AnalyticsGuard, StoreAnalytics};
+pub(crate) use state::{GroupChange, remove_files};
 pub use video::{
-    Figures, VIDEO_KINDS, VideoFields, VideoKey, tag_value, tag_values, trending_score,
+    Figures, VIDEO_KINDS, VideoFields, VideoKey, hashtags, tag_value, tag_values, trending_score,
     video_fields, video_key,
 };

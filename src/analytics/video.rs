@@ -22,6 +22,15 @@ pub enum VideoKey {
 }
 
 impl VideoKey {
+    /// The smallest key (for ranges that start at a score).
+    pub fn min() -> VideoKey {
+        VideoKey::Address {
+            kind: 0,
+            pubkey: Pubkey([0; 32]),
+            d: String::new(),
+        }
+    }
+
     /// `kind:pubkey:d`, or the id in hex.
     pub fn text(&self) -> String {
         match self {
@@ -38,6 +47,17 @@ impl VideoKey {
         let d = parts.next()?.to_string();
         matches!(kind, 34_235 | 34_236).then_some(VideoKey::Address { kind, pubkey, d })
     }
+}
+
+/// Its `t` tags, lower-cased, each once, sorted (as [`VideoFields::hashtags`]).
+pub fn hashtags(event: &Event) -> Vec<String> {
+    let set: BTreeSet<String> = event
+        .tags
+        .iter()
+        .filter(|t| t.len() >= 2 && t[0] == "t" && !t[1].is_empty())
+        .map(|t| t[1].to_lowercase())
+        .collect();
+    set.into_iter().collect()
 }
 
 /// A video event's key, or none when it is not a video.
@@ -108,12 +128,6 @@ pub fn video_fields(event: &Event) -> VideoFields {
         .find(|fields| fields.contains_key("url"))
         .unwrap_or_default();
     let field = |name: &str| imeta.get(name).map(|v| v.to_string());
-    let hashtags: BTreeSet<String> = event
-        .tags
-        .iter()
-        .filter(|t| t.len() >= 2 && t[0] == "t" && !t[1].is_empty())
-        .map(|t| t[1].to_lowercase())
-        .collect();
     VideoFields {
         title: tag_value(event, "title").map(str::to_string),
         url: field("url").or_else(|| tag_value(event, "url").map(str::to_string)),
@@ -127,7 +141,7 @@ pub fn video_fields(event: &Event) -> VideoFields {
             .or_else(|| tag_value(event, "duration").map(str::to_string))
             .and_then(|d| d.parse().ok())
             .filter(|d: &f64| d.is_finite() && *d >= 0.0),
-        hashtags: hashtags.into_iter().collect(),
+        hashtags: hashtags(event),
     }
 }
 

@@ -280,3 +280,101 @@ mod tests {
         );
     }
 }
+
+const NADDR: Hrp = Hrp::parse_unchecked("naddr");
+
+/// The `naddr1...` form of an address (NIP-19 TLV: type 0 the `d` value,
+/// type 2 the author, type 3 the kind as a 32-bit big-endian number, type 1
+/// each relay hint).
+pub fn encode_naddr(kind: u16, pubkey: &Pubkey, d: &str, relays: &[&str]) -> String {
+    let mut data = Vec::new();
+    let d = d.as_bytes();
+    data.push(0);
+    data.push(d.len().min(255) as u8);
+    data.extend_from_slice(&d[..d.len().min(255)]);
+    for relay in relays.iter().filter(|r| r.len() <= 255) {
+        data.push(1);
+        data.push(relay.len() as u8);
+        data.extend_from_slice(relay.as_bytes());
+    }
+    data.extend_from_slice(&[2, 32]);
+    data.extend_from_slice(pubkey.as_bytes());
+    data.extend_from_slice(&[3, 4]);
+    data.extend_from_slice(&u32::from(kind).to_be_bytes());
+    bech32::encode::<Bech32>(NADDR, &data).unwrap_or_default()
+}
+
+/// Decodes an `naddr1...` string: (kind, author, `d` value). Unknown TLV
+/// types and relay hints are skipped; the kind must fit 16 bits.
+pub fn decode_naddr(s: &str) -> Result<(u16, Pubkey, String), EventError> {
+    let bad = |why: String| EventError::bad_field(format!("invalid naddr: {why}"));
+    let checked = CheckedHrpstring::new::<Bech32>(s).map_err(|e| bad(describe(&e)))?;
+    if checked.hrp() != NADDR {
+        return Err(bad(format!(
+            "prefix is \"{}\", expected \"naddr\"",
+            checked.hrp()
+        )));
+    }
+    let data: Vec<u8> = checked.byte_iter().collect();
+    let (mut d, mut pubkey, mut kind) = (None, None, None);
+    let mut at = 0;
+    while at < data.len() {
+        let (Some(&tlv), Some(&len)) = (data.get(at), data.get(at + 1)) else {
+            return Err(bad("a TLV record is cut short".to_string()));
+        };
+        let value = data
+            .get(at + 2..at + 2 + usize::from(len))
+            .ok_or_else(|| bad("a TLV value runs past the end".to_string()))?;
+        match tlv {
+            0 if d.is_none() => {
+                let text = std::str::from_utf8(value)
+                    .map_err(|_| bad("the d value is not UTF-8".to_string()))?;
+                d = Some(text.to_string());
+            }
+            2 if pubkey.is_none() => {
+                let key = <[u8; 32]>::try_from(value)
+                    .map_err(|_| bad(format!("the author holds {len} bytes, expected 32")))?;
+                pubkey = Some(Pubkey(key));
+            }
+            3 if kind.is_none() => {
+                let number = <[u8; 4]>::try_from(value)
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| bad(format!("the kind holds {len} bytes, expected 4")))?;
+                kind = Some(
+                    u16::try_from(number)
+                        .map_err(|_| bad(format!("kind {number} is too large")))?,
+                );
+            }
+            _ => {}
+        }
+        at += 2 + usize::from(len);
+    }
+    Ok((
+        kind.ok_or_else(|| bad("no kind (TLV type 3)".to_string()))?,
+        pubkey.ok_or_else(|| bad("no author (TLV type 2)".to_string()))?,
+        d.ok_or_else(|| bad("no d value (TLV type 0)".to_string()))?,
+    ))
+}
+
+#[cfg(test)]
+mod naddr_tests {
+    use super::*;
+
+    #[test]
+    fn naddr_round_trips_and_refuses_what_is_not_one() {
+        let pubkey = Pubkey([7; 32]);
+        let text = encode_naddr(34_235, &pubkey, "my-video", &["wss://relay.example"]);
+        assert!(text.starts_with("naddr1"));
+        assert_eq!(
+            decode_naddr(&text).unwrap(),
+            (34_235, pubkey, "my-video".to_string())
+        );
+        let empty_d = encode_naddr(34_236, &pubkey, "", &[]);
+        assert_eq!(decode_naddr(&empty_d).unwrap().2, "");
+        assert!(decode_naddr(&encode_npub(&pubkey)).is_err());
+        let mut broken = text.clone();
+        broken.pop();
+        broken.push(if text.ends_with('q') { 'p' } else { 'q' });
+        assert!(decode_naddr(&broken).is_err());
+    }
+}

@@ -4,7 +4,8 @@
 //!  0  magic           [u8; 8]  b"MEGALITH"
 //!  8  format_version  u32 LE   2 (version 1: 24 bytes, no features field)
 //! 12  shard_count     u32 LE
-//! 16  features        u32 LE   bit 0: the term_time (search) index
+//! 16  features        u32 LE   bit 0: the term_time (search) index;
+//!                               bit 1: analytics (DIR/analytics)
 //! 20  reserved        u32      0
 //! 24  crc             u64 LE   crc64 of bytes 0..24
 //! ```
@@ -28,6 +29,8 @@ const V1_LEN: usize = V1_CRC_OFFSET + size_of::<u64>();
 
 /// Feature bit: the store keeps the term_time (NIP-50 search) index.
 const FEATURE_SEARCH: u32 = 1;
+/// Feature bit: the store keeps the analytics (docs/analytics.md).
+const FEATURE_ANALYTICS: u32 = 2;
 
 pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
 
@@ -37,6 +40,8 @@ pub(crate) struct Manifest {
     pub shards: u32,
     /// The term_time (search) index is kept.
     pub search: bool,
+    /// The analytics are kept.
+    pub analytics: bool,
 }
 
 /// Reads the manifest of the store in `dir`.
@@ -115,7 +120,12 @@ fn encode(manifest: Manifest) -> [u8; MANIFEST_LEN] {
     out[..VERSION_OFFSET].copy_from_slice(&MAGIC);
     out[VERSION_OFFSET..SHARDS_OFFSET].copy_from_slice(&STORE_FORMAT_VERSION.to_le_bytes());
     out[SHARDS_OFFSET..FEATURES_OFFSET].copy_from_slice(&manifest.shards.to_le_bytes());
-    let features = if manifest.search { FEATURE_SEARCH } else { 0 };
+    let features = if manifest.search { FEATURE_SEARCH } else { 0 }
+        | if manifest.analytics {
+            FEATURE_ANALYTICS
+        } else {
+            0
+        };
     out[FEATURES_OFFSET..FEATURES_OFFSET + 4].copy_from_slice(&features.to_le_bytes());
     let crc = crc64(&[&out[..CRC_OFFSET]]);
     out[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
@@ -158,7 +168,7 @@ fn decode(bytes: &[u8]) -> Result<Manifest, String> {
     } else {
         u32_at(FEATURES_OFFSET)
     };
-    if features & !FEATURE_SEARCH != 0 {
+    if features & !(FEATURE_SEARCH | FEATURE_ANALYTICS) != 0 {
         return Err(format!(
             "manifest names features {features:#x} this build does not know"
         ));
@@ -166,6 +176,7 @@ fn decode(bytes: &[u8]) -> Result<Manifest, String> {
     Ok(Manifest {
         shards,
         search: features & FEATURE_SEARCH != 0,
+        analytics: features & FEATURE_ANALYTICS != 0,
     })
 }
 
@@ -179,10 +190,17 @@ mod tests {
             Manifest {
                 shards: 4,
                 search: false,
+                analytics: false,
             },
             Manifest {
                 shards: 1,
                 search: true,
+                analytics: false,
+            },
+            Manifest {
+                shards: 2,
+                search: false,
+                analytics: true,
             },
         ] {
             assert_eq!(decode(&encode(manifest)), Ok(manifest));
@@ -200,6 +218,7 @@ mod tests {
         let plain = Manifest {
             shards: 1,
             search: false,
+            analytics: false,
         };
         let mut newer = encode(plain);
         newer[VERSION_OFFSET] = 3;
@@ -209,7 +228,7 @@ mod tests {
                 .contains("version 3 is not supported")
         );
         let mut unknown = encode(plain);
-        unknown[FEATURES_OFFSET] = 0b10;
+        unknown[FEATURES_OFFSET] = 0b100;
         assert!(decode(&resealed(unknown)).unwrap_err().contains("features"));
     }
 
@@ -225,7 +244,8 @@ mod tests {
             decode(&v1),
             Ok(Manifest {
                 shards: 3,
-                search: false
+                search: false,
+                analytics: false
             })
         );
     }

@@ -66,6 +66,14 @@ pub struct Options {
     /// ingest rate and 0.75x the raw JSON in disk on text-heavy data (see
     /// docs/performance.md).
     pub search: Option<bool>,
+    /// Whether the store keeps the analytics (docs/analytics.md):
+    /// engagement per video, video lists, active authors, creators,
+    /// updated as events are stored and read with
+    /// [`EventStore::analytics`](crate::EventStore::analytics). Default
+    /// `None`: a new store has none, an existing one keeps what its
+    /// manifest says; `Some(true)` turns them on (built from the log while
+    /// the store opens), `Some(false)` off (their files are removed).
+    pub analytics: Option<bool>,
     /// After a failed write, sync or checkpoint (a full disk, an I/O error)
     /// the shard refuses writes, reads go on, and its writer opens it again
     /// in place after this long, and after twice as long each time that
@@ -108,6 +116,7 @@ impl Default for Options {
             scan_whole_log: false,
             shards: None,
             search: None,
+            analytics: None,
             recover_after: Duration::from_secs(1),
             verify_threads: cores(),
             verify_nice: 0,
@@ -255,6 +264,12 @@ impl EventStoreBuilder {
     /// See [`Options::search`].
     pub fn search(mut self, search: bool) -> Self {
         self.options.search = Some(search);
+        self
+    }
+
+    /// See [`Options::analytics`].
+    pub fn analytics(mut self, analytics: bool) -> Self {
+        self.options.analytics = Some(analytics);
         self
     }
 

@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+use crate::analytics::StoreAnalytics;
 use crate::error::{Error, io_error};
 use crate::event::{Event, EventId, EventRef, KindClass, Pubkey};
 use crate::ids::{Location, ShardId};
@@ -18,8 +19,8 @@ use crate::index::IndexSet;
 use crate::query::{Deadline, Filter, Hit, IndexAccess, QueryError, execute, plan};
 use crate::recovery::{OpenedShard, RecoveryReport, ShardParams, finish_repair, open_shard};
 use crate::shard::{
-    CommitSink, ReadPoint, Reopen, Shard, ShardHealth, ShardReader, WriteOutcome, WriterConfig,
-    reapply_removals, restore_invariants, shard_of,
+    ChangeSink, CommitSink, ReadPoint, Reopen, Shard, ShardHealth, ShardReader, WriteOutcome,
+    WriterConfig, reapply_removals, restore_invariants, shard_of,
 };
 use crate::storage::{OpenMode, Storage};
 use crate::wal::{Log, LogSnapshot, LogWriter};
@@ -49,6 +50,59 @@ pub struct EventStore {
     lock: Mutex<Option<File>>,
     /// Subscribers to the commit stream.
     watchers: Arc<Watchers>,
+    analytics: Option<Arc<StoreAnalytics>>,
+    /// The thread that checkpoints the analytics.
+    saver: Mutex<Option<Saver>>,
+}
+
+/// One shard's feed into the analytics.
+#[derive(Debug)]
+struct AnalyticsFeed {
+    shard: usize,
+    analytics: Arc<StoreAnalytics>,
+}
+
+impl ChangeSink for AnalyticsFeed {
+    fn apply(&self, from: Location, to: Location, changes: &[crate::analytics::GroupChange<'_>]) {
+        self.analytics
+            .apply_group(self.shard, from, to, changes, unix_now());
+    }
+
+    fn reopened(&self) {
+        if let Err(error) = self.analytics.rebuild(unix_now()) {
+            eprintln!("megalith: analytics: rebuilding after a recovery failed: {error}");
+        }
+    }
+}
+
+/// Checkpoints the analytics every interval while anything changed.
+#[derive(Debug)]
+struct Saver {
+    stop: crossbeam_channel::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Saver {
+    fn start(analytics: Arc<StoreAnalytics>, every: std::time::Duration) -> std::io::Result<Saver> {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("megalith-analytics".into())
+            .spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
+                    if let Err(error) = analytics.checkpoint() {
+                        eprintln!("megalith: analytics checkpoint failed: {error}");
+                    }
+                }
+            })?;
+        Ok(Saver { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
 
 /// Counts and sizes, for `megalith stats`.
@@ -114,6 +168,7 @@ impl EventStore {
             manifest::Manifest {
                 shards: new_count,
                 search: options.search.unwrap_or(false),
+                analytics: options.analytics.unwrap_or(false),
             },
         )?;
         let shard_count = manifest.shards;
@@ -125,6 +180,15 @@ impl EventStore {
             // (and any left by a crash go at the next open).
             manifest.search = search;
             manifest::store(&*storage, dir, manifest)?;
+        }
+        if let Some(analytics) = options.analytics
+            && analytics != manifest.analytics
+        {
+            manifest.analytics = analytics;
+            manifest::store(&*storage, dir, manifest)?;
+        }
+        if !manifest.analytics {
+            crate::analytics::remove_files(&*storage, dir)?;
         }
         if let Some(wanted) = options.shards
             && wanted != shard_count
@@ -150,7 +214,7 @@ impl EventStore {
             .sync_dir(dir)
             .map_err(io_error(dir, "sync directory"))?;
         let watchers = Arc::new(Watchers::default());
-        let mut shards = Vec::with_capacity(shard_count as usize);
+        let mut opened = Vec::with_capacity(shard_count as usize);
         for n in 0..shard_count {
             let id = ShardId(n);
             let params = ShardParams {
@@ -164,6 +228,37 @@ impl EventStore {
                 progress: progress.clone(),
             };
             let (log, indexes) = open_one_shard(&params, None, &mut report)?;
+            opened.push((params, log, indexes));
+        }
+        // The analytics catch up from the recovered logs before any writer
+        // starts (docs/analytics.md).
+        let analytics = if manifest.analytics {
+            let logs = opened
+                .iter()
+                .map(|(_, log, _)| Arc::clone(log.log()))
+                .collect();
+            let ends: Vec<Location> = opened.iter().map(|(_, log, _)| log.end()).collect();
+            let (analytics, done) = StoreAnalytics::open(
+                Arc::clone(&storage),
+                dir,
+                logs,
+                &ends,
+                report.log_repairs.is_empty(),
+                unix_now(),
+            )?;
+            if let Some(why) = done.rebuilt {
+                report
+                    .rebuilt_indexes
+                    .push(format!("analytics, from the logs: {why}"));
+            }
+            report.replayed_records += done.records;
+            Some(Arc::new(analytics))
+        } else {
+            None
+        };
+        let mut shards = Vec::with_capacity(shard_count as usize);
+        for (params, log, indexes) in opened {
+            let id = params.shard;
             // Reopening in place after a failure: the log is not scanned
             // whole again, and nothing reports progress.
             let again = ShardParams {
@@ -176,17 +271,29 @@ impl EventStore {
                 let (writer, indexes) = open_one_shard(&again, Some(log), &mut report)?;
                 Ok((writer, indexes, describe_recovery(&report)))
             });
+            let changes = analytics.as_ref().map(|analytics| {
+                Arc::new(AnalyticsFeed {
+                    shard: id.0 as usize,
+                    analytics: Arc::clone(analytics),
+                }) as Arc<dyn ChangeSink>
+            });
             let config = WriterConfig {
                 durability: options.durability,
                 checkpoint_interval: options.checkpoint_interval,
                 checkpoint_dirty_nodes: options.checkpoint_dirty_nodes,
                 max_group_events: options.max_group_events,
                 commits: Some(Arc::clone(&watchers) as Arc<dyn CommitSink>),
+                changes,
                 reopen: Some(reopen),
                 retry_after: options.recover_after,
             };
             shards.push(Shard::start(id, log, indexes, config)?);
         }
+        let saver = analytics
+            .as_ref()
+            .map(|analytics| Saver::start(Arc::clone(analytics), options.checkpoint_interval))
+            .transpose()
+            .map_err(io_error(dir, "start the analytics checkpoint thread"))?;
         let verifier = VerifyPool::start(options.verify_threads, options.verify_nice)
             .map_err(io_error(dir, "start verify threads"))?;
         Ok(EventStore {
@@ -199,7 +306,14 @@ impl EventStore {
             report,
             lock: Mutex::new(Some(lock)),
             watchers,
+            analytics,
+            saver: Mutex::new(saver),
         })
+    }
+
+    /// The store's analytics, when it keeps them ([`Options::analytics`]).
+    pub fn analytics(&self) -> Option<&Arc<StoreAnalytics>> {
+        self.analytics.as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -898,6 +1012,16 @@ impl EventStore {
             {
                 result = Err(e);
             }
+        }
+        if let Some(saver) = self.saver.lock().take() {
+            saver.stop();
+        }
+        // After the writers stopped: the checkpoint reflects every group.
+        if let Some(analytics) = &self.analytics
+            && let Err(e) = analytics.checkpoint()
+            && result.is_ok()
+        {
+            result = Err(e);
         }
         if result.is_ok() {
             let dirty = self.dir.join(DIRTY_FILE);

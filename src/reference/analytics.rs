@@ -157,6 +157,95 @@ impl Analytics {
         out
     }
 
+    /// Live videos, newest first, ties by key.
+    pub fn recent(&self) -> Vec<VideoKey> {
+        let mut keys: Vec<(&VideoKey, &Event)> = self.videos.iter().collect();
+        keys.sort_by(|a, b| {
+            b.1.created_at
+                .cmp(&a.1.created_at)
+                .then_with(|| a.0.cmp(b.0))
+        });
+        keys.into_iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Live videos by engagement, then newest, then key.
+    pub fn popular(&self) -> Vec<VideoKey> {
+        let mut keys: Vec<(&VideoKey, &Event)> = self.videos.iter().collect();
+        keys.sort_by(|a, b| {
+            let (ea, eb) = (
+                self.figures_of(a.0).engagement(),
+                self.figures_of(b.0).engagement(),
+            );
+            eb.cmp(&ea)
+                .then_with(|| b.1.created_at.cmp(&a.1.created_at))
+                .then_with(|| a.0.cmp(b.0))
+        });
+        keys.into_iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    /// The hashtags of a live video: `t` values, lower-cased, each once.
+    fn tags_of(event: &Event) -> BTreeSet<String> {
+        tag_values(event, "t")
+            .filter(|t| !t.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    }
+
+    /// Live videos with hashtag `tag`, newest first.
+    pub fn with_tag(&self, tag: &str) -> Vec<VideoKey> {
+        self.recent()
+            .into_iter()
+            .filter(|k| Self::tags_of(&self.videos[k]).contains(tag))
+            .collect()
+    }
+
+    /// Every hashtag: (tag, live videos, distinct creators, newest
+    /// `created_at`), most videos first, ties by tag.
+    pub fn hashtags(&self) -> Vec<(String, u64, u64, u64)> {
+        let mut tags: HashMap<String, (u64, BTreeSet<Pubkey>, u64)> = HashMap::new();
+        for video in self.videos.values() {
+            for tag in Self::tags_of(video) {
+                let entry = tags.entry(tag).or_default();
+                entry.0 += 1;
+                entry.1.insert(video.pubkey);
+                entry.2 = entry.2.max(video.created_at);
+            }
+        }
+        let mut out: Vec<_> = tags
+            .into_iter()
+            .map(|(tag, (videos, creators, last))| (tag, videos, creators.len() as u64, last))
+            .collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+
+    /// Every creator: (author, normal videos, short videos, first and last
+    /// `created_at`, engagement), by engagement, then videos, then key.
+    pub fn creators(&self) -> Vec<(Pubkey, u64, u64, u64, u64, u64)> {
+        let mut by: HashMap<Pubkey, (u64, u64, u64, u64, u64)> = HashMap::new();
+        for (key, video) in &self.videos {
+            let entry = by.entry(video.pubkey).or_insert((0, 0, u64::MAX, 0, 0));
+            if matches!(video.kind, 22 | 34_236) {
+                entry.1 += 1;
+            } else {
+                entry.0 += 1;
+            }
+            entry.2 = entry.2.min(video.created_at);
+            entry.3 = entry.3.max(video.created_at);
+            entry.4 += self.figures_of(key).engagement();
+        }
+        let mut out: Vec<_> = by
+            .into_iter()
+            .map(|(p, (n, s, first, last, e))| (p, n, s, first, last, e))
+            .collect();
+        out.sort_by(|a, b| {
+            b.5.cmp(&a.5)
+                .then_with(|| (b.1 + b.2).cmp(&(a.1 + a.2)))
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        out
+    }
+
     /// Distinct authors active over the `days` UTC days ending with `day`.
     pub fn active_authors(&self, day: u64, days: u64) -> usize {
         let first = day.saturating_sub(days.saturating_sub(1));

@@ -25,8 +25,8 @@ use crate::wal::{Log, LogSnapshot, LogWriter};
 
 pub(crate) use batch::WriteOutcome;
 pub(crate) use enforce::{reapply_removals, restore_invariants};
+pub(crate) use writer::{ChangeSink, CommitSink, Reopen, WriterConfig};
 use writer::{Command, Writer};
-pub(crate) use writer::{CommitSink, Reopen, WriterConfig};
 
 /// When an acknowledged insert is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -52,6 +52,17 @@ pub(crate) trait CommitSink: Send + Sync + std::fmt::Debug {
     fn publish(&self, payloads: Vec<Arc<[u8]>>);
 }
 
+/// Where the writer hands each applied group's changes (the store's
+/// analytics): after the group is visible to queries.
+pub(crate) trait ChangeSink: Send + Sync + std::fmt::Debug {
+    /// The group began at `from` in the log and ends at `to`; each change
+    /// is (its record's location, added or removed, the event).
+    fn apply(&self, from: Location, to: Location, changes: &[crate::analytics::GroupChange<'_>]);
+    /// The shard's log was cut and its indexes rebuilt (a recovery in
+    /// place): what the sink derived from the log may be gone.
+    fn reopened(&self);
+}
+
 /// Opens a failed shard again in place: recovery over the log readers share
 /// (see `Log::open`), giving a new writer end and indexes, and a note of
 /// what recovery did.
@@ -66,6 +77,7 @@ pub(crate) struct WriterConfig {
     pub checkpoint_dirty_nodes: usize,
     pub max_group_events: usize,
     pub commits: Option<Arc<dyn CommitSink>>,
+    pub changes: Option<Arc<dyn ChangeSink>>,
     /// How a failed writer recovers without a restart (`None`: it stays
     /// failed until the store is reopened).
     pub reopen: Option<Reopen>,
@@ -115,6 +127,8 @@ enum Op<'a> {
     Remove {
         lsn: Lsn,
         target: Location,
+        /// Where the remove record is.
+        location: Location,
     },
 }
 
@@ -212,6 +226,7 @@ impl Writer {
     ) -> Result<Vec<Vec<WriteOutcome>>, (Error, bool)> {
         let mut ops = Vec::new();
         let mut wrote = false;
+        let from = self.log.end();
         let mut outcomes = Vec::with_capacity(requests.len());
         {
             let indexes = Arc::clone(&self.indexes);
@@ -253,12 +268,13 @@ impl Writer {
                         .map_err(|e| (e, wrote))?;
                     for removal in removals {
                         let payload = removal.payload();
-                        let (lsn, _) =
+                        let (lsn, location) =
                             push(log, &mut batch, &mut wrote, RecordType::Remove, &payload)
                                 .map_err(|e| (e, wrote))?;
                         ops.push(Op::Remove {
                             lsn,
                             target: removal.target,
+                            location,
                         });
                     }
                     request_outcomes.push(outcome);
@@ -302,8 +318,8 @@ impl Writer {
         let mut group = GroupEntries::default();
         {
             let indexes = self.indexes.read();
-            for op in ops {
-                let result = match op {
+            for op in &ops {
+                let result = match *op {
                     Op::Insert {
                         lsn,
                         location,
@@ -311,7 +327,7 @@ impl Writer {
                     } => EventRef::parse(payload).map_err(Error::from).map(|event| {
                         indexes.collect(Apply::Insert, &event, location, lsn, &mut group)
                     }),
-                    Op::Remove { lsn, target } => snapshot
+                    Op::Remove { lsn, target, .. } => snapshot
                         .read_event(target)
                         .map_err(Error::from)
                         .map(|event| {
@@ -329,6 +345,27 @@ impl Writer {
             sink.publish(live);
         }
         drop(indexes);
+        if let Some(sink) = &self.config.changes {
+            // Parsed again (the payloads were checked): cheaper than
+            // keeping the parsed events across the index update.
+            let changes: Vec<_> = ops
+                .iter()
+                .filter_map(|op| match *op {
+                    Op::Insert {
+                        location, payload, ..
+                    } => EventRef::parse(payload)
+                        .ok()
+                        .map(|event| (location, true, event)),
+                    Op::Remove {
+                        target, location, ..
+                    } => snapshot
+                        .read_event(target)
+                        .ok()
+                        .map(|event| (location, false, event)),
+                })
+                .collect();
+            sink.apply(from, self.log.end(), &changes);
+        }
         Ok(outcomes)
     }
 
@@ -385,6 +422,9 @@ impl Writer {
                 // places may have been cut): they fail and are asked again.
                 indexes.epoch += 1;
                 drop(indexes);
+                if let Some(sink) = &self.config.changes {
+                    sink.reopened();
+                }
                 self.log = log;
                 self.failed = None;
                 self.unsynced_since = None;

@@ -576,6 +576,7 @@ pub fn real_events() -> Vec<(String, Event)> {
 }
 pub mod crash;
 pub mod model_run;
+pub mod video_stream;
 
 /// The model's name for what the store answered.
 pub fn outcome_kind(outcome: &InsertOutcome) -> ModelOutcome {

@@ -11,6 +11,7 @@
 //! status in words, `assets` the inline style, script and CSP, `limit` the
 //! per-address limits, `events` the Server-Sent Events stream.
 
+pub mod api;
 mod assets;
 mod banner;
 mod events;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use megalith::EventStore;
 use megalith_ingest::FeedJobs;
 
+pub use api::{ApiConfig, api_router};
 pub use banner::{Banner, banner};
 pub use page::{Mode, PostView};
 pub use profile::Profile;

@@ -215,6 +215,12 @@ struct ImportArgs {
     /// [default: what the store has; off for a new store].
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     search: Option<bool>,
+    /// Keep (`on`) or drop (`off`) the video analytics (docs/analytics.md),
+    /// updated as events are imported; turning them on builds them from the
+    /// log first. The store remembers the choice [default: what the store
+    /// has; off for a new store].
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    analytics: Option<bool>,
     /// Largest event JSON accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_event_bytes)]
     max_event_bytes: usize,
@@ -577,6 +583,7 @@ fn write_stats(
             "events": stats.events,
             "shards": store.shard_count(),
             "search_index": store.search_index(),
+            "analytics": store.analytics().is_some(),
             "events_by_kind": by_kind,
             "log": { "segments": stats.log_segments, "bytes": stats.log_bytes },
             "indexes": indexes,
@@ -590,6 +597,15 @@ fn write_stats(
         out,
         "search index    {}",
         if store.search_index() { "on" } else { "off" }
+    )?;
+    writeln!(
+        out,
+        "analytics       {}",
+        if store.analytics().is_some() {
+            "on"
+        } else {
+            "off"
+        }
     )?;
     writeln!(out, "by kind")?;
     for (kind, n) in &stats.events_by_kind {

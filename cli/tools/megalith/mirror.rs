@@ -54,6 +54,10 @@ pub(crate) struct MirrorArgs {
     /// the store has; off for a new store].
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     search: Option<bool>,
+    /// Keep (`on`) or drop (`off`) the video analytics, filled as events
+    /// are copied [default: what the store has; off for a new store].
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    analytics: Option<bool>,
     /// What opening does when the log does not end cleanly (as for import).
     #[arg(
         long,
@@ -93,6 +97,9 @@ pub(crate) fn run(args: &MirrorArgs) -> Result<ExitCode, String> {
     }
     if let Some(search) = args.search {
         builder = builder.search(search);
+    }
+    if let Some(analytics) = args.analytics {
+        builder = builder.analytics(analytics);
     }
     let store = builder
         .open()

@@ -15,7 +15,7 @@ use megalith_ingest::mirror::{self, MirrorOptions, Progress};
 use megalith_ingest::pool::{self, PoolConfig};
 use megalith_ingest::{FeedConfig, FeedJobs, RelayUrl, Sink};
 use megalith_relay::{DurabilityName, Extras, RecoveryName, ServeConfig};
-use megalith_web::{Web, WebConfig};
+use megalith_web::{ApiConfig, Web, WebConfig};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -42,6 +42,11 @@ pub(crate) struct ServeArgs {
     /// drops it [default: whatever the store has].
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     search: Option<bool>,
+    /// Keep the video analytics (docs/analytics.md) and serve the video API
+    /// under /api/ (docs/api.md): `on` builds them from the log if missing,
+    /// `off` drops them [default: whatever the store has; off for a new store].
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    analytics: Option<bool>,
     /// What opening does when the log does not end cleanly [default:
     /// tolerate-torn-tail] (see `megalith import --help`).
     #[arg(long, value_enum, value_name = "MODE")]
@@ -181,6 +186,9 @@ impl ServeArgs {
         if self.search.is_some() {
             config.search = self.search;
         }
+        if self.analytics.is_some() {
+            config.analytics = self.analytics;
+        }
         if let Some(recovery) = self.recovery {
             config.recovery = match recovery {
                 RecoveryArg::Strict => RecoveryName::Strict,
@@ -280,6 +288,10 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     if let Some(search) = config.search {
         builder = builder.search(search);
     }
+    if let Some(analytics) = config.analytics {
+        builder = builder.analytics(analytics);
+    }
+    let api_token = config.api_token.clone();
     let started = Instant::now();
     let store = builder
         .open()
@@ -289,6 +301,7 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         data = %config.data.display(),
         shards = store.shard_count(),
         search = store.search_index(),
+        analytics = store.analytics().is_some(),
         opened_in_ms = started.elapsed().as_millis() as u64,
         "store open"
     );
@@ -340,6 +353,20 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
             info!("feed pages on http://{}/", relay.listen);
         }
         let web_handle = web.clone();
+        // The video API (docs/api.md), on stores that keep analytics.
+        let api = store.analytics().is_some().then(|| {
+            info!("video API on http://{}/api/", relay.listen);
+            megalith_web::api_router(
+                Arc::clone(&store),
+                ApiConfig {
+                    token: api_token.clone(),
+                },
+            )
+        });
+        let routes = match (web.clone().map(megalith_web::router), api) {
+            (Some(pages), Some(api)) => Some(pages.merge(api)),
+            (pages, api) => pages.or(api),
+        };
         let extras = Extras {
             metrics: Some({
                 let stats = pool.stats().clone();
@@ -350,7 +377,7 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
                 Arc::new(megalith_web::home_response)
                     as Arc<dyn Fn() -> megalith_web::Response + Send + Sync>
             }),
-            routes: web.map(megalith_web::router),
+            routes,
         };
         // The relay waits for open responses before it exits: the pages'
         // update streams end as soon as the shutdown starts.

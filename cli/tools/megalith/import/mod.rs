@@ -168,6 +168,9 @@ fn open_store(args: &ImportArgs, limits: &Limits) -> Result<EventStore, String> 
     if let Some(search) = args.search {
         builder = builder.search(search);
     }
+    if let Some(analytics) = args.analytics {
+        builder = builder.analytics(analytics);
+    }
     let store = builder
         .open()
         .map_err(|e| format!("cannot open {}: {e}", args.store.data.display()))?;

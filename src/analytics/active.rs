@@ -1,0 +1,64 @@
+//! Active authors per UTC day: an author is active on a day when the store
+//! holds an event of theirs created that day (docs/analytics.md). Exact:
+//! a count of live events per (day, author), so a deletion of an author's
+//! only event of a day takes the day away.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::event::Pubkey;
+
+/// Seconds in a day.
+pub const DAY: u64 = 86_400;
+
+#[derive(Debug, Default)]
+pub(crate) struct Active {
+    /// Per day, live events per author.
+    days: BTreeMap<u32, HashMap<Pubkey, u32>>,
+}
+
+impl Active {
+    pub fn change(&mut self, author: Pubkey, created_at: u64, add: bool) {
+        let day = (created_at / DAY).min(u64::from(u32::MAX)) as u32;
+        let authors = self.days.entry(day).or_default();
+        if add {
+            *authors.entry(author).or_default() += 1;
+        } else if let Some(n) = authors.get_mut(&author) {
+            *n -= 1;
+            if *n == 0 {
+                authors.remove(&author);
+            }
+        }
+        if authors.is_empty() {
+            self.days.remove(&day);
+        }
+    }
+
+    /// Distinct authors over the `days` days ending with `day` (day
+    /// numbers: `created_at / 86400`).
+    pub fn distinct(&self, day: u64, days: u64) -> u64 {
+        let last = day.min(u64::from(u32::MAX)) as u32;
+        let first = day
+            .saturating_sub(days.saturating_sub(1))
+            .min(u64::from(u32::MAX)) as u32;
+        let mut range = self.days.range(first..=last);
+        if days <= 1 {
+            return range.next().map_or(0, |(_, a)| a.len() as u64);
+        }
+        let mut seen: HashSet<&Pubkey> = HashSet::new();
+        for (_, authors) in range {
+            seen.extend(authors.keys());
+        }
+        seen.len() as u64
+    }
+
+    /// (day, author, live events) for a snapshot.
+    pub fn entries(&self) -> impl Iterator<Item = (u32, &Pubkey, u32)> {
+        self.days
+            .iter()
+            .flat_map(|(day, authors)| authors.iter().map(move |(a, n)| (*day, a, *n)))
+    }
+
+    pub fn restore(&mut self, day: u32, author: Pubkey, events: u32) {
+        self.days.entry(day).or_default().insert(author, events);
+    }
+}

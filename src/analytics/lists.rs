@@ -1,0 +1,365 @@
+//! The orders the REST API reads top-down: live videos by time, by
+//! engagement, by trending key, by author and by hashtag; hashtags by use;
+//! creators by engagement. Each live video has one [`Listed`] record, and a
+//! change of it takes the old record's entries out and puts the new one's
+//! in, so every list is exact after every change.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+
+use super::video::VideoKey;
+use crate::event::Pubkey;
+
+/// What the lists know of a live video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listed {
+    pub kind: u16,
+    pub author: Pubkey,
+    pub created_at: u64,
+    pub engagement: u64,
+    /// [`super::trend_key`] of the engagement and time.
+    pub trend: i64,
+    pub hashtags: Vec<String>,
+}
+
+/// A hashtag's figures over the live videos.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagFigures {
+    /// Live videos with the tag.
+    pub videos: u64,
+    /// Distinct authors of those videos.
+    pub creators: u64,
+    /// The newest such video's `created_at`.
+    pub last_used: u64,
+}
+
+/// A creator's totals over their live videos.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreatorFigures {
+    /// Normal videos (kinds 21 and 34235).
+    pub normal: u64,
+    /// Short videos (kinds 22 and 34236).
+    pub short: u64,
+    /// The oldest and newest video's `created_at`.
+    pub first: u64,
+    pub last: u64,
+    /// The sum of their videos' engagement.
+    pub engagement: u64,
+}
+
+impl CreatorFigures {
+    pub fn videos(&self) -> u64 {
+        self.normal + self.short
+    }
+}
+
+#[derive(Debug, Default)]
+struct TagState {
+    videos: u64,
+    creators: HashMap<Pubkey, u64>,
+}
+
+#[derive(Debug, Default)]
+struct CreatorState {
+    normal: u64,
+    short: u64,
+    engagement: u64,
+    /// `created_at` of each live video (several may share one).
+    times: BTreeMap<u64, u64>,
+}
+
+/// Whether a video kind is a short one.
+pub fn is_short(kind: u16) -> bool {
+    matches!(kind, 22 | 34_236)
+}
+
+/// A position in a list: the entry a page ended with. Every list sorts
+/// highest first, ties by key; `score` is the list's own (time,
+/// engagement or trending key).
+pub type Place = (Reverse<i64>, VideoKey);
+
+#[derive(Debug, Default)]
+pub(crate) struct Lists {
+    listed: HashMap<VideoKey, Listed>,
+    recent: BTreeSet<Place>,
+    /// Engagement, then time.
+    popular: BTreeSet<(Reverse<u64>, Reverse<u64>, VideoKey)>,
+    trending: BTreeSet<Place>,
+    by_author: BTreeSet<(Pubkey, Reverse<u64>, VideoKey)>,
+    by_tag: BTreeSet<(String, Reverse<u64>, VideoKey)>,
+    tags: HashMap<String, TagState>,
+    /// Tags by live videos, then name.
+    tag_order: BTreeSet<(Reverse<u64>, String)>,
+    creators: HashMap<Pubkey, CreatorState>,
+    /// Creators by engagement, then videos, then key.
+    creator_order: BTreeSet<(Reverse<u64>, Reverse<u64>, Pubkey)>,
+}
+
+/// Which order [`Lists::page`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// Newest first.
+    Recent,
+    /// Highest engagement first, then newest.
+    Popular,
+    /// Highest trending score first (see `trend_key`).
+    Trending,
+}
+
+impl Lists {
+    /// Sets `key`'s record (none: it left the lists).
+    pub fn set(&mut self, key: &VideoKey, new: Option<Listed>) {
+        let old = self.listed.remove(key);
+        if old == new {
+            if let Some(old) = old {
+                self.listed.insert(key.clone(), old);
+            }
+            return;
+        }
+        if let Some(old) = &old {
+            self.enter(key, old, false);
+        }
+        if let Some(new) = new {
+            self.enter(key, &new, true);
+            self.listed.insert(key.clone(), new);
+        }
+    }
+
+    /// Puts a record's entries in (`add`) or takes them out.
+    fn enter(&mut self, key: &VideoKey, l: &Listed, add: bool) {
+        let time = Reverse(l.created_at as i64);
+        toggle(&mut self.recent, (time, key.clone()), add);
+        toggle(
+            &mut self.popular,
+            (Reverse(l.engagement), Reverse(l.created_at), key.clone()),
+            add,
+        );
+        toggle(&mut self.trending, (Reverse(l.trend), key.clone()), add);
+        toggle(
+            &mut self.by_author,
+            (l.author, Reverse(l.created_at), key.clone()),
+            add,
+        );
+        for tag in &l.hashtags {
+            toggle(
+                &mut self.by_tag,
+                (tag.clone(), Reverse(l.created_at), key.clone()),
+                add,
+            );
+            let state = self.tags.entry(tag.clone()).or_default();
+            self.tag_order.remove(&(Reverse(state.videos), tag.clone()));
+            bump(&mut state.videos, add);
+            let by = state.creators.entry(l.author).or_default();
+            bump(by, add);
+            if *by == 0 {
+                state.creators.remove(&l.author);
+            }
+            if state.videos == 0 {
+                self.tags.remove(tag);
+            } else {
+                self.tag_order.insert((Reverse(state.videos), tag.clone()));
+            }
+        }
+        let state = self.creators.entry(l.author).or_default();
+        self.creator_order.remove(&(
+            Reverse(state.engagement),
+            Reverse(state.normal + state.short),
+            l.author,
+        ));
+        bump(
+            if is_short(l.kind) {
+                &mut state.short
+            } else {
+                &mut state.normal
+            },
+            add,
+        );
+        if add {
+            state.engagement += l.engagement;
+        } else {
+            state.engagement = state.engagement.saturating_sub(l.engagement);
+        }
+        let at = state.times.entry(l.created_at).or_default();
+        bump(at, add);
+        if *at == 0 {
+            state.times.remove(&l.created_at);
+        }
+        if state.normal + state.short == 0 {
+            self.creators.remove(&l.author);
+        } else {
+            self.creator_order.insert((
+                Reverse(state.engagement),
+                Reverse(state.normal + state.short),
+                l.author,
+            ));
+        }
+    }
+
+    /// Up to `limit` keys of `sort`, after `after` (a page's last place),
+    /// those that `keep` accepts.
+    pub fn page(
+        &self,
+        sort: Sort,
+        after: Option<&Place>,
+        limit: usize,
+        mut keep: impl FnMut(&VideoKey, &Listed) -> bool,
+    ) -> Vec<(Place, &VideoKey)> {
+        let mut out = Vec::new();
+        let mut push = |place: Place, key: &VideoKey| -> bool {
+            let listed = &self.listed[key];
+            if keep(key, listed) {
+                let key = self.listed.get_key_value(key).map(|(k, _)| k);
+                out.push((place, key.expect("listed")));
+            }
+            out.len() < limit
+        };
+        if limit == 0 {
+            return out;
+        }
+        match sort {
+            Sort::Recent | Sort::Trending => {
+                let set = if sort == Sort::Recent {
+                    &self.recent
+                } else {
+                    &self.trending
+                };
+                let from = after.map_or(Bound::Unbounded, |p| Bound::Excluded(p.clone()));
+                for (score, key) in set.range((from, Bound::Unbounded)) {
+                    if !push((*score, key.clone()), key) {
+                        break;
+                    }
+                }
+            }
+            Sort::Popular => {
+                // The place's score is the engagement; the time is found
+                // from the record of the key it names.
+                let from = match after {
+                    Some((Reverse(engagement), key)) => {
+                        let time = self.listed.get(key).map_or(0, |l| l.created_at);
+                        Bound::Excluded((Reverse(*engagement as u64), Reverse(time), key.clone()))
+                    }
+                    None => Bound::Unbounded,
+                };
+                for (Reverse(engagement), _, key) in self.popular.range((from, Bound::Unbounded)) {
+                    if !push((Reverse(*engagement as i64), key.clone()), key) {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// An author's live videos, newest first, after `after` (time, key).
+    pub fn by_author(
+        &self,
+        author: &Pubkey,
+        after: Option<&Place>,
+        limit: usize,
+    ) -> Vec<(Place, &VideoKey)> {
+        let from = match after {
+            Some((Reverse(time), key)) => {
+                Bound::Excluded((*author, Reverse(*time as u64), key.clone()))
+            }
+            None => Bound::Included((*author, Reverse(u64::MAX), VideoKey::min())),
+        };
+        self.by_author
+            .range((from, Bound::Unbounded))
+            .take_while(|(a, _, _)| a == author)
+            .take(limit)
+            .map(|(_, Reverse(time), key)| ((Reverse(*time as i64), key.clone()), key))
+            .collect()
+    }
+
+    /// Live videos with hashtag `tag` (lower case), newest first.
+    pub fn by_tag(
+        &self,
+        tag: &str,
+        after: Option<&Place>,
+        limit: usize,
+    ) -> Vec<(Place, &VideoKey)> {
+        let from = match after {
+            Some((Reverse(time), key)) => {
+                Bound::Excluded((tag.to_string(), Reverse(*time as u64), key.clone()))
+            }
+            None => Bound::Included((tag.to_string(), Reverse(u64::MAX), VideoKey::min())),
+        };
+        self.by_tag
+            .range((from, Bound::Unbounded))
+            .take_while(|(t, _, _)| t == tag)
+            .take(limit)
+            .map(|(_, Reverse(time), key)| ((Reverse(*time as i64), key.clone()), key))
+            .collect()
+    }
+
+    /// The most used hashtags, most videos first.
+    pub fn top_tags(&self, limit: usize) -> Vec<(String, TagFigures)> {
+        self.tag_order
+            .iter()
+            .take(limit)
+            .map(|(_, tag)| (tag.clone(), self.tag_figures(tag).unwrap_or_default()))
+            .collect()
+    }
+
+    pub fn tag_figures(&self, tag: &str) -> Option<TagFigures> {
+        let state = self.tags.get(tag)?;
+        let last_used = self
+            .by_tag
+            .range((tag.to_string(), Reverse(u64::MAX), VideoKey::min())..)
+            .next()
+            .filter(|(t, _, _)| t == tag)
+            .map_or(0, |(_, Reverse(time), _)| *time);
+        Some(TagFigures {
+            videos: state.videos,
+            creators: state.creators.len() as u64,
+            last_used,
+        })
+    }
+
+    /// Distinct hashtags on live videos.
+    pub fn tag_count(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// Creators by the engagement of their live videos, highest first.
+    pub fn top_creators(&self, limit: usize) -> Vec<(Pubkey, CreatorFigures)> {
+        self.creator_order
+            .iter()
+            .take(limit)
+            .filter_map(|(_, _, author)| Some((*author, self.creator(author)?)))
+            .collect()
+    }
+
+    pub fn creator(&self, author: &Pubkey) -> Option<CreatorFigures> {
+        let state = self.creators.get(author)?;
+        Some(CreatorFigures {
+            normal: state.normal,
+            short: state.short,
+            first: state.times.keys().next().copied().unwrap_or(0),
+            last: state.times.keys().next_back().copied().unwrap_or(0),
+            engagement: state.engagement,
+        })
+    }
+
+    /// Authors with at least one live video.
+    pub fn creator_count(&self) -> usize {
+        self.creators.len()
+    }
+}
+
+fn toggle<T: Ord>(set: &mut BTreeSet<T>, item: T, add: bool) {
+    if add {
+        set.insert(item);
+    } else {
+        set.remove(&item);
+    }
+}
+
+fn bump(n: &mut u64, add: bool) {
+    if add {
+        *n += 1;
+    } else {
+        *n = n.saturating_sub(1);
+    }
+}
