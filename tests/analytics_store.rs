@@ -233,6 +233,10 @@ fn store_analytics_agree_with_the_counting_rules_across_reopens() {
             .map(|f| f.engagement())
             .sum();
         assert!(counted > 100, "seed {seed}: the stream counts ({counted})");
+        assert!(
+            world.stream.vanished > 0,
+            "seed {seed}: someone asked to vanish"
+        );
         store.close().unwrap();
 
         // From the checkpoint written at close.
@@ -265,12 +269,26 @@ fn store_analytics_agree_with_the_counting_rules_across_reopens() {
         compare(&store, &world, world.now, &format!("seed {seed}, rebuilt"));
         store.close().unwrap();
 
-        // A damaged checkpoint is not used.
+        // The checkpoint agrees with the logs (index-doctor check).
+        let report = megalith::inspect::index::check_store(dir.path()).unwrap();
+        assert!(report.is_clean(), "seed {seed}: {:?}", report.problems);
+
+        // A damaged checkpoint: the check names it, the next open does not
+        // use it.
         let path = state_file(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
         let at = bytes.len() / 2;
         bytes[at] ^= 0x40;
         std::fs::write(&path, bytes).unwrap();
+        let report = megalith::inspect::index::check_store(dir.path()).unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.reason.contains("checksum") && p.file == path),
+            "seed {seed}: {:?}",
+            report.problems
+        );
         let store = open(dir.path());
         let report = &store.recovery_report().rebuilt_indexes;
         assert!(
@@ -297,7 +315,43 @@ fn store_analytics_agree_with_the_counting_rules_across_reopens() {
             later,
             &format!("seed {seed}, later, reopened"),
         );
+        store.close().unwrap();
+
+        // index-doctor rebuild: indexes and analytics from the logs.
+        megalith::inspect::index::rebuild(dir.path()).unwrap();
+        let report = megalith::inspect::index::check_store(dir.path()).unwrap();
+        assert!(report.is_clean(), "seed {seed}: {:?}", report.problems);
+        let store = open(dir.path());
+        compare(
+            &store,
+            &world,
+            later,
+            &format!("seed {seed}, after a rebuild"),
+        );
     }
+}
+
+#[test]
+fn the_check_finds_a_checkpoint_that_disagrees_with_the_logs() {
+    // Two stores from different streams: one's checkpoint put in the
+    // other's place is whole, but counts what the logs do not hold.
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (dir, seed) in [(&a, 11), (&b, 12)] {
+        let mut world = World::new(seed);
+        let store = open(dir.path());
+        world.send(&store, 400);
+        store.close().unwrap();
+    }
+    std::fs::copy(state_file(b.path()), state_file(a.path())).unwrap();
+    let report = megalith::inspect::index::check_store(a.path()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.reason.contains("video") || p.reason.contains("version")),
+        "{:?}",
+        report.problems
+    );
 }
 
 /// A store on simulated storage, for crashes.

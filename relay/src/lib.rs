@@ -229,6 +229,7 @@ impl Relay {
         if self.store.search_index() {
             nips.push(50);
         }
+        nips.push(62);
         let mut doc = serde_json::json!({
             "name": info.name,
             "description": info.description,

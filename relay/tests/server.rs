@@ -554,7 +554,7 @@ async fn nip11_health_and_metrics_over_http() {
         .iter()
         .map(|n| n.as_u64().unwrap())
         .collect();
-    for nip in [1, 9, 11, 40, 45] {
+    for nip in [1, 9, 11, 40, 45, 62] {
         assert!(nips.contains(&nip), "{nips:?}");
     }
     assert_eq!(doc["limitation"]["max_limit"], 321);

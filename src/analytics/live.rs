@@ -200,6 +200,101 @@ impl LiveAnalytics {
         self.lists.set(&key, listed);
     }
 
+    /// What differs between two states (at most `limit` lines): versions,
+    /// current videos, acts, figures, activity and expiring events.
+    pub(crate) fn differences(&self, other: &LiveAnalytics, limit: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut note = |line: String| {
+            if out.len() < limit {
+                out.push(line);
+            }
+        };
+        for (id, key) in &self.versions {
+            if other.versions.get(id) != Some(key) {
+                note(format!("version {id} of {} is not in the logs", key.text()));
+            }
+        }
+        for (id, key) in &other.versions {
+            if !self.versions.contains_key(id) {
+                note(format!("version {id} of {} is missing", key.text()));
+            }
+        }
+        let ids = |live: &LiveAnalytics| -> BTreeMap<VideoKey, EventId> {
+            live.videos.iter().map(|(k, e)| (k.clone(), e.id)).collect()
+        };
+        let (mine, theirs) = (ids(self), ids(other));
+        for key in mine
+            .keys()
+            .chain(theirs.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            if mine.get(key) != theirs.get(key) {
+                note(format!(
+                    "video {}: checkpoint has {:?}, the logs {:?}",
+                    key.text(),
+                    mine.get(key),
+                    theirs.get(key)
+                ));
+            }
+        }
+        for (slot, acts) in &self.acts {
+            if other.acts.get(slot) != Some(acts) {
+                note(format!("acts of {} on {} differ", slot.1, slot.2.text()));
+            }
+        }
+        for slot in other.acts.keys() {
+            if !self.acts.contains_key(slot) {
+                note(format!(
+                    "acts of {} on {} are missing",
+                    slot.1,
+                    slot.2.text()
+                ));
+            }
+        }
+        let counted = |live: &LiveAnalytics| -> BTreeMap<VideoKey, Figures> {
+            live.counts
+                .iter()
+                .filter(|(_, f)| **f != Figures::default())
+                .map(|(k, f)| (k.clone(), *f))
+                .collect()
+        };
+        let (mine, theirs) = (counted(self), counted(other));
+        for key in mine
+            .keys()
+            .chain(theirs.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            if mine.get(key) != theirs.get(key) {
+                note(format!(
+                    "figures of {}: checkpoint {:?}, the logs {:?}",
+                    key.text(),
+                    mine.get(key),
+                    theirs.get(key)
+                ));
+            }
+        }
+        let active = |live: &LiveAnalytics| -> std::collections::BTreeSet<(u32, Pubkey, u32)> {
+            live.active.entries().map(|(d, p, n)| (d, *p, n)).collect()
+        };
+        let (mine, theirs) = (active(self), active(other));
+        for entry in mine.symmetric_difference(&theirs) {
+            note(format!(
+                "active authors: day {} author {} events {} is in only one of checkpoint and logs",
+                entry.0, entry.1, entry.2
+            ));
+        }
+        let mine: Vec<_> = self.expiring.keys().collect();
+        let theirs: Vec<_> = other.expiring.keys().collect();
+        if mine != theirs {
+            note(format!(
+                "expiring events: checkpoint has {}, the logs {}",
+                mine.len(),
+                theirs.len()
+            ));
+        }
+        out
+    }
+
     /// Rebuilds what is derived from the acts and videos (after a snapshot
     /// is loaded): who acted on each target, and every list.
     pub(crate) fn derive(&mut self) {

@@ -13,7 +13,7 @@ pub use active::DAY;
 pub use lists::{CreatorFigures, Place, Sort, TagFigures, is_short};
 pub use live::{Change, LiveAnalytics, counts_for_videos, trend_key};
 pub use state::{ANALYTICS_DIR, AnalyticsGuard, StoreAnalytics};
-pub(crate) use state::{GroupChange, remove_files};
+pub(crate) use state::{GroupChange, check_checkpoint, remove_files};
 pub use video::{
     Figures, VIDEO_KINDS, VideoFields, VideoKey, hashtags, tag_value, tag_values, trending_score,
     video_fields, video_key,

@@ -17,7 +17,7 @@ use crate::error::{Error, io_error};
 use crate::event::EventRef;
 use crate::ids::{Location, SegmentId};
 use crate::storage::{OpenMode, Storage};
-use crate::wal::{Log, RecordType, RemovePayload, SEGMENT_HEADER_LEN};
+use crate::wal::{Log, LogSnapshot, RecordType, RemovePayload, SEGMENT_HEADER_LEN};
 
 /// The directory of the analytics files, in the store's directory.
 pub const ANALYTICS_DIR: &str = "analytics";
@@ -187,48 +187,8 @@ impl StoreAnalytics {
         now: u64,
     ) -> Result<u64, Error> {
         let snapshot = self.logs[shard].snapshot();
-        let mut position = inner.positions[shard];
-        let mut records = 0;
-        'segments: for segment in snapshot.segments() {
-            if segment.id() < position.segment {
-                continue;
-            }
-            let from = if segment.id() == position.segment {
-                position.offset.max(SEGMENT_HEADER_LEN as u32)
-            } else {
-                SEGMENT_HEADER_LEN as u32
-            };
-            let mut scan = segment.scan_from(from);
-            while let Some((offset, record)) = scan.next() {
-                let location = segment.location(offset as usize);
-                if to.is_some_and(|to| location >= to) {
-                    break 'segments;
-                }
-                match record.record_type {
-                    RecordType::Event => {
-                        let event = EventRef::parse(record.payload).map_err(|e| {
-                            Error::corrupt(format!("event record at {location}: {e}"))
-                        })?;
-                        inner.live.apply_ref(true, &event, now);
-                    }
-                    RecordType::Remove => {
-                        let remove = RemovePayload::decode(record.payload).ok_or_else(|| {
-                            Error::corrupt(format!("malformed remove record at {location}"))
-                        })?;
-                        match snapshot.read_event(remove.target) {
-                            Ok(target) => inner.live.apply_ref(false, &target, now),
-                            // Moved to quarantine with damaged bytes: it was
-                            // in no index, and counted nowhere.
-                            Err(_) if snapshot.quarantined(remove.target) => {}
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                    RecordType::Quarantined => {}
-                }
-                records += 1;
-                position = segment.location(scan.offset());
-            }
-        }
+        let (position, records) =
+            replay(&mut inner.live, &snapshot, inner.positions[shard], to, now)?;
         inner.positions[shard] = inner.positions[shard].max(position);
         Ok(records)
     }
@@ -291,6 +251,115 @@ impl StoreAnalytics {
         self.saved.store(generation, Ordering::Release);
         Ok(())
     }
+}
+
+/// Applies the records of a shard's log from `from` up to `to` (or its
+/// end) to `live`; returns the position after the last record read and
+/// how many were read.
+pub(crate) fn replay(
+    live: &mut LiveAnalytics,
+    snapshot: &LogSnapshot,
+    from: Location,
+    to: Option<Location>,
+    now: u64,
+) -> Result<(Location, u64), Error> {
+    let mut position = from;
+    let mut records = 0;
+    'segments: for segment in snapshot.segments() {
+        if segment.id() < from.segment {
+            continue;
+        }
+        let start = if segment.id() == from.segment {
+            from.offset.max(SEGMENT_HEADER_LEN as u32)
+        } else {
+            SEGMENT_HEADER_LEN as u32
+        };
+        let mut scan = segment.scan_from(start);
+        while let Some((offset, record)) = scan.next() {
+            let location = segment.location(offset as usize);
+            if to.is_some_and(|to| location >= to) {
+                break 'segments;
+            }
+            match record.record_type {
+                RecordType::Event => {
+                    let event = EventRef::parse(record.payload)
+                        .map_err(|e| Error::corrupt(format!("event record at {location}: {e}")))?;
+                    live.apply_ref(true, &event, now);
+                }
+                RecordType::Remove => {
+                    let remove = RemovePayload::decode(record.payload).ok_or_else(|| {
+                        Error::corrupt(format!("malformed remove record at {location}"))
+                    })?;
+                    match snapshot.read_event(remove.target) {
+                        Ok(target) => live.apply_ref(false, &target, now),
+                        // Moved to quarantine with damaged bytes: it was in
+                        // no index, and counted nowhere.
+                        Err(_) if snapshot.quarantined(remove.target) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                RecordType::Quarantined => {}
+            }
+            records += 1;
+            position = segment.location(scan.offset());
+        }
+    }
+    Ok((position, records))
+}
+
+/// Checks a store's analytics checkpoint (offline, for `index-doctor
+/// check`): whole, not ahead of any log, and equal to the state built
+/// from scratch from the logs up to its positions. `logs` are the shards'
+/// logs, read only. Returns what is wrong (empty: nothing), or a note
+/// when there is no checkpoint yet.
+pub(crate) fn check_checkpoint(
+    storage: &dyn Storage,
+    store_dir: &Path,
+    logs: &[LogSnapshot],
+    now: u64,
+) -> Result<Result<Vec<String>, String>, Error> {
+    let path = store_dir.join(ANALYTICS_DIR).join(STATE_FILE);
+    if !storage.exists(&path).map_err(io_error(&path, "stat"))? {
+        return Ok(Err(
+            "no analytics checkpoint yet: the next open builds it from the logs".to_string(),
+        ));
+    }
+    let bytes = storage.read_file(&path).map_err(io_error(&path, "read"))?;
+    let (mut saved, positions) = match snapshot::decode(&bytes, logs.len()) {
+        Ok(state) => state,
+        Err(why) => {
+            return Ok(Ok(vec![format!(
+                "{}: {why} (the next open builds the analytics from the logs)",
+                path.display()
+            )]));
+        }
+    };
+    let mut fresh = LiveAnalytics::new();
+    let mut problems = Vec::new();
+    for (shard, (log, position)) in logs.iter().zip(&positions).enumerate() {
+        replay(&mut fresh, log, start_of_log(), Some(*position), now)?;
+        let end = log.segments().last().map_or(start_of_log(), |last| {
+            let mut scan = last.scan_from(SEGMENT_HEADER_LEN as u32);
+            for _ in scan.by_ref() {}
+            last.location(scan.offset())
+        });
+        if *position > end {
+            problems.push(format!(
+                "{}: reflects shard {shard}'s log up to {position}, past its end {end} (the next \
+                 open builds the analytics from the logs)",
+                path.display()
+            ));
+        }
+    }
+    saved.sweep(now);
+    fresh.sweep(now);
+    problems.extend(
+        saved
+            .differences(&fresh, 20)
+            .into_iter()
+            .map(|d| format!("{}: {d}", path.display())),
+    );
+    Ok(Ok(problems))
 }
 
 /// Removes a store's analytics files (the feature was turned off).

@@ -74,6 +74,13 @@ pub struct Options {
     /// manifest says; `Some(true)` turns them on (built from the log while
     /// the store opens), `Some(false)` off (their files are removed).
     pub analytics: Option<bool>,
+    /// The URLs this store is served at (`wss://relay.example.com`). A NIP-62
+    /// request to vanish (kind 62) is honored when a `relay` tag names one
+    /// of them or `ALL_RELAYS`: every event its author created up to it is
+    /// removed (like a NIP-09 deletion, recorded in the log) and refused
+    /// from then on; the requests stay stored. Default: none (only
+    /// `ALL_RELAYS` requests are honored).
+    pub relay_urls: Vec<String>,
     /// After a failed write, sync or checkpoint (a full disk, an I/O error)
     /// the shard refuses writes, reads go on, and its writer opens it again
     /// in place after this long, and after twice as long each time that
@@ -117,6 +124,7 @@ impl Default for Options {
             shards: None,
             search: None,
             analytics: None,
+            relay_urls: Vec::new(),
             recover_after: Duration::from_secs(1),
             verify_threads: cores(),
             verify_nice: 0,
@@ -270,6 +278,12 @@ impl EventStoreBuilder {
     /// See [`Options::analytics`].
     pub fn analytics(mut self, analytics: bool) -> Self {
         self.options.analytics = Some(analytics);
+        self
+    }
+
+    /// See [`Options::relay_urls`].
+    pub fn relay_urls(mut self, urls: impl IntoIterator<Item = String>) -> Self {
+        self.options.relay_urls = urls.into_iter().collect();
         self
     }
 

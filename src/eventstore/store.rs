@@ -256,6 +256,7 @@ impl EventStore {
         } else {
             None
         };
+        let vanish_relays = Arc::new(options.relay_urls.clone());
         let mut shards = Vec::with_capacity(shard_count as usize);
         for (params, log, indexes) in opened {
             let id = params.shard;
@@ -284,6 +285,7 @@ impl EventStore {
                 max_group_events: options.max_group_events,
                 commits: Some(Arc::clone(&watchers) as Arc<dyn CommitSink>),
                 changes,
+                vanish_relays: Arc::clone(&vanish_relays),
                 reopen: Some(reopen),
                 retry_after: options.recover_after,
             };

@@ -30,7 +30,7 @@ use crate::ids::{Location, Lsn, ShardId};
 use crate::index::{IndexKind, location_at_end};
 use crate::storage::FileStorage;
 use crate::wal::{Log, WalError};
-use log_walk::{LogWalk, hex, walk_log};
+use log_walk::{LogWalk, header_never_written, hex, walk_log};
 
 /// Problems listed per index and kind of mismatch before the rest are
 /// summed up in one line.
@@ -120,6 +120,7 @@ pub fn check_store(data_dir: &Path) -> Result<Report, Error> {
     };
     let shards = shard_dirs(data_dir)?;
     // Which indexes the store keeps: term_time only with search.
+    let manifest = load_manifest(&FileStorage, data_dir).ok();
     let search = match load_manifest(&FileStorage, data_dir) {
         Ok(manifest) => manifest.search,
         Err(e) => {
@@ -148,10 +149,66 @@ pub fn check_store(data_dir: &Path) -> Result<Report, Error> {
             reason: "no shard directory (shard-NNNN)".to_string(),
         });
     }
-    for (shard, dir) in shards {
-        check_shard(&dir, shard, search, &mut report)?;
+    for (shard, dir) in &shards {
+        check_shard(dir, *shard, search, &mut report)?;
+    }
+    if manifest.is_some_and(|m| m.analytics) && report.problems.is_empty() {
+        check_analytics(data_dir, &shards, &mut report)?;
     }
     Ok(report)
+}
+
+/// The analytics checkpoint against the logs (when the logs themselves
+/// are sound): see `analytics::check_checkpoint`.
+fn check_analytics(
+    data_dir: &Path,
+    shards: &[(ShardId, PathBuf)],
+    report: &mut Report,
+) -> Result<(), Error> {
+    let mut logs = Vec::with_capacity(shards.len());
+    for (shard, dir) in shards {
+        let log_dir = dir.join("log");
+        let mut ids: Vec<(crate::ids::SegmentId, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(&log_dir).map_err(io_error(&log_dir, "list"))? {
+            let entry = entry.map_err(io_error(&log_dir, "list"))?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(crate::wal::parse_segment_file_name)
+            {
+                ids.push((id, entry.path()));
+            }
+        }
+        ids.sort();
+        let mut segments = Vec::with_capacity(ids.len());
+        for (id, path) in ids {
+            // A last segment without a header (an unfinished rotation) is
+            // removed at the next open: nothing in it.
+            match crate::wal::Segment::open(&FileStorage, &path, *shard, id) {
+                Ok(segment) => segments.push(std::sync::Arc::new(segment)),
+                Err(_) if header_never_written(&path)? => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        logs.push(crate::wal::LogSnapshot::of_segments(segments));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Ok(problems) = crate::analytics::check_checkpoint(&FileStorage, data_dir, &logs, now)? {
+        let file = data_dir.join(crate::analytics::ANALYTICS_DIR).join("state");
+        report
+            .problems
+            .extend(problems.into_iter().map(|reason| Problem {
+                file: file.clone(),
+                page: None,
+                offset: None,
+                index: None,
+                event_id: None,
+                reason,
+            }));
+    }
+    Ok(())
 }
 
 fn check_shard(dir: &Path, shard: ShardId, search: bool, report: &mut Report) -> Result<(), Error> {

@@ -64,11 +64,24 @@ pub struct Reference {
     /// NIP-50 terms of each event, by slot (computed once, on insert).
     terms: Vec<Vec<String>>,
     live: usize,
+    /// Per author, the newest honored NIP-62 request to vanish.
+    vanished_until: HashMap<Pubkey, u64>,
+    /// Relay URLs a request to vanish may name besides `ALL_RELAYS`.
+    relay_urls: Vec<String>,
 }
 
 impl Reference {
     pub fn new() -> Reference {
         Reference::default()
+    }
+
+    /// A reference that honors NIP-62 requests naming `urls` (as
+    /// `Options::relay_urls`).
+    pub fn with_relay_urls(urls: Vec<String>) -> Reference {
+        Reference {
+            relay_urls: urls,
+            ..Reference::default()
+        }
     }
 
     /// Live events.
@@ -104,6 +117,14 @@ impl Reference {
         if event.kind != 5 && self.deleted_ids.contains(&(event.pubkey, event.id)) {
             return RefOutcome::Deleted;
         }
+        if event.kind != 62
+            && self
+                .vanished_until
+                .get(&event.pubkey)
+                .is_some_and(|&until| event.created_at <= until)
+        {
+            return RefOutcome::Deleted;
+        }
         let mut outcome = RefOutcome::Stored;
         if let Some(address) = address_of(event) {
             if self
@@ -132,7 +153,33 @@ impl Reference {
         if event.kind == 5 {
             self.apply_deletion(event);
         }
+        if event.kind == 62 && self.honors_vanish(event) {
+            let until = self.vanished_until.entry(event.pubkey).or_insert(0);
+            *until = (*until).max(event.created_at);
+            let doomed: Vec<EventId> = self
+                .events()
+                .filter(|e| {
+                    e.pubkey == event.pubkey && e.kind != 62 && e.created_at <= event.created_at
+                })
+                .map(|e| e.id)
+                .collect();
+            for id in doomed {
+                self.remove(&id);
+            }
+        }
         outcome
+    }
+
+    /// NIP-62: a `relay` tag names `ALL_RELAYS` or one of the relay URLs
+    /// (without a trailing `/`, any case).
+    fn honors_vanish(&self, event: &Event) -> bool {
+        let plain = |url: &str| url.trim_end_matches('/').to_ascii_lowercase();
+        event.tags.iter().any(|tag| {
+            tag.len() >= 2
+                && tag[0] == "relay"
+                && (tag[1] == "ALL_RELAYS"
+                    || self.relay_urls.iter().any(|u| plain(u) == plain(&tag[1])))
+        })
     }
 
     fn apply_deletion(&mut self, deletion: &Event) {

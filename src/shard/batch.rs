@@ -4,13 +4,14 @@
 //! exactly like its events inserted one by one.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::error::Error;
 use crate::event::{EventId, EventRef, KindClass, Pubkey, TagField};
 use crate::ids::Location;
 use crate::wal::{RemovePayload, RemoveReason};
 
-use super::lookup::{Address, Committed, DELETION_KIND, Version};
+use super::lookup::{Address, Committed, DELETION_KIND, VANISH_KIND, Version, vanish_honored};
 
 /// What became of one event at the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,7 @@ struct Pending {
     location: Location,
     pubkey: Pubkey,
     kind: u16,
+    created_at: u64,
 }
 
 #[derive(Debug, Default)]
@@ -66,9 +68,34 @@ pub(crate) struct GroupState {
     deleted_ids: HashMap<EventId, Vec<Pubkey>>,
     /// Addresses named by deletions of this group → the newest such deletion.
     deleted_addresses: HashMap<Address, u64>,
+    /// The relay URLs a NIP-62 request must name (besides `ALL_RELAYS`).
+    relays: Arc<Vec<String>>,
+    /// Honored vanish requests, committed and of this group: author → the
+    /// newest `created_at`; read from the indexes at the group's first event.
+    vanished: Option<HashMap<Pubkey, u64>>,
 }
 
 impl GroupState {
+    /// A group's state, honoring NIP-62 requests that name `relays`.
+    pub fn new(relays: Arc<Vec<String>>) -> GroupState {
+        GroupState {
+            relays,
+            ..GroupState::default()
+        }
+    }
+
+    /// The newest honored vanish request of `author`, if any.
+    fn vanished_upto(
+        &mut self,
+        committed: &Committed<'_>,
+        author: &Pubkey,
+    ) -> Result<Option<u64>, Error> {
+        if self.vanished.is_none() {
+            self.vanished = Some(committed.vanished(&self.relays)?);
+        }
+        Ok(self.vanished.as_ref().and_then(|v| v.get(author).copied()))
+    }
+
     /// Decides the fate of `event`. When it is to be stored, `store` is called
     /// to append it and returns its location; each removal it causes is
     /// passed to `remove`.
@@ -100,6 +127,15 @@ impl GroupState {
         {
             return Ok(WriteOutcome::Deleted);
         }
+        // NIP-62: nothing its author created up to a request to vanish
+        // comes back (the requests themselves stay, to keep it so).
+        if kind != VANISH_KIND
+            && self
+                .vanished_upto(committed, &pubkey)?
+                .is_some_and(|upto| created_at <= upto)
+        {
+            return Ok(WriteOutcome::Deleted);
+        }
         let address = Address::of_event_ref(event);
         let mut outcome = WriteOutcome::Stored;
         if let Some(address) = &address {
@@ -128,6 +164,7 @@ impl GroupState {
                 location,
                 pubkey,
                 kind,
+                created_at,
             },
         );
         if let Some(address) = address {
@@ -142,6 +179,9 @@ impl GroupState {
         }
         if kind == DELETION_KIND {
             self.apply_deletion(committed, event, remove)?;
+        }
+        if kind == VANISH_KIND && vanish_honored(event, &self.relays) {
+            self.apply_vanish(committed, pubkey, created_at, remove)?;
         }
         Ok(outcome)
     }
@@ -234,6 +274,51 @@ impl GroupState {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// NIP-62: removes every event `author` created up to `upto`, but their
+    /// requests to vanish (all in this shard: events go to their author's).
+    fn apply_vanish(
+        &mut self,
+        committed: &Committed<'_>,
+        author: Pubkey,
+        upto: u64,
+        remove: &mut dyn FnMut(Removal) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let newest = self
+            .vanished_upto(committed, &author)?
+            .unwrap_or(0)
+            .max(upto);
+        if let Some(vanished) = &mut self.vanished {
+            vanished.insert(author, newest);
+        }
+        let mut doomed: Vec<(Location, EventId, u16)> = Vec::new();
+        for location in committed.authored_until(&author, upto)? {
+            if self.removed.contains(&location) {
+                continue;
+            }
+            let event = committed.log.read_event(location)?;
+            doomed.push((location, event.id(), event.kind()));
+        }
+        doomed.extend(
+            self.stored
+                .iter()
+                .filter(|(_, p)| p.pubkey == author && p.created_at <= upto)
+                .map(|(id, p)| (p.location, *id, p.kind)),
+        );
+        for (location, id, kind) in doomed {
+            if kind == VANISH_KIND {
+                continue;
+            }
+            if let Some(address) = self.address_at(committed, location, kind, author)? {
+                let current = self.current_version(committed, &address)?;
+                if current.is_some_and(|v| v.location == location) {
+                    self.addresses.insert(address, None);
+                }
+            }
+            self.remove(location, id, RemoveReason::Deleted, remove)?;
         }
         Ok(())
     }

@@ -12,6 +12,27 @@ use crate::wal::LogSnapshot;
 /// NIP-09 deletion kind.
 pub(crate) const DELETION_KIND: u16 = 5;
 
+/// NIP-62 request to vanish.
+pub(crate) const VANISH_KIND: u16 = 62;
+
+/// Whether a kind 62 asks this store to vanish its author: a `relay` tag
+/// names `ALL_RELAYS` or one of `relays` (compared without a trailing `/`
+/// and case-insensitively).
+pub(crate) fn vanish_honored(event: &EventRef<'_>, relays: &[String]) -> bool {
+    event.kind() == VANISH_KIND
+        && event.tags().any(|tag| {
+            tag.name().is_some_and(|n| n.eq_str("relay"))
+                && tag.value().and_then(|v| v.as_text()).is_some_and(|value| {
+                    value == "ALL_RELAYS" || relays.iter().any(|r| same_relay(r, value))
+                })
+        })
+}
+
+fn same_relay(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
 /// (kind, pubkey, d) of a replaceable (d = "") or addressable event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Address {
@@ -147,6 +168,42 @@ impl Committed<'_> {
             });
         }
         Ok(versions)
+    }
+
+    /// The honored vanish requests of this shard: author → the newest
+    /// `created_at` (NIP-62). One seek when there are none.
+    pub fn vanished(
+        &self,
+        relays: &[String],
+    ) -> Result<std::collections::HashMap<Pubkey, u64>, Error> {
+        let mut out = std::collections::HashMap::new();
+        let (lower, upper) = time_range(&VANISH_KIND.to_be_bytes(), 0, u64::MAX);
+        let mut cursor = self.indexes.tree(IndexKind::KindTime).seek(&lower)?;
+        while let Some(entry) = cursor.next()? {
+            if entry > upper.as_slice() {
+                break;
+            }
+            let event = self.log.read_event(location_at_end(entry))?;
+            if vanish_honored(&event, relays) {
+                let upto = out.entry(event.pubkey()).or_insert(0);
+                *upto = (*upto).max(event.created_at());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Locations of `author`'s stored events created at or before `upto`.
+    pub fn authored_until(&self, author: &Pubkey, upto: u64) -> Result<Vec<Location>, Error> {
+        let (lower, upper) = time_range(&author.0, 0, upto);
+        let mut cursor = self.indexes.tree(IndexKind::AuthorTime).seek(&lower)?;
+        let mut out = Vec::new();
+        while let Some(entry) = cursor.next()? {
+            if entry > upper.as_slice() {
+                break;
+            }
+            out.push(location_at_end(entry));
+        }
+        Ok(out)
     }
 
     /// Whether a stored kind 5 from `author` names `id` in an `e` tag.

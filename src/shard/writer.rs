@@ -78,6 +78,9 @@ pub(crate) struct WriterConfig {
     pub max_group_events: usize,
     pub commits: Option<Arc<dyn CommitSink>>,
     pub changes: Option<Arc<dyn ChangeSink>>,
+    /// The relay URLs a NIP-62 request to vanish must name (besides
+    /// `ALL_RELAYS`) for the shard to honor it.
+    pub vanish_relays: Arc<Vec<String>>,
     /// How a failed writer recovers without a restart (`None`: it stays
     /// failed until the store is reopened).
     pub reopen: Option<Reopen>,
@@ -236,7 +239,7 @@ impl Writer {
                 indexes: &indexes,
                 log: &snapshot,
             };
-            let mut state = GroupState::default();
+            let mut state = GroupState::new(Arc::clone(&self.config.vanish_relays));
             let mut batch = Some(self.log.batch().map_err(|e| (e.into(), false))?);
             let log = &mut self.log;
             for payloads in requests {

@@ -86,6 +86,13 @@ pub(crate) struct LogSnapshot {
 }
 
 impl LogSnapshot {
+    /// A view of segments opened by hand (tools that read a log offline).
+    pub(crate) fn of_segments(segments: Vec<Arc<Segment>>) -> LogSnapshot {
+        LogSnapshot {
+            segments: Arc::new(segments),
+        }
+    }
+
     pub fn segment(&self, id: SegmentId) -> Option<&Segment> {
         let first = self.segments.first()?.id().0;
         let index = id.0.checked_sub(first)? as usize;

@@ -22,6 +22,8 @@ pub struct Stream {
     held: Vec<Event>,
     /// Acts sent that name a video not yet sent.
     pub early_acts: usize,
+    /// Requests to vanish sent.
+    pub vanished: usize,
     /// Expiring acts expire this many seconds after `now`, or up to 300 more.
     pub expire_after: u64,
 }
@@ -44,6 +46,7 @@ impl Stream {
             videos: Vec::new(),
             held: Vec::new(),
             early_acts: 0,
+            vanished: 0,
             expire_after: 1,
         }
     }
@@ -72,6 +75,21 @@ impl Stream {
             let video = self.held.swap_remove(at);
             self.made.push(video.clone());
             return video;
+        }
+        // Now and then a person asks to vanish (NIP-62): what they made up
+        // to then leaves every count.
+        if self.rng.below(300) == 0 {
+            let who = self.rng.pick(&self.fans).clone();
+            let at = self.time();
+            let request = who.sign(
+                at,
+                62,
+                vec![vec!["relay".into(), "ALL_RELAYS".into()]],
+                String::new(),
+            );
+            self.made.push(request.clone());
+            self.vanished += 1;
+            return request;
         }
         let roll = self.rng.below(100);
         let t = self.time();

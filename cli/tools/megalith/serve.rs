@@ -291,6 +291,11 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     if let Some(analytics) = config.analytics {
         builder = builder.analytics(analytics);
     }
+    // NIP-62 requests naming this relay's URL are honored (besides
+    // ALL_RELAYS).
+    if let Some(url) = &config.relay_url {
+        builder = builder.relay_urls([url.clone()]);
+    }
     let api_token = config.api_token.clone();
     let started = Instant::now();
     let store = builder

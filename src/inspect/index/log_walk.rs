@@ -400,7 +400,7 @@ fn read_frames(
     }
 }
 
-fn header_never_written(path: &Path) -> Result<bool, Error> {
+pub(super) fn header_never_written(path: &Path) -> Result<bool, Error> {
     let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
     File::open(path)
         .and_then(|f| f.take(SEGMENT_HEADER_LEN as u64).read_to_end(&mut header))

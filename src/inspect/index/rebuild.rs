@@ -27,7 +27,8 @@ pub struct RebuildReport {
     pub tail_repairs: Vec<String>,
 }
 
-/// Rebuilds every index of the store in `data_dir` from the log. `Err` when
+/// Rebuilds every index of the store in `data_dir` from the log (and its
+/// analytics, when it keeps them). `Err` when
 /// the store is missing, open in another process (`Error::Locked`), or the
 /// log cannot be replayed; the old indexes are then back in place.
 pub fn rebuild(data_dir: &Path) -> Result<RebuildReport, Error> {
@@ -50,6 +51,22 @@ pub fn rebuild(data_dir: &Path) -> Result<RebuildReport, Error> {
                 return Err(error);
             }
             moved.push((index, aside));
+        }
+        // The analytics too: the open below builds them from the logs.
+        let analytics = data_dir.join(crate::analytics::ANALYTICS_DIR);
+        if analytics.exists() {
+            let mut aside = data_dir.join(format!("analytics.old-{stamp}"));
+            let mut n = 1;
+            while aside.exists() {
+                aside = data_dir.join(format!("analytics.old-{stamp}-{n}"));
+                n += 1;
+            }
+            if let Err(e) = std::fs::rename(&analytics, &aside) {
+                let error = io_error(&analytics, "rename")(e);
+                restore(&moved);
+                return Err(error);
+            }
+            moved.push((analytics, aside));
         }
         shards.len()
         // The lock is released here, for the store to take: between the two
