@@ -388,3 +388,124 @@ fn an_update_stream_outlives_the_handshake_timeout() {
     assert!(log.contains("store closed cleanly"), "{log}");
     drop(held);
 }
+
+/// `--analytics on`: the video API rides on the relay's address beside the
+/// feed pages, counts what the relay stores (the next answer after `OK`),
+/// and the analytics checkpoint written at SIGTERM is used at the next open.
+#[test]
+fn the_video_api_counts_what_the_relay_stores() {
+    use futures_util::{SinkExt, StreamExt};
+    use megalith::event::Keys;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let creator = Keys::from_seed(7);
+    let video = creator.sign(
+        now - 100,
+        34_235,
+        vec![
+            vec!["d".into(), "clip".into()],
+            vec!["title".into(), "A clip".into()],
+            vec!["t".into(), "Cats".into()],
+        ],
+        String::new(),
+    );
+    let store = EventStore::builder(&data).analytics(true).open().unwrap();
+    store.insert(std::slice::from_ref(&video)).unwrap();
+    store.close().unwrap();
+
+    let serve::Serving {
+        child,
+        addr,
+        stderr,
+        log,
+    } = serve::spawn([
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--relay".as_ref(),
+        "ws://127.0.0.1:9".as_ref(),
+    ]);
+    let stats = format!("/api/videos/{}/stats", video.id);
+    let (status, body) = http_get_with(&addr, &stats, "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"reactions\":0"), "{body}");
+    assert!(body.contains("\"title\":\"A clip\""), "{body}");
+
+    // A reaction over the relay, then the next answer counts it.
+    let reaction = Keys::from_seed(8).sign(
+        now,
+        7,
+        vec![
+            vec!["e".into(), video.id.to_hex()],
+            vec![
+                "a".into(),
+                format!("34235:{}:clip", creator.pubkey().to_hex()),
+            ],
+        ],
+        "+".into(),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        let message = format!("[\"EVENT\",{}]", reaction.to_json());
+        ws.send(tokio_tungstenite::tungstenite::Message::text(message))
+            .await
+            .unwrap();
+        // The relay greets with a NIP-42 challenge first.
+        let ok = loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let text = message.into_text().unwrap().to_string();
+            if text.starts_with("[\"OK\"") {
+                break text;
+            }
+        };
+        assert!(ok.contains("true"), "{ok}");
+    });
+    let (status, body) = http_get_with(&addr, &stats, "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"reactions\":1"), "{body}");
+    let (status, body) = http_get_with(&addr, "/api/search?tag=cats", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&video.id.to_hex()), "{body}");
+    // The feed pages are still there.
+    let (status, home) = http_get_with(&addr, "/", "Accept: text/html\r\n");
+    assert_eq!(status, 200, "{home}");
+    assert!(home.contains("<form action=\"/start\""), "{home}");
+
+    let log = stop_cleanly(child, stderr, log);
+    assert!(log.contains("video API on"), "{log}");
+    let store = EventStore::open(&data).unwrap();
+    assert!(
+        !store
+            .recovery_report()
+            .rebuilt_indexes
+            .iter()
+            .any(|r| r.contains("analytics")),
+        "{:?}",
+        store.recovery_report()
+    );
+    let figures = store
+        .analytics()
+        .expect("the store keeps analytics")
+        .read(now)
+        .figures(&megalith::analytics::VideoKey::Address {
+            kind: 34_235,
+            pubkey: creator.pubkey(),
+            d: "clip".into(),
+        })
+        .unwrap();
+    assert_eq!(figures.reactions, 1);
+}

@@ -14,11 +14,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use megalith::analytics::{
@@ -43,6 +44,9 @@ pub const MAX_LIMIT: usize = 100;
 const DEFAULT_DAYS: u64 = 30;
 const MAX_DAYS: u64 = 366;
 
+/// The longest `q` a search may give, in characters.
+const MAX_SEARCH_CHARS: usize = 1_024;
+
 /// Events a word search reads at most (newest first) before it picks
 /// the page.
 const SEARCH_SCAN: usize = 1_000;
@@ -57,13 +61,19 @@ pub struct ApiConfig {
 struct Api {
     store: Arc<EventStore>,
     token: Option<String>,
+    /// [`OPENAPI`] as this server answers: with a token, its `security`
+    /// asks for the bearer token (not bearer-or-nothing).
+    document: String,
 }
 
 /// The `/api/...` routes, to merge into the relay's router.
 pub fn api_router(store: Arc<EventStore>, config: ApiConfig) -> Router {
+    let token = config.token.filter(|t| !t.is_empty());
+    let document = served_document(token.is_some());
     let api = Arc::new(Api {
         store,
-        token: config.token.filter(|t| !t.is_empty()),
+        token,
+        document,
     });
     Router::new()
         .route("/api/videos", get(videos))
@@ -76,7 +86,8 @@ pub fn api_router(store: Arc<EventStore>, config: ApiConfig) -> Router {
         .route("/api/creators/top", get(top_creators))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&api), authorize))
         .route("/api/openapi.json", get(openapi))
-        .route("/api/{*rest}", get(not_found))
+        .route("/api/{*rest}", any(not_found))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(api)
 }
 
@@ -87,8 +98,30 @@ async fn not_found() -> Response {
     )
 }
 
-async fn openapi(headers: HeaderMap) -> Response {
-    cached(&headers, OPENAPI.to_string(), 3_600)
+/// A method other than GET (or HEAD) on an endpoint: JSON like every other
+/// answer (axum adds the `Allow` header).
+async fn method_not_allowed() -> Response {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "This endpoint answers GET only",
+    )
+}
+
+async fn openapi(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    cached(&headers, api.document.clone(), 3_600)
+}
+
+/// The document a server answers with. [`OPENAPI`] says the bearer token
+/// is optional (`security: [{bearer}, {}]`), which is true only without
+/// one; a server with a token says that every endpoint needs it, so
+/// clients and schema testers (schemathesis' `ignored_auth`) know.
+fn served_document(token: bool) -> String {
+    if !token {
+        return OPENAPI.to_string();
+    }
+    let mut document: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    document["security"] = json!([{ "bearer": [] }]);
+    document.to_string()
 }
 
 /// Refuses a request without the configured bearer token.
@@ -190,15 +223,25 @@ fn bad(message: &str) -> Refusal {
     Refusal(StatusCode::BAD_REQUEST, message.to_string())
 }
 
-/// `limit`: default 50, at most 100 (larger asks get 100).
+/// `limit`: default 50, at most 100. Any larger whole number gets 100,
+/// however many digits it has (the document's integer has no maximum).
 fn limit(params: &HashMap<String, String>) -> Result<usize, Refusal> {
-    match params.get("limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(text) => match text.parse::<usize>() {
-            Ok(0) | Err(_) => Err(bad("'limit' must be a whole number from 1 to 100")),
-            Ok(n) => Ok(n.min(MAX_LIMIT)),
-        },
+    let Some(text) = params.get("limit") else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    let digits = text.trim_start_matches('0');
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) || digits.is_empty() {
+        return Err(bad("'limit' must be a whole number from 1 to 100"));
     }
+    Ok(digits
+        .parse::<usize>()
+        .map_or(MAX_LIMIT, |n| n.min(MAX_LIMIT)))
+}
+
+/// A path segment, or the refusal of one that is not UTF-8, as JSON.
+fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, Refusal> {
+    path.map(|Path(text)| text)
+        .map_err(|rejection| Refusal(rejection.status(), rejection.body_text()))
 }
 
 /// A cursor: the place the previous page ended, opaque to clients.
@@ -352,8 +395,9 @@ async fn videos(
 async fn video_stats(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Answer {
+    let id = path_param(id)?;
     let analytics = api.analytics()?;
     let now = now();
     let view = analytics.read(now);
@@ -369,19 +413,21 @@ async fn video_stats(
     }
 }
 
+/// A creator's key as the path gives it: exactly 64 lowercase hex
+/// characters or an `npub1...` (the document's pattern; no spaces around).
 fn pubkey_param(text: &str) -> Result<Pubkey, Refusal> {
-    nip19::parse_pubkey(text.trim())
+    nip19::parse_pubkey(text)
         .map_err(|_| bad("the public key must be 64 hex characters or an npub1..."))
 }
 
 async fn user_videos(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
-    Path(pubkey): Path<String>,
+    pubkey: Result<Path<String>, PathRejection>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Answer {
     let analytics = api.analytics()?;
-    let author = pubkey_param(&pubkey)?;
+    let author = pubkey_param(&path_param(pubkey)?)?;
     let limit = limit(&params)?;
     let now = now();
     let view = analytics.read(now);
@@ -399,12 +445,22 @@ async fn search(
 ) -> Answer {
     let analytics = api.analytics()?;
     let limit = limit(&params)?;
+    // Checked as given, and also when `tag` wins: every parameter a request
+    // has is checked. Characters, as the document's maxLength counts them.
+    if params
+        .get("q")
+        .is_some_and(|q| q.chars().count() > MAX_SEARCH_CHARS)
+    {
+        return Err(bad("'q' is longer than 1024 characters"));
+    }
     let tag = params.get("tag").map(|t| t.trim().trim_start_matches('#'));
     let q = params.get("q").map(|q| q.trim());
     let now = now();
+    // A cursor must be one this API gave, also beside `q` (a word search
+    // answers one page and ignores it).
+    let after = decode_cursor(&analytics.read(now), &params)?;
     if let Some(tag) = tag.filter(|t| !t.is_empty()) {
         let view = analytics.read(now);
-        let after = decode_cursor(&view, &params)?;
         let page = view.by_tag(tag, after.as_ref(), limit);
         let encoded = tag.to_lowercase();
         let link =
@@ -414,9 +470,6 @@ async fn search(
     let Some(q) = q.filter(|q| !q.is_empty()) else {
         return Err(bad("Search requires 'tag' or 'q' parameter"));
     };
-    if q.len() > megalith::search::MAX_SEARCH_BYTES {
-        return Err(bad("'q' is longer than 1024 bytes"));
-    }
     let filter = Filter {
         kinds: Some(VIDEO_KINDS.to_vec()),
         search: Some(q.to_string()),

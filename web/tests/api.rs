@@ -44,8 +44,12 @@ impl Answer {
 }
 
 async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    request(addr, "GET", path, headers).await
+}
+
+async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: test\r\n");
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: test\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -621,5 +625,162 @@ async fn etags_errors_tokens_and_an_event_seen_in_the_next_answer() {
             .as_str()
             .unwrap()
             .contains("--analytics on")
+    );
+}
+
+/// What Schemathesis found (scripts/api-schema-test.sh), one check per
+/// server bug: each answer below was different before its fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_agree_with_the_document_where_schemathesis_found_they_did_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        EventStore::builder(dir.path())
+            .analytics(true)
+            .open()
+            .unwrap(),
+    );
+    let creator = Keys::from_seed(3);
+    let video = creator.sign(
+        unix_now() - 60,
+        34_235,
+        vec![
+            vec!["d".into(), "talk".into()],
+            vec!["title".into(), "Schéma talk".into()],
+            vec!["t".into(), "talks".into()],
+        ],
+        String::new(),
+    );
+    store.insert(std::slice::from_ref(&video)).unwrap();
+    let addr = serve(Arc::clone(&store), None).await;
+    let doc = get(addr, "/api/openapi.json", &[]).await.json();
+    let refused = |answer: &Answer, status: u16, message: &str, what: &str| {
+        assert_eq!(answer.status, status, "{what}: {}", answer.body);
+        assert_eq!(answer.json()["error"], message, "{what}");
+        assert_eq!(answer.headers["cache-control"], "no-store", "{what}");
+        assert_eq!(answer.headers["content-type"], "application/json", "{what}");
+    };
+
+    // `limit` is an integer with no maximum in the document: any whole
+    // number of 1 or more is answered, at most 100 items (a limit past
+    // usize was refused as "not a whole number").
+    for path in [
+        "/api/videos?limit=99999999999999999999999",
+        "/api/hashtags?limit=18446744073709551616",
+        "/api/creators/top?limit=0100",
+    ] {
+        let answer = get(addr, path, &[]).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        assert!(answer.json().as_array().unwrap().len() <= 100, "{path}");
+    }
+    for path in [
+        "/api/videos?limit=000",
+        "/api/videos?limit=",
+        "/api/videos?limit=-5",
+    ] {
+        let answer = get(addr, path, &[]).await;
+        refused(
+            &answer,
+            400,
+            "'limit' must be a whole number from 1 to 100",
+            path,
+        );
+    }
+    let limit = &doc["paths"]["/api/videos"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap()["schema"];
+    assert!(
+        limit.get("maximum").is_none(),
+        "larger asks get 100: {limit}"
+    );
+    assert_eq!(
+        doc["paths"]["/api/videos"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+            ["maxItems"],
+        100
+    );
+
+    // `q` is checked whenever it is given, also beside `tag` (which wins),
+    // and its 1024 are characters, as the document's maxLength counts them
+    // (it was bytes: 1024 two-byte characters were refused).
+    let long = "a".repeat(1_025);
+    let answer = get(addr, &format!("/api/search?tag=talks&q={long}"), &[]).await;
+    refused(
+        &answer,
+        400,
+        "'q' is longer than 1024 characters",
+        "q beside tag",
+    );
+    let wide = "%C3%A9".repeat(1_024); // "é": 2 bytes each
+    let answer = get(addr, &format!("/api/search?q={wide}"), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    check_schema(&doc, "/api/search", &answer);
+
+    // A cursor this API did not give is refused beside `q` too.
+    let answer = get(addr, "/api/search?q=talk&cursor=AAAA", &[]).await;
+    refused(
+        &answer,
+        400,
+        "'cursor' is not a cursor this API gave",
+        "cursor beside q",
+    );
+    let answer = get(addr, "/api/search?q=talk", &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json().as_array().unwrap().len(), 1);
+
+    // A key in the path is exactly what the document's pattern says: no
+    // spaces around it.
+    let padded = format!("/api/users/%20{}/videos", creator.pubkey().to_hex());
+    refused(
+        &get(addr, &padded, &[]).await,
+        400,
+        "the public key must be 64 hex characters or an npub1...",
+        "padded key",
+    );
+
+    // A path segment that is not UTF-8: JSON, not axum's plain text.
+    refused(
+        &get(addr, "/api/videos/%FF/stats", &[]).await,
+        400,
+        "Invalid URL: Invalid UTF-8 in `id`",
+        "id not UTF-8",
+    );
+    refused(
+        &get(addr, "/api/users/%FF/videos", &[]).await,
+        400,
+        "Invalid URL: Invalid UTF-8 in `pubkey`",
+        "pubkey not UTF-8",
+    );
+
+    // Another method: 405 with Allow and a JSON error (the body was empty);
+    // an unknown endpoint is 404 whatever the method.
+    for path in ["/api/videos", "/api/stats", "/api/openapi.json"] {
+        let answer = request(addr, "POST", path, &[]).await;
+        refused(&answer, 405, "This endpoint answers GET only", path);
+        assert_eq!(answer.headers["allow"], "GET,HEAD", "{path}");
+    }
+    refused(
+        &request(addr, "DELETE", "/api/nothing", &[]).await,
+        404,
+        "No such endpoint (see /api/openapi.json)",
+        "DELETE /api/nothing",
+    );
+
+    // With a token, the served document says every endpoint needs it (it
+    // said bearer-or-nothing, so a schema tester never checked the token).
+    assert_eq!(doc["security"], serde_json::json!([{ "bearer": [] }, {}]));
+    let guarded = serve(Arc::clone(&store), Some("s3cret")).await;
+    let answer = get(guarded, "/api/openapi.json", &[]).await;
+    assert_eq!(answer.status, 200);
+    let guarded_doc = answer.json();
+    assert_eq!(
+        guarded_doc["security"],
+        serde_json::json!([{ "bearer": [] }])
+    );
+    assert_eq!(guarded_doc["paths"], doc["paths"]);
+    assert_eq!(
+        guarded_doc["paths"]["/api/openapi.json"]["get"]["security"],
+        serde_json::json!([])
     );
 }
