@@ -525,22 +525,19 @@ async fn hashtags(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Answer {
-    let analytics = api.analytics()?;
-    let limit = limit(&params)?;
-    let view = analytics.read(now());
-    let items: Vec<Value> = view
-        .top_tags(limit)
-        .into_iter()
-        .map(|(tag, f)| {
-            json!({
-                "hashtag": tag,
-                "count": f.videos,
-                "creators": f.creators,
-                "last_used": f.last_used,
+    top_list(&api, &headers, &params, |view, limit| {
+        view.top_tags(limit)
+            .into_iter()
+            .map(|(tag, f)| {
+                json!({
+                    "hashtag": tag,
+                    "count": f.videos,
+                    "creators": f.creators,
+                    "last_used": f.last_used,
+                })
             })
-        })
-        .collect();
-    Ok(cached(&headers, Value::Array(items).to_string(), 60))
+            .collect()
+    })
 }
 
 async fn top_creators(
@@ -548,26 +545,41 @@ async fn top_creators(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Answer {
-    let analytics = api.analytics()?;
-    let limit = limit(&params)?;
-    let view = analytics.read(now());
-    let items: Vec<Value> = view
-        .top_creators(limit)
-        .into_iter()
-        .map(|(pubkey, c)| {
-            json!({
-                "pubkey": pubkey.to_hex(),
-                "npub": nip19::encode_npub(&pubkey),
-                "videos": c.videos(),
-                "normal_videos": c.normal,
-                "short_videos": c.short,
-                "first_video": c.first,
-                "last_video": c.last,
-                "engagement_score": c.engagement,
+    top_list(&api, &headers, &params, |view, limit| {
+        view.top_creators(limit)
+            .into_iter()
+            .map(|(pubkey, c)| {
+                json!({
+                    "pubkey": pubkey.to_hex(),
+                    "npub": nip19::encode_npub(&pubkey),
+                    "videos": c.videos(),
+                    "normal_videos": c.normal,
+                    "short_videos": c.short,
+                    "first_video": c.first,
+                    "last_video": c.last,
+                    "engagement_score": c.engagement,
+                })
             })
-        })
-        .collect();
-    Ok(cached(&headers, Value::Array(items).to_string(), 60))
+            .collect()
+    })
+}
+
+/// A top list: `limit` (checked) items that `items` makes from the
+/// analytics as of now, cacheable for a minute.
+fn top_list(
+    api: &Api,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    items: impl FnOnce(&AnalyticsGuard<'_>, usize) -> Vec<Value>,
+) -> Answer {
+    let analytics = api.analytics()?;
+    let limit = limit(params)?;
+    let view = analytics.read(now());
+    Ok(cached(
+        headers,
+        Value::Array(items(&view, limit)).to_string(),
+        60,
+    ))
 }
 
 async fn active_users(
