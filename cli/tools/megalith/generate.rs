@@ -56,11 +56,13 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<ExitCode, String> {
         bytes: 0,
     };
     let started = Instant::now();
+    let defaults = GenConfig::default();
     let mut generator = Generator::new(GenConfig {
         seed: args.seed,
         authors: args.authors,
+        start_time: args.start_time.unwrap_or(defaults.start_time),
         relays: (!args.relays.is_empty()).then(|| args.relays.clone()),
-        ..GenConfig::default()
+        ..defaults
     });
     // Drawn only when stderr is a terminal.
     let progress = ProgressBar::new(args.count).with_style(

@@ -275,6 +275,13 @@ struct GenerateArgs {
     /// Number of distinct authors; their activity follows a Zipf law.
     #[arg(long, default_value_t = 10_000)]
     authors: usize,
+    /// `created_at` of the first event, in Unix seconds. The clock then
+    /// advances about 2.65 events per second (1M events span 4.4 days), so
+    /// a start of `now - N/2.64` ends N events shortly before now (a store
+    /// refuses events more than 15 minutes ahead) [default: 1700000000,
+    /// 2023-11-14].
+    #[arg(long, value_name = "SECS")]
+    start_time: Option<u64>,
     /// Signing threads; the output does not depend on it [default: the number of cores].
     #[arg(long)]
     threads: Option<usize>,
