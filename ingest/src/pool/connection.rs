@@ -33,6 +33,10 @@ struct SubState {
     auth_retried: bool,
     /// Its REQ is out on the current connection (it holds a slot).
     sent: bool,
+    /// Subscriptions out on the connection when its REQ was sent, itself
+    /// included: a refusal as one too many with others open then is the
+    /// relay's cap, whatever has closed since the refusal was written.
+    open_at_send: usize,
     /// Arrival order, for the waiting line.
     seq: u64,
 }
@@ -371,8 +375,9 @@ impl Connection {
                 continue;
             }
             state.sent = true;
-            out.push(req(&id, &state.resume_filters(self.config.resume_margin)));
             open += 1;
+            state.open_at_send = open;
+            out.push(req(&id, &state.resume_filters(self.config.resume_margin)));
         }
     }
 
@@ -558,11 +563,14 @@ impl Connection {
                     return;
                 }
                 let was_sent = state.sent;
+                let open_at_send = state.open_at_send;
                 if was_sent && too_many_subscriptions(&reason) {
-                    let open = self.subs.values().filter(|s| s.sent).count();
-                    if open > 1 {
+                    // Counted when the REQ went out: by the time the refusal
+                    // arrives, the others may have closed (a count taken now
+                    // made the pool give up on a relay that only has a cap).
+                    if open_at_send > 1 {
                         // The relay's own cap: wait for a slot under it.
-                        self.max_subs = open - 1;
+                        self.max_subs = self.max_subs.min(open_at_send - 1);
                         let id: SubId = Arc::from(sub.as_str());
                         let seq = self.subs.get_mut(&id).map_or(0, |state| {
                             state.sent = false;
@@ -714,6 +722,7 @@ impl SubState {
             awaiting_auth: false,
             auth_retried: false,
             sent: false,
+            open_at_send: 0,
             seq,
         }
     }
