@@ -200,3 +200,79 @@ fn generate_is_deterministic_and_imports_cleanly() {
         assert!(text(&out.stderr).starts_with("megalith: "), "{bad:?}");
     }
 }
+
+/// `megalith changes`: the feed as JSONL in pages through --after and
+/// --limit, every stored event once, a deletion's target as removed, the
+/// last position on stderr; a bad position is refused with a message.
+#[test]
+fn changes_prints_the_feed_and_resumes_from_a_position() {
+    use megalith::event::Keys;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let data = data.to_str().unwrap();
+    let keys = Keys::from_seed(5);
+    let notes: Vec<megalith::Event> = (0..6)
+        .map(|i| keys.sign(1_700_000_000 + i, 1, vec![], format!("note {i}")))
+        .collect();
+    let deletion = keys.sign(
+        1_700_000_100,
+        5,
+        vec![vec!["e".into(), notes[2].id.to_hex()]],
+        String::new(),
+    );
+    let mut input: String = notes.iter().map(|e| e.to_json() + "\n").collect();
+    input.push_str(&(deletion.to_json() + "\n"));
+    let out = megalith(
+        &["import", "--data", data, "--shards", "2", "-"],
+        Some(&input),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let first = megalith(&["changes", "--data", data, "--limit", "3"], None);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let lines: Vec<serde_json::Value> = text(&first.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let stderr = text(&first.stderr);
+    let position = stderr
+        .split("stopped at ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{stderr}"))
+        .to_string();
+    assert_eq!(lines[2]["position"], position.as_str());
+
+    let rest = megalith(&["changes", "--data", data, "--after", &position], None);
+    assert!(rest.status.success(), "{}", text(&rest.stderr));
+    assert!(text(&rest.stderr).contains("up to date at c1:"));
+    let all: Vec<serde_json::Value> = lines
+        .into_iter()
+        .chain(
+            text(&rest.stdout)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap()),
+        )
+        .collect();
+    let stored: Vec<&str> = all
+        .iter()
+        .filter(|c| c["op"] == "stored")
+        .map(|c| c["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored.len(), 7, "six notes and the deletion, once each");
+    let removed: Vec<&str> = all
+        .iter()
+        .filter(|c| c["op"] == "removed")
+        .map(|c| c["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, vec![notes[2].id.to_hex().as_str()]);
+
+    let bad = megalith(&["changes", "--data", data, "--after", "yesterday"], None);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("--after: \"yesterday\" is not a change feed position"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

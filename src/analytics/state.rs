@@ -17,7 +17,7 @@ use crate::error::{Error, io_error};
 use crate::event::EventRef;
 use crate::ids::{Location, SegmentId};
 use crate::storage::{OpenMode, Storage};
-use crate::wal::{Log, LogSnapshot, RecordType, RemovePayload, SEGMENT_HEADER_LEN};
+use crate::wal::{Log, LogSnapshot, SEGMENT_HEADER_LEN, scan_changes};
 
 /// The directory of the analytics files, in the store's directory.
 pub const ANALYTICS_DIR: &str = "analytics";
@@ -263,47 +263,12 @@ pub(crate) fn replay(
     to: Option<Location>,
     now: u64,
 ) -> Result<(Location, u64), Error> {
-    let mut position = from;
     let mut records = 0;
-    'segments: for segment in snapshot.segments() {
-        if segment.id() < from.segment {
-            continue;
-        }
-        let start = if segment.id() == from.segment {
-            from.offset.max(SEGMENT_HEADER_LEN as u32)
-        } else {
-            SEGMENT_HEADER_LEN as u32
-        };
-        let mut scan = segment.scan_from(start);
-        while let Some((offset, record)) = scan.next() {
-            let location = segment.location(offset as usize);
-            if to.is_some_and(|to| location >= to) {
-                break 'segments;
-            }
-            match record.record_type {
-                RecordType::Event => {
-                    let event = EventRef::parse(record.payload)
-                        .map_err(|e| Error::corrupt(format!("event record at {location}: {e}")))?;
-                    live.apply_ref(true, &event, now);
-                }
-                RecordType::Remove => {
-                    let remove = RemovePayload::decode(record.payload).ok_or_else(|| {
-                        Error::corrupt(format!("malformed remove record at {location}"))
-                    })?;
-                    match snapshot.read_event(remove.target) {
-                        Ok(target) => live.apply_ref(false, &target, now),
-                        // Moved to quarantine with damaged bytes: it was in
-                        // no index, and counted nowhere.
-                        Err(_) if snapshot.quarantined(remove.target) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                RecordType::Quarantined => {}
-            }
-            records += 1;
-            position = segment.location(scan.offset());
-        }
-    }
+    let position = scan_changes(snapshot, from, to, |change| {
+        live.apply_ref(change.stored, &change.event, now);
+        records += 1;
+        true
+    })?;
     Ok((position, records))
 }
 

@@ -1,5 +1,6 @@
 //! The store: options, the manifest, insert outcomes and `EventStore` itself.
 
+mod changes;
 mod commits;
 mod lock;
 mod manifest;
@@ -8,6 +9,7 @@ mod outcome;
 mod store;
 mod verify;
 
+pub use changes::{ChangeOp, ChangePosition, StoreChange};
 pub use commits::{Commits, Committed};
 pub(crate) use lock::lock_store_dir;
 pub(crate) use manifest::{MANIFEST_FILE, load as load_manifest};

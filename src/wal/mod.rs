@@ -1,6 +1,7 @@
 //! The write-ahead log, which is also the event store: per shard, an
 //! append-only sequence of segment files holding framed, checksummed records.
 
+mod changes;
 mod damage;
 mod error;
 mod format;
@@ -8,6 +9,7 @@ mod log;
 mod repair;
 mod segment;
 
+pub(crate) use changes::scan_changes;
 pub(crate) use damage::examine_after;
 pub use error::WalError;
 pub(crate) use format::SEGMENT_HEADER_LEN;

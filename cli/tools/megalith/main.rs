@@ -70,6 +70,17 @@ enum Command {
     Count(CountArgs),
     /// Print event counts by kind and the sizes of the log and indexes.
     Stats(StatsArgs),
+    /// Print the change feed as JSONL: every event stored and removed, from a position
+    ///
+    /// Each line is {"op": "stored"|"removed", "shard": N, "position": "c1:...",
+    /// "event": {...}}, read from the logs: within a shard in commit order (every
+    /// author's changes in the order they were made), the shards in turn. Keep the
+    /// last line's position and pass it as --after to read on from there, after a
+    /// restart too; nothing is skipped or repeated. Removed: replaced by a newer
+    /// version, deleted (NIP-09) or vanished (NIP-62). The last position is also
+    /// printed on stderr ("up to date at ..." or, after --limit, "stopped at ...").
+    #[command(verbatim_doc_comment)]
+    Changes(ChangesArgs),
     /// Write a seeded, realistic stream of signed events as JSONL: the same seed and authors
     /// always give the same bytes (the kind mix is in docs/api.md).
     Generate(GenerateArgs),
@@ -256,6 +267,19 @@ struct CountArgs {
 }
 
 #[derive(Args)]
+struct ChangesArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The position to read on from, as a line's "position" gave it
+    /// [default: the start of the store].
+    #[arg(long, value_name = "POS")]
+    after: Option<String>,
+    /// Print at most N changes [default: all].
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+}
+
+#[derive(Args)]
 struct StatsArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -306,6 +330,7 @@ fn main() -> ExitCode {
         Command::Query(args) => query(&args),
         Command::Count(args) => count(&args),
         Command::Stats(args) => stats(&args),
+        Command::Changes(args) => changes(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Repair(args) => repair(&args),
         Command::Mirror(args) => mirror::run(&args),
@@ -450,6 +475,70 @@ fn count(args: &CountArgs) -> Result<ExitCode, String> {
     }
     .and_then(|()| out.finish());
     finish(store, result.map(|_| ()), written)
+}
+
+fn changes(args: &ChangesArgs) -> Result<ExitCode, String> {
+    let after: Option<megalith::ChangePosition> = args
+        .after
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| format!("--after: {e}"))?;
+    let store = open(&args.store)?;
+    let mut position =
+        after.unwrap_or_else(|| megalith::ChangePosition::start(store.shard_count()));
+    let mut left = args.limit.unwrap_or(usize::MAX);
+    let mut out = Output::stdout();
+    let mut line = Vec::with_capacity(1024);
+    let mut result = Ok(());
+    let mut written = Ok(());
+    let mut caught_up = false;
+    while left > 0 && written.is_ok() && out.is_open() {
+        let page = match store.changes(&position, left.min(10_000)) {
+            Ok(page) => page,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        if page.is_empty() {
+            caught_up = true;
+            break;
+        }
+        for change in page {
+            position = change.position.clone();
+            line.clear();
+            line.extend_from_slice(
+                format!(
+                    "{{\"op\":\"{}\",\"shard\":{},\"position\":\"{}\",\"event\":",
+                    change.op.name(),
+                    change.shard.0,
+                    change.position
+                )
+                .as_bytes(),
+            );
+            change.event.write_json(&mut line);
+            line.extend_from_slice(b"}\n");
+            written = out.write_all(&line);
+            left -= 1;
+            if written.is_err() || !out.is_open() {
+                break;
+            }
+        }
+    }
+    // `megalith changes ... | head` closes the pipe early: not an error.
+    if !out.is_open() {
+        written = Ok(());
+    }
+    let written = written.and_then(|()| out.finish());
+    if result.is_ok() && written.is_ok() {
+        if caught_up {
+            errln!("up to date at {position}");
+        } else {
+            errln!("stopped at {position} (more changes follow)");
+        }
+    }
+    finish(store, result, written)
 }
 
 fn stats(args: &StatsArgs) -> Result<ExitCode, String> {

@@ -1,0 +1,80 @@
+//! The changes a shard's log states, in commit order: each event record
+//! stores an event, each remove record takes one out (the event it names
+//! is read from the log). Read by the analytics (to catch up) and by the
+//! change feed (`EventStore::changes`).
+
+use crate::error::Error;
+use crate::event::EventRef;
+use crate::ids::Location;
+
+use super::{LogSnapshot, RecordType, RemovePayload, SEGMENT_HEADER_LEN};
+
+/// One change: the log position just after its record, whether the event
+/// was stored (or removed), and the event.
+pub(crate) struct LogChange<'a> {
+    pub next: Location,
+    pub stored: bool,
+    pub event: EventRef<'a>,
+}
+
+/// Walks the changes of `snapshot` from `from` up to `to` (or the log's
+/// end), calling `each` until it returns false. Returns the position after
+/// the last record read (`from` when none was). Quarantined records, and
+/// removals of events moved to quarantine, are skipped.
+pub(crate) fn scan_changes<'a>(
+    snapshot: &'a LogSnapshot,
+    from: Location,
+    to: Option<Location>,
+    mut each: impl FnMut(LogChange<'a>) -> bool,
+) -> Result<Location, Error> {
+    let mut position = from;
+    for segment in snapshot.segments() {
+        if segment.id() < from.segment {
+            continue;
+        }
+        let start = if segment.id() == from.segment {
+            from.offset.max(SEGMENT_HEADER_LEN as u32)
+        } else {
+            SEGMENT_HEADER_LEN as u32
+        };
+        let mut scan = segment.scan_from(start);
+        while let Some((offset, record)) = scan.next() {
+            let location = segment.location(offset as usize);
+            if to.is_some_and(|to| location >= to) {
+                return Ok(position);
+            }
+            let next = segment.location(scan.offset());
+            let change = match record.record_type {
+                RecordType::Event => {
+                    let event = EventRef::parse(record.payload)
+                        .map_err(|e| Error::corrupt(format!("event record at {location}: {e}")))?;
+                    Some((true, event))
+                }
+                RecordType::Remove => {
+                    let remove = RemovePayload::decode(record.payload).ok_or_else(|| {
+                        Error::corrupt(format!("malformed remove record at {location}"))
+                    })?;
+                    match snapshot.read_event(remove.target) {
+                        Ok(target) => Some((false, target)),
+                        // Moved to quarantine with damaged bytes: it was in
+                        // no index, and nothing is left to remove.
+                        Err(_) if snapshot.quarantined(remove.target) => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                RecordType::Quarantined => None,
+            };
+            position = next;
+            if let Some((stored, event)) = change
+                && !each(LogChange {
+                    next,
+                    stored,
+                    event,
+                })
+            {
+                return Ok(position);
+            }
+        }
+    }
+    Ok(position)
+}
