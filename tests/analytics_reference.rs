@@ -156,3 +156,127 @@ fn incremental_figures_agree_with_the_counting_rules() {
         );
     }
 }
+
+mod findings {
+    //! Cases a review found, each checked against the brute force or the
+    //! rule it states.
+    use megalith::analytics::{Change, LiveAnalytics, PAGE_BUDGET, Sort, VideoKey};
+    use megalith::event::Keys;
+
+    const NOW: u64 = 1_764_000_000;
+
+    fn video(keys: &Keys, at: u64, d: &str, extra: Vec<Vec<String>>) -> megalith::Event {
+        let mut tags = vec![vec!["d".to_string(), d.to_string()]];
+        tags.extend(extra);
+        keys.sign(at, 34_235, tags, String::new())
+    }
+
+    fn react(keys: &Keys, at: u64, id: &megalith::EventId) -> megalith::Event {
+        keys.sign(at, 7, vec![vec!["e".into(), id.to_hex()]], "+".into())
+    }
+
+    #[test]
+    fn an_expired_version_still_moves_the_acts_that_named_it() {
+        let creator = Keys::from_seed(1);
+        let expired = video(
+            &creator,
+            NOW - 500,
+            "clip",
+            vec![vec!["expiration".into(), (NOW - 10).to_string()]],
+        );
+        let current = video(&creator, NOW - 100, "clip", vec![]);
+        let fan = Keys::from_seed(2);
+        let mut live = LiveAnalytics::new();
+        // Replayed after the expiration: the act first (another shard),
+        // then the expired version, then the current one.
+        live.apply_at(&Change::Added(react(&fan, NOW - 50, &expired.id)), NOW);
+        live.apply_at(&Change::Added(expired.clone()), NOW);
+        live.apply_at(&Change::Added(current), NOW);
+        let key = VideoKey::Address {
+            kind: 34_235,
+            pubkey: creator.pubkey(),
+            d: "clip".into(),
+        };
+        assert_eq!(live.figures(&key).unwrap().reactions, 1);
+    }
+
+    #[test]
+    fn a_video_key_uses_the_first_d_tag_as_the_store_does() {
+        let creator = Keys::from_seed(3);
+        let event = creator.sign(
+            NOW,
+            34_235,
+            vec![vec!["d".into()], vec!["d".into(), "clip".into()]],
+            String::new(),
+        );
+        assert_eq!(
+            megalith::analytics::video_key(&event),
+            Some(VideoKey::Address {
+                kind: 34_235,
+                pubkey: creator.pubkey(),
+                d: String::new(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_popular_page_goes_on_after_its_last_video_is_deleted() {
+        // Three videos with equal engagement, by time: 300, 200, 100.
+        let fan = Keys::from_seed(9);
+        let mut live = LiveAnalytics::new();
+        let mut videos = Vec::new();
+        for (i, at) in [300u64, 200, 100].into_iter().enumerate() {
+            let v = video(&Keys::from_seed(10 + i as u64), NOW - at, "v", vec![]);
+            live.apply_at(&Change::Added(v.clone()), NOW);
+            live.apply_at(&Change::Added(react(&fan, NOW - 1, &v.id)), NOW);
+            videos.push(v);
+        }
+        let (first, next) = live.page(Sort::Popular, None, None, 1, NOW);
+        assert_eq!(first.len(), 1);
+        let first_key = first[0].1.clone();
+        assert_eq!(
+            Some(&first_key),
+            megalith::analytics::video_key(&videos[2]).as_ref(),
+            "the newest first"
+        );
+        // That video leaves; the next page still starts after it.
+        live.apply_at(&Change::Removed(videos[2].clone()), NOW);
+        let (rest, _) = live.page(Sort::Popular, None, next.as_ref(), 10, NOW);
+        let rest: Vec<VideoKey> = rest.into_iter().map(|(_, k)| k.clone()).collect();
+        let want: Vec<VideoKey> = [&videos[1], &videos[0]]
+            .iter()
+            .map(|v| megalith::analytics::video_key(v).unwrap())
+            .collect();
+        assert_eq!(rest, want);
+    }
+
+    #[test]
+    fn trending_skips_old_engaged_videos_without_reading_them() {
+        // More old engaged videos than a page may examine, then three of
+        // this week: one page finds them and says the list ended.
+        let fan = Keys::from_seed(20);
+        let mut live = LiveAnalytics::new();
+        let old = PAGE_BUDGET + 100;
+        for i in 0..old {
+            let creator = Keys::from_seed(1_000 + i as u64 % 50);
+            let v = video(
+                &creator,
+                NOW - 30 * 86_400 - i as u64,
+                &format!("o{i}"),
+                vec![],
+            );
+            live.apply_at(&Change::Added(v.clone()), NOW);
+            live.apply_at(&Change::Added(react(&fan, NOW - 1, &v.id)), NOW);
+        }
+        let mut fresh = Vec::new();
+        for i in 0..3u64 {
+            let v = video(&Keys::from_seed(2_000 + i), NOW - 60 - i, "f", vec![]);
+            live.apply_at(&Change::Added(v.clone()), NOW);
+            fresh.push(megalith::analytics::video_key(&v).unwrap());
+        }
+        let (page, next) = live.page(Sort::Trending, None, None, 50, NOW);
+        let got: Vec<VideoKey> = page.into_iter().map(|(_, k)| k.clone()).collect();
+        assert_eq!(got, fresh, "newest first among videos without engagement");
+        assert_eq!(next, None);
+    }
+}

@@ -144,9 +144,30 @@ fn requests_to_vanish_agree_with_the_reference_before_and_after_reopen() {
     let keys = generator.keys[0].clone();
     let late = vanish(&keys, now(), "ALL_RELAYS");
     assert_eq!(reference.insert(&late, now()), RefOutcome::Stored);
-    assert_eq!(store.insert(&[late]).unwrap()[0], InsertOutcome::Stored);
+    assert_eq!(
+        store.insert(std::slice::from_ref(&late)).unwrap()[0],
+        InsertOutcome::Stored
+    );
     let old = keys.sign(1_000, 1, vec![], "again".into());
+    assert_eq!(
+        store.insert(std::slice::from_ref(&old)).unwrap()[0],
+        InsertOutcome::Deleted
+    );
+    // A deletion naming the request has no effect (NIP-62): it stays, and
+    // what it removed stays refused.
+    let undo = keys.sign(
+        now() + 5,
+        5,
+        vec![vec!["e".into(), late.id.to_hex()]],
+        String::new(),
+    );
+    assert_eq!(store.insert(&[undo]).unwrap()[0], InsertOutcome::Stored);
     assert_eq!(store.insert(&[old]).unwrap()[0], InsertOutcome::Deleted);
+    assert_eq!(
+        store.query(&[Filter::new().ids([late.id])]).unwrap().len(),
+        1,
+        "the request to vanish is still stored"
+    );
     assert_eq!(
         store
             .query(&[Filter::new().authors([keys.pubkey()])])
@@ -154,7 +175,7 @@ fn requests_to_vanish_agree_with_the_reference_before_and_after_reopen() {
             .iter()
             .map(|e| e.kind)
             .collect::<std::collections::BTreeSet<_>>(),
-        [62].into_iter().collect(),
-        "only the requests are left"
+        [5, 62].into_iter().collect(),
+        "only the requests (and the deletion naming one) are left"
     );
 }

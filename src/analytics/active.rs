@@ -51,6 +51,45 @@ impl Active {
         seen.len() as u64
     }
 
+    /// For each of the `days` days ending with `last` (oldest first), the
+    /// distinct authors over the `window` days ending with it: one pass
+    /// over the days involved, a count per author of the window's days
+    /// they are active on (adding the day that enters, dropping the one
+    /// that leaves), not a union per point.
+    pub fn series(&self, last: u64, days: u64, window: u64) -> Vec<u64> {
+        let window = window.max(1);
+        let first = last.saturating_sub(days.saturating_sub(1));
+        let day_of = |d: u64| d.min(u64::from(u32::MAX)) as u32;
+        let authors = |d: u64| self.days.get(&day_of(d));
+        let mut in_window: HashMap<&Pubkey, u32> = HashMap::new();
+        let mut out = Vec::with_capacity(days as usize);
+        let start = first.saturating_sub(window - 1);
+        for d in start..=last {
+            if let Some(list) = authors(d) {
+                for author in list.keys() {
+                    *in_window.entry(author).or_default() += 1;
+                }
+            }
+            if d >= window
+                && d - window >= start
+                && let Some(list) = authors(d - window)
+            {
+                for author in list.keys() {
+                    if let Some(n) = in_window.get_mut(author) {
+                        *n -= 1;
+                        if *n == 0 {
+                            in_window.remove(author);
+                        }
+                    }
+                }
+            }
+            if d >= first {
+                out.push(in_window.len() as u64);
+            }
+        }
+        out
+    }
+
     /// (day, author, live events) for a snapshot.
     pub fn entries(&self) -> impl Iterator<Item = (u32, &Pubkey, u32)> {
         self.days

@@ -76,16 +76,30 @@ pub fn is_short(kind: u16) -> bool {
 
 /// A position in a list: the entry a page ended with. Every list sorts
 /// highest first, ties by key; `score` is the list's own (time,
-/// engagement or trending key).
-pub type Place = (Reverse<i64>, VideoKey);
+/// engagement or trending key), `time` the video's `created_at` (the
+/// popular list's second order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub score: i64,
+    pub time: u64,
+    pub key: VideoKey,
+}
+
+/// Entries one page may examine (those a filter passes over included);
+/// past that, the page ends early with the place to go on from.
+pub const PAGE_BUDGET: usize = 20_000;
+
+/// Trending keys of videos without engagement start here (see
+/// `trend_key`); below every engaged video's.
+const ZERO_PART: i64 = super::live::ZERO_TRENDS + (1 << 40);
 
 #[derive(Debug, Default)]
 pub(crate) struct Lists {
     listed: HashMap<VideoKey, Listed>,
-    recent: BTreeSet<Place>,
+    recent: BTreeSet<(Reverse<u64>, VideoKey)>,
     /// Engagement, then time.
     popular: BTreeSet<(Reverse<u64>, Reverse<u64>, VideoKey)>,
-    trending: BTreeSet<Place>,
+    trending: BTreeSet<(Reverse<i64>, VideoKey)>,
     by_author: BTreeSet<(Pubkey, Reverse<u64>, VideoKey)>,
     by_tag: BTreeSet<(String, Reverse<u64>, VideoKey)>,
     tags: HashMap<String, TagState>,
@@ -128,8 +142,7 @@ impl Lists {
 
     /// Puts a record's entries in (`add`) or takes them out.
     fn enter(&mut self, key: &VideoKey, l: &Listed, add: bool) {
-        let time = Reverse(l.created_at as i64);
-        toggle(&mut self.recent, (time, key.clone()), add);
+        toggle(&mut self.recent, (Reverse(l.created_at), key.clone()), add);
         toggle(
             &mut self.popular,
             (Reverse(l.engagement), Reverse(l.created_at), key.clone()),
@@ -196,62 +209,105 @@ impl Lists {
         }
     }
 
-    /// Up to `limit` keys of `sort`, after `after` (a page's last place),
-    /// those that `keep` accepts.
-    pub fn page(
-        &self,
+    /// Up to `limit` keys of `sort` after `after` that `keep` accepts,
+    /// examining at most [`PAGE_BUDGET`] entries, and the place to go on
+    /// from (none: the list ended). [`Sort::Trending`] lists videos created
+    /// from `since` on: it skips the engaged ones whose key says they are
+    /// older, and stops at the first older one without engagement.
+    pub fn page<'s>(
+        &'s self,
         sort: Sort,
         after: Option<&Place>,
         limit: usize,
+        since: u64,
         mut keep: impl FnMut(&VideoKey, &Listed) -> bool,
-    ) -> Vec<(Place, &VideoKey)> {
+    ) -> (Vec<(Place, &'s VideoKey)>, Option<Place>) {
         let mut out = Vec::new();
-        let mut push = |place: Place, key: &VideoKey| -> bool {
-            let listed = &self.listed[key];
+        let mut examined = 0;
+        let mut last: Option<Place> = None;
+        // Visits one entry; false when the page is full or out of budget.
+        let mut visit = |key: &VideoKey, out: &mut Vec<(Place, &'s VideoKey)>| -> bool {
+            let (key, listed) = self.listed.get_key_value(key).expect("listed");
+            let place = Place {
+                score: match sort {
+                    Sort::Recent => listed.created_at as i64,
+                    Sort::Popular => listed.engagement as i64,
+                    Sort::Trending => listed.trend,
+                },
+                time: listed.created_at,
+                key: key.clone(),
+            };
             if keep(key, listed) {
-                let key = self.listed.get_key_value(key).map(|(k, _)| k);
-                out.push((place, key.expect("listed")));
+                out.push((place.clone(), key));
             }
-            out.len() < limit
+            last = Some(place);
+            examined += 1;
+            out.len() < limit && examined < PAGE_BUDGET
         };
         if limit == 0 {
-            return out;
+            return (out, after.cloned());
         }
+        let mut ended = true;
         match sort {
-            Sort::Recent | Sort::Trending => {
-                let set = if sort == Sort::Recent {
-                    &self.recent
-                } else {
-                    &self.trending
-                };
-                let from = after.map_or(Bound::Unbounded, |p| Bound::Excluded(p.clone()));
-                for (score, key) in set.range((from, Bound::Unbounded)) {
-                    if !push((*score, key.clone()), key) {
+            Sort::Recent => {
+                let from = after.map_or(Bound::Unbounded, |p| {
+                    Bound::Excluded((Reverse(p.time), p.key.clone()))
+                });
+                for (_, key) in self.recent.range((from, Bound::Unbounded)) {
+                    if !visit(key, &mut out) {
+                        ended = false;
                         break;
                     }
                 }
             }
             Sort::Popular => {
-                // The place's score is the engagement; the time is found
-                // from the record of the key it names.
-                let from = match after {
-                    Some((Reverse(engagement), key)) => {
-                        let time = self.listed.get(key).map_or(0, |l| l.created_at);
-                        Bound::Excluded((Reverse(*engagement as u64), Reverse(time), key.clone()))
-                    }
-                    None => Bound::Unbounded,
-                };
-                for (Reverse(engagement), _, key) in self.popular.range((from, Bound::Unbounded)) {
-                    if !push((Reverse(*engagement as i64), key.clone()), key) {
+                let from = after.map_or(Bound::Unbounded, |p| {
+                    Bound::Excluded((
+                        Reverse(p.score.max(0) as u64),
+                        Reverse(p.time),
+                        p.key.clone(),
+                    ))
+                });
+                for (_, _, key) in self.popular.range((from, Bound::Unbounded)) {
+                    if !visit(key, &mut out) {
+                        ended = false;
                         break;
                     }
                 }
             }
+            Sort::Trending => {
+                // Engaged videos whose key is below this are all older
+                // than `since` (ln(engagement) >= 0).
+                let floor = super::live::trend_key(1, since);
+                let mut from = after.map_or(Bound::Unbounded, |p| {
+                    Bound::Excluded((Reverse(p.score), p.key.clone()))
+                });
+                'parts: for part in 0..2 {
+                    for (Reverse(trend), key) in
+                        self.trending.range((from.clone(), Bound::Unbounded))
+                    {
+                        if part == 0 && *trend < floor && *trend > ZERO_PART {
+                            // The rest of the engaged part is too old: on
+                            // to the videos without engagement.
+                            from = Bound::Included((Reverse(ZERO_PART), VideoKey::min()));
+                            continue 'parts;
+                        }
+                        if *trend <= ZERO_PART && self.listed[key].created_at < since {
+                            break 'parts;
+                        }
+                        if !visit(key, &mut out) {
+                            ended = false;
+                            break 'parts;
+                        }
+                    }
+                    break;
+                }
+            }
         }
-        out
+        (out, if ended { None } else { last })
     }
 
-    /// An author's live videos, newest first, after `after` (time, key).
+    /// An author's live videos, newest first, after `after`.
     pub fn by_author(
         &self,
         author: &Pubkey,
@@ -259,16 +315,23 @@ impl Lists {
         limit: usize,
     ) -> Vec<(Place, &VideoKey)> {
         let from = match after {
-            Some((Reverse(time), key)) => {
-                Bound::Excluded((*author, Reverse(*time as u64), key.clone()))
-            }
+            Some(p) => Bound::Excluded((*author, Reverse(p.time), p.key.clone())),
             None => Bound::Included((*author, Reverse(u64::MAX), VideoKey::min())),
         };
         self.by_author
             .range((from, Bound::Unbounded))
             .take_while(|(a, _, _)| a == author)
             .take(limit)
-            .map(|(_, Reverse(time), key)| ((Reverse(*time as i64), key.clone()), key))
+            .map(|(_, Reverse(time), key)| {
+                (
+                    Place {
+                        score: *time as i64,
+                        time: *time,
+                        key: key.clone(),
+                    },
+                    key,
+                )
+            })
             .collect()
     }
 
@@ -280,16 +343,23 @@ impl Lists {
         limit: usize,
     ) -> Vec<(Place, &VideoKey)> {
         let from = match after {
-            Some((Reverse(time), key)) => {
-                Bound::Excluded((tag.to_string(), Reverse(*time as u64), key.clone()))
-            }
+            Some(p) => Bound::Excluded((tag.to_string(), Reverse(p.time), p.key.clone())),
             None => Bound::Included((tag.to_string(), Reverse(u64::MAX), VideoKey::min())),
         };
         self.by_tag
             .range((from, Bound::Unbounded))
             .take_while(|(t, _, _)| t == tag)
             .take(limit)
-            .map(|(_, Reverse(time), key)| ((Reverse(*time as i64), key.clone()), key))
+            .map(|(_, Reverse(time), key)| {
+                (
+                    Place {
+                        score: *time as i64,
+                        time: *time,
+                        key: key.clone(),
+                    },
+                    key,
+                )
+            })
             .collect()
     }
 

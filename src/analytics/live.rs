@@ -57,9 +57,30 @@ pub struct LiveAnalytics {
     pub(crate) lists: Lists,
     pub(crate) active: Active,
     /// Counted events with a NIP-40 expiration, by when they leave.
-    pub(crate) expiring: BTreeMap<(u64, EventId), Event>,
+    pub(crate) expiring: BTreeMap<(u64, EventId), Expiring>,
     /// Keys whose figures or video changed in the change being applied.
     touched: Vec<VideoKey>,
+}
+
+/// What an event with an expiration leaves behind until it expires.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Expiring {
+    /// One that counts for videos, whole (its removal needs its tags).
+    Event(Event),
+    /// Any other: its author and `created_at` (its day's activity).
+    Activity(Pubkey, u64),
+}
+
+/// [`counts_for_videos`] of an owned event.
+fn counts_for_videos_owned(event: &Event) -> bool {
+    match event.kind {
+        7 | 6 | 16 | 1_111 => true,
+        1 => event
+            .tags
+            .iter()
+            .any(|t| t.first().is_some_and(|n| n == "e")),
+        kind => VIDEO_KINDS.contains(&kind),
+    }
 }
 
 /// Whether the figures can depend on an event beyond its author's
@@ -75,12 +96,17 @@ pub fn counts_for_videos(event: &EventRef<'_>) -> bool {
     }
 }
 
+/// Where the trend keys of videos without engagement start.
+pub(crate) const ZERO_TRENDS: i64 = i64::MIN / 2;
+
 /// The order of `engagement · exp(−age_hours/24)` among videos, whatever
 /// the time: `ln(engagement) + created_at/86400`, in fixed point (10^-9);
 /// no engagement sorts below any (docs/analytics.md, "Scores").
 pub fn trend_key(engagement: u64, created_at: u64) -> i64 {
     if engagement == 0 {
-        return i64::MIN;
+        // Below every engaged video, newest first among themselves (so a
+        // page can stop at the first one older than 7 days).
+        return ZERO_TRENDS + created_at.min(1 << 40) as i64;
     }
     let value = (engagement as f64).ln() + created_at as f64 / 86_400.0;
     (value * 1e9).round() as i64
@@ -122,14 +148,23 @@ impl LiveAnalytics {
         if let Some(at) = event.expiration() {
             let slot = (at, event.id);
             if added && at <= now {
-                // Never served, but an id of a video version all the same.
+                // Never served, but an id of a video version all the same:
+                // acts that named it move to its address, as in `add`.
                 if let Some(key) = video_key(event) {
-                    self.versions.entry(event.id).or_insert(key);
+                    self.learn_version(event.id, key);
+                    self.rank_touched();
                 }
                 return;
             }
             if added {
-                self.expiring.insert(slot, event.clone());
+                // What `remove` needs later: the whole event only when it
+                // can count for a video; else its author's day.
+                let kept = if counts_for_videos_owned(event) {
+                    Expiring::Event(event.clone())
+                } else {
+                    Expiring::Activity(event.pubkey, event.created_at)
+                };
+                self.expiring.insert(slot, kept);
             } else if self.expiring.remove(&slot).is_none() {
                 // Expired (and taken out) already, or never counted.
                 return;
@@ -159,9 +194,15 @@ impl LiveAnalytics {
             if entry.key().0 > now {
                 break;
             }
-            let event = entry.remove();
-            self.active.change(event.pubkey, event.created_at, false);
-            self.remove(&event);
+            match entry.remove() {
+                Expiring::Event(event) => {
+                    self.active.change(event.pubkey, event.created_at, false);
+                    self.remove(&event);
+                }
+                Expiring::Activity(author, created_at) => {
+                    self.active.change(author, created_at, false);
+                }
+            }
             self.rank_touched();
         }
     }
@@ -175,13 +216,17 @@ impl LiveAnalytics {
     /// Live videos by trending score at `now`, highest first, ties by key:
     /// those created in the last 7 days, at most `limit`.
     pub fn trending(&self, now: u64, limit: usize) -> Vec<&VideoKey> {
-        self.lists
-            .page(Sort::Trending, None, limit, |_, listed| {
-                now.saturating_sub(listed.created_at) <= 7 * 86_400
-            })
-            .into_iter()
-            .map(|(_, key)| key)
-            .collect()
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) =
+                self.page(Sort::Trending, None, after.as_ref(), limit - out.len(), now);
+            out.extend(page.into_iter().map(|(_, key)| key));
+            match next {
+                Some(place) if out.len() < limit => after = Some(place),
+                _ => return out,
+            }
+        }
     }
 
     /// Puts `key` at its place in every list (or takes it out).
@@ -348,7 +393,11 @@ impl LiveAnalytics {
     }
 
     /// A page of live videos in `sort` order after `after`, of `kind` when
-    /// given; [`Sort::Trending`] lists only videos of the 7 days before `now`.
+    /// given ([`Sort::Trending`]: only videos of the 7 days before `now`),
+    /// and the place the next page starts after (none: the list ended). A
+    /// page may hold fewer than `limit` videos and still have a next place:
+    /// it examines at most [`PAGE_BUDGET`](super::lists::PAGE_BUDGET)
+    /// entries (a rare `kind` is found page by page, never by one long scan).
     pub fn page(
         &self,
         sort: Sort,
@@ -356,10 +405,11 @@ impl LiveAnalytics {
         after: Option<&Place>,
         limit: usize,
         now: u64,
-    ) -> Vec<(Place, &VideoKey)> {
-        self.lists.page(sort, after, limit, |_, listed| {
+    ) -> (Vec<(Place, &VideoKey)>, Option<Place>) {
+        let since = now.saturating_sub(7 * 86_400);
+        self.lists.page(sort, after, limit, since, |_, listed| {
             kind.is_none_or(|k| k == listed.kind)
-                && (sort != Sort::Trending || now.saturating_sub(listed.created_at) <= 7 * 86_400)
+                && (sort != Sort::Trending || listed.created_at >= since)
         })
     }
 
@@ -414,6 +464,13 @@ impl LiveAnalytics {
         self.active.distinct(day, days)
     }
 
+    /// For each of the `days` UTC days ending with day number `last`,
+    /// oldest first, the distinct authors active over the `window` days
+    /// ending with it (1: that day).
+    pub fn active_series(&self, last: u64, days: u64, window: u64) -> Vec<u64> {
+        self.active.series(last, days, window)
+    }
+
     /// The figures of every live video, summed.
     pub fn totals(&self) -> Figures {
         let mut sum = Figures::default();
@@ -439,13 +496,18 @@ impl LiveAnalytics {
         self.videos.get_key_value(self.versions.get(id)?)
     }
 
+    /// Records `id` as a version of `key`; acts that named the id before
+    /// it was known move to the key.
+    fn learn_version(&mut self, id: EventId, key: VideoKey) {
+        let known = self.versions.insert(id, key.clone());
+        if known.is_none() && key != VideoKey::Id(id) {
+            self.move_target(&VideoKey::Id(id), &key);
+        }
+    }
+
     fn add(&mut self, event: &Event) {
         if let Some(key) = video_key(event) {
-            let known = self.versions.insert(event.id, key.clone());
-            if known.is_none() && key != VideoKey::Id(event.id) {
-                // Acts that named this version's id before it was known.
-                self.move_target(&VideoKey::Id(event.id), &key);
-            }
+            self.learn_version(event.id, key.clone());
             self.videos.insert(key.clone(), event.clone());
             self.touched.push(key);
         } else {

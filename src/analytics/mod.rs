@@ -10,7 +10,7 @@ mod state;
 mod video;
 
 pub use active::DAY;
-pub use lists::{CreatorFigures, Place, Sort, TagFigures, is_short};
+pub use lists::{CreatorFigures, PAGE_BUDGET, Place, Sort, TagFigures, is_short};
 pub use live::{Change, LiveAnalytics, counts_for_videos, trend_key};
 pub use state::{ANALYTICS_DIR, AnalyticsGuard, StoreAnalytics};
 pub(crate) use state::{GroupChange, check_checkpoint, remove_files};

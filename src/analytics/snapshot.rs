@@ -3,13 +3,13 @@
 //! shard it reflects. Written whole to a temporary file, synced, renamed.
 //!
 //! ```text
-//! magic "MGANALY1" · version u32 · shards u32 · (segment u32, offset u32) per shard
+//! magic "MGANALY1" · version u32 (2) · shards u32 · (segment u32, offset u32) per shard
 //! versions:  u64 n · n × (id[32], key)
 //! videos:    u64 n · n × (key, u32 len, payload)
 //! acts:      u64 n · n × (class u8, actor[32], key, u32 m, m × (created_at u64, id[32], down u8))
 //! counts:    u64 n · n × (key, reactions, downvotes, comments, legacy, reposts: u64 each)
 //! active:    u64 n · n × (day u32, author[32], events u32)
-//! expiring:  u64 n · n × (u32 len, payload)
+//! expiring:  u64 n · n × (expires_at u64, id[32], 0 · u32 len · payload | 1 · author[32] · created_at u64)
 //! crc64 of everything before it (u64)
 //! key: 0 · kind u16 · pubkey[32] · u32 len · d   |   1 · id[32]
 //! ```
@@ -18,13 +18,13 @@
 
 use std::cmp::Reverse;
 
-use super::live::{Class, LiveAnalytics};
+use super::live::{Class, Expiring, LiveAnalytics};
 use super::video::{Figures, VideoKey};
 use crate::event::{Event, EventId, EventRef, Pubkey};
 use crate::ids::{Location, SegmentId};
 
 const MAGIC: &[u8; 8] = b"MGANALY1";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// The state and the positions it reflects, encoded.
 pub(crate) fn encode(live: &LiveAnalytics, positions: &[Location]) -> Vec<u8> {
@@ -82,8 +82,20 @@ pub(crate) fn encode(live: &LiveAnalytics, positions: &[Location]) -> Vec<u8> {
         put_u32(&mut out, events);
     }
     put_u64(&mut out, live.expiring.len() as u64);
-    for event in live.expiring.values() {
-        put_event(&mut out, event);
+    for ((at, id), kept) in &live.expiring {
+        put_u64(&mut out, *at);
+        out.extend_from_slice(&id.0);
+        match kept {
+            Expiring::Event(event) => {
+                out.push(0);
+                put_event(&mut out, event);
+            }
+            Expiring::Activity(author, created_at) => {
+                out.push(1);
+                out.extend_from_slice(&author.0);
+                put_u64(&mut out, *created_at);
+            }
+        }
     }
     let crc = crate::ids::crc64(&[&out]);
     put_u64(&mut out, crc);
@@ -166,11 +178,14 @@ pub(crate) fn decode(
         live.active.restore(day, author, events);
     }
     for _ in 0..r.count()? {
-        let event = r.event()?;
-        let at = event
-            .expiration()
-            .ok_or("an expiring event without an expiration")?;
-        live.expiring.insert((at, event.id), event);
+        let at = r.u64()?;
+        let id = EventId(r.array()?);
+        let kept = match r.u8()? {
+            0 => Expiring::Event(r.event()?),
+            1 => Expiring::Activity(Pubkey(r.array()?), r.u64()?),
+            other => return Err(format!("unknown expiring entry type {other}")),
+        };
+        live.expiring.insert((at, id), kept);
     }
     if r.at != body.len() {
         return Err(format!(

@@ -132,6 +132,12 @@ impl StoreAnalytics {
                 opened.records += analytics.catch_up(&mut inner, shard, Some(*end), now)?;
             }
         }
+        if opened.rebuilt.is_some() {
+            // The unused checkpoint must not outlive this open: a crash
+            // before the next one could find it no longer ahead of the
+            // logs, and trust it.
+            analytics.replace_checkpoint()?;
+        }
         Ok((analytics, opened))
     }
 
@@ -174,7 +180,32 @@ impl StoreAnalytics {
             records += self.catch_up(&mut inner, shard, None, now)?;
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(inner);
+        // As at open: the checkpoint that may name cut records goes now.
+        self.replace_checkpoint()?;
         Ok(records)
+    }
+
+    /// Writes a checkpoint of the state now, or, failing that, removes the
+    /// old one (the next open then builds from the logs).
+    fn replace_checkpoint(&self) -> Result<(), Error> {
+        if self.checkpoint().is_ok() {
+            return Ok(());
+        }
+        let path = self.dir.join(STATE_FILE);
+        if self
+            .storage
+            .exists(&path)
+            .map_err(io_error(&path, "stat"))?
+        {
+            self.storage
+                .remove_file(&path)
+                .map_err(io_error(&path, "remove"))?;
+            self.storage
+                .sync_dir(&self.dir)
+                .map_err(io_error(&self.dir, "sync directory"))?;
+        }
+        Ok(())
     }
 
     /// Reads shard `shard`'s log from the state's position up to `to` (or

@@ -64,10 +64,12 @@ pub fn hashtags(event: &Event) -> Vec<String> {
 pub fn video_key(event: &Event) -> Option<VideoKey> {
     match event.kind {
         21 | 22 => Some(VideoKey::Id(event.id)),
+        // The store's rule for an address: the first `d` tag's value, ""
+        // when it has none (`Event::d_tag`).
         34_235 | 34_236 => Some(VideoKey::Address {
             kind: event.kind,
             pubkey: event.pubkey,
-            d: tag_value(event, "d").unwrap_or_default().to_string(),
+            d: event.d_tag().to_string(),
         }),
         _ => None,
     }

@@ -285,7 +285,8 @@ const NADDR: Hrp = Hrp::parse_unchecked("naddr");
 
 /// The `naddr1...` form of an address (NIP-19 TLV: type 0 the `d` value,
 /// type 2 the author, type 3 the kind as a 32-bit big-endian number, type 1
-/// each relay hint).
+/// each relay hint). A `d` longer than 255 bytes does not fit a TLV value:
+/// it is cut there (callers check the length first).
 pub fn encode_naddr(kind: u16, pubkey: &Pubkey, d: &str, relays: &[&str]) -> String {
     let mut data = Vec::new();
     let d = d.as_bytes();

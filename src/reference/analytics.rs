@@ -142,7 +142,7 @@ impl Analytics {
     }
 
     /// Live videos by trending score at `now` (created in the last 7 days),
-    /// highest first, ties by key.
+    /// highest first, ties newest first, then by key.
     pub fn trending(&self, now: u64) -> Vec<(VideoKey, f64)> {
         let mut out: Vec<(VideoKey, f64)> = self
             .videos
@@ -153,7 +153,13 @@ impl Analytics {
                 (k.clone(), score)
             })
             .collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        // Equal scores (videos without engagement): newest first, then key.
+        let time = |k: &VideoKey| self.videos[k].created_at;
+        out.sort_by(|a, b| {
+            b.1.total_cmp(&a.1)
+                .then_with(|| time(&b.0).cmp(&time(&a.0)))
+                .then_with(|| a.0.cmp(&b.0))
+        });
         out
     }
 

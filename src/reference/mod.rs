@@ -114,7 +114,10 @@ impl Reference {
         if self.get(&event.id).is_some() {
             return RefOutcome::Duplicate;
         }
-        if event.kind != 5 && self.deleted_ids.contains(&(event.pubkey, event.id)) {
+        if event.kind != 5
+            && event.kind != 62
+            && self.deleted_ids.contains(&(event.pubkey, event.id))
+        {
             return RefOutcome::Deleted;
         }
         if event.kind != 62
@@ -190,9 +193,9 @@ impl Reference {
                         continue;
                     };
                     self.deleted_ids.insert((deletion.pubkey, id));
-                    let doomed = self
-                        .get(&id)
-                        .is_some_and(|t| t.pubkey == deletion.pubkey && t.kind != 5);
+                    let doomed = self.get(&id).is_some_and(|t| {
+                        t.pubkey == deletion.pubkey && t.kind != 5 && t.kind != 62
+                    });
                     if doomed {
                         self.remove(&id);
                     }

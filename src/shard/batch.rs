@@ -70,9 +70,10 @@ pub(crate) struct GroupState {
     deleted_addresses: HashMap<Address, u64>,
     /// The relay URLs a NIP-62 request must name (besides `ALL_RELAYS`).
     relays: Arc<Vec<String>>,
-    /// Honored vanish requests, committed and of this group: author → the
-    /// newest `created_at`; read from the indexes at the group's first event.
-    vanished: Option<HashMap<Pubkey, u64>>,
+    /// Honored vanish requests of the authors this group has seen,
+    /// committed or of this group: author → the newest `created_at`
+    /// (none: the author has not vanished).
+    vanished: HashMap<Pubkey, Option<u64>>,
 }
 
 impl GroupState {
@@ -90,10 +91,12 @@ impl GroupState {
         committed: &Committed<'_>,
         author: &Pubkey,
     ) -> Result<Option<u64>, Error> {
-        if self.vanished.is_none() {
-            self.vanished = Some(committed.vanished(&self.relays)?);
+        if let Some(known) = self.vanished.get(author) {
+            return Ok(*known);
         }
-        Ok(self.vanished.as_ref().and_then(|v| v.get(author).copied()))
+        let upto = committed.vanished(author, &self.relays)?;
+        self.vanished.insert(*author, upto);
+        Ok(upto)
     }
 
     /// Decides the fate of `event`. When it is to be stored, `store` is called
@@ -116,9 +119,10 @@ impl GroupState {
         if self.stored.contains_key(&id) || stored {
             return Ok(WriteOutcome::Duplicate);
         }
-        // A deletion request naming a deletion request has no effect
-        // (NIP-09), whichever arrives first.
+        // A deletion request naming a deletion request, or a request to
+        // vanish, has no effect (NIP-09, NIP-62), whichever arrives first.
         if kind != DELETION_KIND
+            && kind != VANISH_KIND
             && (self
                 .deleted_ids
                 .get(&id)
@@ -245,7 +249,7 @@ impl GroupState {
                     let Some((location, pubkey, kind)) = target else {
                         continue;
                     };
-                    if pubkey != author || kind == DELETION_KIND {
+                    if pubkey != author || kind == DELETION_KIND || kind == VANISH_KIND {
                         continue;
                     }
                     if let Some(address) = self.address_at(committed, location, kind, pubkey)? {
@@ -291,9 +295,7 @@ impl GroupState {
             .vanished_upto(committed, &author)?
             .unwrap_or(0)
             .max(upto);
-        if let Some(vanished) = &mut self.vanished {
-            vanished.insert(author, newest);
-        }
+        self.vanished.insert(author, Some(newest));
         let mut doomed: Vec<(Location, EventId, u16)> = Vec::new();
         for location in committed.authored_until(&author, upto)? {
             if self.removed.contains(&location) {

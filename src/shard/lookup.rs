@@ -5,7 +5,8 @@ use crate::error::Error;
 use crate::event::{EventId, EventRef, KindClass, Pubkey};
 use crate::ids::Location;
 use crate::index::{
-    IndexKind, IndexSet, TagSlot, address_prefix, location_at_end, tag_prefix, time_range,
+    IndexKind, IndexSet, TagSlot, address_prefix, author_kind_prefix, location_at_end, tag_prefix,
+    time_range,
 };
 use crate::wal::LogSnapshot;
 
@@ -170,26 +171,23 @@ impl Committed<'_> {
         Ok(versions)
     }
 
-    /// The honored vanish requests of this shard: author → the newest
-    /// `created_at` (NIP-62). One seek when there are none.
-    pub fn vanished(
-        &self,
-        relays: &[String],
-    ) -> Result<std::collections::HashMap<Pubkey, u64>, Error> {
-        let mut out = std::collections::HashMap::new();
-        let (lower, upper) = time_range(&VANISH_KIND.to_be_bytes(), 0, u64::MAX);
-        let mut cursor = self.indexes.tree(IndexKind::KindTime).seek(&lower)?;
+    /// The newest honored vanish request of `author` (NIP-62), if any:
+    /// one seek of the author's kind 62 entries, newest first, reading
+    /// them only until an honored one (requests naming other relays are
+    /// stored too, and an author could send many).
+    pub fn vanished(&self, author: &Pubkey, relays: &[String]) -> Result<Option<u64>, Error> {
+        let (lower, upper) = time_range(&author_kind_prefix(author, VANISH_KIND), 0, u64::MAX);
+        let mut cursor = self.indexes.tree(IndexKind::AuthorKindTime).seek(&lower)?;
         while let Some(entry) = cursor.next()? {
             if entry > upper.as_slice() {
                 break;
             }
             let event = self.log.read_event(location_at_end(entry))?;
             if vanish_honored(&event, relays) {
-                let upto = out.entry(event.pubkey()).or_insert(0);
-                *upto = (*upto).max(event.created_at());
+                return Ok(Some(event.created_at()));
             }
         }
-        Ok(out)
+        Ok(None)
     }
 
     /// Locations of `author`'s stored events created at or before `upto`.

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::event::EventRef;
 use crate::ids::Location;
 
-use super::{LogSnapshot, RecordType, RemovePayload, SEGMENT_HEADER_LEN};
+use super::{FrameError, LogSnapshot, RecordType, RemovePayload, SEGMENT_HEADER_LEN};
 
 /// One change: the log position just after its record, whether the event
 /// was stored (or removed), and the event.
@@ -38,6 +38,7 @@ pub(crate) fn scan_changes<'a>(
             SEGMENT_HEADER_LEN as u32
         };
         let mut scan = segment.scan_from(start);
+        #[allow(clippy::while_let_on_iterator)] // `scan` is read after the loop
         while let Some((offset, record)) = scan.next() {
             let location = segment.location(offset as usize);
             if to.is_some_and(|to| location >= to) {
@@ -74,6 +75,19 @@ pub(crate) fn scan_changes<'a>(
             {
                 return Ok(position);
             }
+        }
+        // The walk ended before `to`: only a clean end of the written log
+        // is one. Anything else (a bad frame where a record should start:
+        // damage, or a position that is not a record boundary) is refused,
+        // never skipped.
+        if let Some(stop) = scan.stop()
+            && !matches!(stop, FrameError::End)
+        {
+            return Err(Error::corrupt(format!(
+                "{} at offset {}: {stop} (reading from {from})",
+                segment.path().display(),
+                scan.offset()
+            )));
         }
     }
     Ok(position)

@@ -9,7 +9,6 @@
 //! `Authorization: Bearer <token>`. The OpenAPI document
 //! ([`OPENAPI`]) is the one the tests check the answers against.
 
-use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -202,6 +201,19 @@ fn cached(headers: &HeaderMap, body: String, max_age: u32) -> Response {
     response
 }
 
+/// `text` for a URL's query: every byte but unreserved ones as `%XX`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -246,7 +258,12 @@ fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, Refus
 
 /// A cursor: the place the previous page ended, opaque to clients.
 fn encode_cursor(place: &Place) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{}", place.0.0, place.1.text()))
+    URL_SAFE_NO_PAD.encode(format!(
+        "{}.{}:{}",
+        place.score,
+        place.time,
+        place.key.text()
+    ))
 }
 
 fn decode_cursor(
@@ -261,25 +278,27 @@ fn decode_cursor(
         .decode(text.as_bytes())
         .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let (score, key) = text.split_once(':').ok_or_else(invalid)?;
-    let score: i64 = score.parse().map_err(|_| invalid())?;
-    let key = analytics.resolve(key).ok_or_else(invalid)?;
-    Ok(Some((Reverse(score), key)))
+    let (numbers, key) = text.split_once(':').ok_or_else(invalid)?;
+    let (score, time) = numbers.split_once('.').ok_or_else(invalid)?;
+    Ok(Some(Place {
+        score: score.parse().map_err(|_| invalid())?,
+        time: time.parse().map_err(|_| invalid())?,
+        key: analytics.resolve(key).ok_or_else(invalid)?,
+    }))
 }
 
 /// A page of videos as Funnel gives them (an array), the cursor of the
-/// next page in `X-Next-Cursor` and a `Link: rel="next"` header.
+/// next page (after `next`) in `X-Next-Cursor` and a `Link: rel="next"`
+/// header.
 fn video_page(
     headers: &HeaderMap,
     analytics: &AnalyticsGuard<'_>,
     page: Vec<(Place, &VideoKey)>,
-    limit: usize,
+    next: Option<Place>,
     next_link: impl Fn(&str) -> String,
     now: u64,
 ) -> Response {
-    let next = (page.len() == limit)
-        .then(|| page.last().map(|(place, _)| encode_cursor(place)))
-        .flatten();
+    let next = next.map(|place| encode_cursor(&place));
     let items: Vec<Value> = page
         .iter()
         .filter_map(|(_, key)| video_json(analytics, key, now))
@@ -323,7 +342,11 @@ fn video_object(
         VideoKey::Id(_) => None,
     };
     let naddr = match key {
-        VideoKey::Address { kind, pubkey, d } => Some(nip19::encode_naddr(*kind, pubkey, d, &[])),
+        // NIP-19 TLV values hold at most 255 bytes: a longer d has no naddr.
+        VideoKey::Address { kind, pubkey, d } if d.len() <= 255 => {
+            Some(nip19::encode_naddr(*kind, pubkey, d, &[]))
+        }
+        VideoKey::Address { .. } => None,
         VideoKey::Id(_) => None,
     };
     json!({
@@ -374,7 +397,7 @@ async fn videos(
     let now = now();
     let view = analytics.read(now);
     let after = decode_cursor(&view, &params)?;
-    let page = view.page(sort, kind, after.as_ref(), limit, now);
+    let (page, next) = view.page(sort, kind, after.as_ref(), limit, now);
     let link = |cursor: &str| {
         let mut link = format!(
             "/api/videos?sort={}&limit={limit}&cursor={cursor}",
@@ -389,7 +412,7 @@ async fn videos(
         }
         link
     };
-    Ok(video_page(&headers, &view, page, limit, link, now))
+    Ok(video_page(&headers, &view, page, next, link, now))
 }
 
 async fn video_stats(
@@ -433,9 +456,12 @@ async fn user_videos(
     let view = analytics.read(now);
     let after = decode_cursor(&view, &params)?;
     let page = view.by_author(&author, after.as_ref(), limit);
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|(place, _)| place.clone()))
+        .flatten();
     let hex = author.to_hex();
     let link = |cursor: &str| format!("/api/users/{hex}/videos?limit={limit}&cursor={cursor}");
-    Ok(video_page(&headers, &view, page, limit, link, now))
+    Ok(video_page(&headers, &view, page, next, link, now))
 }
 
 async fn search(
@@ -462,10 +488,13 @@ async fn search(
     if let Some(tag) = tag.filter(|t| !t.is_empty()) {
         let view = analytics.read(now);
         let page = view.by_tag(tag, after.as_ref(), limit);
-        let encoded = tag.to_lowercase();
+        let next = (page.len() == limit)
+            .then(|| page.last().map(|(place, _)| place.clone()))
+            .flatten();
+        let encoded = percent_encode(&tag.to_lowercase());
         let link =
             |cursor: &str| format!("/api/search?tag={encoded}&limit={limit}&cursor={cursor}");
-        return Ok(video_page(&headers, &view, page, limit, link, now));
+        return Ok(video_page(&headers, &view, page, next, link, now));
     }
     let Some(q) = q.filter(|q| !q.is_empty()) else {
         return Err(bad("Search requires 'tag' or 'q' parameter"));
@@ -603,15 +632,17 @@ async fn active_users(
     };
     let now = now();
     let today = now / DAY;
-    let view = analytics.read(now);
-    let series: Vec<Value> = (0..days)
-        .rev()
-        .map(|back| {
-            let day = today - back;
+    let counts = analytics.read(now).active_series(today, days, window);
+    let first = today + 1 - counts.len() as u64;
+    let series: Vec<Value> = counts
+        .into_iter()
+        .enumerate()
+        .map(|(i, active)| {
+            let day = first + i as u64;
             json!({
                 "date": crate::text::date(day * DAY),
                 "day": day * DAY,
-                "active": view.active_authors(day, window),
+                "active": active,
             })
         })
         .collect();
