@@ -14,13 +14,17 @@ use crate::event::Pubkey;
 /// What the lists know of a live video.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Listed {
+    /// The version listed.
+    pub id: crate::event::EventId,
     pub kind: u16,
     pub author: Pubkey,
     pub created_at: u64,
     pub engagement: u64,
     /// [`super::trend_key`] of the engagement and time.
     pub trend: i64,
-    pub hashtags: Vec<String>,
+    /// Shared with the next record of the same version (an act changes
+    /// only the engagement).
+    pub hashtags: std::sync::Arc<[String]>,
 }
 
 /// A hashtag's figures over the live videos.
@@ -131,6 +135,16 @@ impl Lists {
             }
             return;
         }
+        if let (Some(old), Some(new)) = (&old, &new)
+            && old.id == new.id
+        {
+            // The same version: only the orders by engagement move (a
+            // video's hashtags are not walked again for every act).
+            self.engage(key, old, false);
+            self.engage(key, new, true);
+            self.listed.insert(key.clone(), new.clone());
+            return;
+        }
         if let Some(old) = &old {
             self.enter(key, old, false);
         }
@@ -138,6 +152,33 @@ impl Lists {
             self.enter(key, &new, true);
             self.listed.insert(key.clone(), new);
         }
+    }
+
+    /// Puts a record's engagement entries in (`add`) or takes them out:
+    /// popular, trending and its creator's total.
+    fn engage(&mut self, key: &VideoKey, l: &Listed, add: bool) {
+        toggle(
+            &mut self.popular,
+            (Reverse(l.engagement), Reverse(l.created_at), key.clone()),
+            add,
+        );
+        toggle(&mut self.trending, (Reverse(l.trend), key.clone()), add);
+        if let Some(state) = self.creators.get_mut(&l.author) {
+            let videos = state.normal + state.short;
+            self.creator_order
+                .remove(&(Reverse(state.engagement), Reverse(videos), l.author));
+            if add {
+                state.engagement += l.engagement;
+            } else {
+                state.engagement = state.engagement.saturating_sub(l.engagement);
+            }
+            self.creator_order
+                .insert((Reverse(state.engagement), Reverse(videos), l.author));
+        }
+    }
+
+    pub fn get(&self, key: &VideoKey) -> Option<&Listed> {
+        self.listed.get(key)
     }
 
     /// Puts a record's entries in (`add`) or takes them out.
@@ -154,7 +195,7 @@ impl Lists {
             (l.author, Reverse(l.created_at), key.clone()),
             add,
         );
-        for tag in &l.hashtags {
+        for tag in l.hashtags.iter() {
             toggle(
                 &mut self.by_tag,
                 (tag.clone(), Reverse(l.created_at), key.clone()),

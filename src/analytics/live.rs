@@ -233,13 +233,19 @@ impl LiveAnalytics {
     pub(crate) fn rank(&mut self, key: VideoKey) {
         let listed = self.videos.get(&key).map(|video| {
             let engagement = self.counts.get(&key).map_or(0, Figures::engagement);
+            // The same version keeps its hashtags (parsed once).
+            let tags = match self.lists.get(&key) {
+                Some(old) if old.id == video.id => std::sync::Arc::clone(&old.hashtags),
+                _ => hashtags(video).into(),
+            };
             Listed {
+                id: video.id,
                 kind: video.kind,
                 author: video.pubkey,
                 created_at: video.created_at,
                 engagement,
                 trend: trend_key(engagement, video.created_at),
-                hashtags: hashtags(video),
+                hashtags: tags,
             }
         });
         self.lists.set(&key, listed);
