@@ -95,7 +95,7 @@ pub const PAGE_BUDGET: usize = 20_000;
 
 /// Trending keys of videos without engagement start here (see
 /// `trend_key`); below every engaged video's.
-const ZERO_PART: i64 = super::live::ZERO_TRENDS + (1 << 40);
+const ZERO_PART: i64 = super::video::ZERO_TRENDS + (1 << 40);
 
 #[derive(Debug, Default)]
 pub(crate) struct Lists {
@@ -319,7 +319,7 @@ impl Lists {
             Sort::Trending => {
                 // Engaged videos whose key is below this are all older
                 // than `since` (ln(engagement) >= 0).
-                let floor = super::live::trend_key(1, since);
+                let floor = super::video::trend_key(1, since);
                 let mut from = after.map_or(Bound::Unbounded, |p| {
                     Bound::Excluded((Reverse(p.score), p.key.clone()))
                 });

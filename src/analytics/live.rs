@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::active::Active;
 use super::lists::{CreatorFigures, Listed, Lists, Place, Sort, TagFigures};
-use super::video::{Figures, VIDEO_KINDS, VideoKey, hashtags, tag_values, video_key};
+use super::video::{Figures, VIDEO_KINDS, VideoKey, hashtags, tag_values, trend_key, video_key};
 use crate::event::{Event, EventId, EventRef, Pubkey};
 
 /// What the store did.
@@ -94,22 +94,6 @@ pub fn counts_for_videos(event: &EventRef<'_>) -> bool {
             .any(|tag| tag.name().is_some_and(|name| name.eq_str("e"))),
         kind => VIDEO_KINDS.contains(&kind),
     }
-}
-
-/// Where the trend keys of videos without engagement start.
-pub(crate) const ZERO_TRENDS: i64 = i64::MIN / 2;
-
-/// The order of `engagement · exp(−age_hours/24)` among videos, whatever
-/// the time: `ln(engagement) + created_at/86400`, in fixed point (10^-9);
-/// no engagement sorts below any (docs/analytics.md, "Scores").
-pub fn trend_key(engagement: u64, created_at: u64) -> i64 {
-    if engagement == 0 {
-        // Below every engaged video, newest first among themselves (so a
-        // page can stop at the first one older than 7 days).
-        return ZERO_TRENDS + created_at.min(1 << 40) as i64;
-    }
-    let value = (engagement as f64).ln() + created_at as f64 / 86_400.0;
-    (value * 1e9).round() as i64
 }
 
 impl LiveAnalytics {

@@ -11,10 +11,10 @@ mod video;
 
 pub use active::DAY;
 pub use lists::{CreatorFigures, PAGE_BUDGET, Place, Sort, TagFigures, is_short};
-pub use live::{Change, LiveAnalytics, counts_for_videos, trend_key};
+pub use live::{Change, LiveAnalytics, counts_for_videos};
 pub use state::{ANALYTICS_DIR, AnalyticsGuard, StoreAnalytics};
 pub(crate) use state::{GroupChange, check_checkpoint, remove_files};
 pub use video::{
-    Figures, VIDEO_KINDS, VideoFields, VideoKey, hashtags, tag_value, tag_values, trending_score,
-    video_fields, video_key,
+    Figures, VIDEO_KINDS, VideoFields, VideoKey, hashtags, tag_value, tag_values, trend_key,
+    trending_score, video_fields, video_key,
 };

@@ -99,6 +99,22 @@ pub fn trending_score(engagement: u64, created_at: u64, now: u64) -> f64 {
     engagement as f64 * (-age_hours / 24.0).exp()
 }
 
+/// Where the trend keys of videos without engagement start.
+pub(crate) const ZERO_TRENDS: i64 = i64::MIN / 2;
+
+/// The order of `engagement · exp(−age_hours/24)` among videos, whatever
+/// the time: `ln(engagement) + created_at/86400`, in fixed point (10^-9);
+/// no engagement sorts below any (docs/analytics.md, "Scores").
+pub fn trend_key(engagement: u64, created_at: u64) -> i64 {
+    if engagement == 0 {
+        // Below every engaged video, newest first among themselves (so a
+        // page can stop at the first one older than 7 days).
+        return ZERO_TRENDS + created_at.min(1 << 40) as i64;
+    }
+    let value = (engagement as f64).ln() + created_at as f64 / 86_400.0;
+    (value * 1e9).round() as i64
+}
+
 /// What a listed video shows, from its event's tags.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VideoFields {
