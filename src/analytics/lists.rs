@@ -355,25 +355,7 @@ impl Lists {
         after: Option<&Place>,
         limit: usize,
     ) -> Vec<(Place, &VideoKey)> {
-        let from = match after {
-            Some(p) => Bound::Excluded((*author, Reverse(p.time), p.key.clone())),
-            None => Bound::Included((*author, Reverse(u64::MAX), VideoKey::min())),
-        };
-        self.by_author
-            .range((from, Bound::Unbounded))
-            .take_while(|(a, _, _)| a == author)
-            .take(limit)
-            .map(|(_, Reverse(time), key)| {
-                (
-                    Place {
-                        score: *time as i64,
-                        time: *time,
-                        key: key.clone(),
-                    },
-                    key,
-                )
-            })
-            .collect()
+        newest_first(&self.by_author, author, after, limit)
     }
 
     /// Live videos with hashtag `tag` (lower case), newest first.
@@ -383,25 +365,7 @@ impl Lists {
         after: Option<&Place>,
         limit: usize,
     ) -> Vec<(Place, &VideoKey)> {
-        let from = match after {
-            Some(p) => Bound::Excluded((tag.to_string(), Reverse(p.time), p.key.clone())),
-            None => Bound::Included((tag.to_string(), Reverse(u64::MAX), VideoKey::min())),
-        };
-        self.by_tag
-            .range((from, Bound::Unbounded))
-            .take_while(|(t, _, _)| t == tag)
-            .take(limit)
-            .map(|(_, Reverse(time), key)| {
-                (
-                    Place {
-                        score: *time as i64,
-                        time: *time,
-                        key: key.clone(),
-                    },
-                    key,
-                )
-            })
-            .collect()
+        newest_first(&self.by_tag, &tag.to_string(), after, limit)
     }
 
     /// The most used hashtags, most videos first.
@@ -457,6 +421,32 @@ impl Lists {
     pub fn creator_count(&self) -> usize {
         self.creators.len()
     }
+}
+
+/// The entries of `set` under `prefix` (an author, a hashtag), newest
+/// first, after `after`, at most `limit`.
+fn newest_first<'s, P: Ord + Clone>(
+    set: &'s BTreeSet<(P, Reverse<u64>, VideoKey)>,
+    prefix: &P,
+    after: Option<&Place>,
+    limit: usize,
+) -> Vec<(Place, &'s VideoKey)> {
+    let from = match after {
+        Some(p) => Bound::Excluded((prefix.clone(), Reverse(p.time), p.key.clone())),
+        None => Bound::Included((prefix.clone(), Reverse(u64::MAX), VideoKey::min())),
+    };
+    set.range((from, Bound::Unbounded))
+        .take_while(|(p, _, _)| p == prefix)
+        .take(limit)
+        .map(|(_, Reverse(time), key)| {
+            let place = Place {
+                score: *time as i64,
+                time: *time,
+                key: key.clone(),
+            };
+            (place, key)
+        })
+        .collect()
 }
 
 fn toggle<T: Ord>(set: &mut BTreeSet<T>, item: T, add: bool) {
