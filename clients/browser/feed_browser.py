@@ -178,6 +178,10 @@ def main(binary, out):
         try:
             # The form, a bad key, then the person's key.
             submit(driver, base, "npub1garbage")
+            # The click starts a navigation that the driver does not wait for:
+            # wait for the answer page instead of racing it.
+            wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".error"), 10,
+                     "a bad npub's page shows no error")
             error = driver.find_element(By.CSS_SELECTOR, ".error").text
             check("not a public key" in error, f"a bad npub's page says what is wrong: {error!r}")
             driver.save_screenshot(os.path.join(out, "bad-npub.png"))
@@ -237,8 +241,8 @@ def main(binary, out):
             older = driver.find_element(By.LINK_TEXT, "Older posts")
             older.click()
             wait_for(driver, lambda d: "until=" in d.current_url, 10, "Older posts did not navigate")
+            wait_for(driver, lambda d: post_ids(d), 10, "the older page has no posts")
             second = post_ids(driver)
-            check(len(second) > 0, "the older page has posts")
             check(not (set(second) & first), "no post on both pages")
             check(driver.find_element(By.TAG_NAME, "body").get_attribute("data-live") is None,
                   "an older page does not update itself")
