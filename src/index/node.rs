@@ -142,7 +142,7 @@ pub(crate) enum Node<'a> {
 /// most comparisons (keys start with pubkeys, ids, kinds or times) without a
 /// call to `memcmp`.
 #[inline]
-fn compare_keys(a: &[u8], b: &[u8]) -> Ordering {
+pub(crate) fn compare_keys(a: &[u8], b: &[u8]) -> Ordering {
     if let (Some(x), Some(y)) = (a.first_chunk::<8>(), b.first_chunk::<8>()) {
         let (x, y) = (u64::from_be_bytes(*x), u64::from_be_bytes(*y));
         if x != y {
@@ -233,12 +233,24 @@ impl<'a> Node<'a> {
     }
 
     /// The owned form of this node, for a writer about to change it.
+    #[cfg(test)]
     pub fn to_mem(self, width: usize) -> MemNode {
+        self.to_mem_in(width, Vec::new())
+    }
+
+    /// [`Node::to_mem`], its keys written into `buffer` (emptied first; a
+    /// spare from an earlier checkpoint, so that copying a page costs no
+    /// fresh memory from the system). Room is left for a few more keys:
+    /// the writer copies a page to add one, and growing the copy right
+    /// away would move it again.
+    pub fn to_mem_in(self, width: usize, mut buffer: Vec<u8>) -> MemNode {
+        buffer.clear();
         match self {
             Node::Mem(m, _) => m.clone(),
             Node::Page(p) => {
                 let suffix_count = if p.leaf { p.count } else { p.count - 1 };
-                let mut keys = Vec::with_capacity(suffix_count * width);
+                let mut keys = buffer;
+                keys.reserve((suffix_count + SPARE_KEYS) * width);
                 for i in 0..suffix_count {
                     keys.extend_from_slice(p.prefix);
                     keys.extend_from_slice(p.suffix(i));
@@ -256,6 +268,9 @@ impl<'a> Node<'a> {
         }
     }
 }
+
+/// Keys of room a copied page gets beyond its own (see [`Node::to_mem_in`]).
+const SPARE_KEYS: usize = 8;
 
 fn partition_point(len: usize, mut pred: impl FnMut(usize) -> bool) -> usize {
     let (mut lo, mut hi) = (0, len);
@@ -303,6 +318,14 @@ fn encoded_len(node: &MemNode, width: usize) -> usize {
 /// Encodes a node whose children are all clean pages into page `id`.
 pub(crate) fn encode_node(node: &MemNode, width: usize, id: PageId) -> Vec<u8> {
     let mut page = vec![0u8; PAGE_SIZE];
+    encode_node_into(node, width, id, &mut page);
+    page
+}
+
+/// [`encode_node`] into `page` (`PAGE_SIZE` bytes, overwritten entirely), so
+/// a checkpoint can encode every node into one reused buffer.
+pub(crate) fn encode_node_into(node: &MemNode, width: usize, id: PageId, page: &mut [u8]) {
+    page.fill(0);
     let (keys, page_type, count) = match node {
         MemNode::Leaf { entries } => (entries, PageType::Leaf, entries.len() / width),
         MemNode::Branch {
@@ -329,8 +352,7 @@ pub(crate) fn encode_node(node: &MemNode, width: usize, id: PageId) -> Vec<u8> {
         page[at..at + width - prefix].copy_from_slice(&key[prefix..]);
         at += width - prefix;
     }
-    seal_page(&mut page, id, page_type, count as u16, prefix as u16);
-    page
+    seal_page(page, id, page_type, count as u16, prefix as u16);
 }
 
 #[cfg(test)]
