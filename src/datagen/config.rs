@@ -32,6 +32,22 @@ pub struct GenConfig {
     /// well-known public relays. Tests and local benchmarks name their own loopback relays
     /// here, so that nothing built from the data dials a public host. Default `None`.
     pub relays: Option<Vec<String>>,
+    /// Whom contact lists follow. Default [`Follows::Popular`].
+    pub follows: Follows,
+}
+
+/// How a contact list (kind 3) picks the accounts it follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Follows {
+    /// Zipf-drawn, like activity: the busiest authors are followed most, so
+    /// a follow feed's authors have many posts.
+    #[default]
+    Popular,
+    /// Uniform over every author: with many authors, most followed accounts
+    /// post rarely (the shape of a follow list on a large public network,
+    /// and the hard case for a follow feed, whose authors' posts are spread
+    /// thin through the store).
+    Uniform,
 }
 
 impl GenConfig {
@@ -50,6 +66,7 @@ impl Default for GenConfig {
             max_note_bytes: 8_192,
             max_follows: 850,
             relays: None,
+            follows: Follows::Popular,
         }
     }
 }

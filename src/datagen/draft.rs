@@ -422,7 +422,8 @@ impl Generator {
         self.finish(author, created_at, 0, Vec::new(), content)
     }
 
-    /// Kind 3 (NIP-02): `p` tags of Zipf-drawn authors (popular authors are followed most).
+    /// Kind 3 (NIP-02): `p` tags of Zipf-drawn authors (popular authors are followed most),
+    /// or of uniformly drawn ones with [`Follows::Uniform`](super::Follows::Uniform).
     /// A first list has a log-normal size (median 60, capped at `max_follows`); an update adds
     /// one to five follows and sometimes drops a few.
     fn contact_list(&mut self) -> Draft {
@@ -453,8 +454,10 @@ impl Generator {
         let mut attempts = 0;
         while follows.len() < target {
             attempts += 1;
-            // Zipf first; uniform once the popular accounts are all taken.
-            let candidate = if attempts < target * 8 {
+            // Zipf first; uniform once the popular accounts are all taken
+            // (or from the start, when asked for).
+            let popular = self.config.follows == super::Follows::Popular;
+            let candidate = if popular && attempts < target * 8 {
                 self.active_author()
             } else {
                 self.rng.index(self.keys.len()) as u32

@@ -74,7 +74,7 @@ mod text;
 #[cfg(test)]
 mod tests;
 
-pub use config::GenConfig;
+pub use config::{Follows, GenConfig};
 pub use draft::KIND_MIX;
 pub use generator::{GenStats, Generator};
 pub use jsonl::write_jsonl;

@@ -435,3 +435,55 @@ fn relay_lists_and_hints_name_only_the_given_relays() {
     }
     assert!(lists > 20, "{lists}");
 }
+
+/// The share of the latest contact lists' follows that name one of the
+/// 1% busiest note authors of the stream.
+fn follows_of_the_busiest(follows: Follows) -> f64 {
+    let mut generator = Generator::new(GenConfig {
+        seed: 7,
+        authors: 3_000,
+        follows,
+        ..GenConfig::default()
+    });
+    let events = generator.batch(30_000, 2);
+    let mut notes: HashMap<Pubkey, usize> = HashMap::new();
+    let mut lists: HashMap<Pubkey, &Event> = HashMap::new();
+    for event in &events {
+        match event.kind {
+            1 => *notes.entry(event.pubkey).or_default() += 1,
+            3 => {
+                lists.insert(event.pubkey, event);
+            }
+            _ => {}
+        }
+    }
+    let mut ranked: Vec<(Pubkey, usize)> = notes.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let busiest: HashSet<String> = ranked[..30].iter().map(|(pk, _)| pk.to_hex()).collect();
+    let (mut all, mut theirs) = (0usize, 0usize);
+    for list in lists.values() {
+        for tag in &list.tags {
+            if tag.first().map(String::as_str) == Some("p") {
+                all += 1;
+                theirs += usize::from(busiest.contains(&tag[1]));
+            }
+        }
+    }
+    assert!(all > 1_000, "too few follows to judge: {all}");
+    theirs as f64 / all as f64
+}
+
+#[test]
+fn uniform_follows_spread_over_every_author_and_popular_ones_do_not() {
+    let popular = follows_of_the_busiest(Follows::Popular);
+    let uniform = follows_of_the_busiest(Follows::Uniform);
+    // 30 of 3,000 authors: a uniform draw names them about 1% of the time.
+    assert!(
+        uniform < 0.03,
+        "uniform follows name the busiest 1% in {uniform:.3}"
+    );
+    assert!(
+        popular > 0.15,
+        "popular follows name the busiest 1% in {popular:.3}"
+    );
+}

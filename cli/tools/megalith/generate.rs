@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use megalith::datagen::{GenConfig, Generator, write_jsonl};
+use megalith::datagen::{Follows, GenConfig, Generator, write_jsonl};
 
 use super::GenerateArgs;
 use crate::output::{Output, errln};
@@ -62,6 +62,11 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<ExitCode, String> {
         authors: args.authors,
         start_time: args.start_time.unwrap_or(defaults.start_time),
         relays: (!args.relays.is_empty()).then(|| args.relays.clone()),
+        follows: if args.follows == "uniform" {
+            Follows::Uniform
+        } else {
+            Follows::Popular
+        },
         ..defaults
     });
     // Drawn only when stderr is a terminal.

@@ -320,6 +320,12 @@ struct GenerateArgs {
     /// benchmarks) [default: sixteen well-known public relays].
     #[arg(long, value_name = "URL,URL,...", value_delimiter = ',')]
     relays: Vec<String>,
+    /// Whom contact lists (kind 3) follow: `popular` draws accounts as
+    /// activity does (the busiest are followed most); `uniform` draws every
+    /// author alike, so with many authors (`--authors 20000`) most follows
+    /// post rarely: the hard case for a follow feed.
+    #[arg(long, value_name = "popular|uniform", default_value = "popular", value_parser = ["popular", "uniform"])]
+    follows: String,
 }
 
 fn main() -> ExitCode {
