@@ -34,6 +34,7 @@ fn open(dir: &Path) -> Result<EventStore, megalith::Error> {
         // Checkpoints and rotations happen now and then, so kills land in
         // them too, and opening has some log to replay.
         .checkpoint_dirty_nodes(512)
+        .level_entries(256)
         .checkpoint_interval(Duration::from_millis(300))
         .segment_size(256 << 10)
         .open()

@@ -31,6 +31,18 @@ pub struct Options {
     /// 16,384, trusted ingest of generated data fell from 21k to 6k events/s
     /// over the first 500,000 events; at 65,536 it held 15-18k/s.
     pub checkpoint_dirty_nodes: usize,
+    /// Index entries staged in the sorted in-memory level (per shard) before
+    /// they are merged into the trees in key order and checkpointed. The
+    /// random-order indexes (primary, author_time, author_kind_time,
+    /// tag_time, address, term_time) stage a group's entries instead of
+    /// inserting them one by one into trees of millions of entries, where
+    /// nearly every insert copies and rewrites a leaf of its own; a merge
+    /// copies and writes each leaf once for all the entries that fall in it
+    /// (`docs/engine-at-scale.md`). About 100 bytes of memory per entry, and
+    /// a checkpoint merges at most this many. Default: 1,048,576 (about 100
+    /// MiB per shard, some 100,000 events). 0 turns the level off: every
+    /// entry goes into its tree at once.
+    pub level_entries: usize,
     /// Size and shape limits for events. Default: `Limits::default()`
     /// (64 KiB events, 2,000 tags, 1,024-byte tag values, 64 KiB content).
     pub limits: Limits,
@@ -115,6 +127,7 @@ impl Default for Options {
             segment_size: 1 << 30,
             checkpoint_interval: Duration::from_secs(30),
             checkpoint_dirty_nodes: 65_536,
+            level_entries: 1 << 20,
             limits: Limits::default(),
             max_future: Duration::from_secs(15 * 60),
             max_group_events: 10_000,
@@ -238,6 +251,11 @@ impl EventStoreBuilder {
 
     pub fn checkpoint_dirty_nodes(mut self, nodes: usize) -> Self {
         self.options.checkpoint_dirty_nodes = nodes;
+        self
+    }
+
+    pub fn level_entries(mut self, entries: usize) -> Self {
+        self.options.level_entries = entries;
         self
     }
 

@@ -283,6 +283,7 @@ impl EventStore {
                 durability: options.durability,
                 checkpoint_interval: options.checkpoint_interval,
                 checkpoint_dirty_nodes: options.checkpoint_dirty_nodes,
+                level_entries: options.level_entries,
                 max_group_events: options.max_group_events,
                 commits: Some(Arc::clone(&watchers) as Arc<dyn CommitSink>),
                 changes,

@@ -14,6 +14,9 @@
 //!   pages of the file that its tree and its own free-list pages do not use.
 //! - Deletion frees a node only when it empties; nodes are not merged.
 
+use std::collections::BTreeMap;
+use std::collections::btree_map;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -51,6 +54,18 @@ pub(crate) struct BTree {
     /// Pages holding the durable meta's free list.
     free_list_pages: Vec<PageId>,
     entry_count: u64,
+    /// The sorted in-memory level: entries staged by the writer since the
+    /// last merge, each with its newest state (true: added, false: removed).
+    /// Reads see it over the tree; [`BTree::merge_level`] applies it to the
+    /// tree in key order, so one copy of a leaf serves every entry that
+    /// falls in it. Not durable: the log is, and replay stages nothing (it
+    /// changes the tree directly), so the level only ever holds records
+    /// after the tree's checkpoint.
+    level: BTreeMap<LevelKey, bool>,
+    /// What the level changes the entry count by, assuming (as the write
+    /// path guarantees) that an entry is added only when absent and removed
+    /// only when present; exact again after a merge.
+    level_delta: i64,
     verified: VerifiedPages,
     /// Set once a checkpoint starts writing a meta page, cleared when it is
     /// installed. While set, the durable meta may reach pages that memory
@@ -207,6 +222,8 @@ impl BTree {
             pending_free: Vec::new(),
             free_list_pages: Vec::new(),
             entry_count: meta.entry_count,
+            level: BTreeMap::new(),
+            level_delta: 0,
             verified: VerifiedPages::default(),
             meta_unsettled: AtomicBool::new(false),
         };
@@ -247,7 +264,73 @@ impl BTree {
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.entry_count
+        self.entry_count.saturating_add_signed(self.level_delta)
+    }
+
+    /// Entries staged in the in-memory level (see [`BTree::stage`]).
+    pub fn level_len(&self) -> usize {
+        self.level.len()
+    }
+
+    /// Stages adding (`add`) or removing `entry` in the in-memory level: the
+    /// tree is not touched until [`BTree::merge_level`]. Reads see it at once.
+    pub fn stage(&mut self, entry: &[u8], add: bool) {
+        debug_assert_eq!(entry.len(), self.width);
+        let step = if add { 1 } else { -1 };
+        // One walk down the map: most staged entries are new.
+        match self.level.entry(LevelKey(entry.into())) {
+            btree_map::Entry::Occupied(mut staged) if *staged.get() != add => {
+                // The opposite of a staged change undoes its count.
+                staged.insert(add);
+                self.level_delta += step;
+            }
+            btree_map::Entry::Occupied(_) => {}
+            btree_map::Entry::Vacant(slot) => {
+                slot.insert(add);
+                self.level_delta += step;
+            }
+        }
+    }
+
+    /// Applies up to `most` staged entries (the lowest keys first) to the
+    /// tree, in key order; returns how many are left in the level. Between
+    /// calls the tree and the level together hold the same entries.
+    pub fn merge_level(&mut self, most: usize) -> Result<usize, IndexError> {
+        let rest = if most >= self.level.len() {
+            BTreeMap::new()
+        } else {
+            match self.level.iter().nth(most) {
+                Some((split, _)) => {
+                    let split = split.clone();
+                    self.level.split_off(&split)
+                }
+                None => BTreeMap::new(),
+            }
+        };
+        let batch = std::mem::replace(&mut self.level, rest);
+        // Re-stated exactly by the tree as each entry goes in.
+        let mut undone = 0;
+        for (entry, add) in batch {
+            undone += if add { 1 } else { -1 };
+            if add {
+                self.insert_tree(&entry.0)?;
+            } else {
+                self.remove_tree(&entry.0)?;
+            }
+        }
+        self.level_delta -= undone;
+        if self.level.is_empty() {
+            self.level_delta = 0;
+        }
+        Ok(self.level.len())
+    }
+
+    /// Drops `entry` from the level (a direct change of the tree follows,
+    /// and is newer than what was staged).
+    fn unstage(&mut self, entry: &[u8]) {
+        if let Some(add) = self.level.remove(LevelKeyRef::new(entry)) {
+            self.level_delta -= if add { 1 } else { -1 };
+        }
     }
 
     /// The durable meta page's state.
@@ -318,9 +401,27 @@ impl BTree {
         }
     }
 
-    /// A cursor at the first entry >= `key` (a full-width key).
+    /// A cursor at the first entry >= `key` (a full-width key, or a
+    /// prefix), over the tree and the in-memory level.
     pub fn seek(&self, key: &[u8]) -> Result<Cursor<'_>, IndexError> {
-        let mut cursor = Cursor {
+        let tree = self.seek_tree(key)?;
+        Ok(Cursor {
+            level: (!self.level.is_empty()).then(|| self.level_from(key)),
+            tree,
+            tree_next: None,
+            entry: Vec::with_capacity(self.width),
+        })
+    }
+
+    fn level_from(&self, key: &[u8]) -> std::iter::Peekable<btree_map::Range<'_, LevelKey, bool>> {
+        self.level
+            .range::<LevelKeyRef, _>((Bound::Included(LevelKeyRef::new(key)), Bound::Unbounded))
+            .peekable()
+    }
+
+    /// A cursor over the tree alone.
+    fn seek_tree(&self, key: &[u8]) -> Result<TreeCursor<'_>, IndexError> {
+        let mut cursor = TreeCursor {
             tree: self,
             stack: Vec::with_capacity(6),
             entry: Vec::with_capacity(self.width),
@@ -345,8 +446,20 @@ impl BTree {
         self.width
     }
 
-    /// Adds `entry`; false if it was already there.
+    /// Adds `entry` to the tree now (replay and repairs; the write path
+    /// stages instead); false if it was already there.
     pub fn insert(&mut self, entry: &[u8]) -> Result<bool, IndexError> {
+        self.unstage(entry);
+        self.insert_tree(entry)
+    }
+
+    /// Removes `entry` from the tree now; false if it was not there.
+    pub fn remove(&mut self, entry: &[u8]) -> Result<bool, IndexError> {
+        self.unstage(entry);
+        self.remove_tree(entry)
+    }
+
+    fn insert_tree(&mut self, entry: &[u8]) -> Result<bool, IndexError> {
         debug_assert_eq!(entry.len(), self.width);
         let Some(root) = self.root else {
             self.mem.push(MemNode::Leaf {
@@ -392,8 +505,7 @@ impl BTree {
         Ok(added)
     }
 
-    /// Removes `entry`; false if it was not there.
-    pub fn remove(&mut self, entry: &[u8]) -> Result<bool, IndexError> {
+    fn remove_tree(&mut self, entry: &[u8]) -> Result<bool, IndexError> {
         let Some(root) = self.root else {
             return Ok(false);
         };
@@ -675,6 +787,13 @@ impl BTree {
 
     /// Switches the in-memory tree to the checkpoint just written.
     pub fn install(&mut self, prepared: PreparedCheckpoint) -> Result<(), IndexError> {
+        // Map the grown file first: if that fails, the tree in memory must
+        // still be the one the old map covers (readers go on after a failed
+        // checkpoint; the writer is poisoned and reopens from disk).
+        let mapped = self.map.as_ref().map_or(0, |m| m.len() as u64);
+        if prepared.meta.page_count * PAGE_SIZE as u64 > mapped {
+            self.remap()?;
+        }
         self.meta = prepared.meta;
         self.meta_slot = prepared.slot;
         self.meta_unsettled.store(false, Ordering::Release);
@@ -692,10 +811,6 @@ impl BTree {
         self.free_list_pages = prepared.free_list_pages;
         self.verified
             .reset(prepared.meta.page_count, &prepared.written);
-        let mapped = self.map.as_ref().map_or(0, |m| m.len() as u64);
-        if prepared.meta.page_count * PAGE_SIZE as u64 > mapped {
-            self.remap()?;
-        }
         Ok(())
     }
 
@@ -826,16 +941,131 @@ fn partition_point(len: usize, mut pred: impl FnMut(usize) -> bool) -> usize {
     lo
 }
 
-/// Walks entries in order from a seek position.
+/// An entry of the in-memory level. Ordered as its bytes are, but compared
+/// a word at a time first ([`compare_keys`]): the map's searches are most
+/// of the cost of staging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LevelKey(Box<[u8]>);
+
+/// A borrowed [`LevelKey`] (or a key prefix), for searches of the map.
+#[derive(Debug, PartialEq, Eq)]
+#[repr(transparent)]
+struct LevelKeyRef([u8]);
+
+impl LevelKeyRef {
+    fn new(bytes: &[u8]) -> &LevelKeyRef {
+        // SAFETY: `LevelKeyRef` is a `repr(transparent)` wrapper of `[u8]`,
+        // so the two references have the same layout and metadata.
+        unsafe { &*(bytes as *const [u8] as *const LevelKeyRef) }
+    }
+}
+
+impl Ord for LevelKeyRef {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        compare_keys(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for LevelKeyRef {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LevelKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        compare_keys(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for LevelKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::borrow::Borrow<LevelKeyRef> for LevelKey {
+    fn borrow(&self) -> &LevelKeyRef {
+        LevelKeyRef::new(&self.0)
+    }
+}
+
+/// Walks entries in order from a seek position: the tree's, merged with the
+/// in-memory level's (a staged addition shows, a staged removal hides the
+/// tree's entry).
 #[derive(Debug)]
 pub(crate) struct Cursor<'t> {
+    tree: TreeCursor<'t>,
+    /// The level from the seek key on; `None` when it was empty (the tree's
+    /// cursor is then used as it is).
+    level: Option<std::iter::Peekable<btree_map::Range<'t, LevelKey, bool>>>,
+    /// The tree's next entry, read ahead while merging (`None`: not read).
+    tree_next: Option<Option<Vec<u8>>>,
+    entry: Vec<u8>,
+}
+
+impl Cursor<'_> {
+    /// Moves to the first entry >= `key`, which must not be below the last
+    /// entry returned (see [`TreeCursor::seek_forward`]).
+    pub fn seek_forward(&mut self, key: &[u8]) -> Result<(), IndexError> {
+        self.tree.seek_forward(key)?;
+        if let Some(level) = &mut self.level {
+            *level = self.tree.tree.level_from(key);
+            self.tree_next = None;
+        }
+        Ok(())
+    }
+
+    /// The next entry, or `None` at the end.
+    pub fn next(&mut self) -> Result<Option<&[u8]>, IndexError> {
+        let Some(level) = &mut self.level else {
+            return self.tree.next();
+        };
+        loop {
+            if self.tree_next.is_none() {
+                self.tree_next = Some(self.tree.next()?.map(<[u8]>::to_vec));
+            }
+            let tree_next = self.tree_next.as_ref().and_then(Option::as_deref);
+            let staged = level.peek().map(|(entry, _)| &*entry.0);
+            let order = match (tree_next, staged) {
+                (None, None) => return Ok(None),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(t), Some(l)) => compare_keys(t, l),
+            };
+            if order.is_eq() {
+                // The staged state wins over the tree's.
+                self.tree_next = None;
+            }
+            if order.is_lt() {
+                let Some(Some(entry)) = self.tree_next.take() else {
+                    unreachable!("the tree's entry was read ahead")
+                };
+                self.entry = entry;
+                return Ok(Some(&self.entry));
+            }
+            let Some((entry, add)) = level.next() else {
+                unreachable!("the level's entry was peeked")
+            };
+            if *add {
+                self.entry.clear();
+                self.entry.extend_from_slice(&entry.0);
+                return Ok(Some(&self.entry));
+            }
+        }
+    }
+}
+
+/// Walks the tree's entries in order from a seek position.
+#[derive(Debug)]
+struct TreeCursor<'t> {
     tree: &'t BTree,
     /// Nodes from the root down, each with the position being visited.
     stack: Vec<(Node<'t>, usize)>,
     entry: Vec<u8>,
 }
 
-impl Cursor<'_> {
+impl TreeCursor<'_> {
     /// Moves to the first entry >= `key`, which must not be below the last
     /// entry returned (or, before any, the key of the seek): within the
     /// current leaf when the key falls in it (the common case when a scan
@@ -851,7 +1081,7 @@ impl Cursor<'_> {
                 return Ok(());
             }
         }
-        *self = self.tree.seek(key)?;
+        *self = self.tree.seek_tree(key)?;
         Ok(())
     }
 
@@ -992,6 +1222,116 @@ pub(super) mod tests {
             }
         }
         assert_eq!(reachable, pages);
+    }
+
+    /// Reads through the level: a full scan, seeks (whole keys and
+    /// prefixes) and forward skips, all against the model.
+    fn assert_reads_match(tree: &BTree, model: &BTreeSet<Vec<u8>>, rng: &mut u64) {
+        let mut next = || {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng
+        };
+        assert_eq!(collect(tree), model.iter().cloned().collect::<Vec<_>>());
+        assert_eq!(tree.entry_count(), model.len() as u64);
+        for _ in 0..40 {
+            let probe = entry(next() % 5000);
+            let cut = 1 + (next() % 16) as usize;
+            let key = &probe[..cut];
+            let mut cursor = tree.seek(key).unwrap();
+            let mut expected = model.range(key.to_vec()..);
+            for _ in 0..5 {
+                assert_eq!(
+                    cursor.next().unwrap().map(<[u8]>::to_vec),
+                    expected.next().cloned(),
+                    "after a seek to {key:?}"
+                );
+            }
+            let mut last = cursor.next().unwrap().map(<[u8]>::to_vec);
+            expected.next();
+            for _ in 0..5 {
+                let Some(at) = last.clone() else { break };
+                let mut target = at.clone();
+                // A little further on: the next key with a bumped byte.
+                let byte = 8 + (next() % 8) as usize;
+                target[byte] = target[byte].saturating_add(1 + (next() % 40) as u8);
+                if target <= at {
+                    continue;
+                }
+                cursor.seek_forward(&target).unwrap();
+                last = cursor.next().unwrap().map(<[u8]>::to_vec);
+                assert_eq!(
+                    last,
+                    model.range(target.clone()..).next().cloned(),
+                    "skip to {target:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_in_memory_level_reads_and_merges_like_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
+        let mut model = BTreeSet::new();
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut lsn = 0;
+        for round in 0..8u64 {
+            for n in 0..2500u64 {
+                let x = (n * 7919 + round * 131) % 5000;
+                let e = entry(x);
+                // Staged changes follow the write path's rule (add only what
+                // is absent, remove only what is present); direct ones
+                // (replay's) may do either, and take over what was staged.
+                match (n + round) % 7 {
+                    0 | 1 => {
+                        let present = model.contains(e.as_slice());
+                        tree.stage(&e, !present);
+                        if present {
+                            model.remove(e.as_slice());
+                        } else {
+                            model.insert(e.to_vec());
+                        }
+                    }
+                    2 => {
+                        tree.insert(&e).unwrap();
+                        model.insert(e.to_vec());
+                    }
+                    3 => {
+                        tree.remove(&e).unwrap();
+                        model.remove(e.as_slice());
+                    }
+                    _ => {
+                        if !model.contains(e.as_slice()) {
+                            tree.stage(&e, true);
+                            model.insert(e.to_vec());
+                        }
+                    }
+                }
+            }
+            assert!(tree.level_len() > 0);
+            assert_reads_match(&tree, &model, &mut rng);
+            // Part of the level, then a checkpoint written part-way (the
+            // writer's merge under its node bound), then the rest.
+            let left = tree.merge_level(tree.level_len() / 3).unwrap();
+            assert!(left > 0);
+            assert_reads_match(&tree, &model, &mut rng);
+            let (held, position) = (tree.meta().checkpoint_lsn, tree.meta().checkpoint_position);
+            let prepared = tree.prepare_checkpoint(held, position).unwrap().unwrap();
+            tree.install(prepared).unwrap();
+            assert_reads_match(&tree, &model, &mut rng);
+            assert_eq!(tree.merge_level(usize::MAX).unwrap(), 0);
+            assert_eq!(tree.level_len(), 0);
+            assert_reads_match(&tree, &model, &mut rng);
+            lsn += 1;
+            checkpoint(&mut tree, lsn);
+            drop(tree);
+            tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
+            assert_eq!(tree.entry_count(), model.len() as u64);
+            assert_reads_match(&tree, &model, &mut rng);
+        }
     }
 
     #[test]

@@ -46,6 +46,14 @@ const LOCATION_LEN: usize = Location::ENCODED_LEN;
 const TIME_SUFFIX_LEN: usize = TIME_LEN + ID_PREFIX_LEN + LOCATION_LEN;
 
 impl IndexKind {
+    /// Whether new entries land anywhere in the key space (keys start with
+    /// an id, a pubkey, a tag value or a word) rather than near its right
+    /// edge (keys that start with a kind or a time): the indexes whose
+    /// inserts the writer stages in the sorted in-memory level.
+    pub fn random_order(self) -> bool {
+        !matches!(self, IndexKind::KindTime | IndexKind::Time)
+    }
+
     pub const ALL: [IndexKind; 8] = [
         IndexKind::Primary,
         IndexKind::AuthorTime,

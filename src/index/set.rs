@@ -243,25 +243,55 @@ impl IndexSet {
     /// order, because an entry carries its record's location, so an entry
     /// removed in a group was either there before it or inserted in it,
     /// and is never inserted again.
-    pub fn apply_group(&mut self, group: GroupEntries) -> Result<(), IndexError> {
+    ///
+    /// With `stage`, the random-order indexes (see
+    /// [`IndexKind::random_order`]) stage their entries in the sorted
+    /// in-memory level instead (see `BTree::stage`); the time-ordered ones,
+    /// whose inserts land at the right edge, take theirs at once.
+    pub fn apply_group(&mut self, group: GroupEntries, stage: bool) -> Result<(), IndexError> {
         let GroupEntries { inserts, removes } = group;
         for (i, (inserts, removes)) in inserts.iter().zip(&removes).enumerate() {
             let Some(tree) = self.trees[i].as_mut() else {
                 continue;
             };
+            let staged = stage && IndexKind::ALL[i].random_order();
             let width = tree.width();
             for (entries, op) in [(inserts, Apply::Insert), (removes, Apply::Remove)] {
                 let mut sorted: Vec<&[u8]> = entries.chunks_exact(width).collect();
                 sorted.sort_unstable();
                 for entry in sorted {
-                    match op {
-                        Apply::Insert => tree.insert(entry)?,
-                        Apply::Remove => tree.remove(entry)?,
+                    match (op, staged) {
+                        (op, true) => tree.stage(entry, op == Apply::Insert),
+                        (Apply::Insert, false) => _ = tree.insert(entry)?,
+                        (Apply::Remove, false) => _ = tree.remove(entry)?,
                     };
                 }
             }
         }
         Ok(())
+    }
+
+    /// Entries staged in the in-memory level, over all indexes.
+    pub fn level_len(&self) -> usize {
+        self.kept().map(BTree::level_len).sum()
+    }
+
+    /// Merges up to `most` staged entries into their trees (index by index,
+    /// each in key order); returns how many are still staged.
+    pub fn merge_levels(&mut self, most: usize) -> Result<usize, IndexError> {
+        let mut budget = most;
+        let mut left = 0;
+        for tree in self.trees.iter_mut().flatten() {
+            let staged = tree.level_len();
+            if budget > 0 && staged > 0 {
+                let take = staged.min(budget);
+                budget -= take;
+                left += tree.merge_level(take)?;
+            } else {
+                left += staged;
+            }
+        }
+        Ok(left)
     }
 
     /// Each index with the LSN its durable checkpoint covers.

@@ -75,6 +75,9 @@ pub(crate) struct WriterConfig {
     pub durability: Durability,
     pub checkpoint_interval: Duration,
     pub checkpoint_dirty_nodes: usize,
+    /// Staged index entries that make the writer merge and checkpoint
+    /// (0: entries go into the trees at once).
+    pub level_entries: usize,
     pub max_group_events: usize,
     pub commits: Option<Arc<dyn CommitSink>>,
     pub changes: Option<Arc<dyn ChangeSink>>,
@@ -95,6 +98,7 @@ impl std::fmt::Debug for WriterConfig {
             .field("durability", &self.durability)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("checkpoint_dirty_nodes", &self.checkpoint_dirty_nodes)
+            .field("level_entries", &self.level_entries)
             .field("max_group_events", &self.max_group_events)
             .field("retry_after", &self.retry_after)
             .finish_non_exhaustive()
@@ -355,7 +359,9 @@ impl Writer {
             }
         }
         let mut indexes = self.indexes.write();
-        indexes.apply_group(group).map_err(|e| (e.into(), true))?;
+        indexes
+            .apply_group(group, self.config.level_entries > 0)
+            .map_err(|e| (e.into(), true))?;
         // Readers that began before this group skip its entries.
         indexes.applied_end = self.log.end();
         if let (Some(sink), Some(live)) = (&self.config.commits, live) {
@@ -479,9 +485,14 @@ impl Writer {
                 }
             }
         }
-        let dirty = self.indexes.read().dirty_nodes();
+        let (dirty, staged) = {
+            let indexes = self.indexes.read();
+            (indexes.dirty_nodes(), indexes.level_len())
+        };
+        let due = self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
         if dirty >= self.config.checkpoint_dirty_nodes
-            || (dirty > 0 && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval)
+            || (self.config.level_entries > 0 && staged >= self.config.level_entries)
+            || ((dirty > 0 || staged > 0) && due)
         {
             // A failure poisons the writer (see `checkpoint`) and reaches
             // the next caller.
@@ -508,21 +519,58 @@ impl Writer {
         // WAL rule: the log must be durable through the LSN a meta page names.
         self.log.sync()?;
         self.unsynced_since = None;
+        self.merge_levels()?;
+        self.write_trees(false)?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Merges the staged entries into the trees, a slice at a time under
+    /// the write lock (readers go on between slices and always see every
+    /// entry, staged or merged). When the merge has changed more nodes than
+    /// the checkpoint bound, the trees are written part-way at the LSN their
+    /// checkpoints already hold: they then hold some entries past it, which
+    /// replay after a crash adds (or removes) again with no effect.
+    fn merge_levels(&mut self) -> Result<(), Error> {
+        // Entries merged per hold of the write lock: a few milliseconds'
+        // worth, and an eighth of the level at most (so a small level, as
+        // the crash tests use, is merged in several slices too).
+        let slice = (self.config.level_entries / 8).clamp(1, 16_384);
+        loop {
+            let left = self.indexes.write().merge_levels(slice)?;
+            if left == 0 {
+                return Ok(());
+            }
+            if self.indexes.read().dirty_nodes() >= self.config.checkpoint_dirty_nodes {
+                self.write_trees(true)?;
+            }
+        }
+    }
+
+    /// Checkpoints every index: through the log's last record (synced by
+    /// the caller), or with `keep_lsn`, at the LSN each already holds (a
+    /// merge written part-way).
+    fn write_trees(&mut self, keep_lsn: bool) -> Result<(), Error> {
         let lsn = self.log.last_lsn();
         let position = self.log.end();
         // Tree by tree, each installed as soon as it is durable: readers see
         // the same entries before and after, only read from other places.
         let kinds: Vec<IndexKind> = self.indexes.read().kinds().collect();
         for kind in kinds {
-            let prepared = self
-                .indexes
-                .read()
-                .prepare_checkpoint(kind, lsn, position)?;
+            let prepared = {
+                let indexes = self.indexes.read();
+                let (lsn, position) = if keep_lsn {
+                    let meta = indexes.tree(kind).meta();
+                    (meta.checkpoint_lsn, meta.checkpoint_position)
+                } else {
+                    (lsn, position)
+                };
+                indexes.prepare_checkpoint(kind, lsn, position)?
+            };
             if let Some(prepared) = prepared {
                 self.indexes.write().install(kind, prepared)?;
             }
         }
-        self.last_checkpoint = Instant::now();
         Ok(())
     }
 

@@ -37,7 +37,10 @@ pub fn open(sim: &SimStorage, dir: &Path) -> Result<EventStore, megalith::Error>
         .storage(Arc::new(sim.clone()))
         .durability(Durability::Always)
         .segment_size(64 << 10)
-        .checkpoint_dirty_nodes(24)
+        .checkpoint_dirty_nodes(6)
+        // A small in-memory level: merges run in several slices, and some
+        // are written part-way (their crash points are swept too).
+        .level_entries(64)
         .checkpoint_interval(Duration::from_secs(24 * 3600))
         .open()
 }

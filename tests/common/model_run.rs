@@ -27,6 +27,7 @@ fn open(sim: &SimStorage, dir: &Path) -> EventStore {
         .durability(Durability::Always)
         .segment_size(64 << 10)
         .checkpoint_dirty_nodes(16)
+        .level_entries(48)
         .checkpoint_interval(Duration::from_secs(24 * 3600))
         .open()
         .unwrap_or_else(|e| panic!("open failed: {e}"))
