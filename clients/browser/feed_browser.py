@@ -30,7 +30,8 @@ import urllib.request
 
 from nostr_sdk import EventBuilder, Keys, Kind, Tag, Timestamp
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
+                                        TimeoutException)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -104,7 +105,12 @@ def post_ids(driver):
 
 def wait_for(driver, condition, seconds, what):
     try:
-        return WebDriverWait(driver, seconds, poll_frequency=0.2).until(lambda d: condition(d))
+        # A page that refreshes itself (the script-off fallback) can replace
+        # an element between finding it and reading it: try again.
+        return WebDriverWait(driver, seconds, poll_frequency=0.2,
+                             ignored_exceptions=(NoSuchElementException,
+                                                 StaleElementReferenceException)
+                             ).until(lambda d: condition(d))
     except TimeoutException:
         fail(f"{what} (waited {seconds} s) at {driver.current_url}")
 
