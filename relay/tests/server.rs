@@ -490,25 +490,37 @@ async fn a_client_that_never_reads_is_dropped_and_others_are_not() {
     let mut reader = relay.connect().await;
     slow.req("all", &[json!({ "kinds": [1], "limit": 0 })])
         .await;
+    reader
+        .req("all", &[json!({ "kinds": [1], "limit": 0 })])
+        .await;
+    // What the reading client has received so far: the publisher stays
+    // within a few notes of it, so it is never more than its 1 MiB behind,
+    // however slowly a loaded machine schedules it.
+    let (progress, mut received) = tokio::sync::watch::channel(0u64);
     let reading = tokio::spawn(async move {
-        reader
-            .req("all", &[json!({ "kinds": [1], "limit": 0 })])
-            .await;
         let mut got = 0;
         while got < 600 {
             match reader.live("all", WAIT).await {
-                Some(_) => got += 1,
+                Some(_) => {
+                    got += 1;
+                    let _ = progress.send(got);
+                }
                 None => break,
             }
         }
         got
     });
     // 600 notes of 50 KB: 30 MB, far past what the slow client's socket
-    // buffers (a few MB on loopback) and its 1 MiB outbox hold; a reading
+    // buffers (a few MB on loopback) and its 1 MiB outbox hold; the reading
     // client keeps well inside the bound.
     let mut publisher = relay.connect().await;
     let content = "z".repeat(50_000);
-    for i in 0..600 {
+    for i in 0..600u64 {
+        let behind = i.saturating_sub(4);
+        tokio::time::timeout(WAIT, received.wait_for(|&got| got >= behind))
+            .await
+            .expect("the reading client falls behind")
+            .expect("the reading client stopped");
         let event = note(&keys, now - 600 + i, 1, &content);
         assert!(publisher.publish(&event).await.0);
     }

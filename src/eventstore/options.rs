@@ -38,10 +38,11 @@ pub struct Options {
     /// inserting them one by one into trees of millions of entries, where
     /// nearly every insert copies and rewrites a leaf of its own; a merge
     /// copies and writes each leaf once for all the entries that fall in it
-    /// (`docs/engine-at-scale.md`). About 100 bytes of memory per entry, and
-    /// a checkpoint merges at most this many. Default: 1,048,576 (about 100
-    /// MiB per shard, some 100,000 events). 0 turns the level off: every
-    /// entry goes into its tree at once.
+    /// (`docs/engine-at-scale.md`). About 100 bytes of memory per entry; the
+    /// writer merges and checkpoints once the level holds this many (and at
+    /// every other checkpoint). Default: 1,048,576 (about 100 MiB per shard,
+    /// some 125,000 of its events). 0 turns the level off: every entry goes
+    /// into its tree at once.
     pub level_entries: usize,
     /// Size and shape limits for events. Default: `Limits::default()`
     /// (64 KiB events, 2,000 tags, 1,024-byte tag values, 64 KiB content).
