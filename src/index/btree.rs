@@ -296,16 +296,9 @@ impl BTree {
     /// tree, in key order; returns how many are left in the level. Between
     /// calls the tree and the level together hold the same entries.
     pub fn merge_level(&mut self, most: usize) -> Result<usize, IndexError> {
-        let rest = if most >= self.level.len() {
-            BTreeMap::new()
-        } else {
-            match self.level.iter().nth(most) {
-                Some((split, _)) => {
-                    let split = split.clone();
-                    self.level.split_off(&split)
-                }
-                None => BTreeMap::new(),
-            }
+        let rest = match self.level.keys().nth(most).cloned() {
+            Some(split) => self.level.split_off(&split),
+            None => BTreeMap::new(),
         };
         let batch = std::mem::replace(&mut self.level, rest);
         // Re-stated exactly by the tree as each entry goes in.
@@ -974,7 +967,7 @@ impl PartialOrd for LevelKeyRef {
 
 impl Ord for LevelKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        compare_keys(&self.0, &other.0)
+        LevelKeyRef::new(&self.0).cmp(LevelKeyRef::new(&other.0))
     }
 }
 
