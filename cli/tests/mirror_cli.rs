@@ -333,3 +333,141 @@ fn a_mirror_killed_mid_backfill_resumes_without_gaps_or_a_full_download() {
         want.len()
     );
 }
+
+/// Everything a store's analytics answer at `now`, in one comparable text:
+/// every live video with its current version and figures, the three
+/// orders, hashtags, creators and the active authors of the last 15 days.
+fn analytics_answers(dir: &std::path::Path, now: u64) -> Vec<String> {
+    use megalith::analytics::Sort;
+    let store = EventStore::open(dir).unwrap();
+    let analytics = store.analytics().expect("analytics are on").clone();
+    let view = analytics.read(now);
+    let mut out: Vec<String> = view
+        .videos()
+        .map(|(key, event)| format!("video {} {} {:?}", key.text(), event.id, view.figures(key)))
+        .collect();
+    out.sort();
+    for sort in [Sort::Recent, Sort::Popular, Sort::Trending] {
+        let (page, _) = view.page(sort, None, None, 1_000, now);
+        let keys: Vec<String> = page.iter().map(|(_, key)| key.text()).collect();
+        out.push(format!("{sort:?}: {}", keys.join(" ")));
+    }
+    out.push(format!("tags {:?}", view.top_tags(1_000)));
+    out.push(format!("creators {:?}", view.top_creators(1_000)));
+    let today = now / 86_400;
+    for window in [1, 7, 30] {
+        out.push(format!(
+            "active over {window}: {:?}",
+            view.active_series(today, 15, window)
+        ));
+    }
+    drop(view);
+    drop(analytics);
+    store.close().unwrap();
+    out
+}
+
+/// Issue 16, item 4: `megalith mirror --analytics on` fills the store and
+/// its analytics in one step, and a mirror killed mid-backfill and resumed
+/// ends with the same analytics as a store given the relay's events in one
+/// batch (acts before their videos, deletions, vanish requests and edits
+/// arrive in the mirror's order, newest first, not the order they were made).
+#[test]
+fn a_mirror_fills_the_analytics_and_a_kill_and_resume_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut stream = common::video_stream::Stream::starting(3, now);
+    // No act expires while the test runs.
+    stream.expire_after = 1_000_000;
+    {
+        let store = EventStore::open(&source).unwrap();
+        for _ in 0..30 {
+            let batch: Vec<_> = (0..100).map(|_| stream.next()).collect();
+            store.insert(&batch).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let served_events = {
+        let store = EventStore::open(&source).unwrap();
+        let events = store.query(&[Filter::new()]).unwrap();
+        store.close().unwrap();
+        events
+    };
+    // The same events in one batch: what the mirror must end with.
+    let direct = dir.path().join("direct");
+    {
+        let store = EventStore::builder(&direct).analytics(true).open().unwrap();
+        store.insert(&served_events).unwrap();
+        store.close().unwrap();
+    }
+    let want = analytics_answers(&direct, now);
+    assert!(
+        want.iter().filter(|l| l.starts_with("video ")).count() > 20,
+        "the stream makes videos: {want:?}"
+    );
+    assert!(
+        want.iter()
+            .any(|l| l.contains("reactions: ") && !l.contains("reactions: 0")),
+        "the stream reacts: {want:?}"
+    );
+
+    let (mut serving, addr) = served(&[std::ffi::OsStr::new("--data"), source.as_os_str()]);
+    let url = format!("ws://{addr}");
+    let copy = dir.path().join("copy");
+    let mut first = process::KillOnDrop(
+        megalith()
+            .args(["mirror", "--analytics", "on", "--page-size", "50"])
+            .args(["--relay", &url, "--data"])
+            .arg(&copy)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let resume_dir = copy.join("mirror");
+    for _ in 0..200 {
+        if resume_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on a child we spawned and have not waited for.
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+
+    // Resumed without the flag: the store remembers it keeps analytics.
+    let second = megalith()
+        .args(["mirror", "--once", "--json", "--page-size", "50"])
+        .args(["--relay", &url, "--data"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    // And once more: nothing new, nothing counted twice.
+    let third = megalith()
+        .args(["mirror", "--once", "--json", "--relay", &url, "--data"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(third.status.success());
+    // SAFETY: as above.
+    unsafe { libc::kill(serving.id() as i32, libc::SIGTERM) };
+    serving.wait().unwrap();
+
+    let got_ids = ids(&copy);
+    let want_ids: HashSet<EventId> = served_events.iter().map(|e| e.id).collect();
+    assert_eq!(got_ids, want_ids, "the copy holds what the relay served");
+    let got = analytics_answers(&copy, now);
+    for (line, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "line {line} of the analytics' answers");
+    }
+    assert_eq!(got.len(), want.len());
+}
