@@ -5,7 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use foldhash::fast::RandomState;
+
 use crate::event::Pubkey;
+
+/// Authors hashed with foldhash, seeded per process: SipHash of a 32-byte
+/// key cost most of a 30-day series (4.3 ms at 1M events).
+type AuthorMap<K, V> = HashMap<K, V, RandomState>;
 
 /// Seconds in a day.
 pub const DAY: u64 = 86_400;
@@ -13,7 +19,7 @@ pub const DAY: u64 = 86_400;
 #[derive(Debug, Default)]
 pub(crate) struct Active {
     /// Per day, live events per author.
-    days: BTreeMap<u32, HashMap<Pubkey, u32>>,
+    days: BTreeMap<u32, AuthorMap<Pubkey, u32>>,
 }
 
 impl Active {
@@ -44,7 +50,7 @@ impl Active {
         if days <= 1 {
             return range.next().map_or(0, |(_, a)| a.len() as u64);
         }
-        let mut seen: HashSet<&Pubkey> = HashSet::new();
+        let mut seen: HashSet<&Pubkey, RandomState> = HashSet::default();
         for (_, authors) in range {
             seen.extend(authors.keys());
         }
@@ -61,7 +67,13 @@ impl Active {
         let first = last.saturating_sub(days.saturating_sub(1));
         let day_of = |d: u64| d.min(u64::from(u32::MAX)) as u32;
         let authors = |d: u64| self.days.get(&day_of(d));
-        let mut in_window: HashMap<&Pubkey, u32> = HashMap::new();
+        if window == 1 {
+            // A day's own authors: no union to make.
+            return (first..=last)
+                .map(|d| authors(d).map_or(0, |list| list.len() as u64))
+                .collect();
+        }
+        let mut in_window: AuthorMap<&Pubkey, u32> = AuthorMap::default();
         let mut out = Vec::with_capacity(days as usize);
         let start = first.saturating_sub(window - 1);
         for d in start..=last {

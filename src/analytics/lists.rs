@@ -5,9 +5,10 @@
 //! in, so every list is exact after every change.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
+use super::FastMap;
 use super::video::VideoKey;
 use crate::event::Pubkey;
 
@@ -61,7 +62,7 @@ impl CreatorFigures {
 #[derive(Debug, Default)]
 struct TagState {
     videos: u64,
-    creators: HashMap<Pubkey, u64>,
+    creators: FastMap<Pubkey, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -99,17 +100,17 @@ const ZERO_PART: i64 = super::video::ZERO_TRENDS + (1 << 40);
 
 #[derive(Debug, Default)]
 pub(crate) struct Lists {
-    listed: HashMap<VideoKey, Listed>,
+    listed: FastMap<VideoKey, Listed>,
     recent: BTreeSet<(Reverse<u64>, VideoKey)>,
     /// Engagement, then time.
     popular: BTreeSet<(Reverse<u64>, Reverse<u64>, VideoKey)>,
     trending: BTreeSet<(Reverse<i64>, VideoKey)>,
     by_author: BTreeSet<(Pubkey, Reverse<u64>, VideoKey)>,
     by_tag: BTreeSet<(String, Reverse<u64>, VideoKey)>,
-    tags: HashMap<String, TagState>,
+    tags: FastMap<String, TagState>,
     /// Tags by live videos, then name.
     tag_order: BTreeSet<(Reverse<u64>, String)>,
-    creators: HashMap<Pubkey, CreatorState>,
+    creators: FastMap<Pubkey, CreatorState>,
     /// Creators by engagement, then videos, then key.
     creator_order: BTreeSet<(Reverse<u64>, Reverse<u64>, Pubkey)>,
 }

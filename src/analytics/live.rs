@@ -5,8 +5,9 @@
 //! does not matter (docs/analytics.md, "Where the state lives").
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
+use super::FastMap;
 use super::active::Active;
 use super::lists::{CreatorFigures, Listed, Lists, Place, Sort, TagFigures};
 use super::video::{Figures, VIDEO_KINDS, VideoKey, hashtags, tag_values, trend_key, video_key};
@@ -47,12 +48,12 @@ enum Target {
 /// Figures of the live videos, kept as the store adds and removes events.
 #[derive(Debug, Default)]
 pub struct LiveAnalytics {
-    pub(crate) versions: HashMap<EventId, VideoKey>,
-    pub(crate) videos: HashMap<VideoKey, Event>,
-    pub(crate) acts: HashMap<(Class, Pubkey, VideoKey), Acts>,
+    pub(crate) versions: FastMap<EventId, VideoKey>,
+    pub(crate) videos: FastMap<VideoKey, Event>,
+    pub(crate) acts: FastMap<(Class, Pubkey, VideoKey), Acts>,
     /// The keys (actor, class) with acts on each target, to move them.
-    actors: HashMap<VideoKey, Vec<(Class, Pubkey)>>,
-    pub(crate) counts: HashMap<VideoKey, Figures>,
+    actors: FastMap<VideoKey, Vec<(Class, Pubkey)>>,
+    pub(crate) counts: FastMap<VideoKey, Figures>,
     /// The live videos in every order the API reads.
     pub(crate) lists: Lists,
     pub(crate) active: Active,

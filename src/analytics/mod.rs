@@ -9,6 +9,11 @@ mod snapshot;
 mod state;
 mod video;
 
+/// A hash map with foldhash, seeded per process: the analytics' maps are
+/// keyed by ids, pubkeys and addresses, where SipHash cost more than the
+/// rest of a look-up.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use active::DAY;
 pub use lists::{CreatorFigures, PAGE_BUDGET, Place, Sort, TagFigures, is_short};
 pub use live::{Change, LiveAnalytics, counts_for_videos};
