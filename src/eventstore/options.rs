@@ -44,6 +44,14 @@ pub struct Options {
     /// some 125,000 of its events). 0 turns the level off: every entry goes
     /// into its tree at once.
     pub level_entries: usize,
+    /// The smallest id filter per shard, in ids (docs/engine-at-scale.md,
+    /// "Id filter"): an in-memory filter of the ids each shard holds, 10
+    /// bits per id, sized for twice the shard's events at open (at least
+    /// this many) and built again twice as large when it fills, so that a
+    /// new event's duplicate check and an id look-up in a shard that does
+    /// not hold the id skip the primary index. Default: 1,048,576 (1.25
+    /// MiB per shard). 0 turns the filter off.
+    pub id_filter_min: usize,
     /// Size and shape limits for events. Default: `Limits::default()`
     /// (64 KiB events, 2,000 tags, 1,024-byte tag values, 64 KiB content).
     pub limits: Limits,
@@ -129,6 +137,7 @@ impl Default for Options {
             checkpoint_interval: Duration::from_secs(30),
             checkpoint_dirty_nodes: 65_536,
             level_entries: 1 << 20,
+            id_filter_min: 1 << 20,
             limits: Limits::default(),
             max_future: Duration::from_secs(15 * 60),
             max_group_events: 10_000,
@@ -257,6 +266,11 @@ impl EventStoreBuilder {
 
     pub fn level_entries(mut self, entries: usize) -> Self {
         self.options.level_entries = entries;
+        self
+    }
+
+    pub fn id_filter_min(mut self, ids: usize) -> Self {
+        self.options.id_filter_min = ids;
         self
     }
 

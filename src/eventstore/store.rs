@@ -119,6 +119,10 @@ pub struct StoreStats {
     pub index_bytes: BTreeMap<&'static str, u64>,
     /// Entries per index (summed over shards).
     pub index_entries: BTreeMap<&'static str, u64>,
+    /// Shards whose id filter is built and in use (one is built in the
+    /// background after an open), and the memory of those filters.
+    pub id_filters: usize,
+    pub id_filter_bytes: u64,
 }
 
 /// Figures from [`EventStore::gauges`].
@@ -284,6 +288,7 @@ impl EventStore {
                 checkpoint_interval: options.checkpoint_interval,
                 checkpoint_dirty_nodes: options.checkpoint_dirty_nodes,
                 level_entries: options.level_entries,
+                id_filter_min: options.id_filter_min,
                 max_group_events: options.max_group_events,
                 commits: Some(Arc::clone(&watchers) as Arc<dyn CommitSink>),
                 changes,
@@ -1050,6 +1055,10 @@ impl EventStore {
                 *stats.index_bytes.entry(kind.name()).or_default() += bytes;
             }
             stats.events += view.tree(IndexKind::Primary).entry_count();
+            if let Some(filter) = view.id_filter() {
+                stats.id_filters += 1;
+                stats.id_filter_bytes += filter.bytes() as u64;
+            }
             let mut cursor = view.tree(IndexKind::KindTime).seek(&[0u8; 26])?;
             while let Some(entry) = cursor.next()? {
                 *stats

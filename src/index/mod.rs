@@ -5,12 +5,14 @@ mod btree;
 pub(crate) mod check;
 mod error;
 mod format;
+mod idfilter;
 mod keys;
 mod node;
 mod set;
 
 pub(crate) use btree::{BTree, Cursor};
 pub use error::IndexError;
+pub(crate) use idfilter::IdFilter;
 pub use keys::IndexKind;
 pub(crate) use keys::{
     ID_PREFIX_LEN, TagSlot, address_prefix, author_kind_prefix, for_each_entry, location_at_end,

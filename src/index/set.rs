@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::btree::{BTree, PreparedCheckpoint};
 use super::error::{IndexError, io_error};
+use super::idfilter::IdFilter;
 use super::keys::{IndexKind, for_each_entry, location_at_end, primary_lower};
 use crate::event::{EventId, EventRef};
 use crate::ids::{Location, Lsn};
@@ -37,6 +38,10 @@ pub(crate) struct IndexSet {
     /// opened); replay skips them per tree, so a tree rebuilt from scratch
     /// catches up while the others do not apply anything twice.
     floors: Vec<Lsn>,
+    /// The filter of the primary index's ids find_id consults (none until
+    /// one is complete), and the one being built to replace it.
+    ids: Option<Arc<IdFilter>>,
+    next_ids: Option<Arc<IdFilter>>,
 }
 
 impl IndexSet {
@@ -90,6 +95,8 @@ impl IndexSet {
             dir: dir.to_path_buf(),
             trees,
             floors,
+            ids: None,
+            next_ids: None,
         })
     }
 
@@ -132,6 +139,9 @@ impl IndexSet {
     /// [`IndexSet::has`] first about term_time.
     /// Where the event with this id is stored, from the primary index.
     pub fn find_id(&self, id: &EventId) -> Result<Option<Location>, IndexError> {
+        if self.ids.as_ref().is_some_and(|ids| !ids.may_contain(id)) {
+            return Ok(None);
+        }
         let mut cursor = self.tree(IndexKind::Primary).seek(&primary_lower(id))?;
         Ok(match cursor.next()? {
             Some(entry) if entry[..32] == id.0 => Some(location_at_end(entry)),
@@ -188,6 +198,7 @@ impl IndexSet {
         let mut result = Ok(());
         let trees = &mut self.trees;
         let floors = &self.floors;
+        let ids = [self.ids.as_deref(), self.next_ids.as_deref()];
         let terms = trees[IndexKind::TermTime as usize].is_some();
         for_each_entry(event, location, terms, |kind, entry| {
             let i = kind as usize;
@@ -197,6 +208,9 @@ impl IndexSet {
             let Some(tree) = trees[i].as_mut() else {
                 return;
             };
+            if kind == IndexKind::Primary && op == Apply::Insert {
+                add_id(ids, entry);
+            }
             let outcome = match op {
                 Apply::Insert => tree.insert(entry),
                 Apply::Remove => tree.remove(entry),
@@ -256,6 +270,12 @@ impl IndexSet {
             };
             let staged = stage && IndexKind::ALL[i].random_order();
             let width = tree.width();
+            if IndexKind::ALL[i] == IndexKind::Primary {
+                let filters = [self.ids.as_deref(), self.next_ids.as_deref()];
+                for entry in inserts.chunks_exact(width) {
+                    add_id(filters, entry);
+                }
+            }
             for (entries, op) in [(inserts, Apply::Insert), (removes, Apply::Remove)] {
                 let mut sorted: Vec<&[u8]> = entries.chunks_exact(width).collect();
                 sorted.sort_unstable();
@@ -269,6 +289,74 @@ impl IndexSet {
             }
         }
         Ok(())
+    }
+
+    /// Whether the id filter needs the writer: a filter to start building
+    /// (none yet, or the one in use is overfull), or a built one to put
+    /// in use. Cheap: call it under the read lock before taking the write
+    /// lock for [`IndexSet::id_filter_job`].
+    pub fn id_filter_due(&self) -> bool {
+        match &self.next_ids {
+            Some(next) => next.is_complete(),
+            None => self.ids.as_ref().is_none_or(|ids| ids.overfull()),
+        }
+    }
+
+    /// Puts a completely built filter in use, or starts a new one sized
+    /// for twice the ids the primary index holds (at least `min`): returned to be filled by
+    /// a scan of the primary index (see [`IndexSet::fill_id_filter`]),
+    /// while every id stored meanwhile is added to it here.
+    pub fn id_filter_job(&mut self, min: usize) -> Option<Arc<IdFilter>> {
+        if self
+            .next_ids
+            .as_ref()
+            .is_some_and(|next| next.is_complete())
+        {
+            self.ids = self.next_ids.take();
+        }
+        if self.next_ids.is_some() || self.ids.as_ref().is_some_and(|ids| !ids.overfull()) {
+            return None;
+        }
+        let held = self.tree(IndexKind::Primary).entry_count() as usize;
+        let next = Arc::new(IdFilter::with_capacity(held.saturating_mul(2).max(min)));
+        self.next_ids = Some(Arc::clone(&next));
+        Some(next)
+    }
+
+    /// Adds the ids of up to `most` primary entries from `from` on (the
+    /// key after the last one a previous slice added; empty at the start)
+    /// to `filter`; returns where the next slice starts, or `None` when
+    /// the index has no more.
+    pub fn fill_id_filter(
+        &self,
+        filter: &IdFilter,
+        from: &[u8],
+        most: usize,
+    ) -> Result<Option<Vec<u8>>, IndexError> {
+        let mut cursor = self.tree(IndexKind::Primary).seek(from)?;
+        let mut next = Vec::new();
+        for _ in 0..most.max(1) {
+            let Some(entry) = cursor.next()? else {
+                return Ok(None);
+            };
+            add_id([Some(filter), None], entry);
+            next.clear();
+            next.extend_from_slice(entry);
+        }
+        // The smallest key after the last one (of the same width).
+        for byte in next.iter_mut().rev() {
+            let (sum, carry) = byte.overflowing_add(1);
+            *byte = sum;
+            if !carry {
+                return Ok(Some(next));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The filter find_id consults, if one is complete.
+    pub fn id_filter(&self) -> Option<&IdFilter> {
+        self.ids.as_deref()
     }
 
     /// Entries staged in the in-memory level, over all indexes.
@@ -328,6 +416,16 @@ impl IndexSet {
             Some(tree) => tree.install(prepared),
             None => panic!("the {} index is not kept", kind.name()),
         }
+    }
+}
+
+/// Adds the id of a primary entry to the filters there are.
+fn add_id(filters: [Option<&IdFilter>; 2], entry: &[u8]) {
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&entry[..32]);
+    let id = EventId(id);
+    for filter in filters.into_iter().flatten() {
+        filter.add(&id);
     }
 }
 

@@ -137,6 +137,8 @@ impl DerefMut for Indexed {
 pub(crate) struct SharedIndexes {
     lock: RwLock<Indexed>,
     writer_waiting: AtomicBool,
+    /// The writer is closing: background scans stop.
+    closed: AtomicBool,
 }
 
 impl SharedIndexes {
@@ -144,6 +146,7 @@ impl SharedIndexes {
         SharedIndexes {
             lock: RwLock::new(indexes),
             writer_waiting: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -162,6 +165,14 @@ impl SharedIndexes {
 
     pub fn writer_waiting(&self) -> bool {
         self.writer_waiting.load(Ordering::Acquire)
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 }
 

@@ -78,6 +78,8 @@ pub(crate) struct WriterConfig {
     /// Staged index entries that make the writer merge and checkpoint
     /// (0: entries go into the trees at once).
     pub level_entries: usize,
+    /// The smallest id filter, in ids (0: no filter).
+    pub id_filter_min: usize,
     pub max_group_events: usize,
     pub commits: Option<Arc<dyn CommitSink>>,
     pub changes: Option<Arc<dyn ChangeSink>>,
@@ -99,6 +101,7 @@ impl std::fmt::Debug for WriterConfig {
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("checkpoint_dirty_nodes", &self.checkpoint_dirty_nodes)
             .field("level_entries", &self.level_entries)
+            .field("id_filter_min", &self.id_filter_min)
             .field("max_group_events", &self.max_group_events)
             .field("retry_after", &self.retry_after)
             .finish_non_exhaustive()
@@ -141,6 +144,7 @@ enum Op<'a> {
 
 impl Writer {
     pub fn run(mut self) {
+        self.tend_id_filter();
         let mut deferred = None;
         loop {
             let command = match deferred.take() {
@@ -473,6 +477,7 @@ impl Writer {
         if self.failed.is_some() {
             return;
         }
+        self.tend_id_filter();
         if let (Durability::Batch(interval), Some(since)) =
             (self.config.durability, self.unsynced_since)
             && since.elapsed() >= interval
@@ -574,7 +579,33 @@ impl Writer {
         Ok(())
     }
 
+    /// Puts a built id filter in use, or starts building one (see
+    /// `IndexSet::id_filter_job`) on a thread of its own that scans the
+    /// primary index in slices under the read lock.
+    fn tend_id_filter(&mut self) {
+        if self.config.id_filter_min == 0 || !self.indexes.read().id_filter_due() {
+            return;
+        }
+        let (job, epoch) = {
+            let mut indexes = self.indexes.write();
+            (
+                indexes.id_filter_job(self.config.id_filter_min),
+                indexes.epoch,
+            )
+        };
+        let Some(filter) = job else {
+            return;
+        };
+        let indexes = Arc::clone(&self.indexes);
+        // Without the thread there is no filter: look-ups descend the
+        // primary index, as they do without one.
+        let _ = std::thread::Builder::new()
+            .name("megalith-id-filter".into())
+            .spawn(move || fill_id_filter(&indexes, epoch, &filter));
+    }
+
     fn close(&mut self) -> Result<(), Error> {
+        self.indexes.close();
         self.checkpoint()?;
         Ok(self.log.close()?)
     }
@@ -582,6 +613,30 @@ impl Writer {
 
 /// What made a write fail, in a few words and without file paths: the
 /// operating system's message when an I/O call failed.
+/// Fills `filter` from the primary index, a slice at a time under the read
+/// lock, and marks it complete; gives up when the shard closes or reopens
+/// in place (a new filter is built for the new indexes) or the index
+/// cannot be read (look-ups then go on without a filter).
+fn fill_id_filter(indexes: &SharedIndexes, epoch: u64, filter: &crate::index::IdFilter) {
+    let mut from = Vec::new();
+    loop {
+        let indexed = indexes.read();
+        if indexed.epoch != epoch || indexes.is_closed() {
+            return;
+        }
+        match indexed.fill_id_filter(filter, &from, 16_384) {
+            Ok(Some(next)) => from = next,
+            Ok(None) => {
+                filter.set_complete();
+                return;
+            }
+            // The index cannot be read: queries and writes will say so; the
+            // filter stays unbuilt.
+            Err(_) => return,
+        }
+    }
+}
+
 fn short_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = current {
