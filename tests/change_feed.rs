@@ -164,6 +164,10 @@ fn a_replica_from_the_feed_holds_what_the_store_holds() {
     let far: ChangePosition = "c1:999.32,1.32,1.32".parse().unwrap();
     let error = store.changes(&far, 10).unwrap_err().to_string();
     assert!(error.contains("past the end of shard 0"), "{error}");
+    assert!(
+        error.contains("): it was not given by this store"),
+        "one sentence, no run of spaces: {error}"
+    );
     for bad in ["", "c1:", "c2:1.32", "c1:1.x,1.2,1.3", "1.32,1.32,1.32"] {
         let error = bad.parse::<ChangePosition>().unwrap_err();
         assert!(

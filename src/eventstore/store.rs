@@ -988,7 +988,8 @@ impl EventStore {
                 let end = shard.lock().applied_end;
                 if position.0[n] > end {
                     return Err(Error::Options(format!(
-                        "the position is past the end of shard {n}'s log ({} > {end}):                          it was not given by this store",
+                        "the position is past the end of shard {n}'s log ({} > {end}): \
+                         it was not given by this store",
                         position.0[n]
                     )));
                 }
