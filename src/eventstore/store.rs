@@ -136,6 +136,9 @@ pub struct StoreGauges {
     pub index_bytes: u64,
 }
 
+/// Hits with the shard each is in and its event, in NIP-01 order.
+type ShardHits<'v> = Vec<(Hit, usize, EventRef<'v>)>;
+
 impl EventStore {
     /// A builder for a store in `path` (created if missing or empty).
     pub fn builder(path: impl AsRef<Path>) -> EventStoreBuilder {
@@ -671,36 +674,47 @@ impl EventStore {
         points: &'v [Option<ReadPoint>],
         deadline: &Deadline,
         between: Option<&RefCell<dyn FnMut() + '_>>,
-    ) -> Result<Vec<(Hit, usize, EventRef<'v>)>, Error> {
+    ) -> Result<ShardHits<'v>, Error> {
         let now = unix_now();
-        let mut hits: Vec<(Hit, usize, EventRef<'v>)> = Vec::new();
+        // One shard's part of a filter, to `limit`, its hits in NIP-01 order.
+        let run = |shard: usize, part: &Filter, limit: Option<usize>| {
+            let mut out: ShardHits<'v> = Vec::new();
+            let Some(point) = &points[shard] else {
+                return Ok(out);
+            };
+            let reader = self.shards[shard].reader(point);
+            let keep = |hit, event| out.push((hit, shard, event));
+            match between {
+                None => execute(&reader, &point.log, part, now, limit, deadline, keep)?,
+                Some(between) => {
+                    let interleaved = Interleaved {
+                        reader,
+                        between,
+                        locked: Cell::new(false),
+                    };
+                    let log = &point.log;
+                    execute(&interleaved, log, part, now, limit, deadline, keep)?
+                }
+            };
+            out.sort_unstable_by_key(|(hit, _, _)| *hit);
+            Ok::<_, Error>(out)
+        };
+        let mut hits: ShardHits<'v> = Vec::new();
         for (filter, targets) in filters.iter().zip(targets) {
             let start = hits.len();
-            for (shard, part) in targets {
-                let Some(point) = &points[*shard] else {
-                    continue;
-                };
-                let reader = self.shards[*shard].reader(point);
-                let keep = |hit, event| hits.push((hit, *shard, event));
-                match between {
-                    None => execute(&reader, &point.log, part, now, filter.limit, deadline, keep)?,
-                    Some(between) => {
-                        let interleaved = Interleaved {
-                            reader,
-                            between,
-                            locked: Cell::new(false),
-                        };
-                        let log = &point.log;
-                        execute(&interleaved, log, part, now, filter.limit, deadline, keep)?
+            match filter.limit {
+                Some(limit) if targets.len() > 1 => {
+                    hits.extend(self.limited_hits(filter, targets, limit, &run)?);
+                    // Each shard kept to its share; together they may pass
+                    // the limit.
+                    hits[start..].sort_unstable_by_key(|(hit, _, _)| *hit);
+                    hits.truncate(start + limit);
+                }
+                _ => {
+                    for (shard, part) in targets {
+                        hits.extend(run(*shard, part, filter.limit)?);
                     }
-                };
-            }
-            // Each shard kept to the limit; together they may pass it.
-            if let Some(limit) = filter.limit
-                && targets.len() > 1
-            {
-                hits[start..].sort_unstable_by_key(|(hit, _, _)| *hit);
-                hits.truncate(start + limit);
+                }
             }
         }
         // Merged order is exact up to ids sharing their first 8 bytes; this
@@ -708,6 +722,58 @@ impl EventStore {
         hits.sort_unstable_by_key(|(hit, _, _)| *hit);
         hits.dedup_by_key(|(hit, shard, _)| (*shard, hit.location));
         Ok(hits)
+    }
+
+    /// The hits of a filter with a limit that reaches several shards,
+    /// without each shard reading to the whole limit (a two-shard follow
+    /// feed read 200 events to answer 100): each shard is first asked for
+    /// its share of the limit (by the authors routed to it, or evenly),
+    /// with a margin. A shard that gave all it was asked for may hold more
+    /// of the answer only if its last hit comes before the limit-th hit of
+    /// all the shards together (or they hold fewer than the limit); such a
+    /// shard is asked again for the whole limit. Every shard then holds
+    /// every hit of the answer it has: exact, as if each had been asked
+    /// for the whole limit.
+    fn limited_hits<'v>(
+        &self,
+        filter: &Filter,
+        targets: &[(usize, Filter)],
+        limit: usize,
+        run: &impl Fn(usize, &Filter, Option<usize>) -> Result<ShardHits<'v>, Error>,
+    ) -> Result<ShardHits<'v>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let authors = filter.authors.as_ref().map_or(0, Vec::len);
+        let mut parts: Vec<(ShardHits<'v>, usize)> = Vec::new();
+        for (shard, part) in targets {
+            let share = match &part.authors {
+                Some(mine) if authors > 0 => mine.len() as f64 / authors as f64,
+                _ => 1.0 / targets.len() as f64,
+            };
+            let asked = ((limit as f64 * share * 1.25).ceil() as usize + 4).min(limit);
+            parts.push((run(*shard, part, Some(asked))?, asked));
+        }
+        let mut all: Vec<Hit> = parts
+            .iter()
+            .flat_map(|(hits, _)| hits.iter().map(|(hit, _, _)| *hit))
+            .collect();
+        all.sort_unstable();
+        let cut = all.get(limit - 1).copied();
+        let mut out = Vec::with_capacity(all.len());
+        for ((shard, part), (hits, asked)) in targets.iter().zip(parts) {
+            let short = hits.len() == asked
+                && asked < limit
+                && hits
+                    .last()
+                    .is_some_and(|(last, _, _)| cut.is_none_or(|cut| cut > *last));
+            if short {
+                out.extend(run(*shard, part, Some(limit))?);
+            } else {
+                out.extend(hits);
+            }
+        }
+        Ok(out)
     }
 
     /// The shards a filter can match events in, each with the filter to run
