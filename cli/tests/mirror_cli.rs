@@ -261,6 +261,32 @@ fn a_bad_mirror_table_is_named() {
     }
 }
 
+/// Runs `megalith mirror ARGS --data COPY` and SIGKILLs it once a few
+/// pages are in (or later: the point is SIGKILL).
+fn mirror_killed_mid_backfill(args: &[&str], copy: &std::path::Path) {
+    let mut first = process::KillOnDrop(
+        megalith()
+            .arg("mirror")
+            .args(args)
+            .arg("--data")
+            .arg(copy)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let resume_dir = copy.join("mirror");
+    for _ in 0..200 {
+        if resume_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on a child we spawned and have not waited for.
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+}
+
 #[test]
 fn a_mirror_killed_mid_backfill_resumes_without_gaps_or_a_full_download() {
     let dir = tempfile::tempdir().unwrap();
@@ -278,26 +304,7 @@ fn a_mirror_killed_mid_backfill_resumes_without_gaps_or_a_full_download() {
     let (mut serving, addr) = served(&[std::ffi::OsStr::new("--data"), source.as_os_str()]);
     let url = format!("ws://{addr}");
     let copy = dir.path().join("copy");
-    let mut first = process::KillOnDrop(
-        megalith()
-            .args(["mirror", "--page-size", "100", "--relay", &url, "--data"])
-            .arg(&copy)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // Killed once a few pages are in (or later: the point is SIGKILL).
-    let resume_dir = copy.join("mirror");
-    for _ in 0..200 {
-        if resume_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // SAFETY: kill(2) on a child we spawned and have not waited for.
-    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
-    first.wait().unwrap();
+    mirror_killed_mid_backfill(&["--page-size", "100", "--relay", &url], &copy);
     let before = ids(&copy).len();
 
     let second = megalith()
@@ -418,26 +425,10 @@ fn a_mirror_fills_the_analytics_and_a_kill_and_resume_counts_nothing_twice() {
     let (mut serving, addr) = served(&[std::ffi::OsStr::new("--data"), source.as_os_str()]);
     let url = format!("ws://{addr}");
     let copy = dir.path().join("copy");
-    let mut first = process::KillOnDrop(
-        megalith()
-            .args(["mirror", "--analytics", "on", "--page-size", "50"])
-            .args(["--relay", &url, "--data"])
-            .arg(&copy)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    mirror_killed_mid_backfill(
+        &["--analytics", "on", "--page-size", "50", "--relay", &url],
+        &copy,
     );
-    let resume_dir = copy.join("mirror");
-    for _ in 0..200 {
-        if resume_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // SAFETY: kill(2) on a child we spawned and have not waited for.
-    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
-    first.wait().unwrap();
 
     // Resumed without the flag: the store remembers it keeps analytics.
     let second = megalith()
