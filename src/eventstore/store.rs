@@ -728,10 +728,12 @@ impl EventStore {
     /// without each shard reading to the whole limit (a two-shard follow
     /// feed read 200 events to answer 100): each shard is first asked for
     /// its share of the limit (by the authors routed to it, or evenly),
-    /// with a margin. A shard that gave all it was asked for may hold more
-    /// of the answer only if its last hit comes before the limit-th hit of
-    /// all the shards together (or they hold fewer than the limit); such a
-    /// shard is asked again for the whole limit. Every shard then holds
+    /// with a small margin. A shard that gave all it was asked for may
+    /// hold more of the answer only if its last hit comes before the
+    /// limit-th hit of all the shards together (or they hold fewer than
+    /// the limit); such a shard is asked to go on from its last hit (up to
+    /// its created_at, for as many more as the answer can still take, plus
+    /// the hits of that second it already gave). Every shard then holds
     /// every hit of the answer it has: exact, as if each had been asked
     /// for the whole limit.
     fn limited_hits<'v>(
@@ -751,7 +753,7 @@ impl EventStore {
                 Some(mine) if authors > 0 => mine.len() as f64 / authors as f64,
                 _ => 1.0 / targets.len() as f64,
             };
-            let asked = ((limit as f64 * share * 1.25).ceil() as usize + 4).min(limit);
+            let asked = ((limit as f64 * share * 1.1).ceil() as usize + 2).min(limit);
             parts.push((run(*shard, part, Some(asked))?, asked));
         }
         let mut all: Vec<Hit> = parts
@@ -761,17 +763,31 @@ impl EventStore {
         all.sort_unstable();
         let cut = all.get(limit - 1).copied();
         let mut out = Vec::with_capacity(all.len());
-        for ((shard, part), (hits, asked)) in targets.iter().zip(parts) {
-            let short = hits.len() == asked
-                && asked < limit
-                && hits
-                    .last()
-                    .is_some_and(|(last, _, _)| cut.is_none_or(|cut| cut > *last));
-            if short {
-                out.extend(run(*shard, part, Some(limit))?);
-            } else {
+        for ((shard, part), (mut hits, asked)) in targets.iter().zip(parts) {
+            let last = match hits.last() {
+                Some((last, _, _)) if hits.len() == asked && asked < limit => *last,
+                _ => {
+                    out.extend(hits);
+                    continue;
+                }
+            };
+            if cut.is_some_and(|cut| cut <= last) {
+                // Whatever else it holds comes after the answer's end.
                 out.extend(hits);
+                continue;
             }
+            // Fewer than `limit` hits of all shards come up to `last`: the
+            // answer can take that many more, from this shard at most.
+            let need = limit - all.partition_point(|hit| *hit <= last);
+            let same_second = hits
+                .iter()
+                .filter(|(hit, _, _)| hit.created_at == last.created_at)
+                .count();
+            let mut rest = part.clone();
+            rest.until = Some(last.created_at);
+            let more = run(*shard, &rest, Some(need + same_second))?;
+            hits.extend(more.into_iter().filter(|(hit, _, _)| *hit > last));
+            out.extend(hits);
         }
         Ok(out)
     }
