@@ -728,7 +728,7 @@ impl EventStore {
     /// without each shard reading to the whole limit (a two-shard follow
     /// feed read 200 events to answer 100): each shard is first asked for
     /// its share of the limit (by the authors routed to it, or evenly),
-    /// with a small margin. A shard that gave all it was asked for may
+    /// with a margin. A shard that gave all it was asked for may
     /// hold more of the answer only if its last hit comes before the
     /// limit-th hit of all the shards together (or they hold fewer than
     /// the limit); such a shard is asked to go on from its last hit (up to
@@ -753,7 +753,7 @@ impl EventStore {
                 Some(mine) if authors > 0 => mine.len() as f64 / authors as f64,
                 _ => 1.0 / targets.len() as f64,
             };
-            let asked = ((limit as f64 * share * 1.1).ceil() as usize + 2).min(limit);
+            let asked = ((limit as f64 * share * 1.25).ceil() as usize + 4).min(limit);
             parts.push((run(*shard, part, Some(asked))?, asked));
         }
         let mut all: Vec<Hit> = parts
