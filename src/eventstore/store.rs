@@ -136,7 +136,7 @@ pub struct StoreGauges {
     pub index_bytes: u64,
 }
 
-/// Hits with the shard each is in and its event, in NIP-01 order.
+/// Hits with the shard each is in and its event.
 type ShardHits<'v> = Vec<(Hit, usize, EventRef<'v>)>;
 
 impl EventStore {
@@ -676,7 +676,7 @@ impl EventStore {
         between: Option<&RefCell<dyn FnMut() + '_>>,
     ) -> Result<ShardHits<'v>, Error> {
         let now = unix_now();
-        // One shard's part of a filter, to `limit`, its hits in NIP-01 order.
+        // One shard's part of a filter, to `limit`.
         let run = |shard: usize, part: &Filter, limit: Option<usize>| {
             let mut out: ShardHits<'v> = Vec::new();
             let Some(point) = &points[shard] else {
@@ -696,7 +696,6 @@ impl EventStore {
                     execute(&interleaved, log, part, now, limit, deadline, keep)?
                 }
             };
-            out.sort_unstable_by_key(|(hit, _, _)| *hit);
             Ok::<_, Error>(out)
         };
         let mut hits: ShardHits<'v> = Vec::new();
@@ -754,7 +753,10 @@ impl EventStore {
                 _ => 1.0 / targets.len() as f64,
             };
             let asked = ((limit as f64 * share * 1.25).ceil() as usize + 4).min(limit);
-            parts.push((run(*shard, part, Some(asked))?, asked));
+            let mut hits = run(*shard, part, Some(asked))?;
+            // In NIP-01 order, so that its last is the one to go on from.
+            hits.sort_unstable_by_key(|(hit, _, _)| *hit);
+            parts.push((hits, asked));
         }
         let mut all: Vec<Hit> = parts
             .iter()

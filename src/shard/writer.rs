@@ -611,8 +611,6 @@ impl Writer {
     }
 }
 
-/// What made a write fail, in a few words and without file paths: the
-/// operating system's message when an I/O call failed.
 /// Fills `filter` from the primary index, a slice at a time under the read
 /// lock, and marks it complete; gives up when the shard closes or reopens
 /// in place (a new filter is built for the new indexes) or the index
@@ -637,6 +635,8 @@ fn fill_id_filter(indexes: &SharedIndexes, epoch: u64, filter: &crate::index::Id
     }
 }
 
+/// What made a write fail, in a few words and without file paths: the
+/// operating system's message when an I/O call failed.
 fn short_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = current {
