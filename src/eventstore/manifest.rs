@@ -2,7 +2,10 @@
 //!
 //! ```text
 //!  0  magic           [u8; 8]  b"MEGALITH"
-//!  8  format_version  u32 LE   2 (version 1: 24 bytes, no features field)
+//!  8  format_version  u32 LE   3 (version 1: 24 bytes, no features field;
+//!                               version 2: kind_time and time entries
+//!                               without the author hash, rebuilt from the
+//!                               log when a version 3 build opens it)
 //! 12  shard_count     u32 LE
 //! 16  features        u32 LE   bit 0: the term_time (search) index;
 //!                               bit 1: analytics (DIR/analytics)
@@ -17,7 +20,7 @@ use crate::ids::crc64;
 use crate::storage::{OpenMode, Storage};
 
 const MAGIC: [u8; 8] = *b"MEGALITH";
-pub(crate) const STORE_FORMAT_VERSION: u32 = 2;
+pub(crate) const STORE_FORMAT_VERSION: u32 = 3;
 const VERSION_OFFSET: usize = MAGIC.len();
 const SHARDS_OFFSET: usize = VERSION_OFFSET + size_of::<u32>();
 const FEATURES_OFFSET: usize = SHARDS_OFFSET + size_of::<u32>();
@@ -37,6 +40,9 @@ pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
 /// What the manifest says about a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Manifest {
+    /// The store format the manifest was written with (an older one is
+    /// migrated at open; [`encode`] always writes the current one).
+    pub version: u32,
     pub shards: u32,
     /// The term_time (search) index is kept.
     pub search: bool,
@@ -115,6 +121,26 @@ pub(crate) fn load_or_create(
     }
 }
 
+/// Writes `manifest` as a build of store format `version` would have (for
+/// the migration tests).
+#[cfg(test)]
+pub(crate) fn store_as_version(
+    storage: &dyn Storage,
+    dir: &Path,
+    manifest: Manifest,
+    version: u32,
+) {
+    let mut bytes = encode(manifest);
+    bytes[VERSION_OFFSET..SHARDS_OFFSET].copy_from_slice(&version.to_le_bytes());
+    let crc = crc64(&[&bytes[..CRC_OFFSET]]);
+    bytes[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+    let path = dir.join(MANIFEST_FILE);
+    let file = storage.open(&path, OpenMode::ReadWriteCreate).unwrap();
+    file.set_len(0).unwrap();
+    file.write_all_at(&bytes, 0).unwrap();
+    file.sync().unwrap();
+}
+
 fn encode(manifest: Manifest) -> [u8; MANIFEST_LEN] {
     let mut out = [0u8; MANIFEST_LEN];
     out[..VERSION_OFFSET].copy_from_slice(&MAGIC);
@@ -156,7 +182,8 @@ fn decode(bytes: &[u8]) -> Result<Manifest, String> {
     }
     if version > STORE_FORMAT_VERSION || version == 0 {
         return Err(format!(
-            "store format version {version} is not supported (this build reads versions 1 to {STORE_FORMAT_VERSION})"
+            "store format version {version} is not supported (this build reads versions 1 to {STORE_FORMAT_VERSION}): \
+             a newer build of megalith wrote it; open it with that build or a later one"
         ));
     }
     let shards = u32_at(SHARDS_OFFSET);
@@ -174,6 +201,7 @@ fn decode(bytes: &[u8]) -> Result<Manifest, String> {
         ));
     }
     Ok(Manifest {
+        version,
         shards,
         search: features & FEATURE_SEARCH != 0,
         analytics: features & FEATURE_ANALYTICS != 0,
@@ -188,16 +216,19 @@ mod tests {
     fn round_trips_and_refuses_damage_and_newer_versions() {
         for manifest in [
             Manifest {
+                version: STORE_FORMAT_VERSION,
                 shards: 4,
                 search: false,
                 analytics: false,
             },
             Manifest {
+                version: STORE_FORMAT_VERSION,
                 shards: 1,
                 search: true,
                 analytics: false,
             },
             Manifest {
+                version: STORE_FORMAT_VERSION,
                 shards: 2,
                 search: false,
                 analytics: true,
@@ -216,16 +247,26 @@ mod tests {
             bytes
         };
         let plain = Manifest {
+            version: STORE_FORMAT_VERSION,
             shards: 1,
             search: false,
             analytics: false,
         };
         let mut newer = encode(plain);
-        newer[VERSION_OFFSET] = 3;
+        newer[VERSION_OFFSET] = 4;
         assert!(
             decode(&resealed(newer))
                 .unwrap_err()
-                .contains("version 3 is not supported")
+                .contains("version 4 is not supported")
+        );
+        let mut older = encode(plain);
+        older[VERSION_OFFSET] = 2;
+        assert_eq!(
+            decode(&resealed(older)),
+            Ok(Manifest {
+                version: 2,
+                ..plain
+            })
         );
         let mut unknown = encode(plain);
         unknown[FEATURES_OFFSET] = 0b100;
@@ -243,6 +284,7 @@ mod tests {
         assert_eq!(
             decode(&v1),
             Ok(Manifest {
+                version: 1,
                 shards: 3,
                 search: false,
                 analytics: false

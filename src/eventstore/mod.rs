@@ -4,6 +4,8 @@ mod changes;
 mod commits;
 mod lock;
 mod manifest;
+#[cfg(test)]
+mod migration_tests;
 mod options;
 mod outcome;
 mod store;

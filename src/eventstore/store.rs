@@ -174,6 +174,7 @@ impl EventStore {
             &*storage,
             dir,
             manifest::Manifest {
+                version: manifest::STORE_FORMAT_VERSION,
                 shards: new_count,
                 search: options.search.unwrap_or(false),
                 analytics: options.analytics.unwrap_or(false),
@@ -221,6 +222,7 @@ impl EventStore {
         storage
             .sync_dir(dir)
             .map_err(io_error(dir, "sync directory"))?;
+        let older_format = manifest.version;
         let watchers = Arc::new(Watchers::default());
         let mut opened = Vec::with_capacity(shard_count as usize);
         for n in 0..shard_count {
@@ -237,6 +239,15 @@ impl EventStore {
             };
             let (log, indexes) = open_one_shard(&params, None, &mut report)?;
             opened.push((params, log, indexes));
+        }
+        // Every shard's indexes of an older format were rebuilt by the
+        // replay above (opening them found their entry width): the manifest
+        // now says so, and an older build refuses the store from here on. A
+        // crash before this line migrates again at the next open.
+        if older_format < manifest::STORE_FORMAT_VERSION {
+            manifest.version = manifest::STORE_FORMAT_VERSION;
+            manifest::store(&*storage, dir, manifest)?;
+            report.format_migration = Some((older_format, manifest::STORE_FORMAT_VERSION));
         }
         // The analytics catch up from the recovered logs before any writer
         // starts (docs/analytics.md).
@@ -1144,7 +1155,7 @@ impl EventStore {
                 stats.id_filters += 1;
                 stats.id_filter_bytes += filter.bytes() as u64;
             }
-            let mut cursor = view.tree(IndexKind::KindTime).seek(&[0u8; 26])?;
+            let mut cursor = view.tree(IndexKind::KindTime).seek(&[])?;
             while let Some(entry) = cursor.next()? {
                 *stats
                     .events_by_kind

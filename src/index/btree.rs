@@ -199,6 +199,13 @@ impl BTree {
                 ));
             }
         };
+        if meta.index_kind == index_kind && usize::from(meta.entry_width) != width {
+            return Err(IndexError::Width {
+                path: path.to_path_buf(),
+                found: usize::from(meta.entry_width),
+                expected: width,
+            });
+        }
         if usize::from(meta.entry_width) != width || meta.index_kind != index_kind {
             return Err(corrupt(
                 Some(META_SLOTS[meta_slot]),

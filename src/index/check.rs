@@ -209,6 +209,20 @@ pub(crate) fn check_index(
             ));
         }
     }
+    if meta.index_kind == kind.id() && usize::from(meta.entry_width) != kind.width() {
+        report.problems.push(Problem {
+            page: Some(PageId(slot as u64)),
+            reason: format!(
+                "holds {}-byte entries of an older store format ({} entries are {} bytes in this \
+                 build's): opening the store migrates it, rebuilding the index from the log",
+                meta.entry_width,
+                kind.name(),
+                kind.width()
+            ),
+        });
+        report.notes = notes;
+        return report;
+    }
     if meta.index_kind != kind.id() || usize::from(meta.entry_width) != kind.width() {
         report.problems.push(Problem {
             page: Some(PageId(slot as u64)),
@@ -529,7 +543,8 @@ mod tests {
         let mut e = vec![0u8; KIND.width()];
         e[..8].copy_from_slice(&(n % 89).to_be_bytes());
         e[8..16].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
-        e[16..].copy_from_slice(&n.to_be_bytes());
+        let width = e.len();
+        e[width - 8..].copy_from_slice(&n.to_be_bytes());
         e
     }
 

@@ -19,6 +19,14 @@ pub enum IndexError {
         page: Option<PageId>,
         reason: String,
     },
+    /// A whole index file of another entry width: written by a build of an
+    /// older store format (kind_time and time entries gained an author
+    /// hash in format 3). The index is rebuilt from the log.
+    Width {
+        path: PathBuf,
+        found: usize,
+        expected: usize,
+    },
     /// An earlier checkpoint wrote a meta page that was never installed
     /// (it failed, or was abandoned): the durable state is unknown until reopen.
     Unsettled { path: PathBuf },
@@ -46,6 +54,15 @@ impl std::fmt::Display for IndexError {
             } => {
                 write!(f, "corrupt index file {}: {reason}", path.display())
             }
+            IndexError::Width {
+                path,
+                found,
+                expected,
+            } => write!(
+                f,
+                "index file {} holds {found}-byte entries, not the {expected}-byte entries of this store format",
+                path.display()
+            ),
             IndexError::Unsettled { path } => write!(
                 f,
                 "an earlier checkpoint of {} did not finish; reopen the store to recover",
@@ -59,7 +76,9 @@ impl std::error::Error for IndexError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             IndexError::Io { source, .. } => Some(source),
-            IndexError::Corrupt { .. } | IndexError::Unsettled { .. } => None,
+            IndexError::Corrupt { .. }
+            | IndexError::Width { .. }
+            | IndexError::Unsettled { .. } => None,
         }
     }
 }

@@ -8,9 +8,9 @@
 //! primary           id[32] location[8]                                     40
 //! author_time       pubkey[32] rtime[8] id8[8] location[8]                 56
 //! author_kind_time  pubkey[32] kind[2] rtime[8] id8[8] location[8]         58
-//! kind_time         kind[2] rtime[8] id8[8] location[8]                    26
+//! kind_time         kind[2] rtime[8] id8[8] ahash[4] location[8]           30
 //! tag_time          letter[1] slot[33] rtime[8] id8[8] location[8]         58
-//! time              rtime[8] id8[8] location[8]                            24
+//! time              rtime[8] id8[8] ahash[4] location[8]                   28
 //! address           kind[2] pubkey[32] slot[33] location[8]                75
 //! term_time         term_hash[8] rtime[8] id8[8] location[8]               32
 //! ```
@@ -18,6 +18,11 @@
 //! zero-padded to 32; byte 0 = 0x40 then the 32 bytes a 64-char lowercase hex
 //! value stands for; byte 0 = 0x80 then sha256 of a longer value. Hashed
 //! slots are confirmed on the record.
+//!
+//! `ahash` (store format 3) is [`author_hash`] of the event's pubkey: a scan
+//! of kind_time or time for many authors (a follow feed) skips the entries
+//! of other authors without reading their records. It sits after the id
+//! prefix, so the order is the same as without it.
 
 use sha2::{Digest, Sha256};
 
@@ -42,8 +47,15 @@ pub(crate) const ID_PREFIX_LEN: usize = 8;
 pub(crate) const TAG_SLOT_LEN: usize = 33;
 const TIME_LEN: usize = 8;
 const LOCATION_LEN: usize = Location::ENCODED_LEN;
-/// What follows the time prefix in a time-ordered entry.
+/// What follows the time prefix in a time-ordered entry without an author
+/// hash.
 const TIME_SUFFIX_LEN: usize = TIME_LEN + ID_PREFIX_LEN + LOCATION_LEN;
+/// The author hash's length, and where it sits in the suffix of the
+/// indexes that carry it (after the reversed time and the id prefix).
+pub(crate) const AUTHOR_HASH_LEN: usize = 4;
+pub(crate) const AUTHOR_HASH_AT: usize = TIME_LEN + ID_PREFIX_LEN;
+/// The longest suffix (after the prefix) of a time-ordered entry.
+pub(crate) const MAX_TIME_SUFFIX_LEN: usize = TIME_SUFFIX_LEN + AUTHOR_HASH_LEN;
 
 impl IndexKind {
     /// Whether new entries land anywhere in the key space (keys start with
@@ -100,11 +112,28 @@ impl IndexKind {
         }
     }
 
+    /// Whether the entries carry the author's hash after the id prefix:
+    /// the indexes a many-author scan reads (kind_time and time).
+    pub fn author_hashed(self) -> bool {
+        matches!(self, IndexKind::KindTime | IndexKind::Time)
+    }
+
+    /// The bytes after the prefix of a time-ordered index's entry.
+    pub fn time_suffix_len(self) -> usize {
+        if self.author_hashed() {
+            TIME_SUFFIX_LEN + AUTHOR_HASH_LEN
+        } else {
+            TIME_SUFFIX_LEN
+        }
+    }
+
     pub fn width(self) -> usize {
         match self {
             IndexKind::Primary => 32 + LOCATION_LEN,
             IndexKind::Address => 2 + 32 + TAG_SLOT_LEN + LOCATION_LEN,
-            time_ordered => time_ordered.time_prefix_len().unwrap_or(0) + TIME_SUFFIX_LEN,
+            time_ordered => {
+                time_ordered.time_prefix_len().unwrap_or(0) + time_ordered.time_suffix_len()
+            }
         }
     }
 }
@@ -167,18 +196,41 @@ pub(crate) fn location_at_end(entry: &[u8]) -> Location {
     Location::from_bytes(bytes)
 }
 
-/// Lower and upper scan bounds (inclusive) of a time-ordered index for the
-/// entries under `prefix` with `since <= created_at <= until`.
-pub(crate) fn time_range(prefix: &[u8], since: u64, until: u64) -> (Vec<u8>, Vec<u8>) {
-    let mut lower = Vec::with_capacity(prefix.len() + TIME_SUFFIX_LEN);
+/// Lower and upper scan bounds (inclusive, full entries) of the
+/// time-ordered index `index` for the entries under `prefix` with
+/// `since <= created_at <= until`.
+pub(crate) fn time_range(
+    index: IndexKind,
+    prefix: &[u8],
+    since: u64,
+    until: u64,
+) -> (Vec<u8>, Vec<u8>) {
+    let width = prefix.len() + index.time_suffix_len();
+    let mut lower = Vec::with_capacity(width);
     lower.extend_from_slice(prefix);
     lower.extend_from_slice(&reversed_time(until));
-    lower.resize(prefix.len() + TIME_SUFFIX_LEN, 0);
-    let mut upper = Vec::with_capacity(prefix.len() + TIME_SUFFIX_LEN);
+    lower.resize(width, 0);
+    let mut upper = Vec::with_capacity(width);
     upper.extend_from_slice(prefix);
     upper.extend_from_slice(&reversed_time(since));
-    upper.resize(prefix.len() + TIME_SUFFIX_LEN, 0xFF);
+    upper.resize(width, 0xFF);
     (lower, upper)
+}
+
+/// The 4-byte author hash kind_time and time entries carry: bytes 16..24
+/// of the pubkey (random even for vanity keys, which fix leading bytes; the
+/// shard is chosen by bytes 24..32) through SplitMix64's finalizer, high
+/// half. Part of the on-disk format. Equal hashes do not prove equal
+/// authors: a scan skips entries whose hash is not among its authors' and
+/// checks the rest on the record.
+pub(crate) fn author_hash(pubkey: &Pubkey) -> [u8; AUTHOR_HASH_LEN] {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&pubkey.0[16..24]);
+    let mut z = u64::from_le_bytes(bytes);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 32) as u32).to_be_bytes()
 }
 
 pub(crate) fn author_kind_prefix(pubkey: &Pubkey, kind: u16) -> [u8; 34] {
@@ -230,6 +282,11 @@ pub(crate) fn for_each_entry(
     tail[..TIME_LEN].copy_from_slice(&reversed_time(event.created_at()));
     tail[TIME_LEN..TIME_LEN + ID_PREFIX_LEN].copy_from_slice(&id.0[..ID_PREFIX_LEN]);
     tail[TIME_LEN + ID_PREFIX_LEN..].copy_from_slice(&location.to_bytes());
+    let mut hashed_tail = [0u8; MAX_TIME_SUFFIX_LEN];
+    hashed_tail[..AUTHOR_HASH_AT].copy_from_slice(&tail[..AUTHOR_HASH_AT]);
+    hashed_tail[AUTHOR_HASH_AT..AUTHOR_HASH_AT + AUTHOR_HASH_LEN]
+        .copy_from_slice(&author_hash(&pubkey));
+    hashed_tail[AUTHOR_HASH_AT + AUTHOR_HASH_LEN..].copy_from_slice(&location.to_bytes());
     let mut entry = Vec::with_capacity(IndexKind::Address.width());
 
     entry.extend_from_slice(&id.0);
@@ -239,7 +296,11 @@ pub(crate) fn for_each_entry(
     let mut time_ordered = |index: IndexKind, prefix: &[u8], entry: &mut Vec<u8>| {
         entry.clear();
         entry.extend_from_slice(prefix);
-        entry.extend_from_slice(&tail);
+        if index.author_hashed() {
+            entry.extend_from_slice(&hashed_tail);
+        } else {
+            entry.extend_from_slice(&tail);
+        }
         f(index, entry);
     };
     time_ordered(IndexKind::AuthorTime, &pubkey.0, &mut entry);
@@ -300,7 +361,7 @@ mod tests {
     #[test]
     fn widths_match_the_documented_layout() {
         let widths: Vec<usize> = IndexKind::ALL.iter().map(|k| k.width()).collect();
-        assert_eq!(widths, vec![40, 56, 58, 26, 58, 24, 75, 32]);
+        assert_eq!(widths, vec![40, 56, 58, 30, 58, 28, 75, 32]);
     }
 
     /// Each distinct (letter, value) once, however often and in whatever
@@ -340,6 +401,59 @@ mod tests {
         assert_eq!(prefixes.len(), 40 + 30 + 1);
     }
 
+    /// kind_time and time entries carry the author hash between the id
+    /// prefix and the location; the other time-ordered entries do not, and
+    /// all of them end with the same time, id prefix and location.
+    #[test]
+    fn author_hashed_entries_carry_the_hash_before_the_location() {
+        let keys = crate::event::Keys::from_seed(9);
+        let event = keys.sign(
+            1_700_000_123,
+            1,
+            vec![vec!["t".into(), "x".into()]],
+            "hi".into(),
+        );
+        let mut payload = Vec::new();
+        event.encode_payload(&mut payload).unwrap();
+        let event = EventRef::parse(&payload).unwrap();
+        let location = Location {
+            segment: crate::ids::SegmentId(3),
+            offset: 4096,
+        };
+        let hash = author_hash(&keys.pubkey());
+        let mut seen = 0;
+        for_each_entry(&event, location, true, |kind, entry| {
+            assert_eq!(entry.len(), kind.width(), "{}", kind.name());
+            let Some(prefix_len) = kind.time_prefix_len() else {
+                return;
+            };
+            let suffix = &entry[prefix_len..];
+            assert_eq!(suffix[..8], reversed_time(1_700_000_123));
+            assert_eq!(suffix[8..16], event.id().0[..8]);
+            assert_eq!(location_at_end(entry), location);
+            if kind.author_hashed() {
+                assert_eq!(
+                    suffix[AUTHOR_HASH_AT..AUTHOR_HASH_AT + AUTHOR_HASH_LEN],
+                    hash
+                );
+                seen += 1;
+            } else {
+                assert_eq!(suffix.len(), TIME_SUFFIX_LEN);
+            }
+        });
+        assert_eq!(seen, 2, "kind_time and time");
+        // Pubkeys that differ only in the bytes the hash reads get
+        // different hashes; the shard bytes do not move it.
+        let a = Pubkey([7; 32]);
+        let mut b = a;
+        b.0[20] ^= 1;
+        let mut c = a;
+        c.0[30] ^= 1;
+        c.0[3] ^= 1;
+        assert_ne!(author_hash(&a), author_hash(&b));
+        assert_eq!(author_hash(&a), author_hash(&c));
+    }
+
     #[test]
     fn slots_keep_distinct_values_apart() {
         let hex = "ab".repeat(32);
@@ -370,10 +484,20 @@ mod tests {
     #[test]
     fn newer_events_sort_first_and_bounds_enclose_the_range() {
         assert!(reversed_time(200) < reversed_time(100));
-        let (lower, upper) = time_range(&[7, 7], 100, 200);
+        let (lower, upper) = time_range(IndexKind::KindTime, &[7, 7], 100, 200);
+        assert_eq!(lower.len(), IndexKind::KindTime.width());
+        assert_eq!(upper.len(), IndexKind::KindTime.width());
         let mut inside = vec![7, 7];
         inside.extend_from_slice(&reversed_time(150));
-        inside.extend_from_slice(&[0x55; 16]);
+        inside.extend_from_slice(&[0x55; 20]);
         assert!(lower <= inside && inside <= upper);
+        // The newest and oldest possible entries of the range are inside it.
+        let mut newest = vec![7, 7];
+        newest.extend_from_slice(&reversed_time(200));
+        newest.extend_from_slice(&[0; 20]);
+        let mut oldest = vec![7, 7];
+        oldest.extend_from_slice(&reversed_time(100));
+        oldest.extend_from_slice(&[0xFF; 20]);
+        assert!(lower <= newest && oldest <= upper);
     }
 }

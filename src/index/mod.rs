@@ -15,8 +15,8 @@ pub use error::IndexError;
 pub(crate) use idfilter::IdFilter;
 pub use keys::IndexKind;
 pub(crate) use keys::{
-    ID_PREFIX_LEN, TagSlot, address_prefix, author_kind_prefix, for_each_entry, location_at_end,
-    tag_prefix, time_range,
+    AUTHOR_HASH_AT, AUTHOR_HASH_LEN, MAX_TIME_SUFFIX_LEN, TagSlot, address_prefix, author_hash,
+    author_kind_prefix, for_each_entry, location_at_end, tag_prefix, time_range,
 };
 pub(crate) use set::{Apply, GroupEntries, IndexSet};
 // The page codecs, for `inspect::index` (the checker's report and the fuzzer).

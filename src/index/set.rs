@@ -82,6 +82,24 @@ impl IndexSet {
                     set_aside(store, &path)?;
                     BTree::open(store, &path, kind.id(), kind.width())?
                 }
+                // An index of an older store format: nothing in it is
+                // damaged, so it is removed, not set aside.
+                Err(IndexError::Width {
+                    found, expected, ..
+                }) => {
+                    rebuilt.push(format!(
+                        "{}: format migration ({found}-byte entries of an older store format \
+                         become {expected}-byte entries)",
+                        kind.name()
+                    ));
+                    store
+                        .remove_file(&path)
+                        .map_err(io_error(&path, "remove"))?;
+                    store
+                        .sync_dir(dir)
+                        .map_err(io_error(dir, "sync directory"))?;
+                    BTree::open(store, &path, kind.id(), kind.width())?
+                }
                 Err(other) => return Err(other),
             };
             trees.push(Some(tree));

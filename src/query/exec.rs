@@ -11,7 +11,8 @@ use std::time::Instant;
 use crate::event::{EventId, EventRef};
 use crate::ids::Location;
 use crate::index::{
-    BTree, Cursor, ID_PREFIX_LEN, IndexKind, IndexSet, location_at_end, time_range,
+    AUTHOR_HASH_AT, AUTHOR_HASH_LEN, BTree, Cursor, IndexKind, IndexSet, MAX_TIME_SUFFIX_LEN,
+    author_hash, location_at_end, time_range,
 };
 use crate::search;
 use crate::wal::LogSnapshot;
@@ -187,6 +188,14 @@ pub(crate) fn execute<'l>(
                     }
                     None => (IndexKind::Time, vec![Vec::new()]),
                 };
+                let mut hashes: Vec<[u8; AUTHOR_HASH_LEN]> =
+                    authors.iter().map(author_hash).collect();
+                hashes.sort_unstable();
+                hashes.dedup();
+                let prefilter = AuthorPrefilter {
+                    hashes,
+                    skips: authors.len() * SKIPS_PER_AUTHOR,
+                };
                 let mut found = Vec::new();
                 let complete = merge(
                     access,
@@ -195,6 +204,7 @@ pub(crate) fn execute<'l>(
                     &scan_prefixes,
                     (*since, *until),
                     authors.len() * CANDIDATES_PER_AUTHOR,
+                    Some(&prefilter),
                     deadline,
                     accept,
                     |hit, event| {
@@ -218,6 +228,7 @@ pub(crate) fn execute<'l>(
                 prefixes,
                 (*since, *until),
                 usize::MAX,
+                None,
                 deadline,
                 accept,
                 |hit, event| {
@@ -268,13 +279,29 @@ impl Deadline {
 /// newest-first scan of its kinds.
 const WIDE_AUTHORS: usize = 32;
 
-/// Index entries that scan may look at per author before giving up.
+/// Records that scan may read per author before giving up.
 const CANDIDATES_PER_AUTHOR: usize = 4;
+
+/// Index entries of other authors that scan may skip per author before
+/// giving up: skipping is cheap (no record is read), but on data where the
+/// authors write a small share of the events, one cursor per author is
+/// cheaper than a long scan.
+const SKIPS_PER_AUTHOR: usize = 32;
+
+/// The authors a scan of an author-hashed index (kind_time, time) keeps:
+/// entries whose author hash is not among `hashes` are skipped without
+/// reading their records, at most `skips` of them.
+struct AuthorPrefilter {
+    /// Sorted.
+    hashes: Vec<[u8; AUTHOR_HASH_LEN]>,
+    skips: usize,
+}
 
 /// Merges one newest-first cursor per prefix of `index`, reads each
 /// candidate's record, and passes those `accept` takes to `take` until it
-/// returns true. Returns false if `budget` candidates were read first (the
-/// answer is then incomplete), true otherwise.
+/// returns true. Returns false if `budget` candidates were read first, or
+/// `prefilter` skipped its number of entries (the answer is then
+/// incomplete), true otherwise.
 ///
 /// Between slices (see [`IndexAccess`]) its state is the heap of each
 /// source's head: a source's cursor is sought again just after its head.
@@ -286,20 +313,24 @@ fn merge<'l>(
     prefixes: &[Vec<u8>],
     (since, until): (u64, u64),
     budget: usize,
+    prefilter: Option<&AuthorPrefilter>,
     deadline: &Deadline,
     accept: impl Fn(&EventRef<'_>) -> bool,
     mut take: impl FnMut(Hit, EventRef<'l>) -> bool,
 ) -> Result<bool, QueryError> {
     let prefix_len = index.time_prefix_len().unwrap_or(0);
+    let suffix_len = index.time_suffix_len();
+    let prefilter = prefilter.filter(|_| index.author_hashed());
     let ranges: Vec<(Vec<u8>, Vec<u8>)> = prefixes
         .iter()
-        .map(|prefix| time_range(prefix, since, until))
+        .map(|prefix| time_range(index, prefix, since, until))
         .collect();
     let mut heap = BinaryHeap::with_capacity(ranges.len());
     // Sources whose first head has been looked for.
     let mut opened = 0;
     let mut read = 0;
-    let mut last: Option<[u8; SUFFIX_LEN]> = None;
+    let mut skipped = 0;
+    let mut last: Option<Suffix> = None;
     'slices: loop {
         let guard = access.lock()?;
         let tree = guard.tree(index);
@@ -323,7 +354,9 @@ fn merge<'l>(
             let (lower, upper) = &ranges[source];
             let next = if let Some(cursor) = cursors[source].as_mut() {
                 head_of(cursor, upper, prefix_len)?
-            } else if let Some(mut cursor) = seek_after(tree, &lower[..prefix_len], head)? {
+            } else if let Some(mut cursor) =
+                seek_after(tree, &lower[..prefix_len], head, suffix_len)?
+            {
                 let next = head_of(&mut cursor, upper, prefix_len)?;
                 cursors[source] = Some(cursor);
                 next
@@ -339,12 +372,30 @@ fn merge<'l>(
                 continue;
             }
             last = Some(head);
+            deadline.tick()?;
+            if let Some(prefilter) = prefilter {
+                let hash = &head[AUTHOR_HASH_AT..AUTHOR_HASH_AT + AUTHOR_HASH_LEN];
+                if prefilter
+                    .hashes
+                    .binary_search_by(|h| h.as_slice().cmp(hash))
+                    .is_err()
+                {
+                    if skipped == prefilter.skips {
+                        return Ok(false);
+                    }
+                    skipped += 1;
+                    if access.writer_waiting() {
+                        continue 'slices;
+                    }
+                    continue;
+                }
+            }
             if read == budget {
                 return Ok(false);
             }
             read += 1;
-            deadline.tick()?;
-            if let Some((hit, event)) = candidate(access, log, &head, &accept)?
+            let location = location_at_end(&head[..suffix_len]);
+            if let Some((hit, event)) = candidate(access, log, location, &accept)?
                 && take(hit, event)
             {
                 return Ok(true);
@@ -357,15 +408,14 @@ fn merge<'l>(
     }
 }
 
-/// The event an index entry ending in `suffix` points at, if it was
+/// The event an index entry points at (stored at `location`), if it was
 /// visible when the query began and `accept` takes it.
 fn candidate<'l>(
     access: &impl IndexAccess,
     log: &'l LogSnapshot,
-    suffix: &[u8; SUFFIX_LEN],
+    location: Location,
     accept: &impl Fn(&EventRef<'_>) -> bool,
 ) -> Result<Option<(Hit, EventRef<'l>)>, QueryError> {
-    let location = location_at_end(suffix);
     if !access.visible(location) {
         return Ok(None);
     }
@@ -382,18 +432,20 @@ fn candidate<'l>(
 }
 
 /// A cursor at the first entry of `prefix` after the one that ended in
-/// `suffix`, or `None` if no key can follow it.
+/// `suffix` (of `suffix_len` bytes), or `None` if no key can follow it.
 fn seek_after<'t>(
     tree: &'t BTree,
     prefix: &[u8],
-    mut suffix: [u8; SUFFIX_LEN],
+    mut suffix: Suffix,
+    suffix_len: usize,
 ) -> Result<Option<Cursor<'t>>, QueryError> {
-    if !increment(&mut suffix) {
+    let suffix = &mut suffix[..suffix_len];
+    if !increment(suffix) {
         return Ok(None);
     }
-    let mut key = Vec::with_capacity(prefix.len() + SUFFIX_LEN);
+    let mut key = Vec::with_capacity(prefix.len() + suffix_len);
     key.extend_from_slice(prefix);
-    key.extend_from_slice(&suffix);
+    key.extend_from_slice(suffix);
     Ok(Some(tree.seek(&key)?))
 }
 
@@ -420,15 +472,15 @@ fn intersect<'l>(
     let Some(first) = prefixes.first() else {
         return Ok(0);
     };
-    let (lower, upper) = time_range(first, since, until);
+    let (lower, upper) = time_range(IndexKind::TermTime, first, since, until);
     let prefix_len = first.len();
-    let mut target = [0u8; SUFFIX_LEN];
+    let mut target = [0u8; TERM_SUFFIX_LEN];
     target.copy_from_slice(&lower[prefix_len..]);
     let upper_suffix = &upper[prefix_len..];
     // Per term: the entry suffix it stands on (the first at or after every
     // target so far).
-    let mut heads: Vec<Option<[u8; SUFFIX_LEN]>> = vec![None; prefixes.len()];
-    let mut key = Vec::with_capacity(prefix_len + SUFFIX_LEN);
+    let mut heads: Vec<Option<[u8; TERM_SUFFIX_LEN]>> = vec![None; prefixes.len()];
+    let mut key = Vec::with_capacity(prefix_len + TERM_SUFFIX_LEN);
     let mut visited = 0;
     let mut agreed = 0;
     let mut term = 0;
@@ -461,7 +513,7 @@ fn intersect<'l>(
                     {
                         return Ok(visited);
                     }
-                    let mut suffix = [0u8; SUFFIX_LEN];
+                    let mut suffix = [0u8; TERM_SUFFIX_LEN];
                     suffix.copy_from_slice(&entry[prefix_len..]);
                     *head = Some(suffix);
                 }
@@ -477,7 +529,7 @@ fn intersect<'l>(
                     continue 'slices;
                 }
             }
-            if let Some((hit, event)) = candidate(access, log, &target, &accept)? {
+            if let Some((hit, event)) = candidate(access, log, location_at_end(&target), &accept)? {
                 visit(hit, event);
                 visited += 1;
                 if visited == limit {
@@ -509,23 +561,27 @@ fn increment(bytes: &mut [u8]) -> bool {
     false
 }
 
-/// Reversed time, id prefix and location: the part of a time-ordered entry
-/// after its prefix, which sorts in NIP-01 order.
-const SUFFIX_LEN: usize = 8 + ID_PREFIX_LEN + Location::ENCODED_LEN;
+/// The part of a time-ordered entry after its prefix (reversed time, id
+/// prefix, the author hash in kind_time and time, location), zero-padded to
+/// the longest: within one index it sorts in NIP-01 order.
+type Suffix = [u8; MAX_TIME_SUFFIX_LEN];
+
+/// A term_time entry's suffix (no author hash).
+const TERM_SUFFIX_LEN: usize = MAX_TIME_SUFFIX_LEN - AUTHOR_HASH_LEN;
 
 /// The suffix of the cursor's next entry, if it is at most `upper`.
 fn head_of(
     cursor: &mut Cursor<'_>,
     upper: &[u8],
     prefix_len: usize,
-) -> Result<Option<[u8; SUFFIX_LEN]>, QueryError> {
+) -> Result<Option<Suffix>, QueryError> {
     let Some(entry) = cursor.next()? else {
         return Ok(None);
     };
     if entry > upper {
         return Ok(None);
     }
-    let mut suffix = [0u8; SUFFIX_LEN];
-    suffix.copy_from_slice(&entry[prefix_len..]);
+    let mut suffix = [0u8; MAX_TIME_SUFFIX_LEN];
+    suffix[..entry.len() - prefix_len].copy_from_slice(&entry[prefix_len..]);
     Ok(Some(suffix))
 }

@@ -132,6 +132,10 @@ pub struct RecoveryReport {
     pub tail_repairs: Vec<String>,
     /// Index files that were started afresh and rebuilt from the log, and why.
     pub rebuilt_indexes: Vec<String>,
+    /// The store was of an older format, `(from, to)`: its manifest now says
+    /// `to`, and the indexes whose entries changed were rebuilt from the log
+    /// (named in `rebuilt_indexes`).
+    pub format_migration: Option<(u32, u32)>,
     /// Damaged log ranges moved to quarantine files ([`RecoveryMode::Repair`]).
     pub log_repairs: Vec<LogRepair>,
     /// Remove records written after a repair: removals that records lost to

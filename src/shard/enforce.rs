@@ -100,7 +100,7 @@ pub(crate) fn restore_invariants(
         }
         // Every stored deletion.
         let deletions = DELETION_KIND.to_be_bytes();
-        let (lower, upper) = time_range(&deletions, 0, u64::MAX);
+        let (lower, upper) = time_range(IndexKind::KindTime, &deletions, 0, u64::MAX);
         let mut cursor = indexes.tree(IndexKind::KindTime).seek(&lower)?;
         while let Some(entry) = cursor.next()? {
             if entry > upper.as_slice() {

@@ -176,7 +176,12 @@ impl Committed<'_> {
     /// them only until an honored one (requests naming other relays are
     /// stored too, and an author could send many).
     pub fn vanished(&self, author: &Pubkey, relays: &[String]) -> Result<Option<u64>, Error> {
-        let (lower, upper) = time_range(&author_kind_prefix(author, VANISH_KIND), 0, u64::MAX);
+        let (lower, upper) = time_range(
+            IndexKind::AuthorKindTime,
+            &author_kind_prefix(author, VANISH_KIND),
+            0,
+            u64::MAX,
+        );
         let mut cursor = self.indexes.tree(IndexKind::AuthorKindTime).seek(&lower)?;
         while let Some(entry) = cursor.next()? {
             if entry > upper.as_slice() {
@@ -192,7 +197,7 @@ impl Committed<'_> {
 
     /// Locations of `author`'s stored events created at or before `upto`.
     pub fn authored_until(&self, author: &Pubkey, upto: u64) -> Result<Vec<Location>, Error> {
-        let (lower, upper) = time_range(&author.0, 0, upto);
+        let (lower, upper) = time_range(IndexKind::AuthorTime, &author.0, 0, upto);
         let mut cursor = self.indexes.tree(IndexKind::AuthorTime).seek(&lower)?;
         let mut out = Vec::new();
         while let Some(entry) = cursor.next()? {
@@ -227,7 +232,7 @@ impl Committed<'_> {
         accept: impl Fn(&EventRef<'_>) -> bool,
     ) -> Result<bool, Error> {
         let prefix = tag_prefix(letter, &TagSlot::from_str(value));
-        let (lower, upper) = time_range(&prefix, since, u64::MAX);
+        let (lower, upper) = time_range(IndexKind::TagTime, &prefix, since, u64::MAX);
         let mut cursor = self.indexes.tree(IndexKind::TagTime).seek(&lower)?;
         while let Some(entry) = cursor.next()? {
             if entry > upper.as_slice() {

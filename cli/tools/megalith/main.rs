@@ -394,6 +394,12 @@ pub(crate) fn report_recovery(store: &EventStore) {
     for repair in &report.tail_repairs {
         errln!("megalith: cut the log's torn tail: {repair}");
     }
+    if let Some((from, to)) = report.format_migration {
+        errln!(
+            "megalith: migrated the store from format {from} to format {to} \
+             (indexes rebuilt from the log; builds older than this one refuse it now)"
+        );
+    }
     for rebuilt in &report.rebuilt_indexes {
         errln!("megalith: rebuilt index from the log: {rebuilt}");
     }
