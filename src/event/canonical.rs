@@ -100,7 +100,7 @@ fn escape_code(table: &[u8; 256], b: u8) -> u8 {
 pub(crate) fn write_escaped(out: &mut Vec<u8>, s: &str, esc: Escaping) {
     let table = esc.table();
     let mut rest = s.as_bytes();
-    while let Some(pos) = rest.iter().position(|&b| escape_code(table, b) != 0) {
+    while let Some(pos) = first_escaped(table, rest) {
         let (run, tail) = rest.split_at(pos);
         out.extend_from_slice(run);
         let Some((&b, after)) = tail.split_first() else {
@@ -116,6 +116,39 @@ pub(crate) fn write_escaped(out: &mut Vec<u8>, s: &str, esc: Escaping) {
         rest = after;
     }
     out.extend_from_slice(rest);
+}
+
+/// The position of the first byte of `bytes` that `table` escapes. Only
+/// bytes below 0x20, `"` and `\\` are ever escaped, so it looks at 8 bytes
+/// at a time and checks bytes one by one only in a word holding one of
+/// those (an answer of 100 notes is mostly text that needs no escape).
+fn first_escaped(table: &[u8; 256], bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Nonzero iff some byte of `x` is zero (Bit Twiddling Hacks' `haszero`;
+    // it may flag bytes above a zero byte too, which the exact check below
+    // sorts out).
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS;
+    let escaped = |b: &u8| escape_code(table, *b) != 0;
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let x = <[u8; 8]>::try_from(word).map_or(0, u64::from_ne_bytes);
+        let candidates = (x.wrapping_sub(ONES * 0x20) & !x & HIGH_BITS)
+            | has_zero(x ^ (ONES * u64::from(b'"')))
+            | has_zero(x ^ (ONES * u64::from(b'\\')));
+        if candidates != 0
+            && let Some(pos) = word.iter().position(escaped)
+        {
+            return Some(at + pos);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(escaped)
+        .map(|pos| at + pos)
 }
 
 /// Whether `s` holds a character the two [`IdForm`]s write differently: a control character
@@ -362,6 +395,36 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The word-at-a-time scan finds the same first escaped byte as a
+    /// byte-by-byte one, for every byte value at every position of strings
+    /// of every length up to 40, in both escapings.
+    #[test]
+    fn first_escaped_agrees_with_a_bytewise_scan() {
+        for esc in [Escaping::Canonical, Escaping::Json] {
+            let table = esc.table();
+            let bytewise = |bytes: &[u8]| bytes.iter().position(|&b| escape_code(table, b) != 0);
+            for len in 0..40usize {
+                let base: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                assert_eq!(first_escaped(table, &base), None);
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut bytes = base.clone();
+                        bytes[at] = b;
+                        // A second escaped byte later must not be found first.
+                        if at + 3 < len {
+                            bytes[at + 3] = b'"';
+                        }
+                        assert_eq!(
+                            first_escaped(table, &bytes),
+                            bytewise(&bytes),
+                            "{esc:?} byte {b:#04x} at {at} of {len}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     fn escaped(s: &str, esc: Escaping) -> String {
         let mut out = Vec::new();

@@ -812,25 +812,20 @@ impl EventStore {
         let shards = self.shards.len();
         match &filter.authors {
             Some(authors) if shards > 1 => {
-                let mut parts: BTreeMap<usize, Vec<Pubkey>> = BTreeMap::new();
+                let mut parts: Vec<Vec<Pubkey>> = vec![Vec::new(); shards];
                 for author in authors {
-                    parts
-                        .entry(shard_of(author, shards))
-                        .or_default()
-                        .push(*author);
+                    parts[shard_of(author, shards)].push(*author);
                 }
                 parts
                     .into_iter()
+                    .enumerate()
+                    .filter(|(_, authors)| !authors.is_empty())
                     .map(|(shard, mut authors)| {
-                        // Sorted once here; the planner's and executor's
-                        // sorts then find them in order.
+                        // Sorted once here; the executor then finds them
+                        // in order and does not sort them again.
                         authors.sort_unstable();
                         authors.dedup();
-                        let part = Filter {
-                            authors: Some(authors),
-                            ..filter.clone()
-                        };
-                        (shard, part)
+                        (shard, filter.with_authors(authors))
                     })
                     .collect()
             }

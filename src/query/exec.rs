@@ -2,13 +2,14 @@
 //! checks each candidate on its record and stops at the limit, holding the
 //! shard's index lock in slices that end whenever its writer waits.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::ops::Deref;
 use std::time::Instant;
 
-use crate::event::{EventId, EventRef};
+use crate::event::{EventId, EventRef, Pubkey};
 use crate::ids::Location;
 use crate::index::{
     AUTHOR_HASH_AT, AUTHOR_HASH_LEN, BTree, Cursor, IndexKind, IndexSet, MAX_TIME_SUFFIX_LEN,
@@ -19,7 +20,7 @@ use crate::wal::LogSnapshot;
 
 use super::error::QueryError;
 use super::filter::Filter;
-use super::plan::{Plan, plan};
+use super::plan::{Plan, leads_with_authors, plan};
 
 /// A matching event: enough to order, deduplicate and fetch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,18 +87,19 @@ pub(crate) fn execute<'l>(
     }
     let search_terms = filter.search.as_deref().map(search::query_terms);
     // Authors sorted once and found by binary search (a follow feed names
-    // hundreds); the rest of the filter is checked as written.
-    let authors = filter.authors.as_ref().map(|authors| {
-        let mut authors = authors.clone();
-        authors.sort_unstable();
-        authors.dedup();
-        authors
+    // hundreds; the store hands each shard its authors already sorted); the
+    // rest of the filter is checked as written.
+    let authors: Option<Cow<'_, [Pubkey]>> = filter.authors.as_ref().map(|authors| {
+        if authors.windows(2).all(|pair| pair[0] < pair[1]) {
+            Cow::Borrowed(authors.as_slice())
+        } else {
+            let mut authors = authors.clone();
+            authors.sort_unstable();
+            authors.dedup();
+            Cow::Owned(authors)
+        }
     });
-    let rest = Filter {
-        authors: None,
-        search: None,
-        ..filter.clone()
-    };
+    let rest = filter.without_authors_and_search();
     let accept = |event: &EventRef<'_>| {
         rest.matches_unsearched(event)
             && authors
@@ -109,6 +111,62 @@ pub(crate) fn execute<'l>(
                 .is_none_or(|terms| search::event_has_terms(event, terms))
     };
     let search_index = access.lock()?.has(IndexKind::TermTime);
+    // Many authors and a limit (a follow feed): followed authors tend to be
+    // active ones, so a newest-first scan of the kinds asked for (or of all
+    // events) that keeps their events often fills the limit long before
+    // one cursor per author could even be opened. Entries of other authors
+    // are skipped by their author hash, records are read only for the
+    // rest; the scan gets a budget of each per author, and if one runs out
+    // the per-author cursors of the plan answer as usual.
+    if limit != usize::MAX
+        && let Some(authors) = &authors
+        && authors.len() >= WIDE_AUTHORS
+        && leads_with_authors(filter, search_index)
+    {
+        let (scan_index, scan_prefixes) = match &filter.kinds {
+            Some(kinds) => {
+                let mut kinds = kinds.clone();
+                kinds.sort_unstable();
+                kinds.dedup();
+                let prefixes = kinds.iter().map(|k| k.to_be_bytes().to_vec()).collect();
+                (IndexKind::KindTime, prefixes)
+            }
+            None => (IndexKind::Time, vec![Vec::new()]),
+        };
+        let mut hashes: Vec<u32> = authors
+            .iter()
+            .map(|a| u32::from_be_bytes(author_hash(a)))
+            .collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        let prefilter = AuthorPrefilter {
+            hashes,
+            skips: authors.len() * SKIPS_PER_AUTHOR,
+        };
+        let mut found = Vec::new();
+        let complete = merge(
+            access,
+            log,
+            scan_index,
+            &scan_prefixes,
+            (filter.since.unwrap_or(0), filter.until.unwrap_or(u64::MAX)),
+            authors.len() * CANDIDATES_PER_AUTHOR,
+            Some(&prefilter),
+            deadline,
+            accept,
+            |hit, event| {
+                found.push((hit, event));
+                found.len() == limit
+            },
+        )?;
+        if complete {
+            let visited = found.len();
+            for (hit, event) in found {
+                visit(hit, event);
+            }
+            return Ok(visited);
+        }
+    }
     match &plan(filter, search_index) {
         Plan::Nothing => Ok(0),
         Plan::Ids(ids) => {
@@ -167,59 +225,6 @@ pub(crate) fn execute<'l>(
             since,
             until,
         } => {
-            // Many authors and a limit (a follow feed): followed authors
-            // tend to be active ones, so a newest-first scan of the kinds
-            // asked for (or of all events) that keeps their events often
-            // fills the limit long before one cursor per author could even
-            // be opened. It gets a budget of candidates per author; if that
-            // runs out, the per-author cursors answer as usual.
-            if limit != usize::MAX
-                && matches!(index, IndexKind::AuthorKindTime | IndexKind::AuthorTime)
-                && let Some(authors) = &authors
-                && authors.len() >= WIDE_AUTHORS
-            {
-                let (scan_index, scan_prefixes) = match &filter.kinds {
-                    Some(kinds) => {
-                        let mut kinds = kinds.clone();
-                        kinds.sort_unstable();
-                        kinds.dedup();
-                        let prefixes = kinds.iter().map(|k| k.to_be_bytes().to_vec()).collect();
-                        (IndexKind::KindTime, prefixes)
-                    }
-                    None => (IndexKind::Time, vec![Vec::new()]),
-                };
-                let mut hashes: Vec<[u8; AUTHOR_HASH_LEN]> =
-                    authors.iter().map(author_hash).collect();
-                hashes.sort_unstable();
-                hashes.dedup();
-                let prefilter = AuthorPrefilter {
-                    hashes,
-                    skips: authors.len() * SKIPS_PER_AUTHOR,
-                };
-                let mut found = Vec::new();
-                let complete = merge(
-                    access,
-                    log,
-                    scan_index,
-                    &scan_prefixes,
-                    (*since, *until),
-                    authors.len() * CANDIDATES_PER_AUTHOR,
-                    Some(&prefilter),
-                    deadline,
-                    accept,
-                    |hit, event| {
-                        found.push((hit, event));
-                        found.len() == limit
-                    },
-                )?;
-                if complete {
-                    let visited = found.len();
-                    for (hit, event) in found {
-                        visit(hit, event);
-                    }
-                    return Ok(visited);
-                }
-            }
             let mut visited = 0;
             merge(
                 access,
@@ -293,7 +298,7 @@ const SKIPS_PER_AUTHOR: usize = 32;
 /// reading their records, at most `skips` of them.
 struct AuthorPrefilter {
     /// Sorted.
-    hashes: Vec<[u8; AUTHOR_HASH_LEN]>,
+    hashes: Vec<u32>,
     skips: usize,
 }
 
@@ -374,10 +379,11 @@ fn merge<'l>(
             last = Some(head);
             deadline.tick()?;
             if let Some(prefilter) = prefilter {
-                let hash = &head[AUTHOR_HASH_AT..AUTHOR_HASH_AT + AUTHOR_HASH_LEN];
+                let mut hash = [0u8; AUTHOR_HASH_LEN];
+                hash.copy_from_slice(&head[AUTHOR_HASH_AT..AUTHOR_HASH_AT + AUTHOR_HASH_LEN]);
                 if prefilter
                     .hashes
-                    .binary_search_by(|h| h.as_slice().cmp(hash))
+                    .binary_search(&u32::from_be_bytes(hash))
                     .is_err()
                 {
                     if skipped == prefilter.skips {

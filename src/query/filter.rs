@@ -252,6 +252,30 @@ impl Filter {
     }
 
     /// Whether some field is an empty list, so nothing can match.
+    /// A copy without the authors and the search: the authors are not
+    /// cloned only to be dropped (a follow feed names hundreds).
+    pub(crate) fn without_authors_and_search(&self) -> Filter {
+        Filter {
+            ids: self.ids.clone(),
+            authors: None,
+            kinds: self.kinds.clone(),
+            tags: self.tags.clone(),
+            since: self.since,
+            until: self.until,
+            limit: self.limit,
+            search: None,
+        }
+    }
+
+    /// A copy with `authors` in place of its own (not cloned first).
+    pub(crate) fn with_authors(&self, authors: Vec<Pubkey>) -> Filter {
+        Filter {
+            authors: Some(authors),
+            search: self.search.clone(),
+            ..self.without_authors_and_search()
+        }
+    }
+
     pub fn matches_nothing(&self) -> bool {
         self.ids.as_ref().is_some_and(Vec::is_empty)
             || self.authors.as_ref().is_some_and(Vec::is_empty)

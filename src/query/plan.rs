@@ -50,6 +50,20 @@ impl Plan {
     }
 }
 
+/// Whether [`plan`] reads an author index for `filter` (no ids, search
+/// terms or tags come first, and it names authors): the case a follow feed
+/// may be answered by a scan of kind_time or time instead.
+pub(crate) fn leads_with_authors(filter: &Filter, search_index: bool) -> bool {
+    filter.authors.is_some()
+        && filter.ids.is_none()
+        && filter.tags.is_empty()
+        && !filter.matches_nothing()
+        && !filter
+            .search
+            .as_ref()
+            .is_some_and(|s| search_index && !search::query_terms(s).is_empty())
+}
+
 /// The plan for `filter` on a store that keeps the term_time index or not
 /// (`search_index`); without it a search is checked on the records of
 /// whatever index the rest of the filter picks.
