@@ -32,6 +32,9 @@ pub(crate) struct IdFilter {
     capacity: usize,
     added: AtomicUsize,
     complete: AtomicBool,
+    /// Its build failed (the index could not be read, or no thread could
+    /// be started): the writer stops adding to it and may start another.
+    abandoned: AtomicBool,
     /// Mixed into every id, so ids made to share a block on one machine
     /// do not on another.
     seed: u64,
@@ -47,6 +50,7 @@ impl IdFilter {
             capacity,
             added: AtomicUsize::new(0),
             complete: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             seed: foldhash::fast::RandomState::default()
                 .hash_one(0u64)
                 .wrapping_add(0x9E37_79B9_7F4A_7C15),
@@ -56,7 +60,7 @@ impl IdFilter {
     /// The block and the bits of `id` (ids are hashes already: their
     /// bytes are spread evenly; the seed keeps chosen ids from choosing
     /// their block).
-    fn place(&self, id: &EventId) -> (usize, u64, u64) {
+    fn place(&self, id: &EventId) -> (usize, u64) {
         let mut a = [0u8; 8];
         let mut b = [0u8; 8];
         a.copy_from_slice(&id.0[..8]);
@@ -64,12 +68,12 @@ impl IdFilter {
         let a = mix(u64::from_le_bytes(a) ^ self.seed);
         let b = mix(u64::from_le_bytes(b) ^ self.seed.rotate_left(32));
         let block = ((u128::from(a) * self.blocks.len() as u128) >> 64) as usize;
-        (block, b, a)
+        (block, b)
     }
 
     /// Adds `id`.
     pub fn add(&self, id: &EventId) {
-        let (block, bits, _) = self.place(id);
+        let (block, bits) = self.place(id);
         let block = &self.blocks[block];
         for probe in 0..PROBES {
             let bit = (bits >> (probe * 9)) & 511;
@@ -80,7 +84,7 @@ impl IdFilter {
 
     /// False only for an id never added.
     pub fn may_contain(&self, id: &EventId) -> bool {
-        let (block, bits, _) = self.place(id);
+        let (block, bits) = self.place(id);
         let block = &self.blocks[block];
         (0..PROBES).all(|probe| {
             let bit = (bits >> (probe * 9)) & 511;
@@ -110,6 +114,15 @@ impl IdFilter {
 
     pub fn set_complete(&self) {
         self.complete.store(true, Ordering::Release);
+    }
+
+    /// Its build failed; it will never be complete.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
+
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
     }
 
     /// Bytes of memory it holds.

@@ -42,7 +42,13 @@ pub(crate) struct IndexSet {
     /// one is complete), and the one being built to replace it.
     ids: Option<Arc<IdFilter>>,
     next_ids: Option<Arc<IdFilter>>,
+    /// Builds that failed on these indexes; after [`MAX_FILTER_BUILDS_FAILED`]
+    /// no other is started (a reopen in place makes new indexes).
+    failed_filter_builds: u32,
 }
+
+/// Failed id filter builds after which the indexes go on without one.
+const MAX_FILTER_BUILDS_FAILED: u32 = 3;
 
 impl IndexSet {
     /// Opens (or creates) every index file in `dir`: all of them, term_time
@@ -115,6 +121,7 @@ impl IndexSet {
             floors,
             ids: None,
             next_ids: None,
+            failed_filter_builds: 0,
         })
     }
 
@@ -315,8 +322,11 @@ impl IndexSet {
     /// lock for [`IndexSet::id_filter_job`].
     pub fn id_filter_due(&self) -> bool {
         match &self.next_ids {
-            Some(next) => next.is_complete(),
-            None => self.ids.as_ref().is_none_or(|ids| ids.overfull()),
+            Some(next) => next.is_complete() || next.is_abandoned(),
+            None => {
+                self.failed_filter_builds < MAX_FILTER_BUILDS_FAILED
+                    && self.ids.as_ref().is_none_or(|ids| ids.overfull())
+            }
         }
     }
 
@@ -332,7 +342,20 @@ impl IndexSet {
         {
             self.ids = self.next_ids.take();
         }
-        if self.next_ids.is_some() || self.ids.as_ref().is_some_and(|ids| !ids.overfull()) {
+        // A failed build: nothing more is added to it; another is tried
+        // a few times.
+        if self
+            .next_ids
+            .as_ref()
+            .is_some_and(|next| next.is_abandoned())
+        {
+            self.next_ids = None;
+            self.failed_filter_builds += 1;
+        }
+        if self.next_ids.is_some()
+            || self.failed_filter_builds >= MAX_FILTER_BUILDS_FAILED
+            || self.ids.as_ref().is_some_and(|ids| !ids.overfull())
+        {
             return None;
         }
         let held = self.tree(IndexKind::Primary).entry_count() as usize;
@@ -460,4 +483,46 @@ fn set_aside(storage: &dyn Storage, path: &Path) -> Result<(), IndexError> {
             .map_err(io_error(dir, "sync directory"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::FileStorage;
+
+    /// A build that fails is dropped (the writer no longer adds to it) and
+    /// another is started, a few times at most; a build that completes is
+    /// put in use.
+    #[test]
+    fn a_failed_filter_build_is_dropped_and_retried_a_few_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rebuilt = Vec::new();
+        let mut set =
+            IndexSet::open(Arc::new(FileStorage), dir.path(), false, &mut rebuilt).unwrap();
+        assert!(set.id_filter_due(), "no filter yet");
+        let mut builds = Vec::new();
+        for _ in 0..MAX_FILTER_BUILDS_FAILED {
+            let filter = set.id_filter_job(1024).expect("a build is started");
+            assert!(builds.iter().all(|b| !Arc::ptr_eq(b, &filter)));
+            assert!(!set.id_filter_due(), "one build at a time");
+            assert!(set.id_filter_job(1024).is_none());
+            filter.abandon();
+            assert!(set.id_filter_due(), "the failed build needs the writer");
+            builds.push(filter);
+        }
+        assert!(set.id_filter_job(1024).is_none(), "no fourth try");
+        assert!(set.next_ids.is_none(), "nothing is added to a failed build");
+        assert!(!set.id_filter_due());
+        assert!(set.id_filter().is_none());
+
+        let mut set =
+            IndexSet::open(Arc::new(FileStorage), dir.path(), false, &mut rebuilt).unwrap();
+        let filter = set.id_filter_job(1024).unwrap();
+        filter.abandon();
+        let filter = set.id_filter_job(1024).expect("tried again");
+        filter.set_complete();
+        assert!(set.id_filter_due());
+        assert!(set.id_filter_job(1024).is_none());
+        assert!(set.id_filter().is_some_and(|f| std::ptr::eq(f, &*filter)));
+    }
 }

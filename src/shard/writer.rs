@@ -599,9 +599,14 @@ impl Writer {
         let indexes = Arc::clone(&self.indexes);
         // Without the thread there is no filter: look-ups descend the
         // primary index, as they do without one.
-        let _ = std::thread::Builder::new()
+        let building = Arc::clone(&filter);
+        if std::thread::Builder::new()
             .name("megalith-id-filter".into())
-            .spawn(move || fill_id_filter(&indexes, epoch, &filter));
+            .spawn(move || fill_id_filter(&indexes, epoch, &building))
+            .is_err()
+        {
+            filter.abandon();
+        }
     }
 
     fn close(&mut self) -> Result<(), Error> {
@@ -629,8 +634,12 @@ fn fill_id_filter(indexes: &SharedIndexes, epoch: u64, filter: &crate::index::Id
                 return;
             }
             // The index cannot be read: queries and writes will say so; the
-            // filter stays unbuilt.
-            Err(_) => return,
+            // writer stops adding to this filter and tries another build
+            // (a few times at most).
+            Err(_) => {
+                filter.abandon();
+                return;
+            }
         }
     }
 }
