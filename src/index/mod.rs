@@ -10,7 +10,9 @@ mod keys;
 mod node;
 mod set;
 
-pub(crate) use btree::{BTree, Cursor};
+#[cfg(test)]
+pub(crate) use btree::BTree;
+pub(crate) use btree::Cursor;
 pub use error::IndexError;
 pub(crate) use idfilter::IdFilter;
 pub use keys::IndexKind;

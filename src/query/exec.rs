@@ -12,8 +12,8 @@ use std::time::Instant;
 use crate::event::{EventId, EventRef, Pubkey};
 use crate::ids::Location;
 use crate::index::{
-    AUTHOR_HASH_AT, AUTHOR_HASH_LEN, BTree, Cursor, IndexKind, IndexSet, MAX_TIME_SUFFIX_LEN,
-    author_hash, location_at_end, time_range,
+    AUTHOR_HASH_AT, AUTHOR_HASH_LEN, Cursor, IndexKind, IndexSet, MAX_TIME_SUFFIX_LEN, author_hash,
+    location_at_end, time_range,
 };
 use crate::search;
 use crate::wal::LogSnapshot;
@@ -133,16 +133,13 @@ pub(crate) fn execute<'l>(
             }
             None => (IndexKind::Time, vec![Vec::new()]),
         };
-        let mut hashes: Vec<u32> = authors
-            .iter()
-            .map(|a| u32::from_be_bytes(author_hash(a)))
-            .collect();
-        hashes.sort_unstable();
-        hashes.dedup();
-        let prefilter = AuthorPrefilter {
-            hashes,
-            skips: authors.len() * SKIPS_PER_AUTHOR,
-        };
+        let prefilter = AuthorPrefilter::new(
+            authors
+                .iter()
+                .map(|a| u32::from_be_bytes(author_hash(a)))
+                .collect(),
+            authors.len() * SKIPS_PER_AUTHOR,
+        );
         let mut found = Vec::new();
         let complete = merge(
             access,
@@ -299,8 +296,38 @@ const SKIPS_PER_AUTHOR: usize = 32;
 struct AuthorPrefilter {
     /// Sorted.
     hashes: Vec<u32>,
+    /// One bit per value of a hash's high 16 bits: most other authors'
+    /// hashes are turned away by one load, before the binary search.
+    high: Box<[u64; 1024]>,
     skips: usize,
 }
+
+impl AuthorPrefilter {
+    fn new(mut hashes: Vec<u32>, skips: usize) -> AuthorPrefilter {
+        hashes.sort_unstable();
+        hashes.dedup();
+        let mut high = Box::new([0u64; 1024]);
+        for hash in &hashes {
+            let top = (hash >> 16) as usize;
+            high[top >> 6] |= 1 << (top & 63);
+        }
+        AuthorPrefilter {
+            hashes,
+            high,
+            skips,
+        }
+    }
+
+    fn keeps(&self, hash: u32) -> bool {
+        let top = (hash >> 16) as usize;
+        self.high[top >> 6] & (1 << (top & 63)) != 0 && self.hashes.binary_search(&hash).is_ok()
+    }
+}
+
+/// Entries one step of a scan may skip by their author hash before it
+/// stops at the last of them (so a writer waiting for the lock waits for
+/// at most this many entries of a reader, not for a whole run of them).
+const SKIP_RUN: usize = 64;
 
 /// Merges one newest-first cursor per prefix of `index`, reads each
 /// candidate's record, and passes those `accept` takes to `take` until it
@@ -324,18 +351,24 @@ fn merge<'l>(
     mut take: impl FnMut(Hit, EventRef<'l>) -> bool,
 ) -> Result<bool, QueryError> {
     let prefix_len = index.time_prefix_len().unwrap_or(0);
-    let suffix_len = index.time_suffix_len();
-    let prefilter = prefilter.filter(|_| index.author_hashed());
+    let hashed = index.author_hashed();
+    let mut scan = Scan {
+        prefix_len,
+        hashed,
+        prefilter: prefilter.filter(|_| hashed),
+        skipped: 0,
+    };
     let ranges: Vec<(Vec<u8>, Vec<u8>)> = prefixes
         .iter()
         .map(|prefix| time_range(index, prefix, since, until))
         .collect();
-    let mut heap = BinaryHeap::with_capacity(ranges.len());
+    let mut heap: BinaryHeap<Reverse<(Head, usize, bool)>> =
+        BinaryHeap::with_capacity(ranges.len());
     // Sources whose first head has been looked for.
     let mut opened = 0;
     let mut read = 0;
-    let mut skipped = 0;
-    let mut last: Option<Suffix> = None;
+    let mut last: Option<Head> = None;
+    let mut key = Vec::with_capacity(index.width());
     'slices: loop {
         let guard = access.lock()?;
         let tree = guard.tree(index);
@@ -346,8 +379,11 @@ fn merge<'l>(
             deadline.tick()?;
             let (lower, upper) = &ranges[opened];
             let mut cursor = tree.seek(lower)?;
-            if let Some(head) = head_of(&mut cursor, upper, prefix_len)? {
-                heap.push(Reverse((head, opened)));
+            match scan.next(&mut cursor, upper)? {
+                Step::End => {}
+                Step::Exhausted => return Ok(false),
+                Step::Entry(head) => heap.push(Reverse((head, opened, false))),
+                Step::Skipped(head) => heap.push(Reverse((head, opened, true))),
             }
             cursors[opened] = Some(cursor);
             opened += 1;
@@ -355,21 +391,35 @@ fn merge<'l>(
                 continue 'slices;
             }
         }
-        while let Some(Reverse((head, source))) = heap.pop() {
+        while let Some(Reverse((head, source, skipped))) = heap.pop() {
             let (lower, upper) = &ranges[source];
-            let next = if let Some(cursor) = cursors[source].as_mut() {
-                head_of(cursor, upper, prefix_len)?
-            } else if let Some(mut cursor) =
-                seek_after(tree, &lower[..prefix_len], head, suffix_len)?
-            {
-                let next = head_of(&mut cursor, upper, prefix_len)?;
-                cursors[source] = Some(cursor);
-                next
-            } else {
-                None
+            let cursor = match &mut cursors[source] {
+                Some(cursor) => Some(cursor),
+                slot => {
+                    key.clear();
+                    key.extend_from_slice(&lower[..prefix_len]);
+                    if head.write_after(&mut key, hashed) {
+                        Some(slot.insert(tree.seek(&key)?))
+                    } else {
+                        None
+                    }
+                }
             };
-            if let Some(next) = next {
-                heap.push(Reverse((next, source)));
+            if let Some(cursor) = cursor {
+                match scan.next(cursor, upper)? {
+                    Step::End => {}
+                    Step::Exhausted => return Ok(false),
+                    Step::Entry(next) => heap.push(Reverse((next, source, false))),
+                    Step::Skipped(next) => heap.push(Reverse((next, source, true))),
+                }
+            }
+            // A run of skipped entries ended here: only a position.
+            if skipped {
+                deadline.tick()?;
+                if access.writer_waiting() {
+                    continue 'slices;
+                }
+                continue;
             }
             // One event reached through two cursors (two matching tag
             // values) has the same suffix twice in a row.
@@ -377,31 +427,12 @@ fn merge<'l>(
                 continue;
             }
             last = Some(head);
-            deadline.tick()?;
-            if let Some(prefilter) = prefilter {
-                let mut hash = [0u8; AUTHOR_HASH_LEN];
-                hash.copy_from_slice(&head[AUTHOR_HASH_AT..AUTHOR_HASH_AT + AUTHOR_HASH_LEN]);
-                if prefilter
-                    .hashes
-                    .binary_search(&u32::from_be_bytes(hash))
-                    .is_err()
-                {
-                    if skipped == prefilter.skips {
-                        return Ok(false);
-                    }
-                    skipped += 1;
-                    if access.writer_waiting() {
-                        continue 'slices;
-                    }
-                    continue;
-                }
-            }
             if read == budget {
                 return Ok(false);
             }
             read += 1;
-            let location = location_at_end(&head[..suffix_len]);
-            if let Some((hit, event)) = candidate(access, log, location, &accept)?
+            deadline.tick()?;
+            if let Some((hit, event)) = candidate(access, log, head.location(), &accept)?
                 && take(hit, event)
             {
                 return Ok(true);
@@ -411,6 +442,108 @@ fn merge<'l>(
             }
         }
         return Ok(true);
+    }
+}
+
+/// A time-ordered entry's suffix (after its prefix) as numbers, which
+/// order as its bytes do: reversed time, id prefix, author hash (0 in the
+/// indexes without one), location. Compared without `memcmp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Head {
+    rtime: u64,
+    id8: u64,
+    hash: u32,
+    location: u64,
+}
+
+impl Head {
+    fn of(suffix: &[u8], hashed: bool) -> Head {
+        let word = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&suffix[at..at + 8]);
+            u64::from_be_bytes(bytes)
+        };
+        let hash = if hashed {
+            let mut bytes = [0u8; AUTHOR_HASH_LEN];
+            bytes.copy_from_slice(&suffix[AUTHOR_HASH_AT..AUTHOR_HASH_AT + AUTHOR_HASH_LEN]);
+            u32::from_be_bytes(bytes)
+        } else {
+            0
+        };
+        Head {
+            rtime: word(0),
+            id8: word(8),
+            hash,
+            location: word(suffix.len() - 8),
+        }
+    }
+
+    fn location(&self) -> Location {
+        Location::from_bytes(self.location.to_be_bytes())
+    }
+
+    /// Appends the smallest suffix after this one; false if none can
+    /// follow it.
+    fn write_after(&self, out: &mut Vec<u8>, hashed: bool) -> bool {
+        let start = out.len();
+        out.extend_from_slice(&self.rtime.to_be_bytes());
+        out.extend_from_slice(&self.id8.to_be_bytes());
+        if hashed {
+            out.extend_from_slice(&self.hash.to_be_bytes());
+        }
+        out.extend_from_slice(&self.location.to_be_bytes());
+        increment(&mut out[start..])
+    }
+}
+
+/// What one step of a cursor found.
+enum Step {
+    /// No entry left in the range.
+    End,
+    /// The next entry.
+    Entry(Head),
+    /// [`SKIP_RUN`] entries of other authors skipped; this is the last.
+    Skipped(Head),
+    /// The prefilter's skips ran out.
+    Exhausted,
+}
+
+/// How a merge steps one source's cursor.
+struct Scan<'p> {
+    prefix_len: usize,
+    hashed: bool,
+    prefilter: Option<&'p AuthorPrefilter>,
+    skipped: usize,
+}
+
+impl Scan<'_> {
+    /// The cursor's next entry up to `upper` (inclusive, a whole entry)
+    /// that the prefilter keeps, skipping at most [`SKIP_RUN`] others.
+    fn next(&mut self, cursor: &mut Cursor<'_>, upper: &[u8]) -> Result<Step, QueryError> {
+        let mut run = 0;
+        loop {
+            let Some(entry) = cursor.next()? else {
+                return Ok(Step::End);
+            };
+            if entry > upper {
+                return Ok(Step::End);
+            }
+            let head = Head::of(&entry[self.prefix_len..], self.hashed);
+            let Some(prefilter) = self.prefilter else {
+                return Ok(Step::Entry(head));
+            };
+            if prefilter.keeps(head.hash) {
+                return Ok(Step::Entry(head));
+            }
+            if self.skipped == prefilter.skips {
+                return Ok(Step::Exhausted);
+            }
+            self.skipped += 1;
+            run += 1;
+            if run == SKIP_RUN {
+                return Ok(Step::Skipped(head));
+            }
+        }
     }
 }
 
@@ -435,24 +568,6 @@ fn candidate<'l>(
         location,
     };
     Ok(Some((hit, event)))
-}
-
-/// A cursor at the first entry of `prefix` after the one that ended in
-/// `suffix` (of `suffix_len` bytes), or `None` if no key can follow it.
-fn seek_after<'t>(
-    tree: &'t BTree,
-    prefix: &[u8],
-    mut suffix: Suffix,
-    suffix_len: usize,
-) -> Result<Option<Cursor<'t>>, QueryError> {
-    let suffix = &mut suffix[..suffix_len];
-    if !increment(suffix) {
-        return Ok(None);
-    }
-    let mut key = Vec::with_capacity(prefix.len() + suffix_len);
-    key.extend_from_slice(prefix);
-    key.extend_from_slice(suffix);
-    Ok(Some(tree.seek(&key)?))
 }
 
 /// Leapfrogs one newest-first `term_time` cursor per prefix (term hash):
@@ -567,27 +682,5 @@ fn increment(bytes: &mut [u8]) -> bool {
     false
 }
 
-/// The part of a time-ordered entry after its prefix (reversed time, id
-/// prefix, the author hash in kind_time and time, location), zero-padded to
-/// the longest: within one index it sorts in NIP-01 order.
-type Suffix = [u8; MAX_TIME_SUFFIX_LEN];
-
-/// A term_time entry's suffix (no author hash).
+/// A term_time entry's suffix (reversed time, id prefix, location).
 const TERM_SUFFIX_LEN: usize = MAX_TIME_SUFFIX_LEN - AUTHOR_HASH_LEN;
-
-/// The suffix of the cursor's next entry, if it is at most `upper`.
-fn head_of(
-    cursor: &mut Cursor<'_>,
-    upper: &[u8],
-    prefix_len: usize,
-) -> Result<Option<Suffix>, QueryError> {
-    let Some(entry) = cursor.next()? else {
-        return Ok(None);
-    };
-    if entry > upper {
-        return Ok(None);
-    }
-    let mut suffix = [0u8; MAX_TIME_SUFFIX_LEN];
-    suffix[..entry.len() - prefix_len].copy_from_slice(&entry[prefix_len..]);
-    Ok(Some(suffix))
-}
