@@ -29,11 +29,26 @@ pub(crate) fn hex_pair(byte: u8) -> [u8; 2] {
     [digit(byte >> 4), digit(byte)]
 }
 
-/// Appends the lowercase hex form of `bytes` to `out`.
+/// The two hex digits of every byte value, looked up once per byte.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX_DIGITS[b >> 4], HEX_DIGITS[b & 0x0f]];
+        b += 1;
+    }
+    pairs
+};
+
+/// Appends the lowercase hex form of `bytes` to `out`: the room is made
+/// once and each byte's two digits copied from a table (every answer
+/// writes an id, a pubkey and a signature per event, and contact lists
+/// hundreds of keys).
 pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.reserve(bytes.len().saturating_mul(2));
-    for &b in bytes {
-        out.extend_from_slice(&hex_pair(b));
+    let start = out.len();
+    out.resize(start + bytes.len() * 2, 0);
+    for (pair, &b) in out[start..].chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
 }
 
@@ -255,6 +270,20 @@ mod tests {
             assert_eq!(pair[0].cmp(&pair[1]), pair[0].0.cmp(&pair[1].0));
             assert_eq!(pair[1].cmp(&pair[0]), pair[1].0.cmp(&pair[0].0));
         }
+    }
+
+    #[test]
+    fn push_hex_writes_every_byte_value_after_what_is_there() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let mut out = b"x".to_vec();
+        push_hex(&mut out, &bytes);
+        let mut expected = b"x".to_vec();
+        for b in &bytes {
+            expected.extend_from_slice(format!("{b:02x}").as_bytes());
+        }
+        assert_eq!(out, expected);
+        push_hex(&mut out, &[]);
+        assert_eq!(out, expected);
     }
 
     #[test]
