@@ -81,6 +81,15 @@ impl fmt::Display for Location {
     }
 }
 
+/// SplitMix64's finalizer (Steele, Lea and Flood): a bijection of u64 whose
+/// every output bit depends on every input bit. Shard routing and the
+/// author hash put it on disk; the id filter and the generator use it too.
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// CRC-64 (crc64fast's ECMA polynomial) of the given parts, in order.
 pub(crate) fn crc64(parts: &[&[u8]]) -> u64 {
     let mut digest = crc64fast::Digest::new();

@@ -8,10 +8,7 @@
 /// One step of SplitMix64: seeds xoshiro and derives independent sub-seeds.
 pub(crate) fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    crate::ids::mix64(*state)
 }
 
 /// xoshiro256** (Blackman and Vigna), seeded by SplitMix64 so that any u64 seed, zero

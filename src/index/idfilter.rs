@@ -17,6 +17,7 @@ use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::event::EventId;
+use crate::ids::mix64;
 
 /// Bits per id it is sized for: with [`PROBES`] bits per id in one 512-bit
 /// block, about 1% false positives when full.
@@ -65,8 +66,8 @@ impl IdFilter {
         let mut b = [0u8; 8];
         a.copy_from_slice(&id.0[..8]);
         b.copy_from_slice(&id.0[8..16]);
-        let a = mix(u64::from_le_bytes(a) ^ self.seed);
-        let b = mix(u64::from_le_bytes(b) ^ self.seed.rotate_left(32));
+        let a = mix64(u64::from_le_bytes(a) ^ self.seed);
+        let b = mix64(u64::from_le_bytes(b) ^ self.seed.rotate_left(32));
         let block = ((u128::from(a) * self.blocks.len() as u128) >> 64) as usize;
         (block, b)
     }
@@ -131,13 +132,6 @@ impl IdFilter {
     }
 }
 
-/// SplitMix64's finalizer.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,7 +140,7 @@ mod tests {
         // Spread like real ids: the bytes of a hash.
         let mut bytes = [0u8; 32];
         for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-            chunk.copy_from_slice(&mix(n.wrapping_mul(4).wrapping_add(i as u64)).to_le_bytes());
+            chunk.copy_from_slice(&mix64(n.wrapping_mul(4).wrapping_add(i as u64)).to_le_bytes());
         }
         EventId(bytes)
     }

@@ -226,10 +226,7 @@ pub(crate) fn time_range(
 pub(crate) fn author_hash(pubkey: &Pubkey) -> [u8; AUTHOR_HASH_LEN] {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&pubkey.0[16..24]);
-    let mut z = u64::from_le_bytes(bytes);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
+    let z = crate::ids::mix64(u64::from_le_bytes(bytes));
     ((z >> 32) as u32).to_be_bytes()
 }
 

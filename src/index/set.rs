@@ -71,12 +71,7 @@ impl IndexSet {
             let path = dir.join(kind.file_name());
             if kind == IndexKind::TermTime && !search {
                 if store.exists(&path).map_err(io_error(&path, "stat"))? {
-                    store
-                        .remove_file(&path)
-                        .map_err(io_error(&path, "remove"))?;
-                    store
-                        .sync_dir(dir)
-                        .map_err(io_error(dir, "sync directory"))?;
+                    remove_durably(store, dir, &path)?;
                 }
                 trees.push(None);
                 continue;
@@ -98,12 +93,7 @@ impl IndexSet {
                          become {expected}-byte entries)",
                         kind.name()
                     ));
-                    store
-                        .remove_file(&path)
-                        .map_err(io_error(&path, "remove"))?;
-                    store
-                        .sync_dir(dir)
-                        .map_err(io_error(dir, "sync directory"))?;
+                    remove_durably(store, dir, &path)?;
                     BTree::open(store, &path, kind.id(), kind.width())?
                 }
                 Err(other) => return Err(other),
@@ -483,6 +473,12 @@ fn set_aside(storage: &dyn Storage, path: &Path) -> Result<(), IndexError> {
             .map_err(io_error(dir, "sync directory"))?;
     }
     Ok(())
+}
+
+/// Removes the file at `path` in `dir` and syncs the directory.
+fn remove_durably(store: &dyn Storage, dir: &Path, path: &Path) -> Result<(), IndexError> {
+    store.remove_file(path).map_err(io_error(path, "remove"))?;
+    store.sync_dir(dir).map_err(io_error(dir, "sync directory"))
 }
 
 #[cfg(test)]

@@ -51,10 +51,7 @@ pub enum Durability {
 pub(crate) fn shard_of(pubkey: &Pubkey, shards: usize) -> usize {
     let mut tail = [0u8; 8];
     tail.copy_from_slice(&pubkey.0[24..]);
-    let mut z = u64::from_le_bytes(tail);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
+    let z = crate::ids::mix64(u64::from_le_bytes(tail));
     ((u128::from(z) * shards as u128) >> 64) as usize
 }
 
