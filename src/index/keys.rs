@@ -48,14 +48,14 @@ pub(crate) const TAG_SLOT_LEN: usize = 33;
 const TIME_LEN: usize = 8;
 const LOCATION_LEN: usize = Location::ENCODED_LEN;
 /// What follows the time prefix in a time-ordered entry without an author
-/// hash.
-const TIME_SUFFIX_LEN: usize = TIME_LEN + ID_PREFIX_LEN + LOCATION_LEN;
+/// hash (term_time's, for one).
+pub(crate) const TIME_SUFFIX_LEN: usize = TIME_LEN + ID_PREFIX_LEN + LOCATION_LEN;
 /// The author hash's length, and where it sits in the suffix of the
 /// indexes that carry it (after the reversed time and the id prefix).
 pub(crate) const AUTHOR_HASH_LEN: usize = 4;
 pub(crate) const AUTHOR_HASH_AT: usize = TIME_LEN + ID_PREFIX_LEN;
 /// The longest suffix (after the prefix) of a time-ordered entry.
-pub(crate) const MAX_TIME_SUFFIX_LEN: usize = TIME_SUFFIX_LEN + AUTHOR_HASH_LEN;
+const MAX_TIME_SUFFIX_LEN: usize = TIME_SUFFIX_LEN + AUTHOR_HASH_LEN;
 
 impl IndexKind {
     /// Whether new entries land anywhere in the key space (keys start with
@@ -121,7 +121,7 @@ impl IndexKind {
     /// The bytes after the prefix of a time-ordered index's entry.
     pub fn time_suffix_len(self) -> usize {
         if self.author_hashed() {
-            TIME_SUFFIX_LEN + AUTHOR_HASH_LEN
+            MAX_TIME_SUFFIX_LEN
         } else {
             TIME_SUFFIX_LEN
         }

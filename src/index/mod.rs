@@ -17,7 +17,7 @@ pub use error::IndexError;
 pub(crate) use idfilter::IdFilter;
 pub use keys::IndexKind;
 pub(crate) use keys::{
-    AUTHOR_HASH_AT, AUTHOR_HASH_LEN, MAX_TIME_SUFFIX_LEN, TagSlot, address_prefix, author_hash,
+    AUTHOR_HASH_AT, AUTHOR_HASH_LEN, TIME_SUFFIX_LEN, TagSlot, address_prefix, author_hash,
     author_kind_prefix, for_each_entry, location_at_end, tag_prefix, time_range,
 };
 pub(crate) use set::{Apply, GroupEntries, IndexSet};

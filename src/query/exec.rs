@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::event::{EventId, EventRef, Pubkey};
 use crate::ids::Location;
 use crate::index::{
-    AUTHOR_HASH_AT, AUTHOR_HASH_LEN, Cursor, IndexKind, IndexSet, MAX_TIME_SUFFIX_LEN, author_hash,
+    AUTHOR_HASH_AT, AUTHOR_HASH_LEN, Cursor, IndexKind, IndexSet, TIME_SUFFIX_LEN, author_hash,
     location_at_end, time_range,
 };
 use crate::search;
@@ -595,13 +595,13 @@ fn intersect<'l>(
     };
     let (lower, upper) = time_range(IndexKind::TermTime, first, since, until);
     let prefix_len = first.len();
-    let mut target = [0u8; TERM_SUFFIX_LEN];
+    let mut target = [0u8; TIME_SUFFIX_LEN];
     target.copy_from_slice(&lower[prefix_len..]);
     let upper_suffix = &upper[prefix_len..];
     // Per term: the entry suffix it stands on (the first at or after every
     // target so far).
-    let mut heads: Vec<Option<[u8; TERM_SUFFIX_LEN]>> = vec![None; prefixes.len()];
-    let mut key = Vec::with_capacity(prefix_len + TERM_SUFFIX_LEN);
+    let mut heads: Vec<Option<[u8; TIME_SUFFIX_LEN]>> = vec![None; prefixes.len()];
+    let mut key = Vec::with_capacity(prefix_len + TIME_SUFFIX_LEN);
     let mut visited = 0;
     let mut agreed = 0;
     let mut term = 0;
@@ -634,7 +634,7 @@ fn intersect<'l>(
                     {
                         return Ok(visited);
                     }
-                    let mut suffix = [0u8; TERM_SUFFIX_LEN];
+                    let mut suffix = [0u8; TIME_SUFFIX_LEN];
                     suffix.copy_from_slice(&entry[prefix_len..]);
                     *head = Some(suffix);
                 }
@@ -681,6 +681,3 @@ fn increment(bytes: &mut [u8]) -> bool {
     }
     false
 }
-
-/// A term_time entry's suffix (reversed time, id prefix, location).
-const TERM_SUFFIX_LEN: usize = MAX_TIME_SUFFIX_LEN - AUTHOR_HASH_LEN;

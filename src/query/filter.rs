@@ -251,7 +251,6 @@ impl Filter {
         out
     }
 
-    /// Whether some field is an empty list, so nothing can match.
     /// A copy without the authors and the search: the authors are not
     /// cloned only to be dropped (a follow feed names hundreds).
     pub(crate) fn without_authors_and_search(&self) -> Filter {
@@ -276,6 +275,7 @@ impl Filter {
         }
     }
 
+    /// Whether some field is an empty list, so nothing can match.
     pub fn matches_nothing(&self) -> bool {
         self.ids.as_ref().is_some_and(Vec::is_empty)
             || self.authors.as_ref().is_some_and(Vec::is_empty)
