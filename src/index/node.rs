@@ -296,12 +296,20 @@ pub(crate) fn fits(node: &MemNode, width: usize) -> bool {
     encoded_len(node, width) <= PAGE_SIZE
 }
 
+/// Whether a leaf of these `entries` (sorted, full width, back to back)
+/// fits in one page.
+pub(crate) fn leaf_fits(entries: &[u8], width: usize) -> bool {
+    leaf_len(entries, width) <= PAGE_SIZE
+}
+
+fn leaf_len(entries: &[u8], width: usize) -> usize {
+    let prefix = common_prefix(entries, width);
+    PAGE_HEADER_LEN + prefix + (entries.len() / width) * (width - prefix)
+}
+
 fn encoded_len(node: &MemNode, width: usize) -> usize {
     match node {
-        MemNode::Leaf { entries } => {
-            let prefix = common_prefix(entries, width);
-            PAGE_HEADER_LEN + prefix + (entries.len() / width) * (width - prefix)
-        }
+        MemNode::Leaf { entries } => leaf_len(entries, width),
         MemNode::Branch {
             separators,
             children,

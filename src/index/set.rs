@@ -291,15 +291,17 @@ impl IndexSet {
                     add_id(filters, entry);
                 }
             }
-            for (entries, op) in [(inserts, Apply::Insert), (removes, Apply::Remove)] {
+            for (entries, add) in [(inserts, true), (removes, false)] {
                 let mut sorted: Vec<&[u8]> = entries.chunks_exact(width).collect();
                 sorted.sort_unstable();
-                for entry in sorted {
-                    match (op, staged) {
-                        (op, true) => tree.stage(entry, op == Apply::Insert),
-                        (Apply::Insert, false) => _ = tree.insert(entry)?,
-                        (Apply::Remove, false) => _ = tree.remove(entry)?,
-                    };
+                if staged {
+                    for entry in sorted {
+                        tree.stage(entry, add);
+                    }
+                } else {
+                    sorted.dedup();
+                    let batch: Vec<(&[u8], bool)> = sorted.into_iter().map(|e| (e, add)).collect();
+                    tree.apply_sorted(&batch)?;
                 }
             }
         }
@@ -436,6 +438,16 @@ impl IndexSet {
         position: Location,
     ) -> Result<Option<PreparedCheckpoint>, IndexError> {
         self.tree(kind).prepare_checkpoint(lsn, position)
+    }
+
+    /// Gives every index's free pages back to the file system (see
+    /// `BTree::release_free_pages`); returns the bytes released.
+    pub fn release_free_pages(&self) -> Result<u64, IndexError> {
+        let mut released = 0;
+        for tree in self.kept() {
+            released += tree.release_free_pages()?;
+        }
+        Ok(released)
     }
 
     pub fn install(

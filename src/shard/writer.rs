@@ -612,7 +612,13 @@ impl Writer {
     fn close(&mut self) -> Result<(), Error> {
         self.indexes.close();
         self.checkpoint()?;
-        Ok(self.log.close()?)
+        // A failure here loses nothing (the pages stay allocated, and are
+        // reused by the next checkpoint), but the device said no: the
+        // caller hears it, after the log is closed all the same.
+        let released = self.indexes.read().release_free_pages();
+        self.log.close()?;
+        released?;
+        Ok(())
     }
 }
 

@@ -96,6 +96,34 @@ impl StorageFile for RealFile {
         data_end(&self.0)
     }
 
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+        else {
+            return Ok(());
+        };
+        // SAFETY: `fallocate` on a descriptor this `File` owns and keeps
+        // open; punching a hole changes no length and no byte outside the
+        // range.
+        let done = unsafe {
+            libc::fallocate(
+                self.0.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        if done == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            // The file system keeps no holes: the blocks stay, nothing is lost.
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+            _ => Err(error),
+        }
+    }
+
     fn map(&self) -> io::Result<Option<Mapping>> {
         if self.size()? == 0 {
             return Ok(None);

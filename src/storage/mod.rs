@@ -86,6 +86,16 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn data_end(&self) -> io::Result<u64> {
         self.size()
     }
+    /// Gives the blocks under `offset..offset + len` back to the file
+    /// system (a hole; the length does not change). What the range reads
+    /// afterwards is unspecified, zeros or its old bytes, also after a
+    /// crash, so it is for bytes nothing will read before writing them
+    /// again. The default does nothing, which is right for file systems
+    /// without holes.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// A read-only map of the whole file (`None` when it is empty). Writes
     /// made later through this file are visible through the map; the
     /// engine never reads mapped bytes that a write may be changing.

@@ -536,6 +536,18 @@ impl StorageFile for SimFile {
         super::file::data_end(&self.file)
     }
 
+    /// A hole reads as zeros, and until a sync a crash may bring back the
+    /// old bytes, torn or not: an unsynced write of zeros, exactly.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let size = self.file.metadata()?.len();
+        let end = offset.saturating_add(len).min(size);
+        if end <= offset {
+            return Ok(());
+        }
+        let zeros = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
+        self.write_all_at(&zeros, offset)
+    }
+
     fn map(&self) -> io::Result<Option<Mapping>> {
         self.state.lock().tick()?;
         if self.file.metadata()?.len() == 0 {
