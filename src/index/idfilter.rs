@@ -184,6 +184,10 @@ mod tests {
         let others = (200_000..300_000)
             .filter(|&i| filter.may_contain(&prefixed(i)))
             .count();
-        assert!(others < 1_000, "{others} of 100,000 others pass");
+        // About 1% pass at capacity, as with ids of no shared prefix (the
+        // seed is random per process: 1,021 was seen, so the bound is the
+        // 2% of the test above); ids piled into a few blocks would let
+        // nearly all of them through.
+        assert!(others < 2_000, "{others} of 100,000 others pass");
     }
 }
