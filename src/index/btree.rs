@@ -313,7 +313,7 @@ impl BTree {
         // Re-stated exactly by the tree as the entries go in.
         let undone: i64 = batch.values().map(|&add| if add { 1 } else { -1 }).sum();
         let entries: Vec<(&[u8], bool)> = batch.iter().map(|(e, &add)| (&e.0[..], add)).collect();
-        self.apply_sorted(&entries)?;
+        self.apply_batch(&entries)?;
         self.level_delta -= undone;
         if self.level.is_empty() {
             self.level_delta = 0;
@@ -556,6 +556,15 @@ impl BTree {
             for (entry, _) in batch {
                 self.unstage(entry);
             }
+        }
+        self.apply_batch(batch)
+    }
+
+    /// [`BTree::apply_sorted`] without looking at the level (a merge of the
+    /// level: its batch has left the map already).
+    fn apply_batch(&mut self, batch: &[(&[u8], bool)]) -> Result<(), IndexError> {
+        if batch.is_empty() {
+            return Ok(());
         }
         let root = match self.root {
             Some(root) => self.make_mut(root)?,

@@ -69,6 +69,13 @@ pub(crate) trait ChangeSink: Send + Sync + std::fmt::Debug {
 pub(crate) type Reopen =
     Arc<dyn Fn(&Arc<Log>) -> Result<(LogWriter, IndexSet, String), Error> + Send + Sync>;
 
+/// Changed nodes after which a merge of the in-memory level writes the
+/// trees part-way (see `Writer::merge_levels`): 8 MiB of pages. Measured on
+/// the 1M-event trusted import: the store 1.24x the JSON with the merge
+/// written at the 65,536-node checkpoint bound, 1.06x with parts of 2,048
+/// nodes, in the same time (27.5-32 s).
+const MERGE_PART_NODES: usize = 2_048;
+
 /// Settings the writer runs with.
 #[derive(Clone)]
 pub(crate) struct WriterConfig {
@@ -532,10 +539,12 @@ impl Writer {
 
     /// Merges the staged entries into the trees, a slice at a time under
     /// the write lock (readers go on between slices and always see every
-    /// entry, staged or merged). When the merge has changed more nodes than
-    /// the checkpoint bound, the trees are written part-way at the LSN their
-    /// checkpoints already hold: they then hold some entries past it, which
-    /// replay after a crash adds (or removes) again with no effect.
+    /// entry, staged or merged). Every [`MERGE_PART_NODES`] changed nodes,
+    /// the trees are written part-way at the LSN their checkpoints already
+    /// hold: they then hold some entries past it, which replay after a
+    /// crash adds (or removes) again with no effect. Written in parts, the
+    /// pages one part frees are reused by the next: a merge that rewrites
+    /// most of a tree grows its file by a part, not by a second tree.
     fn merge_levels(&mut self) -> Result<(), Error> {
         // Entries merged per hold of the write lock: a few milliseconds'
         // worth, and an eighth of the level at most (so a small level, as
@@ -546,7 +555,8 @@ impl Writer {
             if left == 0 {
                 return Ok(());
             }
-            if self.indexes.read().dirty_nodes() >= self.config.checkpoint_dirty_nodes {
+            let part = MERGE_PART_NODES.min(self.config.checkpoint_dirty_nodes);
+            if self.indexes.read().dirty_nodes() >= part {
                 self.write_trees(true)?;
             }
         }
