@@ -551,9 +551,6 @@ impl BTree {
     pub fn apply_sorted(&mut self, batch: &[(&[u8], bool)]) -> Result<(), IndexError> {
         debug_assert!(batch.windows(2).all(|w| w[0].0 < w[1].0));
         debug_assert!(batch.iter().all(|(e, _)| e.len() == self.width));
-        if batch.is_empty() {
-            return Ok(());
-        }
         if !self.level.is_empty() {
             for (entry, _) in batch {
                 self.unstage(entry);
@@ -640,19 +637,7 @@ impl BTree {
                     return Ok((true, Vec::new()));
                 }
                 let cuts = leaf_cuts(&merged, width);
-                let mut siblings = Vec::with_capacity(cuts.len());
-                for (i, &cut) in cuts.iter().enumerate() {
-                    let end = cuts.get(i + 1).map_or(merged.len(), |&next| next * width);
-                    let mut piece = self.spare.pop().unwrap_or_default();
-                    piece.clear();
-                    piece.extend_from_slice(&merged[cut * width..end]);
-                    let separator = piece[..width].to_vec();
-                    siblings.push((separator, self.push_mem(MemNode::Leaf { entries: piece })));
-                }
-                if let Some(&first) = cuts.first() {
-                    merged.truncate(first * width);
-                }
-                self.mem[node as usize] = MemNode::Leaf { entries: merged };
+                let siblings = self.cut_leaf(node, merged, &cuts);
                 return Ok((false, siblings));
             }
             MemNode::Branch {
@@ -1062,32 +1047,42 @@ impl BTree {
             }
             // The first leaf of the run keeps its slot (and the separator
             // before it); the others' nodes are dropped from the tree.
-            let mut pieces = Vec::with_capacity(cuts.len() + 1);
-            let mut new_separators = Vec::with_capacity(cuts.len() * width);
-            for (i, &cut) in cuts.iter().enumerate() {
-                let to = cuts.get(i + 1).map_or(all.len(), |&next| next * width);
-                let mut piece = self.spare.pop().unwrap_or_default();
-                piece.clear();
-                piece.extend_from_slice(&all[cut * width..to]);
-                new_separators.extend_from_slice(&piece[..width]);
-                pieces.push(self.push_mem(MemNode::Leaf { entries: piece }));
-            }
-            if let Some(&first) = cuts.first() {
-                all.truncate(first * width);
-            }
             let NodeRef::Mem(head) = children[start] else {
                 unreachable!("the run holds in-memory leaves")
             };
-            self.mem[head as usize] = MemNode::Leaf { entries: all };
+            let pieces = self.cut_leaf(head, all, &cuts);
+            let count = pieces.len();
             // Separator k comes before child k + 1: the run's inner ones
             // are start..end - 1.
+            let new_separators: Vec<u8> =
+                pieces.iter().flat_map(|(s, _)| s.iter().copied()).collect();
             separators.splice(start * width..(end - 1) * width, new_separators);
-            let count = pieces.len();
-            children.splice(start + 1..end, pieces);
+            children.splice(start + 1..end, pieces.into_iter().map(|(_, piece)| piece));
             // The run of end - start children is now 1 + count.
             shift += (end - start) - (1 + count);
             start += 1 + count;
         }
+    }
+
+    /// Cuts sorted `entries` at `cuts` (from [`leaf_cuts`]): the first
+    /// piece becomes the in-memory leaf `node`, the others new leaves,
+    /// returned with the separator (first entry) before each.
+    fn cut_leaf(&mut self, node: u32, mut entries: Vec<u8>, cuts: &[usize]) -> Vec<Sibling> {
+        let width = self.width;
+        let mut siblings = Vec::with_capacity(cuts.len());
+        for (i, &cut) in cuts.iter().enumerate() {
+            let end = cuts.get(i + 1).map_or(entries.len(), |&next| next * width);
+            let mut piece = self.spare.pop().unwrap_or_default();
+            piece.clear();
+            piece.extend_from_slice(&entries[cut * width..end]);
+            let separator = piece[..width].to_vec();
+            siblings.push((separator, self.push_mem(MemNode::Leaf { entries: piece })));
+        }
+        if let Some(&first) = cuts.first() {
+            entries.truncate(first * width);
+        }
+        self.mem[node as usize] = MemNode::Leaf { entries };
+        siblings
     }
 
     /// Gives the blocks of the free pages back to the file system (holes in
@@ -1849,6 +1844,44 @@ pub(super) mod tests {
         let fill =
             (model.len() * width) as f64 / (report.stats.tree_pages as f64 * PAGE_SIZE as f64);
         assert!(fill > 0.85, "entries fill {fill:.2} of the pages");
+    }
+
+    /// Free pages given back (holes), then the tree reopened, written
+    /// into those pages again and read back: a free page's bytes are
+    /// never read.
+    #[test]
+    fn released_free_pages_become_holes_and_are_written_again() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
+        let mut model = BTreeSet::new();
+        for round in 0..4u64 {
+            let mut batch: Vec<[u8; 16]> = (0..3000).map(|n| entry(n * 4 + round)).collect();
+            batch.sort_unstable();
+            let ops: Vec<(&[u8], bool)> = batch.iter().map(|e| (e.as_slice(), true)).collect();
+            tree.apply_sorted(&ops).unwrap();
+            model.extend(batch.iter().map(|e| e.to_vec()));
+            checkpoint(&mut tree, round + 1);
+        }
+        let blocks = std::fs::metadata(&path).unwrap().blocks();
+        let released = tree.release_free_pages().unwrap();
+        assert!(
+            released >= PAGE_SIZE as u64 * 10,
+            "{released} bytes released"
+        );
+        assert!(std::fs::metadata(&path).unwrap().blocks() < blocks);
+        drop(tree);
+        let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
+        let mut batch: Vec<[u8; 16]> = (0..3000).map(|n| entry(n * 4 + 100_000)).collect();
+        batch.sort_unstable();
+        let ops: Vec<(&[u8], bool)> = batch.iter().map(|e| (e.as_slice(), true)).collect();
+        tree.apply_sorted(&ops).unwrap();
+        model.extend(batch.iter().map(|e| e.to_vec()));
+        checkpoint(&mut tree, 10);
+        drop(tree);
+        let tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
+        assert_eq!(collect(&tree), model.iter().cloned().collect::<Vec<_>>());
     }
 
     #[test]
