@@ -52,6 +52,17 @@ pub struct Options {
     /// not hold the id skip the primary index. Default: 1,048,576 (1.25
     /// MiB per shard). 0 turns the filter off.
     pub id_filter_min: usize,
+    /// While opening, map every page of the store's files that the
+    /// operating system's page cache already holds (after a restart, most
+    /// of a store that fits in memory), so the first query to read each
+    /// page takes no page fault: without it, the first id look-ups after an
+    /// open took about twice as long as later ones, two faults each (an
+    /// index leaf and the record's log page). Reads nothing from disk;
+    /// costs page tables (about 2 MiB per GiB mapped) and a few hundred
+    /// milliseconds of opening per 10 GiB held. Failures are ignored (the
+    /// pages are then mapped at first read, as without it). Linux only.
+    /// Default: true.
+    pub map_resident: bool,
     /// Size and shape limits for events. Default: `Limits::default()`
     /// (64 KiB events, 2,000 tags, 1,024-byte tag values, 64 KiB content).
     pub limits: Limits,
@@ -138,6 +149,7 @@ impl Default for Options {
             checkpoint_dirty_nodes: 65_536,
             level_entries: 1 << 20,
             id_filter_min: 1 << 20,
+            map_resident: true,
             limits: Limits::default(),
             max_future: Duration::from_secs(15 * 60),
             max_group_events: 10_000,
@@ -271,6 +283,11 @@ impl EventStoreBuilder {
 
     pub fn id_filter_min(mut self, ids: usize) -> Self {
         self.options.id_filter_min = ids;
+        self
+    }
+
+    pub fn map_resident(mut self, map: bool) -> Self {
+        self.options.map_resident = map;
         self
     }
 

@@ -275,6 +275,14 @@ impl EventStore {
         } else {
             None
         };
+        if options.map_resident {
+            // Best effort (see `Options::map_resident`): a failure leaves
+            // pages to be mapped at their first read.
+            for (_, log, indexes) in &opened {
+                let _ = log.log().snapshot().map_resident();
+                let _ = indexes.map_resident();
+            }
+        }
         let vanish_relays = Arc::new(options.relay_urls.clone());
         let mut shards = Vec::with_capacity(shard_count as usize);
         for (params, log, indexes) in opened {

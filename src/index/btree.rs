@@ -40,6 +40,9 @@ pub(crate) struct BTree {
     path: PathBuf,
     file: Box<dyn StorageFile>,
     map: Option<Mapping>,
+    /// The map's address range grows in multiples of this ([`MAP_STEP`];
+    /// smaller in tests).
+    map_step: u64,
     width: usize,
     /// Slot (0 or 1) of the durable meta page, and what it says.
     meta_slot: usize,
@@ -223,6 +226,7 @@ impl BTree {
             path: path.to_path_buf(),
             file,
             map: None,
+            map_step: MAP_STEP,
             width,
             meta_slot,
             meta,
@@ -360,8 +364,33 @@ impl BTree {
         // The `Mapping` contract holds: pages reachable from the in-memory
         // tree are never rewritten while mapped, because checkpoints write
         // only pages that no reachable node uses (see the module comment).
-        self.map = self.file.map().map_err(io_error(&self.path, "mmap"))?;
+        let size = self.file.size().map_err(io_error(&self.path, "stat"))?;
+        self.map = self
+            .file
+            .map(map_reserve(size, self.map_step))
+            .map_err(io_error(&self.path, "mmap"))?;
         Ok(())
+    }
+
+    /// Covers the first `len` bytes of the file (which a checkpoint has
+    /// just written) with the map: within its address range the map stays,
+    /// and so do the pages already mapped; past it the file is mapped anew.
+    fn map_to(&mut self, len: u64) -> Result<(), IndexError> {
+        match &mut self.map {
+            Some(map) if len <= map.reserved() as u64 => {
+                map.set_visible(len as usize);
+                Ok(())
+            }
+            _ => self.remap(),
+        }
+    }
+
+    /// Maps the pages of the file that the page cache already holds
+    /// ([`Mapping::map_resident`]); returns the bytes mapped.
+    pub fn map_resident(&self) -> std::io::Result<u64> {
+        self.map
+            .as_ref()
+            .map_or(Ok(0), |map| map.map_resident(map.len()))
     }
 
     fn raw_page(&self, id: PageId) -> Result<&[u8], IndexError> {
@@ -972,8 +1001,9 @@ impl BTree {
         // still be the one the old map covers (readers go on after a failed
         // checkpoint; the writer is poisoned and reopens from disk).
         let mapped = self.map.as_ref().map_or(0, |m| m.len() as u64);
-        if prepared.meta.page_count * PAGE_SIZE as u64 > mapped {
-            self.remap()?;
+        let len = prepared.meta.page_count * PAGE_SIZE as u64;
+        if len > mapped {
+            self.map_to(len)?;
         }
         self.meta = prepared.meta;
         self.meta_slot = prepared.slot;
@@ -1278,6 +1308,17 @@ impl Allocator {
             PageId(self.next - 1)
         })
     }
+}
+
+/// Index files are mapped in address ranges of whole multiples of this.
+const MAP_STEP: u64 = 64 << 20;
+
+/// The address range to map an index file of `size` bytes in: room to
+/// grow to twice its size (at least one `step`), so the map survives many
+/// checkpoints that grow the file. Address space only: nothing past the
+/// file's end is read or kept in memory.
+fn map_reserve(size: u64, step: u64) -> u64 {
+    size.saturating_mul(2).max(step).div_ceil(step) * step
 }
 
 fn partition_point(len: usize, mut pred: impl FnMut(usize) -> bool) -> usize {
@@ -1844,6 +1885,56 @@ pub(super) mod tests {
         let fill =
             (model.len() * width) as f64 / (report.stats.tree_pages as f64 * PAGE_SIZE as f64);
         assert!(fill > 0.85, "entries fill {fill:.2} of the pages");
+    }
+
+    /// Where the map starts and how far its address range reaches.
+    fn map_range(tree: &BTree) -> (usize, usize) {
+        let map = tree.map.as_ref().unwrap();
+        (map.as_ptr() as usize, map.reserved())
+    }
+
+    /// Checkpoints that grow the file keep the map (its pages stay mapped)
+    /// while the file fits its address range, and map it anew, larger, when
+    /// it outgrows it; every entry reads back either way.
+    #[test]
+    fn the_map_survives_checkpoints_that_grow_the_file_within_its_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
+        tree.map_step = 16 * PAGE_SIZE as u64;
+        tree.remap().unwrap();
+        let mut model = BTreeSet::new();
+        let mut ranges = Vec::new();
+        for round in 0..40u64 {
+            for n in 0..200u64 {
+                let e = entry(round * 1_000 + n);
+                tree.insert(&e).unwrap();
+                model.insert(e.to_vec());
+            }
+            checkpoint(&mut tree, round + 1);
+            ranges.push((map_range(&tree), tree.meta().page_count));
+            assert_eq!(collect(&tree), model.iter().cloned().collect::<Vec<_>>());
+        }
+        let mut kept = 0;
+        for pair in ranges.windows(2) {
+            let ((before, pages_before), (after, pages_after)) = (pair[0], pair[1]);
+            assert!(after.1 as u64 >= pages_after * PAGE_SIZE as u64);
+            if pages_after * (PAGE_SIZE as u64) <= before.1 as u64 {
+                assert_eq!(
+                    after, before,
+                    "grew from {pages_before} to {pages_after} pages"
+                );
+                if pages_after > pages_before {
+                    kept += 1;
+                }
+            }
+        }
+        let remaps = ranges.windows(2).filter(|p| p[0].0 != p[1].0).count();
+        assert!(kept >= 5, "{kept} growths kept the map");
+        assert!(remaps >= 1, "the file never outgrew its first range");
+        drop(tree);
+        let tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
+        assert_eq!(collect(&tree), model.iter().cloned().collect::<Vec<_>>());
     }
 
     /// Free pages given back (holes), then the tree reopened, written

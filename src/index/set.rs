@@ -423,6 +423,16 @@ impl IndexSet {
             .filter_map(|(kind, tree)| Some((kind, tree.as_ref()?.meta().checkpoint_lsn)))
     }
 
+    /// Maps the pages of every index file that the page cache already
+    /// holds (`Mapping::map_resident`); returns the bytes mapped.
+    pub fn map_resident(&self) -> std::io::Result<u64> {
+        let mut mapped = 0;
+        for tree in self.kept() {
+            mapped += tree.map_resident()?;
+        }
+        Ok(mapped)
+    }
+
     /// In-memory nodes over all indexes: what the next checkpoint will write.
     pub fn dirty_nodes(&self) -> usize {
         self.kept().map(BTree::dirty_nodes).sum()

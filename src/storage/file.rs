@@ -124,12 +124,13 @@ impl StorageFile for RealFile {
         }
     }
 
-    fn map(&self) -> io::Result<Option<Mapping>> {
-        if self.size()? == 0 {
+    fn map(&self, reserve: u64) -> io::Result<Option<Mapping>> {
+        let size = self.size()?;
+        if size == 0 {
             return Ok(None);
         }
         // SAFETY: see `Mapping::of`; the engine keeps its contract.
-        unsafe { Mapping::of(&self.0) }.map(Some)
+        unsafe { Mapping::of(&self.0, size, reserve) }.map(Some)
     }
 }
 

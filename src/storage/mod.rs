@@ -96,39 +96,188 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
         let _ = (offset, len);
         Ok(())
     }
-    /// A read-only map of the whole file (`None` when it is empty). Writes
-    /// made later through this file are visible through the map; the
-    /// engine never reads mapped bytes that a write may be changing.
-    fn map(&self) -> io::Result<Option<Mapping>>;
+    /// A read-only map of the whole file (`None` when it is empty), with
+    /// address space for at least `reserve` bytes: a file that grows within
+    /// it stays covered by the same map ([`Mapping::set_visible`]), so its
+    /// pages stay mapped. Writes made later through this file are visible
+    /// through the map; the engine never reads mapped bytes that a write may
+    /// be changing.
+    fn map(&self, reserve: u64) -> io::Result<Option<Mapping>>;
 }
 
-/// Read-only mapped bytes of a file.
-pub struct Mapping(memmap2::Mmap);
+/// Read-only mapped bytes of a file: the first [`Mapping::visible`] bytes
+/// of an address range that may reach past the file's end (never read
+/// there: a page past the end raises SIGBUS).
+pub struct Mapping {
+    map: memmap2::Mmap,
+    visible: usize,
+}
 
 impl Mapping {
-    /// Maps `file` read-only.
+    /// Maps `file` read-only: its `len` bytes, visible, in an address range
+    /// of at least `reserve` bytes.
     ///
     /// # Safety
     /// Nobody may change the mapped bytes that the holder reads while the map
     /// lives: the engine only appends past what readers can reach and writes
     /// index pages no reachable node uses, and the store's lock file keeps
     /// other processes out (see the `wal/` and `index/` module comments).
-    pub unsafe fn of(file: &std::fs::File) -> io::Result<Mapping> {
-        // SAFETY: the caller upholds the contract above.
-        unsafe { memmap2::Mmap::map(file) }.map(Mapping)
+    /// `len` is at most the file's length.
+    pub unsafe fn of(file: &std::fs::File, len: u64, reserve: u64) -> io::Result<Mapping> {
+        let too_large = || io::Error::new(io::ErrorKind::FileTooLarge, "file too large to map");
+        let visible = usize::try_from(len).map_err(|_| too_large())?;
+        let range = usize::try_from(len.max(reserve)).map_err(|_| too_large())?;
+        // SAFETY: the caller upholds the contract above; bytes past the
+        // file's end are in the range but never read (`visible`).
+        let map = unsafe { memmap2::MmapOptions::new().len(range).map(file) }?;
+        Ok(Mapping { map, visible })
     }
+
+    /// The length of the mapped address range.
+    pub fn reserved(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Makes the first `len` bytes readable (at most [`Mapping::reserved`]).
+    /// The caller has made the file at least that long.
+    pub fn set_visible(&mut self, len: usize) {
+        self.visible = len.min(self.map.len());
+    }
+
+    /// Maps the pages of the first `len` visible bytes that the page cache
+    /// already holds, so their first reads take no page fault; reads
+    /// nothing from disk. Returns how many bytes it mapped. Linux only (the
+    /// map is left as it is elsewhere).
+    pub fn map_resident(&self, len: usize) -> io::Result<u64> {
+        map_resident(&self.map, len.min(self.visible))
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn map_resident(map: &memmap2::Mmap, len: usize) -> io::Result<u64> {
+    // SAFETY: `sysconf` has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|&p| p > 0)
+        .unwrap_or(4096);
+    let pages = len.div_ceil(page);
+    if pages == 0 {
+        return Ok(0);
+    }
+    let mut resident = vec![0u8; pages];
+    // SAFETY: the range lies inside the map (page-aligned start, `len` at
+    // most its length) and `resident` holds one byte per page of it.
+    let done = unsafe {
+        libc::mincore(
+            map.as_ptr() as *mut libc::c_void,
+            len,
+            resident.as_mut_ptr(),
+        )
+    };
+    if done != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut mapped = 0u64;
+    let mut page_no = 0;
+    while page_no < pages {
+        if resident[page_no] & 1 == 0 {
+            page_no += 1;
+            continue;
+        }
+        let start = page_no;
+        while page_no < pages && resident[page_no] & 1 != 0 {
+            page_no += 1;
+        }
+        let offset = start * page;
+        let run = (page_no * page).min(len) - offset;
+        match map.advise_range(memmap2::Advice::PopulateRead, offset, run) {
+            Ok(()) => {}
+            // Kernels before 5.14: touch one byte a page instead.
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                for at in (offset..offset + run).step_by(page) {
+                    // SAFETY: `at` lies inside the visible part of the map.
+                    let _ = unsafe { std::ptr::read_volatile(map.as_ptr().add(at)) };
+                }
+            }
+            Err(error) => return Err(error),
+        }
+        mapped += run as u64;
+    }
+    Ok(mapped)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn map_resident(_map: &memmap2::Mmap, _len: usize) -> io::Result<u64> {
+    Ok(0)
 }
 
 impl Deref for Mapping {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.0
+        &self.map[..self.visible]
     }
 }
 
 impl fmt::Debug for Mapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Mapping({} bytes)", self.0.len())
+        write!(f, "Mapping({} of {} bytes)", self.visible, self.map.len())
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    const PAGE: usize = 4096;
+
+    /// Whether each page of `bytes` is mapped in this process
+    /// (`/proc/self/pagemap`, bit 63: present).
+    fn present(bytes: &[u8]) -> Vec<bool> {
+        let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let first = bytes.as_ptr() as usize / PAGE;
+        (0..bytes.len().div_ceil(PAGE))
+            .map(|page| {
+                let mut word = [0u8; 8];
+                pagemap
+                    .read_exact_at(&mut word, ((first + page) * 8) as u64)
+                    .unwrap();
+                u64::from_le_bytes(word) >> 63 == 1
+            })
+            .collect()
+    }
+
+    /// Pages the page cache holds are mapped, holes are not, and nothing
+    /// past the file's end is touched (that would raise SIGBUS) though the
+    /// map's address range reaches far past it.
+    #[test]
+    fn map_resident_maps_the_cached_pages_and_nothing_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let storage = FileStorage;
+        let file = storage.open(&path, OpenMode::ReadWriteCreate).unwrap();
+        let pages = 64;
+        file.write_all_at(&vec![7u8; pages * PAGE], 0).unwrap();
+        file.sync().unwrap();
+        // Pages 10..20 become a hole: no longer in the page cache.
+        file.discard((10 * PAGE) as u64, (10 * PAGE) as u64)
+            .unwrap();
+        let map = file.map(64 << 20).unwrap().unwrap();
+        assert_eq!(map.len(), pages * PAGE);
+        assert!(map.reserved() >= 64 << 20);
+        assert!(
+            present(&map).iter().all(|&p| !p),
+            "a fresh map has no page mapped"
+        );
+        let mapped = map.map_resident(usize::MAX).unwrap();
+        assert_eq!(mapped, ((pages - 10) * PAGE) as u64);
+        let after = present(&map);
+        for (page, &is) in after.iter().enumerate() {
+            assert_eq!(is, !(10..20).contains(&page), "page {page}");
+        }
+        // The mapped pages read what was written.
+        assert!(map[..10 * PAGE].iter().all(|&b| b == 7));
     }
 }

@@ -548,15 +548,16 @@ impl StorageFile for SimFile {
         self.write_all_at(&zeros, offset)
     }
 
-    fn map(&self) -> io::Result<Option<Mapping>> {
+    fn map(&self, reserve: u64) -> io::Result<Option<Mapping>> {
         self.state.lock().tick()?;
-        if self.file.metadata()?.len() == 0 {
+        let size = self.file.metadata()?.len();
+        if size == 0 {
             return Ok(None);
         }
         // SAFETY: see `Mapping::of`; the engine keeps its contract, and the
         // simulator only rewrites files (as new files) in `crash`, after the
         // store is gone.
-        unsafe { Mapping::of(&self.file) }.map(Some)
+        unsafe { Mapping::of(&self.file, size, reserve) }.map(Some)
     }
 }
 

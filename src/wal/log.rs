@@ -103,6 +103,16 @@ impl LogSnapshot {
         &self.segments
     }
 
+    /// Maps the pages of every segment that the page cache already holds
+    /// ([`crate::storage::Mapping::map_resident`]); returns the bytes mapped.
+    pub fn map_resident(&self) -> std::io::Result<u64> {
+        let mut mapped = 0;
+        for segment in self.segments.iter() {
+            mapped += segment.map_resident()?;
+        }
+        Ok(mapped)
+    }
+
     /// The event stored by the event record at `location`.
     pub fn read_event(&self, location: Location) -> Result<EventRef<'_>, WalError> {
         let record = self.read(location)?;

@@ -77,7 +77,7 @@ pub(crate) fn scan_log(
         let file = storage
             .open(&path, OpenMode::Read)
             .map_err(io_error(&path, "open"))?;
-        let map = file.map().map_err(io_error(&path, "map"))?;
+        let map = file.map(0).map_err(io_error(&path, "map"))?;
         let data_end = file
             .data_end()
             .map_err(io_error(&path, "find the end of data"))?;

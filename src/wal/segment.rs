@@ -58,7 +58,7 @@ impl Segment {
         let file = storage
             .open(path, OpenMode::Read)
             .map_err(io_error(path, "open"))?;
-        let map = file.map().map_err(io_error(path, "map"))?;
+        let map = file.map(0).map_err(io_error(path, "map"))?;
         // Past the end of the file's data there are only holes (or nothing).
         let data_end = file
             .data_end()
@@ -110,6 +110,15 @@ impl Segment {
     /// file's tail is a hole).
     pub fn file_len(&self) -> usize {
         self.map.as_deref().map_or(0, <[u8]>::len)
+    }
+
+    /// Maps the readable pages the page cache already holds (see
+    /// [`Mapping::map_resident`]); returns the bytes mapped.
+    pub(crate) fn map_resident(&self) -> std::io::Result<u64> {
+        let readable = self.readable.load(Ordering::Acquire);
+        self.map
+            .as_ref()
+            .map_or(Ok(0), |map| map.map_resident(readable))
     }
 
     /// Lets readers see the first `len` bytes (the writer, once they are

@@ -85,8 +85,8 @@ impl StorageFile for FillingFile {
     fn sync(&self) -> io::Result<()> {
         self.inner.sync()
     }
-    fn map(&self) -> io::Result<Option<Mapping>> {
-        self.inner.map()
+    fn map(&self, reserve: u64) -> io::Result<Option<Mapping>> {
+        self.inner.map(reserve)
     }
 }
 
