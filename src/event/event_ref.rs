@@ -121,10 +121,10 @@ impl<'a> EventRef<'a> {
             ))
         })?;
         let content_at = TAGS_OFFSET + tags_len;
-        let content = std::str::from_utf8(content).map_err(|e| {
+        let content = super::payload::utf8(content).map_err(|valid_up_to| {
             EventError::corrupt(format!(
                 "content is not valid UTF-8 at offset {}",
-                content_at + e.valid_up_to()
+                content_at + valid_up_to
             ))
         })?;
 

@@ -292,10 +292,19 @@ impl<'a> FieldBytes<'a> {
         if self.hex {
             Ok(TagField::Hex(self.data))
         } else {
-            std::str::from_utf8(self.data)
-                .map(TagField::Text)
-                .map_err(|e| e.valid_up_to())
+            utf8(self.data).map(TagField::Text)
         }
+    }
+}
+
+/// `bytes` as a string, or the offset of its first invalid UTF-8. Records
+/// are validated as they are read (a query reads each candidate's), so the
+/// common valid case takes the vectorized check; only an invalid one asks
+/// the standard library where it goes wrong.
+pub(crate) fn utf8(bytes: &[u8]) -> Result<&str, usize> {
+    match simdutf8::basic::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(_) => Err(std::str::from_utf8(bytes).map_or_else(|e| e.valid_up_to(), str::len)),
     }
 }
 
