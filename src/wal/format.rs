@@ -398,6 +398,18 @@ impl std::fmt::Display for FrameError {
 
 /// Decodes the frame at the start of `bytes` and checks its checksum.
 pub(crate) fn decode_frame(bytes: &[u8], segment: SegmentId) -> Result<RecordRef<'_>, FrameError> {
+    decode_frame_checking(bytes, segment, true)
+}
+
+/// [`decode_frame`], with the checksum compared only if `check_crc`: for a
+/// frame whose checksum was already verified at this very place in an
+/// unchanging mapped segment (`Segment::read_once_verified`). Every other
+/// check (length, type, bounds) is made either way.
+pub(crate) fn decode_frame_checking(
+    bytes: &[u8],
+    segment: SegmentId,
+    check_crc: bool,
+) -> Result<RecordRef<'_>, FrameError> {
     let Some(header) = bytes.get(..FRAME_HEADER_LEN) else {
         return if bytes.iter().all(|&b| b == 0) {
             Err(FrameError::End)
@@ -424,7 +436,7 @@ pub(crate) fn decode_frame(bytes: &[u8], segment: SegmentId) -> Result<RecordRef
     };
     let body_end = FRAME_HEADER_LEN + len;
     let stored_crc = read_u64(frame, body_end);
-    if crc64(&[&segment.0.to_le_bytes(), &frame[..body_end]]) != stored_crc {
+    if check_crc && crc64(&[&segment.0.to_le_bytes(), &frame[..body_end]]) != stored_crc {
         return Err(FrameError::ChecksumMismatch);
     }
     Ok(RecordRef {

@@ -114,8 +114,10 @@ impl LogSnapshot {
     }
 
     /// The event stored by the event record at `location`.
+    /// The record's checksum is verified the first time it is read
+    /// ([`Segment::read_once_verified`]).
     pub fn read_event(&self, location: Location) -> Result<EventRef<'_>, WalError> {
-        let record = self.read(location)?;
+        let record = self.read_with(location, Segment::read_once_verified)?;
         if record.record_type != RecordType::Event {
             return Err(WalError::BadLocation {
                 location,
@@ -147,20 +149,22 @@ impl LogSnapshot {
         false
     }
 
-    /// The checksummed record at `location`.
-    pub fn read(&self, location: Location) -> Result<RecordRef<'_>, WalError> {
+    /// The checksummed record at `location`, read by `read`.
+    fn read_with<'s>(
+        &'s self,
+        location: Location,
+        read: impl Fn(&'s Segment, u32) -> Result<RecordRef<'s>, FrameError>,
+    ) -> Result<RecordRef<'s>, WalError> {
         let segment = self
             .segment(location.segment)
             .ok_or_else(|| WalError::BadLocation {
                 location,
                 reason: "no such segment".to_string(),
             })?;
-        segment
-            .read(location.offset)
-            .map_err(|e| WalError::BadLocation {
-                location,
-                reason: format!("{e} in {}", segment.path().display()),
-            })
+        read(segment, location.offset).map_err(|e| WalError::BadLocation {
+            location,
+            reason: format!("{e} in {}", segment.path().display()),
+        })
     }
 }
 

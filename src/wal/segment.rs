@@ -2,11 +2,13 @@
 //! its records in order.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::error::{WalError, io_error};
 use super::format::{
-    FrameError, RecordRef, SEGMENT_HEADER_LEN, decode_frame, decode_segment_header,
+    FrameError, RecordRef, SEGMENT_HEADER_LEN, decode_frame, decode_frame_checking,
+    decode_segment_header,
 };
 use crate::ids::{Location, SegmentId, ShardId};
 use crate::storage::{Mapping, OpenMode, Storage};
@@ -40,6 +42,43 @@ pub struct Segment {
     path: PathBuf,
     map: Option<Mapping>,
     readable: AtomicUsize,
+    /// Offsets of frames whose checksum [`Segment::read_once_verified`]
+    /// has verified, made at its first call.
+    verified: OnceLock<VerifiedFrames>,
+}
+
+/// Offsets of frames whose checksum was verified, in a table of fixed size
+/// (a slot per offset's hash; a newer offset takes the slot of an older
+/// one, which is then verified again at its next read). A frame's bytes
+/// below the readable end never change while the segment is mapped (the
+/// log only appends; a writer that fails is opened again with new
+/// segments), so a frame verified once needs no second check, like an
+/// index page. Keyed by the exact offset: a location that points into the
+/// middle of a frame, or at another frame, is checked as before.
+#[derive(Debug)]
+struct VerifiedFrames(Box<[AtomicU32]>);
+
+impl VerifiedFrames {
+    /// A slot per KiB of the segment's file, between 4,096 and 1,048,576
+    /// (4 MiB for a full 1 GiB segment).
+    fn for_file(len: usize) -> VerifiedFrames {
+        let slots = (len / 1024).clamp(4096, 1 << 20).next_power_of_two();
+        VerifiedFrames((0..slots).map(|_| AtomicU32::new(0)).collect())
+    }
+
+    fn slot(&self, offset: u32) -> &AtomicU32 {
+        let hash = u64::from(offset).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        &self.0[hash as usize & (self.0.len() - 1)]
+    }
+
+    /// Offset 0 (the segment header) is never a frame, so 0 marks an empty slot.
+    fn contains(&self, offset: u32) -> bool {
+        offset != 0 && self.slot(offset).load(Ordering::Relaxed) == offset
+    }
+
+    fn insert(&self, offset: u32) {
+        self.slot(offset).store(offset, Ordering::Relaxed);
+    }
 }
 
 impl Segment {
@@ -69,6 +108,7 @@ impl Segment {
             path: path.to_path_buf(),
             map,
             readable: AtomicUsize::new((data_end as usize).min(mapped)),
+            verified: OnceLock::new(),
         };
         let header =
             decode_segment_header(segment.bytes()).map_err(|reason| WalError::Corrupt {
@@ -140,6 +180,23 @@ impl Segment {
         decode_frame(bytes, self.id)
     }
 
+    /// [`Segment::read`], with the checksum verified only the first time
+    /// the frame at `offset` is read (as far as the table of verified
+    /// frames remembers): the read path of queries, which read the same
+    /// popular records again and again.
+    pub fn read_once_verified(&self, offset: u32) -> Result<RecordRef<'_>, FrameError> {
+        let verified = self
+            .verified
+            .get_or_init(|| VerifiedFrames::for_file(self.file_len()));
+        if verified.contains(offset) {
+            let bytes = self.bytes().get(offset as usize..).unwrap_or(&[]);
+            return decode_frame_checking(bytes, self.id, false);
+        }
+        let record = self.read(offset)?;
+        verified.insert(offset);
+        Ok(record)
+    }
+
     /// Walks the records from `offset` (the first frame: `SEGMENT_HEADER_LEN`).
     pub fn scan_from(&self, offset: u32) -> SegmentScan<'_> {
         SegmentScan {
@@ -206,6 +263,56 @@ impl<'a> Iterator for SegmentScan<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::Lsn;
+    use crate::storage::FileStorage;
+    use crate::wal::format::{RecordType, encode_frame, encode_segment_header};
+
+    /// Reads through the table of verified frames give what checked reads
+    /// give, again and again; a frame damaged before its first read, and an
+    /// offset into the middle of a frame already verified, are refused.
+    #[test]
+    fn frames_verified_once_read_like_checked_ones_and_damage_is_still_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_file_name(SegmentId(3)));
+        let mut bytes = encode_segment_header(ShardId(1), SegmentId(3)).to_vec();
+        let mut offsets = Vec::new();
+        for n in 0..200u64 {
+            offsets.push(bytes.len() as u32);
+            let payload = vec![(n % 251) as u8; 40 + (n as usize * 37) % 300];
+            encode_frame(
+                &mut bytes,
+                SegmentId(3),
+                RecordType::Event,
+                true,
+                Lsn(n + 1),
+                Lsn(n),
+                &payload,
+            )
+            .unwrap();
+        }
+        // The last frame's payload gets one flipped byte.
+        let damaged = *offsets.last().unwrap();
+        bytes[damaged as usize + 40] ^= 0x10;
+        let file = FileStorage.open(&path, OpenMode::ReadWriteCreate).unwrap();
+        file.write_all_at(&bytes, 0).unwrap();
+        drop(file);
+        let segment = Segment::open(&FileStorage, &path, ShardId(1), SegmentId(3)).unwrap();
+        for _ in 0..3 {
+            for &offset in &offsets[..offsets.len() - 1] {
+                let checked = segment.read(offset).unwrap();
+                let once = segment.read_once_verified(offset).unwrap();
+                assert_eq!((once.lsn, once.payload), (checked.lsn, checked.payload));
+                assert!(
+                    segment.read_once_verified(offset + 1).is_err(),
+                    "an offset inside the frame at {offset} was read"
+                );
+            }
+            assert_eq!(
+                segment.read_once_verified(damaged).err(),
+                Some(FrameError::ChecksumMismatch)
+            );
+        }
+    }
 
     #[test]
     fn file_names_round_trip() {
