@@ -61,7 +61,9 @@ pub struct Options {
     /// costs page tables (about 2 MiB per GiB mapped) and a few hundred
     /// milliseconds of opening per 10 GiB held. Failures are ignored (the
     /// pages are then mapped at first read, as without it). Linux only.
-    /// Default: true.
+    /// For a store opened for a while (a server); a short-lived or
+    /// write-only opening (`megalith import`, `query`, `stats`) turns it
+    /// off. Default: true.
     pub map_resident: bool,
     /// Size and shape limits for events. Default: `Limits::default()`
     /// (64 KiB events, 2,000 tags, 1,024-byte tag values, 64 KiB content).
@@ -377,6 +379,8 @@ impl EventStoreBuilder {
         self.options.recovery_mode = RecoveryMode::Repair;
         self.options.scan_whole_log = true;
         self.options.create_if_missing = false;
+        // Opened to be closed again: mapping its resident pages is waste.
+        self.options.map_resident = false;
         let store = self.open()?;
         let report = store.recovery_report().clone();
         store.close()?;

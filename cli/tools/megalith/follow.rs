@@ -87,7 +87,10 @@ pub(crate) fn run(args: &FollowArgs) -> Result<ExitCode, String> {
     if args.relays_per_author == 0 || args.max_pages == 0 {
         return Err("--relays-per-author and --max-pages must be at least 1".to_string());
     }
+    // A feed job writes; it reads little of the store (no resident pages
+    // mapped at open, as for `import`).
     let store = crate::with_replay_progress(EventStore::builder(&args.data))
+        .map_resident(false)
         .recovery_mode(args.recovery.mode())
         .open()
         .map_err(|e| format!("cannot open {}: {e}", args.data.display()))?;

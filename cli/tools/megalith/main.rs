@@ -424,7 +424,11 @@ pub(crate) fn close_shared(store: Arc<EventStore>) -> Result<(), String> {
 
 /// Opens an existing store (reading commands never create one).
 fn open(store: &StoreArgs) -> Result<EventStore, String> {
+    // A one-shot command reads a few pages: mapping every page the cache
+    // holds would cost more than it saves (0.3 s at 3M events, about 1 s
+    // at 10M; docs/performance.md).
     let store = with_replay_progress(EventStore::builder(&store.data))
+        .map_resident(false)
         .create_if_missing(false)
         .recovery_mode(store.recovery.mode())
         .open()

@@ -90,7 +90,10 @@ pub(crate) fn run(args: &MirrorArgs) -> Result<ExitCode, String> {
     if args.page_size == 0 {
         return Err("--page-size must be at least 1".to_string());
     }
+    // A mirror writes; it reads little of the store (no resident pages
+    // mapped at open, as for `import`).
     let mut builder = crate::with_replay_progress(EventStore::builder(&args.data))
+        .map_resident(false)
         .recovery_mode(args.recovery.mode());
     if let Some(shards) = args.shards {
         builder = builder.shards(shards);

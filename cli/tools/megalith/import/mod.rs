@@ -158,7 +158,10 @@ fn open_input(path: &Path) -> Result<Input, String> {
 }
 
 fn open_store(args: &ImportArgs, limits: &Limits) -> Result<EventStore, String> {
+    // An import writes; it reads little of what the store holds, so the
+    // resident pages are not mapped at open (docs/performance.md).
     let mut builder = crate::with_replay_progress(EventStore::builder(&args.store.data))
+        .map_resident(false)
         .durability(durability(args.durability))
         .recovery_mode(args.store.recovery.mode())
         .limits(limits.clone());
