@@ -1947,12 +1947,16 @@ pub(super) mod tests {
         let path = dir.path().join("t.idx");
         let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
         let mut model = BTreeSet::new();
-        for round in 0..4u64 {
-            let mut batch: Vec<[u8; 16]> = (0..3000).map(|n| entry(n * 4 + round)).collect();
+        // 3,000 new entries offset by `base`, as one sorted batch.
+        let add = |tree: &mut BTree, model: &mut BTreeSet<Vec<u8>>, base: u64| {
+            let mut batch: Vec<[u8; 16]> = (0..3000).map(|n| entry(n * 4 + base)).collect();
             batch.sort_unstable();
             let ops: Vec<(&[u8], bool)> = batch.iter().map(|e| (e.as_slice(), true)).collect();
             tree.apply_sorted(&ops).unwrap();
             model.extend(batch.iter().map(|e| e.to_vec()));
+        };
+        for round in 0..4u64 {
+            add(&mut tree, &mut model, round);
             checkpoint(&mut tree, round + 1);
         }
         let blocks = std::fs::metadata(&path).unwrap().blocks();
@@ -1964,11 +1968,7 @@ pub(super) mod tests {
         assert!(std::fs::metadata(&path).unwrap().blocks() < blocks);
         drop(tree);
         let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
-        let mut batch: Vec<[u8; 16]> = (0..3000).map(|n| entry(n * 4 + 100_000)).collect();
-        batch.sort_unstable();
-        let ops: Vec<(&[u8], bool)> = batch.iter().map(|e| (e.as_slice(), true)).collect();
-        tree.apply_sorted(&ops).unwrap();
-        model.extend(batch.iter().map(|e| e.to_vec()));
+        add(&mut tree, &mut model, 100_000);
         checkpoint(&mut tree, 10);
         drop(tree);
         let tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();

@@ -182,8 +182,9 @@ impl Segment {
 
     /// [`Segment::read`], with the checksum verified only the first time
     /// the frame at `offset` is read (as far as the table of verified
-    /// frames remembers): the read path of queries, which read the same
-    /// popular records again and again.
+    /// frames remembers): every read by location (`LogSnapshot::read_event`:
+    /// queries, which read the same popular records again and again, and
+    /// the writer's checks). Scans check every frame.
     pub fn read_once_verified(&self, offset: u32) -> Result<RecordRef<'_>, FrameError> {
         let verified = self
             .verified
