@@ -32,6 +32,10 @@ fn build(dir: &Path) -> Vec<Vec<Filter>> {
         .durability(Durability::Never)
         .segment_size(1 << 20)
         .checkpoint_dirty_nodes(1)
+        // A small in-memory level: author_time (a random-order index) is
+        // merged and checkpointed many times, as time_idx is by every
+        // background checkpoint.
+        .level_entries(64)
         .open()
         .unwrap();
     let authors: Vec<Keys> = (0..6).map(Keys::from_seed).collect();

@@ -116,6 +116,7 @@ pub fn small_file(data: &[u8]) {
         },
         free_list_head: Some(pick(byte(9), pages + 2)).filter(|&h| h != 0),
         free_page_count: u64::from(byte(10)),
+        past_floor: byte(0) & 32 != 0,
     };
     file[..PAGE_SIZE].copy_from_slice(&encode_meta_page(&meta, 0));
     if byte(0) & 16 != 0 {

@@ -39,10 +39,12 @@ pub struct Options {
     /// nearly every insert copies and rewrites a leaf of its own; a merge
     /// copies and writes each leaf once for all the entries that fall in it
     /// (`docs/engine-at-scale.md`). About 100 bytes of memory per entry; the
-    /// writer merges and checkpoints once the level holds this many (and at
-    /// every other checkpoint). Default: 1,048,576 (about 100 MiB per shard,
-    /// some 125,000 of its events). 0 turns the level off: every entry goes
-    /// into its tree at once.
+    /// writer merges and checkpoints once the level holds this many, at
+    /// close and at an explicit checkpoint; background checkpoints leave a
+    /// smaller level staged, so after a crash replay covers up to this many
+    /// entries' records per shard. Default: 1,048,576 (about 100 MiB per
+    /// shard, some 125,000 of its events). 0 turns the level off: every
+    /// entry goes into its tree at once.
     pub level_entries: usize,
     /// The smallest id filter per shard, in ids (docs/engine-at-scale.md,
     /// "Id filter"): an in-memory filter of the ids each shard holds, 10

@@ -236,6 +236,7 @@ impl EventStore {
                 search: manifest.search,
                 scan_whole_log: options.scan_whole_log,
                 progress: progress.clone(),
+                level_entries: options.level_entries,
             };
             let (log, indexes) = open_one_shard(&params, None, &mut report)?;
             opened.push((params, log, indexes));

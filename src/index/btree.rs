@@ -68,9 +68,9 @@ pub(crate) struct BTree {
     /// last merge, each with its newest state (true: added, false: removed).
     /// Reads see it over the tree; [`BTree::merge_level`] applies it to the
     /// tree in key order, so one copy of a leaf serves every entry that
-    /// falls in it. Not durable: the log is, and replay stages nothing (it
-    /// changes the tree directly), so the level only ever holds records
-    /// after the tree's checkpoint.
+    /// falls in it. Not durable: the log is. The tree's checkpoint LSN stays
+    /// below every record the level holds, and replay stages those records
+    /// again (see [`BTree::stage_replayed`]).
     level: BTreeMap<LevelKey, bool>,
     /// What the level changes the entry count by, assuming (as the write
     /// path guarantees) that an entry is added only when absent and removed
@@ -161,6 +161,7 @@ impl BTree {
                 },
                 free_list_head: None,
                 free_page_count: 0,
+                past_floor: false,
             };
             file.write_all_at(&encode_meta(&meta, META_SLOTS[0]), 0)
                 .map_err(io_error(path, "write"))?;
@@ -309,6 +310,22 @@ impl BTree {
                 self.level_delta += step;
             }
         }
+    }
+
+    /// Stages a change replay found in the log (a record after the tree's
+    /// checkpoint). A tree whose meta says it may hold entries past its
+    /// checkpoint (see `Meta::past_floor`) is asked first, so a change it
+    /// already holds is not staged again and the entry count stays exact.
+    pub fn stage_replayed(&mut self, entry: &[u8], add: bool) -> Result<(), IndexError> {
+        if self.meta.past_floor && !self.level.contains_key(LevelKeyRef::new(entry)) {
+            let mut cursor = self.seek_tree(entry)?;
+            let present = cursor.next()?.is_some_and(|found| found == entry);
+            if present == add {
+                return Ok(());
+            }
+        }
+        self.stage(entry, add);
+        Ok(())
     }
 
     /// Applies up to `most` staged entries (the lowest keys first) to the
@@ -978,6 +995,12 @@ impl BTree {
             checkpoint_position: position,
             free_list_head: free_list_pages.first().copied(),
             free_page_count: listed.len() as u64,
+            // Changes written at the LSN the tree already held are of
+            // records after it (a merge of the level written part-way, or
+            // a tree whose level is still staged); a checkpoint at a newer
+            // LSN holds every record through it and none after.
+            past_floor: lsn == self.meta.checkpoint_lsn
+                && (self.meta.past_floor || !self.mem.is_empty()),
         };
         // From here the other meta slot may become durable: until `install`,
         // memory no longer knows which free pages are really free.
@@ -1875,6 +1898,57 @@ pub(super) mod tests {
         checkpoint(&mut tree, 102);
         assert_eq!(collect(&tree), model.iter().cloned().collect::<Vec<_>>());
         check(&model);
+    }
+
+    /// A merge of the level written part-way at the tree's old LSN marks
+    /// the meta; replay of the records after that LSN then stages only what
+    /// the tree does not hold, and the entry count stays exact.
+    #[test]
+    fn replay_over_a_merge_written_part_way_keeps_the_count_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
+        let mut old: Vec<[u8; 16]> = (0..400u64).map(|n| entry(n * 2)).collect();
+        old.sort_unstable();
+        let ops: Vec<(&[u8], bool)> = old.iter().map(|e| (&e[..], true)).collect();
+        tree.apply_sorted(&ops).unwrap();
+        checkpoint(&mut tree, 1);
+        assert!(!tree.meta().past_floor);
+        // The records after LSN 1: 300 new entries, 40 old ones removed.
+        let mut changes: Vec<([u8; 16], bool)> =
+            (0..300u64).map(|n| (entry(n * 2 + 1), true)).collect();
+        changes.extend(old.iter().step_by(10).map(|e| (*e, false)));
+        for (e, add) in &changes {
+            tree.stage(e, *add);
+        }
+        tree.merge_level(150).unwrap();
+        checkpoint(&mut tree, 1);
+        assert!(
+            tree.meta().past_floor,
+            "written at its old LSN with changes"
+        );
+        drop(tree);
+
+        let mut tree = BTree::open(&FileStorage, &path, 9, 16).unwrap();
+        assert!(tree.meta().past_floor);
+        for (e, add) in &changes {
+            tree.stage_replayed(e, *add).unwrap();
+        }
+        let expected = 400 + 300 - 40;
+        assert_eq!(tree.entry_count(), expected);
+        tree.merge_level(usize::MAX).unwrap();
+        assert_eq!(tree.entry_count(), expected);
+        checkpoint(&mut tree, 2);
+        assert!(!tree.meta().past_floor, "a newer LSN holds nothing past it");
+        let mut model: BTreeSet<Vec<u8>> = old.iter().map(|e| e.to_vec()).collect();
+        for (e, add) in &changes {
+            if *add {
+                model.insert(e.to_vec());
+            } else {
+                model.remove(&e[..]);
+            }
+        }
+        assert_eq!(collect(&tree), model.into_iter().collect::<Vec<_>>());
     }
 
     /// Batches of random keys (a level merge's slices): the leaves a batch

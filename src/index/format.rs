@@ -19,10 +19,12 @@
 //! free list:   16 next page id u64 LE (0 = last), 24 count page ids u64 LE
 //! meta (pages 0 and 1):
 //!  16 magic b"MEGAIDX\0" | 24 format_version u32 | 28 page_size u32 |
-//!  32 index_kind u8 | 33 reserved u8 | 34 entry_width u16 | 36 reserved u32 |
+//!  32 index_kind u8 | 33 flags u8 | 34 entry_width u16 | 36 reserved u32 |
 //!  40 generation u64 | 48 root page u64 (0 = empty) | 56 entry_count u64 |
 //!  64 page_count u64 | 72 checkpoint_lsn u64 | 80 checkpoint_segment u32 |
 //!  84 checkpoint_offset u32 | 88 free_list_head u64 | 96 free_page_count u64
+//! meta flags: bit 0 past_floor (the tree may also hold entries of records
+//!              after checkpoint_lsn); other bits 0
 //! ```
 //! Integers in page headers are little-endian; key bytes are whatever the
 //! index's key encoding says (big-endian fields, so byte order is key order).
@@ -112,7 +114,10 @@ const MAGIC_OFFSET: usize = PAGE_HEADER_LEN;
 const VERSION_OFFSET: usize = MAGIC_OFFSET + META_MAGIC.len();
 const PAGE_SIZE_OFFSET: usize = VERSION_OFFSET + size_of::<u32>();
 const KIND_OFFSET: usize = PAGE_SIZE_OFFSET + size_of::<u32>();
-const WIDTH_OFFSET: usize = KIND_OFFSET + size_of::<u8>() + 1;
+const FLAGS_OFFSET: usize = KIND_OFFSET + size_of::<u8>();
+const WIDTH_OFFSET: usize = FLAGS_OFFSET + size_of::<u8>();
+/// Meta flag: the tree may hold entries of records after its checkpoint LSN.
+const FLAG_PAST_FLOOR: u8 = 1;
 const GENERATION_OFFSET: usize = WIDTH_OFFSET + size_of::<u16>() + 4;
 const ROOT_OFFSET: usize = GENERATION_OFFSET + size_of::<u64>();
 const ENTRY_COUNT_OFFSET: usize = ROOT_OFFSET + size_of::<u64>();
@@ -139,6 +144,11 @@ pub(crate) struct Meta {
     pub checkpoint_position: Location,
     pub free_list_head: Option<PageId>,
     pub free_page_count: u64,
+    /// The tree may also hold entries of records after `checkpoint_lsn`: a
+    /// merge of the in-memory level was written part-way, at the LSN the
+    /// tree already held. Replay then checks each change against the tree
+    /// before staging it, so entry counts stay exact.
+    pub past_floor: bool,
 }
 
 pub(crate) fn encode_meta(meta: &Meta, slot: PageId) -> Vec<u8> {
@@ -147,6 +157,7 @@ pub(crate) fn encode_meta(meta: &Meta, slot: PageId) -> Vec<u8> {
     page[VERSION_OFFSET..PAGE_SIZE_OFFSET].copy_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
     page[PAGE_SIZE_OFFSET..KIND_OFFSET].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
     page[KIND_OFFSET] = meta.index_kind;
+    page[FLAGS_OFFSET] = if meta.past_floor { FLAG_PAST_FLOOR } else { 0 };
     page[WIDTH_OFFSET..WIDTH_OFFSET + 2].copy_from_slice(&meta.entry_width.to_le_bytes());
     put_u64(&mut page, GENERATION_OFFSET, meta.generation);
     put_u64(&mut page, ROOT_OFFSET, meta.root.map_or(0, |p| p.0));
@@ -189,6 +200,12 @@ pub(crate) fn decode_meta(page: &[u8], slot: PageId) -> Result<Meta, String> {
             "page size {page_size} is not supported (expected {PAGE_SIZE})"
         ));
     }
+    let flags = page[FLAGS_OFFSET];
+    if flags & !FLAG_PAST_FLOOR != 0 {
+        return Err(format!(
+            "meta flags {flags:#04x} hold bits this build does not know"
+        ));
+    }
     let nonzero = |v: u64| (v != 0).then_some(PageId(v));
     Ok(Meta {
         index_kind: page[KIND_OFFSET],
@@ -204,6 +221,7 @@ pub(crate) fn decode_meta(page: &[u8], slot: PageId) -> Result<Meta, String> {
         },
         free_list_head: nonzero(read_u64(page, FREE_HEAD_OFFSET)),
         free_page_count: read_u64(page, FREE_COUNT_OFFSET),
+        past_floor: flags & FLAG_PAST_FLOOR != 0,
     })
 }
 
@@ -301,6 +319,7 @@ mod tests {
             },
             free_list_head: Some(PageId(39)),
             free_page_count: 5,
+            past_floor: true,
         }
     }
 
@@ -321,6 +340,18 @@ mod tests {
                 "flip at {at} went unnoticed"
             );
         }
+        let clear = Meta {
+            past_floor: false,
+            ..meta
+        };
+        let page = encode_meta(&clear, PageId(1));
+        assert_eq!(decode_meta(&page, PageId(1)).unwrap(), clear);
+        // A flag bit this build does not know, under a valid checksum.
+        let mut unknown = page.clone();
+        unknown[FLAGS_OFFSET] = 0x02;
+        seal_page(&mut unknown, PageId(1), PageType::Meta, 0, 0);
+        let error = decode_meta(&unknown, PageId(1)).unwrap_err();
+        assert!(error.contains("flags"), "{error}");
     }
 
     #[test]

@@ -202,7 +202,11 @@ impl IndexSet {
     }
 
     /// Adds or removes every entry of `event`, stored at `location`, in each
-    /// index that does not already reflect the record at `lsn`.
+    /// index that does not already reflect the record at `lsn` (replay, and
+    /// removals the store owes at open). The random-order indexes stage the
+    /// change in their in-memory level (see [`BTree::stage_replayed`]): the
+    /// writer merges it into the trees when the level is full, as it does
+    /// with the write path's; the time-ordered ones take it at once.
     pub fn apply(
         &mut self,
         op: Apply,
@@ -226,9 +230,13 @@ impl IndexSet {
             if kind == IndexKind::Primary && op == Apply::Insert {
                 add_id(ids, entry);
             }
-            let outcome = match op {
-                Apply::Insert => tree.insert(entry),
-                Apply::Remove => tree.remove(entry),
+            let add = op == Apply::Insert;
+            let outcome = if kind.random_order() {
+                tree.stage_replayed(entry, add)
+            } else if add {
+                tree.insert(entry).map(drop)
+            } else {
+                tree.remove(entry).map(drop)
             };
             if let Err(e) = outcome {
                 result = Err(e);

@@ -167,6 +167,9 @@ pub(crate) struct ShardParams {
     /// reads), so damage anywhere is refused or, in `Repair` mode, repaired.
     pub scan_whole_log: bool,
     pub progress: Option<ProgressFn>,
+    /// Entries replay stages in the in-memory level before it merges them
+    /// into the trees (`Options::level_entries`; 0 merges after every record).
+    pub level_entries: usize,
 }
 
 /// Recovers one shard's log and indexes. With `existing`, the log readers
@@ -185,6 +188,7 @@ pub(crate) fn open_shard(
         search,
         scan_whole_log,
         progress,
+        level_entries,
     } = params;
     let (dir, shard, segment_size, mode, search) =
         (dir.as_path(), *shard, *segment_size, *mode, *search);
@@ -268,7 +272,7 @@ pub(crate) fn open_shard(
             ));
             indexes.reset(kind)?;
         }
-        match replay(shard, &writer, &mut indexes, progress) {
+        match replay(shard, &writer, &mut indexes, progress, *level_entries) {
             Ok(replayed) => {
                 report.replayed_records += replayed.records;
                 return Ok(OpenedShard {
@@ -338,6 +342,9 @@ pub(crate) fn finish_repair(
     indexes: &mut IndexSet,
 ) -> Result<(), Error> {
     log.sync()?;
+    // Every index is checkpointed through the log's end: what replay
+    // staged goes into the trees first.
+    indexes.merge_levels(usize::MAX)?;
     let (lsn, position) = (log.last_lsn(), log.end());
     let kinds: Vec<_> = indexes.kinds().collect();
     for kind in kinds {
@@ -363,12 +370,17 @@ struct Replayed {
 }
 
 /// Applies every record after the oldest index checkpoint; each index skips
-/// what its own checkpoint already holds.
+/// what its own checkpoint already holds. The random-order indexes stage
+/// what replay finds (the records after their checkpoint are what the
+/// writer had staged), and a level that reaches `level_entries` is merged
+/// into the trees there and then, so a replay of a whole log (a rebuilt
+/// index) holds at most that many staged entries.
 fn replay(
     shard: ShardId,
     writer: &LogWriter,
     indexes: &mut IndexSet,
     progress: Option<&ProgressFn>,
+    level_entries: usize,
 ) -> Result<Replayed, Error> {
     let snapshot = writer.log().snapshot();
     let mut replayed = Replayed {
@@ -479,6 +491,9 @@ fn replay(
                         Err(e) => return Err(e.into()),
                     }
                 }
+            }
+            if indexes.level_len() >= level_entries.max(1) {
+                indexes.merge_levels(usize::MAX)?;
             }
             if record.batch_end {
                 if after_quarantine && record.record_type != RecordType::Quarantined {

@@ -32,6 +32,9 @@ pub struct MetaInfo {
     pub checkpoint_position: Location,
     pub free_list_head: Option<u64>,
     pub free_page_count: u64,
+    /// The index may also hold entries of records after `checkpoint_lsn`
+    /// (a merge of the in-memory level written part-way).
+    pub past_floor: bool,
 }
 
 impl From<idx::Meta> for MetaInfo {
@@ -47,6 +50,7 @@ impl From<idx::Meta> for MetaInfo {
             checkpoint_position: m.checkpoint_position,
             free_list_head: m.free_list_head.map(|p| p.0),
             free_page_count: m.free_page_count,
+            past_floor: m.past_floor,
         }
     }
 }
@@ -66,6 +70,7 @@ impl From<MetaInfo> for idx::Meta {
             checkpoint_position: m.checkpoint_position,
             free_list_head: page(m.free_list_head),
             free_page_count: m.free_page_count,
+            past_floor: m.past_floor,
         }
     }
 }
