@@ -9,15 +9,33 @@
 //! filled by a scan of the index while the writer adds what it stores (so
 //! an id is found by the scan or added by the writer, whichever comes
 //! first); only a complete filter is consulted. Removed ids stay in it
-//! (false positives, which cost a descent, never a wrong answer). It lives
-//! in memory only: after an open, or when it holds more ids than it was
-//! sized for, a new one is built in the background and replaces it.
+//! (false positives, which cost a descent, never a wrong answer). A clean
+//! close writes the filter in use to `index/primary.ids`, stamped with the
+//! primary index's durable checkpoint (generation, LSN, entry count); the
+//! next open uses it when the stamp is the index's, and otherwise builds a
+//! new one in the background, as it does when the filter holds more ids
+//! than it was sized for.
 
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::event::EventId;
-use crate::ids::mix64;
+use crate::ids::{crc64, mix64};
+
+/// The primary index's durable checkpoint a saved filter was written for:
+/// the filter holds every id of that index (and maybe ids removed since).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TreeStamp {
+    pub generation: u64,
+    pub checkpoint_lsn: u64,
+    pub entry_count: u64,
+}
+
+const FILE_MAGIC: [u8; 8] = *b"MGIDFLT1";
+/// magic, then seed, capacity, added, blocks, generation, checkpoint LSN,
+/// entry count (u64 LE each); the blocks (8 u64 LE each); a CRC-64 of
+/// everything before it.
+const FILE_HEADER: usize = 8 + 7 * 8;
 
 /// Bits per id it is sized for: with [`PROBES`] bits per id in one 512-bit
 /// block, about 1% false positives when full.
@@ -130,6 +148,85 @@ impl IdFilter {
     pub fn bytes(&self) -> usize {
         self.blocks.len() * 64
     }
+
+    /// The filter as a file's bytes, for the index state `stamp`.
+    pub fn encode(&self, stamp: TreeStamp) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FILE_HEADER + self.bytes() + 8);
+        out.extend_from_slice(&FILE_MAGIC);
+        for value in [
+            self.seed,
+            self.capacity as u64,
+            self.added() as u64,
+            self.blocks.len() as u64,
+            stamp.generation,
+            stamp.checkpoint_lsn,
+            stamp.entry_count,
+        ] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        for block in &self.blocks {
+            for word in block {
+                out.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+            }
+        }
+        let crc = crc64(&[&out]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// A complete filter from [`IdFilter::encode`]'s bytes, if they are
+    /// whole and were written for `stamp`; otherwise why not.
+    pub fn decode(bytes: &[u8], stamp: TreeStamp) -> Result<IdFilter, String> {
+        if bytes.len() < FILE_HEADER + 8 || bytes[..8] != FILE_MAGIC {
+            return Err("not an id filter file".to_string());
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 8);
+        if crc64(&[body]) != u64::from_le_bytes(crc.try_into().expect("8 bytes")) {
+            return Err("checksum mismatch".to_string());
+        }
+        let field = |i: usize| {
+            let at = 8 + i * 8;
+            u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"))
+        };
+        let (seed, capacity, added, blocks) = (field(0), field(1), field(2), field(3));
+        let saved = TreeStamp {
+            generation: field(4),
+            checkpoint_lsn: field(5),
+            entry_count: field(6),
+        };
+        if saved != stamp {
+            return Err(format!(
+                "written for the primary index at {saved:?}, which is now at {stamp:?}"
+            ));
+        }
+        let blocks = usize::try_from(blocks).map_err(|_| "too many blocks".to_string())?;
+        let capacity = usize::try_from(capacity).map_err(|_| "capacity too large".to_string())?;
+        if blocks == 0
+            || body.len() - FILE_HEADER != blocks.saturating_mul(64)
+            || blocks != (capacity.max(MIN_CAPACITY) * BITS_PER_ID).div_ceil(512)
+        {
+            return Err("its size does not match its capacity".to_string());
+        }
+        let words = body[FILE_HEADER..]
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        let mut filled: Vec<[AtomicU64; 8]> = Vec::with_capacity(blocks);
+        let mut block: [AtomicU64; 8] = Default::default();
+        for (i, word) in words.enumerate() {
+            block[i % 8] = AtomicU64::new(word);
+            if i % 8 == 7 {
+                filled.push(std::mem::take(&mut block));
+            }
+        }
+        Ok(IdFilter {
+            blocks: filled.into_boxed_slice(),
+            capacity,
+            added: AtomicUsize::new(usize::try_from(added).unwrap_or(usize::MAX)),
+            complete: AtomicBool::new(true),
+            abandoned: AtomicBool::new(false),
+            seed,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +262,61 @@ mod tests {
         assert!(rate < 0.02, "false positive rate {rate} at capacity");
         filter.add(&id(n));
         assert!(filter.overfull());
+    }
+
+    /// Saved and read back for the same index state, a filter answers as
+    /// before; for another state, or with any byte changed, it is refused.
+    #[test]
+    fn a_saved_filter_reads_back_only_whole_and_for_its_index_state() {
+        let filter = IdFilter::with_capacity(5_000);
+        for i in 0..3_000 {
+            filter.add(&id(i));
+        }
+        let stamp = TreeStamp {
+            generation: 9,
+            checkpoint_lsn: 1_234,
+            entry_count: 3_000,
+        };
+        let bytes = filter.encode(stamp);
+        let back = IdFilter::decode(&bytes, stamp).unwrap();
+        assert!(back.is_complete());
+        assert_eq!(back.added(), 3_000);
+        assert_eq!(back.capacity(), filter.capacity());
+        for i in 0..10_000 {
+            assert_eq!(
+                back.may_contain(&id(i)),
+                filter.may_contain(&id(i)),
+                "id {i}"
+            );
+        }
+        for other in [
+            TreeStamp {
+                generation: 10,
+                ..stamp
+            },
+            TreeStamp {
+                checkpoint_lsn: 1_235,
+                ..stamp
+            },
+            TreeStamp {
+                entry_count: 2_999,
+                ..stamp
+            },
+        ] {
+            let error = IdFilter::decode(&bytes, other).unwrap_err();
+            assert!(error.contains("written for"), "{error}");
+        }
+        for at in (0..bytes.len()).step_by(61).chain([bytes.len() - 1]) {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x04;
+            assert!(IdFilter::decode(&bad, stamp).is_err(), "flip at {at}");
+        }
+        for len in [0, 8, 63, bytes.len() - 8, bytes.len() - 1] {
+            assert!(
+                IdFilter::decode(&bytes[..len], stamp).is_err(),
+                "{len} bytes"
+            );
+        }
     }
 
     #[test]

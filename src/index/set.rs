@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::btree::{BTree, PreparedCheckpoint};
 use super::error::{IndexError, io_error};
-use super::idfilter::IdFilter;
+use super::idfilter::{IdFilter, TreeStamp};
 use super::keys::{IndexKind, for_each_entry, location_at_end, primary_lower};
 use crate::event::{EventId, EventRef};
 use crate::ids::{Location, Lsn};
@@ -45,10 +45,15 @@ pub(crate) struct IndexSet {
     /// Builds that failed on these indexes; after [`MAX_FILTER_BUILDS_FAILED`]
     /// no other is started (a reopen in place makes new indexes).
     failed_filter_builds: u32,
+    /// `ids` came from the file a clean close saved.
+    id_filter_loaded: bool,
 }
 
 /// Failed id filter builds after which the indexes go on without one.
 const MAX_FILTER_BUILDS_FAILED: u32 = 3;
+
+/// The id filter a clean close saved (see [`IndexSet::save_id_filter`]).
+pub(crate) const ID_FILTER_FILE: &str = "primary.ids";
 
 impl IndexSet {
     /// Opens (or creates) every index file in `dir`: all of them, term_time
@@ -104,7 +109,7 @@ impl IndexSet {
             .iter()
             .map(|t| t.as_ref().map_or(Lsn::ZERO, |t| t.meta().checkpoint_lsn))
             .collect();
-        Ok(IndexSet {
+        let mut set = IndexSet {
             storage,
             dir: dir.to_path_buf(),
             trees,
@@ -112,7 +117,101 @@ impl IndexSet {
             ids: None,
             next_ids: None,
             failed_filter_builds: 0,
-        })
+            id_filter_loaded: false,
+        };
+        set.ids = set.load_id_filter()?.map(Arc::new);
+        set.id_filter_loaded = set.ids.is_some();
+        Ok(set)
+    }
+
+    /// The primary index's durable checkpoint, as a saved filter names it.
+    fn primary_stamp(&self) -> TreeStamp {
+        let meta = self.tree(IndexKind::Primary).meta();
+        TreeStamp {
+            generation: meta.generation,
+            checkpoint_lsn: meta.checkpoint_lsn.0,
+            entry_count: meta.entry_count,
+        }
+    }
+
+    /// The filter a clean close saved, if it was written for the primary
+    /// index as it is on disk now (every id of the index is then in it;
+    /// replay adds the ids of the records after it). Anything else (no
+    /// file, another checkpoint, damage) is no filter: one is built by a
+    /// scan, as without the file. The device failing to read it is an
+    /// error, as for any other file of the store.
+    fn load_id_filter(&self) -> Result<Option<IdFilter>, IndexError> {
+        let path = self.dir.join(ID_FILTER_FILE);
+        if !self
+            .storage
+            .exists(&path)
+            .map_err(io_error(&path, "stat"))?
+        {
+            return Ok(None);
+        }
+        let bytes = self
+            .storage
+            .read_file(&path)
+            .map_err(io_error(&path, "read"))?;
+        Ok(IdFilter::decode(&bytes, self.primary_stamp()).ok())
+    }
+
+    /// Stops consulting and filling any filter.
+    pub fn drop_id_filter(&mut self) {
+        self.ids = None;
+        self.next_ids = None;
+    }
+
+    /// Whether the filter in use came from the file a clean close saved.
+    pub fn id_filter_loaded(&self) -> bool {
+        self.id_filter_loaded
+    }
+
+    /// Saves the filter in use for the next open (at close, after the last
+    /// checkpoint merged the level: the primary index on disk then holds
+    /// every id stored, and the filter holds each of them). Written to a
+    /// temporary file, synced and renamed into place. Without a complete
+    /// filter, a saved one is removed. A failure loses nothing: the next
+    /// open builds a filter by a scan.
+    pub fn save_id_filter(&self) -> Result<(), IndexError> {
+        let path = self.dir.join(ID_FILTER_FILE);
+        let primary = self.tree(IndexKind::Primary);
+        let settled = primary.dirty_nodes() == 0 && primary.level_len() == 0;
+        let Some(ids) = self.ids.as_ref().filter(|ids| ids.is_complete() && settled) else {
+            if self
+                .storage
+                .exists(&path)
+                .map_err(io_error(&path, "stat"))?
+            {
+                remove_durably(&*self.storage, &self.dir, &path)?;
+            }
+            return Ok(());
+        };
+        let bytes = ids.encode(self.primary_stamp());
+        let temporary = self.dir.join(format!("{ID_FILTER_FILE}.tmp"));
+        if self
+            .storage
+            .exists(&temporary)
+            .map_err(io_error(&temporary, "stat"))?
+        {
+            self.storage
+                .remove_file(&temporary)
+                .map_err(io_error(&temporary, "remove"))?;
+        }
+        let file = self
+            .storage
+            .open(&temporary, crate::storage::OpenMode::CreateNew)
+            .map_err(io_error(&temporary, "create"))?;
+        file.write_all_at(&bytes, 0)
+            .map_err(io_error(&temporary, "write"))?;
+        file.sync().map_err(io_error(&temporary, "sync"))?;
+        drop(file);
+        self.storage
+            .rename(&temporary, &path)
+            .map_err(io_error(&temporary, "rename"))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(io_error(&self.dir, "sync directory"))
     }
 
     /// Sets aside and restarts the index `kind` (it will be rebuilt by replay).
@@ -122,6 +221,11 @@ impl IndexSet {
         self.trees[kind as usize] =
             Some(BTree::open(&*self.storage, &path, kind.id(), kind.width())?);
         self.floors[kind as usize] = Lsn::ZERO;
+        if kind == IndexKind::Primary {
+            // Built again for the rebuilt index.
+            self.ids = None;
+            self.id_filter_loaded = false;
+        }
         Ok(())
     }
 
@@ -147,6 +251,8 @@ impl IndexSet {
                 Some(BTree::open(&*self.storage, &path, kind.id(), kind.width())?);
             self.floors[kind as usize] = Lsn::ZERO;
         }
+        self.ids = None;
+        self.id_filter_loaded = false;
         Ok(())
     }
 
@@ -154,7 +260,7 @@ impl IndexSet {
     /// [`IndexSet::has`] first about term_time.
     /// Where the event with this id is stored, from the primary index.
     pub fn find_id(&self, id: &EventId) -> Result<Option<Location>, IndexError> {
-        if self.ids.as_ref().is_some_and(|ids| !ids.may_contain(id)) {
+        if self.id_filter().is_some_and(|ids| !ids.may_contain(id)) {
             return Ok(None);
         }
         let mut cursor = self.tree(IndexKind::Primary).seek(&primary_lower(id))?;
@@ -395,9 +501,14 @@ impl IndexSet {
         Ok(None)
     }
 
-    /// The filter find_id consults, if one is complete.
+    /// The filter find_id consults, if one is complete: a build whose scan
+    /// has ended (every id of the index is in it) before the writer puts it
+    /// in use, which on an idle store waits for the next housekeeping.
     pub fn id_filter(&self) -> Option<&IdFilter> {
-        self.ids.as_deref()
+        self.next_ids
+            .as_deref()
+            .filter(|next| next.is_complete())
+            .or(self.ids.as_deref())
     }
 
     /// Entries staged in the in-memory level, over all indexes.

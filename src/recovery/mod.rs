@@ -141,6 +141,10 @@ pub struct RecoveryReport {
     /// Remove records written after a repair: removals that records lost to
     /// damage had made (a replaced version, what a deletion named).
     pub removals_reapplied: u64,
+    /// Shards whose id filter came from the file the last clean close saved
+    /// (the others build theirs by a scan of the primary index, in the
+    /// background).
+    pub id_filters_loaded: u32,
 }
 
 /// A shard as recovery leaves it.
@@ -275,6 +279,7 @@ pub(crate) fn open_shard(
         match replay(shard, &writer, &mut indexes, progress, *level_entries) {
             Ok(replayed) => {
                 report.replayed_records += replayed.records;
+                report.id_filters_loaded += u32::from(indexes.id_filter_loaded());
                 return Ok(OpenedShard {
                     log: writer,
                     indexes,

@@ -509,6 +509,11 @@ impl Writer {
             // A failure poisons the writer (see `checkpoint`) and reaches
             // the next caller.
             let _ = self.checkpoint(false);
+        } else if due {
+            // Nothing to write: the next housekeeping is an interval away,
+            // not a millisecond (an idle store woke its writers 1,000
+            // times a second once the interval had passed).
+            self.last_checkpoint = Instant::now();
         }
     }
 
@@ -614,7 +619,14 @@ impl Writer {
     /// `IndexSet::id_filter_job`) on a thread of its own that scans the
     /// primary index in slices under the read lock.
     fn tend_id_filter(&mut self) {
-        if self.config.id_filter_min == 0 || !self.indexes.read().id_filter_due() {
+        if self.config.id_filter_min == 0 {
+            // Turned off: not even the one a clean close saved is used.
+            if self.indexes.read().id_filter().is_some() {
+                self.indexes.write().drop_id_filter();
+            }
+            return;
+        }
+        if !self.indexes.read().id_filter_due() {
             return;
         }
         let (job, epoch) = {
@@ -647,8 +659,12 @@ impl Writer {
         // reused by the next checkpoint), but the device said no: the
         // caller hears it, after the log is closed all the same.
         let released = self.indexes.read().release_free_pages();
+        // A failed save loses nothing: the next open builds the filter by
+        // a scan. The caller hears it all the same.
+        let saved = self.indexes.read().save_id_filter();
         self.log.close()?;
         released?;
+        saved?;
         Ok(())
     }
 }
