@@ -16,7 +16,7 @@ use super::snapshot;
 use crate::error::{Error, io_error};
 use crate::event::EventRef;
 use crate::ids::{Location, SegmentId};
-use crate::storage::{OpenMode, Storage};
+use crate::storage::{Storage, replace_file};
 use crate::wal::{Log, LogSnapshot, SEGMENT_HEADER_LEN, scan_changes};
 
 /// The directory of the analytics files, in the store's directory.
@@ -256,29 +256,8 @@ impl StoreAnalytics {
         };
         let temp = self.dir.join(STATE_TEMP);
         let path = self.dir.join(STATE_FILE);
-        if self
-            .storage
-            .exists(&temp)
-            .map_err(io_error(&temp, "stat"))?
-        {
-            self.storage
-                .remove_file(&temp)
-                .map_err(io_error(&temp, "remove"))?;
-        }
-        let file = self
-            .storage
-            .open(&temp, OpenMode::CreateNew)
-            .map_err(io_error(&temp, "create"))?;
-        file.write_all_at(&bytes, 0)
-            .and_then(|()| file.sync())
-            .map_err(io_error(&temp, "write"))?;
-        drop(file);
-        self.storage
-            .rename(&temp, &path)
-            .map_err(io_error(&path, "rename"))?;
-        self.storage
-            .sync_dir(&self.dir)
-            .map_err(io_error(&self.dir, "sync directory"))?;
+        replace_file(&*self.storage, &temp, &path, &bytes)
+            .map_err(|(file, what, e)| io_error(&file, what)(e))?;
         self.saved.store(generation, Ordering::Release);
         Ok(())
     }

@@ -189,29 +189,8 @@ impl IndexSet {
         };
         let bytes = ids.encode(self.primary_stamp());
         let temporary = self.dir.join(format!("{ID_FILTER_FILE}.tmp"));
-        if self
-            .storage
-            .exists(&temporary)
-            .map_err(io_error(&temporary, "stat"))?
-        {
-            self.storage
-                .remove_file(&temporary)
-                .map_err(io_error(&temporary, "remove"))?;
-        }
-        let file = self
-            .storage
-            .open(&temporary, crate::storage::OpenMode::CreateNew)
-            .map_err(io_error(&temporary, "create"))?;
-        file.write_all_at(&bytes, 0)
-            .map_err(io_error(&temporary, "write"))?;
-        file.sync().map_err(io_error(&temporary, "sync"))?;
-        drop(file);
-        self.storage
-            .rename(&temporary, &path)
-            .map_err(io_error(&temporary, "rename"))?;
-        self.storage
-            .sync_dir(&self.dir)
-            .map_err(io_error(&self.dir, "sync directory"))
+        crate::storage::replace_file(&*self.storage, &temporary, &path, &bytes)
+            .map_err(|(file, what, e)| io_error(&file, what)(e))
     }
 
     /// Sets aside and restarts the index `kind` (it will be rebuilt by replay).

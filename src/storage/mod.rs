@@ -21,10 +21,41 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::ops::Deref;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use file::FileStorage;
 pub use sim::{Damage, SimStorage};
+
+/// Replaces the file at `path` with `bytes`, durably: written to `temp`
+/// (a leftover from a crash is removed first), synced, renamed over
+/// `path`, and the directory synced. On failure: the file and the step
+/// that failed, for the caller's error.
+pub(crate) fn replace_file(
+    storage: &dyn Storage,
+    temp: &Path,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), (PathBuf, &'static str, io::Error)> {
+    fn at(
+        path: &Path,
+        what: &'static str,
+    ) -> impl FnOnce(io::Error) -> (PathBuf, &'static str, io::Error) {
+        let path = path.to_path_buf();
+        move |e| (path, what, e)
+    }
+    if storage.exists(temp).map_err(at(temp, "stat"))? {
+        storage.remove_file(temp).map_err(at(temp, "remove"))?;
+    }
+    let file = storage
+        .open(temp, OpenMode::CreateNew)
+        .map_err(at(temp, "create"))?;
+    file.write_all_at(bytes, 0).map_err(at(temp, "write"))?;
+    file.sync().map_err(at(temp, "sync"))?;
+    drop(file);
+    storage.rename(temp, path).map_err(at(path, "rename"))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    storage.sync_dir(dir).map_err(at(dir, "sync directory"))
+}
 
 /// How [`Storage::open`] opens a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
