@@ -203,23 +203,25 @@ impl IdFilter {
         let capacity = usize::try_from(capacity).map_err(|_| "capacity too large".to_string())?;
         if blocks == 0
             || body.len() - FILE_HEADER != blocks.saturating_mul(64)
-            || blocks != (capacity.max(MIN_CAPACITY) * BITS_PER_ID).div_ceil(512)
+            || blocks
+                != capacity
+                    .max(MIN_CAPACITY)
+                    .saturating_mul(BITS_PER_ID)
+                    .div_ceil(512)
         {
             return Err("its size does not match its capacity".to_string());
         }
-        let words = body[FILE_HEADER..]
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
-        let mut filled: Vec<[AtomicU64; 8]> = Vec::with_capacity(blocks);
-        let mut block: [AtomicU64; 8] = Default::default();
-        for (i, word) in words.enumerate() {
-            block[i % 8] = AtomicU64::new(word);
-            if i % 8 == 7 {
-                filled.push(std::mem::take(&mut block));
-            }
-        }
+        let blocks = body[FILE_HEADER..]
+            .chunks_exact(64)
+            .map(|block| {
+                std::array::from_fn(|i| {
+                    let word = &block[i * 8..i * 8 + 8];
+                    AtomicU64::new(u64::from_le_bytes(word.try_into().expect("8 bytes")))
+                })
+            })
+            .collect();
         Ok(IdFilter {
-            blocks: filled.into_boxed_slice(),
+            blocks,
             capacity,
             added: AtomicUsize::new(usize::try_from(added).unwrap_or(usize::MAX)),
             complete: AtomicBool::new(true),

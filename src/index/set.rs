@@ -47,6 +47,11 @@ pub(crate) struct IndexSet {
     failed_filter_builds: u32,
     /// `ids` came from the file a clean close saved.
     id_filter_loaded: bool,
+    /// The primary index state the filter file on disk was written for, if
+    /// it was read or written by these indexes: a close that finds the
+    /// index still there does not write the same file again (every
+    /// one-shot reading command would).
+    id_filter_saved: Option<TreeStamp>,
 }
 
 /// Failed id filter builds after which the indexes go on without one.
@@ -118,9 +123,13 @@ impl IndexSet {
             next_ids: None,
             failed_filter_builds: 0,
             id_filter_loaded: false,
+            id_filter_saved: None,
         };
         set.ids = set.load_id_filter()?.map(Arc::new);
         set.id_filter_loaded = set.ids.is_some();
+        if set.id_filter_loaded {
+            set.id_filter_saved = Some(set.primary_stamp());
+        }
         Ok(set)
     }
 
@@ -160,6 +169,7 @@ impl IndexSet {
     pub fn drop_id_filter(&mut self) {
         self.ids = None;
         self.next_ids = None;
+        self.id_filter_loaded = false;
     }
 
     /// Whether the filter in use came from the file a clean close saved.
@@ -173,8 +183,9 @@ impl IndexSet {
     /// temporary file, synced and renamed into place. Without a complete
     /// filter, a saved one is removed. A failure loses nothing: the next
     /// open builds a filter by a scan.
-    pub fn save_id_filter(&self) -> Result<(), IndexError> {
+    pub fn save_id_filter(&mut self) -> Result<(), IndexError> {
         let path = self.dir.join(ID_FILTER_FILE);
+        let stamp = self.primary_stamp();
         let primary = self.tree(IndexKind::Primary);
         let settled = primary.dirty_nodes() == 0 && primary.level_len() == 0;
         let Some(ids) = self.ids.as_ref().filter(|ids| ids.is_complete() && settled) else {
@@ -185,12 +196,19 @@ impl IndexSet {
             {
                 remove_durably(&*self.storage, &self.dir, &path)?;
             }
+            self.id_filter_saved = None;
             return Ok(());
         };
-        let bytes = ids.encode(self.primary_stamp());
+        // The file holds a filter for this very index state already.
+        if self.id_filter_saved == Some(stamp) {
+            return Ok(());
+        }
+        let bytes = ids.encode(stamp);
         let temporary = self.dir.join(format!("{ID_FILTER_FILE}.tmp"));
         crate::storage::replace_file(&*self.storage, &temporary, &path, &bytes)
-            .map_err(|(file, what, e)| io_error(&file, what)(e))
+            .map_err(|(file, what, e)| io_error(&file, what)(e))?;
+        self.id_filter_saved = Some(stamp);
+        Ok(())
     }
 
     /// Sets aside and restarts the index `kind` (it will be rebuilt by replay).
@@ -202,8 +220,7 @@ impl IndexSet {
         self.floors[kind as usize] = Lsn::ZERO;
         if kind == IndexKind::Primary {
             // Built again for the rebuilt index.
-            self.ids = None;
-            self.id_filter_loaded = false;
+            self.drop_id_filter();
         }
         Ok(())
     }
@@ -230,8 +247,7 @@ impl IndexSet {
                 Some(BTree::open(&*self.storage, &path, kind.id(), kind.width())?);
             self.floors[kind as usize] = Lsn::ZERO;
         }
-        self.ids = None;
-        self.id_filter_loaded = false;
+        self.drop_id_filter();
         Ok(())
     }
 

@@ -661,7 +661,7 @@ impl Writer {
         let released = self.indexes.read().release_free_pages();
         // A failed save loses nothing: the next open builds the filter by
         // a scan. The caller hears it all the same.
-        let saved = self.indexes.read().save_id_filter();
+        let saved = self.indexes.write().save_id_filter();
         self.log.close()?;
         released?;
         saved?;
