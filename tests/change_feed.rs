@@ -9,8 +9,8 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use common::Generator;
-use megalith::{ChangeOp, ChangePosition, EventId, EventStore, Filter};
+use common::{Generator, stored_ids};
+use megalith::{ChangeOp, ChangePosition, EventId, EventStore};
 
 fn open(dir: &std::path::Path) -> EventStore {
     EventStore::builder(dir)
@@ -61,17 +61,6 @@ fn follow(
             read += 1;
         }
     }
-}
-
-fn stored_ids(store: &EventStore) -> Vec<EventId> {
-    let mut ids: Vec<EventId> = store
-        .query(&[Filter::new()])
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
-    ids.sort();
-    ids
 }
 
 #[test]

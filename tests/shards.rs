@@ -51,7 +51,11 @@ fn authors_on_disk(dir: &Path) -> BTreeMap<ShardId, BTreeSet<Pubkey>> {
         };
         let authors = found.entry(shard).or_default();
         for segment in std::fs::read_dir(entry.path().join("log")).unwrap() {
-            let bytes = std::fs::read(segment.unwrap().path()).unwrap();
+            let path = segment.unwrap().path();
+            if path.extension().is_none_or(|e| e != "seg") {
+                continue;
+            }
+            let bytes = std::fs::read(path).unwrap();
             for item in SegmentWalk::new(&bytes, None) {
                 match item {
                     WalkItem::Record { record, .. } => {

@@ -394,7 +394,6 @@ fn an_update_stream_outlives_the_handshake_timeout() {
 /// and the analytics checkpoint written at SIGTERM is used at the next open.
 #[test]
 fn the_video_api_counts_what_the_relay_stores() {
-    use futures_util::{SinkExt, StreamExt};
     use megalith::event::Keys;
 
     let dir = tempfile::tempdir().unwrap();
@@ -448,32 +447,7 @@ fn the_video_api_counts_what_the_relay_stores() {
         ],
         "+".into(),
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-            .await
-            .unwrap();
-        let message = format!("[\"EVENT\",{}]", reaction.to_json());
-        ws.send(tokio_tungstenite::tungstenite::Message::text(message))
-            .await
-            .unwrap();
-        // The relay greets with a NIP-42 challenge first.
-        let ok = loop {
-            let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            let text = message.into_text().unwrap().to_string();
-            if text.starts_with("[\"OK\"") {
-                break text;
-            }
-        };
-        assert!(ok.contains("true"), "{ok}");
-    });
+    publish(&addr, std::slice::from_ref(&reaction));
     let (status, body) = http_get_with(&addr, &stats, "");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"reactions\":1"), "{body}");
@@ -508,4 +482,162 @@ fn the_video_api_counts_what_the_relay_stores() {
         })
         .unwrap();
     assert_eq!(figures.reactions, 1);
+}
+
+/// Sends each event to the relay at `addr` and waits for its OK (the
+/// relay greets with a NIP-42 challenge first).
+fn publish(addr: &str, events: &[megalith::Event]) {
+    use futures_util::{SinkExt, StreamExt};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        for event in events {
+            let message = format!("[\"EVENT\",{}]", event.to_json());
+            ws.send(tokio_tungstenite::tungstenite::Message::text(message))
+                .await
+                .unwrap();
+            let ok = loop {
+                let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                let text = message.into_text().unwrap().to_string();
+                if text.starts_with("[\"OK\"") {
+                    break text;
+                }
+            };
+            assert!(ok.contains("true"), "{ok}");
+        }
+    });
+}
+
+/// Stored ids and the last position of `megalith changes` output lines.
+fn stored_and_position(lines: &[String]) -> (Vec<String>, String) {
+    let mut ids = Vec::new();
+    let mut position = String::new();
+    for line in lines {
+        let change: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(change["op"], "stored", "{line}");
+        ids.push(change["event"]["id"].as_str().unwrap().to_string());
+        position = change["position"].as_str().unwrap().to_string();
+    }
+    ids.sort();
+    (ids, position)
+}
+
+/// `megalith changes` beside a running `megalith serve` (which holds the
+/// store's lock): --follow prints what clients publish as it is synced,
+/// stops on SIGINT naming its position, and a later run resumes there
+/// with exactly what came after.
+#[test]
+fn changes_follows_a_running_server_and_resumes_where_it_stopped() {
+    use megalith::event::Keys;
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let serve::Serving {
+        child,
+        addr,
+        stderr,
+        log,
+    } = serve::spawn(["--data".as_ref(), data.as_os_str()]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let notes = |from: u64, n: u64| -> Vec<megalith::Event> {
+        (from..from + n)
+            .map(|i| Keys::from_seed(100 + i % 7).sign(now - i, 1, vec![], format!("note {i}")))
+            .collect()
+    };
+    let ids = |events: &[megalith::Event]| {
+        let mut ids: Vec<String> = events.iter().map(|e| e.id.to_hex()).collect();
+        ids.sort();
+        ids
+    };
+
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_megalith"))
+        .args(["changes", "--follow", "--interval", "20", "--data"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let first = notes(0, 30);
+    publish(&addr, &first);
+    let mut lines = Vec::new();
+    while lines.len() < first.len() {
+        lines.push(
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("the follower prints what the server stored"),
+        );
+    }
+    let (seen, position) = stored_and_position(&lines);
+    assert_eq!(seen, ids(&first));
+    let status = Command::new("kill")
+        .args(["-INT", &follower.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = follower.wait().unwrap();
+    let mut said = String::new();
+    follower
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert!(exit.success(), "{exit:?} {said}");
+    assert!(said.contains(&format!("stopped at {position}")), "{said}");
+    assert!(rx.try_recv().is_err(), "nothing after the 30");
+
+    // More, then a run without --follow from the kept position, with the
+    // server still running: exactly the new ones.
+    let second = notes(30, 12);
+    publish(&addr, &second);
+    let out = Command::new(env!("CARGO_BIN_EXE_megalith"))
+        .args(["changes", "--after", &position, "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (seen, position) = stored_and_position(&lines);
+    assert_eq!(seen, ids(&second));
+    assert!(
+        said.contains(&format!("up to date at {position}")),
+        "{said}"
+    );
+
+    stop_cleanly(child, stderr, log);
+    // The server closed: nothing more, from the same position.
+    let out = Command::new(env!("CARGO_BIN_EXE_megalith"))
+        .args(["changes", "--after", &position, "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
 }

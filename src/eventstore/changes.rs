@@ -14,8 +14,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::error::Error;
 use crate::event::Event;
 use crate::ids::{Location, SegmentId, ShardId};
+use crate::wal::LogSnapshot;
 
 /// Where a reader of the change feed is: per shard, the log position after
 /// the last change it has read.
@@ -106,4 +108,86 @@ pub struct StoreChange {
     /// [`EventStore::changes`](crate::EventStore::changes) to read on from
     /// here.
     pub position: ChangePosition,
+}
+
+/// What to do with a position past the end a shard's view can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PastEnd {
+    /// Refuse it: the store never gave it.
+    Refuse,
+    /// Read nothing of that shard yet (a reader beside a writer sees the
+    /// log up to its synced mark; a position from the writer's own feed
+    /// can be ahead of that for a moment).
+    Wait,
+}
+
+/// Up to `limit` changes after `after` from each shard's log (`views`: per
+/// shard, `None` when nothing can be read of it now, or a snapshot and the
+/// whole-batch boundary where reading stops): within a shard in commit
+/// order, the shards in turn, each given an equal share of `limit` first,
+/// the rest to those with more. The engine's `EventStore::changes` and the
+/// out-of-process `ChangeReader` both answer with it.
+pub(crate) fn collect_changes(
+    views: &[Option<(LogSnapshot, Location)>],
+    after: &ChangePosition,
+    limit: usize,
+    past_end: PastEnd,
+) -> Result<Vec<StoreChange>, Error> {
+    if after.shards() != views.len() {
+        return Err(Error::Options(format!(
+            "the position names {} shards; this store has {}",
+            after.shards(),
+            views.len()
+        )));
+    }
+    let mut position = after.clone();
+    let mut out: Vec<StoreChange> = Vec::new();
+    let share = limit.div_ceil(views.len()).max(1);
+    for round in 0..2 {
+        for (n, view) in views.iter().enumerate() {
+            let Some((snapshot, end)) = view else {
+                continue;
+            };
+            let left = limit.saturating_sub(out.len());
+            let budget = if round == 0 { share.min(left) } else { left };
+            if budget == 0 {
+                continue;
+            }
+            if position.0[n] > *end {
+                if past_end == PastEnd::Wait {
+                    continue;
+                }
+                return Err(Error::Options(format!(
+                    "the position is past the end of shard {n}'s log ({} > {end}): \
+                     it was not given by this store",
+                    position.0[n]
+                )));
+            }
+            let mut taken = 0;
+            let mut changes = Vec::new();
+            crate::wal::scan_changes(snapshot, position.0[n], Some(*end), |change| {
+                changes.push((
+                    change.next,
+                    if change.stored {
+                        ChangeOp::Stored
+                    } else {
+                        ChangeOp::Removed
+                    },
+                    change.event.to_event(),
+                ));
+                taken += 1;
+                taken < budget
+            })?;
+            for (next, op, event) in changes {
+                position.0[n] = next;
+                out.push(StoreChange {
+                    op,
+                    event,
+                    shard: ShardId(n as u32),
+                    position: position.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }

@@ -42,3 +42,34 @@ pub(crate) fn lock_store_dir(dir: &Path) -> Result<File, Error> {
         }
     }
 }
+
+/// Whether a process has the store in `dir` open, as a reader beside it
+/// must know.
+#[derive(Debug)]
+pub(crate) enum Holder {
+    /// None has: the lock is held shared by this value (no process can
+    /// open the store until it is dropped), or there is no lock file to
+    /// hold (a store copied without it, on a read-only file system).
+    Nobody { _lock: Option<File> },
+    /// A process holds the lock.
+    Running,
+}
+
+/// Finds out whether a process has the store in `dir` open, taking the
+/// lock shared when none has. Opens the lock file read-only, so it works
+/// on a read-only file system too.
+pub(crate) fn probe_holder(dir: &Path) -> Result<Holder, Error> {
+    let path = dir.join(LOCK_FILE);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Holder::Nobody { _lock: None });
+        }
+        Err(e) => return Err(io_error(&path, "open")(e)),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(Holder::Nobody { _lock: Some(file) }),
+        Err(fs::TryLockError::WouldBlock) => Ok(Holder::Running),
+        Err(fs::TryLockError::Error(e)) => Err(io_error(&path, "lock")(e)),
+    }
+}

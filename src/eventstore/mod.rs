@@ -1,5 +1,6 @@
 //! The store: options, the manifest, insert outcomes and `EventStore` itself.
 
+mod change_reader;
 mod changes;
 mod commits;
 mod lock;
@@ -11,6 +12,7 @@ mod outcome;
 mod store;
 mod verify;
 
+pub use change_reader::ChangeReader;
 pub use changes::{ChangeOp, ChangePosition, StoreChange};
 pub use commits::{Commits, Committed};
 pub(crate) use lock::lock_store_dir;

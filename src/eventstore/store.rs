@@ -25,7 +25,7 @@ use crate::shard::{
 use crate::storage::{OpenMode, Storage};
 use crate::wal::{Log, LogSnapshot, LogWriter};
 
-use super::changes::{ChangeOp, ChangePosition, StoreChange};
+use super::changes::{ChangePosition, StoreChange};
 use super::commits::{Commits, Watchers};
 use super::lock::lock_store_dir;
 use super::manifest;
@@ -1065,61 +1065,15 @@ impl EventStore {
     /// an empty answer means the reader is up to date. `Err` when `after`
     /// names another shard count or a position past a shard's log.
     pub fn changes(&self, after: &ChangePosition, limit: usize) -> Result<Vec<StoreChange>, Error> {
-        if after.shards() != self.shards.len() {
-            return Err(Error::Options(format!(
-                "the position names {} shards; this store has {}",
-                after.shards(),
-                self.shards.len()
-            )));
-        }
-        let mut position = after.clone();
-        let mut out: Vec<StoreChange> = Vec::new();
-        let share = limit.div_ceil(self.shards.len()).max(1);
-        // Two rounds: an equal share each, then what is left of `limit`
-        // to whoever has more.
-        for round in 0..2 {
-            for (n, shard) in self.shards.iter().enumerate() {
-                let left = limit.saturating_sub(out.len());
-                let budget = if round == 0 { share.min(left) } else { left };
-                if budget == 0 {
-                    continue;
-                }
+        let views: Vec<_> = self
+            .shards
+            .iter()
+            .map(|shard| {
                 let end = shard.lock().applied_end;
-                if position.0[n] > end {
-                    return Err(Error::Options(format!(
-                        "the position is past the end of shard {n}'s log ({} > {end}): \
-                         it was not given by this store",
-                        position.0[n]
-                    )));
-                }
-                let snapshot = shard.log().snapshot();
-                let mut taken = 0;
-                let mut changes = Vec::new();
-                crate::wal::scan_changes(&snapshot, position.0[n], Some(end), |change| {
-                    changes.push((
-                        change.next,
-                        if change.stored {
-                            ChangeOp::Stored
-                        } else {
-                            ChangeOp::Removed
-                        },
-                        change.event.to_event(),
-                    ));
-                    taken += 1;
-                    taken < budget
-                })?;
-                for (next, op, event) in changes {
-                    position.0[n] = next;
-                    out.push(StoreChange {
-                        op,
-                        event,
-                        shard: ShardId(n as u32),
-                        position: position.clone(),
-                    });
-                }
-            }
-        }
-        Ok(out)
+                Some((shard.log().snapshot(), end))
+            })
+            .collect();
+        super::changes::collect_changes(&views, after, limit, super::changes::PastEnd::Refuse)
     }
 
     /// Cheap figures for monitoring (no scan): events stored, and the bytes

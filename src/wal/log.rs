@@ -28,6 +28,7 @@ use super::format::{
     encode_segment_header, mark_batch_end,
 };
 use super::segment::{Segment, parse_segment_file_name, segment_file_name};
+use super::synced;
 use crate::event::EventRef;
 use crate::ids::{Location, Lsn, SegmentId, ShardId};
 use crate::storage::{OpenMode, Storage, StorageFile};
@@ -301,7 +302,7 @@ impl Log {
                 segments: RwLock::new(Arc::new(segments)),
             }),
         };
-        let writer = LogWriter {
+        let mut writer = LogWriter {
             log: Arc::clone(&log),
             active,
             active_segment,
@@ -317,7 +318,10 @@ impl Log {
             segment_size,
             poisoned: None,
             unsynced: false,
+            mark: synced::open_for_writing(store, dir)
+                .map_err(io_error(&dir.join(synced::SYNCED_FILE), "open"))?,
         };
+        writer.publish_synced()?;
         Ok((log, writer, repair))
     }
 
@@ -410,7 +414,7 @@ pub(crate) fn list_segment_ids(
 }
 
 /// Whether every byte of the file at `path` is zero (or it is empty).
-fn never_written(storage: &dyn Storage, path: &Path) -> Result<bool, WalError> {
+pub(crate) fn never_written(storage: &dyn Storage, path: &Path) -> Result<bool, WalError> {
     let file = storage
         .open(path, OpenMode::Read)
         .map_err(io_error(path, "open"))?;
@@ -494,7 +498,7 @@ pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), WalError
 /// ends, and a repair note if a torn tail after that has to go. Damage (a
 /// bad frame that a later valid record proves was synced) is an error, and
 /// nothing is cut.
-fn find_end(
+pub(crate) fn find_end(
     segments: &[Arc<Segment>],
     hint: Option<(Location, Lsn)>,
 ) -> Result<(LogEnd, Option<TailRepair>), WalError> {
@@ -717,6 +721,9 @@ pub(crate) struct LogWriter {
     /// Set by a failed write, sync, rotation or close: what failed.
     poisoned: Option<Failure>,
     unsynced: bool,
+    /// The synced mark (`synced.rs`): `durable_end` for readers in other
+    /// processes, rewritten after every sync.
+    mark: Box<dyn StorageFile>,
 }
 
 /// What made a [`LogWriter`] refuse further writes.
@@ -805,6 +812,22 @@ impl LogWriter {
         self.unsynced = false;
         self.durable = self.last_lsn();
         self.durable_end = self.end();
+        self.publish_synced()
+    }
+
+    /// Writes `durable_end` to the synced mark. A failure poisons the
+    /// writer like a failed write (the log itself is as written, so a
+    /// reopen keeps it), and reaches the caller.
+    fn publish_synced(&mut self) -> Result<(), WalError> {
+        let bytes = synced::encode(self.durable_end, self.durable);
+        if let Err(source) = self.mark.write_all_at(&bytes, 0) {
+            self.poisoned = Some(Failure::Write);
+            return Err(WalError::Io {
+                path: self.log.dir.join(synced::SYNCED_FILE),
+                op: "write",
+                source,
+            });
+        }
         Ok(())
     }
 

@@ -4,14 +4,17 @@
 mod changes;
 mod damage;
 mod error;
+mod follow;
 mod format;
 mod log;
 mod repair;
 mod segment;
+mod synced;
 
 pub(crate) use changes::scan_changes;
 pub(crate) use damage::examine_after;
 pub use error::WalError;
+pub(crate) use follow::{LogFollower, LogView};
 pub(crate) use format::SEGMENT_HEADER_LEN;
 pub(crate) use format::{
     FRAME_HEADER_LEN, FRAME_OVERHEAD, decode_frame, decode_segment_header, encode_frame,

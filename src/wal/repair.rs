@@ -213,6 +213,13 @@ pub(crate) fn quarantine(
     damage: &[DamagedRange],
     marker_text: &str,
 ) -> Result<Vec<PathBuf>, WalError> {
+    // Readers in other processes trust the synced mark beside a running
+    // writer; segments are about to change in place, so there is none.
+    let log_dir = shard_dir.join("log");
+    super::synced::remove(storage, &log_dir).map_err(io_error(
+        &log_dir.join(super::synced::SYNCED_FILE),
+        "remove",
+    ))?;
     let aside_dir = shard_dir.join(QUARANTINE_DIR);
     storage
         .create_dir_all(&aside_dir)

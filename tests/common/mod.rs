@@ -604,3 +604,15 @@ pub fn now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// The ids of every event `store` holds, sorted.
+pub fn stored_ids(store: &megalith::EventStore) -> Vec<EventId> {
+    let mut ids: Vec<EventId> = store
+        .query(&[Filter::new()])
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    ids.sort();
+    ids
+}

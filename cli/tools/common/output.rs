@@ -28,11 +28,15 @@ use std::io::{self, BufWriter, Write};
 pub(crate) struct Output {
     out: BufWriter<Box<dyn Write>>,
     closed: bool,
+    /// Standard output's descriptor, to ask whether its reader is still there.
+    fd: Option<i32>,
 }
 
 impl Output {
     pub(crate) fn stdout() -> Output {
-        Output::new(Box::new(io::stdout().lock()))
+        let mut out = Output::new(Box::new(io::stdout().lock()));
+        out.fd = Some(libc::STDOUT_FILENO);
+        out
     }
 
     /// Writes to `file` instead of standard output (it never closes early).
@@ -44,7 +48,32 @@ impl Output {
         Output {
             out: BufWriter::with_capacity(1 << 16, sink),
             closed: false,
+            fd: None,
         }
+    }
+
+    /// Whether the reader of standard output has gone away, found without
+    /// writing (a command that waits for something to print must notice
+    /// `| head` having exited while it has nothing to write): a pipe whose
+    /// read end is closed polls as an error. Closes the output when so.
+    pub(crate) fn reader_gone(&mut self) -> bool {
+        if self.closed {
+            return true;
+        }
+        let Some(fd) = self.fd else {
+            return false;
+        };
+        let mut poll = libc::pollfd {
+            fd,
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, a zero timeout.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        if ready == 1 && poll.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            self.closed = true;
+        }
+        self.closed
     }
 
     /// False once the reader has gone away: stop producing output.

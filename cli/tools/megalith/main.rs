@@ -18,7 +18,9 @@ mod serve;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -78,7 +80,15 @@ enum Command {
     /// last line's position and pass it as --after to read on from there, after a
     /// restart too; nothing is skipped or repeated. Removed: replaced by a newer
     /// version, deleted (NIP-09) or vanished (NIP-62). The last position is also
-    /// printed on stderr ("up to date at ..." or, after --limit, "stopped at ...").
+    /// printed on stderr ("up to date at ..." or, after --limit or a signal,
+    /// "stopped at ...").
+    ///
+    /// Works while another process (`megalith serve`) has the store open, and on
+    /// a read-only file system: it reads the logs without opening the store and
+    /// writes nothing. Beside a running server it prints only what the server has
+    /// synced to disk (a power loss cannot take back a printed change); with
+    /// --follow it keeps printing new changes as they are synced, until SIGINT,
+    /// SIGTERM or the reader of its output goes away.
     #[command(verbatim_doc_comment)]
     Changes(ChangesArgs),
     /// Write a seeded, realistic stream of signed events as JSONL: the same seed and authors
@@ -277,6 +287,12 @@ struct ChangesArgs {
     /// Print at most N changes [default: all].
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
+    /// Once up to date, keep waiting for new changes and print them as they come.
+    #[arg(long)]
+    follow: bool,
+    /// With --follow, how often to look for new changes, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100, requires = "follow")]
+    interval: u64,
 }
 
 #[derive(Args)]
@@ -500,26 +516,54 @@ fn changes(args: &ChangesArgs) -> Result<ExitCode, String> {
         .map(str::parse)
         .transpose()
         .map_err(|e: String| format!("--after: {e}"))?;
-    let store = open(&args.store)?;
+    let data = &args.store.data;
+    let mut reader = megalith::ChangeReader::open(data).map_err(|e| match e {
+        megalith::Error::Format { .. } if !data.join("MANIFEST").exists() => format!(
+            "no store in {} (import events first, or check --data)",
+            data.display()
+        ),
+        other => format!("cannot read the changes of {}: {other}", data.display()),
+    })?;
     let mut position =
-        after.unwrap_or_else(|| megalith::ChangePosition::start(store.shard_count()));
+        after.unwrap_or_else(|| megalith::ChangePosition::start(reader.shard_count()));
+    let stop = args.follow.then(stop_on_signal);
     let mut left = args.limit.unwrap_or(usize::MAX);
     let mut out = Output::stdout();
     let mut line = Vec::with_capacity(1024);
-    let mut result = Ok(());
     let mut written = Ok(());
     let mut caught_up = false;
-    while left > 0 && written.is_ok() && out.is_open() {
-        let page = match store.changes(&position, left.min(10_000)) {
+    let mut told_waiting = false;
+    let result = loop {
+        if left == 0 || written.is_err() || !out.is_open() {
+            break Ok(());
+        }
+        if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            break Ok(());
+        }
+        let page = match reader.changes(&position, left.min(10_000)) {
             Ok(page) => page,
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
+            Err(e) => break Err(format!("{}: {e}", data.display())),
         };
         if page.is_empty() {
-            caught_up = true;
-            break;
+            if !args.follow {
+                caught_up = true;
+                break Ok(());
+            }
+            // Waiting: what is printed is on its way, and a reader that
+            // went away is noticed without a change to write.
+            written = out.flush();
+            if out.reader_gone() {
+                break Ok(());
+            }
+            if !reader.waiting().is_empty() && !told_waiting {
+                errln!(
+                    "waiting: the process that has the store open has not published how far \
+                     its log is synced (still opening the store, or repairing it)"
+                );
+            }
+            told_waiting = !reader.waiting().is_empty();
+            std::thread::sleep(Duration::from_millis(args.interval.max(1)));
+            continue;
         }
         for change in page {
             position = change.position.clone();
@@ -541,20 +585,40 @@ fn changes(args: &ChangesArgs) -> Result<ExitCode, String> {
                 break;
             }
         }
-    }
+    };
     // `megalith changes ... | head` closes the pipe early: not an error.
     if !out.is_open() {
         written = Ok(());
     }
     let written = written.and_then(|()| out.finish());
-    if result.is_ok() && written.is_ok() {
-        if caught_up {
-            errln!("up to date at {position}");
-        } else {
-            errln!("stopped at {position} (more changes follow)");
-        }
+    if let Err(e) = written {
+        return Err(format!("cannot write the changes: {e}"));
     }
-    finish(store, result, written)
+    result?;
+    if caught_up {
+        errln!("up to date at {position}");
+    } else {
+        errln!("stopped at {position} (more changes may follow)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A flag SIGINT and SIGTERM set (instead of ending the process), for a
+/// loop that stops cleanly between pages.
+fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(serve::shutdown_signal());
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
 }
 
 fn stats(args: &StatsArgs) -> Result<ExitCode, String> {

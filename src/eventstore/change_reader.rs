@@ -1,0 +1,119 @@
+//! The change feed read from a store's files by another process
+//! ([`ChangeReader`]): beside the process that has the store open (a
+//! running `megalith serve`), or with none, on a read-only file system too.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::changes::{PastEnd, collect_changes};
+use super::lock::{Holder, probe_holder};
+use super::{ChangePosition, StoreChange, manifest};
+use crate::error::Error;
+use crate::ids::ShardId;
+use crate::storage::{FileStorage, Storage};
+use crate::wal::{LogFollower, LogView, REPAIR_MARKER};
+
+/// Reads a store's change feed ([`crate::EventStore::changes`]: the same
+/// changes, order and positions) without opening the store: it takes no
+/// exclusive lock, writes nothing, replays nothing.
+///
+/// - Beside a process that has the store open, it reads each shard's log
+///   up to where that process has synced it (the log's synced mark): a
+///   change it returns is durable, and a power loss cannot take it back.
+///   With `Durability::Batch` or `Never` the feed here lags the writer's
+///   own by up to the interval between syncs (with `Never`, until a
+///   checkpoint or the close).
+/// - With no process beside, it reads what the next open would keep (whole
+///   batches; a torn tail is left for that open to cut), holding the lock
+///   shared for the length of one call, so a process that opens the store
+///   meanwhile waits for at most that call.
+///
+/// A shard whose running writer has published no synced mark yet (it is
+/// still opening the store, or a repair is changing its log) reads as
+/// having nothing new; [`ChangeReader::waiting`] names such shards.
+#[derive(Debug)]
+pub struct ChangeReader {
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    logs: Vec<LogFollower>,
+    waiting: Vec<ShardId>,
+}
+
+impl ChangeReader {
+    /// Opens the store in `dir` for reading its change feed: reads its
+    /// manifest only.
+    pub fn open(dir: impl AsRef<Path>) -> Result<ChangeReader, Error> {
+        let dir = dir.as_ref().to_path_buf();
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage);
+        if !dir.join(manifest::MANIFEST_FILE).exists() {
+            return Err(Error::Format {
+                path: dir,
+                reason: "not a Megalith store (no MANIFEST in it)".to_string(),
+            });
+        }
+        let manifest = manifest::load(&*storage, &dir)?;
+        let logs = (0..manifest.shards)
+            .map(|n| LogFollower::new(&shard_dir(&dir, n).join("log"), ShardId(n)))
+            .collect();
+        Ok(ChangeReader {
+            dir,
+            storage,
+            logs,
+            waiting: Vec::new(),
+        })
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.logs.len()
+    }
+
+    /// Up to `limit` changes after `after`, as [`crate::EventStore::changes`]
+    /// gives them, from what can be read now (see the type's description);
+    /// an empty answer means nothing more can be read yet.
+    pub fn changes(
+        &mut self,
+        after: &ChangePosition,
+        limit: usize,
+    ) -> Result<Vec<StoreChange>, Error> {
+        // Held to the end of the call when nobody has the store open.
+        let holder = probe_holder(&self.dir)?;
+        let live = matches!(holder, Holder::Running);
+        self.waiting.clear();
+        let mut views = Vec::with_capacity(self.logs.len());
+        for (n, log) in self.logs.iter_mut().enumerate() {
+            if !live {
+                let marker = shard_dir(&self.dir, n as u32).join(REPAIR_MARKER);
+                if marker.exists() {
+                    return Err(Error::Format {
+                        path: marker,
+                        reason: "a repair of this shard's log was interrupted; open the store \
+                                 (for example `megalith stats`) to finish it, then read the \
+                                 changes"
+                            .to_string(),
+                    });
+                }
+            }
+            match log.view(&*self.storage, live)? {
+                LogView::Readable { snapshot, end } => views.push(Some((snapshot, end))),
+                LogView::NoMark => {
+                    self.waiting.push(ShardId(n as u32));
+                    views.push(None);
+                }
+            }
+        }
+        let past_end = if live { PastEnd::Wait } else { PastEnd::Refuse };
+        let changes = collect_changes(&views, after, limit, past_end);
+        drop(holder);
+        changes
+    }
+
+    /// The shards the last [`ChangeReader::changes`] could not read because
+    /// their running writer had published no synced mark.
+    pub fn waiting(&self) -> &[ShardId] {
+        &self.waiting
+    }
+}
+
+fn shard_dir(dir: &Path, n: u32) -> PathBuf {
+    dir.join(format!("shard-{n:04}"))
+}
