@@ -517,6 +517,19 @@ fn publish(addr: &str, events: &[megalith::Event]) {
     });
 }
 
+/// A temporary directory, the store path in it, `megalith serve` on that
+/// store, and the time now (seconds).
+fn serving_a_fresh_store() -> (tempfile::TempDir, std::path::PathBuf, serve::Serving, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let serving = serve::spawn(["--data".as_ref(), data.as_os_str()]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    (dir, data, serving, now)
+}
+
 /// Stored ids and the last position of `megalith changes` output lines.
 fn stored_and_position(lines: &[String]) -> (Vec<String>, String) {
     let mut ids = Vec::new();
@@ -541,18 +554,13 @@ fn changes_follows_a_running_server_and_resumes_where_it_stopped() {
     use std::io::BufRead;
     use std::process::Stdio;
 
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("store");
+    let (_dir, data, serving, now) = serving_a_fresh_store();
     let serve::Serving {
         child,
         addr,
         stderr,
         log,
-    } = serve::spawn(["--data".as_ref(), data.as_os_str()]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    } = serving;
     let notes = |from: u64, n: u64| -> Vec<megalith::Event> {
         (from..from + n)
             .map(|i| Keys::from_seed(100 + i % 7).sign(now - i, 1, vec![], format!("note {i}")))
@@ -640,4 +648,138 @@ fn changes_follows_a_running_server_and_resumes_where_it_stopped() {
         .unwrap();
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
+}
+
+/// `megalith export` while `megalith serve` has the store open and a
+/// client keeps publishing: the export is the store as of one moment
+/// (exactly what the change feed says the store held at the position it
+/// names), holds everything acknowledged before it began and nothing
+/// replaced or deleted; exported and imported into an empty store, a
+/// store gives the same events.
+#[test]
+fn export_beside_a_running_server_is_the_store_as_of_one_moment() {
+    use megalith::event::Keys;
+    use megalith::{ChangeOp, ChangePosition, ChangeReader};
+    use std::collections::HashSet;
+
+    let (dir, data, serving, now) = serving_a_fresh_store();
+    let serve::Serving {
+        child,
+        addr,
+        stderr,
+        log,
+    } = serving;
+    let author = |i: u64| Keys::from_seed(200 + i % 5);
+    let mut first: Vec<megalith::Event> = (0..40)
+        .map(|i| author(i).sign(now - 1000 + i, 1, vec![], format!("note {i}")))
+        .collect();
+    // A profile replaced by a newer one, and a note its author deletes.
+    first.push(author(0).sign(now - 500, 0, vec![], "{\"name\":\"old\"}".into()));
+    first.push(author(0).sign(now - 400, 0, vec![], "{\"name\":\"new\"}".into()));
+    first.push(author(1).sign(
+        now - 300,
+        5,
+        vec![vec!["e".into(), first[1].id.to_hex()]],
+        String::new(),
+    ));
+    publish(&addr, &first);
+    let gone: HashSet<String> = [first[1].id.to_hex(), first[40].id.to_hex()].into();
+
+    // A client keeps publishing while the export runs.
+    let later: Vec<megalith::Event> = (0..150)
+        .map(|i| author(i).sign(now - 200 + i, 1, vec![], format!("later {i}")))
+        .collect();
+    let export = std::thread::scope(|scope| {
+        scope.spawn(|| publish(&addr, &later));
+        std::thread::sleep(Duration::from_millis(30));
+        Command::new(env!("CARGO_BIN_EXE_megalith"))
+            .args(["export", "--json", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    });
+    let said = String::from_utf8_lossy(&export.stderr).to_string();
+    assert!(export.status.success(), "{said}");
+    let summary: serde_json::Value = serde_json::from_str(said.trim()).unwrap();
+    assert_eq!(summary["complete"], true);
+    let as_of: ChangePosition = summary["as_of"].as_str().unwrap().parse().unwrap();
+    let exported: Vec<megalith::Event> = String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| megalith::Event::from_json(line).unwrap())
+        .collect();
+    assert_eq!(summary["exported"], exported.len());
+    let exported_ids: HashSet<String> = exported.iter().map(|e| e.id.to_hex()).collect();
+    assert_eq!(exported_ids.len(), exported.len(), "no event twice");
+    for event in &first {
+        let id = event.id.to_hex();
+        assert_eq!(
+            exported_ids.contains(&id),
+            !gone.contains(&id),
+            "acknowledged before the export: {id}"
+        );
+    }
+    stop_cleanly(child, stderr, log);
+
+    // Exactly the store as the feed says it was at `as_of`.
+    let mut reader = ChangeReader::open(&data).unwrap();
+    let mut held: HashSet<String> = HashSet::new();
+    let mut at = ChangePosition::start(reader.shard_count());
+    loop {
+        let page = reader.changes_until(&at, &as_of, 64).unwrap();
+        let Some(last) = page.last() else { break };
+        at = last.position.clone();
+        for change in page {
+            match change.op {
+                ChangeOp::Stored => held.insert(change.event.id.to_hex()),
+                ChangeOp::Removed => held.remove(&change.event.id.to_hex()),
+            };
+        }
+    }
+    assert!(
+        exported_ids == held,
+        "the export is not the store at {as_of}"
+    );
+
+    // The whole store, exported and imported into an empty one.
+    let file = dir.path().join("all.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_megalith"))
+        .args(["export", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy = dir.path().join("copy");
+    let out = Command::new(env!("CARGO_BIN_EXE_megalith"))
+        .args(["import", "--data"])
+        .arg(&copy)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = |dir: &std::path::Path| {
+        let store = EventStore::open(dir).unwrap();
+        let mut ids: Vec<String> = store
+            .query(&[megalith::Filter::new()])
+            .unwrap()
+            .iter()
+            .map(|e| e.id.to_hex())
+            .collect();
+        store.close().unwrap();
+        ids.sort();
+        ids
+    };
+    let original = ids(&data);
+    assert_eq!(original.len(), first.len() - 2 + later.len());
+    assert_eq!(ids(&copy), original);
 }

@@ -75,11 +75,59 @@ impl ChangeReader {
         after: &ChangePosition,
         limit: usize,
     ) -> Result<Vec<StoreChange>, Error> {
+        self.read(Some((after, limit)), None)
+            .map(|(changes, _)| changes)
+    }
+
+    /// [`ChangeReader::changes`], reading no shard past its part of
+    /// `until` (a position [`ChangeReader::end`] gave): the store as it was
+    /// at that point, for an export or a copy consistent to it.
+    pub fn changes_until(
+        &mut self,
+        after: &ChangePosition,
+        until: &ChangePosition,
+        limit: usize,
+    ) -> Result<Vec<StoreChange>, Error> {
+        if until.shards() != self.logs.len() {
+            return Err(Error::Options(format!(
+                "the end position names {} shards; this store has {}",
+                until.shards(),
+                self.logs.len()
+            )));
+        }
+        self.read(Some((after, limit)), Some(until))
+            .map(|(changes, _)| changes)
+    }
+
+    /// The position up to which every shard can be read now: reading from
+    /// the start to it gives every change durable at this moment. `Err`
+    /// when a running writer has published no synced mark for some shard
+    /// (see [`ChangeReader::waiting`]).
+    pub fn end(&mut self) -> Result<ChangePosition, Error> {
+        let (_, end) = self.read(None, None)?;
+        if !self.waiting.is_empty() {
+            return Err(Error::Options(format!(
+                "the process that has the store open has not published how far the log of \
+                 shard {} is synced yet (it is opening or repairing the store); try again",
+                self.waiting[0]
+            )));
+        }
+        Ok(end)
+    }
+
+    /// Takes the view of every shard; with `page`, reads changes from it
+    /// (up to `until`). Returns them and where each shard's view ends.
+    fn read(
+        &mut self,
+        page: Option<(&ChangePosition, usize)>,
+        until: Option<&ChangePosition>,
+    ) -> Result<(Vec<StoreChange>, ChangePosition), Error> {
         // Held to the end of the call when nobody has the store open.
         let holder = probe_holder(&self.dir)?;
         let live = matches!(holder, Holder::Running);
         self.waiting.clear();
         let mut views = Vec::with_capacity(self.logs.len());
+        let mut ends = ChangePosition::start(self.logs.len());
         for (n, log) in self.logs.iter_mut().enumerate() {
             if !live {
                 let marker = shard_dir(&self.dir, n as u32).join(REPAIR_MARKER);
@@ -94,17 +142,33 @@ impl ChangeReader {
                 }
             }
             match log.view(&*self.storage, live)? {
-                LogView::Readable { snapshot, end } => views.push(Some((snapshot, end))),
+                LogView::Readable { snapshot, end } => {
+                    ends.0[n] = end;
+                    let end = until.map_or(end, |until| end.min(until.0[n]));
+                    views.push(Some((snapshot, end)));
+                }
                 LogView::NoMark => {
                     self.waiting.push(ShardId(n as u32));
                     views.push(None);
                 }
             }
         }
-        let past_end = if live { PastEnd::Wait } else { PastEnd::Refuse };
-        let changes = collect_changes(&views, after, limit, past_end);
+        let changes = match page {
+            Some((after, limit)) => {
+                // Past the end of what can be read: beside a writer, a
+                // position its own feed gave can be ahead of the synced
+                // mark for a moment; before an `until`, it is simply done.
+                let past_end = if live || until.is_some() {
+                    PastEnd::Wait
+                } else {
+                    PastEnd::Refuse
+                };
+                collect_changes(&views, after, limit, past_end)?
+            }
+            None => Vec::new(),
+        };
         drop(holder);
-        changes
+        Ok((changes, ends))
     }
 
     /// The shards the last [`ChangeReader::changes`] could not read because

@@ -6,6 +6,7 @@
     reason = "println! and eprintln! panic on a closed pipe: write through output.rs"
 )]
 
+mod export;
 mod follow;
 mod generate;
 mod import;
@@ -91,6 +92,18 @@ enum Command {
     /// SIGTERM or the reader of its output goes away.
     #[command(verbatim_doc_comment)]
     Changes(ChangesArgs),
+    /// Write every event the store holds (or those matching --filter) as JSONL
+    ///
+    /// One bare event per line, what `megalith import` and `strfry import` read
+    /// back: importing it into an empty store gives the same events. Works while
+    /// `megalith serve` has the store open (and on a read-only file system): the
+    /// export is the store as of the moment it began (beside a running server,
+    /// what the server had synced to disk then), whatever is published
+    /// meanwhile. Each author's events come in the order they were stored. The
+    /// summary on stderr names that moment as a change feed position
+    /// (`megalith changes --after` it prints what came later).
+    #[command(verbatim_doc_comment)]
+    Export(export::ExportArgs),
     /// Write a seeded, realistic stream of signed events as JSONL: the same seed and authors
     /// always give the same bytes (the kind mix is in docs/api.md).
     Generate(GenerateArgs),
@@ -353,6 +366,7 @@ fn main() -> ExitCode {
         Command::Count(args) => count(&args),
         Command::Stats(args) => stats(&args),
         Command::Changes(args) => changes(&args),
+        Command::Export(args) => export::export(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Repair(args) => repair(&args),
         Command::Mirror(args) => mirror::run(&args),
