@@ -276,3 +276,22 @@ fn changes_prints_the_feed_and_resumes_from_a_position() {
         text(&bad.stderr)
     );
 }
+
+/// `--version` names the commit the binary was built from (the tests run
+/// from a git checkout, or with MEGALITH_COMMIT set at build time).
+#[test]
+fn version_names_the_commit() {
+    let out = megalith(&["--version"], None);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let commit = text
+        .trim()
+        .strip_prefix(&format!("megalith {} (commit ", env!("CARGO_PKG_VERSION")))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{text}"));
+    let hex = commit.strip_suffix("-dirty").unwrap_or(commit);
+    assert!(
+        hex.len() >= 7 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{text}"
+    );
+}

@@ -54,6 +54,16 @@ fn serve_starts_answers_and_stops_cleanly_on_sigterm() {
     ]);
     let health = http_get(&addr, "/health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // The health check a container or a service manager runs.
+    let check = |addr: &str| {
+        Command::new(env!("CARGO_BIN_EXE_megalith"))
+            .args(["health", "--timeout", "5", "--url"])
+            .arg(format!("http://{addr}/health"))
+            .output()
+            .unwrap()
+    };
+    let healthy = check(&addr);
+    assert!(healthy.status.success(), "{healthy:?}");
     let info = http_get(&addr, "/");
     let body = info.split("\r\n\r\n").nth(1).unwrap();
     let doc: serde_json::Value = serde_json::from_str(body).unwrap();
@@ -70,6 +80,17 @@ fn serve_starts_answers_and_stops_cleanly_on_sigterm() {
     stderr.read_to_string(&mut log).unwrap();
     assert!(exit.success(), "{exit:?}\n{log}");
     assert!(log.contains("store closed cleanly"), "{log}");
+    assert!(
+        log.contains(concat!(
+            "version=\"",
+            env!("CARGO_PKG_VERSION"),
+            " (commit "
+        )),
+        "{log}"
+    );
+    let gone = check(&addr);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("/health"));
     let store = EventStore::open(&data).unwrap();
     assert!(!store.recovery_report().unclean_shutdown);
     assert_eq!(store.shard_count(), 3);
@@ -99,6 +120,41 @@ fn bad_settings_are_refused_with_a_clear_error() {
         assert!(
             !dir.path().join("store").exists(),
             "{text}: a store was created"
+        );
+    }
+    // Log levels: a misspelt one is an error, not a relay that logs nothing.
+    for (flag, env, expect) in [
+        (
+            "nonsense",
+            None,
+            "--log \"nonsense\": \"nonsense\" is not a log level",
+        ),
+        (
+            "info,megalith_relay=verbose",
+            None,
+            "\"verbose\" is not a log level",
+        ),
+        (
+            "info",
+            Some("warning"),
+            "RUST_LOG \"warning\": \"warning\" is not a log level",
+        ),
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_megalith"));
+        command
+            .args(["serve", "--log", flag, "--data"])
+            .arg(dir.path().join("store"));
+        match env {
+            Some(value) => command.env("RUST_LOG", value),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let output = command.output().unwrap();
+        assert!(!output.status.success(), "{flag}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expect), "{flag}: {stderr}");
+        assert!(
+            !dir.path().join("store").exists(),
+            "{flag}: a store was created"
         );
     }
     let missing = Command::new(env!("CARGO_BIN_EXE_megalith"))

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Everything `megalith serve` needs: the store to open and the relay.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServeConfig {
     /// The store's data directory (created if missing).
@@ -61,7 +61,7 @@ pub struct ServeConfig {
 
 /// The `[feed]` table: the feed pages (`/start`, `/timeline`, ...) and the
 /// jobs they start.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeedEntry {
     /// Serve the pages and run the jobs. Default true.
@@ -95,7 +95,7 @@ impl Default for FeedEntry {
 
 /// One `[[mirror]]` table: what `megalith mirror` would do, run beside the
 /// relay (backfill, then live; resume points in DIR/mirror/).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorEntry {
     /// The relays to copy from (`ws://` or `wss://`).

@@ -31,10 +31,18 @@ use megalith::{
 };
 use output::{Output, errln};
 
+/// `megalith --version`: the package version and the commit it was built from.
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MEGALITH_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "megalith",
-    version,
+    version = VERSION,
     about = "Megalith: an embedded storage engine for Nostr events"
 )]
 struct Cli {
@@ -104,6 +112,9 @@ enum Command {
     /// (`megalith changes --after` it prints what came later).
     #[command(verbatim_doc_comment)]
     Export(export::ExportArgs),
+    /// Ask a running `megalith serve` whether it is healthy (for container and
+    /// service health checks): exit status 0 when its /health answers 200, else 1.
+    Health(HealthArgs),
     /// Write a seeded, realistic stream of signed events as JSONL: the same seed and authors
     /// always give the same bytes (the kind mix is in docs/api.md).
     Generate(GenerateArgs),
@@ -309,6 +320,20 @@ struct ChangesArgs {
 }
 
 #[derive(Args)]
+struct HealthArgs {
+    /// The server's health URL (plain http).
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:7777/health"
+    )]
+    url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    timeout: u64,
+}
+
+#[derive(Args)]
 struct StatsArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -367,6 +392,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats(&args),
         Command::Changes(args) => changes(&args),
         Command::Export(args) => export::export(&args),
+        Command::Health(args) => health(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Repair(args) => repair(&args),
         Command::Mirror(args) => mirror::run(&args),
@@ -633,6 +659,48 @@ fn stop_on_signal() -> Arc<AtomicBool> {
         flag.store(true, Ordering::Relaxed);
     });
     stop
+}
+
+fn health(args: &HealthArgs) -> Result<ExitCode, String> {
+    use std::io::Read;
+    use std::net::ToSocketAddrs;
+    let rest = args
+        .url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--url {}: only http:// URLs are checked", args.url))?;
+    let (authority, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/health"),
+    };
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("--url {}: {e}", args.url))?
+        .next()
+        .ok_or_else(|| format!("--url {}: no address", args.url))?;
+    let answer = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: megalith-health\r\n\r\n"
+        )?;
+        let mut answer = Vec::new();
+        stream.take(64 << 10).read_to_end(&mut answer)?;
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    })()
+    .map_err(|e| format!("{}: {e}", args.url))?;
+    let status = answer.lines().next().unwrap_or("");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    if status.split_whitespace().nth(1) == Some("200") {
+        let mut out = Output::stdout();
+        let _ = writeln!(out, "{body}");
+        let _ = out.finish();
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(format!("{}: {status} {body}", args.url))
+    }
 }
 
 fn stats(args: &StatsArgs) -> Result<ExitCode, String> {

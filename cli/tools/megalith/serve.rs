@@ -82,7 +82,9 @@ pub(crate) struct ServeArgs {
     /// networks [default: off].
     #[arg(long)]
     allow_private_relays: bool,
-    /// Log level, or a tracing filter such as `megalith=debug` (RUST_LOG wins if set).
+    /// Log level (error, warn, info, debug, trace, off), or comma-separated
+    /// directives such as `info,megalith_relay=debug` (RUST_LOG wins if set);
+    /// anything else is an error.
     #[arg(long, default_value = "info")]
     log: String,
     #[command(flatten)]
@@ -254,9 +256,13 @@ impl ServeArgs {
 }
 
 pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
-        .map_err(|e| format!("--log {}: {e}", args.log))?;
+    let (source, text) = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => ("RUST_LOG", text),
+        _ => ("--log", args.log.clone()),
+    };
+    check_log_filter(&text).map_err(|e| format!("{source} {text:?}: {e}"))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&text)
+        .map_err(|e| format!("{source} {text:?}: {e}"))?;
     // Ignore a second initialisation (never happens in the binary).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -264,6 +270,7 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         .with_writer(std::io::stderr)
         .try_init();
     let config = args.config()?;
+    tracing::info!(version = crate::VERSION, data = %config.data.display(), "megalith serve starting");
     let mirrors = mirror_options(&config)?;
     let feed = feed_config(&config)?;
     let web_config = WebConfig {
@@ -524,4 +531,36 @@ pub(crate) async fn shutdown_signal() {
         _ = interrupt => info!("SIGINT received"),
         _ = terminate => info!("SIGTERM received"),
     }
+}
+
+/// The levels a log filter may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a log filter before tracing reads it: every comma-separated
+/// directive is a level or `target=level` (tracing would take a bare word
+/// that is not a level as a target to log everything of, so a misspelt
+/// level would silently log nothing).
+pub(crate) fn check_log_filter(text: &str) -> Result<(), String> {
+    for directive in text.split(',').map(str::trim) {
+        if directive.is_empty() {
+            continue;
+        }
+        // Span and field filters (`target[span{field=value}]=level`): left
+        // to tracing's own parser.
+        if directive.contains('[') {
+            continue;
+        }
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            Some(_) => return Err(format!("{directive:?} names no target before `=`")),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{level:?} is not a log level (one of {}, or `target=level`)",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
