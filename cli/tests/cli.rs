@@ -295,3 +295,65 @@ fn version_names_the_commit() {
         "{text}"
     );
 }
+
+/// `megalith search on|off` and `megalith analytics on|off`: the index is
+/// built from the log when turned on, dropped when turned off, and the
+/// store remembers; a word that is not on or off is refused.
+#[test]
+fn search_and_analytics_switch_on_and_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let data = data.to_str().unwrap();
+    let input: String = common::real_events()
+        .iter()
+        .map(|(json, _)| format!("{json}\n"))
+        .collect();
+    assert!(
+        megalith(&["import", "--data", data, "-"], Some(&input))
+            .status
+            .success()
+    );
+    let stats = |data: &str| text(&megalith(&["stats", "--data", data, "--json"], None).stdout);
+    assert!(
+        stats(data).contains("\"search_index\":false"),
+        "{}",
+        stats(data)
+    );
+    let search = r#"{"search":"the","limit":5}"#;
+    let before = megalith(&["query", "--data", data, search], None);
+
+    let on = megalith(&["search", "on", "--data", data], None);
+    assert!(on.status.success(), "{}", text(&on.stderr));
+    assert!(text(&on.stderr).contains("search index: on"));
+    assert!(
+        stats(data).contains("\"search_index\":true"),
+        "{}",
+        stats(data)
+    );
+    let after = megalith(&["query", "--data", data, search], None);
+    assert!(after.status.success(), "{}", text(&after.stderr));
+    let found = text(&after.stdout).lines().count();
+    assert!(found > 0);
+    // Without the index a search scans; with it, the same answer.
+    assert_eq!(text(&before.stdout), text(&after.stdout));
+
+    let off = megalith(&["search", "off", "--data", data], None);
+    assert!(off.status.success(), "{}", text(&off.stderr));
+    assert!(
+        stats(data).contains("\"search_index\":false"),
+        "{}",
+        stats(data)
+    );
+
+    let on = megalith(&["analytics", "on", "--data", data], None);
+    assert!(on.status.success(), "{}", text(&on.stderr));
+    assert!(text(&on.stderr).contains("video analytics: on"));
+    assert!(dir.path().join("store/analytics").exists());
+
+    let bad = megalith(&["search", "maybe", "--data", data], None);
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("expected `on` or `off`"));
+    let missing = megalith(&["search", "on", "--data", "/nonexistent/store"], None);
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("no store in /nonexistent/store"));
+}

@@ -112,6 +112,18 @@ enum Command {
     /// (`megalith changes --after` it prints what came later).
     #[command(verbatim_doc_comment)]
     Export(export::ExportArgs),
+    /// Turn the NIP-50 search index on (built from the log now) or off (dropped).
+    ///
+    /// The store remembers the choice; `serve` and `import` keep it from then on.
+    /// Needs the store to itself (stop `megalith serve` first).
+    #[command(verbatim_doc_comment)]
+    Search(SwitchArgs),
+    /// Turn the video analytics on (built from the log now) or off (dropped).
+    ///
+    /// The store remembers the choice (docs/analytics.md). Needs the store to
+    /// itself (stop `megalith serve` first).
+    #[command(verbatim_doc_comment)]
+    Analytics(SwitchArgs),
     /// Ask a running `megalith serve` whether it is healthy (for container and
     /// service health checks): exit status 0 when its /health answers 200, else 1.
     Health(HealthArgs),
@@ -320,6 +332,22 @@ struct ChangesArgs {
 }
 
 #[derive(Args)]
+struct SwitchArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// `on` or `off`.
+    #[arg(value_name = "on|off", value_parser = on_off, action = clap::ArgAction::Set)]
+    state: bool,
+}
+
+/// What `megalith search` and `megalith analytics` switch.
+#[derive(Clone, Copy)]
+enum Feature {
+    Search,
+    Analytics,
+}
+
+#[derive(Args)]
 struct HealthArgs {
     /// The server's health URL (plain http).
     #[arg(
@@ -393,6 +421,8 @@ fn main() -> ExitCode {
         Command::Changes(args) => changes(&args),
         Command::Export(args) => export::export(&args),
         Command::Health(args) => health(&args),
+        Command::Search(args) => switch(&args, Feature::Search),
+        Command::Analytics(args) => switch(&args, Feature::Analytics),
         Command::Generate(args) => generate::run(&args),
         Command::Repair(args) => repair(&args),
         Command::Mirror(args) => mirror::run(&args),
@@ -480,10 +510,18 @@ pub(crate) fn close_shared(store: Arc<EventStore>) -> Result<(), String> {
 
 /// Opens an existing store (reading commands never create one).
 fn open(store: &StoreArgs) -> Result<EventStore, String> {
+    open_with(store, |builder| builder)
+}
+
+/// [`open`], with more options set on the builder.
+fn open_with(
+    store: &StoreArgs,
+    configure: impl FnOnce(megalith::EventStoreBuilder) -> megalith::EventStoreBuilder,
+) -> Result<EventStore, String> {
     // A one-shot command reads a few pages: mapping every page the cache
     // holds would cost more than it saves (0.3 s at 3M events, about 1 s
     // at 10M; docs/performance.md).
-    let store = with_replay_progress(EventStore::builder(&store.data))
+    let store = configure(with_replay_progress(EventStore::builder(&store.data)))
         .map_resident(false)
         .create_if_missing(false)
         .recovery_mode(store.recovery.mode())
@@ -659,6 +697,33 @@ fn stop_on_signal() -> Arc<AtomicBool> {
         flag.store(true, Ordering::Relaxed);
     });
     stop
+}
+
+fn switch(args: &SwitchArgs, feature: Feature) -> Result<ExitCode, String> {
+    let on = args.state;
+    let started = std::time::Instant::now();
+    let store = open_with(&args.store, |builder| match feature {
+        Feature::Search => builder.search(on),
+        Feature::Analytics => builder.analytics(on),
+    })?;
+    let (name, now) = match feature {
+        Feature::Search => ("search index", store.search_index()),
+        Feature::Analytics => ("video analytics", store.analytics().is_some()),
+    };
+    let closed = store.close().map_err(|e| format!("closing the store: {e}"));
+    if now != on {
+        return Err(format!(
+            "the {name} is still {}",
+            if now { "on" } else { "off" }
+        ));
+    }
+    closed?;
+    errln!(
+        "{name}: {} ({:.1} s)",
+        if on { "on" } else { "off" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn health(args: &HealthArgs) -> Result<ExitCode, String> {
@@ -916,5 +981,17 @@ pub(crate) fn on_off(value: &str) -> Result<bool, String> {
         "on" => Ok(true),
         "off" => Ok(false),
         other => Err(format!("expected `on` or `off`, not `{other}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command's definition only when it is parsed: every
+    /// subcommand's, at once.
+    #[test]
+    fn every_command_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }
