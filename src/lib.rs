@@ -36,9 +36,9 @@ mod wal;
 pub use error::Error;
 pub use event::{Event, EventError, EventId, EventRef, IdForm, Keys, Limits, Pubkey, Signature};
 pub use eventstore::{
-    Answer, ChangeOp, ChangePosition, ChangeReader, Commits, Committed, EventStore,
+    Answer, BackupReport, ChangeOp, ChangePosition, ChangeReader, Commits, Committed, EventStore,
     EventStoreBuilder, InsertOutcome, MAX_SHARDS, Options, Rejection, StoreChange, StoreGauges,
-    StoreStats,
+    StoreStats, backup_store,
 };
 pub use ids::{Location, Lsn, SegmentId, ShardId};
 pub use index::IndexKind;

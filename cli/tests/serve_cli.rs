@@ -586,6 +586,19 @@ fn serving_a_fresh_store() -> (tempfile::TempDir, std::path::PathBuf, serve::Ser
     (dir, data, serving, now)
 }
 
+/// Runs `command` while a client publishes `events` to the relay at `addr`.
+fn while_publishing(
+    addr: &str,
+    events: &[megalith::Event],
+    command: &mut Command,
+) -> std::process::Output {
+    std::thread::scope(|scope| {
+        scope.spawn(|| publish(addr, events));
+        std::thread::sleep(Duration::from_millis(30));
+        command.output().unwrap()
+    })
+}
+
 /// Stored ids and the last position of `megalith changes` output lines.
 fn stored_and_position(lines: &[String]) -> (Vec<String>, String) {
     let mut ids = Vec::new();
@@ -714,8 +727,8 @@ fn changes_follows_a_running_server_and_resumes_where_it_stopped() {
 /// store gives the same events.
 #[test]
 fn export_beside_a_running_server_is_the_store_as_of_one_moment() {
+    use megalith::ChangePosition;
     use megalith::event::Keys;
-    use megalith::{ChangeOp, ChangePosition, ChangeReader};
     use std::collections::HashSet;
 
     let (dir, data, serving, now) = serving_a_fresh_store();
@@ -745,15 +758,13 @@ fn export_beside_a_running_server_is_the_store_as_of_one_moment() {
     let later: Vec<megalith::Event> = (0..150)
         .map(|i| author(i).sign(now - 200 + i, 1, vec![], format!("later {i}")))
         .collect();
-    let export = std::thread::scope(|scope| {
-        scope.spawn(|| publish(&addr, &later));
-        std::thread::sleep(Duration::from_millis(30));
+    let export = while_publishing(
+        &addr,
+        &later,
         Command::new(env!("CARGO_BIN_EXE_megalith"))
             .args(["export", "--json", "--data"])
-            .arg(&data)
-            .output()
-            .unwrap()
-    });
+            .arg(&data),
+    );
     let said = String::from_utf8_lossy(&export.stderr).to_string();
     assert!(export.status.success(), "{said}");
     let summary: serde_json::Value = serde_json::from_str(said.trim()).unwrap();
@@ -778,20 +789,7 @@ fn export_beside_a_running_server_is_the_store_as_of_one_moment() {
     stop_cleanly(child, stderr, log);
 
     // Exactly the store as the feed says it was at `as_of`.
-    let mut reader = ChangeReader::open(&data).unwrap();
-    let mut held: HashSet<String> = HashSet::new();
-    let mut at = ChangePosition::start(reader.shard_count());
-    loop {
-        let page = reader.changes_until(&at, &as_of, 64).unwrap();
-        let Some(last) = page.last() else { break };
-        at = last.position.clone();
-        for change in page {
-            match change.op {
-                ChangeOp::Stored => held.insert(change.event.id.to_hex()),
-                ChangeOp::Removed => held.remove(&change.event.id.to_hex()),
-            };
-        }
-    }
+    let held = held_at(&data, &as_of);
     assert!(
         exported_ids == held,
         "the export is not the store at {as_of}"
@@ -838,4 +836,90 @@ fn export_beside_a_running_server_is_the_store_as_of_one_moment() {
     let original = ids(&data);
     assert_eq!(original.len(), first.len() - 2 + later.len());
     assert_eq!(ids(&copy), original);
+}
+
+/// The ids of the events the store in `data` held at `position`, as its
+/// change feed says.
+fn held_at(
+    data: &std::path::Path,
+    position: &megalith::ChangePosition,
+) -> std::collections::HashSet<String> {
+    use megalith::{ChangeOp, ChangePosition, ChangeReader};
+    let mut reader = ChangeReader::open(data).unwrap();
+    let mut held = std::collections::HashSet::new();
+    let mut at = ChangePosition::start(reader.shard_count());
+    loop {
+        let page = reader.changes_until(&at, position, 64).unwrap();
+        let Some(last) = page.last() else { break };
+        at = last.position.clone();
+        for change in page {
+            match change.op {
+                ChangeOp::Stored => held.insert(change.event.id.to_hex()),
+                ChangeOp::Removed => held.remove(&change.event.id.to_hex()),
+            };
+        }
+    }
+    held
+}
+
+/// `megalith backup` while `megalith serve` runs and a client publishes:
+/// the copy opens without rebuilding an index, passes `index-doctor
+/// check`, and holds exactly what the original held at the position the
+/// backup names.
+#[test]
+fn backup_beside_a_running_server_opens_as_the_store_at_one_point() {
+    use megalith::event::Keys;
+
+    let (dir, data, serving, now) = serving_a_fresh_store();
+    let serve::Serving {
+        child,
+        addr,
+        stderr,
+        log,
+    } = serving;
+    let author = |i: u64| Keys::from_seed(300 + i % 6);
+    let first: Vec<megalith::Event> = (0..120)
+        .map(|i| author(i).sign(now - 1000 + i, 1, vec![], format!("first {i}")))
+        .collect();
+    publish(&addr, &first);
+    let later: Vec<megalith::Event> = (0..150)
+        .map(|i| author(i).sign(now - 200 + i, 1, vec![], format!("later {i}")))
+        .collect();
+    let copy = dir.path().join("copy");
+    let out = while_publishing(
+        &addr,
+        &later,
+        Command::new(env!("CARGO_BIN_EXE_megalith"))
+            .args(["backup", "--json", "--data"])
+            .arg(&data)
+            .arg("--to")
+            .arg(&copy),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["live"], true, "{report}");
+    let position: megalith::ChangePosition = report["position"].as_str().unwrap().parse().unwrap();
+    stop_cleanly(child, stderr, log);
+
+    let store = EventStore::open(&copy).unwrap();
+    let recovery = store.recovery_report().clone();
+    assert!(recovery.rebuilt_indexes.is_empty(), "{recovery:?}");
+    let mut ids: Vec<String> = store
+        .query(&[megalith::Filter::new()])
+        .unwrap()
+        .iter()
+        .map(|e| e.id.to_hex())
+        .collect();
+    store.close().unwrap();
+    ids.sort();
+    let mut held: Vec<String> = held_at(&data, &position).into_iter().collect();
+    held.sort();
+    assert!(ids == held, "the copy is not the store at {position}");
+    assert!(ids.len() >= first.len());
+    let check = megalith::inspect::index::check_store(&copy).unwrap();
+    assert!(check.is_clean(), "{check:?}");
 }

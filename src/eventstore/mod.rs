@@ -1,5 +1,6 @@
 //! The store: options, the manifest, insert outcomes and `EventStore` itself.
 
+mod backup;
 mod change_reader;
 mod changes;
 mod commits;
@@ -12,6 +13,7 @@ mod outcome;
 mod store;
 mod verify;
 
+pub use backup::{BackupReport, backup_store};
 pub use change_reader::ChangeReader;
 pub use changes::{ChangeOp, ChangePosition, StoreChange};
 pub use commits::{Commits, Committed};

@@ -23,7 +23,7 @@ pub(crate) use keys::{
 pub(crate) use set::{Apply, GroupEntries, IndexSet};
 // The page codecs, for `inspect::index` (the checker's report and the fuzzer).
 pub(crate) use format::{
-    FREE_IDS_PER_PAGE, Meta, PAGE_SIZE, decode_free_list_page, decode_meta, encode_free_list_page,
-    encode_meta,
+    FREE_IDS_PER_PAGE, Meta, PAGE_SIZE, choose_meta, decode_free_list_page, decode_meta,
+    encode_free_list_page, encode_meta,
 };
 pub(crate) use node::{MemNode, Node, NodeRef, PageView, encode_node, fits};

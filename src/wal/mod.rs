@@ -31,3 +31,4 @@ pub(crate) use repair::{
 };
 pub(crate) use segment::Segment;
 pub(crate) use segment::{parse_segment_file_name, segment_file_name};
+pub(crate) use synced::read_synced_mark;

@@ -84,6 +84,13 @@ pub(crate) fn read(storage: &dyn Storage, dir: &Path) -> io::Result<Option<(Loca
     Ok(None)
 }
 
+/// [`read`] of the real file system, for tools: the durable end only.
+pub(crate) fn read_synced_mark(dir: &Path) -> Result<Option<Location>, crate::error::Error> {
+    read(&crate::storage::FileStorage, dir)
+        .map(|mark| mark.map(|(end, _)| end))
+        .map_err(|e| crate::error::io_error(&dir.join(SYNCED_FILE), "read")(e))
+}
+
 /// Opens (creating) the mark of the log in `dir` for the writer.
 pub(crate) fn open_for_writing(
     storage: &dyn Storage,

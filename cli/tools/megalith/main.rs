@@ -112,6 +112,15 @@ enum Command {
     /// (`megalith changes --after` it prints what came later).
     #[command(verbatim_doc_comment)]
     Export(export::ExportArgs),
+    /// Copy a store, consistently, while `megalith serve` runs (or with nothing running)
+    ///
+    /// DIR2 must be new or empty. The copy is the store as of one point: each
+    /// index as of its last durable checkpoint, the log up to where the server
+    /// had synced it. Restore is opening the copy (`megalith serve --data DIR2`):
+    /// it replays only the log from those checkpoints to that point. Prints what
+    /// was copied and the copy's position in the change feed.
+    #[command(verbatim_doc_comment)]
+    Backup(BackupArgs),
     /// Turn the NIP-50 search index on (built from the log now) or off (dropped).
     ///
     /// The store remembers the choice; `serve` and `import` keep it from then on.
@@ -332,6 +341,24 @@ struct ChangesArgs {
 }
 
 #[derive(Args)]
+struct BackupArgs {
+    /// The store to copy.
+    #[arg(long, value_name = "DIR", default_value = "./megalith-data")]
+    data: PathBuf,
+    /// Where the copy goes (created; must be empty if it exists).
+    #[arg(long, value_name = "DIR2")]
+    to: PathBuf,
+    /// Hard-link sealed log segments instead of copying them (same file
+    /// system only; they never change, except that `megalith repair` of the
+    /// original rewrites damaged bytes in place, in the copy too).
+    #[arg(long)]
+    link: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct SwitchArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -421,6 +448,7 @@ fn main() -> ExitCode {
         Command::Changes(args) => changes(&args),
         Command::Export(args) => export::export(&args),
         Command::Health(args) => health(&args),
+        Command::Backup(args) => backup(&args),
         Command::Search(args) => switch(&args, Feature::Search),
         Command::Analytics(args) => switch(&args, Feature::Analytics),
         Command::Generate(args) => generate::run(&args),
@@ -697,6 +725,54 @@ fn stop_on_signal() -> Arc<AtomicBool> {
         flag.store(true, Ordering::Relaxed);
     });
     stop
+}
+
+fn backup(args: &BackupArgs) -> Result<ExitCode, String> {
+    let report = megalith::backup_store(&args.data, &args.to, args.link).map_err(|e| {
+        format!(
+            "backup of {} to {}: {e}",
+            args.data.display(),
+            args.to.display()
+        )
+    })?;
+    let mut out = Output::stdout();
+    let written = if args.json {
+        writeln!(
+            out,
+            "{{\"to\":{},\"position\":\"{}\",\"live\":{},\"bytes_copied\":{},\"segments_linked\":{},\"index_retries\":{},\"seconds\":{:.3}}}",
+            serde_json::Value::from(args.to.display().to_string()),
+            report.position,
+            report.live,
+            report.bytes_copied,
+            report.segments_linked,
+            report.index_retries,
+            report.seconds
+        )
+    } else {
+        writeln!(
+            out,
+            "copied {} to {}: {} MiB{} in {:.1} s{}\nthe copy is the store as of {}",
+            args.data.display(),
+            args.to.display(),
+            report.bytes_copied >> 20,
+            if report.segments_linked > 0 {
+                format!(", {} sealed segments hard-linked", report.segments_linked)
+            } else {
+                String::new()
+            },
+            report.seconds,
+            if report.live {
+                " (beside the running server)"
+            } else {
+                ""
+            },
+            report.position
+        )
+    };
+    written
+        .and_then(|()| out.finish())
+        .map_err(|e| format!("writing output: {e}"))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn switch(args: &SwitchArgs, feature: Feature) -> Result<ExitCode, String> {
