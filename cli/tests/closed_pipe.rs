@@ -103,6 +103,8 @@ fn megalith_commands_stop_quietly_on_a_closed_stdout() {
         vec!["query", "--data", data, "{}"],
         vec!["stats", "--data", data],
         vec!["stats", "--data", data, "--json"],
+        vec!["export", "--data", data],
+        vec!["changes", "--data", data],
     ] {
         let what = args.join(" ");
         let out = closed_stdout(megalith, &args, b"");

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use super::changes::{PastEnd, collect_changes};
 use super::lock::{Holder, probe_holder};
-use super::{ChangePosition, StoreChange, manifest};
+use super::{ChangeOp, ChangePosition, StoreChange, manifest};
 use crate::error::Error;
-use crate::ids::ShardId;
+use crate::event::EventRef;
+use crate::ids::{Location, ShardId};
 use crate::storage::{FileStorage, Storage};
-use crate::wal::{LogFollower, LogView, REPAIR_MARKER};
+use crate::wal::{LogFollower, LogSnapshot, LogView, REPAIR_MARKER};
 
 /// Reads a store's change feed ([`crate::EventStore::changes`]: the same
 /// changes, order and positions) without opening the store: it takes no
@@ -115,6 +116,57 @@ impl ChangeReader {
         Ok(end)
     }
 
+    /// Calls `each` with every change after `after` up to `until` (a
+    /// position [`ChangeReader::end`] gave), shard after shard, each in
+    /// commit order, with the event as the log holds it (nothing copied:
+    /// for a reader of a whole store, such as an export). With nobody
+    /// beside, the store's lock is held shared for the whole walk. `each`
+    /// returns false to stop it.
+    pub fn for_each_until(
+        &mut self,
+        after: &ChangePosition,
+        until: &ChangePosition,
+        mut each: impl FnMut(ChangeOp, ShardId, EventRef<'_>) -> bool,
+    ) -> Result<(), Error> {
+        if after.shards() != self.logs.len() || until.shards() != self.logs.len() {
+            return Err(Error::Options(format!(
+                "the positions name {} and {} shards; this store has {}",
+                after.shards(),
+                until.shards(),
+                self.logs.len()
+            )));
+        }
+        let (views, _, _holder) = self.views(Some(until))?;
+        if let Some(shard) = self.waiting.first() {
+            return Err(Error::Options(format!(
+                "the process that has the store open has not published how far the log of \
+                 shard {shard} is synced (it is opening or repairing the store); try again"
+            )));
+        }
+        let mut going = true;
+        for (n, view) in views.iter().enumerate() {
+            let Some((snapshot, end)) = view else {
+                continue;
+            };
+            if !going {
+                break;
+            }
+            if after.0[n] >= *end {
+                continue;
+            }
+            crate::wal::scan_changes(snapshot, after.0[n], Some(*end), |change| {
+                let op = if change.stored {
+                    ChangeOp::Stored
+                } else {
+                    ChangeOp::Removed
+                };
+                going = each(op, ShardId(n as u32), change.event);
+                going
+            })?;
+        }
+        Ok(())
+    }
+
     /// Takes the view of every shard; with `page`, reads changes from it
     /// (up to `until`). Returns them and where each shard's view ends.
     fn read(
@@ -122,7 +174,35 @@ impl ChangeReader {
         page: Option<(&ChangePosition, usize)>,
         until: Option<&ChangePosition>,
     ) -> Result<(Vec<StoreChange>, ChangePosition), Error> {
-        // Held to the end of the call when nobody has the store open.
+        let (views, ends, holder) = self.views(until)?;
+        let live = matches!(holder, Holder::Running);
+        let changes = match page {
+            Some((after, limit)) => {
+                // Past the end of what can be read: beside a writer, a
+                // position its own feed gave can be ahead of the synced
+                // mark for a moment; before an `until`, it is simply done.
+                let past_end = if live || until.is_some() {
+                    PastEnd::Wait
+                } else {
+                    PastEnd::Refuse
+                };
+                collect_changes(&views, after, limit, past_end)?
+            }
+            None => Vec::new(),
+        };
+        drop(holder);
+        Ok((changes, ends))
+    }
+
+    /// Each shard's view (none for a shard whose running writer has
+    /// published no mark), capped at `until`; where each view ends; and
+    /// what the probe of the lock found (holding it shared when nobody has
+    /// the store open: keep it while reading the views).
+    #[allow(clippy::type_complexity)]
+    fn views(
+        &mut self,
+        until: Option<&ChangePosition>,
+    ) -> Result<(Vec<Option<(LogSnapshot, Location)>>, ChangePosition, Holder), Error> {
         let holder = probe_holder(&self.dir)?;
         let live = matches!(holder, Holder::Running);
         self.waiting.clear();
@@ -153,22 +233,7 @@ impl ChangeReader {
                 }
             }
         }
-        let changes = match page {
-            Some((after, limit)) => {
-                // Past the end of what can be read: beside a writer, a
-                // position its own feed gave can be ahead of the synced
-                // mark for a moment; before an `until`, it is simply done.
-                let past_end = if live || until.is_some() {
-                    PastEnd::Wait
-                } else {
-                    PastEnd::Refuse
-                };
-                collect_changes(&views, after, limit, past_end)?
-            }
-            None => Vec::new(),
-        };
-        drop(holder);
-        Ok((changes, ends))
+        Ok((views, ends, holder))
     }
 
     /// The shards the last [`ChangeReader::changes`] could not read because
