@@ -1,5 +1,6 @@
 //! `backup_store` beside a writer that keeps inserting and checkpointing:
-//! every copy opens without rebuilding an index, passes the index checker,
+//! every copy opens without rebuilding an index or the analytics, passes
+//! the index checker,
 //! and holds exactly what the store's change feed says the store held at
 //! the position the copy names.
 
@@ -38,6 +39,7 @@ fn copies_taken_while_a_writer_checkpoints_are_each_the_store_at_one_point() {
     let store = EventStore::builder(&data)
         .shards(2)
         .segment_size(256 << 10)
+        .analytics(true)
         .open()
         .unwrap();
     let mut generator = Generator::new(44, 30);

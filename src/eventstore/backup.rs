@@ -17,7 +17,8 @@
 //!    log is synced before a checkpoint names it), so the copy opens with
 //!    replay only from those checkpoints to the mark, and no index is ahead
 //!    of its log.
-//! 3. The analytics checkpoint and the saved id filters go along (each is
+//! 3. The analytics checkpoint (copied first of all, so it covers no more
+//!    than the copied logs) and the saved id filters go along (each is
 //!    checked against the copy at its first open and rebuilt if it does
 //!    not fit), the manifest last: a copy cut short is not a store.
 //!
@@ -103,18 +104,21 @@ pub fn backup_store(from: &Path, to: &Path, link: bool) -> Result<BackupReport, 
         index_retries: 0,
         seconds: 0.0,
     };
-    for n in 0..shards {
-        let name = format!("shard-{n:04}");
-        let (src, dst) = (from.join(&name), to.join(&name));
-        let end = copy_shard(&src, &dst, ShardId(n), live, link, &mut report)?;
-        report.position.0[n as usize] = end;
-    }
+    // The analytics checkpoint before any log: the positions it covers
+    // are then at or before the copied logs' ends (one ahead of a log
+    // would be dropped and rebuilt at the copy's first open).
     let analytics = from.join(crate::analytics::ANALYTICS_DIR).join("state");
     if analytics.exists() {
         let dir = to.join(crate::analytics::ANALYTICS_DIR);
         fs::create_dir_all(&dir).map_err(io_error(&dir, "create directory"))?;
         report.bytes_copied += copy_prefix(&analytics, &dir.join("state"), None)?;
         sync_dir(&dir)?;
+    }
+    for n in 0..shards {
+        let name = format!("shard-{n:04}");
+        let (src, dst) = (from.join(&name), to.join(&name));
+        let end = copy_shard(&src, &dst, ShardId(n), live, link, &mut report)?;
+        report.position.0[n as usize] = end;
     }
     let path = to.join(manifest::MANIFEST_FILE);
     let mut file = File::create(&path).map_err(io_error(&path, "create"))?;

@@ -88,6 +88,18 @@ impl LogFollower {
                 }
             }
         }
+        if let Some(end) = mark
+            && ids.last() != Some(&end.segment)
+        {
+            return Err(WalError::Corrupt {
+                path: self.dir.join(segment_file_name(end.segment)),
+                offset: 0,
+                reason: format!(
+                    "the writer's synced mark names segment {}, which the log does not have",
+                    end.segment
+                ),
+            });
+        }
         let Some(&last) = ids.last() else {
             return Ok(LogView::Readable {
                 snapshot: LogSnapshot::of_segments(Vec::new()),
