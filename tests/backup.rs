@@ -78,6 +78,9 @@ fn copies_taken_while_a_writer_checkpoints_are_each_the_store_at_one_point() {
     );
     for (copy, report) in &copies {
         let what = format!("{} (as of {})", copy.display(), report.position);
+        // Checked as copied, before any open (no LOCK file yet)...
+        let check = megalith::inspect::index::check_store(copy).unwrap();
+        assert!(check.is_clean(), "{what}: {check:?}");
         let opened = EventStore::open(copy).unwrap();
         let recovery = opened.recovery_report().clone();
         assert!(recovery.rebuilt_indexes.is_empty(), "{what}: {recovery:?}");
@@ -92,6 +95,7 @@ fn copies_taken_while_a_writer_checkpoints_are_each_the_store_at_one_point() {
             ids == held_at(&data, &report.position),
             "{what}: not the store at its position"
         );
+        // ...and after.
         let check = megalith::inspect::index::check_store(copy).unwrap();
         assert!(check.is_clean(), "{what}: {check:?}");
     }

@@ -401,3 +401,72 @@ fn help_explains_every_flag_and_its_default() {
         assert!(help.contains(needle), "{needle}: {help}");
     }
 }
+
+/// On a read-only file system (a tmpfs remounted read-only; skipped where
+/// this process may not mount one): `index-doctor check`, `megalith
+/// changes` and `megalith export` read a store, writing nothing.
+#[test]
+fn a_store_on_a_read_only_file_system_can_be_checked_and_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let store = EventStore::open(&data).unwrap();
+    let events: Vec<_> = common::real_events().into_iter().map(|(_, e)| e).collect();
+    store.insert(&events).unwrap();
+    let feed = store
+        .changes(
+            &megalith::ChangePosition::start(store.shard_count()),
+            usize::MAX,
+        )
+        .unwrap()
+        .len();
+    let held = store.query(&[Filter::new()]).unwrap().len();
+    store.close().unwrap();
+    let mount = dir.path().join("ro");
+    std::fs::create_dir(&mount).unwrap();
+    let run = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mnt = mount.to_str().unwrap();
+    if !run("mount", &["-t", "tmpfs", "-o", "size=64m", "tmpfs", mnt])
+        .status
+        .success()
+    {
+        eprintln!("skipped: this process cannot mount a tmpfs");
+        return;
+    }
+    struct Unmount<'a>(&'a str);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt);
+    let copied = run("cp", &["-a", data.to_str().unwrap(), mnt]);
+    assert!(copied.status.success());
+    assert!(run("mount", &["-o", "remount,ro", mnt]).status.success());
+    let ro = mount.join("store");
+    let ro = ro.to_str().unwrap();
+    assert!(
+        std::fs::write(mount.join("probe"), b"x").is_err(),
+        "read-only"
+    );
+
+    let out = check(std::path::Path::new(ro));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let megalith = env!("CARGO_BIN_EXE_megalith");
+    let changes = run(megalith, &["changes", "--data", ro]);
+    assert!(changes.status.success(), "{}", text(&changes.stderr));
+    assert_eq!(text(&changes.stdout).lines().count(), feed);
+    let export = run(megalith, &["export", "--data", ro]);
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    assert_eq!(text(&export.stdout).lines().count(), held);
+}

@@ -73,3 +73,37 @@ pub(crate) fn probe_holder(dir: &Path) -> Result<Holder, Error> {
         Err(fs::TryLockError::Error(e)) => Err(io_error(&path, "lock")(e)),
     }
 }
+
+/// Takes the lock of the store in `dir` shared, for a reader that must not
+/// see the files change (`index-doctor check`): opened read-only, so it
+/// works on a read-only file system; other shared holders may read beside
+/// it; `Error::Locked` when a process has the store open for longer than
+/// [`LOCK_PATIENCE`].
+pub(crate) fn lock_store_dir_shared(dir: &Path) -> Result<File, Error> {
+    let path = dir.join(LOCK_FILE);
+    let lock = match File::open(&path) {
+        Ok(lock) => lock,
+        // A store no process has opened yet (a fresh backup copy): made
+        // as an open makes it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_error(&path, "create"))?,
+        Err(e) => return Err(io_error(&path, "open")(e)),
+    };
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match lock.try_lock_shared() {
+            Ok(()) => return Ok(lock),
+            Err(fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error(&path, "lock")(e)),
+        }
+    }
+}

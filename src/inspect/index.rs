@@ -25,7 +25,7 @@ pub use pages::{
 pub use rebuild::{RebuildReport, rebuild};
 
 use crate::error::{Error, io_error};
-use crate::eventstore::{MANIFEST_FILE, load_manifest, lock_store_dir};
+use crate::eventstore::{MANIFEST_FILE, load_manifest, lock_store_dir_shared};
 use crate::ids::{Location, Lsn, ShardId};
 use crate::index::{IndexKind, location_at_end};
 use crate::storage::FileStorage;
@@ -582,13 +582,14 @@ impl Tally {
     }
 }
 
-/// Takes the store's lock (`DATA/LOCK`, an exclusive `flock`, as opening the
-/// store does): the files cannot change while it is held.
+/// Takes the store's lock (`DATA/LOCK`) shared: no process can open the
+/// store while it is held, so the files cannot change, and the lock file
+/// is opened read-only (a check works on a read-only file system).
 pub(super) fn lock_store(data_dir: &Path) -> Result<File, Error> {
     if !data_dir.join(MANIFEST_FILE).is_file() {
         return Err(Error::Missing(data_dir.to_path_buf()));
     }
-    lock_store_dir(data_dir)
+    lock_store_dir_shared(data_dir)
 }
 
 /// The shard directories (`shard-NNNN`, as the store names them), in order.
