@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use common::stored_ids;
 use megalith::inspect::log::{SegmentWalk, WalkItem};
 use megalith::{Durability, EventId, EventStore, Filter, Keys, SegmentId};
 
@@ -89,17 +90,6 @@ fn flip_inside(path: &Path, frame: (usize, usize)) -> usize {
     at
 }
 
-fn ids(store: &EventStore) -> Vec<EventId> {
-    let mut ids: Vec<EventId> = store
-        .query(&[Filter::new()])
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
-    ids.sort();
-    ids
-}
-
 /// Finding 1: one flipped byte mid-log in the active segment of a killed
 /// store, with thousands of acknowledged records after it. Opening must
 /// refuse, name the file and offset and say how many valid records follow,
@@ -123,7 +113,7 @@ fn damage_inside_the_active_segment_is_refused_not_cut() {
 
     let error = builder(&killed, 4 << 20)
         .open()
-        .map(|s| format!("opened with {} events", ids(&s).len()))
+        .map(|s| format!("opened with {} events", stored_ids(&s).len()))
         .expect_err("a store damaged mid-log must not open as if its tail were torn");
     let message = error.to_string();
     let after = frames.len() - frames.len() / 3 - 1;
@@ -160,7 +150,7 @@ fn rebuild_never_cuts_records_after_damage() {
 
     let rebuilt = megalith::inspect::index::rebuild(&dir);
     let store = builder(&dir, 4 << 20).open();
-    let held = store.as_ref().map(ids).unwrap_or_default();
+    let held = store.as_ref().map(stored_ids).unwrap_or_default();
     acknowledged.sort();
     let missing = acknowledged.iter().filter(|id| !held.contains(id)).count();
     assert!(
@@ -213,7 +203,7 @@ fn repair_keeps_every_valid_record_and_quarantines_the_damage() {
     // The damaged note's id is still readable in its bytes (the flip is in
     // its content), and it is the one event missing.
     let store = builder(&killed, 4 << 20).open().unwrap();
-    let held = ids(&store);
+    let held = stored_ids(&store);
     store.close().unwrap();
     acknowledged.sort();
     let missing: Vec<EventId> = acknowledged
@@ -277,7 +267,7 @@ fn index_doctor_check_predicts_the_next_open() {
     );
     let store = builder(&torn, 4 << 20).open().unwrap();
     assert_eq!(store.recovery_report().tail_repairs.len(), 1);
-    assert_eq!(ids(&store).len(), 299);
+    assert_eq!(stored_ids(&store).len(), 299);
     store.close().unwrap();
 }
 
@@ -371,7 +361,7 @@ fn a_hole_at_the_end_of_a_sealed_segment_is_damage() {
     let repair = &report.log_repairs[0];
     assert_eq!((repair.offset, repair.offset + repair.len), (cut, len));
     let store = builder(&dir, 64 << 10).open().unwrap();
-    assert_eq!(ids(&store).len(), acknowledged.len() - lost);
+    assert_eq!(stored_ids(&store).len(), acknowledged.len() - lost);
     store.close().unwrap();
 }
 
@@ -409,7 +399,7 @@ fn rebuild_repairs_a_damaged_segment_header() {
         "the header is rewritten"
     );
     let store = builder(&dir, 64 << 10).open().unwrap();
-    let held = ids(&store);
+    let held = stored_ids(&store);
     store.close().unwrap();
     acknowledged.sort();
     assert_eq!(held, acknowledged, "no event is lost with a header");
@@ -444,7 +434,7 @@ fn doctor_is_clean_after_a_repair_lost_a_replaced_event() {
     assert_eq!(report.log_repairs[0].lost_event_ids, vec![first.id]);
     common::crash::assert_doctor_clean(&dir, "after the repair");
     let store = builder(&dir, 1 << 30).open().unwrap();
-    let held = ids(&store);
+    let held = stored_ids(&store);
     store.close().unwrap();
     acknowledged.push(second.id);
     acknowledged.sort();
@@ -522,7 +512,7 @@ fn a_repair_that_loses_a_removal_keeps_one_version_per_address() {
         .into_iter()
         .map(|e| e.id)
         .collect();
-    let held = ids(&store);
+    let held = stored_ids(&store);
     store.close().unwrap();
     assert_eq!(
         lists,
@@ -577,7 +567,7 @@ fn a_repair_that_loses_a_deletion_keeps_what_a_later_deletion_names() {
     assert_eq!(report.log_repairs.len(), 1, "{:?}", report.log_repairs);
     common::crash::assert_doctor_clean(&dir, "after the repair");
     let store = builder(&dir, 1 << 30).open().unwrap();
-    let held = ids(&store);
+    let held = stored_ids(&store);
     store.close().unwrap();
     acknowledged.push(again.id);
     acknowledged.sort();

@@ -32,6 +32,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
+use super::change_reader::no_synced_mark;
 use super::lock::{Holder, probe_holder};
 use super::{ChangePosition, manifest};
 use crate::error::{Error, io_error};
@@ -68,12 +69,8 @@ const INDEX_TRIES: u32 = 20;
 /// too).
 pub fn backup_store(from: &Path, to: &Path, link: bool) -> Result<BackupReport, Error> {
     let started = Instant::now();
-    if !from.join(manifest::MANIFEST_FILE).exists() {
-        return Err(Error::Format {
-            path: from.to_path_buf(),
-            reason: "not a Megalith store (no MANIFEST in it)".to_string(),
-        });
-    }
+    let (manifest_bytes, manifest) = manifest::read_existing(from)?;
+    let shards = manifest.shards;
     match fs::read_dir(to) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -88,11 +85,6 @@ pub fn backup_store(from: &Path, to: &Path, link: bool) -> Result<BackupReport, 
         }
         Err(e) => return Err(io_error(to, "list")(e)),
     }
-    let manifest_bytes = {
-        let path = from.join(manifest::MANIFEST_FILE);
-        fs::read(&path).map_err(io_error(&path, "read"))?
-    };
-    let shards = manifest::load(&FileStorage, from)?.shards;
     // Held to the end when nobody has the store open: nobody can then.
     let holder = probe_holder(from)?;
     let live = matches!(holder, Holder::Running);
@@ -163,13 +155,7 @@ fn copy_shard(
     // none, the end the next open would find (a crash's torn tail, and
     // the unwritten rest of a pre-sized segment, stay behind).
     let mark = if live {
-        read_synced_mark(&src_log)?.ok_or_else(|| {
-            Error::Options(format!(
-                "the process that has the store open has not published how far {} is \
-                 synced (it is opening or repairing the store); try again",
-                src_log.display()
-            ))
-        })?
+        read_synced_mark(&src_log)?.ok_or_else(|| no_synced_mark(shard))?
     } else {
         match LogFollower::new(&src_log, shard).view(&FileStorage, false)? {
             LogView::Readable { end, .. } => end,

@@ -46,13 +46,7 @@ impl ChangeReader {
     pub fn open(dir: impl AsRef<Path>) -> Result<ChangeReader, Error> {
         let dir = dir.as_ref().to_path_buf();
         let storage: Arc<dyn Storage> = Arc::new(FileStorage);
-        if !dir.join(manifest::MANIFEST_FILE).exists() {
-            return Err(Error::Format {
-                path: dir,
-                reason: "not a Megalith store (no MANIFEST in it)".to_string(),
-            });
-        }
-        let manifest = manifest::load(&*storage, &dir)?;
+        let (_, manifest) = manifest::read_existing(&dir)?;
         let logs = (0..manifest.shards)
             .map(|n| LogFollower::new(&shard_dir(&dir, n).join("log"), ShardId(n)))
             .collect();
@@ -106,14 +100,10 @@ impl ChangeReader {
     /// (see [`ChangeReader::waiting`]).
     pub fn end(&mut self) -> Result<ChangePosition, Error> {
         let (_, end) = self.read(None, None)?;
-        if !self.waiting.is_empty() {
-            return Err(Error::Options(format!(
-                "the process that has the store open has not published how far the log of \
-                 shard {} is synced yet (it is opening or repairing the store); try again",
-                self.waiting[0]
-            )));
+        match self.waiting.first() {
+            Some(&shard) => Err(no_synced_mark(shard)),
+            None => Ok(end),
         }
-        Ok(end)
     }
 
     /// Calls `each` with every change after `after` up to `until` (a
@@ -137,11 +127,8 @@ impl ChangeReader {
             )));
         }
         let (views, _, _holder) = self.views(Some(until))?;
-        if let Some(shard) = self.waiting.first() {
-            return Err(Error::Options(format!(
-                "the process that has the store open has not published how far the log of \
-                 shard {shard} is synced (it is opening or repairing the store); try again"
-            )));
+        if let Some(&shard) = self.waiting.first() {
+            return Err(no_synced_mark(shard));
         }
         let mut going = true;
         for (n, view) in views.iter().enumerate() {
@@ -241,6 +228,15 @@ impl ChangeReader {
     pub fn waiting(&self) -> &[ShardId] {
         &self.waiting
     }
+}
+
+/// The error of a reader that needs every shard's log read to one point
+/// while the running writer of `shard` has published no synced mark.
+pub(crate) fn no_synced_mark(shard: ShardId) -> Error {
+    Error::Options(format!(
+        "the process that has the store open has not published how far the log of shard \
+         {shard} is synced (it is opening or repairing the store); try again"
+    ))
 }
 
 fn shard_dir(dir: &Path, n: u32) -> PathBuf {

@@ -1,5 +1,7 @@
 //! The store's lock file (`LOCK`): an exclusive `flock` held while a process
-//! has the store open, or while a tool reads its files.
+//! has the store open; held shared by readers of its files that no writer
+//! may start under (`index-doctor check`, and a `ChangeReader` or a backup
+//! when no process has the store open).
 
 use std::fs::{self, File};
 use std::path::Path;
@@ -22,23 +24,39 @@ pub(crate) const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 /// lock lasts as long as the `File`.
 pub(crate) fn lock_store_dir(dir: &Path) -> Result<File, Error> {
     let path = dir.join(LOCK_FILE);
-    let lock = File::options()
+    let lock = create_lock_file(&path).map_err(io_error(&path, "open"))?;
+    wait_for(dir, &path, lock, File::try_lock)
+}
+
+/// Opens the lock file for writing, creating it if missing (as an open
+/// of the store does).
+fn create_lock_file(path: &Path) -> std::io::Result<File> {
+    File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .map_err(io_error(&path, "open"))?;
+        .open(path)
+}
+
+/// Takes `lock` by `try_lock`, waiting up to [`LOCK_PATIENCE`] for a
+/// holder to let go.
+fn wait_for(
+    dir: &Path,
+    path: &Path,
+    lock: File,
+    try_lock: fn(&File) -> Result<(), fs::TryLockError>,
+) -> Result<File, Error> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
-        match lock.try_lock() {
+        match try_lock(&lock) {
             Ok(()) => return Ok(lock),
             Err(fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_PATIENCE => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
             Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_path_buf())),
-            Err(fs::TryLockError::Error(e)) => return Err(io_error(&path, "lock")(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error(path, "lock")(e)),
         }
     }
 }
@@ -85,25 +103,10 @@ pub(crate) fn lock_store_dir_shared(dir: &Path) -> Result<File, Error> {
         Ok(lock) => lock,
         // A store no process has opened yet (a fresh backup copy): made
         // as an open makes it.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_error(&path, "create"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_lock_file(&path).map_err(io_error(&path, "create"))?
+        }
         Err(e) => return Err(io_error(&path, "open")(e)),
     };
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match lock.try_lock_shared() {
-            Ok(()) => return Ok(lock),
-            Err(fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_PATIENCE => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_path_buf())),
-            Err(fs::TryLockError::Error(e)) => return Err(io_error(&path, "lock")(e)),
-        }
-    }
+    wait_for(dir, &path, lock, File::try_lock_shared)
 }

@@ -61,6 +61,26 @@ pub(crate) fn load(storage: &dyn Storage, dir: &Path) -> Result<Manifest, Error>
     decode(&bytes).map_err(|reason| Error::Format { path, reason })
 }
 
+/// For tools that read a store's files without opening it: the manifest's
+/// bytes as they are (a copy keeps an older format's for the open that
+/// migrates it) and what they say; a directory without one is "not a
+/// Megalith store".
+pub(crate) fn read_existing(dir: &Path) -> Result<(Vec<u8>, Manifest), Error> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Format {
+                path: dir.to_path_buf(),
+                reason: "not a Megalith store (no MANIFEST in it)".to_string(),
+            });
+        }
+        Err(e) => return Err(io_error(&path, "read")(e)),
+    };
+    let manifest = decode(&bytes).map_err(|reason| Error::Format { path, reason })?;
+    Ok((bytes, manifest))
+}
+
 /// Replaces the manifest (written aside, synced, renamed, directory synced:
 /// a crash leaves the old one or the new one).
 pub(crate) fn store(storage: &dyn Storage, dir: &Path, manifest: Manifest) -> Result<(), Error> {

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use megalith::{ChangeOp, ChangePosition, ChangeReader, EventId, Filter};
+use megalith::{ChangeOp, ChangePosition, EventId, Filter};
 
 use crate::output::{Output, errln};
 
@@ -58,12 +58,7 @@ pub(crate) fn export(args: &ExportArgs) -> Result<ExitCode, String> {
         None => None,
     };
     let data = &args.data;
-    let mut reader = ChangeReader::open(data).map_err(|e| match e {
-        megalith::Error::Format { .. } if !data.join("MANIFEST").exists() => {
-            format!("no store in {} (check --data)", data.display())
-        }
-        other => format!("cannot read {}: {other}", data.display()),
-    })?;
+    let mut reader = crate::open_reader(data)?;
     let failed = |e: megalith::Error| format!("{}: {e}", data.display());
     let until = reader.end().map_err(failed)?;
     let start = ChangePosition::start(reader.shard_count());

@@ -536,6 +536,18 @@ pub(crate) fn close_shared(store: Arc<EventStore>) -> Result<(), String> {
     }
 }
 
+/// Opens the change feed of the store in `data` for reading from its files
+/// (`changes`, `export`: beside a running server too).
+pub(crate) fn open_reader(data: &std::path::Path) -> Result<megalith::ChangeReader, String> {
+    megalith::ChangeReader::open(data).map_err(|e| match e {
+        megalith::Error::Format { .. } if !data.join("MANIFEST").exists() => format!(
+            "no store in {} (import events first, or check --data)",
+            data.display()
+        ),
+        other => format!("cannot read {}: {other}", data.display()),
+    })
+}
+
 /// Opens an existing store (reading commands never create one).
 fn open(store: &StoreArgs) -> Result<EventStore, String> {
     open_with(store, |builder| builder)
@@ -623,13 +635,7 @@ fn changes(args: &ChangesArgs) -> Result<ExitCode, String> {
         .transpose()
         .map_err(|e: String| format!("--after: {e}"))?;
     let data = &args.store.data;
-    let mut reader = megalith::ChangeReader::open(data).map_err(|e| match e {
-        megalith::Error::Format { .. } if !data.join("MANIFEST").exists() => format!(
-            "no store in {} (import events first, or check --data)",
-            data.display()
-        ),
-        other => format!("cannot read the changes of {}: {other}", data.display()),
-    })?;
+    let mut reader = open_reader(data)?;
     let mut position =
         after.unwrap_or_else(|| megalith::ChangePosition::start(reader.shard_count()));
     let stop = args.follow.then(stop_on_signal);
