@@ -16,6 +16,7 @@ pub mod mirror;
 pub mod pool;
 pub mod sink;
 pub mod stats;
+pub mod sync;
 pub mod url;
 
 pub use backoff::Backoff;

@@ -368,6 +368,23 @@ pub struct RelayLimits {
     pub idle_timeout_secs: u64,
     /// How far in the future `created_at` may be, in seconds. Default 900.
     pub created_at_future_secs: u64,
+    /// Most events a NIP-77 `NEG-OPEN` filter may match (strfry's
+    /// `maxSyncEvents`); past it the relay answers `NEG-ERR` `blocked:`.
+    /// Default 1,000,000.
+    pub max_sync_events: usize,
+    /// Largest negentropy message the relay sends, in bytes before hex
+    /// (the protocol's frame size limit; 0 means none, else at least
+    /// 4,096). Default 60,000, as strfry.
+    pub sync_frame_bytes: usize,
+    /// Open NIP-77 sync sessions per connection. Default 8.
+    pub max_sync_sessions: usize,
+    /// Items (an event's time and id, 40 bytes each) all open sync
+    /// sessions of the relay may hold together; a `NEG-OPEN` past it gets
+    /// `NEG-ERR` `blocked:` until others close. Default 20,000,000 (800 MB).
+    pub max_sync_items_held: usize,
+    /// Time a `NEG-OPEN` may spend reading its filter's events, in
+    /// milliseconds. Default 30,000.
+    pub sync_time_budget_ms: u64,
 }
 
 impl Default for RelayLimits {
@@ -395,6 +412,11 @@ impl Default for RelayLimits {
             events_burst: 1_000.0,
             idle_timeout_secs: 300,
             created_at_future_secs: 900,
+            max_sync_events: 1_000_000,
+            sync_frame_bytes: 60_000,
+            max_sync_sessions: 8,
+            max_sync_items_held: 20_000_000,
+            sync_time_budget_ms: 30_000,
         }
     }
 }
@@ -416,6 +438,9 @@ impl RelayLimits {
             ("ingress_bytes_per_second", self.ingress_bytes_per_second),
             ("ingress_burst_bytes", self.ingress_burst_bytes),
             ("max_queries_per_ip", self.max_queries_per_ip),
+            ("max_sync_events", self.max_sync_events),
+            ("max_sync_sessions", self.max_sync_sessions),
+            ("max_sync_items_held", self.max_sync_items_held),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -424,6 +449,15 @@ impl RelayLimits {
         }
         if !(1..=3_600_000).contains(&self.query_time_budget_ms) {
             return Err("limits.query_time_budget_ms must be 1 to 3600000".to_string());
+        }
+        if !(1..=3_600_000).contains(&self.sync_time_budget_ms) {
+            return Err("limits.sync_time_budget_ms must be 1 to 3600000".to_string());
+        }
+        if (1..4_096).contains(&self.sync_frame_bytes) {
+            return Err(format!(
+                "limits.sync_frame_bytes must be 0 (no limit) or at least 4096, got {}",
+                self.sync_frame_bytes
+            ));
         }
         if !(1..=3_600).contains(&self.handshake_timeout_secs) {
             return Err("limits.handshake_timeout_secs must be 1 to 3600".to_string());
@@ -454,6 +488,10 @@ impl RelayLimits {
             max_content_bytes: self.max_content_bytes,
             ..megalith::Limits::default()
         }
+    }
+
+    pub fn sync_time_budget(&self) -> Duration {
+        Duration::from_millis(self.sync_time_budget_ms)
     }
 
     pub fn query_time_budget(&self) -> Duration {

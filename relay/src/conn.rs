@@ -26,9 +26,11 @@ use super::metrics::kind_label;
 use super::outbox::{Outbox, Pushed, Take};
 use super::protocol::{
     ClientMessage, auth_frame, closed_frame, count_frame, eose_frame, event_frame,
-    event_message_id, json_string, notice_frame, ok_frame, parse_event, parse_filters,
+    event_message_id, json_string, neg_err_frame, neg_message, neg_msg_frame, notice_frame,
+    ok_frame, parse_event, parse_filters,
 };
 use super::subs::{LiveSub, SubKey, SubState, held_bytes};
+use super::sync::Session;
 use super::{AddressShare, Relay, transport_limit};
 
 /// The OK message for an event the store could not take now (its shard's
@@ -111,6 +113,7 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url:
         sub_bytes: 0,
         bucket: TokenBucket::new(limits.events_per_second, limits.events_burst),
         share: Arc::clone(&slot.share),
+        syncs: HashMap::new(),
     };
     let mut stop = relay.stop.subscribe();
     let mut rules_changed = relay.rules_version.subscribe();
@@ -291,6 +294,9 @@ struct Conn {
     sub_bytes: usize,
     /// Events this connection may publish (`events_per_second`).
     bucket: TokenBucket,
+    /// Open NIP-77 sync sessions by subscription id (a namespace of
+    /// their own, as in strfry).
+    syncs: HashMap<String, Session>,
 }
 
 impl Conn {
@@ -329,6 +335,15 @@ impl Conn {
                 ClientMessage::Count { sub_id, filters } => self.on_count(sub_id, &filters).await,
                 ClientMessage::Close(sub_id) => self.on_close(&sub_id),
                 ClientMessage::Auth(raw) => self.on_auth(raw).await,
+                ClientMessage::NegOpen {
+                    sub_id,
+                    filter,
+                    message,
+                } => self.on_neg_open(sub_id, filter, message).await,
+                ClientMessage::NegMsg { sub_id, message } => self.on_neg_msg(sub_id, message).await,
+                ClientMessage::NegClose(sub_id) => {
+                    self.syncs.remove(&sub_id);
+                }
             }
         }
         if !events.is_empty() {
@@ -377,6 +392,9 @@ impl Conn {
             ClientMessage::Count { .. } => "COUNT",
             ClientMessage::Close(_) => "CLOSE",
             ClientMessage::Auth(_) => "AUTH",
+            ClientMessage::NegOpen { .. } => "NEG-OPEN",
+            ClientMessage::NegMsg { .. } => "NEG-MSG",
+            ClientMessage::NegClose(_) => "NEG-CLOSE",
         };
         metrics.client_messages.with_label_values(&[verb]).inc();
         Some(message)
@@ -541,16 +559,30 @@ impl Conn {
         Ok(())
     }
 
+    fn check_sub_id(&self, sub_id: &str) -> Result<(), String> {
+        let max = self.relay.config.limits.max_subid_length;
+        let chars = sub_id.chars().count();
+        if chars == 0 || chars > max {
+            return Err(format!(
+                "invalid: subscription id must be 1 to {max} characters, got {chars}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// What this connection may read: private kinds and the access rules.
+    fn check_readable(&self, filters: &[Filter]) -> Result<(), String> {
+        self.check_private(filters)?;
+        self.relay
+            .rules
+            .current()
+            .check_read(filters, &self.viewer.keys())
+    }
+
     /// The checks REQ and COUNT share; the error is the CLOSED reason.
     fn checked_filters(&self, sub_id: &str, raw: &[&RawValue]) -> Result<Vec<Filter>, String> {
         let limits = &self.relay.config.limits;
-        let chars = sub_id.chars().count();
-        if chars == 0 || chars > limits.max_subid_length {
-            return Err(format!(
-                "invalid: subscription id must be 1 to {} characters, got {chars}",
-                limits.max_subid_length
-            ));
-        }
+        self.check_sub_id(sub_id)?;
         if raw.is_empty() {
             return Err("invalid: at least one filter is needed".to_string());
         }
@@ -567,12 +599,92 @@ impl Conn {
             filter.limit = Some(limit.min(limits.max_limit));
             normalize(filter);
         }
-        self.check_private(&filters)?;
-        self.relay
-            .rules
-            .current()
-            .check_read(&filters, &self.viewer.keys())?;
+        self.check_readable(&filters)?;
         Ok(filters)
+    }
+
+    async fn neg_err(&self, sub_json: &str, reason: &str) {
+        self.send("NEG-ERR", neg_err_frame(sub_json, reason)).await;
+    }
+
+    /// NIP-77 `NEG-OPEN`: the filter's items are read (one query slot of
+    /// the address, on the blocking pool) and the first message answered.
+    /// One with an open session's id replaces it.
+    async fn on_neg_open(&mut self, sub_id: String, filter: &RawValue, message: &RawValue) {
+        let sub_json = json_string(&sub_id);
+        self.syncs.remove(&sub_id);
+        let checked = self.check_sub_id(&sub_id).and_then(|()| {
+            let mut filters = parse_filters(&[filter])?;
+            normalize(&mut filters[0]);
+            self.check_readable(&filters)?;
+            let first = neg_message(message).map_err(|e| format!("invalid: {e}"))?;
+            Ok((filters.remove(0), first))
+        });
+        let (filter, first) = match checked {
+            Ok(checked) => checked,
+            Err(reason) => return self.neg_err(&sub_json, &reason).await,
+        };
+        let max = self.relay.config.limits.max_sync_sessions;
+        if self.syncs.len() >= max {
+            let reason = format!(
+                "blocked: at most {max} open sync sessions per connection; NEG-CLOSE one first"
+            );
+            return self.neg_err(&sub_json, &reason).await;
+        }
+        let opened = {
+            let relay = Arc::clone(&self.relay);
+            let viewer = Arc::clone(&self.viewer);
+            let _slot = self.share.query_slot().await;
+            tokio::task::spawn_blocking(move || {
+                let (items, count) = relay.sync_items(filter, &viewer)?;
+                Session::open(&relay, items, count, &first)
+            })
+            .await
+        };
+        match opened {
+            Ok(Ok((session, reply))) => {
+                self.syncs.insert(sub_id, session);
+                self.send("NEG-MSG", neg_msg_frame(&sub_json, &reply)).await;
+            }
+            Ok(Err(reason)) => self.neg_err(&sub_json, &reason).await,
+            Err(e) => {
+                warn!(error = %e, "sync task failed");
+                self.neg_err(&sub_json, "error: internal error while syncing")
+                    .await;
+            }
+        }
+    }
+
+    /// NIP-77 `NEG-MSG`: the open session answers (on the blocking pool:
+    /// a message may cover a million items). A message the session cannot
+    /// read ends it.
+    async fn on_neg_msg(&mut self, sub_id: String, message: &RawValue) {
+        let sub_json = json_string(&sub_id);
+        let Some(mut session) = self.syncs.remove(&sub_id) else {
+            let reason = "closed: no open sync session with this id; send NEG-OPEN first";
+            return self.neg_err(&sub_json, reason).await;
+        };
+        let message = match neg_message(message) {
+            Ok(message) => message,
+            Err(e) => return self.neg_err(&sub_json, &format!("invalid: {e}")).await,
+        };
+        let answered = tokio::task::spawn_blocking(move || {
+            let reply = session.answer(&message);
+            (session, reply)
+        })
+        .await;
+        match answered {
+            Ok((session, Ok(reply))) => {
+                self.syncs.insert(sub_id, session);
+                self.send("NEG-MSG", neg_msg_frame(&sub_json, &reply)).await;
+            }
+            Ok((_, Err(reason))) => self.neg_err(&sub_json, &reason).await,
+            Err(e) => {
+                warn!(error = %e, "sync task failed");
+                self.neg_err(&sub_json, "error: internal error while syncing")
+                    .await;
+            }
+        }
     }
 
     async fn on_req(&mut self, sub_id: String, raw: &[&RawValue]) {
@@ -830,7 +942,7 @@ impl Relay {
         result.map_err(|e| self.query_failure(e))
     }
 
-    fn observe_query(&self, filters: &[Filter], started: Instant) {
+    pub(crate) fn observe_query(&self, filters: &[Filter], started: Instant) {
         let index = self
             .store
             .explain(&filters[..filters.len().min(1)])
@@ -843,7 +955,7 @@ impl Relay {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    fn query_failure(&self, error: Error) -> String {
+    pub(crate) fn query_failure(&self, error: Error) -> String {
         match error {
             Error::TimedOut => {
                 self.metrics.query_timeouts.inc();

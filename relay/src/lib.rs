@@ -20,6 +20,7 @@ mod outbox;
 mod protocol;
 mod rules;
 mod subs;
+mod sync;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -114,6 +115,8 @@ struct Relay {
     /// Bumped at each reload of the rules: connections check their
     /// subscriptions again.
     rules_version: watch::Sender<u64>,
+    /// Items the open NIP-77 sync sessions hold (`max_sync_items_held`).
+    sync_items_held: AtomicUsize,
 }
 
 /// A connection's claim on its address's quota; released on drop.
@@ -229,7 +232,7 @@ impl Relay {
         if self.store.search_index() {
             nips.push(50);
         }
-        nips.push(62);
+        nips.extend([62, 77]);
         let mut doc = serde_json::json!({
             "name": info.name,
             "description": info.description,
@@ -377,6 +380,7 @@ pub async fn run_with_extras(
         broadcaster_stop: AtomicBool::new(false),
         rules,
         rules_version: watch::channel(0).0,
+        sync_items_held: AtomicUsize::new(0),
     });
     let commits = relay.store.commits(COMMIT_STREAM_CAPACITY);
     let broadcaster = std::thread::Builder::new()

@@ -191,6 +191,10 @@ pub struct Metrics {
     pub auths: IntCounterVec,
     /// `megalith_subscriptions`: open subscriptions.
     pub subscriptions: IntGauge,
+    /// `megalith_sync_sessions`: open NIP-77 sync sessions.
+    pub sync_sessions: IntGauge,
+    /// `megalith_sync_items_held`: (time, id) items those sessions hold.
+    pub sync_items_held: IntGauge,
     events_stored: IntGauge,
     log_bytes: IntGauge,
     index_bytes: IntGauge,
@@ -278,6 +282,11 @@ impl Metrics {
         )?;
         let connections = IntGauge::new("megalith_connections", "Open WebSocket connections")?;
         let subscriptions = IntGauge::new("megalith_subscriptions", "Open subscriptions")?;
+        let sync_sessions = IntGauge::new("megalith_sync_sessions", "Open NIP-77 sync sessions")?;
+        let sync_items_held = IntGauge::new(
+            "megalith_sync_items_held",
+            "Items (event time and id) the open NIP-77 sync sessions hold",
+        )?;
         let tcp_connections = IntGauge::new(
             "megalith_tcp_connections",
             "Open TCP connections, upgraded to WebSocket or not",
@@ -339,6 +348,8 @@ impl Metrics {
         registry.register(Box::new(rules_reloads.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(subscriptions.clone()))?;
+        registry.register(Box::new(sync_sessions.clone()))?;
+        registry.register(Box::new(sync_items_held.clone()))?;
         registry.register(Box::new(events_stored.clone()))?;
         registry.register(Box::new(log_bytes.clone()))?;
         registry.register(Box::new(index_bytes.clone()))?;
@@ -363,6 +374,8 @@ impl Metrics {
             handshake_timeouts,
             auths,
             subscriptions,
+            sync_sessions,
+            sync_items_held,
             events_stored,
             log_bytes,
             index_bytes,

@@ -29,6 +29,21 @@ pub enum ClientMessage<'a> {
     Close(String),
     /// `["AUTH", <event>]` (NIP-42)
     Auth(&'a RawValue),
+    /// `["NEG-OPEN", <subscription id>, <filter>, <initial message, hex>]`
+    /// (NIP-77); the filter and the message are checked by the handler,
+    /// so a bad one gets a `NEG-ERR` naming it.
+    NegOpen {
+        sub_id: String,
+        filter: &'a RawValue,
+        message: &'a RawValue,
+    },
+    /// `["NEG-MSG", <subscription id>, <message, hex>]` (NIP-77)
+    NegMsg {
+        sub_id: String,
+        message: &'a RawValue,
+    },
+    /// `["NEG-CLOSE", <subscription id>]` (NIP-77)
+    NegClose(String),
 }
 
 impl<'a> ClientMessage<'a> {
@@ -74,6 +89,38 @@ impl<'a> ClientMessage<'a> {
                     "invalid: AUTH takes exactly one event, got {} elements",
                     rest.len()
                 )),
+            },
+            "NEG-OPEN" => match rest {
+                [sub_id, filter, message] => Ok(ClientMessage::NegOpen {
+                    sub_id: string(sub_id).ok_or_else(|| {
+                        "invalid: NEG-OPEN's subscription id must be a string".to_string()
+                    })?,
+                    filter,
+                    message,
+                }),
+                _ => Err(format!(
+                    "invalid: NEG-OPEN takes a subscription id, one filter and a hex message \
+                     (NIP-77), got {} elements",
+                    rest.len()
+                )),
+            },
+            "NEG-MSG" => match rest {
+                [sub_id, message] => Ok(ClientMessage::NegMsg {
+                    sub_id: string(sub_id).ok_or_else(|| {
+                        "invalid: NEG-MSG's subscription id must be a string".to_string()
+                    })?,
+                    message,
+                }),
+                _ => Err(format!(
+                    "invalid: NEG-MSG takes a subscription id and a hex message, got {} elements",
+                    rest.len()
+                )),
+            },
+            "NEG-CLOSE" => match rest {
+                [sub_id] => string(sub_id).map(ClientMessage::NegClose).ok_or_else(|| {
+                    "invalid: NEG-CLOSE's subscription id must be a string".to_string()
+                }),
+                _ => Err("invalid: NEG-CLOSE takes exactly one subscription id".to_string()),
             },
             other => Err(format!(
                 "invalid: unknown message type {}",
@@ -197,6 +244,74 @@ pub fn count_frame(sub_json: &str, count: u64) -> String {
     format!("[\"COUNT\",{sub_json},{{\"count\":{count}}}]")
 }
 
+/// `["NEG-MSG", <sub>, <message, lowercase hex>]` (NIP-77)
+pub fn neg_msg_frame(sub_json: &str, message: &[u8]) -> String {
+    let mut frame = String::with_capacity(16 + sub_json.len() + 2 * message.len());
+    frame.push_str("[\"NEG-MSG\",");
+    frame.push_str(sub_json);
+    frame.push_str(",\"");
+    push_hex(&mut frame, message);
+    frame.push_str("\"]");
+    frame
+}
+
+/// `["NEG-ERR", <sub>, <reason>]` (NIP-77)
+pub fn neg_err_frame(sub_json: &str, reason: &str) -> String {
+    format!("[\"NEG-ERR\",{sub_json},{}]", json_string(reason))
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+}
+
+/// A NIP-77 message: a JSON string of hex digits (either case), decoded,
+/// that starts with a negentropy protocol version byte (0x60 to 0x6f; the
+/// session answers a version it does not speak with its own). The error
+/// says what is wrong.
+pub fn neg_message(raw: &RawValue) -> Result<Vec<u8>, String> {
+    let bytes = neg_hex(raw)?;
+    match bytes.first() {
+        None => Err("the negentropy message is empty".to_string()),
+        Some(&version) if !(0x60..=0x6f).contains(&version) => Err(format!(
+            "not a negentropy message: its first byte, 0x{version:02x}, is no protocol version \
+             (0x60 to 0x6f)"
+        )),
+        Some(_) => Ok(bytes),
+    }
+}
+
+fn neg_hex(raw: &RawValue) -> Result<Vec<u8>, String> {
+    let text = string(raw).ok_or("the negentropy message must be a string of hex digits")?;
+    if !text.len().is_multiple_of(2) {
+        return Err(format!(
+            "the negentropy message has an odd number of hex digits ({})",
+            text.len()
+        ));
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    text.as_bytes()
+        .chunks_exact(2)
+        .enumerate()
+        .map(|(i, pair)| match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
+            _ => Err(format!(
+                "the negentropy message is not hex: {:?} at byte {}",
+                String::from_utf8_lossy(pair),
+                2 * i
+            )),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +337,50 @@ mod tests {
             ClientMessage::parse(r#"["CLOSE","s1"]"#),
             Ok(ClientMessage::Close(id)) if id == "s1"
         ));
+        match ClientMessage::parse(r#"["NEG-OPEN","n",{"kinds":[1]},"6100"]"#) {
+            Ok(ClientMessage::NegOpen {
+                sub_id,
+                filter,
+                message,
+            }) => {
+                assert_eq!(sub_id, "n");
+                assert_eq!(filter.get(), r#"{"kinds":[1]}"#);
+                assert_eq!(neg_message(message), Ok(vec![0x61, 0]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ClientMessage::parse(r#"["NEG-MSG","n","61"]"#),
+            Ok(ClientMessage::NegMsg { sub_id, .. }) if sub_id == "n"
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"["NEG-CLOSE","n"]"#),
+            Ok(ClientMessage::NegClose(id)) if id == "n"
+        ));
+    }
+
+    #[test]
+    fn negentropy_frames_are_hex_both_ways() {
+        assert_eq!(
+            neg_msg_frame("\"n\"", &[0x61, 0xab, 0x0f]),
+            r#"["NEG-MSG","n","61ab0f"]"#
+        );
+        assert_eq!(
+            neg_err_frame("\"n\"", "blocked: x"),
+            r#"["NEG-ERR","n","blocked: x"]"#
+        );
+        let raw = |s: &str| serde_json::from_str::<Box<RawValue>>(s).unwrap();
+        assert_eq!(neg_message(&raw(r#""61AB0f""#)), Ok(vec![0x61, 0xab, 0x0f]));
+        for (text, needle) in [
+            (r#""""#, "empty"),
+            (r#""6""#, "odd number"),
+            (r#""61zz""#, "not hex"),
+            (r#""ff""#, "0xff"),
+            ("97", "string of hex"),
+        ] {
+            let error = neg_message(&raw(text)).unwrap_err();
+            assert!(error.contains(needle), "{text}: {error}");
+        }
     }
 
     #[test]
@@ -236,6 +395,10 @@ mod tests {
             (r#"["REQ"]"#, "needs a subscription id"),
             (r#"["REQ",5,{}]"#, "must be a string"),
             (r#"["CLOSE"]"#, "exactly one subscription id"),
+            (r#"["NEG-OPEN","n",{}]"#, "NEG-OPEN takes"),
+            (r#"["NEG-OPEN",1,{},"61"]"#, "NEG-OPEN's subscription id"),
+            (r#"["NEG-MSG","n"]"#, "NEG-MSG takes"),
+            (r#"["NEG-CLOSE"]"#, "NEG-CLOSE takes"),
             (r#"["HELLO"]"#, "unknown message type \"HELLO\""),
         ] {
             let error = ClientMessage::parse(text).unwrap_err();

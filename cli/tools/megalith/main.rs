@@ -15,6 +15,7 @@ mod mirror;
 mod output;
 mod publish;
 mod serve;
+mod sync;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -189,6 +190,21 @@ enum Command {
     /// status 1 if any relay refused or did not answer an event.
     #[command(verbatim_doc_comment)]
     Publish(publish::PublishArgs),
+    /// Reconcile the store with a relay by NIP-77 negentropy, then move what differs
+    ///
+    /// The (created_at, id) items of the events matching --filter here and
+    /// on the relay are compared in a few round trips of fingerprints, not
+    /// by listing ids. Then --dir down fetches by id what only the relay
+    /// has (verified and stored as any import), --dir up publishes what
+    /// only the store has (an event refused as rate-limited is sent again a
+    /// second later), --dir both does both. Works with any NIP-77 relay
+    /// (megalith serve, strfry, ...). Prints the differences, the bytes the
+    /// reconciliation took and what moved (--json: one object). Exit
+    /// status 1 if the relay refused an event, sent one the store refused,
+    /// or did not send one it listed; the command fails with the relay's
+    /// reason if it refuses the sync (NEG-ERR) or does not speak NIP-77.
+    #[command(verbatim_doc_comment)]
+    Sync(sync::SyncArgs),
 }
 
 #[derive(Args)]
@@ -454,6 +470,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(&args),
         Command::Repair(args) => repair(&args),
         Command::Mirror(args) => mirror::run(&args),
+        Command::Sync(args) => sync::run(&args),
         Command::Follow(args) => follow::run(&args),
         Command::Publish(args) => publish::run(&args),
     };

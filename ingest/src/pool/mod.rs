@@ -616,7 +616,7 @@ fn seed_of(url: &RelayUrl) -> u64 {
 
 /// rustls with the Mozilla roots (webpki-roots) and the ring provider, so
 /// no process-wide provider has to be installed.
-fn tls_connector() -> Connector {
+pub(crate) fn tls_connector() -> Connector {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

@@ -1,0 +1,506 @@
+//! NIP-77 negentropy sync with one relay, the client's side (`megalith
+//! sync`): the store's (created_at, id) items for a filter are reconciled
+//! with the relay's over `NEG-OPEN` / `NEG-MSG`, then what the relay lacks
+//! is published (`up`) and what the store lacks is fetched by id (`down`).
+//!
+//! One WebSocket, one request at a time, except the publishing of `up`,
+//! which keeps a window of events in flight. Events fetched are verified
+//! and stored as any other insert; events sent are the store's own bytes.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use negentropy::{Id, Negentropy, NegentropyStorageVector};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_tls_with_config};
+
+use megalith::event::Limits;
+use megalith::{EventId, EventStore, Filter, InsertOutcome};
+
+use crate::RelayMessage;
+use crate::url::RelayUrl;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Which way events go once the sets are reconciled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Fetch what the relay has and the store lacks.
+    Down,
+    /// Publish what the store has and the relay lacks.
+    Up,
+    /// Both.
+    Both,
+}
+
+impl Direction {
+    pub fn parse(text: &str) -> Result<Direction, String> {
+        match text {
+            "down" => Ok(Direction::Down),
+            "up" => Ok(Direction::Up),
+            "both" => Ok(Direction::Both),
+            other => Err(format!(
+                "unknown direction {other:?}: expected down, up or both"
+            )),
+        }
+    }
+
+    fn down(self) -> bool {
+        matches!(self, Direction::Down | Direction::Both)
+    }
+
+    fn up(self) -> bool {
+        matches!(self, Direction::Up | Direction::Both)
+    }
+}
+
+/// How a sync runs.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub direction: Direction,
+    /// Largest negentropy message this side sends, in bytes before hex
+    /// (at least 4,096). Default 60,000: under strfry's and Megalith's
+    /// 128 KiB message limit once hex-encoded.
+    pub frame_bytes: u64,
+    /// Ids per `REQ` when fetching. Default 500 (the usual `max_limit`).
+    pub fetch_batch: usize,
+    /// Events published and not yet answered with `OK`. Default 100.
+    pub publish_window: usize,
+    /// Longest wait for any answer from the relay. Default 30 s.
+    pub timeout: Duration,
+    /// Reconcile only: report the differences, move no events.
+    pub dry_run: bool,
+    /// Times one event refused with `rate-limited:` is sent again, a
+    /// second apart. Default 30.
+    pub rate_limit_retries: u32,
+}
+
+impl Default for SyncOptions {
+    fn default() -> SyncOptions {
+        SyncOptions {
+            direction: Direction::Down,
+            frame_bytes: 60_000,
+            fetch_batch: 500,
+            publish_window: 100,
+            timeout: Duration::from_secs(30),
+            dry_run: false,
+            rate_limit_retries: 30,
+        }
+    }
+}
+
+/// What a sync found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    /// Events of the filter in the store when the sync began.
+    pub local: usize,
+    /// Events the store has and the relay lacks.
+    pub only_here: usize,
+    /// Events the relay has and the store lacks.
+    pub only_there: usize,
+    /// Negentropy round trips (`NEG-MSG` answers received).
+    pub rounds: u32,
+    /// Bytes of the reconciliation frames sent and received.
+    pub reconcile_bytes_sent: u64,
+    pub reconcile_bytes_received: u64,
+    /// Events received when fetching, and what the store did with them.
+    pub fetched: usize,
+    pub stored: usize,
+    pub duplicates: usize,
+    /// Fetched events the store refused (bad signature, limits, ...).
+    pub invalid: usize,
+    /// Ids the relay listed but did not send when asked.
+    pub missing: usize,
+    /// Events published, accepted and refused by the relay.
+    pub sent: usize,
+    pub accepted: usize,
+    pub refused: usize,
+    /// The first refusals (id and the relay's reason), at most 10.
+    pub refusals: Vec<(String, String)>,
+    /// Bytes of all frames sent and received, reconciliation included.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Wall time of the whole sync, and of the reconciliation.
+    pub seconds: f64,
+    pub reconcile_seconds: f64,
+}
+
+/// The store's sealed items for `filter` (its `limit`, if any, keeps the
+/// newest), and how many. Runs a store query: call it off the async
+/// runtime.
+pub fn local_items(
+    store: &EventStore,
+    filter: &Filter,
+) -> Result<(NegentropyStorageVector, usize), String> {
+    let answer = store
+        .query_answer(std::slice::from_ref(filter), None)
+        .map_err(|e| format!("reading the store: {e}"))?;
+    let mut items = NegentropyStorageVector::with_capacity(answer.len());
+    answer
+        .visit(0..answer.len(), |event| {
+            // Only a sealed vector refuses an insert.
+            let _ = items.insert(
+                event.created_at(),
+                Id::from_byte_array(*event.id().as_bytes()),
+            );
+            Ok(())
+        })
+        .map_err(|e| format!("reading the store: {e}"))?;
+    items
+        .seal()
+        .map_err(|e| format!("sorting the items: {e}"))?;
+    Ok((items, answer.len()))
+}
+
+/// Syncs `store`'s events matching `filter` with the relay at `url`.
+/// The error says what failed (the relay's `NEG-ERR` reason, a relay
+/// without NIP-77, a lost connection, a store that cannot write).
+pub async fn sync(
+    store: Arc<EventStore>,
+    url: &RelayUrl,
+    filter: Filter,
+    options: &SyncOptions,
+) -> Result<SyncReport, String> {
+    let started = Instant::now();
+    let mut report = SyncReport::default();
+    let (items, local) = {
+        let store = Arc::clone(&store);
+        let filter = filter.clone();
+        tokio::task::spawn_blocking(move || local_items(&store, &filter))
+            .await
+            .map_err(|e| format!("reading the store: {e}"))??
+    };
+    report.local = local;
+    let mut link = Link::connect(url, options.timeout).await?;
+    let (have, need) = reconcile(&mut link, items, &filter, options, &mut report).await?;
+    report.reconcile_seconds = started.elapsed().as_secs_f64();
+    report.only_here = have.len();
+    report.only_there = need.len();
+    if !options.dry_run {
+        if options.direction.down() && !need.is_empty() {
+            fetch(&mut link, &store, &need, options, &mut report).await?;
+        }
+        if options.direction.up() && !have.is_empty() {
+            publish(&mut link, &store, &have, options, &mut report).await?;
+        }
+    }
+    link.close().await;
+    report.bytes_sent = link.sent;
+    report.bytes_received = link.received;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The subscription id of this sync's `NEG-OPEN` and `REQ`s.
+const SUB: &str = "megalith-sync";
+
+/// The relay's limits when reading its messages: events are checked by
+/// the store when inserted; this only bounds parsing.
+fn parse_limits() -> Limits {
+    Limits {
+        max_event_bytes: usize::MAX,
+        max_tags: usize::MAX,
+        max_tag_value_bytes: usize::MAX,
+        max_content_bytes: usize::MAX,
+    }
+}
+
+async fn reconcile(
+    link: &mut Link,
+    items: NegentropyStorageVector,
+    filter: &Filter,
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) -> Result<(Vec<Id>, Vec<Id>), String> {
+    let mut neg =
+        Negentropy::owned(items, options.frame_bytes).map_err(|e| format!("negentropy: {e}"))?;
+    let first = neg.initiate().map_err(|e| format!("negentropy: {e}"))?;
+    let open = format!(
+        "[\"NEG-OPEN\",\"{SUB}\",{},\"{}\"]",
+        filter.to_json(),
+        hex(&first)
+    );
+    report.reconcile_bytes_sent += open.len() as u64;
+    link.send(open).await?;
+    let (mut have, mut need) = (Vec::new(), Vec::new());
+    loop {
+        let text = link.next_text().await?;
+        let items: Vec<serde_json::Value> = match serde_json::from_str(&text) {
+            Ok(items) => items,
+            Err(e) => return Err(format!("the relay sent a message that is not JSON: {e}")),
+        };
+        let verb = items.first().and_then(|v| v.as_str()).unwrap_or("");
+        let ours = items.get(1).and_then(|v| v.as_str()) == Some(SUB);
+        match verb {
+            "NEG-MSG" if ours => {
+                report.rounds += 1;
+                report.reconcile_bytes_received += text.len() as u64;
+                let message = items
+                    .get(2)
+                    .and_then(|v| v.as_str())
+                    .ok_or("the relay's NEG-MSG has no hex message")?;
+                let message = unhex(message).ok_or("the relay's NEG-MSG message is not hex")?;
+                match neg
+                    .reconcile_with_ids(&message, &mut have, &mut need)
+                    .map_err(|e| format!("the relay's negentropy message: {e}"))?
+                {
+                    Some(next) => {
+                        let frame = format!("[\"NEG-MSG\",\"{SUB}\",\"{}\"]", hex(&next));
+                        report.reconcile_bytes_sent += frame.len() as u64;
+                        link.send(frame).await?;
+                    }
+                    None => {
+                        let frame = format!("[\"NEG-CLOSE\",\"{SUB}\"]");
+                        report.reconcile_bytes_sent += frame.len() as u64;
+                        link.send(frame).await?;
+                        return Ok((have, need));
+                    }
+                }
+            }
+            "NEG-ERR" if ours => {
+                let reason = items.get(2).and_then(|v| v.as_str()).unwrap_or("");
+                return Err(format!("the relay refused the sync: {reason}"));
+            }
+            "NOTICE" => {
+                let notice = items.get(1).and_then(|v| v.as_str()).unwrap_or("");
+                if notice.contains("NEG-OPEN") || notice.contains("NEG-MSG") {
+                    return Err(format!(
+                        "the relay does not speak NIP-77 negentropy (its NOTICE: {notice})"
+                    ));
+                }
+            }
+            // AUTH challenges and anything else are not for this exchange.
+            _ => {}
+        }
+    }
+}
+
+/// Asks for `need` by id, a batch at a time, and stores what comes.
+async fn fetch(
+    link: &mut Link,
+    store: &Arc<EventStore>,
+    need: &[Id],
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) -> Result<(), String> {
+    let limits = parse_limits();
+    for batch in need.chunks(options.fetch_batch.max(1)) {
+        let wanted: HashSet<[u8; 32]> = batch.iter().map(|id| *id.as_bytes()).collect();
+        let ids: Vec<String> = batch
+            .iter()
+            .map(|id| EventId(*id.as_bytes()).to_hex())
+            .collect();
+        let req = serde_json::json!(["REQ", SUB, {"ids": ids, "limit": batch.len()}]);
+        link.send(req.to_string()).await?;
+        let mut events = Vec::with_capacity(batch.len());
+        loop {
+            let text = link.next_text().await?;
+            match RelayMessage::parse(&text, &limits) {
+                // Only what was asked for: a relay cannot slip in others.
+                Ok(RelayMessage::Event { sub, event })
+                    if sub == SUB && wanted.contains(event.id.as_bytes()) =>
+                {
+                    events.push(*event);
+                }
+                Ok(RelayMessage::Eose { sub }) if sub == SUB => break,
+                Ok(RelayMessage::Closed { sub, reason }) if sub == SUB => {
+                    return Err(format!("the relay closed the fetch: {reason}"));
+                }
+                _ => {}
+            }
+        }
+        link.send(format!("[\"CLOSE\",\"{SUB}\"]")).await?;
+        report.fetched += events.len();
+        let got: HashSet<[u8; 32]> = events.iter().map(|e| *e.id.as_bytes()).collect();
+        report.missing += wanted.len() - got.len();
+        let store = Arc::clone(store);
+        let outcomes = tokio::task::spawn_blocking(move || store.insert(&events))
+            .await
+            .map_err(|e| format!("storing: {e}"))?
+            .map_err(|e| format!("storing: {e}"))?;
+        for outcome in outcomes {
+            match outcome {
+                InsertOutcome::Invalid(_) => report.invalid += 1,
+                InsertOutcome::Duplicate => report.duplicates += 1,
+                _ => report.stored += 1,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publishes `have` from the store, keeping `publish_window` events in
+/// flight; an event refused as `rate-limited:` goes again a second later.
+async fn publish(
+    link: &mut Link,
+    store: &Arc<EventStore>,
+    have: &[Id],
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) -> Result<(), String> {
+    let mut queue: VecDeque<(EventId, u32)> =
+        have.iter().map(|id| (EventId(*id.as_bytes()), 0)).collect();
+    // Events sent and not answered: id, tries so far.
+    let mut in_flight: Vec<(EventId, u32)> = Vec::new();
+    let window = options.publish_window.max(1);
+    let mut retry_at: Option<Instant> = None;
+    while !queue.is_empty() || !in_flight.is_empty() {
+        let ready = retry_at.is_none_or(|at| Instant::now() >= at);
+        while ready && in_flight.len() < window {
+            let Some((id, tries)) = queue.pop_front() else {
+                break;
+            };
+            let event = {
+                let store = Arc::clone(store);
+                tokio::task::spawn_blocking(move || store.get(&id))
+                    .await
+                    .map_err(|e| format!("reading the store: {e}"))?
+                    .map_err(|e| format!("reading the store: {e}"))?
+            };
+            // Removed since the items were read: nothing to send.
+            let Some(event) = event else { continue };
+            link.send(format!("[\"EVENT\",{}]", event.to_json()))
+                .await?;
+            if tries == 0 {
+                report.sent += 1;
+            }
+            in_flight.push((id, tries));
+        }
+        if in_flight.is_empty() {
+            // Everything left waits for a rate limit to pass.
+            if let Some(at) = retry_at.take() {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            continue;
+        }
+        let text = link.next_text().await?;
+        let Ok(RelayMessage::Ok {
+            id,
+            accepted,
+            message,
+        }) = RelayMessage::parse(&text, &parse_limits())
+        else {
+            continue;
+        };
+        let Some(at) = in_flight.iter().position(|(sent, _)| *sent == id) else {
+            continue;
+        };
+        let (id, tries) = in_flight.swap_remove(at);
+        if accepted || message.starts_with("duplicate:") {
+            report.accepted += 1;
+        } else if message.starts_with("rate-limited:") && tries < options.rate_limit_retries {
+            queue.push_back((id, tries + 1));
+            retry_at = Some(Instant::now() + Duration::from_secs(1));
+        } else {
+            report.refused += 1;
+            if report.refusals.len() < 10 {
+                report.refusals.push((id.to_hex(), message));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The WebSocket, counting bytes both ways.
+struct Link {
+    socket: Socket,
+    url: String,
+    timeout: Duration,
+    sent: u64,
+    received: u64,
+}
+
+impl Link {
+    async fn connect(url: &RelayUrl, timeout: Duration) -> Result<Link, String> {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(64 << 20))
+            .max_frame_size(Some(64 << 20));
+        let dial = connect_async_tls_with_config(
+            url.as_str(),
+            Some(config),
+            true, // TCP_NODELAY
+            Some(crate::pool::tls_connector()),
+        );
+        let (socket, _) = tokio::time::timeout(timeout, dial)
+            .await
+            .map_err(|_| format!("{url}: no answer within {} s", timeout.as_secs()))?
+            .map_err(|e| format!("{url}: {e}"))?;
+        Ok(Link {
+            socket,
+            url: url.to_string(),
+            timeout,
+            sent: 0,
+            received: 0,
+        })
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), String> {
+        self.sent += text.len() as u64;
+        tokio::time::timeout(self.timeout, self.socket.send(Message::text(text)))
+            .await
+            .map_err(|_| format!("{}: sending timed out", self.url))?
+            .map_err(|e| format!("{}: {e}", self.url))
+    }
+
+    /// The next text message (pings are answered by the library).
+    async fn next_text(&mut self) -> Result<String, String> {
+        loop {
+            let next = tokio::time::timeout(self.timeout, self.socket.next())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "{}: no answer within {} s",
+                        self.url,
+                        self.timeout.as_secs()
+                    )
+                })?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    self.received += text.len() as u64;
+                    return Ok(text.to_string());
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                    return Err(format!(
+                        "{}: the relay closed the connection {why}",
+                        self.url
+                    ));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("{}: {e}", self.url)),
+                None => return Err(format!("{}: the connection ended", self.url)),
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.socket.close(None)).await;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    text.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
