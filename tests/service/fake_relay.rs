@@ -48,6 +48,9 @@ pub struct Behaviour {
     pub max_subs: Option<usize>,
     /// AUTH challenges sent as soon as a connection opens.
     pub challenges: usize,
+    /// Answer a verb it does not know (NIP-77's NEG-OPEN, ...) with a
+    /// NOTICE, as strfry without negentropy does; else ignore it.
+    pub notice_unknown: bool,
 }
 
 pub struct FakeRelay {
@@ -223,7 +226,12 @@ async fn serve(
                             if write.send(Message::text(ok)).await.is_err() { return; }
                         }
                     }
-                    _ => {}
+                    _ => {
+                        if behaviour.lock().notice_unknown {
+                            let notice = serde_json::json!(["NOTICE", "ERROR: bad msg: unknown cmd"]).to_string();
+                            if write.send(Message::text(notice)).await.is_err() { return; }
+                        }
+                    }
                 }
             }
             event = live.recv() => {

@@ -130,8 +130,8 @@ fn summary(url: &RelayUrl, r: &SyncReport, dry_run: bool) -> String {
     }
     if r.fetched > 0 || r.missing > 0 {
         text.push_str(&format!(
-            "down: {} fetched, {} stored, {} duplicate, {} invalid, {} listed but not sent\n",
-            r.fetched, r.stored, r.duplicates, r.invalid, r.missing
+            "down: {} fetched, {} stored, {} duplicate, {} superseded, {} invalid, {} listed but not sent\n",
+            r.fetched, r.stored, r.duplicates, r.superseded, r.invalid, r.missing
         ));
     }
     if r.sent > 0 {

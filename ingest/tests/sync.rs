@@ -1,0 +1,207 @@
+//! `megalith sync`'s engine (megalith_ingest::sync) against relays on
+//! loopback: a store and a Megalith relay that each hold events the other
+//! lacks end with the same events (down, up, both; the relay's rate limit
+//! met by sending again), a dry run moves nothing, and a relay that
+//! refuses the sync or does not speak NIP-77 is named with its reason.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+#[path = "../../tests/service/fake_relay.rs"]
+mod fake_relay;
+#[path = "../../tests/service/relay.rs"]
+mod relay;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{now, stored_ids};
+use fake_relay::{Behaviour, FakeRelay};
+use megalith::{Event, EventId, EventStore, Filter, Keys};
+use megalith_ingest::RelayUrl;
+use megalith_ingest::sync::{self, Direction, SyncOptions};
+use megalith_relay::{RelayConfig, RelayLimits};
+use relay::TestRelay;
+
+/// `n` kind-1 and kind-7 notes by 7 authors, three to a second.
+fn notes(seed: u64, n: usize) -> Vec<Event> {
+    let base = now() - 50_000;
+    (0..n)
+        .map(|i| {
+            let keys = Keys::from_seed(seed * 100 + (i % 7) as u64);
+            let kind = if i % 5 == 4 { 7 } else { 1 };
+            keys.sign(base + (i / 3) as u64, kind, vec![], format!("{seed}/{i}"))
+        })
+        .collect()
+}
+
+fn store() -> (tempfile::TempDir, Arc<EventStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::builder(dir.path()).shards(2).open().unwrap();
+    (dir, Arc::new(store))
+}
+
+fn ids(events: &[Event]) -> BTreeSet<EventId> {
+    events.iter().map(|e| e.id).collect()
+}
+
+fn url(relay: &TestRelay) -> RelayUrl {
+    RelayUrl::parse(&relay.url()).unwrap()
+}
+
+/// A relay that publishes at most 100 events a second per connection
+/// after a burst of 20: the up direction's 300 events meet it.
+async fn slow_relay() -> TestRelay {
+    TestRelay::start_with(RelayConfig {
+        limits: RelayLimits {
+            events_per_second: 100.0,
+            events_burst: 20.0,
+            ..RelayLimits::default()
+        },
+        ..RelayConfig::default()
+    })
+    .await
+}
+
+/// Both sides hold 1,200 common events; the store 300 of its own, the
+/// relay 250 of its own. Each direction moves exactly its share, and both
+/// ways leaves the two with the same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_direction_moves_exactly_what_the_other_side_lacks() {
+    let all = notes(1, 1_750);
+    let (common_part, rest) = all.split_at(1_200);
+    let (only_here, only_there) = rest.split_at(300);
+    for direction in [Direction::Down, Direction::Up, Direction::Both] {
+        let relay = slow_relay().await;
+        relay.store.insert(common_part).unwrap();
+        relay.store.insert(only_there).unwrap();
+        let (_dir, store) = store();
+        store.insert(common_part).unwrap();
+        store.insert(only_here).unwrap();
+        let options = SyncOptions {
+            direction,
+            frame_bytes: 4_096,
+            ..SyncOptions::default()
+        };
+        let report = sync::sync(Arc::clone(&store), &url(&relay), Filter::new(), &options)
+            .await
+            .unwrap();
+        assert_eq!(report.local, 1_500, "{direction:?}");
+        assert_eq!(report.only_here, 300, "{direction:?}");
+        assert_eq!(report.only_there, 250, "{direction:?}");
+        assert!(
+            report.rounds >= 2,
+            "{direction:?}: {} rounds",
+            report.rounds
+        );
+        let here: BTreeSet<_> = stored_ids(&store).into_iter().collect();
+        let there: BTreeSet<_> = stored_ids(&relay.store).into_iter().collect();
+        let mut want_here = ids(common_part);
+        want_here.extend(ids(only_here));
+        let mut want_there = ids(common_part);
+        want_there.extend(ids(only_there));
+        if matches!(direction, Direction::Down | Direction::Both) {
+            assert_eq!((report.fetched, report.stored), (250, 250), "{direction:?}");
+            want_here.extend(ids(only_there));
+        }
+        if matches!(direction, Direction::Up | Direction::Both) {
+            assert_eq!((report.sent, report.accepted), (300, 300), "{report:?}");
+            assert_eq!(report.refused, 0, "{:?}", report.refusals);
+            want_there.extend(ids(only_here));
+        }
+        assert_eq!(here, want_here, "{direction:?}: the store");
+        assert_eq!(there, want_there, "{direction:?}: the relay");
+        assert!(report.bytes_sent > 0 && report.bytes_received > 0);
+    }
+}
+
+/// A filter limits what is compared and moved; a dry run moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_bounds_the_sync_and_a_dry_run_moves_nothing() {
+    let relay = TestRelay::start(RelayLimits::default()).await;
+    let theirs = notes(2, 400);
+    relay.store.insert(&theirs).unwrap();
+    let (_dir, store) = store();
+    let options = SyncOptions {
+        dry_run: true,
+        ..SyncOptions::default()
+    };
+    let filter = Filter::from_json(r#"{"kinds":[7]}"#).unwrap();
+    let report = sync::sync(Arc::clone(&store), &url(&relay), filter.clone(), &options)
+        .await
+        .unwrap();
+    let sevens = theirs.iter().filter(|e| e.kind == 7).count();
+    assert_eq!(report.only_there, sevens);
+    assert_eq!(report.fetched, 0);
+    assert!(stored_ids(&store).is_empty());
+    let report = sync::sync(
+        Arc::clone(&store),
+        &url(&relay),
+        filter,
+        &SyncOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.stored, sevens);
+    let got: BTreeSet<_> = stored_ids(&store).into_iter().collect();
+    let want: BTreeSet<_> = theirs
+        .iter()
+        .filter(|e| e.kind == 7)
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// The relay's NEG-ERR reason reaches the caller; so does a relay that
+/// answers NEG-OPEN with a NOTICE, or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_or_a_relay_without_nip77_is_named() {
+    let relay = TestRelay::start(RelayLimits {
+        max_sync_events: 10,
+        ..RelayLimits::default()
+    })
+    .await;
+    relay.store.insert(&notes(3, 30)).unwrap();
+    let (_dir, store) = store();
+    let error = sync::sync(
+        Arc::clone(&store),
+        &url(&relay),
+        Filter::new(),
+        &SyncOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.contains("refused the sync: blocked:"), "{error}");
+
+    let noticing = FakeRelay::start(
+        notes(4, 5),
+        Behaviour {
+            notice_unknown: true,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let fake_url = RelayUrl::parse(&noticing.url()).unwrap();
+    let error = sync::sync(
+        Arc::clone(&store),
+        &fake_url,
+        Filter::new(),
+        &SyncOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.contains("may not speak NIP-77"), "{error}");
+    assert!(error.contains("unknown cmd"), "{error}");
+
+    let silent = FakeRelay::start(notes(5, 5), Behaviour::default()).await;
+    let silent_url = RelayUrl::parse(&silent.url()).unwrap();
+    let options = SyncOptions {
+        timeout: Duration::from_secs(1),
+        ..SyncOptions::default()
+    };
+    let error = sync::sync(Arc::clone(&store), &silent_url, Filter::new(), &options)
+        .await
+        .unwrap_err();
+    assert!(error.contains("does the relay speak NIP-77"), "{error}");
+    assert!(stored_ids(&store).is_empty());
+}
