@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Real-client round trips against `megalith serve`: rust-nostr's Python SDK
 # (clients/python) and nostr-tools (clients/node), installed from PyPI and npm
-# at the versions pinned there. Then the other way round: Megalith's
-# ingester (`megalith mirror`, `megalith publish`) against the SDK's
-# LocalRelay, a relay that is not Megalith (clients/python/interop.py).
+# at the versions pinned there, and the SDK's NIP-77 sync (Client.sync, both
+# ways; clients/python/sync.py). Then the other way round: Megalith's
+# ingester (`megalith mirror`, `megalith publish`, `megalith sync`) against
+# the SDK's LocalRelay, a relay that is not Megalith (clients/python/interop.py).
 #
 #   scripts/real-clients.sh [--python-only | --node-only]
 #
@@ -129,12 +130,16 @@ log "relay up at $URL (pid $SERVER_PID, data $DATA/store)"
 
 # ---- the clients -------------------------------------------------------------------
 failed=()
-total=$((2 * run_python + run_node + 1)) # the clients, the interop, and the relay's clean shutdown
+total=$((3 * run_python + run_node + 1)) # the clients, the sync, the interop, and the relay's clean shutdown
 t_clients=$SECONDS
 if [ "$run_python" = 1 ]; then
     log "python (nostr-sdk) client"
     if ! timeout 120 "$VENV/bin/python" "$PY_DIR/roundtrip.py" "$URL"; then
         failed+=("python client (clients/python/roundtrip.py)")
+    fi
+    log "python (nostr-sdk) NIP-77 sync"
+    if ! timeout 120 "$VENV/bin/python" "$PY_DIR/sync.py" "$URL"; then
+        failed+=("python sync (clients/python/sync.py)")
     fi
     log "ingester against nostr-sdk's LocalRelay"
     if ! timeout 180 "$VENV/bin/python" "$PY_DIR/interop.py" "$BIN"; then

@@ -923,3 +923,115 @@ fn backup_beside_a_running_server_opens_as_the_store_at_one_point() {
     let check = megalith::inspect::index::check_store(&copy).unwrap();
     assert!(check.is_clean(), "{check:?}");
 }
+
+/// `megalith sync` with `megalith serve` (NIP-77 on both ends): a store and
+/// a server that each hold events the other lacks end with the same
+/// events; a second sync finds nothing to do; bad arguments and a relay
+/// that is not there fail with a message and a non-zero exit.
+#[test]
+fn sync_both_ways_with_a_running_server_converges() {
+    use megalith::event::Keys;
+    use std::collections::BTreeSet;
+
+    let (dir, data, serving, now) = serving_a_fresh_store();
+    let serve::Serving {
+        child,
+        addr,
+        stderr,
+        log,
+    } = serving;
+    let author = |i: u64| Keys::from_seed(300 + i % 4);
+    let events: Vec<megalith::Event> = (0..260)
+        .map(|i| author(i).sign(now - 2000 + i / 2, 1, vec![], format!("note {i}")))
+        .collect();
+    let (shared, rest) = events.split_at(160);
+    let (only_server, only_local) = rest.split_at(60);
+    let mut on_server = shared.to_vec();
+    on_server.extend_from_slice(only_server);
+    publish(&addr, &on_server);
+    let local = dir.path().join("local");
+    let jsonl = dir.path().join("local.jsonl");
+    let lines: String = shared
+        .iter()
+        .chain(only_local)
+        .map(|e| e.to_json() + "\n")
+        .collect();
+    std::fs::write(&jsonl, lines).unwrap();
+    let megalith = || Command::new(env!("CARGO_BIN_EXE_megalith"));
+    let imported = megalith()
+        .args(["import", "--quiet", "--data"])
+        .arg(&local)
+        .arg(&jsonl)
+        .output()
+        .unwrap();
+    assert!(imported.status.success(), "{imported:?}");
+
+    let url = format!("ws://{addr}/");
+    let sync = |extra: &[&str]| {
+        let out = megalith()
+            .args(["sync", &url, "--json", "--data"])
+            .arg(&local)
+            .args(extra)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{said}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report
+    };
+    let report = sync(&["--dir", "both"]);
+    assert_eq!(report["local"], 260 - 60, "{report}");
+    assert_eq!(report["only_here"], 40, "{report}");
+    assert_eq!(report["only_there"], 60, "{report}");
+    assert_eq!(report["stored"], 60, "{report}");
+    assert_eq!(report["accepted"], 40, "{report}");
+    assert_eq!(report["direction"], "both");
+    let again = sync(&["--dry-run"]);
+    assert_eq!(again["only_here"], 0, "{again}");
+    assert_eq!(again["only_there"], 0, "{again}");
+
+    // Bad arguments, and nothing listening.
+    for (args, needle) in [
+        (vec!["--dir", "sideways"], "down, up or both"),
+        (vec!["--filter", r#"{"kinds":"x"}"#], "--filter"),
+        (vec!["--frame-bytes", "100"], "at least 4096"),
+    ] {
+        let out = megalith()
+            .args(["sync", &url, "--data"])
+            .arg(&local)
+            .args(&args)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(said.contains(needle), "{args:?}: {said}");
+    }
+    stop_cleanly(child, stderr, log);
+    let out = megalith()
+        .args(["sync", &url, "--timeout", "2", "--data"])
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("connect"), "{said}");
+
+    // Both stores hold the same events.
+    let ids = |store: &std::path::Path| -> BTreeSet<String> {
+        let out = megalith()
+            .args(["query", "--data"])
+            .arg(store)
+            .arg("{}")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| megalith::Event::from_json(l).unwrap().id.to_hex())
+            .collect()
+    };
+    let want: BTreeSet<String> = events.iter().map(|e| e.id.to_hex()).collect();
+    assert_eq!(ids(&data), want);
+    assert_eq!(ids(&local), want);
+}

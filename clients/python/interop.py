@@ -13,6 +13,9 @@ Usage: interop.py MEGALITH_BIN
 3. `megalith publish` sends 60 notes signed by the SDK (as JSONL) to the
    LocalRelay through the relay pool: all accepted, and the SDK's Client
    must fetch exactly those 60 back from the LocalRelay.
+4. `megalith sync --dir both` (NIP-77) with the LocalRelay, after 25
+   notes only the store holds are imported: exactly the 60 come down and
+   the 25 go up, checked on both sides.
 Exits 1 on any mismatch.
 """
 
@@ -135,6 +138,39 @@ async def main(binary: str) -> None:
         if ids != published:
             fail(f"the LocalRelay holds {len(ids & published)} of the 60 published")
         print("interop: publish to the LocalRelay: 60 of 60", file=sys.stderr)
+
+        # NIP-77 both ways with the LocalRelay: it holds the 60 above that
+        # the store lacks; the store gets 25 notes the relay lacks.
+        third = Keys.generate()
+        path = f"{tmp}/own.jsonl"
+        own = set()
+        with open(path, "w") as f:
+            for i in range(25):
+                event = EventBuilder(Kind(1), f"only in the store {i}").finalize(third)
+                f.write(event.as_json() + "\n")
+                own.add(event.id().to_hex())
+        imported = run([binary, "import", "--quiet", "--data", data, path])
+        if imported.returncode != 0:
+            fail(f"megalith import exited {imported.returncode}: {imported.stderr}")
+        synced = run([binary, "sync", url, "--dir", "both", "--json", "--data", data])
+        if synced.returncode != 0:
+            fail(f"megalith sync exited {synced.returncode}: {synced.stderr}")
+        report = json.loads(synced.stdout)
+        want = {"only_here": 25, "only_there": 60, "stored": 60, "accepted": 25, "refused": 0}
+        got = {k: report[k] for k in want}
+        if got != want:
+            fail(f"megalith sync with the LocalRelay: {got}, expected {want}")
+        fetched = await client.fetch_events(
+            ReqTarget.single(relay_url, [Filter().author(third.public_key())]), TIMEOUT
+        )
+        if {e.id().to_hex() for e in fetched} != own:
+            fail(f"after megalith sync the LocalRelay holds {len(fetched)} of the store's 25")
+        queried = run([binary, "query", "--data", data, json.dumps({"authors": [other.public_key().to_hex()]})])
+        ids = {Event.from_json(line).id().to_hex() for line in queried.stdout.splitlines()}
+        if ids != published:
+            fail(f"after megalith sync the store holds {len(ids & published)} of the relay's 60")
+        print(f"interop: megalith sync with the LocalRelay: 60 down, 25 up in {report['rounds']} rounds",
+              file=sys.stderr)
     relay.shutdown()
     print("interop: passed")
 

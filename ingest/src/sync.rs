@@ -445,7 +445,6 @@ async fn publish(
 /// The WebSocket, counting bytes both ways.
 struct Link {
     socket: Socket,
-    url: String,
     timeout: Duration,
     sent: u64,
     received: u64,
@@ -464,11 +463,10 @@ impl Link {
         );
         let (socket, _) = tokio::time::timeout(timeout, dial)
             .await
-            .map_err(|_| format!("{url}: no answer within {} s", timeout.as_secs()))?
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|_| format!("connect: no answer within {} s", timeout.as_secs()))?
+            .map_err(|e| format!("connect: {e}"))?;
         Ok(Link {
             socket,
-            url: url.to_string(),
             timeout,
             sent: 0,
             received: 0,
@@ -479,8 +477,8 @@ impl Link {
         self.sent += text.len() as u64;
         tokio::time::timeout(self.timeout, self.socket.send(Message::text(text)))
             .await
-            .map_err(|_| format!("{}: sending timed out", self.url))?
-            .map_err(|e| format!("{}: {e}", self.url))
+            .map_err(|_| "sending timed out".to_string())?
+            .map_err(|e| format!("sending: {e}"))
     }
 
     /// The next text message (pings are answered by the library).
@@ -488,13 +486,7 @@ impl Link {
         loop {
             let next = tokio::time::timeout(self.timeout, self.socket.next())
                 .await
-                .map_err(|_| {
-                    format!(
-                        "{}: no answer within {} s",
-                        self.url,
-                        self.timeout.as_secs()
-                    )
-                })?;
+                .map_err(|_| format!("no answer within {} s", self.timeout.as_secs()))?;
             match next {
                 Some(Ok(Message::Text(text))) => {
                     self.received += text.len() as u64;
@@ -502,14 +494,13 @@ impl Link {
                 }
                 Some(Ok(Message::Close(frame))) => {
                     let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                    return Err(format!(
-                        "{}: the relay closed the connection {why}",
-                        self.url
-                    ));
+                    return Err(format!("the relay closed the connection {why}")
+                        .trim_end()
+                        .to_string());
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(format!("{}: {e}", self.url)),
-                None => return Err(format!("{}: the connection ended", self.url)),
+                Some(Err(e)) => return Err(format!("reading: {e}")),
+                None => return Err("the connection ended".to_string()),
             }
         }
     }
