@@ -14,6 +14,7 @@ pub mod message;
 pub mod metrics;
 pub mod mirror;
 pub mod pool;
+pub mod replica;
 pub mod sink;
 pub mod stats;
 pub mod sync;

@@ -205,3 +205,103 @@ async fn a_refusal_or_a_relay_without_nip77_is_named() {
     assert!(error.contains("does the relay speak NIP-77"), "{error}");
     assert!(stored_ids(&store).is_empty());
 }
+
+/// Polls until `store` holds exactly `want` (or fails after 20 s).
+async fn wait_for(store: &EventStore, want: &BTreeSet<EventId>, what: &str) {
+    for _ in 0..400 {
+        let held: BTreeSet<_> = stored_ids(store).into_iter().collect();
+        if &held == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held: BTreeSet<_> = stored_ids(store).into_iter().collect();
+    panic!(
+        "{what}: the replica holds {} events, {} of the {} wanted",
+        held.len(),
+        held.intersection(want).count(),
+        want.len()
+    );
+}
+
+/// The NEG-OPENs the relay has received, from its /metrics.
+async fn neg_opens(relay: &TestRelay) -> u64 {
+    let (_, _, body) = relay.http_get("/metrics", None).await;
+    body.lines()
+        .find_map(|l| l.strip_prefix("nostr_client_messages_total{verb=\"NEG-OPEN\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// A replica (megalith_ingest::replica) of a Megalith relay, run twice as
+/// a restarted server would be. First with syncs far apart: what the
+/// primary held before comes by the first sync, new events by the live
+/// stream alone. Then with a sync every second: events with old
+/// timestamps (which a live REQ's `since` keeps out) published after the
+/// restart's first sync come by the next one. After all, the two hold the
+/// same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_gets_the_past_the_live_stream_and_what_the_stream_cannot_bring() {
+    use megalith_ingest::Sink;
+    use megalith_ingest::pool::{self, PoolConfig};
+    use megalith_ingest::replica::{self, ReplicaOptions};
+
+    let primary = TestRelay::start(RelayLimits::default()).await;
+    let past = notes(6, 120);
+    primary.store.insert(&past).unwrap();
+    let (_dir, store) = store();
+    let follow = |resync: u64| {
+        let (store, primary) = (Arc::clone(&store), url(&primary));
+        async move {
+            let (pool, _pool_task) = pool::start(PoolConfig::default());
+            let (sink, _sink_task) = Sink::start(Arc::clone(&store), pool.stats().clone());
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut options = ReplicaOptions::new(primary);
+            options.resync = Duration::from_secs(resync);
+            let task = tokio::spawn(replica::run(store, pool.clone(), sink, options, stopped));
+            (stop, task, pool)
+        }
+    };
+    let stop_following = |(stop, task, pool): (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+        megalith_ingest::PoolHandle,
+    )| async move {
+        let _ = stop.send(true);
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the replica did not stop")
+            .unwrap();
+        pool.shutdown().await;
+    };
+
+    let running = follow(600).await;
+    let mut want = ids(&past);
+    wait_for(&store, &want, "the past").await;
+    let mut client = primary.connect().await;
+    let fresh: Vec<Event> = (0..15)
+        .map(|i| Keys::from_seed(700).sign(now() - 5 + i / 5, 1, vec![], format!("fresh {i}")))
+        .collect();
+    for event in &fresh {
+        assert!(client.publish(event).await.0);
+    }
+    want.extend(ids(&fresh));
+    wait_for(&store, &want, "the live stream").await;
+    assert_eq!(neg_opens(&primary).await, 1, "a sync ran besides the first");
+    stop_following(running).await;
+
+    let running = follow(1).await;
+    while neg_opens(&primary).await < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old: Vec<Event> = (0..10)
+        .map(|i| Keys::from_seed(701).sign(now() - 30_000 + i, 1, vec![], format!("old {i}")))
+        .collect();
+    for event in &old {
+        assert!(client.publish(event).await.0);
+    }
+    want.extend(ids(&old));
+    wait_for(&store, &want, "the next sync").await;
+    stop_following(running).await;
+    let there: BTreeSet<_> = stored_ids(&primary.store).into_iter().collect();
+    assert_eq!(there, want);
+}

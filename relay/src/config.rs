@@ -57,6 +57,15 @@ pub struct ServeConfig {
     /// The feed pages and their feed jobs (`[feed]`), run by `megalith
     /// serve` beside the relay (docs/web.md).
     pub feed: FeedEntry,
+    /// The primary relay this one is a read replica of (`ws://` or
+    /// `wss://`): a NIP-77 sync at start and every `follow_resync_secs`,
+    /// its live stream in between; clients' EVENTs are refused
+    /// (docs/server.md, "Replicas"). Default none.
+    pub follow: Option<String>,
+    /// Seconds between the replica's NIP-77 syncs with its primary, which
+    /// bring what the live stream cannot (events with old timestamps that
+    /// reached the primary while the stream was down). Default 600.
+    pub follow_resync_secs: u64,
 }
 
 /// The `[feed]` table: the feed pages (`/start`, `/timeline`, ...) and the
@@ -137,6 +146,8 @@ impl Default for ServeConfig {
             limits: RelayLimits::default(),
             mirror: Vec::new(),
             feed: FeedEntry::default(),
+            follow: None,
+            follow_resync_secs: 600,
         }
     }
 }
@@ -165,6 +176,12 @@ impl ServeConfig {
                 self.recover_after_ms
             ));
         }
+        if !(10..=86_400).contains(&self.follow_resync_secs) {
+            return Err(format!(
+                "follow_resync_secs {} is outside 10 ..= 86400",
+                self.follow_resync_secs
+            ));
+        }
         let feed = &self.feed;
         if feed.max_running == 0 || feed.start_burst == 0 {
             return Err("[feed] max_running and start_burst must be at least 1".to_string());
@@ -187,6 +204,7 @@ impl ServeConfig {
             rules: self.rules.clone(),
             info: self.info.clone(),
             limits: self.limits.clone(),
+            replica_of: self.follow.clone(),
         }
     }
 }
@@ -251,6 +269,9 @@ pub struct RelayConfig {
     pub info: RelayInfo,
     /// What the relay enforces (and advertises in NIP-11).
     pub limits: RelayLimits,
+    /// The primary this relay is a read replica of: clients' EVENTs are
+    /// refused with `blocked:` naming it (`None`: clients may publish).
+    pub replica_of: Option<String>,
 }
 
 impl Default for RelayConfig {
@@ -262,6 +283,7 @@ impl Default for RelayConfig {
             rules: None,
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
+            replica_of: None,
         }
     }
 }

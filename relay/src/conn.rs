@@ -428,6 +428,13 @@ impl Conn {
                     continue;
                 }
             };
+            if let Some(primary) = &relay.config.replica_of {
+                self.reject("replica");
+                let message =
+                    format!("blocked: this relay is a read replica of {primary}; publish there");
+                replies[i] = Some(("OK", ok_frame(&event.id.to_hex(), false, &message)));
+                continue;
+            }
             let keys = self.viewer.keys();
             if let Err(message) = relay.rules.current().check_write(
                 &event,

@@ -251,7 +251,7 @@ impl Relay {
                 "min_pow_difficulty": 0,
                 "auth_required": rules.auth_required_for_reads(),
                 "payment_required": false,
-                "restricted_writes": rules.restricts_writes(),
+                "restricted_writes": rules.restricts_writes() || self.config.replica_of.is_some(),
                 "created_at_upper_limit": limits.created_at_future_secs,
             },
             "megalith_limitation": {

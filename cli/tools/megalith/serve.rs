@@ -13,6 +13,7 @@ use megalith_ingest::feed::DEFAULT_RELAYS;
 use megalith_ingest::metrics as ingest_metrics;
 use megalith_ingest::mirror::{self, MirrorOptions, Progress};
 use megalith_ingest::pool::{self, PoolConfig};
+use megalith_ingest::replica::{self, ReplicaOptions};
 use megalith_ingest::{FeedConfig, FeedJobs, RelayUrl, Sink};
 use megalith_relay::{DurabilityName, Extras, RecoveryName, ServeConfig};
 use megalith_web::{ApiConfig, Web, WebConfig};
@@ -82,6 +83,12 @@ pub(crate) struct ServeArgs {
     /// networks [default: off].
     #[arg(long)]
     allow_private_relays: bool,
+    /// Be a read replica of this relay (ws:// or wss://; it must speak
+    /// NIP-77): its live stream, and a NIP-77 sync at start and every
+    /// follow_resync_secs (600 in the config file); clients' EVENTs are
+    /// refused with blocked: naming it [default: none].
+    #[arg(long, value_name = "URL")]
+    follow: Option<String>,
     /// Log level (error, warn, info, debug, trace, off), or comma-separated
     /// directives such as `info,megalith_relay=debug` (RUST_LOG wins if set);
     /// anything else is an error.
@@ -160,6 +167,21 @@ struct LimitArgs {
     /// How far in the future created_at may be, in seconds [default: 900].
     #[arg(long, value_name = "SECS")]
     created_at_future_secs: Option<u64>,
+    /// Most events a NIP-77 NEG-OPEN filter may match [default: 1000000].
+    #[arg(long, value_name = "N")]
+    max_sync_events: Option<usize>,
+    /// Largest negentropy message sent, in bytes before hex (0: no limit, else at least 4096) [default: 60000].
+    #[arg(long, value_name = "BYTES")]
+    sync_frame_bytes: Option<usize>,
+    /// Open NIP-77 sync sessions per connection [default: 8].
+    #[arg(long, value_name = "N")]
+    max_sync_sessions: Option<usize>,
+    /// (time, id) items all sync sessions may hold together, 40 bytes each [default: 20000000].
+    #[arg(long, value_name = "N")]
+    max_sync_items_held: Option<usize>,
+    /// Time a NEG-OPEN may spend reading its filter's events [default: 30000].
+    #[arg(long, value_name = "MS")]
+    sync_time_budget_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -219,6 +241,9 @@ impl ServeArgs {
         if self.allow_private_relays {
             config.feed.allow_private_relays = true;
         }
+        if self.follow.is_some() {
+            config.follow = self.follow.clone();
+        }
         let l = &self.limits;
         let c = &mut config.limits;
         macro_rules! set {
@@ -248,7 +273,12 @@ impl ServeArgs {
             events_per_second,
             events_burst,
             idle_timeout_secs,
-            created_at_future_secs
+            created_at_future_secs,
+            max_sync_events,
+            sync_frame_bytes,
+            max_sync_sessions,
+            max_sync_items_held,
+            sync_time_budget_ms
         );
         config.check()?;
         Ok(config)
@@ -272,6 +302,16 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     let config = args.config()?;
     tracing::info!(version = crate::VERSION, data = %config.data.display(), "megalith serve starting");
     let mirrors = mirror_options(&config)?;
+    let replica = config
+        .follow
+        .as_deref()
+        .map(|url| {
+            let primary = RelayUrl::parse(url).map_err(|e| format!("follow: {e}"))?;
+            let mut options = ReplicaOptions::new(primary);
+            options.resync = Duration::from_secs(config.follow_resync_secs);
+            Ok::<_, String>(options)
+        })
+        .transpose()?;
     let feed = feed_config(&config)?;
     let web_config = WebConfig {
         start_burst: config.feed.start_burst,
@@ -349,6 +389,19 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
                     }
                 })
             })
+            .collect();
+        let tasks: Vec<_> = tasks
+            .into_iter()
+            .chain(replica.map(|options| {
+                info!(primary = %options.primary, "read replica: following the primary");
+                tokio::spawn(replica::run(
+                    Arc::clone(&store),
+                    pool.clone(),
+                    sink.clone(),
+                    options,
+                    stopped.clone(),
+                ))
+            }))
             .collect();
         let jobs = feed.map(|feed| {
             Arc::new(FeedJobs::new(

@@ -1,0 +1,117 @@
+//! A read replica's feed from its primary (`megalith serve --follow URL`):
+//! the primary's live stream (a mirror of everything from a minute before
+//! the start), and a NIP-77 sync once that stream is live and then every
+//! `resync` (docs/server.md, "Replicas").
+//!
+//! Why both: the live stream brings each new event within the primary's
+//! delivery time, but a REQ's `since` keeps out events with old
+//! timestamps, and a stream that was down (the primary restarting) may
+//! have missed some. The sync after the stream is live covers everything
+//! the primary held before it; each later sync covers what the stream
+//! could not. No event the primary holds is missed for longer than one
+//! `resync`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use megalith::{EventStore, Filter};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::mirror::{self, MirrorOptions, Phase, Progress};
+use crate::pool::PoolHandle;
+use crate::stats::now_secs;
+use crate::sync::{self, SyncOptions};
+use crate::{RelayUrl, Sink};
+
+/// How a replica follows its primary.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    pub primary: RelayUrl,
+    /// Time between syncs. Default 600 s.
+    pub resync: Duration,
+    /// Longest wait for the live stream before the first sync runs anyway.
+    /// Default 30 s.
+    pub live_wait: Duration,
+}
+
+impl ReplicaOptions {
+    pub fn new(primary: RelayUrl) -> ReplicaOptions {
+        ReplicaOptions {
+            primary,
+            resync: Duration::from_secs(600),
+            live_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Follows the primary until `stop`: the live stream as a task, the
+/// syncs here. A failed sync is logged and tried again after 5 s,
+/// doubling up to `resync`.
+pub async fn run(
+    store: Arc<EventStore>,
+    pool: PoolHandle,
+    sink: Sink,
+    options: ReplicaOptions,
+    mut stop: watch::Receiver<bool>,
+) {
+    let primary = options.primary.clone();
+    let mut filter = Filter::new();
+    filter.since = Some(now_secs().saturating_sub(60));
+    let mut live = MirrorOptions::new(vec![primary.clone()], filter, Default::default());
+    // The syncs make resume files unneeded: each start syncs first.
+    live.persist = false;
+    let progress = Progress::default();
+    let stream = {
+        let (stop, progress) = (stop.clone(), progress.clone());
+        tokio::spawn(async move { mirror::run(pool, sink, live, stop, progress).await })
+    };
+    // The first sync waits for the stream to be live, so that what the
+    // primary commits after the sync's snapshot comes by the stream.
+    let waited = tokio::time::Instant::now();
+    while !progress.snapshot().iter().any(|r| r.phase == Phase::Live)
+        && waited.elapsed() < options.live_wait
+        && !*stop.borrow()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut retry = Duration::from_secs(5);
+    while !*stop.borrow() {
+        let wait = match sync::sync(
+            Arc::clone(&store),
+            &primary,
+            Filter::new(),
+            &SyncOptions::default(),
+        )
+        .await
+        {
+            Ok(report) => {
+                info!(
+                    primary = %primary,
+                    stored = report.stored,
+                    only_there = report.only_there,
+                    only_here = report.only_here,
+                    seconds = report.seconds,
+                    "replica synced with its primary"
+                );
+                retry = Duration::from_secs(5);
+                options.resync
+            }
+            Err(e) => {
+                warn!(primary = %primary, error = %e, "replica sync with its primary failed; trying again");
+                let wait = retry.min(options.resync);
+                retry = (retry * 2).min(options.resync);
+                wait
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    match stream.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(primary = %primary, error = %e, "the replica's live stream failed"),
+        Err(e) => warn!(primary = %primary, error = %e, "the replica's live stream task failed"),
+    }
+}
