@@ -1035,3 +1035,118 @@ fn sync_both_ways_with_a_running_server_converges() {
     assert_eq!(ids(&data), want);
     assert_eq!(ids(&local), want);
 }
+
+/// Over one WebSocket to `addr`: the ids a REQ for `{}` gets before EOSE,
+/// and the OK an EVENT of `probe` gets (accepted, message).
+fn ids_and_publish(addr: &str, probe: &megalith::Event) -> (Vec<String>, (bool, String)) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        let req = serde_json::json!(["REQ", "all", {"limit": 500}]).to_string();
+        ws.send(Message::text(req)).await.unwrap();
+        let mut ids = Vec::new();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let value: serde_json::Value =
+                serde_json::from_str(message.into_text().unwrap().as_str()).unwrap();
+            match value[0].as_str() {
+                Some("EVENT") => ids.push(value[2]["id"].as_str().unwrap().to_string()),
+                Some("EOSE") => break,
+                _ => {}
+            }
+        }
+        let event = format!("[\"EVENT\",{}]", probe.to_json());
+        ws.send(Message::text(event)).await.unwrap();
+        let ok = loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let value: serde_json::Value =
+                serde_json::from_str(message.into_text().unwrap().as_str()).unwrap();
+            if value[0] == "OK" {
+                break (
+                    value[2].as_bool().unwrap(),
+                    value[3].as_str().unwrap().to_string(),
+                );
+            }
+        };
+        ids.sort();
+        (ids, ok)
+    })
+}
+
+/// `megalith serve --follow`: a replica of a running `megalith serve` gets
+/// what the primary held before it started and what clients publish to
+/// the primary afterwards, and refuses clients' EVENTs naming the primary.
+#[test]
+fn a_replica_follows_its_primary_and_refuses_writes() {
+    use megalith::event::Keys;
+
+    let (dir, _data, primary, now) = serving_a_fresh_store();
+    let author = |i: u64| Keys::from_seed(400 + i % 3);
+    let before: Vec<megalith::Event> = (0..25)
+        .map(|i| author(i).sign(now - 500 + i, 1, vec![], format!("before {i}")))
+        .collect();
+    publish(&primary.addr, &before);
+    let replica_data = dir.path().join("replica");
+    let primary_url = format!("ws://{}/", primary.addr);
+    let replica = serve::spawn([
+        "--data".as_ref(),
+        replica_data.as_os_str(),
+        "--follow".as_ref(),
+        primary_url.as_ref(),
+    ]);
+    let probe = author(99).sign(now, 1, vec![], "to the replica".into());
+    let wait_for = |want: &[megalith::Event]| -> (bool, String) {
+        let mut want: Vec<String> = want.iter().map(|e| e.id.to_hex()).collect();
+        want.sort();
+        for _ in 0..200 {
+            let (held, ok) = ids_and_publish(&replica.addr, &probe);
+            if held == want {
+                return ok;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the replica never held the {} events of its primary", want.len());
+    };
+    wait_for(&before);
+    let after: Vec<megalith::Event> = (0..10)
+        .map(|i| author(i).sign(now - 100 + i, 1, vec![], format!("after {i}")))
+        .collect();
+    publish(&primary.addr, &after);
+    let all: Vec<megalith::Event> = before.iter().chain(&after).cloned().collect();
+    let (accepted, message) = wait_for(&all);
+    assert!(!accepted, "the replica accepted a client's event");
+    assert!(
+        message.starts_with("blocked:") && message.contains(&primary_url),
+        "{message}"
+    );
+    let serve::Serving {
+        child,
+        stderr,
+        log,
+        ..
+    } = replica;
+    let log = stop_cleanly(child, stderr, log);
+    assert!(log.contains("replica synced with its primary"), "{log}");
+    let serve::Serving {
+        child,
+        stderr,
+        log,
+        ..
+    } = primary;
+    stop_cleanly(child, stderr, log);
+}

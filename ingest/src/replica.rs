@@ -1,5 +1,5 @@
 //! A read replica's feed from its primary (`megalith serve --follow URL`):
-//! the primary's live stream (a mirror of everything from a minute before
+//! the primary's live stream (a mirror of everything from an hour before
 //! the start), and a NIP-77 sync once that stream is live and then every
 //! `resync` (docs/server.md, "Replicas").
 //!
@@ -23,6 +23,9 @@ use crate::pool::PoolHandle;
 use crate::stats::now_secs;
 use crate::sync::{self, SyncOptions};
 use crate::{RelayUrl, Sink};
+
+/// How far before the start the live stream's `since` lies.
+pub const LIVE_MARGIN_SECS: u64 = 3_600;
 
 /// How a replica follows its primary.
 #[derive(Debug, Clone)]
@@ -56,11 +59,18 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let primary = options.primary.clone();
+    // An hour back: events whose created_at is a little behind the clock
+    // (a client's skewed clock, a relay that forwards late) still match
+    // the live REQ; the first page of the stream brings that hour again,
+    // which the store drops as duplicates.
     let mut filter = Filter::new();
-    filter.since = Some(now_secs().saturating_sub(60));
+    filter.since = Some(now_secs().saturating_sub(LIVE_MARGIN_SECS));
     let mut live = MirrorOptions::new(vec![primary.clone()], filter, Default::default());
     // The syncs make resume files unneeded: each start syncs first.
     live.persist = false;
+    // The mirror's live REQ starts at its start less this margin (else a
+    // minute): the same hour.
+    live.resume_margin = LIVE_MARGIN_SECS;
     let progress = Progress::default();
     let stream = {
         let (stop, progress) = (stop.clone(), progress.clone());
