@@ -1120,7 +1120,10 @@ fn a_replica_follows_its_primary_and_refuses_writes() {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("the replica never held the {} events of its primary", want.len());
+        panic!(
+            "the replica never held the {} events of its primary",
+            want.len()
+        );
     };
     wait_for(&before);
     let after: Vec<megalith::Event> = (0..10)
@@ -1135,18 +1138,12 @@ fn a_replica_follows_its_primary_and_refuses_writes() {
         "{message}"
     );
     let serve::Serving {
-        child,
-        stderr,
-        log,
-        ..
+        child, stderr, log, ..
     } = replica;
     let log = stop_cleanly(child, stderr, log);
     assert!(log.contains("replica synced with its primary"), "{log}");
     let serve::Serving {
-        child,
-        stderr,
-        log,
-        ..
+        child, stderr, log, ..
     } = primary;
     stop_cleanly(child, stderr, log);
 }

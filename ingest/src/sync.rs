@@ -221,9 +221,8 @@ async fn reconcile(
     options: &SyncOptions,
     report: &mut SyncReport,
 ) -> Result<(Vec<Id>, Vec<Id>), String> {
-    let mut neg =
-        Negentropy::owned(items, options.frame_bytes).map_err(|e| format!("negentropy: {e}"))?;
-    let first = neg.initiate().map_err(|e| format!("negentropy: {e}"))?;
+    let mut reconciler = Reconciler::new(items, options.frame_bytes)?;
+    let first = reconciler.first()?;
     let open = format!(
         "[\"NEG-OPEN\",\"{SUB}\",{},\"{}\"]",
         filter.to_json(),
@@ -231,7 +230,6 @@ async fn reconcile(
     );
     report.reconcile_bytes_sent += open.len() as u64;
     link.send(open).await?;
-    let (mut have, mut need) = (Vec::new(), Vec::new());
     loop {
         let text = link.next_text().await.map_err(|e| {
             if report.rounds == 0 {
@@ -255,10 +253,7 @@ async fn reconcile(
                     .and_then(|v| v.as_str())
                     .ok_or("the relay's NEG-MSG has no hex message")?;
                 let message = unhex(message).ok_or("the relay's NEG-MSG message is not hex")?;
-                match neg
-                    .reconcile_with_ids(&message, &mut have, &mut need)
-                    .map_err(|e| format!("the relay's negentropy message: {e}"))?
-                {
+                match reconciler.answer(&message)? {
                     Some(next) => {
                         let frame = format!("[\"NEG-MSG\",\"{SUB}\",\"{}\"]", hex(&next));
                         report.reconcile_bytes_sent += frame.len() as u64;
@@ -268,7 +263,7 @@ async fn reconcile(
                         let frame = format!("[\"NEG-CLOSE\",\"{SUB}\"]");
                         report.reconcile_bytes_sent += frame.len() as u64;
                         link.send(frame).await?;
-                        return Ok((have, need));
+                        return Ok(reconciler.finish());
                     }
                 }
             }
@@ -289,6 +284,52 @@ async fn reconcile(
             // AUTH challenges and anything else are not for this exchange.
             _ => {}
         }
+    }
+}
+
+/// The initiator's side of one reconciliation, apart from the transport.
+#[derive(Debug)]
+pub struct Reconciler {
+    neg: Negentropy<'static, NegentropyStorageVector>,
+    have: Vec<Id>,
+    need: Vec<Id>,
+}
+
+impl Reconciler {
+    /// On sealed `items`; messages sent are at most `frame_bytes`.
+    pub fn new(items: NegentropyStorageVector, frame_bytes: u64) -> Result<Reconciler, String> {
+        Ok(Reconciler {
+            neg: Negentropy::owned(items, frame_bytes).map_err(|e| format!("negentropy: {e}"))?,
+            have: Vec::new(),
+            need: Vec::new(),
+        })
+    }
+
+    /// The `NEG-OPEN`'s message.
+    pub fn first(&mut self) -> Result<Vec<u8>, String> {
+        self.neg.initiate().map_err(|e| format!("negentropy: {e}"))
+    }
+
+    /// The next message for the relay's `message`, or `None` when the
+    /// reconciliation is complete.
+    pub fn answer(&mut self, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        self.neg
+            .reconcile_with_ids(message, &mut self.have, &mut self.need)
+            .map_err(|e| format!("the relay's negentropy message: {e}"))
+    }
+
+    /// The ids only this side has, and those only the relay has, each
+    /// once. The crate (0.5.3) reports some ids more than once when the
+    /// frame limit splits a range: on 1M items with 1% only on each side,
+    /// 18,838 "have" entries for 10,000 ids, and in the 1M-event benchmark
+    /// 10,692 "need" entries for 8,836 (each fetched twice).
+    pub fn finish(self) -> (Vec<Id>, Vec<Id>) {
+        let unique = |mut ids: Vec<Id>| {
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        (unique(self.have), unique(self.need))
     }
 }
 
@@ -529,4 +570,72 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .chunks_exact(2)
         .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// 1M items, the first 1% only on the relay, the next 1% only here,
+    /// reconciled in memory with the crate's own relay side at strfry's
+    /// frame limit: the ids come out exactly, each once (the crate alone
+    /// repeats thousands of them).
+    #[test]
+    fn a_reconciliation_names_each_differing_id_once() {
+        let n = 1_000_000u64;
+        let slice = n / 100;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut here, mut there) = (
+            NegentropyStorageVector::new(),
+            NegentropyStorageVector::new(),
+        );
+        let (mut only_here, mut only_there) = (BTreeSet::new(), BTreeSet::new());
+        for i in 0..n {
+            let mut id = [0u8; 32];
+            for chunk in id.chunks_mut(8) {
+                chunk.copy_from_slice(&next().to_le_bytes());
+            }
+            let time = 1_700_000_000 + i / 3;
+            if i >= slice {
+                there.insert(time, Id::from_byte_array(id)).unwrap();
+            } else {
+                only_there.insert(id);
+            }
+            if !(slice..2 * slice).contains(&i) {
+                here.insert(time, Id::from_byte_array(id)).unwrap();
+            } else {
+                only_here.insert(id);
+            }
+        }
+        // `there` lacks the first slice, `here` the second.
+        std::mem::swap(&mut only_here, &mut only_there);
+        here.seal().unwrap();
+        there.seal().unwrap();
+        let mut relay = Negentropy::owned(there, 60_000).unwrap();
+        let mut reconciler = Reconciler::new(here, 60_000).unwrap();
+        let mut message = reconciler.first().unwrap();
+        loop {
+            let reply = relay.reconcile(&message).unwrap();
+            match reconciler.answer(&reply).unwrap() {
+                Some(next) => message = next,
+                None => break,
+            }
+        }
+        let (have, need) = reconciler.finish();
+        let have: Vec<[u8; 32]> = have.iter().map(|id| *id.as_bytes()).collect();
+        let need: Vec<[u8; 32]> = need.iter().map(|id| *id.as_bytes()).collect();
+        assert_eq!(
+            (have.len(), need.len()),
+            (only_here.len(), only_there.len())
+        );
+        assert_eq!(have, only_here.into_iter().collect::<Vec<_>>());
+        assert_eq!(need, only_there.into_iter().collect::<Vec<_>>());
+    }
 }
