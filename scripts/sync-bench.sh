@@ -76,7 +76,8 @@ import json, sys
 out, n, diff = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 dry, both, after = (json.load(open(f"{out}/{f}.json")) for f in ("dry", "both", "after"))
 print(f"sync-bench: {n} events each side, {diff} only on each")
-print(f"  reconcile: {dry['rounds']} rounds, {dry['reconcile_seconds']:.2f} s, "
+print(f"  reconcile: {dry['rounds']} rounds, {dry['reconcile_seconds']:.2f} s "
+      f"(of which {dry['local_items_seconds']:.2f} s reading this side's items), "
       f"{dry['reconcile_bytes_sent']} bytes sent, {dry['reconcile_bytes_received']} received; "
       f"{dry['only_here']} only here, {dry['only_there']} only there")
 print(f"  sync both: {both['seconds']:.2f} s in all ({both['reconcile_seconds']:.2f} s reconciling), "

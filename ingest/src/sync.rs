@@ -129,8 +129,10 @@ pub struct SyncReport {
     /// Bytes of all frames sent and received, reconciliation included.
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    /// Wall time of the whole sync, and of the reconciliation.
+    /// Wall time of the whole sync, of reading the store's items (part of
+    /// the reconciliation), and of the reconciliation.
     pub seconds: f64,
+    pub local_items_seconds: f64,
     pub reconcile_seconds: f64,
 }
 
@@ -180,6 +182,7 @@ pub async fn sync(
             .map_err(|e| format!("reading the store: {e}"))??
     };
     report.local = local;
+    report.local_items_seconds = started.elapsed().as_secs_f64();
     let mut link = Link::connect(url, options.timeout).await?;
     let (have, need) = reconcile(&mut link, items, &filter, options, &mut report).await?;
     report.reconcile_seconds = started.elapsed().as_secs_f64();
