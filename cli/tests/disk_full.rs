@@ -314,3 +314,68 @@ fn serve_refuses_writes_on_a_full_disk_and_resumes_when_space_is_freed() {
     }
     store.close().unwrap();
 }
+
+/// `megalith export --out FILE` on a disk too small for the export fails
+/// saying why, leaves FILE as it was and no partial file behind; on a disk
+/// with room it replaces FILE with the whole export.
+#[test]
+fn a_failed_export_leaves_the_old_file_and_nothing_else() {
+    let Some(tmpfs) = Tmpfs::mount(1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let store = EventStore::builder(&data).shards(1).open().unwrap();
+    let keys = Keys::from_seed(77);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let events: Vec<_> = (0..3_000)
+        .map(|i| {
+            keys.sign(
+                now - 10_000 + i,
+                1,
+                vec![],
+                format!("{i} {}", "x".repeat(400)),
+            )
+        })
+        .collect();
+    store.insert(&events).unwrap();
+    store.close().unwrap();
+
+    let out = tmpfs.path().join("export.jsonl");
+    std::fs::write(&out, "the previous export\n").unwrap();
+    let export = |to: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_megalith"))
+            .args(["export", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    let failed = export(&out);
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{said}");
+    assert!(said.contains("cannot write the export"), "{said}");
+    let kept = std::fs::read(&out).unwrap();
+    assert!(
+        kept == b"the previous export\n",
+        "the old file was replaced by {} bytes",
+        kept.len()
+    );
+    let left: Vec<_> = std::fs::read_dir(tmpfs.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("export.jsonl")]);
+
+    let roomy = dir.path().join("export.jsonl");
+    std::fs::write(&roomy, "the previous export\n").unwrap();
+    let done = export(&roomy);
+    assert!(done.status.success(), "{done:?}");
+    let lines = std::fs::read_to_string(&roomy).unwrap();
+    assert_eq!(lines.lines().count(), 3_000);
+    assert!(!dir.path().join("export.jsonl.partial").exists());
+}

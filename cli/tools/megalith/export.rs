@@ -34,7 +34,8 @@ pub(crate) struct ExportArgs {
     /// an array of them); `limit` is refused [default: every event].
     #[arg(long, value_name = "JSON")]
     filter: Option<String>,
-    /// Write to this file instead of standard output (created or replaced).
+    /// Write to this file instead of standard output: written as FILE.partial
+    /// and renamed over FILE when whole, so a failed export leaves FILE as it was.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Print the summary on stderr as one JSON object.
@@ -75,11 +76,9 @@ pub(crate) fn export(args: &ExportArgs) -> Result<ExitCode, String> {
         .map_err(failed)?;
 
     // Pass 2: every stored event that was not removed.
-    let mut out = match &args.out {
-        Some(path) => Output::file(
-            std::fs::File::create(path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
-        ),
+    let partial = args.out.as_deref().map(Partial::create).transpose()?;
+    let mut out = match &partial {
+        Some(partial) => Output::file(partial.file()?),
         None => Output::stdout(),
     };
     let mut line = Vec::with_capacity(1024);
@@ -118,6 +117,9 @@ pub(crate) fn export(args: &ExportArgs) -> Result<ExitCode, String> {
     let complete = out.is_open();
     out.finish()
         .map_err(|e| format!("cannot write the export: {e}"))?;
+    if let Some(partial) = partial {
+        partial.install()?;
+    }
     if args.json {
         errln!("{{\"exported\":{exported},\"as_of\":\"{until}\",\"complete\":{complete}}}");
     } else if complete {
@@ -126,4 +128,65 @@ pub(crate) fn export(args: &ExportArgs) -> Result<ExitCode, String> {
         errln!("stopped after {exported} events: the reader of the output went away");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--out FILE` is written as `FILE.partial` beside it, then synced and
+/// renamed over FILE: FILE is the old file or a whole export, never a
+/// torn one. The partial file is removed if the export fails.
+struct Partial {
+    path: PathBuf,
+    target: PathBuf,
+    installed: bool,
+}
+
+impl Partial {
+    fn create(target: &std::path::Path) -> Result<Partial, String> {
+        let mut name = target
+            .file_name()
+            .ok_or_else(|| format!("--out {}: not a file name", target.display()))?
+            .to_os_string();
+        name.push(".partial");
+        Ok(Partial {
+            path: target.with_file_name(name),
+            target: target.to_path_buf(),
+            installed: false,
+        })
+    }
+
+    fn file(&self) -> Result<std::fs::File, String> {
+        std::fs::File::create(&self.path)
+            .map_err(|e| format!("cannot create {}: {e}", self.path.display()))
+    }
+
+    /// Syncs the written file, renames it over the target and syncs the
+    /// directory.
+    fn install(mut self) -> Result<(), String> {
+        let failed = |e: std::io::Error| format!("cannot write the export: {e}");
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.sync_all())
+            .map_err(failed)?;
+        std::fs::rename(&self.path, &self.target).map_err(|e| {
+            format!(
+                "cannot rename {} to {}: {e}",
+                self.path.display(),
+                self.target.display()
+            )
+        })?;
+        self.installed = true;
+        let dir = match self.target.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed)
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.installed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
