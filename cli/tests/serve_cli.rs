@@ -1147,3 +1147,102 @@ fn a_replica_follows_its_primary_and_refuses_writes() {
     } = primary;
     stop_cleanly(child, stderr, log);
 }
+
+/// The verbs of the first answers to `n` REQs (each with its own id) sent
+/// on one connection: EOSE when taken, CLOSED when refused.
+fn req_verbs(addr: &str, n: usize) -> Vec<String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        let mut verbs = Vec::new();
+        for i in 0..n {
+            let req = serde_json::json!(["REQ", format!("s{i}"), {"kinds": [1]}]).to_string();
+            ws.send(Message::text(req)).await.unwrap();
+            loop {
+                let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                let value: serde_json::Value =
+                    serde_json::from_str(message.into_text().unwrap().as_str()).unwrap();
+                if value[0] == "EOSE" || value[0] == "CLOSED" {
+                    verbs.push(value[0].as_str().unwrap().to_string());
+                    break;
+                }
+            }
+        }
+        verbs
+    })
+}
+
+/// SIGHUP reads the config file's limits again: new connections and
+/// NIP-11 get them at once, a limit the running relay cannot change is
+/// named in the log as waiting for a restart, and a file that does not
+/// check leaves the limits in force.
+#[test]
+fn limits_reload_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("megalith.toml");
+    std::fs::write(&config, "[limits]\nmax_subscriptions = 2\nmax_limit = 7\n").unwrap();
+    let serve::Serving {
+        child,
+        addr,
+        stderr,
+        log,
+    } = serve::spawn([
+        "--data".as_ref(),
+        dir.path().join("store").as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    let limitation = |addr: &str| {
+        let info = http_get(addr, "/");
+        let doc: serde_json::Value =
+            serde_json::from_str(info.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        doc["limitation"].clone()
+    };
+    assert_eq!(limitation(&addr)["max_subscriptions"], 2);
+    assert_eq!(req_verbs(&addr, 3), ["EOSE", "EOSE", "CLOSED"]);
+    let hangup = |expect: &str| {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let counted = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            http_get(&addr, "/metrics").contains(expect)
+        });
+        assert!(counted, "no {expect} after SIGHUP");
+    };
+
+    std::fs::write(
+        &config,
+        "[limits]\nmax_subscriptions = 3\nmax_limit = 9\nmax_event_bytes = 1000\n",
+    )
+    .unwrap();
+    hangup("megalith_limits_reloads_total{result=\"ok\"} 1");
+    assert_eq!(limitation(&addr)["max_subscriptions"], 3);
+    assert_eq!(limitation(&addr)["max_limit"], 9);
+    assert_eq!(req_verbs(&addr, 4), ["EOSE", "EOSE", "EOSE", "CLOSED"]);
+
+    std::fs::write(&config, "[limits]\nmax_subscriptions = 0\n").unwrap();
+    hangup("megalith_limits_reloads_total{result=\"error\"} 1");
+    assert_eq!(limitation(&addr)["max_subscriptions"], 3);
+
+    let log = stop_cleanly(child, stderr, log);
+    assert!(log.contains("limits reloaded"), "{log}");
+    assert!(
+        log.contains("take effect at the next restart") && log.contains("max_event_bytes"),
+        "{log}"
+    );
+    assert!(log.contains("the previous ones stay"), "{log}");
+}

@@ -76,7 +76,7 @@ const READ_BATCH: usize = 256;
 pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url: RelayUrl) {
     let (mut sink, mut stream) = socket.split();
     let Some(slot) = relay.connection_slot(ip) else {
-        let limit = relay.config.limits.max_connections_per_ip;
+        let limit = relay.limits().max_connections_per_ip;
         let notice = notice_frame(&format!(
             "rate-limited: too many connections from your address (at most {limit})"
         ));
@@ -90,7 +90,7 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url:
             .await;
         return;
     };
-    let limits = &relay.config.limits;
+    let limits = &relay.limits();
     // A reply waits for room at most as long as the client may stay silent.
     let outbox = Arc::new(Outbox::new(
         limits.max_outbound_bytes,
@@ -355,7 +355,7 @@ impl Conn {
     /// a bad one with a NOTICE.
     async fn parse<'t>(&self, text: &'t str) -> Option<ClientMessage<'t>> {
         let metrics = &self.relay.metrics;
-        let max = self.relay.config.limits.max_message_bytes;
+        let max = self.relay.limits().max_message_bytes;
         if text.len() > max {
             metrics
                 .client_messages
@@ -454,7 +454,7 @@ impl Conn {
                 self.reject("rate-limited");
                 let message = format!(
                     "rate-limited: more than {} events per second from this connection; slow down",
-                    relay.config.limits.events_per_second
+                    relay.limits().events_per_second
                 );
                 replies[i] = Some(("OK", ok_frame(&event.id.to_hex(), false, &message)));
                 continue;
@@ -567,7 +567,7 @@ impl Conn {
     }
 
     fn check_sub_id(&self, sub_id: &str) -> Result<(), String> {
-        let max = self.relay.config.limits.max_subid_length;
+        let max = self.relay.limits().max_subid_length;
         let chars = sub_id.chars().count();
         if chars == 0 || chars > max {
             return Err(format!(
@@ -588,7 +588,7 @@ impl Conn {
 
     /// The checks REQ and COUNT share; the error is the CLOSED reason.
     fn checked_filters(&self, sub_id: &str, raw: &[&RawValue]) -> Result<Vec<Filter>, String> {
-        let limits = &self.relay.config.limits;
+        let limits = &self.relay.limits();
         self.check_sub_id(sub_id)?;
         if raw.is_empty() {
             return Err("invalid: at least one filter is needed".to_string());
@@ -631,7 +631,7 @@ impl Conn {
             Ok(checked) => checked,
             Err(reason) => return self.neg_err(&sub_json, &reason).await,
         };
-        let max = self.relay.config.limits.max_sync_sessions;
+        let max = self.relay.limits().max_sync_sessions;
         if self.syncs.len() >= max {
             let reason = format!(
                 "blocked: at most {max} open sync sessions per connection; NEG-CLOSE one first"
@@ -704,7 +704,7 @@ impl Conn {
             }
         };
         let relay = Arc::clone(&self.relay);
-        let limits = &relay.config.limits;
+        let limits = &relay.limits();
         let bytes = held_bytes(&filters);
         let replaced = self.subs.get(&sub_id).map_or(0, |&(_, bytes)| bytes);
         if self.sub_bytes - replaced + bytes > limits.max_subscription_bytes {
@@ -934,7 +934,7 @@ impl Relay {
     /// the blocking pool). The error is the CLOSED reason.
     fn stored_answer(&self, filters: &[Filter]) -> Result<Answer, String> {
         let started = Instant::now();
-        let deadline = started + self.config.limits.query_time_budget();
+        let deadline = started + self.limits().query_time_budget();
         let result = self.store.query_answer(filters, Some(deadline));
         self.observe_query(filters, started);
         result.map_err(|e| self.query_failure(e))
@@ -943,7 +943,7 @@ impl Relay {
     /// NIP-45 count (on the blocking pool); the error is the CLOSED reason.
     fn count(&self, filters: &[Filter]) -> Result<u64, String> {
         let started = Instant::now();
-        let deadline = started + self.config.limits.query_time_budget();
+        let deadline = started + self.limits().query_time_budget();
         let result = self.store.count_with_deadline(filters, Some(deadline));
         self.observe_query(filters, started);
         result.map_err(|e| self.query_failure(e))
@@ -968,7 +968,7 @@ impl Relay {
                 self.metrics.query_timeouts.inc();
                 format!(
                     "error: the query ran past its {} ms time budget; narrow the filter",
-                    self.config.limits.query_time_budget_ms
+                    self.limits().query_time_budget_ms
                 )
             }
             Error::Filter(e) => format!("invalid: {e}"),

@@ -76,6 +76,9 @@ pub struct Extras {
     /// What a browser gets on `GET /` (no WebSocket upgrade, no NIP-11
     /// `Accept`), instead of the relay's line of text.
     pub home: Option<Arc<dyn Fn() -> Response + Send + Sync>>,
+    /// Reads the limits again (the config file, then the flags); called on
+    /// SIGHUP. An error leaves the limits in force.
+    pub reload_limits: Option<Arc<dyn Fn() -> Result<RelayLimits, String> + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Extras {
@@ -84,6 +87,7 @@ impl std::fmt::Debug for Extras {
             .field("metrics", &self.metrics.is_some())
             .field("routes", &self.routes.is_some())
             .field("home", &self.home.is_some())
+            .field("reload_limits", &self.reload_limits.is_some())
             .finish()
     }
 }
@@ -117,6 +121,8 @@ struct Relay {
     rules_version: watch::Sender<u64>,
     /// Items the open NIP-77 sync sessions hold (`max_sync_items_held`).
     sync_items_held: AtomicUsize,
+    /// The limits in force: `config.limits` until a SIGHUP reloads them.
+    limits: RwLock<Arc<RelayLimits>>,
 }
 
 /// A connection's claim on its address's quota; released on drop.
@@ -185,8 +191,8 @@ impl Relay {
         let mut per_ip = self.per_ip.lock();
         let (n, share) = per_ip
             .entry(ip)
-            .or_insert_with(|| (0, Arc::new(AddressShare::new(&self.config.limits))));
-        if *n >= self.config.limits.max_connections_per_ip {
+            .or_insert_with(|| (0, Arc::new(AddressShare::new(&self.limits()))));
+        if *n >= self.limits().max_connections_per_ip {
             return None;
         }
         *n += 1;
@@ -198,6 +204,11 @@ impl Relay {
             ip,
             share,
         })
+    }
+
+    /// The limits in force now.
+    pub(crate) fn limits(&self) -> Arc<RelayLimits> {
+        Arc::clone(&self.limits.read())
     }
 
     fn next_sub_key(&self) -> SubKey {
@@ -225,7 +236,7 @@ impl Relay {
 
     /// The NIP-11 document.
     fn info_document(&self) -> serde_json::Value {
-        let limits = &self.config.limits;
+        let limits = &self.limits();
         let info = &self.config.info;
         let rules = self.rules.current();
         let mut nips = vec![1, 9, 11, 40, 42, 45];
@@ -283,14 +294,16 @@ impl Relay {
 /// How often the rules file's modification time is looked at.
 const RULES_POLL: Duration = Duration::from_secs(2);
 
-/// Reloads the access rules on SIGHUP and when the file changes; a file
-/// that does not parse leaves the rules in force (the error is logged and
-/// counted). After a reload, connections CLOSE the subscriptions that lost
-/// their right.
+/// Reloads the access rules on SIGHUP and when the file changes, and the
+/// limits on SIGHUP (when the caller can read them again); a file that
+/// does not parse leaves the rules or limits in force (the error is logged
+/// and counted). After a rules reload, connections CLOSE the subscriptions
+/// that lost their right.
 async fn watch_rules(relay: Arc<Relay>, mut hangup: Option<tokio::signal::unix::Signal>) {
-    let Some(path) = relay.rules.path().map(std::path::Path::to_path_buf) else {
+    let path = relay.rules.path().map(std::path::Path::to_path_buf);
+    if path.is_none() && hangup.is_none() {
         return;
-    };
+    }
     loop {
         let signalled = async {
             match &mut hangup {
@@ -304,6 +317,10 @@ async fn watch_rules(relay: Arc<Relay>, mut hangup: Option<tokio::signal::unix::
             () = signalled => true,
             () = tokio::time::sleep(RULES_POLL) => false,
         };
+        if forced {
+            reload_limits(&relay).await;
+        }
+        let Some(path) = &path else { continue };
         if !forced && !relay.rules.changed_on_disk() {
             continue;
         }
@@ -324,6 +341,73 @@ async fn watch_rules(relay: Arc<Relay>, mut hangup: Option<tokio::signal::unix::
             }
             Err(e) => warn!(error = %e, "reloading the access rules failed"),
         }
+    }
+}
+
+/// The limits a running relay cannot change: the store was opened with the
+/// event limits, and the gate in front of the listener was built with the
+/// connection count and handshake timeout.
+/// `max_connections_per_ip` is checked at the TCP accept (as started) and
+/// again at the WebSocket upgrade (as reloaded): lowering it works at
+/// once, raising it past the first needs a restart.
+const RESTART_LIMITS: [&str; 6] = [
+    "max_event_bytes",
+    "max_event_tags",
+    "max_content_bytes",
+    "max_connections",
+    "max_connections_per_ip",
+    "handshake_timeout_secs",
+];
+
+/// SIGHUP: the limits read again and put in force for every check made
+/// from now on (new connections, messages, queries, sync sessions); those
+/// of [`RESTART_LIMITS`] are named in the log as waiting for a restart.
+async fn reload_limits(relay: &Arc<Relay>) {
+    let Some(reload) = relay.extras.reload_limits.clone() else {
+        return;
+    };
+    let read = tokio::task::spawn_blocking(move || reload())
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let new = match read.and_then(|limits| limits.check().map(|()| limits)) {
+        Ok(new) => new,
+        Err(e) => {
+            relay
+                .metrics
+                .limits_reloads
+                .with_label_values(&["error"])
+                .inc();
+            warn!(error = %e, "the limits were not reloaded; the previous ones stay");
+            return;
+        }
+    };
+    let old = relay.limits();
+    let (old_values, new_values) = (
+        serde_json::to_value(&*old).unwrap_or_default(),
+        serde_json::to_value(&new).unwrap_or_default(),
+    );
+    let changed: Vec<&str> = match (old_values.as_object(), new_values.as_object()) {
+        (Some(a), Some(b)) => a
+            .keys()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(String::as_str)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let waiting: Vec<&str> = changed
+        .iter()
+        .copied()
+        .filter(|k| RESTART_LIMITS.contains(k))
+        .collect();
+    *relay.limits.write() = Arc::new(new);
+    relay
+        .metrics
+        .limits_reloads
+        .with_label_values(&["ok"])
+        .inc();
+    info!(changed = ?changed, "limits reloaded");
+    if !waiting.is_empty() {
+        warn!(limits = ?waiting, "these limits take effect at the next restart");
     }
 }
 
@@ -364,6 +448,7 @@ pub async fn run_with_extras(
         metrics.clone(),
     );
     let (stop, _) = watch::channel(false);
+    let limits = RwLock::new(Arc::new(config.limits.clone()));
     let relay = Arc::new(Relay {
         extras,
         event_limits: config.limits.event_limits(),
@@ -381,6 +466,7 @@ pub async fn run_with_extras(
         rules,
         rules_version: watch::channel(0).0,
         sync_items_held: AtomicUsize::new(0),
+        limits,
     });
     let commits = relay.store.commits(COMMIT_STREAM_CAPACITY);
     let broadcaster = std::thread::Builder::new()
@@ -392,9 +478,10 @@ pub async fn run_with_extras(
     let watcher = tokio::spawn(watch_health(Arc::clone(&relay)));
     // Taken before the relay says it listens: a SIGHUP from then on
     // reloads the rules (without a handler it would end the process).
-    let hangup = match relay.rules.path() {
-        Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
-        None => None,
+    let hangup = if relay.rules.path().is_some() || relay.extras.reload_limits.is_some() {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    } else {
+        None
     };
     let rules_watcher = tokio::spawn(watch_rules(Arc::clone(&relay), hangup));
     let mut app = Router::new()
@@ -603,7 +690,7 @@ async fn root(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Ok(upgrade) = upgrade {
-        let transport = transport_limit(relay.config.limits.max_message_bytes);
+        let transport = transport_limit(relay.limits().max_message_bytes);
         let ip = gate::client_ip(peer.addr.ip(), &headers, &relay.trusted_proxies);
         let url = match &relay.config.relay_url {
             Some(url) => auth::RelayUrl::Configured(url.clone()),

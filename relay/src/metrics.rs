@@ -174,6 +174,8 @@ pub struct Metrics {
     pub slow_disconnects: IntCounter,
     /// Reloads of the access rules, by result (`ok`, `error`).
     pub rules_reloads: IntCounterVec,
+    /// Reloads of the limits on SIGHUP, by result (`ok`, `error`).
+    pub limits_reloads: IntCounterVec,
     /// Times a connection stopped reading because its address passed its
     /// byte budget.
     pub ingress_pauses: IntCounter,
@@ -276,6 +278,13 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let limits_reloads = IntCounterVec::new(
+            Opts::new(
+                "megalith_limits_reloads_total",
+                "Reloads of the limits on SIGHUP, by result",
+            ),
+            &["result"],
+        )?;
         let ingress_pauses = IntCounter::new(
             "megalith_ingress_pauses_total",
             "Times the relay stopped reading from a connection whose address passed its byte budget",
@@ -346,6 +355,7 @@ impl Metrics {
         registry.register(Box::new(slow_disconnects.clone()))?;
         registry.register(Box::new(ingress_pauses.clone()))?;
         registry.register(Box::new(rules_reloads.clone()))?;
+        registry.register(Box::new(limits_reloads.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(subscriptions.clone()))?;
         registry.register(Box::new(sync_sessions.clone()))?;
@@ -368,6 +378,7 @@ impl Metrics {
             slow_disconnects,
             ingress_pauses,
             rules_reloads,
+            limits_reloads,
             connections,
             tcp_connections,
             connections_refused,

@@ -33,7 +33,7 @@ impl Session {
         first: &[u8],
     ) -> Result<(Session, Vec<u8>), String> {
         let held = Held::take(relay, count)?;
-        let frame = relay.config.limits.sync_frame_bytes as u64;
+        let frame = relay.limits().sync_frame_bytes as u64;
         let neg = Negentropy::owned(items, frame)
             .map_err(|e| format!("error: could not start the sync session: {e}"))?;
         let mut session = Session { neg, _held: held };
@@ -59,7 +59,7 @@ struct Held {
 
 impl Held {
     fn take(relay: &Arc<Relay>, items: usize) -> Result<Held, String> {
-        let max = relay.config.limits.max_sync_items_held;
+        let max = relay.limits().max_sync_items_held;
         let held = &relay.sync_items_held;
         let mut now = held.load(Ordering::Relaxed);
         loop {
@@ -105,11 +105,11 @@ impl Relay {
         mut filter: Filter,
         viewer: &Viewer,
     ) -> Result<(NegentropyStorageVector, usize), String> {
-        let max = self.config.limits.max_sync_events;
+        let max = self.limits().max_sync_events;
         let asked = filter.limit;
         filter.limit = Some(asked.unwrap_or(usize::MAX).min(max.saturating_add(1)));
         let started = Instant::now();
-        let deadline = started + self.config.limits.sync_time_budget();
+        let deadline = started + self.limits().sync_time_budget();
         let filters = [filter];
         let answer = self.store.query_answer(&filters, Some(deadline));
         self.observe_query(&filters, started);
@@ -119,7 +119,7 @@ impl Relay {
                 format!(
                     "blocked: reading this filter's events ran past the {} ms sync time \
                      budget; narrow it (since/until) and sync in parts",
-                    self.config.limits.sync_time_budget_ms
+                    self.limits().sync_time_budget_ms
                 )
             }
             e => self.query_failure(e),

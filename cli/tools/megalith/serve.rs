@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::{DurabilityArg, RecoveryArg, on_off, report_recovery, with_replay_progress};
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct ServeArgs {
     /// A TOML file of settings (keys as in docs/server.md); flags given here override it.
     #[arg(long, value_name = "FILE")]
@@ -99,7 +99,7 @@ pub(crate) struct ServeArgs {
 }
 
 /// Every limit of `[limits]`, as flags.
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct LimitArgs {
     /// Largest WebSocket message a client may send, in bytes [default: 131072].
     #[arg(long, value_name = "BYTES")]
@@ -443,6 +443,11 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
                     as Arc<dyn Fn() -> megalith_web::Response + Send + Sync>
             }),
             routes,
+            // SIGHUP: the config file read again, the flags over it.
+            reload_limits: Some({
+                let args = args.clone();
+                Arc::new(move || args.config().map(|config| config.limits))
+            }),
         };
         // The relay waits for open responses before it exits: the pages'
         // update streams end as soon as the shutdown starts.
