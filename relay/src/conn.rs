@@ -675,11 +675,16 @@ impl Conn {
             Ok(message) => message,
             Err(e) => return self.neg_err(&sub_json, &format!("invalid: {e}")).await,
         };
-        let answered = tokio::task::spawn_blocking(move || {
-            let reply = session.answer(&message);
-            (session, reply)
-        })
-        .await;
+        // An answer may cover every item of the session (a million take
+        // about 25 ms): one of the address's query slots, as a REQ.
+        let answered = {
+            let _slot = self.share.query_slot().await;
+            tokio::task::spawn_blocking(move || {
+                let reply = session.answer(&message);
+                (session, reply)
+            })
+            .await
+        };
         match answered {
             Ok((session, Ok(reply))) => {
                 self.syncs.insert(sub_id, session);
