@@ -594,10 +594,46 @@ impl RelayMirror {
 
     /// Live until stopped: the filter from the resume point.
     async fn live(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+        // A relay that CLOSEs the live REQ for a passing reason (`error:`:
+        // shutting down, a failure; `rate-limited:`) is asked again after a
+        // pause, doubling to a minute; any other reason ends the mirror.
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let reason = match self.live_once(stop).await? {
+                None => return Ok(()),
+                Some(reason) => reason,
+            };
+            if !(reason.is_empty()
+                || reason.starts_with("error:")
+                || reason.starts_with("rate-limited:"))
+            {
+                return Err(format!("the relay closed the live REQ: {reason}"));
+            }
+            self.error(format!(
+                "the relay closed the live REQ: {reason}; asking again in {} s",
+                pause.as_secs()
+            ));
+            self.publish(Phase::Live);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return Ok(());
+            }
+            pause = (pause * 2).min(Duration::from_secs(60));
+        }
+    }
+
+    /// One live REQ until stopped (`None`) or CLOSED (its reason).
+    async fn live_once(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Option<String>, String> {
         let mut filter = self.options.filter.clone();
         filter.limit = None;
         if filter.until.is_some_and(|u| u < now_secs()) {
-            return Ok(()); // nothing new can match
+            return Ok(None); // nothing new can match
         }
         let from = self
             .state
@@ -629,7 +665,8 @@ impl RelayMirror {
                     }
                 }
                 Ok(Some(PoolEvent::Closed { reason, .. })) => {
-                    return Err(format!("the relay closed the live REQ: {reason}"));
+                    self.checkpoint_live().await?;
+                    return Ok(Some(reason));
                 }
                 Ok(Some(PoolEvent::Error { what, .. })) => self.error(what),
                 Ok(Some(PoolEvent::Disconnected { why, .. })) => self.error(why),
@@ -644,7 +681,7 @@ impl RelayMirror {
                 last_save = Instant::now();
             }
         }
-        self.checkpoint_live().await
+        self.checkpoint_live().await.map(|()| None)
     }
 
     async fn checkpoint_live(&mut self) -> Result<(), String> {

@@ -8,8 +8,8 @@
 //! timestamps, and a stream that was down (the primary restarting) may
 //! have missed some. The sync after the stream is live covers everything
 //! the primary held before it; each later sync covers what the stream
-//! could not. No event the primary holds is missed for longer than one
-//! `resync`.
+//! could not, and one runs a moment after the stream is cut. No event the
+//! primary holds is missed for longer than one `resync`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,15 @@ use crate::pool::PoolHandle;
 use crate::stats::now_secs;
 use crate::sync::{self, SyncOptions};
 use crate::{RelayUrl, Sink};
+
+/// How long after the stream reports a disconnect the sync runs (the
+/// pool reconnects within about a second).
+const AFTER_DISCONNECT: Duration = Duration::from_secs(2);
+
+/// Disconnects and other errors the live stream has reported.
+fn stream_errors(progress: &Progress) -> u64 {
+    progress.snapshot().iter().map(|r| r.errors).sum()
+}
 
 /// How far before the start the live stream's `since` lies.
 pub const LIVE_MARGIN_SECS: u64 = 3_600;
@@ -114,9 +123,26 @@ pub async fn run(
                 wait
             }
         };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => {}
+        let disconnects = stream_errors(&progress);
+        let synced = wait == options.resync;
+        let next = tokio::time::Instant::now() + wait;
+        // Until the next sync: early, a moment after the stream reports a
+        // disconnect (what the primary took meanwhile may be more than its
+        // answer to the stream's REQ again holds).
+        while tokio::time::Instant::now() < next && !*stop.borrow() {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = stop.changed() => {}
+            }
+            // After a failed sync the backoff rules, not the stream.
+            if synced && stream_errors(&progress) > disconnects {
+                info!(primary = %primary, "the live stream was cut; syncing again");
+                tokio::select! {
+                    () = tokio::time::sleep(AFTER_DISCONNECT) => {}
+                    _ = stop.changed() => {}
+                }
+                break;
+            }
         }
     }
     match stream.await {

@@ -336,7 +336,10 @@ impl Reconciler {
     }
 }
 
-/// Asks for `need` by id, a batch at a time, and stores what comes.
+/// Asks for `need` by id, a batch at a time, and stores what comes. A
+/// relay may answer a REQ with fewer events than asked (its `max_limit`
+/// below the batch): the rest is asked again until a round brings
+/// nothing new; what never comes is counted as missing.
 async fn fetch(
     link: &mut Link,
     store: &Arc<EventStore>,
@@ -346,48 +349,49 @@ async fn fetch(
 ) -> Result<(), String> {
     let limits = parse_limits();
     for batch in need.chunks(options.fetch_batch.max(1)) {
-        let wanted: HashSet<[u8; 32]> = batch.iter().map(|id| *id.as_bytes()).collect();
-        let ids: Vec<String> = batch
-            .iter()
-            .map(|id| EventId(*id.as_bytes()).to_hex())
-            .collect();
-        let req = serde_json::json!(["REQ", SUB, {"ids": ids, "limit": batch.len()}]);
-        link.send(req.to_string()).await?;
-        let mut events = Vec::with_capacity(batch.len());
-        loop {
-            let text = link.next_text().await?;
-            match RelayMessage::parse(&text, &limits) {
-                // Only what was asked for: a relay cannot slip in others.
-                Ok(RelayMessage::Event { sub, event })
-                    if sub == SUB && wanted.contains(event.id.as_bytes()) =>
-                {
-                    events.push(*event);
+        let mut wanted: HashSet<[u8; 32]> = batch.iter().map(|id| *id.as_bytes()).collect();
+        while !wanted.is_empty() {
+            let ids: Vec<String> = wanted.iter().map(|id| EventId(*id).to_hex()).collect();
+            let req = serde_json::json!(["REQ", SUB, {"ids": ids, "limit": wanted.len()}]);
+            link.send(req.to_string()).await?;
+            let mut events = Vec::with_capacity(wanted.len());
+            loop {
+                let text = link.next_text().await?;
+                match RelayMessage::parse(&text, &limits) {
+                    // Only what was asked for: a relay cannot slip in others.
+                    Ok(RelayMessage::Event { sub, event })
+                        if sub == SUB && wanted.remove(event.id.as_bytes()) =>
+                    {
+                        events.push(*event);
+                    }
+                    Ok(RelayMessage::Eose { sub }) if sub == SUB => break,
+                    Ok(RelayMessage::Closed { sub, reason }) if sub == SUB => {
+                        return Err(format!("the relay closed the fetch: {reason}"));
+                    }
+                    _ => {}
                 }
-                Ok(RelayMessage::Eose { sub }) if sub == SUB => break,
-                Ok(RelayMessage::Closed { sub, reason }) if sub == SUB => {
-                    return Err(format!("the relay closed the fetch: {reason}"));
+            }
+            link.send(format!("[\"CLOSE\",\"{SUB}\"]")).await?;
+            if events.is_empty() {
+                break;
+            }
+            report.fetched += events.len();
+            let store = Arc::clone(store);
+            let outcomes = tokio::task::spawn_blocking(move || store.insert(&events))
+                .await
+                .map_err(|e| format!("storing: {e}"))?
+                .map_err(|e| format!("storing: {e}"))?;
+            for outcome in outcomes {
+                match outcome {
+                    InsertOutcome::Stored | InsertOutcome::Replaced { .. } => report.stored += 1,
+                    InsertOutcome::Duplicate => report.duplicates += 1,
+                    InsertOutcome::Invalid(_) => report.invalid += 1,
+                    // Superseded, deleted, ephemeral.
+                    _ => report.superseded += 1,
                 }
-                _ => {}
             }
         }
-        link.send(format!("[\"CLOSE\",\"{SUB}\"]")).await?;
-        report.fetched += events.len();
-        let got: HashSet<[u8; 32]> = events.iter().map(|e| *e.id.as_bytes()).collect();
-        report.missing += wanted.len() - got.len();
-        let store = Arc::clone(store);
-        let outcomes = tokio::task::spawn_blocking(move || store.insert(&events))
-            .await
-            .map_err(|e| format!("storing: {e}"))?
-            .map_err(|e| format!("storing: {e}"))?;
-        for outcome in outcomes {
-            match outcome {
-                InsertOutcome::Stored | InsertOutcome::Replaced { .. } => report.stored += 1,
-                InsertOutcome::Duplicate => report.duplicates += 1,
-                InsertOutcome::Invalid(_) => report.invalid += 1,
-                // Superseded, deleted, ephemeral.
-                _ => report.superseded += 1,
-            }
-        }
+        report.missing += wanted.len();
     }
     Ok(())
 }

@@ -305,3 +305,107 @@ async fn a_replica_gets_the_past_the_live_stream_and_what_the_stream_cannot_brin
     let there: BTreeSet<_> = stored_ids(&primary.store).into_iter().collect();
     assert_eq!(there, want);
 }
+
+/// A relay whose `max_limit` (5) is below the fetch batch answers each REQ
+/// by ids with 5 events: the rest is asked again until all have come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_answers_fewer_than_asked_is_asked_again() {
+    let relay = TestRelay::start(RelayLimits {
+        max_limit: 5,
+        default_limit: 5,
+        ..RelayLimits::default()
+    })
+    .await;
+    let theirs = notes(9, 23);
+    relay.store.insert(&theirs).unwrap();
+    let (_dir, store) = store();
+    let report = sync::sync(
+        Arc::clone(&store),
+        &url(&relay),
+        Filter::new(),
+        &SyncOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.fetched, report.stored, report.missing),
+        (23, 23, 0),
+        "{report:?}"
+    );
+    let got: BTreeSet<_> = stored_ids(&store).into_iter().collect();
+    assert_eq!(got, ids(&theirs));
+}
+
+/// A replica whose primary goes down and comes back holding more than its
+/// answer to the stream's REQ again carries (here 20 events, `max_limit`
+/// 5): the sync that runs a moment after the stream reports the cut
+/// brings the rest, not the one 600 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_is_followed_by_a_sync() {
+    use megalith_ingest::Sink;
+    use megalith_ingest::pool::{self, PoolConfig};
+    use megalith_ingest::replica::{self, ReplicaOptions};
+
+    let mut primary = TestRelay::start_with(RelayConfig {
+        limits: RelayLimits {
+            max_limit: 5,
+            default_limit: 5,
+            ..RelayLimits::default()
+        },
+        ..RelayConfig::default()
+    })
+    .await;
+    let (_dir, store) = store();
+    let (pool, _pool_task) = pool::start(PoolConfig::default());
+    let (sink, _sink_task) = Sink::start(Arc::clone(&store), pool.stats().clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut options = ReplicaOptions::new(url(&primary));
+    options.resync = Duration::from_secs(600);
+    let task = tokio::spawn(replica::run(
+        Arc::clone(&store),
+        pool.clone(),
+        sink,
+        options,
+        stopped,
+    ));
+    // The stream is live once a new event comes through it.
+    let mut client = primary.connect().await;
+    let first = Keys::from_seed(800).sign(now() - 1, 1, vec![], "first".into());
+    while neg_opens(&primary).await < 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(client.publish(&first).await.0);
+    let mut want = ids(std::slice::from_ref(&first));
+    wait_for(&store, &want, "the live stream").await;
+    client.close().await;
+
+    primary.shutdown().await;
+    let while_down: Vec<Event> = (0..20)
+        .map(|i| Keys::from_seed(801).sign(now() - 30 + i, 1, vec![], format!("down {i}")))
+        .collect();
+    primary.store.insert(&while_down).unwrap();
+    want.extend(ids(&while_down));
+    primary.resume().await;
+    wait_for(&store, &want, "the sync after the cut").await;
+
+    // The stream itself is back: the relay CLOSEd it going down ("error:
+    // the relay is shutting down"), and the mirror asked again.
+    let syncs = neg_opens(&primary).await;
+    let mut client = primary.connect().await;
+    let after = Keys::from_seed(802).sign(now(), 1, vec![], "after".into());
+    assert!(client.publish(&after).await.0);
+    want.extend(ids(std::slice::from_ref(&after)));
+    wait_for(&store, &want, "the live stream after the restart").await;
+    assert_eq!(
+        neg_opens(&primary).await,
+        syncs,
+        "a sync brought it, not the stream"
+    );
+
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the replica did not stop")
+        .unwrap();
+    pool.shutdown().await;
+}

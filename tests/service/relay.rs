@@ -23,6 +23,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub struct TestRelay {
     pub addr: SocketAddr,
     pub store: Arc<EventStore>,
+    config: RelayConfig,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     pub dir: tempfile::TempDir,
@@ -73,26 +74,46 @@ impl TestRelay {
         let store = Arc::new(store);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
         let config = RelayConfig {
             listen: addr,
             ..config
         };
-        let task = tokio::spawn(megalith_relay::run(
-            Arc::clone(&store),
+        let mut relay = TestRelay {
+            addr,
+            store,
             config,
+            stop: None,
+            task: None,
+            dir,
+        };
+        relay.run(listener);
+        relay
+    }
+
+    fn run(&mut self, listener: tokio::net::TcpListener) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.task = Some(tokio::spawn(megalith_relay::run(
+            Arc::clone(&self.store),
+            self.config.clone(),
             listener,
             async move {
                 let _ = stopped.await;
             },
-        ));
-        TestRelay {
-            addr,
-            store,
-            stop: Some(stop),
-            task: Some(task),
-            dir,
-        }
+        )));
+        self.stop = Some(stop);
+    }
+
+    /// Shuts the relay down and serves the same store again on the same
+    /// address (clients see their connections end, then can reconnect).
+    pub async fn restart(&mut self) {
+        self.shutdown().await;
+        self.resume().await;
+    }
+
+    /// Serves the store again on the same address after `shutdown`.
+    pub async fn resume(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.run(listener);
     }
 
     pub fn url(&self) -> String {
