@@ -196,10 +196,12 @@ enum Command {
     /// on the relay are compared in a few round trips of fingerprints, not
     /// by listing ids. Then --dir down fetches by id what only the relay
     /// has (verified and stored as any import), --dir up publishes what
-    /// only the store has (an event refused as rate-limited is sent again a
-    /// second later), --dir both does both. Works with any NIP-77 relay
-    /// (megalith serve, strfry, ...). Prints the differences, the bytes the
-    /// reconciliation took and what moved (--json: one object). Exit
+    /// only the store has (an event refused as rate-limited is sent again,
+    /// and the sending slows to the relay's rate), --dir both does both.
+    /// Works with any NIP-77 relay (megalith serve, strfry, ...); a relay
+    /// whose max_limit is below 500 is asked again for the rest. Prints
+    /// the differences, the bytes the reconciliation took and what moved
+    /// (--json: one object). Exit
     /// status 1 if the relay refused an event, sent one the store refused,
     /// or did not send one it listed; the command fails with the relay's
     /// reason if it refuses the sync (NEG-ERR) or does not speak NIP-77.
