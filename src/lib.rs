@@ -19,6 +19,7 @@
 pub mod analytics;
 pub mod datagen;
 pub mod event;
+pub mod hex;
 pub mod inspect;
 pub mod reference;
 pub mod search;

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use megalith::EventStore;
+use tokio_tungstenite::tungstenite::Message;
 
 #[path = "../../tests/service/serve.rs"]
 mod serve;
@@ -543,34 +544,51 @@ fn the_video_api_counts_what_the_relay_stores() {
 /// Sends each event to the relay at `addr` and waits for its OK (the
 /// relay greets with a NIP-42 challenge first).
 fn publish(addr: &str, events: &[megalith::Event]) {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
+    on_socket(addr, |mut ws| async move {
+        for event in events {
+            let message = format!("[\"EVENT\",{}]", event.to_json());
+            ws.send(Message::text(message)).await.unwrap();
+            let ok = loop {
+                let value = next_json(&mut ws).await;
+                if value[0] == "OK" {
+                    break value;
+                }
+            };
+            assert_eq!(ok[2], true, "{ok}");
+        }
+    });
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Runs `talk` on a WebSocket connected to the relay at `addr`.
+fn on_socket<T, F: std::future::Future<Output = T>>(
+    addr: &str,
+    talk: impl FnOnce(Socket) -> F,
+) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
             .await
             .unwrap();
-        for event in events {
-            let message = format!("[\"EVENT\",{}]", event.to_json());
-            ws.send(tokio_tungstenite::tungstenite::Message::text(message))
-                .await
-                .unwrap();
-            let ok = loop {
-                let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .unwrap();
-                let text = message.into_text().unwrap().to_string();
-                if text.starts_with("[\"OK\"") {
-                    break text;
-                }
-            };
-            assert!(ok.contains("true"), "{ok}");
-        }
-    });
+        talk(ws).await
+    })
+}
+
+/// The next message on `ws` as JSON; fails the test after 20 s.
+async fn next_json(ws: &mut Socket) -> serde_json::Value {
+    use futures_util::StreamExt;
+    let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("no message from the relay within 20 s")
+        .expect("the relay closed the connection")
+        .unwrap();
+    serde_json::from_str(message.into_text().unwrap().as_str()).unwrap()
 }
 
 /// A temporary directory, the store path in it, `megalith serve` on that
@@ -1039,27 +1057,13 @@ fn sync_both_ways_with_a_running_server_converges() {
 /// Over one WebSocket to `addr`: the ids a REQ for `{}` gets before EOSE,
 /// and the OK an EVENT of `probe` gets (accepted, message).
 fn ids_and_publish(addr: &str, probe: &megalith::Event) -> (Vec<String>, (bool, String)) {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-            .await
-            .unwrap();
+    use futures_util::SinkExt;
+    on_socket(addr, |mut ws| async move {
         let req = serde_json::json!(["REQ", "all", {"limit": 500}]).to_string();
         ws.send(Message::text(req)).await.unwrap();
         let mut ids = Vec::new();
         loop {
-            let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            let value: serde_json::Value =
-                serde_json::from_str(message.into_text().unwrap().as_str()).unwrap();
+            let value = next_json(&mut ws).await;
             match value[0].as_str() {
                 Some("EVENT") => ids.push(value[2]["id"].as_str().unwrap().to_string()),
                 Some("EOSE") => break,
@@ -1069,13 +1073,7 @@ fn ids_and_publish(addr: &str, probe: &megalith::Event) -> (Vec<String>, (bool, 
         let event = format!("[\"EVENT\",{}]", probe.to_json());
         ws.send(Message::text(event)).await.unwrap();
         let ok = loop {
-            let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            let value: serde_json::Value =
-                serde_json::from_str(message.into_text().unwrap().as_str()).unwrap();
+            let value = next_json(&mut ws).await;
             if value[0] == "OK" {
                 break (
                     value[2].as_bool().unwrap(),
@@ -1151,28 +1149,14 @@ fn a_replica_follows_its_primary_and_refuses_writes() {
 /// The verbs of the first answers to `n` REQs (each with its own id) sent
 /// on one connection: EOSE when taken, CLOSED when refused.
 fn req_verbs(addr: &str, n: usize) -> Vec<String> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-            .await
-            .unwrap();
+    use futures_util::SinkExt;
+    on_socket(addr, |mut ws| async move {
         let mut verbs = Vec::new();
         for i in 0..n {
             let req = serde_json::json!(["REQ", format!("s{i}"), {"kinds": [1]}]).to_string();
             ws.send(Message::text(req)).await.unwrap();
             loop {
-                let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .unwrap();
-                let value: serde_json::Value =
-                    serde_json::from_str(message.into_text().unwrap().as_str()).unwrap();
+                let value = next_json(&mut ws).await;
                 if value[0] == "EOSE" || value[0] == "CLOSED" {
                     verbs.push(value[0].as_str().unwrap().to_string());
                     break;

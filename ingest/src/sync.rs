@@ -229,7 +229,7 @@ async fn reconcile(
     let open = format!(
         "[\"NEG-OPEN\",\"{SUB}\",{},\"{}\"]",
         filter.to_json(),
-        hex(&first)
+        megalith::hex::encode(&first)
     );
     report.reconcile_bytes_sent += open.len() as u64;
     link.send(open).await?;
@@ -255,10 +255,14 @@ async fn reconcile(
                     .get(2)
                     .and_then(|v| v.as_str())
                     .ok_or("the relay's NEG-MSG has no hex message")?;
-                let message = unhex(message).ok_or("the relay's NEG-MSG message is not hex")?;
+                let message = megalith::hex::decode(message)
+                    .map_err(|e| format!("the relay's NEG-MSG message is {e}"))?;
                 match reconciler.answer(&message)? {
                     Some(next) => {
-                        let frame = format!("[\"NEG-MSG\",\"{SUB}\",\"{}\"]", hex(&next));
+                        let frame = format!(
+                            "[\"NEG-MSG\",\"{SUB}\",\"{}\"]",
+                            megalith::hex::encode(&next)
+                        );
                         report.reconcile_bytes_sent += frame.len() as u64;
                         link.send(frame).await?;
                     }
@@ -556,27 +560,6 @@ impl Link {
     async fn close(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.socket.close(None)).await;
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(2 * bytes.len());
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    out
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    text.as_bytes()
-        .chunks_exact(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
 }
 
 #[cfg(test)]

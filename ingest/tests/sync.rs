@@ -232,6 +232,44 @@ async fn neg_opens(relay: &TestRelay) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// A replica of `primary` into `store` (its pool, sink and task), syncing
+/// every `resync`.
+struct Following {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    pool: megalith_ingest::PoolHandle,
+}
+
+impl Following {
+    fn start(store: &Arc<EventStore>, primary: RelayUrl, resync: Duration) -> Following {
+        use megalith_ingest::Sink;
+        use megalith_ingest::pool::{self, PoolConfig};
+        use megalith_ingest::replica::{self, ReplicaOptions};
+        let (pool, _pool_task) = pool::start(PoolConfig::default());
+        let (sink, _sink_task) = Sink::start(Arc::clone(store), pool.stats().clone());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut options = ReplicaOptions::new(primary);
+        options.resync = resync;
+        let task = tokio::spawn(replica::run(
+            Arc::clone(store),
+            pool.clone(),
+            sink,
+            options,
+            stopped,
+        ));
+        Following { stop, task, pool }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("the replica did not stop")
+            .unwrap();
+        self.pool.shutdown().await;
+    }
+}
+
 /// A replica (megalith_ingest::replica) of a Megalith relay, run twice as
 /// a restarted server would be. First with syncs far apart: what the
 /// primary held before comes by the first sync, new events by the live
@@ -241,40 +279,12 @@ async fn neg_opens(relay: &TestRelay) -> u64 {
 /// same events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_gets_the_past_the_live_stream_and_what_the_stream_cannot_bring() {
-    use megalith_ingest::Sink;
-    use megalith_ingest::pool::{self, PoolConfig};
-    use megalith_ingest::replica::{self, ReplicaOptions};
-
     let primary = TestRelay::start(RelayLimits::default()).await;
     let past = notes(6, 120);
     primary.store.insert(&past).unwrap();
     let (_dir, store) = store();
-    let follow = |resync: u64| {
-        let (store, primary) = (Arc::clone(&store), url(&primary));
-        async move {
-            let (pool, _pool_task) = pool::start(PoolConfig::default());
-            let (sink, _sink_task) = Sink::start(Arc::clone(&store), pool.stats().clone());
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let mut options = ReplicaOptions::new(primary);
-            options.resync = Duration::from_secs(resync);
-            let task = tokio::spawn(replica::run(store, pool.clone(), sink, options, stopped));
-            (stop, task, pool)
-        }
-    };
-    let stop_following = |(stop, task, pool): (
-        tokio::sync::watch::Sender<bool>,
-        tokio::task::JoinHandle<()>,
-        megalith_ingest::PoolHandle,
-    )| async move {
-        let _ = stop.send(true);
-        tokio::time::timeout(Duration::from_secs(20), task)
-            .await
-            .expect("the replica did not stop")
-            .unwrap();
-        pool.shutdown().await;
-    };
 
-    let running = follow(600).await;
+    let running = Following::start(&store, url(&primary), Duration::from_secs(600));
     let mut want = ids(&past);
     wait_for(&store, &want, "the past").await;
     let mut client = primary.connect().await;
@@ -287,9 +297,9 @@ async fn a_replica_gets_the_past_the_live_stream_and_what_the_stream_cannot_brin
     want.extend(ids(&fresh));
     wait_for(&store, &want, "the live stream").await;
     assert_eq!(neg_opens(&primary).await, 1, "a sync ran besides the first");
-    stop_following(running).await;
+    running.stop().await;
 
-    let running = follow(1).await;
+    let running = Following::start(&store, url(&primary), Duration::from_secs(1));
     while neg_opens(&primary).await < 2 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -301,7 +311,7 @@ async fn a_replica_gets_the_past_the_live_stream_and_what_the_stream_cannot_brin
     }
     want.extend(ids(&old));
     wait_for(&store, &want, "the next sync").await;
-    stop_following(running).await;
+    running.stop().await;
     let there: BTreeSet<_> = stored_ids(&primary.store).into_iter().collect();
     assert_eq!(there, want);
 }
@@ -342,10 +352,6 @@ async fn a_relay_that_answers_fewer_than_asked_is_asked_again() {
 /// brings the rest, not the one 600 s later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_stream_is_followed_by_a_sync() {
-    use megalith_ingest::Sink;
-    use megalith_ingest::pool::{self, PoolConfig};
-    use megalith_ingest::replica::{self, ReplicaOptions};
-
     let mut primary = TestRelay::start_with(RelayConfig {
         limits: RelayLimits {
             max_limit: 5,
@@ -356,18 +362,7 @@ async fn a_cut_stream_is_followed_by_a_sync() {
     })
     .await;
     let (_dir, store) = store();
-    let (pool, _pool_task) = pool::start(PoolConfig::default());
-    let (sink, _sink_task) = Sink::start(Arc::clone(&store), pool.stats().clone());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut options = ReplicaOptions::new(url(&primary));
-    options.resync = Duration::from_secs(600);
-    let task = tokio::spawn(replica::run(
-        Arc::clone(&store),
-        pool.clone(),
-        sink,
-        options,
-        stopped,
-    ));
+    let running = Following::start(&store, url(&primary), Duration::from_secs(600));
     // The stream is live once a new event comes through it.
     let mut client = primary.connect().await;
     let first = Keys::from_seed(800).sign(now() - 1, 1, vec![], "first".into());
@@ -402,10 +397,5 @@ async fn a_cut_stream_is_followed_by_a_sync() {
         "a sync brought it, not the stream"
     );
 
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("the replica did not stop")
-        .unwrap();
-    pool.shutdown().await;
+    running.stop().await;
 }

@@ -250,7 +250,7 @@ pub fn neg_msg_frame(sub_json: &str, message: &[u8]) -> String {
     frame.push_str("[\"NEG-MSG\",");
     frame.push_str(sub_json);
     frame.push_str(",\"");
-    push_hex(&mut frame, message);
+    megalith::hex::push_str(&mut frame, message);
     frame.push_str("\"]");
     frame
 }
@@ -258,14 +258,6 @@ pub fn neg_msg_frame(sub_json: &str, message: &[u8]) -> String {
 /// `["NEG-ERR", <sub>, <reason>]` (NIP-77)
 pub fn neg_err_frame(sub_json: &str, reason: &str) -> String {
     format!("[\"NEG-ERR\",{sub_json},{}]", json_string(reason))
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
 }
 
 /// A NIP-77 message: a JSON string of hex digits (either case), decoded,
@@ -286,30 +278,10 @@ pub fn neg_message(raw: &RawValue) -> Result<Vec<u8>, String> {
 
 fn neg_hex(raw: &RawValue) -> Result<Vec<u8>, String> {
     let text = string(raw).ok_or("the negentropy message must be a string of hex digits")?;
-    if !text.len().is_multiple_of(2) {
-        return Err(format!(
-            "the negentropy message has an odd number of hex digits ({})",
-            text.len()
-        ));
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    text.as_bytes()
-        .chunks_exact(2)
-        .enumerate()
-        .map(|(i, pair)| match (digit(pair[0]), digit(pair[1])) {
-            (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
-            _ => Err(format!(
-                "the negentropy message is not hex: {:?} at byte {}",
-                String::from_utf8_lossy(pair),
-                2 * i
-            )),
-        })
-        .collect()
+    megalith::hex::decode(&text).map_err(|e| match e {
+        megalith::hex::DecodeError::OddLength(_) => format!("the negentropy message has {e}"),
+        megalith::hex::DecodeError::NotHex { .. } => format!("the negentropy message is {e}"),
+    })
 }
 
 #[cfg(test)]

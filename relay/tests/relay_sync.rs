@@ -18,15 +18,11 @@ use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use relay::{Client, TestRelay, auth_event};
 use serde_json::{Value, json};
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
+/// The first message of a client that holds nothing, as hex.
+fn empty_message() -> String {
+    let mut storage = NegentropyStorageVector::new();
+    storage.seal().unwrap();
+    megalith::hex::encode(&Negentropy::owned(storage, 0).unwrap().initiate().unwrap())
 }
 
 /// What a client holds: (created_at, id) items.
@@ -67,7 +63,7 @@ async fn reconcile(
     let mut neg = Negentropy::owned(storage, frame).unwrap();
     let first = neg.initiate().unwrap();
     client
-        .send(&json!(["NEG-OPEN", sub, filter, hex(&first)]).to_string())
+        .send(&json!(["NEG-OPEN", sub, filter, megalith::hex::encode(&first)]).to_string())
         .await;
     let (mut have, mut need) = (Vec::new(), Vec::new());
     let (mut rounds, mut largest) = (0, 0);
@@ -75,7 +71,7 @@ async fn reconcile(
         let reply = client.recv().await;
         assert_eq!(reply[0], "NEG-MSG", "{reply}");
         assert_eq!(reply[1], sub, "{reply}");
-        let message = unhex(reply[2].as_str().unwrap());
+        let message = megalith::hex::decode(reply[2].as_str().unwrap()).unwrap();
         rounds += 1;
         largest = largest.max(message.len());
         match neg
@@ -84,7 +80,7 @@ async fn reconcile(
         {
             Some(next) => {
                 client
-                    .send(&json!(["NEG-MSG", sub, hex(&next)]).to_string())
+                    .send(&json!(["NEG-MSG", sub, megalith::hex::encode(&next)]).to_string())
                     .await
             }
             None => break,
@@ -190,11 +186,7 @@ async fn refusals_are_neg_errs_that_say_why() {
         .collect();
     relay.store.insert(&events).unwrap();
     let mut client = relay.connect().await;
-    let empty = {
-        let mut storage = NegentropyStorageVector::new();
-        storage.seal().unwrap();
-        hex(&Negentropy::owned(storage, 0).unwrap().initiate().unwrap())
-    };
+    let empty = empty_message();
 
     let reason = neg_err(&mut client, json!(["NEG-OPEN", "big", {}, empty])).await;
     assert!(reason.starts_with("blocked:"), "{reason}");
@@ -292,11 +284,7 @@ async fn sessions_together_hold_at_most_their_budget() {
         .map(|i| keys.sign(now() - 100 + i, 1, Vec::new(), format!("note {i}")))
         .collect();
     relay.store.insert(&events).unwrap();
-    let empty = {
-        let mut storage = NegentropyStorageVector::new();
-        storage.seal().unwrap();
-        hex(&Negentropy::owned(storage, 0).unwrap().initiate().unwrap())
-    };
+    let empty = empty_message();
     let mut first = relay.connect().await;
     first
         .send(&json!(["NEG-OPEN", "one", {}, empty]).to_string())

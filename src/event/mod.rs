@@ -15,7 +15,7 @@ mod limits;
 pub mod nip19;
 pub(crate) mod payload;
 mod tag_ref;
-mod types;
+pub(crate) mod types;
 
 #[cfg(test)]
 mod corpus_tests;

@@ -26,11 +26,12 @@ pub use rebuild::{RebuildReport, rebuild};
 
 use crate::error::{Error, io_error};
 use crate::eventstore::{MANIFEST_FILE, load_manifest, lock_store_dir_shared};
+use crate::hex::encode as hex;
 use crate::ids::{Location, Lsn, ShardId};
 use crate::index::{IndexKind, location_at_end};
 use crate::storage::FileStorage;
 use crate::wal::{Log, WalError};
-use log_walk::{LogWalk, header_never_written, hex, walk_log};
+use log_walk::{LogWalk, header_never_written, walk_log};
 
 /// Problems listed per index and kind of mismatch before the rest are
 /// summed up in one line.

@@ -483,7 +483,7 @@ fn replay(
                             if target.id().0 != remove.target_id {
                                 return Err(Error::corrupt(format!(
                                     "remove record at {location} names event {} but {} holds {}",
-                                    hex(&remove.target_id),
+                                    crate::hex::encode(&remove.target_id),
                                     remove.target,
                                     target.id()
                                 )));
@@ -558,8 +558,4 @@ fn replayed_lsn_before(segment: &crate::wal::Segment, offset: usize) -> Lsn {
         .take_while(|(at, _)| (*at as usize) < offset)
         .last()
         .map_or(Lsn::ZERO, |(_, record)| record.lsn)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -172,7 +172,7 @@ impl Api {
 /// `304` when the client's `If-None-Match` names it.
 fn cached(headers: &HeaderMap, body: String, max_age: u32) -> Response {
     let digest = Sha256::digest(body.as_bytes());
-    let etag = format!("\"{}\"", hex(&digest[..12]));
+    let etag = format!("\"{}\"", megalith::hex::encode(&digest[..12]));
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -212,10 +212,6 @@ fn percent_encode(text: &str) -> String {
         }
     }
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why a request gets no answer: its status and message, answered as

@@ -380,7 +380,7 @@ impl Dump {
                 Err(why) => doc["problem"] = why.into(),
             }
             if self.hex {
-                doc["payload_hex"] = hex(record.payload).into();
+                doc["payload_hex"] = megalith::hex::encode(record.payload).into();
             }
             writeln!(self.out, "{doc}")?;
         } else {
@@ -481,7 +481,7 @@ impl Dump {
                 });
             }
             if self.hex {
-                doc["bytes_hex"] = hex(around).into();
+                doc["bytes_hex"] = megalith::hex::encode(around).into();
             }
             writeln!(self.out, "{doc}")?;
         } else {
@@ -576,7 +576,7 @@ fn describe(record: &RecordRef<'_>) -> Result<Details, String> {
                     RemoveReason::Replaced => "replaced",
                     RemoveReason::Deleted => "deleted",
                 },
-                "target_id": hex(&remove.target_id),
+                "target_id": megalith::hex::encode(&remove.target_id),
             })))
         }
         RecordType::Quarantined => {
@@ -592,10 +592,6 @@ fn describe(record: &RecordRef<'_>) -> Result<Details, String> {
             })))
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The classic layout: offset, 16 bytes in two groups of 8, then ASCII.

@@ -168,9 +168,9 @@ impl LogWalk {
                 if event.id != remove.target_id {
                     let reason = format!(
                         "remove record names event {} at {}, which holds {} (opening the store fails here)",
-                        hex(&remove.target_id),
+                        crate::hex::encode(&remove.target_id),
                         remove.target,
-                        hex(&event.id)
+                        crate::hex::encode(&event.id)
                     );
                     self.problem(path, offset, reason);
                     return;
@@ -406,8 +406,4 @@ pub(super) fn header_never_written(path: &Path) -> Result<bool, Error> {
         .and_then(|f| f.take(SEGMENT_HEADER_LEN as u64).read_to_end(&mut header))
         .map_err(io_error(path, "read"))?;
     Ok(header.len() < SEGMENT_HEADER_LEN || header.iter().all(|&b| b == 0))
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
