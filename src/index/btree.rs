@@ -16,9 +16,6 @@
 //!   ([`BTree::apply_sorted`]) packs the in-memory leaves of each branch it
 //!   changes into the fewest pages; single inserts and removals do not.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -27,6 +24,7 @@ use super::format::{
     FREE_IDS_PER_PAGE, Meta, PAGE_SIZE, decode_free_list_page, decode_meta, encode_free_list_page,
     encode_meta,
 };
+use super::level::{Level, LevelCursor};
 use super::node::{
     MemNode, Node, NodeRef, PageView, compare_keys, encode_node_into, fits, leaf_fits,
 };
@@ -71,7 +69,7 @@ pub(crate) struct BTree {
     /// falls in it. Not durable: the log is. The tree's checkpoint LSN stays
     /// below every record the level holds, and replay stages those records
     /// again (see [`BTree::stage_replayed`]).
-    level: BTreeMap<LevelKey, bool>,
+    level: Level,
     /// What the level changes the entry count by, assuming (as the write
     /// path guarantees) that an entry is added only when absent and removed
     /// only when present; exact again after a merge.
@@ -242,7 +240,7 @@ impl BTree {
             pending_free: Vec::new(),
             free_list_pages: Vec::new(),
             entry_count: meta.entry_count,
-            level: BTreeMap::new(),
+            level: Level::new(width),
             level_delta: 0,
             verified: VerifiedPages::default(),
             meta_unsettled: AtomicBool::new(false),
@@ -296,20 +294,7 @@ impl BTree {
     /// tree is not touched until [`BTree::merge_level`]. Reads see it at once.
     pub fn stage(&mut self, entry: &[u8], add: bool) {
         debug_assert_eq!(entry.len(), self.width);
-        let step = if add { 1 } else { -1 };
-        // One walk down the map: most staged entries are new.
-        match self.level.entry(LevelKey(entry.into())) {
-            btree_map::Entry::Occupied(mut staged) if *staged.get() != add => {
-                // The opposite of a staged change undoes its count.
-                staged.insert(add);
-                self.level_delta += step;
-            }
-            btree_map::Entry::Occupied(_) => {}
-            btree_map::Entry::Vacant(slot) => {
-                slot.insert(add);
-                self.level_delta += step;
-            }
-        }
+        self.level_delta += self.level.stage(entry, add);
     }
 
     /// Stages a change replay found in the log (a record after the tree's
@@ -317,7 +302,7 @@ impl BTree {
     /// checkpoint (see `Meta::past_floor`) is asked first, so a change it
     /// already holds is not staged again and the entry count stays exact.
     pub fn stage_replayed(&mut self, entry: &[u8], add: bool) -> Result<(), IndexError> {
-        if self.meta.past_floor && !self.level.contains_key(LevelKeyRef::new(entry)) {
+        if self.meta.past_floor && self.level.get(entry).is_none() {
             let mut cursor = self.seek_tree(entry)?;
             let present = cursor.next()?.is_some_and(|found| found == entry);
             if present == add {
@@ -332,14 +317,10 @@ impl BTree {
     /// tree, in key order; returns how many are left in the level. Between
     /// calls the tree and the level together hold the same entries.
     pub fn merge_level(&mut self, most: usize) -> Result<usize, IndexError> {
-        let rest = match self.level.keys().nth(most).cloned() {
-            Some(split) => self.level.split_off(&split),
-            None => BTreeMap::new(),
-        };
-        let batch = std::mem::replace(&mut self.level, rest);
+        let (mut keys, mut adds) = (Vec::new(), Vec::new());
         // Re-stated exactly by the tree as the entries go in.
-        let undone: i64 = batch.values().map(|&add| if add { 1 } else { -1 }).sum();
-        let entries: Vec<(&[u8], bool)> = batch.iter().map(|(e, &add)| (&e.0[..], add)).collect();
+        let undone = self.level.take_lowest(most, &mut keys, &mut adds);
+        let entries: Vec<(&[u8], bool)> = keys.chunks_exact(self.width).zip(adds).collect();
         self.apply_batch(&entries)?;
         self.level_delta -= undone;
         if self.level.is_empty() {
@@ -351,9 +332,7 @@ impl BTree {
     /// Drops `entry` from the level (a direct change of the tree follows,
     /// and is newer than what was staged).
     fn unstage(&mut self, entry: &[u8]) {
-        if let Some(add) = self.level.remove(LevelKeyRef::new(entry)) {
-            self.level_delta -= if add { 1 } else { -1 };
-        }
+        self.level_delta -= self.level.unstage(entry);
     }
 
     /// The durable meta page's state.
@@ -461,10 +440,8 @@ impl BTree {
         })
     }
 
-    fn level_from(&self, key: &[u8]) -> std::iter::Peekable<btree_map::Range<'_, LevelKey, bool>> {
-        self.level
-            .range::<LevelKeyRef, _>((Bound::Included(LevelKeyRef::new(key)), Bound::Unbounded))
-            .peekable()
+    fn level_from(&self, key: &[u8]) -> LevelCursor<'_> {
+        self.level.cursor(key)
     }
 
     /// A cursor over the tree alone.
@@ -1402,55 +1379,6 @@ fn partition_point(len: usize, mut pred: impl FnMut(usize) -> bool) -> usize {
     lo
 }
 
-/// An entry of the in-memory level. Ordered as its bytes are, but compared
-/// a word at a time first ([`compare_keys`]): the map's searches are most
-/// of the cost of staging.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct LevelKey(Box<[u8]>);
-
-/// A borrowed [`LevelKey`] (or a key prefix), for searches of the map.
-#[derive(Debug, PartialEq, Eq)]
-#[repr(transparent)]
-struct LevelKeyRef([u8]);
-
-impl LevelKeyRef {
-    fn new(bytes: &[u8]) -> &LevelKeyRef {
-        // SAFETY: `LevelKeyRef` is a `repr(transparent)` wrapper of `[u8]`,
-        // so the two references have the same layout and metadata.
-        unsafe { &*(bytes as *const [u8] as *const LevelKeyRef) }
-    }
-}
-
-impl Ord for LevelKeyRef {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        compare_keys(&self.0, &other.0)
-    }
-}
-
-impl PartialOrd for LevelKeyRef {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for LevelKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        LevelKeyRef::new(&self.0).cmp(LevelKeyRef::new(&other.0))
-    }
-}
-
-impl PartialOrd for LevelKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl std::borrow::Borrow<LevelKeyRef> for LevelKey {
-    fn borrow(&self) -> &LevelKeyRef {
-        LevelKeyRef::new(&self.0)
-    }
-}
-
 /// Walks entries in order from a seek position: the tree's, merged with the
 /// in-memory level's (a staged addition shows, a staged removal hides the
 /// tree's entry).
@@ -1459,7 +1387,7 @@ pub(crate) struct Cursor<'t> {
     tree: TreeCursor<'t>,
     /// The level from the seek key on; `None` when it was empty (the tree's
     /// cursor is then used as it is).
-    level: Option<std::iter::Peekable<btree_map::Range<'t, LevelKey, bool>>>,
+    level: Option<LevelCursor<'t>>,
     /// The tree's next entry, read ahead while merging (`None`: not read).
     tree_next: Option<Option<Vec<u8>>>,
     entry: Vec<u8>,
@@ -1471,7 +1399,7 @@ impl Cursor<'_> {
     pub fn seek_forward(&mut self, key: &[u8]) -> Result<(), IndexError> {
         self.tree.seek_forward(key)?;
         if let Some(level) = &mut self.level {
-            *level = self.tree.tree.level_from(key);
+            level.seek_forward(key);
             self.tree_next = None;
         }
         Ok(())
@@ -1487,7 +1415,7 @@ impl Cursor<'_> {
                 self.tree_next = Some(self.tree.next()?.map(<[u8]>::to_vec));
             }
             let tree_next = self.tree_next.as_ref().and_then(Option::as_deref);
-            let staged = level.peek().map(|(entry, _)| &*entry.0);
+            let staged = level.peek().map(|(entry, _)| entry);
             let order = match (tree_next, staged) {
                 (None, None) => return Ok(None),
                 (Some(_), None) => std::cmp::Ordering::Less,
@@ -1508,9 +1436,9 @@ impl Cursor<'_> {
             let Some((entry, add)) = level.next() else {
                 unreachable!("the level's entry was peeked")
             };
-            if *add {
+            if add {
                 self.entry.clear();
-                self.entry.extend_from_slice(&entry.0);
+                self.entry.extend_from_slice(entry);
                 return Ok(Some(&self.entry));
             }
         }

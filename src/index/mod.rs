@@ -7,6 +7,7 @@ mod error;
 mod format;
 mod idfilter;
 mod keys;
+mod level;
 mod node;
 mod set;
 

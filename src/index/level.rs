@@ -1,0 +1,486 @@
+//! The sorted in-memory level of a random-order index: the entries the
+//! writer staged since the last merge into the tree, as a few sorted runs of
+//! fixed-width entries (docs/engine-at-scale.md, "The sorted in-memory
+//! level").
+//!
+//! A group's entries for an index arrive sorted, so staging them appends
+//! to the newest run; the first entry not above the newest run's last
+//! starts a new run. Before a run is started, the newest runs are merged
+//! while the older of the two is at most [`GROWTH`] times the newer, so the
+//! runs' sizes grow geometrically from the newest to the oldest and there
+//! are about log₄(entries ÷ group) of them. A read seeks each run by binary
+//! search and merges them; for a key in several runs the newest wins.
+//!
+//! Each entry carries two states: the one its first staging gave it and the
+//! one its last gave it (added or removed). The write path stages a change
+//! only when it flips the entry's state as tree and level show it (it adds
+//! what is absent, removes what is present), so the first state says what
+//! the tree holds (a first add: absent from the tree) and the last what a
+//! read shows; an entry whose two states agree changes the index's count by
+//! one, one whose states differ by nothing.
+//!
+//! The runs replace an ordered map of boxed keys, whose inserts were most of
+//! a writer's time (a search of a million-key map per entry, and an
+//! allocation per entry).
+
+use std::cmp::Ordering;
+
+use super::node::compare_keys;
+
+/// Runs are merged while the older is at most this many times the newer.
+const GROWTH: usize = 4;
+
+/// A run never has more than this many neighbours: past it the newest
+/// two are merged whatever their sizes (it takes many tiny groups in a
+/// row, a replay of single records, to get near it).
+const MOST_RUNS: usize = 24;
+
+/// Flag bits of an entry.
+const LAST_ADD: u8 = 1;
+const FIRST_ADD: u8 = 2;
+
+/// How an entry whose first and last states are `flags` changes the count
+/// of the index under it.
+fn effect(flags: u8) -> i64 {
+    match flags & (LAST_ADD | FIRST_ADD) {
+        0 => -1,
+        3 => 1,
+        _ => 0,
+    }
+}
+
+/// Entries sorted, each once; those before `skip` have gone into the tree.
+#[derive(Debug, Default)]
+struct Run {
+    keys: Vec<u8>,
+    flags: Vec<u8>,
+    skip: usize,
+}
+
+impl Run {
+    fn len(&self) -> usize {
+        self.flags.len() - self.skip
+    }
+
+    fn key(&self, i: usize, width: usize) -> &[u8] {
+        &self.keys[i * width..(i + 1) * width]
+    }
+
+    /// The first position at or after `from` whose entry is not below `key`
+    /// (a whole entry or a prefix).
+    fn lower_bound(&self, key: &[u8], from: usize, width: usize) -> usize {
+        let (mut lo, mut hi) = (from, self.flags.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if compare_keys(self.key(mid, width), key) == Ordering::Less {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn push(&mut self, key: &[u8], flags: u8) {
+        self.keys.extend_from_slice(key);
+        self.flags.push(flags);
+    }
+}
+
+/// The level of one index: its runs, oldest first.
+#[derive(Debug)]
+pub(crate) struct Level {
+    width: usize,
+    runs: Vec<Run>,
+    /// Entries in all runs (a key in two runs counts twice).
+    len: usize,
+}
+
+impl Level {
+    pub fn new(width: usize) -> Level {
+        Level {
+            width,
+            runs: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Entries held, a key held by several runs once per run: the budget
+    /// the writer counts, and never less than the keys a merge will take.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Stages `key` as added (`add`) or removed, a flip of its state;
+    /// returns what that changes the index's count by. Keys of one group
+    /// come in ascending order and land in the newest run.
+    pub fn stage(&mut self, key: &[u8], add: bool) -> i64 {
+        debug_assert_eq!(key.len(), self.width);
+        let width = self.width;
+        let step = if add { 1 } else { -1 };
+        if let Some(run) = self.runs.last_mut()
+            && run.len() > 0
+        {
+            let last = run.flags.len() - 1;
+            match compare_keys(key, run.key(last, width)) {
+                Ordering::Greater => {
+                    run.push(key, if add { LAST_ADD | FIRST_ADD } else { 0 });
+                    self.len += 1;
+                    return step;
+                }
+                Ordering::Equal => {
+                    let flags = &mut run.flags[last];
+                    if (*flags & LAST_ADD != 0) == add {
+                        return 0;
+                    }
+                    *flags = (*flags & FIRST_ADD) | if add { LAST_ADD } else { 0 };
+                    return step;
+                }
+                Ordering::Less => {}
+            }
+        }
+        self.settle();
+        let mut run = Run::default();
+        run.push(key, if add { LAST_ADD | FIRST_ADD } else { 0 });
+        self.runs.push(run);
+        self.len += 1;
+        step
+    }
+
+    /// Merges the newest runs while the older is at most [`GROWTH`] times
+    /// the newer (or there are too many).
+    fn settle(&mut self) {
+        while let [.., older, newer] = &self.runs[..] {
+            if older.len() > GROWTH * newer.len() && self.runs.len() <= MOST_RUNS {
+                break;
+            }
+            let newer = self.runs.pop().unwrap_or_default();
+            let older = self.runs.pop().unwrap_or_default();
+            let merged = merge(older, newer, self.width);
+            self.len = self.runs.iter().map(Run::len).sum::<usize>() + merged.len();
+            self.runs.push(merged);
+        }
+    }
+
+    /// A key's state as a read shows it: `Some(true)` staged as added,
+    /// `Some(false)` as removed, `None` not staged.
+    pub fn get(&self, key: &[u8]) -> Option<bool> {
+        let width = self.width;
+        self.runs.iter().rev().find_map(|run| {
+            let at = run.lower_bound(key, run.skip, width);
+            (at < run.flags.len() && run.key(at, width) == key)
+                .then(|| run.flags[at] & LAST_ADD != 0)
+        })
+    }
+
+    /// Drops `key` from every run (a direct change of the tree follows);
+    /// returns what its staging had changed the index's count by.
+    pub fn unstage(&mut self, key: &[u8]) -> i64 {
+        let width = self.width;
+        let (mut first, mut last) = (None, None);
+        for run in &mut self.runs {
+            let at = run.lower_bound(key, run.skip, width);
+            if at < run.flags.len() && run.key(at, width) == key {
+                let flags = run.flags.remove(at);
+                run.keys.drain(at * width..(at + 1) * width);
+                first.get_or_insert(flags & FIRST_ADD);
+                last = Some(flags & LAST_ADD);
+                self.len -= 1;
+            }
+        }
+        self.runs.retain(|run| run.len() > 0);
+        match (first, last) {
+            (Some(first), Some(last)) => effect(first | last),
+            _ => 0,
+        }
+    }
+
+    /// A cursor at the first staged key not below `key`.
+    pub fn cursor(&self, key: &[u8]) -> LevelCursor<'_> {
+        let width = self.width;
+        LevelCursor {
+            width,
+            at: self
+                .runs
+                .iter()
+                .map(|run| run.lower_bound(key, run.skip, width))
+                .collect(),
+            runs: &self.runs,
+            head: None,
+        }
+    }
+
+    /// Takes the lowest `most` keys out of the level, each with its state
+    /// as a read shows it (entries of `width` bytes in `keys`, states in
+    /// `adds`); returns what they had changed the index's count by.
+    pub fn take_lowest(&mut self, most: usize, keys: &mut Vec<u8>, adds: &mut Vec<bool>) -> i64 {
+        let mut change = 0;
+        let mut cursor = self.cursor(&[]);
+        let mut taken = 0;
+        while taken < most {
+            let Some((key, flags)) = cursor.next_flags() else {
+                break;
+            };
+            keys.extend_from_slice(key);
+            adds.push(flags & LAST_ADD != 0);
+            change += effect(flags);
+            taken += 1;
+        }
+        let ends: Vec<usize> = cursor.at;
+        for (run, end) in self.runs.iter_mut().zip(ends) {
+            self.len -= end - run.skip;
+            run.skip = end;
+        }
+        self.runs.retain(|run| run.len() > 0);
+        change
+    }
+}
+
+/// Merges two runs, `newer`'s states over `older`'s.
+fn merge(older: Run, newer: Run, width: usize) -> Run {
+    let total = older.len() + newer.len();
+    let mut out = Run {
+        keys: Vec::with_capacity(total * width),
+        flags: Vec::with_capacity(total),
+        skip: 0,
+    };
+    let (mut i, mut j) = (older.skip, newer.skip);
+    while i < older.flags.len() && j < newer.flags.len() {
+        let (a, b) = (older.key(i, width), newer.key(j, width));
+        match compare_keys(a, b) {
+            Ordering::Less => {
+                out.push(a, older.flags[i]);
+                i += 1;
+            }
+            Ordering::Greater => {
+                out.push(b, newer.flags[j]);
+                j += 1;
+            }
+            Ordering::Equal => {
+                out.push(
+                    b,
+                    (older.flags[i] & FIRST_ADD) | (newer.flags[j] & LAST_ADD),
+                );
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.keys.extend_from_slice(&older.keys[i * width..]);
+    out.flags.extend_from_slice(&older.flags[i..]);
+    out.keys.extend_from_slice(&newer.keys[j * width..]);
+    out.flags.extend_from_slice(&newer.flags[j..]);
+    out
+}
+
+/// Walks the level's keys in order, each once, in the state its newest
+/// run gives it.
+#[derive(Debug)]
+pub(crate) struct LevelCursor<'l> {
+    width: usize,
+    runs: &'l [Run],
+    /// Each run's next position.
+    at: Vec<usize>,
+    /// The next key's runs, found by [`LevelCursor::peek`]: (first run
+    /// holding it, newest run holding it).
+    head: Option<(usize, usize)>,
+}
+
+impl<'l> LevelCursor<'l> {
+    /// Moves to the first key not below `key`, which must not be below the
+    /// last key returned.
+    pub fn seek_forward(&mut self, key: &[u8]) {
+        let width = self.width;
+        for (run, at) in self.runs.iter().zip(&mut self.at) {
+            *at = run.lower_bound(key, *at, width);
+        }
+        self.head = None;
+    }
+
+    /// The next key and whether it is staged as added, without moving.
+    pub fn peek(&mut self) -> Option<(&'l [u8], bool)> {
+        self.find_head()
+            .map(|(key, flags)| (key, flags & LAST_ADD != 0))
+    }
+
+    /// The next key and whether it is staged as added.
+    pub fn next(&mut self) -> Option<(&'l [u8], bool)> {
+        self.next_flags()
+            .map(|(key, flags)| (key, flags & LAST_ADD != 0))
+    }
+
+    fn next_flags(&mut self) -> Option<(&'l [u8], u8)> {
+        let (key, flags) = self.find_head()?;
+        let width = self.width;
+        for (run, at) in self.runs.iter().zip(&mut self.at) {
+            if *at < run.flags.len() && run.key(*at, width) == key {
+                *at += 1;
+            }
+        }
+        self.head = None;
+        Some((key, flags))
+    }
+
+    /// The smallest next key over the runs, with its first state from the
+    /// oldest run holding it and its last from the newest.
+    fn find_head(&mut self) -> Option<(&'l [u8], u8)> {
+        let width = self.width;
+        let runs = self.runs;
+        if self.head.is_none() {
+            let mut head: Option<(usize, usize)> = None;
+            for (r, (run, &at)) in runs.iter().zip(&self.at).enumerate() {
+                if at >= run.flags.len() {
+                    continue;
+                }
+                head = match head {
+                    None => Some((r, r)),
+                    Some((first, newest)) => {
+                        let best = runs[newest].key(self.at[newest], width);
+                        match compare_keys(run.key(at, width), best) {
+                            Ordering::Less => Some((r, r)),
+                            Ordering::Equal => Some((first, r)),
+                            Ordering::Greater => Some((first, newest)),
+                        }
+                    }
+                };
+            }
+            self.head = head;
+        }
+        let (first, newest) = self.head?;
+        let key = runs[newest].key(self.at[newest], width);
+        let flags = (runs[first].flags[self.at[first]] & FIRST_ADD)
+            | (runs[newest].flags[self.at[newest]] & LAST_ADD);
+        Some((key, flags))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn key(n: u64) -> [u8; 12] {
+        let mut k = [0u8; 12];
+        k[..8].copy_from_slice(&(n % 61).to_be_bytes());
+        k[8..].copy_from_slice(&(n as u32).wrapping_mul(2_654_435_761).to_be_bytes());
+        k
+    }
+
+    /// The level against a model (key → (first state, last state)) under
+    /// the write path's rule, in groups of sorted keys and single stages,
+    /// with slices taken out from the bottom and keys unstaged: every read
+    /// and every count change as the model says.
+    #[test]
+    fn runs_read_as_one_ordered_map() {
+        let mut level = Level::new(12);
+        let mut model: BTreeMap<[u8; 12], (bool, bool)> = BTreeMap::new();
+        let mut tree: std::collections::BTreeSet<[u8; 12]> = Default::default();
+        let mut count: i64 = 0;
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for round in 0..300u64 {
+            let group = 1 + (next() % 200) as usize;
+            let mut keys: Vec<[u8; 12]> = (0..group).map(|_| key(next() % 3000)).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let present = model.get(&k).map_or(tree.contains(&k), |&(_, last)| last);
+                let add = !present;
+                count += level.stage(&k, add);
+                model
+                    .entry(k)
+                    .and_modify(|(_, last)| *last = add)
+                    .or_insert((add, add));
+            }
+            if round % 37 == 5 {
+                let k = key(next() % 3000);
+                let before = model.remove(&k);
+                let change = level.unstage(&k);
+                let want = match before {
+                    Some((first, last)) if first == last => {
+                        if last {
+                            1
+                        } else {
+                            -1
+                        }
+                    }
+                    _ => 0,
+                };
+                assert_eq!(change, want);
+                count -= change;
+            }
+            if round % 23 == 11 {
+                let most = (next() % 400) as usize;
+                let (mut keys, mut adds) = (Vec::new(), Vec::new());
+                let change = level.take_lowest(most, &mut keys, &mut adds);
+                let taken: Vec<_> = model.keys().take(most).copied().collect();
+                assert_eq!(keys, taken.concat());
+                let mut want = 0;
+                for (k, add) in taken.iter().zip(&adds) {
+                    let (first, last) = model.remove(k).unwrap();
+                    assert_eq!(*add, last);
+                    if first == last {
+                        want += if last { 1 } else { -1 };
+                    }
+                    if last {
+                        tree.insert(*k);
+                    } else {
+                        tree.remove(k);
+                    }
+                }
+                assert_eq!(change, want);
+                count -= change;
+            }
+            // Every read matches the model.
+            let mut cursor = level.cursor(&[]);
+            for (k, &(_, last)) in &model {
+                assert_eq!(cursor.next(), Some((&k[..], last)));
+            }
+            assert_eq!(cursor.next(), None);
+            let probe = key(next() % 3000);
+            assert_eq!(level.get(&probe), model.get(&probe).map(|&(_, last)| last));
+            let skip_to = key(next() % 3000);
+            let start = &probe[..1 + (next() % 12) as usize];
+            let mut cursor = level.cursor(start);
+            let expected: Vec<_> = model
+                .iter()
+                .filter(|(k, _)| compare_keys(&k[..], start) != Ordering::Less)
+                .take(3)
+                .map(|(k, &(_, last))| (k.to_vec(), last))
+                .collect();
+            for e in &expected {
+                assert_eq!(cursor.next().map(|(k, a)| (k.to_vec(), a)), Some(e.clone()));
+            }
+            if let Some(last) = expected.last()
+                && skip_to[..] >= last.0[..]
+            {
+                cursor.seek_forward(&skip_to);
+                let want = model
+                    .range(skip_to..)
+                    .next()
+                    .map(|(k, &(_, last))| (k.to_vec(), last));
+                assert_eq!(cursor.peek().map(|(k, a)| (k.to_vec(), a)), want);
+            }
+            assert!(level.runs.len() <= MOST_RUNS + 1);
+            let net: i64 = model
+                .values()
+                .map(|&(first, last)| match (first, last) {
+                    (true, true) => 1,
+                    (false, false) => -1,
+                    _ => 0,
+                })
+                .sum();
+            assert_eq!(count, net, "round {round}");
+        }
+        assert!(level.len() >= model.len());
+    }
+}
