@@ -4,6 +4,11 @@
 //! pretty-printed over several lines is refused line by line: joining lines
 //! could swallow the valid line after a truncated one.
 //!
+//! Parsing and storing overlap: while the store takes one batch (on a
+//! thread of its own), the next is read and parsed; a batch's outcomes are
+//! counted before the one after it is handed over, so at most one batch is
+//! in flight and a store error still names the first line not stored.
+//!
 //! The summary is always printed. A store error (or an input that cannot be
 //! read) stops the run at the first line not known to be stored, and the
 //! summary names that line and the `--skip-lines` that resumes there.
@@ -200,6 +205,7 @@ pub(crate) fn import(
             progress: progress_bar(&input),
             pending_lines: Vec::with_capacity(settings.batch.min(1 << 12)),
             pending: Vec::with_capacity(settings.batch.min(1 << 12)),
+            pipe: None,
         };
         let result = importer.input(input.reader, skip_lines);
         importer.progress.finish_and_clear();
@@ -241,12 +247,60 @@ struct Importer<'a> {
     /// The parsed events waiting for the next batch, with their line numbers.
     pending_lines: Vec<u64>,
     pending: Vec<Event>,
+    /// The storing thread, while an input is read.
+    pipe: Option<Pipe>,
+}
+
+/// What a batch handed to the storing thread comes back as: its vector
+/// (emptied, for the next batch) and the store's answer.
+type Stored = (Vec<Event>, Result<Vec<InsertOutcome>, megalith::Error>);
+
+/// The storing thread's two ends, and the line numbers of the batch it
+/// holds.
+struct Pipe {
+    batches: std::sync::mpsc::SyncSender<Vec<Event>>,
+    stored: std::sync::mpsc::Receiver<Stored>,
+    in_flight: Option<Vec<u64>>,
 }
 
 impl Importer<'_> {
     /// Reads every line; on a store error or a read error, the line to
     /// resume from (nothing from it on was imported) and the error.
     fn input(&mut self, reader: Box<dyn Read>, skip_lines: u64) -> Result<(), (u64, String)> {
+        let store = self.store;
+        let trusted = self.settings.trusted;
+        std::thread::scope(|scope| {
+            let (batches, to_store) = std::sync::mpsc::sync_channel::<Vec<Event>>(0);
+            let (done, stored) = std::sync::mpsc::channel::<Stored>();
+            scope.spawn(move || {
+                for mut events in to_store {
+                    let outcome = if trusted {
+                        store.insert_trusted(&events)
+                    } else {
+                        store.insert(&events)
+                    };
+                    events.clear();
+                    if done.send((events, outcome)).is_err() {
+                        break;
+                    }
+                }
+            });
+            self.pipe = Some(Pipe {
+                batches,
+                stored,
+                in_flight: None,
+            });
+            let result = self.read(reader, skip_lines);
+            // A batch still in flight is counted even after an error
+            // (which can only be a read error: a store error ends it).
+            let settled = self.settle();
+            // Closes the channel: the storing thread ends.
+            self.pipe = None;
+            result.and(settled.map(drop))
+        })
+    }
+
+    fn read(&mut self, reader: Box<dyn Read>, skip_lines: u64) -> Result<(), (u64, String)> {
         let reader = BufReader::with_capacity(1 << 20, self.progress.wrap_read(reader));
         let mut lines = LineReader::new(reader, self.settings.max_line_bytes);
         while lines.line_number() < skip_lines {
@@ -285,6 +339,7 @@ impl Importer<'_> {
                     let unread = lines.line_number() + 1;
                     // What was read before the error is stored first.
                     self.commit()?;
+                    let _ = self.settle()?;
                     return Err(self.read_failed(unread, &e));
                 }
             };
@@ -322,29 +377,75 @@ impl Importer<'_> {
         }
     }
 
-    /// Inserts the pending events. On a store error, none of them counts as
-    /// stored: the run resumes at the first of them.
+    /// Hands the pending events to the storing thread, after counting the
+    /// outcomes of the batch it held. On a store error, none of that
+    /// batch's events counts as stored: the run resumes at the first of
+    /// them, and nothing after it was handed over.
     fn commit(&mut self) -> Result<(), (u64, String)> {
-        let Some(&first_line) = self.pending_lines.first() else {
+        let recycled = self.settle()?;
+        if self.pending.is_empty() {
             return Ok(());
-        };
-        let outcomes = if self.settings.trusted {
-            self.store.insert_trusted(&self.pending)
-        } else {
-            self.store.insert(&self.pending)
         }
-        .map_err(|e| (first_line, format!("storing events: {e}")))?;
-        self.tally.inserted += self.pending.len() as u64;
         let lines = std::mem::take(&mut self.pending_lines);
+        let events = std::mem::replace(&mut self.pending, recycled.unwrap_or_default());
+        let Some(pipe) = &mut self.pipe else {
+            let outcome = if self.settings.trusted {
+                self.store.insert_trusted(&events)
+            } else {
+                self.store.insert(&events)
+            };
+            return self.count(lines, outcome);
+        };
+        let first_line = lines.first().copied().unwrap_or_default();
+        pipe.batches.send(events).map_err(|_| {
+            (
+                first_line,
+                "storing events: the storing thread stopped".to_string(),
+            )
+        })?;
+        pipe.in_flight = Some(lines);
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any, and counts its outcomes;
+    /// gives back its emptied vector.
+    fn settle(&mut self) -> Result<Option<Vec<Event>>, (u64, String)> {
+        let Some(pipe) = &mut self.pipe else {
+            return Ok(None);
+        };
+        let Some(lines) = pipe.in_flight.take() else {
+            return Ok(None);
+        };
+        let first_line = lines.first().copied().unwrap_or_default();
+        let (events, outcome) = pipe.stored.recv().map_err(|_| {
+            (
+                first_line,
+                "storing events: the storing thread stopped".to_string(),
+            )
+        })?;
+        self.count(lines, outcome)?;
+        Ok(Some(events))
+    }
+
+    /// Counts a stored batch's outcomes, line by line.
+    fn count(
+        &mut self,
+        mut lines: Vec<u64>,
+        outcome: Result<Vec<InsertOutcome>, megalith::Error>,
+    ) -> Result<(), (u64, String)> {
+        let first_line = lines.first().copied().unwrap_or_default();
+        let outcomes = outcome.map_err(|e| (first_line, format!("storing events: {e}")))?;
+        self.tally.inserted += lines.len() as u64;
         for (line, outcome) in lines.iter().zip(outcomes) {
             match outcome {
                 InsertOutcome::Invalid(rejection) => self.refuse(*line, &rejection.into()),
                 other => self.tally.count(other.label()),
             }
         }
-        self.pending_lines = lines;
-        self.pending_lines.clear();
-        self.pending.clear();
+        lines.clear();
+        if self.pending_lines.capacity() == 0 {
+            self.pending_lines = lines;
+        }
         Ok(())
     }
 }

@@ -91,13 +91,14 @@ impl StorageFile for FillingFile {
 }
 
 /// Hands out one line per read, and fills the disk when line `fill_at`
-/// (counted from 1) is asked for: after every line before it was handled,
-/// batches included.
+/// (counted from 1) is asked for, once `ready` says so (the import stores
+/// a batch while it reads the next).
 struct LinesFillingDisk {
     lines: Vec<Vec<u8>>,
     next: usize,
     fill_at: usize,
     full: Arc<AtomicBool>,
+    ready: Box<dyn Fn() -> bool>,
 }
 
 impl Read for LinesFillingDisk {
@@ -107,6 +108,9 @@ impl Read for LinesFillingDisk {
         };
         self.next += 1;
         if self.next == self.fill_at {
+            while !(self.ready)() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             self.full.store(true, Ordering::SeqCst);
         }
         assert!(buf.len() > line.len(), "the test's lines fit the buffer");
@@ -149,16 +153,18 @@ fn a_full_disk_stops_the_run_at_the_first_line_of_the_failed_batch() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");
     let full = Arc::new(AtomicBool::new(false));
-    let store = EventStore::builder(&data)
-        .storage(Arc::new(FillingDisk { full: full.clone() }))
-        .durability(Durability::Always)
-        .shards(1)
-        .open()
-        .unwrap();
+    let store = Arc::new(
+        EventStore::builder(&data)
+            .storage(Arc::new(FillingDisk { full: full.clone() }))
+            .durability(Durability::Always)
+            .shards(1)
+            .open()
+            .unwrap(),
+    );
     let notes = notes(7);
     // Line 2 is refused; batches of two events: lines 1 and 3, 4 and 5,
     // then 6 and 7, whose insert meets the full disk (it fills as line 6
-    // is read), then line 8.
+    // is read), then line 8, never stored.
     let mut lines: Vec<Vec<u8>> = notes.iter().map(|e| e.to_json().into_bytes()).collect();
     lines.insert(1, b"null".to_vec());
     let inputs = vec![
@@ -169,6 +175,11 @@ fn a_full_disk_stops_the_run_at_the_first_line_of_the_failed_batch() {
                 next: 0,
                 fill_at: 6,
                 full: full.clone(),
+                // Lines 1 and 3, 4 and 5 stored.
+                ready: {
+                    let store = Arc::clone(&store);
+                    Box::new(move || store.count(&[Filter::new()]).unwrap() == 4)
+                },
             }),
             size: None,
         },
@@ -187,9 +198,11 @@ fn a_full_disk_stops_the_run_at_the_first_line_of_the_failed_batch() {
     assert!(stop.error.starts_with("storing events: "), "{}", stop.error);
     assert_eq!(tally.stored(), 4);
     assert_eq!(tally.invalid, 1);
-    assert_eq!(tally.lines, 7, "line 8 is never read");
+    // Line 8 is read while lines 6 and 7 are being stored, and is not
+    // stored: the run stops at the batch that failed.
+    assert_eq!(tally.lines, 8);
     // The store refuses writes now; closing it may fail too.
-    let _ = store.close();
+    let _ = Arc::into_inner(store).expect("the reader is gone").close();
 
     let summary = Summary {
         tally: &tally,
@@ -241,6 +254,7 @@ fn a_full_disk_stops_the_run_at_the_first_line_of_the_failed_batch() {
             next: 0,
             fill_at: usize::MAX,
             full: Arc::new(AtomicBool::new(false)),
+            ready: Box::new(|| true),
         }),
         size: None,
     };
