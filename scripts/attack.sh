@@ -6,7 +6,7 @@
 # attacker leaves, the relay's peak RSS, the at-rest REQ p50 and the SIGTERM
 # time; exits 1 if a target is missed. Loopback only; every loop bounded.
 #
-#   scripts/attack.sh [--secs S (10)] [--only close-storm,sub-memory,partial-http,count-flood,no-read,kind-labels]
+#   scripts/attack.sh [--secs S (10)] [--only close-storm,sub-memory,partial-http,count-flood,no-read,kind-labels,neg-flood]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin megalith

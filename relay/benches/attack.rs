@@ -56,13 +56,14 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-const ATTACKS: [&str; 6] = [
+const ATTACKS: [&str; 7] = [
     "close-storm",
     "sub-memory",
     "partial-http",
     "count-flood",
     "no-read",
     "kind-labels",
+    "neg-flood",
 ];
 
 fn parse_args() -> Args {
@@ -744,6 +745,74 @@ async fn no_read(url: String, stop: Arc<AtomicBool>) -> Vec<String> {
     )]
 }
 
+/// Attack 7: NIP-77 sessions over the whole store (8 per connection, the
+/// relay's cap), each answered message sent straight back: a message
+/// that covers the whole range makes the relay fingerprint every item of
+/// the session again.
+async fn neg_flood(url: String, stop: Arc<AtomicBool>, conns: usize) -> Vec<String> {
+    let initial = {
+        let mut storage = negentropy::NegentropyStorageVector::new();
+        storage.seal().unwrap();
+        megalith::hex::encode(
+            &negentropy::Negentropy::owned(storage, 0)
+                .unwrap()
+                .initiate()
+                .unwrap(),
+        )
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (url, stop, initial) = (url.clone(), Arc::clone(&stop), initial.clone());
+        tasks.push(tokio::spawn(async move {
+            let Some(mut ws) = connect(&url).await else {
+                return (0, 0);
+            };
+            let open = |s: &str| json!(["NEG-OPEN", s, {}, initial]).to_string();
+            for s in 0..8 {
+                if ws
+                    .send(Message::text(open(&format!("n{s}"))))
+                    .await
+                    .is_err()
+                {
+                    return (0, 0);
+                }
+            }
+            let (mut answers, mut refused) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let Some(reply) = next_json(&mut ws, Duration::from_secs(10)).await else {
+                    break;
+                };
+                let sub = reply[1].as_str().unwrap_or_default().to_string();
+                let again = match reply[0].as_str() {
+                    Some("NEG-MSG") => {
+                        answers += 1;
+                        json!(["NEG-MSG", sub, initial]).to_string()
+                    }
+                    Some("NEG-ERR") => {
+                        refused += 1;
+                        open(&sub)
+                    }
+                    _ => continue,
+                };
+                if ws.send(Message::text(again)).await.is_err() {
+                    break;
+                }
+            }
+            (answers, refused)
+        }));
+    }
+    let (mut answers, mut refused) = (0, 0);
+    for t in tasks {
+        let (a, r) = t.await.unwrap_or((0, 0));
+        answers += a;
+        refused += r;
+    }
+    vec![format!(
+        "{conns} connections x 8 NIP-77 sessions over {{}}, each message sent back at once: \
+         {answers} NEG-MSG answers, {refused} NEG-ERR"
+    )]
+}
+
 /// Attack 6: Events of thousands of made-up kinds.
 async fn kind_labels(url: String, stop: Arc<AtomicBool>) -> Vec<String> {
     let mut tasks = Vec::new();
@@ -936,6 +1005,20 @@ async fn async_main(args: Args) -> ExitCode {
             missed.push(format!("kind-labels: {n} series"));
         }
         reports.push(report);
+    }
+    if wanted("neg-flood") {
+        reports.push(
+            run_attack(
+                &relay,
+                &samples,
+                "neg-flood",
+                "4 connections x 8 NIP-77 sessions over the whole store, each answer sent back at once"
+                    .into(),
+                secs,
+                |u, s| neg_flood(u, s, 4),
+            )
+            .await,
+        );
     }
     for report in &reports {
         missed.extend(report.print());
