@@ -67,7 +67,7 @@ mod draft;
 mod generator;
 mod history;
 mod jsonl;
-mod rng;
+pub(crate) mod rng;
 mod sampler;
 mod text;
 

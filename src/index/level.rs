@@ -292,11 +292,13 @@ pub(crate) struct LevelCursor<'l> {
 
 impl<'l> LevelCursor<'l> {
     /// Moves to the first key not below `key`, which must not be below the
-    /// last key returned.
+    /// last key returned. A key equal to the last one returned is returned
+    /// again, as the tree's cursor does: each run is searched from its
+    /// start, not from where the cursor is.
     pub fn seek_forward(&mut self, key: &[u8]) {
         let width = self.width;
         for (run, at) in self.runs.iter().zip(&mut self.at) {
-            *at = run.lower_bound(key, *at, width);
+            *at = run.lower_bound(key, run.skip, width);
         }
         self.head = None;
     }
@@ -380,13 +382,8 @@ mod tests {
         let mut model: BTreeMap<[u8; 12], (bool, bool)> = BTreeMap::new();
         let mut tree: std::collections::BTreeSet<[u8; 12]> = Default::default();
         let mut count: i64 = 0;
-        let mut rng = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::datagen::rng::Rng::new(7);
+        let mut next = move || rng.next_u64();
         for round in 0..300u64 {
             let group = 1 + (next() % 200) as usize;
             let mut keys: Vec<[u8; 12]> = (0..group).map(|_| key(next() % 3000)).collect();
