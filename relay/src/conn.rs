@@ -167,7 +167,17 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url:
                             _ = stop.changed() => {}
                         }
                     }
-                    conn.on_texts(&texts).await;
+                    // A reply may wait for room in the queue of a client
+                    // that stopped reading (up to the idle timeout): a
+                    // shutdown does not wait for it. Everything `on_texts`
+                    // registers is undone by `close_all` below.
+                    let handled = tokio::select! {
+                        () = conn.on_texts(&texts) => true,
+                        _ = stop.changed() => false,
+                    };
+                    if !handled {
+                        break conn.shutting_down();
+                    }
                     if outbox.overflowed() {
                         break (CLOSE_POLICY, "");
                     }
@@ -199,14 +209,7 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url:
             _ = rules_changed.changed() => {
                 conn.recheck_subscriptions().await;
             }
-            _ = stop.changed() => {
-                for sub_id in conn.subs.keys() {
-                    let frame = closed_frame(&json_string(sub_id), "error: the relay is shutting down");
-                    relay.metrics.sent("CLOSED");
-                    outbox.push(frame);
-                }
-                break (CLOSE_GOING_AWAY, "relay shutting down");
-            }
+            _ = stop.changed() => break conn.shutting_down(),
             _ = &mut writer => {
                 writer_done = true;
                 break (CLOSE_POLICY, "");
@@ -216,8 +219,10 @@ pub(super) async fn serve(relay: Arc<Relay>, socket: WebSocket, ip: IpAddr, url:
     conn.close_all();
     outbox.close(close.0, close.1);
     if !writer_done {
-        // A client that stopped reading cannot hold the task forever.
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+        // A client that stopped reading cannot hold the task forever, nor
+        // a shutdown for long.
+        let wait = if close.0 == CLOSE_GOING_AWAY { 1 } else { 5 };
+        let _ = tokio::time::timeout(Duration::from_secs(wait), &mut writer).await;
         writer.abort();
     }
     if outbox.overflowed() {
@@ -915,6 +920,17 @@ impl Conn {
         });
         self.sub_bytes -= freed;
         self.relay.remove_sub(sub.key);
+    }
+
+    /// The relay is shutting down: a CLOSED for every open subscription
+    /// (queued without waiting), and the close frame to send after them.
+    fn shutting_down(&self) -> (u16, &'static str) {
+        for sub_id in self.subs.keys() {
+            let frame = closed_frame(&json_string(sub_id), "error: the relay is shutting down");
+            self.relay.metrics.sent("CLOSED");
+            self.outbox.push(frame);
+        }
+        (CLOSE_GOING_AWAY, "relay shutting down")
     }
 
     /// Takes every subscription out, on the blocking pool: a connection

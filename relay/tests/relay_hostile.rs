@@ -387,3 +387,52 @@ async fn an_address_over_its_byte_budget_is_read_more_slowly_not_dropped() {
     }
     still_serves(&relay, 9).await;
 }
+
+/// Found by the attack suite's SIGTERM check (7.8-12.2 s against its 5 s
+/// target): a stored answer waiting for room in the queue of a client
+/// that stopped reading did not see the shutdown, so the relay waited for
+/// it (up to the idle timeout, cut at 10 s by `run`). Now the shutdown
+/// cuts the answer: the client gets no more of it, no EOSE, a CLOSED that
+/// says why, and the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_an_answer_the_client_is_not_reading() {
+    let mut relay = TestRelay::start(RelayLimits {
+        // The answer (500 x 60 KB = 30 MB) is cut at 4x this: it is sent
+        // whole unless something stops it, and it is larger than the
+        // loopback socket's buffers and half the queue together.
+        max_outbound_bytes: 16 << 20,
+        ..RelayLimits::default()
+    })
+    .await;
+    let keys = Keys::from_seed(30);
+    let body = "z".repeat(60_000);
+    let events: Vec<Event> = (0..500)
+        .map(|i| note(&keys, 1_700_000_000 + i, &format!("{i} {body}")))
+        .collect();
+    relay.store.insert(&events).unwrap();
+    let mut client = relay.connect().await;
+    client
+        .send(&json!(["REQ", "all", {"limit": 500}]).to_string())
+        .await;
+    // The relay fills the socket and the queue, then waits for room.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let stop = tokio::spawn(async move {
+        relay.shutdown().await;
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (closed, seen) = client.closed_within(WAIT).await;
+    assert!(closed, "the connection did not close");
+    let events_seen = seen.iter().filter(|m| m[0] == "EVENT").count();
+    assert!(
+        !seen.iter().any(|m| m[0] == "EOSE"),
+        "the answer went on to its EOSE during the shutdown ({events_seen} events)"
+    );
+    assert!(events_seen < events.len(), "{events_seen}");
+    let closed_frame = seen
+        .iter()
+        .find(|m| m[0] == "CLOSED")
+        .expect("no CLOSED for the cut answer");
+    assert_eq!(closed_frame[1], "all");
+    assert_eq!(closed_frame[2], "error: the relay is shutting down");
+    stop.await.unwrap();
+}
