@@ -3,7 +3,7 @@
 //! their own strict parser (`EventId::from_hex`: lowercase only, exact
 //! length); this module is for everything else.
 
-use crate::event::types::{hex_nibble, push_hex};
+use crate::event::types::{HEX_PAIRS, hex_nibble};
 
 /// The lowercase hex form of `bytes`.
 pub fn encode(bytes: &[u8]) -> String {
@@ -14,10 +14,12 @@ pub fn encode(bytes: &[u8]) -> String {
 
 /// Appends the lowercase hex form of `bytes` to `out`.
 pub fn push_str(out: &mut String, bytes: &[u8]) {
-    let mut buf = std::mem::take(out).into_bytes();
-    push_hex(&mut buf, bytes);
-    // Only ASCII digits were appended to what was a `String`.
-    *out = String::from_utf8(buf).unwrap_or_default();
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        let [hi, lo] = HEX_PAIRS[usize::from(b)];
+        out.push(char::from(hi));
+        out.push(char::from(lo));
+    }
 }
 
 /// Why a text is not hex.

@@ -30,7 +30,7 @@ pub(crate) fn hex_pair(byte: u8) -> [u8; 2] {
 }
 
 /// The two hex digits of every byte value, looked up once per byte.
-static HEX_PAIRS: [[u8; 2]; 256] = {
+pub(crate) static HEX_PAIRS: [[u8; 2]; 256] = {
     let mut pairs = [[0u8; 2]; 256];
     let mut b = 0;
     while b < 256 {

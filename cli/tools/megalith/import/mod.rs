@@ -430,7 +430,7 @@ impl Importer<'_> {
     /// Counts a stored batch's outcomes, line by line.
     fn count(
         &mut self,
-        mut lines: Vec<u64>,
+        lines: Vec<u64>,
         outcome: Result<Vec<InsertOutcome>, megalith::Error>,
     ) -> Result<(), (u64, String)> {
         let first_line = lines.first().copied().unwrap_or_default();
@@ -441,10 +441,6 @@ impl Importer<'_> {
                 InsertOutcome::Invalid(rejection) => self.refuse(*line, &rejection.into()),
                 other => self.tally.count(other.label()),
             }
-        }
-        lines.clear();
-        if self.pending_lines.capacity() == 0 {
-            self.pending_lines = lines;
         }
         Ok(())
     }
