@@ -66,6 +66,9 @@ fn store(dir: &Path) {
     for chunk in events.chunks(10) {
         store.insert(chunk).unwrap();
     }
+    // Into the trees: a close alone would save the levels of the
+    // random-order indexes beside them.
+    store.checkpoint().unwrap();
     store.close().unwrap();
 }
 

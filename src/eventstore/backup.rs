@@ -142,8 +142,10 @@ fn copy_shard(
             let (bytes, retries) = copy_index(&from, &to)?;
             report.bytes_copied += bytes;
             report.index_retries += retries;
-        } else if name == "primary.ids" {
-            // Saved at a clean close and stamped: used only if it fits.
+        } else if name == "primary.ids" || name.ends_with(".level") {
+            // Saved at a clean close and stamped: used only if it fits the
+            // copied index (a saved level also only if the copied log
+            // holds what it covers), else replayed from the log.
             report.bytes_copied += copy_prefix(&from, &to, None)?;
         }
     }

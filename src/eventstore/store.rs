@@ -1086,6 +1086,10 @@ impl EventStore {
             for kind in view.kinds() {
                 let tree = view.tree(kind);
                 gauges.index_bytes += self.storage.size_on_disk(tree.path()).unwrap_or(0);
+                gauges.index_bytes += self
+                    .storage
+                    .size_on_disk(&view.level_path(kind))
+                    .unwrap_or(0);
             }
             gauges.log_bytes += shard.log().bytes_on_disk();
         }
@@ -1105,7 +1109,12 @@ impl EventStore {
             for kind in view.kinds() {
                 let tree = view.tree(kind);
                 *stats.index_entries.entry(kind.name()).or_default() += tree.entry_count();
-                let bytes = self.storage.size_on_disk(tree.path()).unwrap_or(0);
+                // A saved level (see `IndexSet::save_levels`) is part of it.
+                let bytes = self.storage.size_on_disk(tree.path()).unwrap_or(0)
+                    + self
+                        .storage
+                        .size_on_disk(&view.level_path(kind))
+                        .unwrap_or(0);
                 *stats.index_bytes.entry(kind.name()).or_default() += bytes;
             }
             stats.events += view.tree(IndexKind::Primary).entry_count();

@@ -74,6 +74,9 @@ pub(crate) struct BTree {
     /// path guarantees) that an entry is added only when absent and removed
     /// only when present; exact again after a merge.
     level_delta: i64,
+    /// Bumped by every change of the level: a saved level that is still
+    /// what memory holds is not written again.
+    level_changes: u64,
     verified: VerifiedPages,
     /// Set once a checkpoint starts writing a meta page, cleared when it is
     /// installed. While set, the durable meta may reach pages that memory
@@ -242,6 +245,7 @@ impl BTree {
             entry_count: meta.entry_count,
             level: Level::new(width),
             level_delta: 0,
+            level_changes: 0,
             verified: VerifiedPages::default(),
             meta_unsettled: AtomicBool::new(false),
         };
@@ -295,6 +299,45 @@ impl BTree {
     pub fn stage(&mut self, entry: &[u8], add: bool) {
         debug_assert_eq!(entry.len(), self.width);
         self.level_delta += self.level.stage(entry, add);
+        self.level_changes += 1;
+    }
+
+    /// Counts changes of the level (see [`BTree::encode_level`]).
+    pub fn level_changes(&self) -> u64 {
+        self.level_changes
+    }
+
+    /// The level as a saved file (`index::levelfile`), staged over the
+    /// tree as its durable meta names it and covering the log through
+    /// `covered`; `None` if the level is empty or the tree has changes
+    /// not yet checkpointed (the file's stamp would not name the tree the
+    /// level sits on).
+    pub fn encode_level(&self, covered: (Lsn, Location)) -> Option<Vec<u8>> {
+        if self.level.is_empty() || !self.mem.is_empty() {
+            return None;
+        }
+        let (keys, flags) = self.level.flattened();
+        Some(super::levelfile::encode(&self.meta, covered, &keys, &flags))
+    }
+
+    /// Takes a saved level as this tree's (which must have none staged and
+    /// no changes since its checkpoint); returns the log position it covers
+    /// through, which the log must still hold (`log_last` is its last
+    /// record). The error says why the file cannot be used.
+    pub fn load_level(&mut self, bytes: &[u8], log_last: Lsn) -> Result<(Lsn, Location), String> {
+        if !self.level.is_empty() || !self.mem.is_empty() {
+            return Err("the index has changed since it was opened".into());
+        }
+        let saved = super::levelfile::decode(bytes, &self.meta)?;
+        if saved.covered_lsn > log_last {
+            return Err(format!(
+                "covers the log through LSN {}, past its last record ({})",
+                saved.covered_lsn.0, log_last.0
+            ));
+        }
+        self.level = Level::from_flattened(self.width, saved.keys, saved.flags);
+        self.level_delta = saved.change;
+        Ok((saved.covered_lsn, saved.covered_position))
     }
 
     /// Stages a change replay found in the log (a record after the tree's
@@ -322,6 +365,7 @@ impl BTree {
         let undone = self.level.take_lowest(most, &mut keys, &mut adds);
         let entries: Vec<(&[u8], bool)> = keys.chunks_exact(self.width).zip(adds).collect();
         self.apply_batch(&entries)?;
+        self.level_changes += 1;
         self.level_delta -= undone;
         if self.level.is_empty() {
             self.level_delta = 0;
@@ -332,6 +376,7 @@ impl BTree {
     /// Drops `entry` from the level (a direct change of the tree follows,
     /// and is newer than what was staged).
     fn unstage(&mut self, entry: &[u8]) {
+        self.level_changes += 1;
         self.level_delta -= self.level.unstage(entry);
     }
 

@@ -11,10 +11,13 @@
 //! first); only a complete filter is consulted. Removed ids stay in it
 //! (false positives, which cost a descent, never a wrong answer). A clean
 //! close writes the filter in use to `index/primary.ids`, stamped with the
-//! primary index's durable checkpoint (generation, LSN, entry count); the
-//! next open uses it when the stamp is the index's, and otherwise builds a
-//! new one in the background, as it does when the filter holds more ids
-//! than it was sized for.
+//! primary index's durable checkpoint (generation, LSN, entry count) and
+//! with the LSN of the log's last record (the filter holds the id of every
+//! event through it); the next open uses it when the stamp is the index's
+//! and replay adds the ids of every record after that LSN (the primary
+//! index's saved level covers no further), and otherwise builds a new one
+//! in the background, as it does when the filter holds more ids than it
+//! was sized for.
 
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -31,11 +34,13 @@ pub(crate) struct TreeStamp {
     pub entry_count: u64,
 }
 
-const FILE_MAGIC: [u8; 8] = *b"MGIDFLT1";
+/// Version 2 (2026-12-07) added `covers`; a version 1 file is not used
+/// (a filter is built by a scan).
+const FILE_MAGIC: [u8; 8] = *b"MGIDFLT2";
 /// magic, then seed, capacity, added, blocks, generation, checkpoint LSN,
-/// entry count (u64 LE each); the blocks (8 u64 LE each); a CRC-64 of
-/// everything before it.
-const FILE_HEADER: usize = 8 + 7 * 8;
+/// entry count, covers (u64 LE each); the blocks (8 u64 LE each); a CRC-64
+/// of everything before it.
+const FILE_HEADER: usize = 8 + 8 * 8;
 
 /// Bits per id it is sized for: with [`PROBES`] bits per id in one 512-bit
 /// block, about 1% false positives when full.
@@ -149,8 +154,9 @@ impl IdFilter {
         self.blocks.len() * 64
     }
 
-    /// The filter as a file's bytes, for the index state `stamp`.
-    pub fn encode(&self, stamp: TreeStamp) -> Vec<u8> {
+    /// The filter as a file's bytes, for the index state `stamp`, holding
+    /// the id of every event the log holds through LSN `covers`.
+    pub fn encode(&self, stamp: TreeStamp, covers: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(FILE_HEADER + self.bytes() + 8);
         out.extend_from_slice(&FILE_MAGIC);
         for value in [
@@ -161,6 +167,7 @@ impl IdFilter {
             stamp.generation,
             stamp.checkpoint_lsn,
             stamp.entry_count,
+            covers,
         ] {
             out.extend_from_slice(&value.to_le_bytes());
         }
@@ -174,9 +181,10 @@ impl IdFilter {
         out
     }
 
-    /// A complete filter from [`IdFilter::encode`]'s bytes, if they are
-    /// whole and were written for `stamp`; otherwise why not.
-    pub fn decode(bytes: &[u8], stamp: TreeStamp) -> Result<IdFilter, String> {
+    /// A complete filter from [`IdFilter::encode`]'s bytes, and the LSN it
+    /// covers through, if they are whole and were written for `stamp`;
+    /// otherwise why not.
+    pub fn decode(bytes: &[u8], stamp: TreeStamp) -> Result<(IdFilter, u64), String> {
         if bytes.len() < FILE_HEADER + 8 || bytes[..8] != FILE_MAGIC {
             return Err("not an id filter file".to_string());
         }
@@ -189,6 +197,7 @@ impl IdFilter {
             u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"))
         };
         let (seed, capacity, added, blocks) = (field(0), field(1), field(2), field(3));
+        let covers = field(7);
         let saved = TreeStamp {
             generation: field(4),
             checkpoint_lsn: field(5),
@@ -220,14 +229,15 @@ impl IdFilter {
                 })
             })
             .collect();
-        Ok(IdFilter {
+        let filter = IdFilter {
             blocks,
             capacity,
             added: AtomicUsize::new(usize::try_from(added).unwrap_or(usize::MAX)),
             complete: AtomicBool::new(true),
             abandoned: AtomicBool::new(false),
             seed,
-        })
+        };
+        Ok((filter, covers))
     }
 }
 
@@ -279,8 +289,9 @@ mod tests {
             checkpoint_lsn: 1_234,
             entry_count: 3_000,
         };
-        let bytes = filter.encode(stamp);
-        let back = IdFilter::decode(&bytes, stamp).unwrap();
+        let bytes = filter.encode(stamp, 1_500);
+        let (back, covers) = IdFilter::decode(&bytes, stamp).unwrap();
+        assert_eq!(covers, 1_500);
         assert!(back.is_complete());
         assert_eq!(back.added(), 3_000);
         assert_eq!(back.capacity(), filter.capacity());

@@ -8,6 +8,7 @@ mod format;
 mod idfilter;
 mod keys;
 mod level;
+pub(crate) mod levelfile;
 mod node;
 mod set;
 
@@ -21,7 +22,8 @@ pub(crate) use keys::{
     AUTHOR_HASH_AT, AUTHOR_HASH_LEN, TIME_SUFFIX_LEN, TagSlot, address_prefix, author_hash,
     author_kind_prefix, for_each_entry, location_at_end, tag_prefix, time_range,
 };
-pub(crate) use set::{Apply, GroupEntries, IndexSet};
+pub(crate) use level::LAST_ADD;
+pub(crate) use set::{Apply, GroupEntries, IndexSet, level_file_name};
 // The page codecs, for `inspect::index` (the checker's report and the fuzzer).
 pub(crate) use format::{
     FREE_IDS_PER_PAGE, Meta, PAGE_SIZE, choose_meta, decode_free_list_page, decode_meta,

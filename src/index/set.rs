@@ -34,10 +34,15 @@ pub(crate) struct IndexSet {
     /// By `IndexKind as usize`; `None` for an index the store does not keep
     /// (term_time without search).
     trees: Vec<Option<BTree>>,
-    /// Records up to this LSN are already in the tree (its checkpoint when
-    /// opened); replay skips them per tree, so a tree rebuilt from scratch
-    /// catches up while the others do not apply anything twice.
-    floors: Vec<Lsn>,
+    /// Records up to this LSN (ending at this log position) are already in
+    /// the tree and its level (its checkpoint when opened, or what a saved
+    /// level covers); replay skips them per tree, so a tree rebuilt from
+    /// scratch catches up while the others do not apply anything twice.
+    floors: Vec<(Lsn, Location)>,
+    /// Per index: `(level changes, generation)` of the tree when its level
+    /// was last read from or written to its file (see
+    /// [`IndexSet::save_levels`]), so a close writes only what changed.
+    levels_saved: Vec<Option<(u64, u64)>>,
     /// The filter of the primary index's ids find_id consults (none until
     /// one is complete), and the one being built to replace it.
     ids: Option<Arc<IdFilter>>,
@@ -51,7 +56,10 @@ pub(crate) struct IndexSet {
     /// it was read or written by these indexes: a close that finds the
     /// index still there does not write the same file again (every
     /// one-shot reading command would).
-    id_filter_saved: Option<TreeStamp>,
+    id_filter_saved: Option<(TreeStamp, Lsn)>,
+    /// The filter in use came from the file and holds the id of every
+    /// event through this LSN (see [`IndexSet::load_levels`]).
+    id_filter_covers: Lsn,
 }
 
 /// Failed id filter builds after which the indexes go on without one.
@@ -59,6 +67,12 @@ const MAX_FILTER_BUILDS_FAILED: u32 = 3;
 
 /// The id filter a clean close saved (see [`IndexSet::save_id_filter`]).
 pub(crate) const ID_FILTER_FILE: &str = "primary.ids";
+
+/// The file a clean close saves the in-memory level of the index `kind`
+/// to (see `index::levelfile`).
+pub(crate) fn level_file_name(kind: IndexKind) -> String {
+    format!("{}.level", kind.name())
+}
 
 impl IndexSet {
     /// Opens (or creates) every index file in `dir`: all of them, term_time
@@ -91,6 +105,7 @@ impl IndexSet {
                 Err(IndexError::Corrupt { reason, .. }) => {
                     rebuilt.push(format!("{}: {reason}", kind.name()));
                     set_aside(store, &path)?;
+                    remove_level_file(store, dir, kind)?;
                     BTree::open(store, &path, kind.id(), kind.width())?
                 }
                 // An index of an older store format: nothing in it is
@@ -104,31 +119,33 @@ impl IndexSet {
                         kind.name()
                     ));
                     remove_durably(store, dir, &path)?;
+                    remove_level_file(store, dir, kind)?;
                     BTree::open(store, &path, kind.id(), kind.width())?
                 }
                 Err(other) => return Err(other),
             };
             trees.push(Some(tree));
         }
-        let floors = trees
-            .iter()
-            .map(|t| t.as_ref().map_or(Lsn::ZERO, |t| t.meta().checkpoint_lsn))
-            .collect();
+        let floors = trees.iter().map(floor_of).collect();
+        let levels_saved = vec![None; trees.len()];
         let mut set = IndexSet {
             storage,
             dir: dir.to_path_buf(),
             trees,
             floors,
+            levels_saved,
             ids: None,
             next_ids: None,
             failed_filter_builds: 0,
             id_filter_loaded: false,
             id_filter_saved: None,
+            id_filter_covers: Lsn::ZERO,
         };
-        set.ids = set.load_id_filter()?.map(Arc::new);
-        set.id_filter_loaded = set.ids.is_some();
-        if set.id_filter_loaded {
-            set.id_filter_saved = Some(set.primary_stamp());
+        if let Some((ids, covers)) = set.load_id_filter()? {
+            set.ids = Some(Arc::new(ids));
+            set.id_filter_loaded = true;
+            set.id_filter_covers = Lsn(covers);
+            set.id_filter_saved = Some((set.primary_stamp(), Lsn(covers)));
         }
         Ok(set)
     }
@@ -149,7 +166,7 @@ impl IndexSet {
     /// file, another checkpoint, damage) is no filter: one is built by a
     /// scan, as without the file. The device failing to read it is an
     /// error, as for any other file of the store.
-    fn load_id_filter(&self) -> Result<Option<IdFilter>, IndexError> {
+    fn load_id_filter(&self) -> Result<Option<(IdFilter, u64)>, IndexError> {
         let path = self.dir.join(ID_FILTER_FILE);
         if !self
             .storage
@@ -178,16 +195,18 @@ impl IndexSet {
     }
 
     /// Saves the filter in use for the next open (at close, after the last
-    /// checkpoint merged the level: the primary index on disk then holds
-    /// every id stored, and the filter holds each of them). Written to a
+    /// checkpoint: the filter holds every id the primary index and its
+    /// level hold). Written to a
     /// temporary file, synced and renamed into place. Without a complete
     /// filter, a saved one is removed. A failure loses nothing: the next
     /// open builds a filter by a scan.
-    pub fn save_id_filter(&mut self) -> Result<(), IndexError> {
+    pub fn save_id_filter(&mut self, covers: Lsn) -> Result<(), IndexError> {
         let path = self.dir.join(ID_FILTER_FILE);
         let stamp = self.primary_stamp();
-        let primary = self.tree(IndexKind::Primary);
-        let settled = primary.dirty_nodes() == 0 && primary.level_len() == 0;
+        // The tree on disk is the one in memory (the stamp names it). A
+        // level, saved or not, needs nothing: the filter holds its ids,
+        // and replay adds them again when the level is not taken.
+        let settled = self.tree(IndexKind::Primary).dirty_nodes() == 0;
         let Some(ids) = self.ids.as_ref().filter(|ids| ids.is_complete() && settled) else {
             if self
                 .storage
@@ -200,14 +219,119 @@ impl IndexSet {
             return Ok(());
         };
         // The file holds a filter for this very index state already.
-        if self.id_filter_saved == Some(stamp) {
+        if self.id_filter_saved == Some((stamp, covers)) {
             return Ok(());
         }
-        let bytes = ids.encode(stamp);
+        let bytes = ids.encode(stamp, covers.0);
         let temporary = self.dir.join(format!("{ID_FILTER_FILE}.tmp"));
         crate::storage::replace_file(&*self.storage, &temporary, &path, &bytes)
             .map_err(|(file, what, e)| io_error(&file, what)(e))?;
-        self.id_filter_saved = Some(stamp);
+        self.id_filter_saved = Some((stamp, covers));
+        Ok(())
+    }
+
+    /// Where a clean close saves the level of `kind` (see
+    /// [`IndexSet::save_levels`]).
+    pub fn level_path(&self, kind: IndexKind) -> PathBuf {
+        self.dir.join(level_file_name(kind))
+    }
+
+    /// Takes the levels a clean close saved (see `index::levelfile`): each
+    /// one staged over its tree exactly as the tree is on disk, covering
+    /// records the log still holds (`log_last` is its last record), becomes
+    /// the tree's level, and replay starts for that tree after what it
+    /// covers. Any other saved level is removed: replay stages its records
+    /// again from the log. Returns how many were taken. Called by recovery
+    /// before replay, never after a repair (the indexes are then rebuilt,
+    /// and their saved levels are gone).
+    pub fn load_levels(&mut self, log_last: Lsn) -> Result<u32, IndexError> {
+        let mut loaded = 0;
+        for kind in IndexKind::ALL {
+            let i = kind as usize;
+            let Some(tree) = self.trees[i].as_mut() else {
+                continue;
+            };
+            let path = self.dir.join(level_file_name(kind));
+            if !kind.random_order()
+                || !self
+                    .storage
+                    .exists(&path)
+                    .map_err(io_error(&path, "stat"))?
+            {
+                continue;
+            }
+            let bytes = self
+                .storage
+                .read_file(&path)
+                .map_err(io_error(&path, "read"))?;
+            // Not once replay has staged anything over the checkpoint.
+            let opened_at = self.floors[i].0 == tree.meta().checkpoint_lsn;
+            let taken = if opened_at {
+                tree.load_level(&bytes, log_last)
+            } else {
+                Err("replay has begun".into())
+            };
+            match taken {
+                Ok(covered) => {
+                    self.floors[i] = covered;
+                    self.levels_saved[i] = Some((tree.level_changes(), tree.meta().generation));
+                    loaded += 1;
+                }
+                _ => {
+                    // Not for this tree (or already replayed into): gone,
+                    // so that no later open mistakes it for one.
+                    remove_durably(&*self.storage, &self.dir, &path)?;
+                    self.levels_saved[i] = None;
+                }
+            }
+        }
+        // The saved filter must hold every id replay will not add again:
+        // one saved before the records the primary's level covers (a
+        // crash between saving the levels and the filter, or a filter
+        // kept from an earlier close) is not used.
+        let floor = self.floors[IndexKind::Primary as usize].0;
+        if self.id_filter_loaded && self.id_filter_covers < floor {
+            self.drop_id_filter();
+            self.id_filter_saved = None;
+        }
+        Ok(loaded)
+    }
+
+    /// Saves each random-order index's level for the next open (at a clean
+    /// close, after the last checkpoint, with the log synced through
+    /// `covered`): written to a temporary file, synced and renamed into
+    /// place, unless the file already holds this very level; an index
+    /// with an empty level has its file removed. A failure loses nothing:
+    /// the next open replays those records from the log.
+    pub fn save_levels(&mut self, covered: (Lsn, Location)) -> Result<(), IndexError> {
+        for kind in IndexKind::ALL {
+            let i = kind as usize;
+            let Some(tree) = self.trees[i].as_ref() else {
+                continue;
+            };
+            if !kind.random_order() {
+                continue;
+            }
+            let path = self.dir.join(level_file_name(kind));
+            let now = (tree.level_changes(), tree.meta().generation);
+            if tree.level_len() > 0 && self.levels_saved[i] == Some(now) {
+                // The file holds this very level (a process that only read).
+                continue;
+            }
+            match tree.encode_level(covered) {
+                Some(bytes) => {
+                    let temporary = self.dir.join(format!("{}.tmp", level_file_name(kind)));
+                    self.levels_saved[i] = None;
+                    crate::storage::replace_file(&*self.storage, &temporary, &path, &bytes)
+                        .map_err(|(file, what, e)| io_error(&file, what)(e))?;
+                    self.levels_saved[i] = Some(now);
+                }
+                None => {
+                    remove_level_file(&*self.storage, &self.dir, kind)?;
+                    self.levels_saved[i] = None;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -215,9 +339,11 @@ impl IndexSet {
     pub fn reset(&mut self, kind: IndexKind) -> Result<(), IndexError> {
         let path = self.dir.join(kind.file_name());
         set_aside(&*self.storage, &path)?;
-        self.trees[kind as usize] =
-            Some(BTree::open(&*self.storage, &path, kind.id(), kind.width())?);
-        self.floors[kind as usize] = Lsn::ZERO;
+        remove_level_file(&*self.storage, &self.dir, kind)?;
+        let tree = Some(BTree::open(&*self.storage, &path, kind.id(), kind.width())?);
+        self.floors[kind as usize] = floor_of(&tree);
+        self.levels_saved[kind as usize] = None;
+        self.trees[kind as usize] = tree;
         if kind == IndexKind::Primary {
             // Built again for the rebuilt index.
             self.drop_id_filter();
@@ -237,15 +363,17 @@ impl IndexSet {
             self.storage
                 .remove_file(&path)
                 .map_err(io_error(&path, "remove"))?;
+            remove_level_file(&*self.storage, &self.dir, *kind)?;
         }
         self.storage
             .sync_dir(&self.dir)
             .map_err(io_error(&self.dir, "sync directory"))?;
         for kind in kinds {
             let path = self.dir.join(kind.file_name());
-            self.trees[kind as usize] =
-                Some(BTree::open(&*self.storage, &path, kind.id(), kind.width())?);
-            self.floors[kind as usize] = Lsn::ZERO;
+            let tree = Some(BTree::open(&*self.storage, &path, kind.id(), kind.width())?);
+            self.floors[kind as usize] = floor_of(&tree);
+            self.levels_saved[kind as usize] = None;
+            self.trees[kind as usize] = tree;
         }
         self.drop_id_filter();
         Ok(())
@@ -288,10 +416,14 @@ impl IndexSet {
     /// Where replay must start: the oldest checkpoint among the indexes
     /// (`None`: some index has never been checkpointed, replay the whole log).
     pub fn replay_from(&self) -> Option<(Lsn, Location)> {
-        let oldest = self.kept().min_by_key(|t| t.meta().checkpoint_lsn)?;
-        let meta = oldest.meta();
-        (meta.checkpoint_lsn != Lsn::ZERO)
-            .then_some((meta.checkpoint_lsn, meta.checkpoint_position))
+        let (lsn, position) = self
+            .trees
+            .iter()
+            .zip(&self.floors)
+            .filter(|(tree, _)| tree.is_some())
+            .map(|(_, floor)| *floor)
+            .min_by_key(|(lsn, _)| *lsn)?;
+        (lsn != Lsn::ZERO).then_some((lsn, position))
     }
 
     /// The newest checkpoint among the indexes (where the log end search may start).
@@ -322,7 +454,7 @@ impl IndexSet {
         let terms = trees[IndexKind::TermTime as usize].is_some();
         for_each_entry(event, location, terms, |kind, entry| {
             let i = kind as usize;
-            if result.is_err() || lsn <= floors[i] {
+            if result.is_err() || lsn <= floors[i].0 {
                 return;
             }
             let Some(tree) = trees[i].as_mut() else {
@@ -364,7 +496,7 @@ impl IndexSet {
         let terms = self.trees[IndexKind::TermTime as usize].is_some();
         for_each_entry(event, location, terms, |kind, entry| {
             let i = kind as usize;
-            if lsn <= self.floors[i] || self.trees[i].is_none() {
+            if lsn <= self.floors[i].0 || self.trees[i].is_none() {
                 return;
             }
             match op {
@@ -607,6 +739,24 @@ fn set_aside(storage: &dyn Storage, path: &Path) -> Result<(), IndexError> {
         storage
             .sync_dir(dir)
             .map_err(io_error(dir, "sync directory"))?;
+    }
+    Ok(())
+}
+
+/// The floor of a tree as opened: its checkpoint.
+fn floor_of(tree: &Option<BTree>) -> (Lsn, Location) {
+    tree.as_ref()
+        .map_or((Lsn::ZERO, Location::from_bytes([0; 8])), |t| {
+            (t.meta().checkpoint_lsn, t.meta().checkpoint_position)
+        })
+}
+
+/// Removes the saved level of `kind` in `dir`, if there is one: its tree
+/// is being rebuilt, and the level was staged over the old one.
+fn remove_level_file(store: &dyn Storage, dir: &Path, kind: IndexKind) -> Result<(), IndexError> {
+    let path = dir.join(level_file_name(kind));
+    if store.exists(&path).map_err(io_error(&path, "stat"))? {
+        remove_durably(store, dir, &path)?;
     }
     Ok(())
 }

@@ -28,7 +28,8 @@ use crate::error::{Error, io_error};
 use crate::eventstore::{MANIFEST_FILE, load_manifest, lock_store_dir_shared};
 use crate::hex::encode as hex;
 use crate::ids::{Location, Lsn, ShardId};
-use crate::index::{IndexKind, location_at_end};
+use crate::index::levelfile::SavedLevel;
+use crate::index::{IndexKind, LAST_ADD, location_at_end};
 use crate::storage::FileStorage;
 use crate::wal::{Log, WalError};
 use log_walk::{LogWalk, header_never_written, walk_log};
@@ -68,10 +69,26 @@ pub struct IndexSummary {
     /// Log records after the checkpoint, which opening the store replays
     /// into this index (every record for a missing or unreadable file).
     pub pending_replay: u64,
-    /// Entries the log's live events must have in this index as of its checkpoint.
+    /// Entries the log's live events must have in this index as of its
+    /// checkpoint (or as of what its saved level covers).
     pub expected_entries: Option<u64>,
+    /// The in-memory level a clean close saved beside the file, when the
+    /// next open takes it back (see docs/recovery.md, "Saved levels"):
+    /// the index is then compared as the tree and the level together.
+    pub saved_level: Option<SavedLevelSummary>,
     /// Problems found in this index (listed in [`Report::problems`]).
     pub problems: usize,
+}
+
+/// A saved level the next open takes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedLevelSummary {
+    /// Entries it stages (added or removed).
+    pub entries: u64,
+    /// What it changes the tree's entry count by.
+    pub change: i64,
+    /// The last log record it covers: replay starts after it.
+    pub covers: Lsn,
 }
 
 /// One shard's log, as walked.
@@ -347,6 +364,7 @@ fn check_index_file(
         checkpoint_lsn: None,
         pending_replay: walk.lsns.len() as u64,
         expected_entries: None,
+        saved_level: None,
         problems: 0,
     };
     let bytes = match std::fs::read(path) {
@@ -364,7 +382,9 @@ fn check_index_file(
     summary.present = true;
     let width = kind.width();
     let mut entries = Vec::new();
-    let check = check_index_bytes_with(&bytes, kind, |e| entries.extend_from_slice(e));
+    let report = crate::index::check::check_index(&bytes, kind, |e| entries.extend_from_slice(e));
+    let tree_meta = report.meta().copied();
+    let mut check = FileCheck::from(report);
     drop(bytes);
     problems.extend(
         check
@@ -376,8 +396,38 @@ fn check_index_file(
         .meta
         .is_some_and(|m| m.index_kind == kind.id() && usize::from(m.entry_width) == width);
     if let Some(meta) = check.meta.filter(|_| kind_matches) {
-        let lsn = meta.checkpoint_lsn;
-        summary.checkpoint_lsn = Some(lsn);
+        summary.checkpoint_lsn = Some(meta.checkpoint_lsn);
+        let mut lsn = meta.checkpoint_lsn;
+        if let Some(tree_meta) = tree_meta.filter(|_| kind.random_order()) {
+            let level_path = path.with_file_name(crate::index::level_file_name(kind));
+            match std::fs::read(&level_path) {
+                Ok(bytes) => match saved_level(&bytes, &tree_meta, walk.last_lsn()) {
+                    Ok(level) => {
+                        let covers = level.covered_lsn;
+                        check.notes.push(format!(
+                            "a saved level of {} entries covers the log through LSN {}; the \
+                             next open takes it back",
+                            level.flags.len(),
+                            covers.0
+                        ));
+                        summary.saved_level = Some(SavedLevelSummary {
+                            entries: level.flags.len() as u64,
+                            change: level.change,
+                            covers,
+                        });
+                        entries = with_level(&entries, &level, kind.width());
+                        lsn = covers;
+                    }
+                    Err(reason) => check.notes.push(format!(
+                        "{} is not used ({reason}): the next open removes it and replays its \
+                         records",
+                        level_path.display()
+                    )),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&level_path, "read")(e)),
+            }
+        }
         summary.pending_replay = walk.records_after(lsn);
         if lsn > walk.last_lsn() {
             problems.push(problem(
@@ -401,6 +451,43 @@ fn check_index_file(
     }
     summary.check = Some(check);
     Ok(summary)
+}
+
+/// The tree's `entries` (in order) as a saved level leaves them.
+fn with_level(entries: &[u8], level: &SavedLevel, width: usize) -> Vec<u8> {
+    let staged = level.keys.chunks_exact(width).zip(&level.flags);
+    let mut out = Vec::with_capacity(entries.len());
+    let mut tree = entries.chunks_exact(width).peekable();
+    for (key, &flags) in staged {
+        while let Some(entry) = tree.next_if(|e| *e < key) {
+            out.extend_from_slice(entry);
+        }
+        while tree.next_if(|e| *e == key).is_some() {}
+        if flags & LAST_ADD != 0 {
+            out.extend_from_slice(key);
+        }
+    }
+    for entry in tree {
+        out.extend_from_slice(entry);
+    }
+    out
+}
+
+/// The saved level in `bytes` if the next open would take it back over
+/// the tree whose durable meta is `meta`.
+fn saved_level(
+    bytes: &[u8],
+    meta: &crate::index::Meta,
+    log_last: Lsn,
+) -> Result<SavedLevel, String> {
+    let saved = crate::index::levelfile::decode(bytes, meta)?;
+    if saved.covered_lsn > log_last {
+        return Err(format!(
+            "it covers the log through LSN {}, past its last record ({})",
+            saved.covered_lsn.0, log_last.0
+        ));
+    }
+    Ok(saved)
 }
 
 /// Compares the entries an index holds with those the events live at `lsn`

@@ -145,6 +145,10 @@ pub struct RecoveryReport {
     /// (the others build theirs by a scan of the primary index, in the
     /// background).
     pub id_filters_loaded: u32,
+    /// Random-order indexes whose in-memory level a clean close saved and
+    /// this open took back, instead of replaying the records it held
+    /// (see `docs/recovery.md`).
+    pub levels_loaded: u32,
 }
 
 /// A shard as recovery leaves it.
@@ -276,6 +280,9 @@ pub(crate) fn open_shard(
             ));
             indexes.reset(kind)?;
         }
+        // After a repair the indexes were restarted, and their saved
+        // levels removed with them.
+        report.levels_loaded += indexes.load_levels(last_lsn)?;
         match replay(shard, &writer, &mut indexes, progress, *level_entries) {
             Ok(replayed) => {
                 report.replayed_records += replayed.records;

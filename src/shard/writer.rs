@@ -652,17 +652,29 @@ impl Writer {
         }
     }
 
+    /// Checkpoints the trees (the time-ordered ones through the log's
+    /// end) and saves the random-order indexes' levels instead of merging
+    /// them: a merge reaches most leaves of a big tree however few
+    /// entries it brings, and a small import into a big store spent most
+    /// of its time there. The next open takes the levels back (see
+    /// `IndexSet::load_levels`), or replays their records.
     fn close(&mut self) -> Result<(), Error> {
         self.indexes.close();
-        self.checkpoint(true)?;
+        self.checkpoint(false)?;
+        // A failure loses nothing: a level file is replaced whole or not
+        // at all, and the log holds what it covers. The caller hears it,
+        // after the log is closed all the same.
+        let covered = (self.log.last_lsn(), self.log.end());
+        let levels = self.indexes.write().save_levels(covered);
         // A failure here loses nothing (the pages stay allocated, and are
         // reused by the next checkpoint), but the device said no: the
         // caller hears it, after the log is closed all the same.
         let released = self.indexes.read().release_free_pages();
         // A failed save loses nothing: the next open builds the filter by
         // a scan. The caller hears it all the same.
-        let saved = self.indexes.write().save_id_filter();
+        let saved = self.indexes.write().save_id_filter(covered.0);
         self.log.close()?;
+        levels?;
         released?;
         saved?;
         Ok(())
