@@ -97,6 +97,7 @@ impl IndexSet {
                 if store.exists(&path).map_err(io_error(&path, "stat"))? {
                     remove_durably(store, dir, &path)?;
                 }
+                remove_level_file(store, dir, kind)?;
                 trees.push(None);
                 continue;
             }
