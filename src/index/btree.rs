@@ -328,13 +328,7 @@ impl BTree {
         if !self.level.is_empty() || !self.mem.is_empty() {
             return Err("the index has changed since it was opened".into());
         }
-        let saved = super::levelfile::decode(bytes, &self.meta)?;
-        if saved.covered_lsn > log_last {
-            return Err(format!(
-                "covers the log through LSN {}, past its last record ({})",
-                saved.covered_lsn.0, log_last.0
-            ));
-        }
+        let saved = super::levelfile::decode(bytes, &self.meta, log_last)?;
         self.level = Level::from_flattened(self.width, saved.keys, saved.flags);
         self.level_delta = saved.change;
         Ok((saved.covered_lsn, saved.covered_position))

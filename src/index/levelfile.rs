@@ -75,9 +75,10 @@ fn stamp(meta: &Meta) -> Vec<u8> {
     out
 }
 
-/// Reads a saved level back for the tree whose durable meta is `meta`; the
-/// error says why it cannot be used.
-pub(crate) fn decode(bytes: &[u8], meta: &Meta) -> Result<SavedLevel, String> {
+/// Reads a saved level back for the tree whose durable meta is `meta`, from
+/// a log whose last record is `log_last` (the log must still hold every
+/// record the level covers); the error says why it cannot be used.
+pub(crate) fn decode(bytes: &[u8], meta: &Meta, log_last: Lsn) -> Result<SavedLevel, String> {
     if bytes.len() < HEADER + 8 || bytes[..8] != FILE_MAGIC {
         return Err("not a saved level (bad magic or too short)".into());
     }
@@ -102,6 +103,12 @@ pub(crate) fn decode(bytes: &[u8], meta: &Meta) -> Result<SavedLevel, String> {
         return Err(format!(
             "{} bytes for {entries} entries of {width} bytes",
             body.len()
+        ));
+    }
+    if covered_lsn > log_last {
+        return Err(format!(
+            "covers the log through LSN {}, past its last record ({})",
+            covered_lsn.0, log_last.0
         ));
     }
     if covered_lsn <= meta.checkpoint_lsn {
@@ -167,7 +174,7 @@ mod tests {
         let keys = [0u8, 0, 0, 1, 0, 0, 0, 2];
         let flags = [3u8, 0];
         let bytes = encode(&meta(), covered, &keys, &flags);
-        let back = decode(&bytes, &meta()).unwrap();
+        let back = decode(&bytes, &meta(), Lsn(80)).unwrap();
         assert_eq!((back.covered_lsn, back.covered_position), covered);
         assert_eq!((&back.keys[..], &back.flags[..]), (&keys[..], &flags[..]));
         // One entry added, one removed (both states agree in each).
@@ -175,9 +182,15 @@ mod tests {
         // Entries out of order, or unknown flags, under a valid checksum:
         // refused.
         let swapped = [0u8, 0, 0, 2, 0, 0, 0, 1];
-        let error = decode(&encode(&meta(), covered, &swapped, &flags), &meta()).unwrap_err();
+        let error = decode(
+            &encode(&meta(), covered, &swapped, &flags),
+            &meta(),
+            Lsn(80),
+        )
+        .unwrap_err();
         assert!(error.contains("not above"), "{error}");
-        let error = decode(&encode(&meta(), covered, &keys, &[3, 4]), &meta()).unwrap_err();
+        let error =
+            decode(&encode(&meta(), covered, &keys, &[3, 4]), &meta(), Lsn(80)).unwrap_err();
         assert!(error.contains("unknown flags"), "{error}");
         // Every field of the stamp matters.
         let others = [
@@ -207,17 +220,17 @@ mod tests {
             },
         ];
         for other in others {
-            assert!(decode(&bytes, &other).is_err(), "{other:?}");
+            assert!(decode(&bytes, &other, Lsn(80)).is_err(), "{other:?}");
         }
         // Any byte flipped, or the file cut short: refused.
         for at in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x10;
-            assert!(decode(&damaged, &meta()).is_err(), "byte {at}");
+            assert!(decode(&damaged, &meta(), Lsn(80)).is_err(), "byte {at}");
         }
-        assert!(decode(&bytes[..bytes.len() - 1], &meta()).is_err());
+        assert!(decode(&bytes[..bytes.len() - 1], &meta(), Lsn(80)).is_err());
         // A level that covers nothing past the checkpoint is not one.
         let stale = encode(&meta(), (Lsn(50), covered.1), &keys, &flags);
-        assert!(decode(&stale, &meta()).is_err());
+        assert!(decode(&stale, &meta(), Lsn(80)).is_err());
     }
 }

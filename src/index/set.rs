@@ -265,20 +265,14 @@ impl IndexSet {
                 .storage
                 .read_file(&path)
                 .map_err(io_error(&path, "read"))?;
-            // Not once replay has staged anything over the checkpoint.
-            let opened_at = self.floors[i].0 == tree.meta().checkpoint_lsn;
-            let taken = if opened_at {
-                tree.load_level(&bytes, log_last)
-            } else {
-                Err("replay has begun".into())
-            };
-            match taken {
+            // Refused by a tree with anything staged already.
+            match tree.load_level(&bytes, log_last) {
                 Ok(covered) => {
                     self.floors[i] = covered;
                     self.levels_saved[i] = Some((tree.level_changes(), tree.meta().generation));
                     loaded += 1;
                 }
-                _ => {
+                Err(_) => {
                     // Not for this tree (or already replayed into): gone,
                     // so that no later open mistakes it for one.
                     remove_durably(&*self.storage, &self.dir, &path)?;

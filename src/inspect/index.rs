@@ -28,7 +28,7 @@ use crate::error::{Error, io_error};
 use crate::eventstore::{MANIFEST_FILE, load_manifest, lock_store_dir_shared};
 use crate::hex::encode as hex;
 use crate::ids::{Location, Lsn, ShardId};
-use crate::index::levelfile::SavedLevel;
+use crate::index::levelfile::{self, SavedLevel};
 use crate::index::{IndexKind, LAST_ADD, location_at_end};
 use crate::storage::FileStorage;
 use crate::wal::{Log, WalError};
@@ -401,7 +401,7 @@ fn check_index_file(
         if let Some(tree_meta) = tree_meta.filter(|_| kind.random_order()) {
             let level_path = path.with_file_name(crate::index::level_file_name(kind));
             match std::fs::read(&level_path) {
-                Ok(bytes) => match saved_level(&bytes, &tree_meta, walk.last_lsn()) {
+                Ok(bytes) => match levelfile::decode(&bytes, &tree_meta, walk.last_lsn()) {
                     Ok(level) => {
                         let covers = level.covered_lsn;
                         check.notes.push(format!(
@@ -471,23 +471,6 @@ fn with_level(entries: &[u8], level: &SavedLevel, width: usize) -> Vec<u8> {
         out.extend_from_slice(entry);
     }
     out
-}
-
-/// The saved level in `bytes` if the next open would take it back over
-/// the tree whose durable meta is `meta`.
-fn saved_level(
-    bytes: &[u8],
-    meta: &crate::index::Meta,
-    log_last: Lsn,
-) -> Result<SavedLevel, String> {
-    let saved = crate::index::levelfile::decode(bytes, meta)?;
-    if saved.covered_lsn > log_last {
-        return Err(format!(
-            "it covers the log through LSN {}, past its last record ({})",
-            saved.covered_lsn.0, log_last.0
-        ));
-    }
-    Ok(saved)
 }
 
 /// Compares the entries an index holds with those the events live at `lsn`
