@@ -6,7 +6,8 @@
 mod common;
 
 use common::crash::{
-    assert_doctor_clean, assert_prefix, open, recover_and_finish, run, workload_events,
+    assert_doctor_clean, assert_prefix, open, recover_and_finish, run, set_level_entries,
+    workload_events,
 };
 use megalith::storage::{Damage, SimStorage};
 
@@ -69,6 +70,72 @@ fn every_crash_point_reopens_without_losing_acknowledged_events() {
         Damage::ALL.len()
     );
     assert!(mid_workload > 0);
+}
+
+/// The same sweep over a workload whose in-memory level (16 entries) fills
+/// again and again over trees many times its size: it is spilled to run
+/// files, neighbouring runs are merged into one file, and the runs are
+/// merged into the trees once they are a quarter of them. Power lost at
+/// every operation of that, with each kind of damage: every crash point
+/// reopens with every acknowledged insert, exactly a prefix of what was
+/// sent, and an index-doctor that finds nothing wrong.
+#[test]
+fn every_crash_point_of_spilled_runs_reopens_without_losing_acknowledged_events() {
+    const SPILLED_EVENTS: usize = 30;
+    set_level_entries(16);
+    let events = workload_events(13, SPILLED_EVENTS);
+
+    // A clean run, one insert at a time, watching the run files come and
+    // go: spilled, merged with each other, merged into the trees.
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimStorage::new(dir.path()).unwrap();
+    let store = open(&sim, dir.path()).unwrap();
+    let (mut most_runs, mut fewer_after_more) = (0, false);
+    for event in &events {
+        store.insert(std::slice::from_ref(event)).unwrap();
+        let runs = store.stats().unwrap().index_runs;
+        fewer_after_more |= runs < most_runs;
+        most_runs = most_runs.max(runs);
+    }
+    drop(store);
+    assert!(
+        most_runs >= 2,
+        "the workload spills runs ({most_runs} at most)"
+    );
+    assert!(fewer_after_more, "runs are merged away");
+    let total_ops = sim.ops();
+    assert_prefix(
+        &open(&sim, dir.path()).unwrap(),
+        &events,
+        SPILLED_EVENTS,
+        "clean",
+    );
+
+    let mut points = 0;
+    for n in 0..=total_ops {
+        for (d, damage) in Damage::ALL.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let sim = SimStorage::new(dir.path()).unwrap();
+            sim.power_off_at(n);
+            let crashed = run(&sim, dir.path(), &events);
+            sim.crash(damage, n * 4 + d as u64).unwrap();
+            let what = format!("power lost at operation {n} of {total_ops}, {damage:?}");
+            if crashed
+                .error
+                .as_deref()
+                .is_none_or(|e| !e.starts_with("open"))
+            {
+                assert_doctor_clean(dir.path(), &what);
+            }
+            recover_and_finish(&sim, dir.path(), &events, crashed.acknowledged, &what);
+            let store = open(&sim, dir.path()).unwrap();
+            assert_prefix(&store, &events, SPILLED_EVENTS, &what);
+            drop(store);
+            assert_doctor_clean(dir.path(), &what);
+            points += 1;
+        }
+    }
+    println!("{points} crash points over spilled runs ({total_ops} operations), 0 lost");
 }
 
 /// Background checkpoints (here after every group) write the time-ordered

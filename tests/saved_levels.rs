@@ -1,8 +1,9 @@
-//! The in-memory levels of the random-order indexes, saved at a clean close
-//! instead of merged into the trees (docs/recovery.md, "Saved levels"):
-//! the next open takes them back and replays nothing; one that no longer
-//! fits its tree (damaged, or from before a merge) is removed and its
-//! records are replayed from the log. Every answer agrees with the tests'
+//! The in-memory levels of the random-order indexes, spilled to run files
+//! at a clean close instead of merged into the trees (docs/recovery.md,
+//! "Spilled runs"): the next open takes them back and replays nothing; one
+//! that no longer fits its tree (damaged, from before a merge, or chained
+//! after one that does not) is removed and its records are replayed from
+//! the log. Every answer agrees with the tests'
 //! model throughout: across reopens, after a crash on top of a taken-back
 //! level, and with a damaged or stale file.
 
@@ -86,7 +87,7 @@ fn level_files(dir: &Path) -> Vec<std::path::PathBuf> {
         let index = dir.join(format!("shard-{shard:04}/index"));
         for entry in std::fs::read_dir(&index).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "level") {
+            if path.extension().is_some_and(|e| e == "run") {
                 files.push(path);
             }
         }
@@ -136,18 +137,28 @@ fn saved_levels_answer_as_a_replay_would() {
     );
     store.close().unwrap();
 
-    // A damaged file is not taken: it is removed, and its records come
+    // A small batch after that spills a second, much smaller run per
+    // index at close, chained after the first (too small to be merged
+    // with it).
+    let store = open(Some(&sim), dir.path());
+    send(&store, &mut model, &mut generator, 100);
+    store.close().unwrap();
+    let runs = level_files(dir.path());
+    assert_eq!(runs.len(), 2 * saved.len(), "{runs:?}");
+
+    // A damaged file is not taken: it is removed, and so is the run
+    // chained after it (the chain is broken there); their records come
     // from the log.
-    let damaged = &level_files(dir.path())[0];
+    let damaged = &runs[0];
     let mut bytes = std::fs::read(damaged).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(damaged, &bytes).unwrap();
     let store = open(Some(&sim), dir.path());
     let report = store.recovery_report();
-    assert_eq!(report.levels_loaded, saved.len() as u32 - 1, "{report:?}");
+    assert_eq!(report.levels_loaded, runs.len() as u32 - 2, "{report:?}");
     assert!(report.replayed_records > 0, "{report:?}");
-    agree(&store, &model, &mut generator, "one damaged level file");
+    agree(&store, &model, &mut generator, "one damaged run file");
     let stale: Vec<(std::path::PathBuf, Vec<u8>)> = level_files(dir.path())
         .into_iter()
         .map(|p| {

@@ -142,11 +142,17 @@ fn copy_shard(
             let (bytes, retries) = copy_index(&from, &to)?;
             report.bytes_copied += bytes;
             report.index_retries += retries;
-        } else if name == "primary.ids" || name.ends_with(".level") {
-            // Saved at a clean close and stamped: used only if it fits the
-            // copied index (a saved level also only if the copied log
-            // holds what it covers), else replayed from the log.
-            report.bytes_copied += copy_prefix(&from, &to, None)?;
+        } else if name == "primary.ids" || name.ends_with(".run") {
+            // Stamped: used only if it fits the copied index (a run file
+            // also only if it links the chain from the copied checkpoint
+            // and the copied log holds what it covers), else replayed from
+            // the log. A run file a merge removed while the copy ran is
+            // not needed: the copied log holds its records.
+            match copy_prefix(&from, &to, None) {
+                Ok(bytes) => report.bytes_copied += bytes,
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(other) => return Err(other),
+            }
         }
     }
     sync_dir(&dst_index)?;

@@ -119,6 +119,10 @@ pub struct StoreStats {
     pub index_bytes: BTreeMap<&'static str, u64>,
     /// Entries per index (summed over shards).
     pub index_entries: BTreeMap<&'static str, u64>,
+    /// Run files of the random-order indexes' levels (spilled when the
+    /// in-memory level is full, and at a clean close; summed over indexes
+    /// and shards).
+    pub index_runs: usize,
     /// Shards whose id filter is built and in use (one is built in the
     /// background after an open), and the memory of those filters.
     pub id_filters: usize,
@@ -1086,10 +1090,9 @@ impl EventStore {
             for kind in view.kinds() {
                 let tree = view.tree(kind);
                 gauges.index_bytes += self.storage.size_on_disk(tree.path()).unwrap_or(0);
-                gauges.index_bytes += self
-                    .storage
-                    .size_on_disk(&view.level_path(kind))
-                    .unwrap_or(0);
+                for run in view.run_paths(kind) {
+                    gauges.index_bytes += self.storage.size_on_disk(&run).unwrap_or(0);
+                }
             }
             gauges.log_bytes += shard.log().bytes_on_disk();
         }
@@ -1109,13 +1112,15 @@ impl EventStore {
             for kind in view.kinds() {
                 let tree = view.tree(kind);
                 *stats.index_entries.entry(kind.name()).or_default() += tree.entry_count();
-                // A saved level (see `IndexSet::save_levels`) is part of it.
+                // Its level's run files (see `index::levelfile`) are part of it.
                 let bytes = self.storage.size_on_disk(tree.path()).unwrap_or(0)
-                    + self
-                        .storage
-                        .size_on_disk(&view.level_path(kind))
-                        .unwrap_or(0);
+                    + view
+                        .run_paths(kind)
+                        .iter()
+                        .map(|run| self.storage.size_on_disk(run).unwrap_or(0))
+                        .sum::<u64>();
                 *stats.index_bytes.entry(kind.name()).or_default() += bytes;
+                stats.index_runs += view.run_paths(kind).len();
             }
             stats.events += view.tree(IndexKind::Primary).entry_count();
             if let Some(filter) = view.id_filter() {

@@ -17,6 +17,7 @@
 //!   changes into the fewest pages; single inserts and removals do not.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::error::{IndexError, io_error};
@@ -24,7 +25,8 @@ use super::format::{
     FREE_IDS_PER_PAGE, Meta, PAGE_SIZE, decode_free_list_page, decode_meta, encode_free_list_page,
     encode_meta,
 };
-use super::level::{Level, LevelCursor};
+use super::level::{Level, LevelCursor, RunBytes};
+use super::levelfile::{self, RunHeader};
 use super::node::{
     MemNode, Node, NodeRef, PageView, compare_keys, encode_node_into, fits, leaf_fits,
 };
@@ -32,6 +34,36 @@ use crate::ids::{Location, Lsn, PageId, SegmentId};
 use crate::storage::{Mapping, OpenMode, Storage, StorageFile};
 
 const META_SLOTS: [PageId; 2] = [PageId(0), PageId(1)];
+
+/// A spilled run is merged with the one before it while that one holds at
+/// most this many times its entries.
+const RUN_GROWTH: usize = 4;
+
+/// Past this many spilled runs, the newest two are merged whatever their
+/// sizes.
+const MOST_SPILLED_RUNS: usize = 8;
+
+/// A run file of a tree's level (see `index::levelfile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunFile {
+    /// The file's name in the index directory.
+    pub name: String,
+    pub from: (Lsn, Location),
+    pub covered: (Lsn, Location),
+    pub entries: usize,
+}
+
+/// A run file to write: the memory runs spilled, or two spilled runs
+/// merged (`runs`, positions in the level's list of runs).
+#[derive(Debug)]
+pub(crate) struct RunJob {
+    pub name: String,
+    pub runs: std::ops::Range<usize>,
+    pub bytes: Vec<u8>,
+    pub from: (Lsn, Location),
+    pub covered: (Lsn, Location),
+    pub entries: usize,
+}
 
 #[derive(Debug)]
 pub(crate) struct BTree {
@@ -74,9 +106,12 @@ pub(crate) struct BTree {
     /// path guarantees) that an entry is added only when absent and removed
     /// only when present; exact again after a merge.
     level_delta: i64,
-    /// Bumped by every change of the level: a saved level that is still
-    /// what memory holds is not written again.
-    level_changes: u64,
+    /// The files of the level's spilled runs, oldest first: a chain over
+    /// the log from the tree's checkpoint (see `index::levelfile`).
+    runs: Vec<RunFile>,
+    /// Run files whose entries a merge moved into the tree: removed once a
+    /// checkpoint has made the tree durable with them.
+    stale_runs: Vec<RunFile>,
     verified: VerifiedPages,
     /// Set once a checkpoint starts writing a meta page, cleared when it is
     /// installed. While set, the durable meta may reach pages that memory
@@ -245,7 +280,8 @@ impl BTree {
             entry_count: meta.entry_count,
             level: Level::new(width),
             level_delta: 0,
-            level_changes: 0,
+            runs: Vec::new(),
+            stale_runs: Vec::new(),
             verified: VerifiedPages::default(),
             meta_unsettled: AtomicBool::new(false),
         };
@@ -299,39 +335,142 @@ impl BTree {
     pub fn stage(&mut self, entry: &[u8], add: bool) {
         debug_assert_eq!(entry.len(), self.width);
         self.level_delta += self.level.stage(entry, add);
-        self.level_changes += 1;
     }
 
-    /// Counts changes of the level (see [`BTree::encode_level`]).
-    pub fn level_changes(&self) -> u64 {
-        self.level_changes
+    /// Entries staged in memory, not yet spilled to a run file.
+    pub fn memory_len(&self) -> usize {
+        self.level.memory_len()
     }
 
-    /// The level as a saved file (`index::levelfile`), staged over the
-    /// tree as its durable meta names it and covering the log through
-    /// `covered`; `None` if the level is empty or the tree has changes
-    /// not yet checkpointed (the file's stamp would not name the tree the
-    /// level sits on).
-    pub fn encode_level(&self, covered: (Lsn, Location)) -> Option<Vec<u8>> {
-        if self.level.is_empty() || !self.mem.is_empty() {
+    /// Entries of the tree itself, without the level.
+    pub fn tree_entry_count(&self) -> u64 {
+        self.entry_count
+    }
+
+    /// The files of the level's spilled runs, oldest first.
+    pub fn runs(&self) -> &[RunFile] {
+        &self.runs
+    }
+
+    /// Where the chain of runs ends: the log position replay starts after
+    /// for this tree (its checkpoint when there are no runs).
+    pub fn runs_end(&self) -> (Lsn, Location) {
+        self.runs.last().map_or(
+            (self.meta.checkpoint_lsn, self.meta.checkpoint_position),
+            |run| run.covered,
+        )
+    }
+
+    /// Whether the spilled runs are the files' runs, whole: no merge into
+    /// the tree is under way and no entry was dropped from them.
+    fn runs_intact(&self) -> bool {
+        let lens = self.level.spilled_lens();
+        lens.len() == self.runs.len()
+            && lens
+                .iter()
+                .zip(&self.runs)
+                .all(|(&len, run)| len == run.entries)
+    }
+
+    /// The memory runs as a run file that covers the log through `covered`
+    /// (synced by the caller), chained after the last run; `None` when
+    /// nothing is staged in memory, or when the file's stamp would not
+    /// name the tree the entries sit on (changes not yet checkpointed, or a
+    /// merge under way).
+    pub fn spill_job(&self, kind: &str, covered: (Lsn, Location)) -> Option<RunJob> {
+        let memory = self.level.memory_runs();
+        let from = self.runs_end();
+        if memory.is_empty() || !self.mem.is_empty() || !self.runs_intact() || covered.0 <= from.0 {
             return None;
         }
-        let (keys, flags) = self.level.flattened();
-        Some(super::levelfile::encode(&self.meta, covered, &keys, &flags))
+        let (keys, flags) = self.level.flatten(memory.clone());
+        Some(RunJob {
+            name: levelfile::run_file_name(kind, from.0),
+            runs: memory,
+            bytes: levelfile::encode(&self.meta, from, covered, &keys, &flags),
+            from,
+            covered,
+            entries: flags.len(),
+        })
     }
 
-    /// Takes a saved level as this tree's (which must have none staged and
-    /// no changes since its checkpoint); returns the log position it covers
-    /// through, which the log must still hold (`log_last` is its last
-    /// record). The error says why the file cannot be used.
-    pub fn load_level(&mut self, bytes: &[u8], log_last: Lsn) -> Result<(Lsn, Location), String> {
-        if !self.level.is_empty() || !self.mem.is_empty() {
-            return Err("the index has changed since it was opened".into());
+    /// Two neighbouring runs to merge into one file, the newest first: the
+    /// older is at most [`RUN_GROWTH`] times the newer, or there are more
+    /// than [`MOST_SPILLED_RUNS`] (so the runs' sizes grow geometrically
+    /// from the newest, and a read merges few of them).
+    pub fn run_merge_job(&self, kind: &str) -> Option<RunJob> {
+        if !self.mem.is_empty() || !self.runs_intact() {
+            return None;
         }
-        let saved = super::levelfile::decode(bytes, &self.meta, log_last)?;
-        self.level = Level::from_flattened(self.width, saved.keys, saved.flags);
-        self.level_delta = saved.change;
-        Ok((saved.covered_lsn, saved.covered_position))
+        let n = self.runs.len();
+        for end in (2..=n).rev() {
+            let (older, newer) = (&self.runs[end - 2], &self.runs[end - 1]);
+            if older.entries <= RUN_GROWTH * newer.entries || n > MOST_SPILLED_RUNS {
+                let range = end - 2..end;
+                let (keys, flags) = self.level.flatten(range.clone());
+                let (from, covered) = (older.from, newer.covered);
+                return Some(RunJob {
+                    // The older run's name: the file replaces it.
+                    name: levelfile::run_file_name(kind, from.0),
+                    runs: range,
+                    bytes: levelfile::encode(&self.meta, from, covered, &keys, &flags),
+                    from,
+                    covered,
+                    entries: flags.len(),
+                });
+            }
+        }
+        None
+    }
+
+    /// Takes the file `job` wrote (read back as `bytes`) in place of the
+    /// runs it holds; returns the files it replaced, to be removed (the
+    /// one it was renamed over is not among them).
+    pub fn adopt_run(&mut self, job: &RunJob, bytes: Arc<RunBytes>) -> Vec<RunFile> {
+        let (keys_at, flags_at) = levelfile::layout(job.entries, self.width);
+        self.level
+            .replace_with_spilled(job.runs.clone(), bytes, keys_at, flags_at, job.entries);
+        let file = RunFile {
+            name: job.name.clone(),
+            from: job.from,
+            covered: job.covered,
+            entries: job.entries,
+        };
+        // The memory runs come after every file's, so a spill's range
+        // reaches no file.
+        let files = job.runs.start.min(self.runs.len())..job.runs.end.min(self.runs.len());
+        let replaced: Vec<RunFile> = self.runs.splice(files, [file]).collect();
+        replaced
+            .into_iter()
+            .filter(|old| old.name != job.name)
+            .collect()
+    }
+
+    /// Takes a run file (checked by `levelfile::decode`, the next link of
+    /// the chain) as the tree's newest spilled run.
+    pub fn load_run(&mut self, name: String, header: &RunHeader, bytes: Arc<RunBytes>) {
+        debug_assert_eq!(header.from, self.runs_end());
+        let end = self.level.memory_runs().start;
+        self.level.replace_with_spilled(
+            end..end,
+            bytes,
+            header.keys_at,
+            header.flags_at,
+            header.entries,
+        );
+        self.level_delta += header.change;
+        self.runs.push(RunFile {
+            name,
+            from: header.from,
+            covered: header.covered,
+            entries: header.entries,
+        });
+    }
+
+    /// The run files a finished merge made stale, once a checkpoint has
+    /// made the tree durable without needing them.
+    pub fn take_stale_runs(&mut self) -> Vec<RunFile> {
+        std::mem::take(&mut self.stale_runs)
     }
 
     /// Stages a change replay found in the log (a record after the tree's
@@ -359,10 +498,13 @@ impl BTree {
         let undone = self.level.take_lowest(most, &mut keys, &mut adds);
         let entries: Vec<(&[u8], bool)> = keys.chunks_exact(self.width).zip(adds).collect();
         self.apply_batch(&entries)?;
-        self.level_changes += 1;
         self.level_delta -= undone;
         if self.level.is_empty() {
             self.level_delta = 0;
+            // Their entries are in the tree: the files go after its next
+            // checkpoint (until then they are the durable level of the
+            // durable tree).
+            self.stale_runs.append(&mut self.runs);
         }
         Ok(self.level.len())
     }
@@ -370,7 +512,6 @@ impl BTree {
     /// Drops `entry` from the level (a direct change of the tree follows,
     /// and is newer than what was staged).
     fn unstage(&mut self, entry: &[u8]) {
-        self.level_changes += 1;
         self.level_delta -= self.level.unstage(entry);
     }
 

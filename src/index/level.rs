@@ -24,6 +24,8 @@
 //! allocation per entry).
 
 use std::cmp::Ordering;
+use std::ops::Range;
+use std::sync::Arc;
 
 use super::node::compare_keys;
 
@@ -49,30 +51,111 @@ pub(crate) fn effect(flags: u8) -> i64 {
     }
 }
 
+/// The bytes a spilled run reads its entries from: a map of its file, or
+/// the file read into memory where the storage cannot map it.
+pub(crate) enum RunBytes {
+    Mapped(crate::storage::Mapping),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for RunBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            RunBytes::Mapped(map) => map,
+            RunBytes::Read(bytes) => bytes,
+        }
+    }
+}
+
+impl std::fmt::Debug for RunBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RunBytes({} bytes)", self.len())
+    }
+}
+
+/// Where a run's entries are.
+#[derive(Debug)]
+enum Entries {
+    /// Staged in memory (or copied there from a file to be changed).
+    Owned { keys: Vec<u8>, flags: Vec<u8> },
+    /// In a run file: `len` keys from byte `keys_at`, then their flags.
+    Shared {
+        bytes: Arc<RunBytes>,
+        keys_at: usize,
+        flags_at: usize,
+        len: usize,
+    },
+}
+
+impl Default for Entries {
+    fn default() -> Entries {
+        Entries::Owned {
+            keys: Vec::new(),
+            flags: Vec::new(),
+        }
+    }
+}
+
 /// Entries sorted, each once; those before `skip` have gone into the tree.
+/// A spilled run is one a file holds (see `index::levelfile`): it takes no
+/// appends, and it is merged only with spilled runs.
 #[derive(Debug, Default)]
 struct Run {
-    keys: Vec<u8>,
-    flags: Vec<u8>,
+    entries: Entries,
     skip: usize,
+    spilled: bool,
 }
 
 impl Run {
+    fn keys(&self) -> &[u8] {
+        match &self.entries {
+            Entries::Owned { keys, .. } => keys,
+            Entries::Shared {
+                bytes,
+                keys_at,
+                flags_at,
+                ..
+            } => &bytes[*keys_at..*flags_at],
+        }
+    }
+
+    fn flags(&self) -> &[u8] {
+        match &self.entries {
+            Entries::Owned { flags, .. } => flags,
+            Entries::Shared {
+                bytes,
+                flags_at,
+                len,
+                ..
+            } => &bytes[*flags_at..*flags_at + *len],
+        }
+    }
+
+    /// Entries, those before `skip` included.
+    fn total(&self) -> usize {
+        match &self.entries {
+            Entries::Owned { flags, .. } => flags.len(),
+            Entries::Shared { len, .. } => *len,
+        }
+    }
+
     fn len(&self) -> usize {
-        self.flags.len() - self.skip
+        self.total() - self.skip
     }
 
     fn key(&self, i: usize, width: usize) -> &[u8] {
-        &self.keys[i * width..(i + 1) * width]
+        &self.keys()[i * width..(i + 1) * width]
     }
 
     /// The first position at or after `from` whose entry is not below `key`
     /// (a whole entry or a prefix).
     fn lower_bound(&self, key: &[u8], from: usize, width: usize) -> usize {
-        let (mut lo, mut hi) = (from, self.flags.len());
+        let keys = self.keys();
+        let (mut lo, mut hi) = (from, self.total());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if compare_keys(self.key(mid, width), key) == Ordering::Less {
+            if compare_keys(&keys[mid * width..(mid + 1) * width], key) == Ordering::Less {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -81,9 +164,24 @@ impl Run {
         lo
     }
 
+    /// The entries as vectors this run owns (a file's are copied first).
+    fn owned(&mut self) -> (&mut Vec<u8>, &mut Vec<u8>) {
+        if let Entries::Shared { .. } = self.entries {
+            self.entries = Entries::Owned {
+                keys: self.keys().to_vec(),
+                flags: self.flags().to_vec(),
+            };
+        }
+        match &mut self.entries {
+            Entries::Owned { keys, flags } => (keys, flags),
+            Entries::Shared { .. } => unreachable!("copied above"),
+        }
+    }
+
     fn push(&mut self, key: &[u8], flags: u8) {
-        self.keys.extend_from_slice(key);
-        self.flags.push(flags);
+        let (keys, all) = self.owned();
+        keys.extend_from_slice(key);
+        all.push(flags);
     }
 }
 
@@ -124,8 +222,9 @@ impl Level {
         let step = if add { 1 } else { -1 };
         if let Some(run) = self.runs.last_mut()
             && run.len() > 0
+            && !run.spilled
         {
-            let last = run.flags.len() - 1;
+            let last = run.total() - 1;
             match compare_keys(key, run.key(last, width)) {
                 Ordering::Greater => {
                     run.push(key, if add { LAST_ADD | FIRST_ADD } else { 0 });
@@ -133,7 +232,7 @@ impl Level {
                     return step;
                 }
                 Ordering::Equal => {
-                    let flags = &mut run.flags[last];
+                    let flags = &mut run.owned().1[last];
                     if (*flags & LAST_ADD != 0) == add {
                         return 0;
                     }
@@ -154,8 +253,9 @@ impl Level {
     /// Merges the newest runs while the older is at most [`GROWTH`] times
     /// the newer (or there are too many).
     fn settle(&mut self) {
-        while let [.., older, newer] = &self.runs[..] {
-            if older.len() > GROWTH * newer.len() && self.runs.len() <= MOST_RUNS {
+        let spilled = self.spilled_runs();
+        while let [.., older, newer] = &self.runs[spilled..] {
+            if older.len() > GROWTH * newer.len() && self.runs.len() - spilled <= MOST_RUNS {
                 break;
             }
             let newer = self.runs.pop().unwrap_or_default();
@@ -174,8 +274,7 @@ impl Level {
         let width = self.width;
         self.runs.iter().rev().find_map(|run| {
             let at = run.lower_bound(key, run.skip, width);
-            (at < run.flags.len() && run.key(at, width) == key)
-                .then(|| run.flags[at] & LAST_ADD != 0)
+            (at < run.total() && run.key(at, width) == key).then(|| run.flags()[at] & LAST_ADD != 0)
         })
     }
 
@@ -186,9 +285,10 @@ impl Level {
         let (mut first, mut last) = (None, None);
         for run in &mut self.runs {
             let at = run.lower_bound(key, run.skip, width);
-            if at < run.flags.len() && run.key(at, width) == key {
-                let flags = run.flags.remove(at);
-                run.keys.drain(at * width..(at + 1) * width);
+            if at < run.total() && run.key(at, width) == key {
+                let (keys, all) = run.owned();
+                let flags = all.remove(at);
+                keys.drain(at * width..(at + 1) * width);
                 first.get_or_insert(flags & FIRST_ADD);
                 last = Some(flags & LAST_ADD);
                 self.len -= 1;
@@ -243,12 +343,42 @@ impl Level {
 }
 
 impl Level {
-    /// Every key once, in order, each with its first and last state (the
-    /// flag bits): the level as one run, what a file saves (see
-    /// `index::levelfile`).
-    pub fn flattened(&self) -> (Vec<u8>, Vec<u8>) {
+    /// How many runs, the oldest, files hold (spilled runs come before
+    /// the runs staged in memory).
+    fn spilled_runs(&self) -> usize {
+        self.runs.iter().take_while(|run| run.spilled).count()
+    }
+
+    /// The entries of each spilled run, oldest first.
+    pub fn spilled_lens(&self) -> Vec<usize> {
+        self.runs[..self.spilled_runs()]
+            .iter()
+            .map(Run::len)
+            .collect()
+    }
+
+    /// Entries staged in memory, not yet in a run file.
+    pub fn memory_len(&self) -> usize {
+        self.runs[self.spilled_runs()..].iter().map(Run::len).sum()
+    }
+
+    /// The runs staged in memory, as positions in the list of runs.
+    pub fn memory_runs(&self) -> Range<usize> {
+        self.spilled_runs()..self.runs.len()
+    }
+
+    /// Every key of the runs in `range` once, in order, with its first
+    /// state from the oldest of them and its last from the newest: those
+    /// runs as one, what a run file holds (see `index::levelfile`).
+    pub fn flatten(&self, range: Range<usize>) -> (Vec<u8>, Vec<u8>) {
+        let runs = &self.runs[range];
+        let mut cursor = LevelCursor {
+            width: self.width,
+            at: runs.iter().map(|run| run.skip).collect(),
+            runs,
+            head: None,
+        };
         let (mut keys, mut flags) = (Vec::new(), Vec::new());
-        let mut cursor = self.cursor(&[]);
         while let Some((key, bits)) = cursor.next_flags() {
             keys.extend_from_slice(key);
             flags.push(bits);
@@ -256,28 +386,38 @@ impl Level {
         (keys, flags)
     }
 
-    /// A level of one run, from what [`Level::flattened`] gave (read back
-    /// from a file, whose reader checked that the keys ascend strictly and
-    /// each flag is a state pair).
-    pub fn from_flattened(width: usize, keys: Vec<u8>, flags: Vec<u8>) -> Level {
-        debug_assert_eq!(keys.len(), flags.len() * width);
-        let len = flags.len();
-        let runs = if len == 0 {
-            Vec::new()
-        } else {
-            vec![Run {
-                keys,
-                flags,
-                skip: 0,
-            }]
+    /// Replaces the runs in `range` with one spilled run: the `len`
+    /// entries a run file holds in `bytes` (keys from `keys_at`, flags
+    /// from `flags_at`), which are what [`Level::flatten`] gave for them.
+    /// Loading a chain at open appends with an empty range at the end.
+    pub fn replace_with_spilled(
+        &mut self,
+        range: Range<usize>,
+        bytes: Arc<RunBytes>,
+        keys_at: usize,
+        flags_at: usize,
+        len: usize,
+    ) {
+        debug_assert!(range.start <= self.spilled_runs());
+        let removed: usize = self.runs[range.clone()].iter().map(Run::len).sum();
+        let run = Run {
+            entries: Entries::Shared {
+                bytes,
+                keys_at,
+                flags_at,
+                len,
+            },
+            skip: 0,
+            spilled: true,
         };
-        Level { width, runs, len }
+        self.runs.splice(range, [run]);
+        self.len = self.len - removed + len;
     }
 
     /// What the level changes the index's count by.
     #[cfg(test)]
     fn change(&self) -> i64 {
-        let (_, flags) = self.flattened();
+        let (_, flags) = self.flatten(0..self.runs.len());
         flags.iter().map(|&f| effect(f)).sum()
     }
 }
@@ -285,38 +425,41 @@ impl Level {
 /// Merges two runs, `newer`'s states over `older`'s.
 fn merge(older: Run, newer: Run, width: usize) -> Run {
     let total = older.len() + newer.len();
-    let mut out = Run {
-        keys: Vec::with_capacity(total * width),
-        flags: Vec::with_capacity(total),
-        skip: 0,
-    };
+    let mut keys = Vec::with_capacity(total * width);
+    let mut flags = Vec::with_capacity(total);
+    let (older_keys, older_flags) = (older.keys(), older.flags());
+    let (newer_keys, newer_flags) = (newer.keys(), newer.flags());
     let (mut i, mut j) = (older.skip, newer.skip);
-    while i < older.flags.len() && j < newer.flags.len() {
+    while i < older_flags.len() && j < newer_flags.len() {
         let (a, b) = (older.key(i, width), newer.key(j, width));
         match compare_keys(a, b) {
             Ordering::Less => {
-                out.push(a, older.flags[i]);
+                keys.extend_from_slice(a);
+                flags.push(older_flags[i]);
                 i += 1;
             }
             Ordering::Greater => {
-                out.push(b, newer.flags[j]);
+                keys.extend_from_slice(b);
+                flags.push(newer_flags[j]);
                 j += 1;
             }
             Ordering::Equal => {
-                out.push(
-                    b,
-                    (older.flags[i] & FIRST_ADD) | (newer.flags[j] & LAST_ADD),
-                );
+                keys.extend_from_slice(b);
+                flags.push((older_flags[i] & FIRST_ADD) | (newer_flags[j] & LAST_ADD));
                 i += 1;
                 j += 1;
             }
         }
     }
-    out.keys.extend_from_slice(&older.keys[i * width..]);
-    out.flags.extend_from_slice(&older.flags[i..]);
-    out.keys.extend_from_slice(&newer.keys[j * width..]);
-    out.flags.extend_from_slice(&newer.flags[j..]);
-    out
+    keys.extend_from_slice(&older_keys[i * width..]);
+    flags.extend_from_slice(&older_flags[i..]);
+    keys.extend_from_slice(&newer_keys[j * width..]);
+    flags.extend_from_slice(&newer_flags[j..]);
+    Run {
+        entries: Entries::Owned { keys, flags },
+        skip: 0,
+        spilled: false,
+    }
 }
 
 /// Walks the level's keys in order, each once, in the state its newest
@@ -361,7 +504,7 @@ impl<'l> LevelCursor<'l> {
         let (key, flags) = self.find_head()?;
         let width = self.width;
         for (run, at) in self.runs.iter().zip(&mut self.at) {
-            if *at < run.flags.len() && run.key(*at, width) == key {
+            if *at < run.total() && run.key(*at, width) == key {
                 *at += 1;
             }
         }
@@ -377,7 +520,7 @@ impl<'l> LevelCursor<'l> {
         if self.head.is_none() {
             let mut head: Option<(usize, usize)> = None;
             for (r, (run, &at)) in runs.iter().zip(&self.at).enumerate() {
-                if at >= run.flags.len() {
+                if at >= run.total() {
                     continue;
                 }
                 head = match head {
@@ -396,8 +539,8 @@ impl<'l> LevelCursor<'l> {
         }
         let (first, newest) = self.head?;
         let key = runs[newest].key(self.at[newest], width);
-        let flags = (runs[first].flags[self.at[first]] & FIRST_ADD)
-            | (runs[newest].flags[self.at[newest]] & LAST_ADD);
+        let flags = (runs[first].flags()[self.at[first]] & FIRST_ADD)
+            | (runs[newest].flags()[self.at[newest]] & LAST_ADD);
         Some((key, flags))
     }
 }
@@ -524,43 +667,76 @@ mod tests {
         assert!(level.len() >= model.len());
     }
 
-    /// A level flattened and read back reads the same, counts the same,
-    /// and takes further stages the same.
+    /// Runs spilled to a file (twice, then the two files merged into one)
+    /// read the same, count the same, and take further stages the same as
+    /// a level that kept everything in memory; an entry dropped from a
+    /// spilled run is dropped from a copy, not from the file's bytes.
     #[test]
-    fn a_flattened_level_reads_back_the_same() {
+    fn spilled_runs_read_as_the_memory_they_replace() {
         let mut level = Level::new(12);
+        let mut kept = Level::new(12);
         let mut delta = 0;
         let mut rng = crate::datagen::rng::Rng::new(11);
-        for _ in 0..40 {
+        let file = |level: &Level, range: Range<usize>| {
+            let (keys, flags) = level.flatten(range);
+            let len = flags.len();
+            let keys_at = 3;
+            let mut bytes = vec![9u8; keys_at];
+            bytes.extend_from_slice(&keys);
+            bytes.extend_from_slice(&flags);
+            (
+                Arc::new(RunBytes::Read(bytes)),
+                keys_at,
+                keys_at + keys.len(),
+                len,
+            )
+        };
+        for round in 0..60 {
             let mut keys: Vec<[u8; 12]> = (0..50).map(|_| key(rng.next_u64() % 500)).collect();
             keys.sort();
             keys.dedup();
             for k in keys {
                 let add = level.get(&k) != Some(true);
-                delta += level.stage(&k, add);
+                assert_eq!(kept.get(&k), level.get(&k));
+                let step = level.stage(&k, add);
+                assert_eq!(kept.stage(&k, add), step);
+                delta += step;
+            }
+            if round == 20 || round == 40 {
+                let memory = level.memory_runs();
+                assert!(memory.len() > 1, "the test wants several runs");
+                let (bytes, keys_at, flags_at, len) = file(&level, memory.clone());
+                level.replace_with_spilled(memory, bytes, keys_at, flags_at, len);
+                assert_eq!(level.memory_len(), 0);
+                assert_eq!(level.spilled_lens().last(), Some(&len));
+            }
+            if round == 50 {
+                assert_eq!(level.spilled_lens().len(), 2);
+                let (bytes, keys_at, flags_at, len) = file(&level, 0..2);
+                level.replace_with_spilled(0..2, bytes, keys_at, flags_at, len);
+                assert_eq!(level.spilled_lens(), vec![len]);
+                assert!(level.memory_len() > 0);
+            }
+            assert_eq!(level.change(), delta);
+            assert_eq!(kept.change(), delta);
+            let mut a = level.cursor(&[]);
+            let mut b = kept.cursor(&[]);
+            loop {
+                let (x, y) = (a.next_flags(), b.next_flags());
+                assert_eq!(x, y);
+                if x.is_none() {
+                    break;
+                }
             }
         }
-        assert!(level.runs.len() > 1, "the test wants several runs");
-        assert_eq!(level.change(), delta);
-        let (keys, flags) = level.flattened();
-        let mut back = Level::from_flattened(12, keys, flags.clone());
-        assert_eq!(back.change(), delta);
-        assert_eq!(back.len(), flags.len());
-        let mut a = level.cursor(&[]);
-        let mut b = back.cursor(&[]);
-        loop {
-            let (x, y) = (a.next_flags(), b.next_flags());
-            assert_eq!(x, y);
-            if x.is_none() {
-                break;
-            }
-        }
-        // Staging on top of it behaves as on the original.
-        for n in [3, 250, 499, 777] {
-            let k = key(n);
-            let add = level.get(&k) != Some(true);
-            assert_eq!(back.stage(&k, add), level.stage(&k, add));
-        }
-        assert_eq!(back.flattened(), level.flattened());
+        // Dropping an entry a spilled run holds copies that run.
+        let (keys, _) = level.flatten(0..1);
+        let victim = keys[..12].to_vec();
+        assert_eq!(level.unstage(&victim), kept.unstage(&victim));
+        assert_eq!(level.get(&victim), kept.get(&victim));
+        assert_eq!(
+            level.flatten(0..level.runs.len()),
+            kept.flatten(0..kept.runs.len())
+        );
     }
 }

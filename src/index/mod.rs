@@ -7,7 +7,7 @@ mod error;
 mod format;
 mod idfilter;
 mod keys;
-mod level;
+pub(crate) mod level;
 pub(crate) mod levelfile;
 mod node;
 mod set;
@@ -23,7 +23,9 @@ pub(crate) use keys::{
     author_kind_prefix, for_each_entry, location_at_end, tag_prefix, time_range,
 };
 pub(crate) use level::LAST_ADD;
-pub(crate) use set::{Apply, GroupEntries, IndexSet, level_file_name};
+pub(crate) use set::{
+    Apply, GroupEntries, IndexSet, is_level_file, level_files, read_run, remove_runs, write_run,
+};
 // The page codecs, for `inspect::index` (the checker's report and the fuzzer).
 pub(crate) use format::{
     FREE_IDS_PER_PAGE, Meta, PAGE_SIZE, choose_meta, decode_free_list_page, decode_meta,

@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::btree::{BTree, PreparedCheckpoint};
+use super::btree::{BTree, PreparedCheckpoint, RunFile, RunJob};
 use super::error::{IndexError, io_error};
 use super::idfilter::{IdFilter, TreeStamp};
 use super::keys::{IndexKind, for_each_entry, location_at_end, primary_lower};
+use super::level::RunBytes;
+use super::levelfile;
 use crate::event::{EventId, EventRef};
 use crate::ids::{Location, Lsn};
 use crate::storage::Storage;
@@ -39,10 +41,6 @@ pub(crate) struct IndexSet {
     /// level covers); replay skips them per tree, so a tree rebuilt from
     /// scratch catches up while the others do not apply anything twice.
     floors: Vec<(Lsn, Location)>,
-    /// Per index: `(level changes, generation)` of the tree when its level
-    /// was last read from or written to its file (see
-    /// [`IndexSet::save_levels`]), so a close writes only what changed.
-    levels_saved: Vec<Option<(u64, u64)>>,
     /// The filter of the primary index's ids find_id consults (none until
     /// one is complete), and the one being built to replace it.
     ids: Option<Arc<IdFilter>>,
@@ -58,7 +56,7 @@ pub(crate) struct IndexSet {
     /// one-shot reading command would).
     id_filter_saved: Option<(TreeStamp, Lsn)>,
     /// The filter in use came from the file and holds the id of every
-    /// event through this LSN (see [`IndexSet::load_levels`]).
+    /// event through this LSN (see [`IndexSet::load_runs`]).
     id_filter_covers: Lsn,
 }
 
@@ -68,10 +66,77 @@ const MAX_FILTER_BUILDS_FAILED: u32 = 3;
 /// The id filter a clean close saved (see [`IndexSet::save_id_filter`]).
 pub(crate) const ID_FILTER_FILE: &str = "primary.ids";
 
-/// The file a clean close saves the in-memory level of the index `kind`
-/// to (see `index::levelfile`).
-pub(crate) fn level_file_name(kind: IndexKind) -> String {
+/// The file the first version saved the in-memory level of the index
+/// `kind` to at a clean close (replaced by run files; removed at open, its
+/// records replayed).
+fn old_level_file_name(kind: IndexKind) -> String {
     format!("{}.level", kind.name())
+}
+
+/// Whether `file` is one of the run files of the index `kind` (see
+/// `index::levelfile`), or the level file of the first version.
+pub(crate) fn is_level_file(kind: IndexKind, file: &str) -> bool {
+    levelfile::run_file_from(kind.name(), file).is_some() || file == old_level_file_name(kind)
+}
+
+/// Every index's run files and first-version level files in `dir`.
+pub(crate) fn level_files(store: &dyn Storage, dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut files: Vec<String> = store
+        .list(dir)?
+        .into_iter()
+        .filter_map(|name| name.into_string().ok())
+        .filter(|name| IndexKind::ALL.iter().any(|&kind| is_level_file(kind, name)))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Writes the run file of `job` in `dir` (through a temporary file, synced
+/// and renamed into place, the directory synced) and reads it back through
+/// a map.
+pub(crate) fn write_run(
+    store: &dyn Storage,
+    dir: &Path,
+    job: &RunJob,
+) -> Result<Arc<RunBytes>, IndexError> {
+    let path = dir.join(&job.name);
+    let temporary = dir.join(format!("{}.tmp", job.name));
+    crate::storage::replace_file(store, &temporary, &path, &job.bytes)
+        .map_err(|(file, what, e)| io_error(&file, what)(e))?;
+    read_run(store, &path)
+}
+
+/// Removes the run files `runs` from `dir` and syncs it.
+pub(crate) fn remove_runs(
+    store: &dyn Storage,
+    dir: &Path,
+    runs: &[RunFile],
+) -> Result<(), IndexError> {
+    for run in runs {
+        let path = dir.join(&run.name);
+        store
+            .remove_file(&path)
+            .map_err(io_error(&path, "remove"))?;
+    }
+    if !runs.is_empty() {
+        store
+            .sync_dir(dir)
+            .map_err(io_error(dir, "sync directory"))?;
+    }
+    Ok(())
+}
+
+/// Reads the run file `path` through a map (a copy where the storage cannot
+/// map it).
+pub(crate) fn read_run(store: &dyn Storage, path: &Path) -> Result<Arc<RunBytes>, IndexError> {
+    let file = store
+        .open(path, crate::storage::OpenMode::Read)
+        .map_err(io_error(path, "open"))?;
+    let bytes = match file.map(0).map_err(io_error(path, "map"))? {
+        Some(map) => RunBytes::Mapped(map),
+        None => RunBytes::Read(store.read_file(path).map_err(io_error(path, "read"))?),
+    };
+    Ok(Arc::new(bytes))
 }
 
 impl IndexSet {
@@ -97,7 +162,7 @@ impl IndexSet {
                 if store.exists(&path).map_err(io_error(&path, "stat"))? {
                     remove_durably(store, dir, &path)?;
                 }
-                remove_level_file(store, dir, kind)?;
+                remove_level_files(store, dir, kind)?;
                 trees.push(None);
                 continue;
             }
@@ -106,7 +171,7 @@ impl IndexSet {
                 Err(IndexError::Corrupt { reason, .. }) => {
                     rebuilt.push(format!("{}: {reason}", kind.name()));
                     set_aside(store, &path)?;
-                    remove_level_file(store, dir, kind)?;
+                    remove_level_files(store, dir, kind)?;
                     BTree::open(store, &path, kind.id(), kind.width())?
                 }
                 // An index of an older store format: nothing in it is
@@ -120,7 +185,7 @@ impl IndexSet {
                         kind.name()
                     ));
                     remove_durably(store, dir, &path)?;
-                    remove_level_file(store, dir, kind)?;
+                    remove_level_files(store, dir, kind)?;
                     BTree::open(store, &path, kind.id(), kind.width())?
                 }
                 Err(other) => return Err(other),
@@ -128,13 +193,11 @@ impl IndexSet {
             trees.push(Some(tree));
         }
         let floors = trees.iter().map(floor_of).collect();
-        let levels_saved = vec![None; trees.len()];
         let mut set = IndexSet {
             storage,
             dir: dir.to_path_buf(),
             trees,
             floors,
-            levels_saved,
             ids: None,
             next_ids: None,
             failed_filter_builds: 0,
@@ -231,58 +294,69 @@ impl IndexSet {
         Ok(())
     }
 
-    /// Where a clean close saves the level of `kind` (see
-    /// [`IndexSet::save_levels`]).
-    pub fn level_path(&self, kind: IndexKind) -> PathBuf {
-        self.dir.join(level_file_name(kind))
-    }
-
-    /// Takes the levels a clean close saved (see `index::levelfile`): each
-    /// one staged over its tree exactly as the tree is on disk, covering
-    /// records the log still holds (`log_last` is its last record), becomes
-    /// the tree's level, and replay starts for that tree after what it
-    /// covers. Any other saved level is removed: replay stages its records
-    /// again from the log. Returns how many were taken. Called by recovery
-    /// before replay, never after a repair (the indexes are then rebuilt,
-    /// and their saved levels are gone).
-    pub fn load_levels(&mut self, log_last: Lsn) -> Result<u32, IndexError> {
+    /// Takes the chains of run files (see `index::levelfile`): for each
+    /// random-order index, the run that starts where its tree's checkpoint
+    /// ends, staged over the tree exactly as it is on disk and covering
+    /// records the log still holds (`log_last` is its last record), then
+    /// the run that starts where that one ends, and so on. They become the
+    /// tree's spilled runs, and replay starts for that tree where the chain
+    /// ends. Every other run file (damaged, staged over another checkpoint,
+    /// past the log's end, off the chain, or replaced by a merge of runs)
+    /// and any level file of the first version is removed: replay stages
+    /// its records again from the log. Returns how many runs were taken.
+    /// Called by recovery before replay, never after a repair (the indexes
+    /// are then rebuilt, and their runs are gone).
+    pub fn load_runs(&mut self, log_last: Lsn) -> Result<u32, IndexError> {
         let mut loaded = 0;
+        let names = level_files(&*self.storage, &self.dir).map_err(io_error(&self.dir, "list"))?;
         for kind in IndexKind::ALL {
             let i = kind as usize;
+            let mine: Vec<&String> = names.iter().filter(|n| is_level_file(kind, n)).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut usable: Vec<(String, levelfile::RunHeader, Arc<RunBytes>)> = Vec::new();
+            for name in mine {
+                let path = self.dir.join(name);
+                let checked = match self.trees[i].as_ref() {
+                    Some(tree) if kind.random_order() => {
+                        let bytes = read_run(&*self.storage, &path)?;
+                        levelfile::decode(&bytes, tree.meta(), log_last)
+                            .ok()
+                            .filter(|header| {
+                                levelfile::run_file_from(kind.name(), name) == Some(header.from.0)
+                            })
+                            .map(|header| (header, bytes))
+                    }
+                    _ => None,
+                };
+                match checked {
+                    Some((header, bytes)) => usable.push((name.clone(), header, bytes)),
+                    // Not for this tree: gone, so that no later open
+                    // mistakes it for one.
+                    None => remove_durably(&*self.storage, &self.dir, &path)?,
+                }
+            }
             let Some(tree) = self.trees[i].as_mut() else {
                 continue;
             };
-            let path = self.dir.join(level_file_name(kind));
-            if !kind.random_order()
-                || !self
-                    .storage
-                    .exists(&path)
-                    .map_err(io_error(&path, "stat"))?
-            {
-                continue;
+            let headers: Vec<levelfile::RunHeader> = usable.iter().map(|(_, h, _)| *h).collect();
+            let taken = levelfile::chain(&headers, tree.meta());
+            for &at in &taken {
+                let (name, header, bytes) = &usable[at];
+                tree.load_run(name.clone(), header, Arc::clone(bytes));
+                loaded += 1;
             }
-            let bytes = self
-                .storage
-                .read_file(&path)
-                .map_err(io_error(&path, "read"))?;
-            // Refused by a tree with anything staged already.
-            match tree.load_level(&bytes, log_last) {
-                Ok(covered) => {
-                    self.floors[i] = covered;
-                    self.levels_saved[i] = Some((tree.level_changes(), tree.meta().generation));
-                    loaded += 1;
-                }
-                Err(_) => {
-                    // Not for this tree (or already replayed into): gone,
-                    // so that no later open mistakes it for one.
-                    remove_durably(&*self.storage, &self.dir, &path)?;
-                    self.levels_saved[i] = None;
+            for (at, (name, _, _)) in usable.iter().enumerate() {
+                if !taken.contains(&at) {
+                    remove_durably(&*self.storage, &self.dir, &self.dir.join(name))?;
                 }
             }
+            self.floors[i] = tree.runs_end();
         }
         // The saved filter must hold every id replay will not add again:
-        // one saved before the records the primary's level covers (a
-        // crash between saving the levels and the filter, or a filter
+        // one saved before the records the primary's runs cover (a crash
+        // between spilling the runs and saving the filter, or a filter
         // kept from an earlier close) is not used.
         let floor = self.floors[IndexKind::Primary as usize].0;
         if self.id_filter_loaded && self.id_filter_covers < floor {
@@ -292,52 +366,86 @@ impl IndexSet {
         Ok(loaded)
     }
 
-    /// Saves each random-order index's level for the next open (at a clean
-    /// close, after the last checkpoint, with the log synced through
-    /// `covered`): written to a temporary file, synced and renamed into
-    /// place, unless the file already holds this very level; an index
-    /// with an empty level has its file removed. A failure loses nothing:
-    /// the next open replays those records from the log.
-    pub fn save_levels(&mut self, covered: (Lsn, Location)) -> Result<(), IndexError> {
-        for kind in IndexKind::ALL {
-            let i = kind as usize;
-            let Some(tree) = self.trees[i].as_ref() else {
-                continue;
-            };
-            if !kind.random_order() {
-                continue;
-            }
-            let path = self.dir.join(level_file_name(kind));
-            let now = (tree.level_changes(), tree.meta().generation);
-            if tree.level_len() > 0 && self.levels_saved[i] == Some(now) {
-                // The file holds this very level (a process that only read).
-                continue;
-            }
-            match tree.encode_level(covered) {
-                Some(bytes) => {
-                    let temporary = self.dir.join(format!("{}.tmp", level_file_name(kind)));
-                    self.levels_saved[i] = None;
-                    crate::storage::replace_file(&*self.storage, &temporary, &path, &bytes)
-                        .map_err(|(file, what, e)| io_error(&file, what)(e))?;
-                    self.levels_saved[i] = Some(now);
-                }
-                None => {
-                    remove_level_file(&*self.storage, &self.dir, kind)?;
-                    self.levels_saved[i] = None;
-                }
-            }
+    /// The run files of `kind`'s level (for statistics).
+    pub fn run_paths(&self, kind: IndexKind) -> Vec<PathBuf> {
+        self.trees[kind as usize]
+            .as_ref()
+            .map(|tree| {
+                tree.runs()
+                    .iter()
+                    .map(|run| self.dir.join(&run.name))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The storage and directory run files are written with.
+    pub fn run_io(&self) -> (Arc<dyn Storage>, PathBuf) {
+        (Arc::clone(&self.storage), self.dir.clone())
+    }
+
+    /// Run files to write: each random-order index's memory runs spilled,
+    /// covering the log through `covered` (synced by the caller).
+    pub fn spill_jobs(&self, covered: (Lsn, Location)) -> Vec<(IndexKind, RunJob)> {
+        self.random_order_trees()
+            .filter_map(|(kind, tree)| Some((kind, tree.spill_job(kind.name(), covered)?)))
+            .collect()
+    }
+
+    /// Run files to write: neighbouring spilled runs to merge (see
+    /// `BTree::run_merge_job`), at most one per index.
+    pub fn run_merge_jobs(&self) -> Vec<(IndexKind, RunJob)> {
+        self.random_order_trees()
+            .filter_map(|(kind, tree)| Some((kind, tree.run_merge_job(kind.name())?)))
+            .collect()
+    }
+
+    fn random_order_trees(&self) -> impl Iterator<Item = (IndexKind, &BTree)> + '_ {
+        IndexKind::ALL
+            .into_iter()
+            .filter(|kind| kind.random_order())
+            .filter_map(|kind| Some((kind, self.trees[kind as usize].as_ref()?)))
+    }
+
+    /// Takes the run file `job` wrote for `kind`; returns the files it
+    /// replaced, which the caller removes.
+    pub fn adopt_run(
+        &mut self,
+        kind: IndexKind,
+        job: &RunJob,
+        bytes: Arc<RunBytes>,
+    ) -> Vec<RunFile> {
+        match self.trees[kind as usize].as_mut() {
+            Some(tree) => tree.adopt_run(job, bytes),
+            None => Vec::new(),
         }
-        Ok(())
+    }
+
+    /// Entries in spilled runs and in memory over the random-order indexes,
+    /// and entries their trees hold: the writer merges the runs into the
+    /// trees once they are a fair share of them (see `shard::writer`).
+    pub fn level_and_tree_entries(&self) -> (u64, u64) {
+        self.random_order_trees()
+            .fold((0, 0), |(level, trees), (_, tree)| {
+                (
+                    level + tree.level_len() as u64,
+                    trees + tree.tree_entry_count(),
+                )
+            })
+    }
+
+    /// Entries staged in memory, over all indexes (not yet in run files).
+    pub fn memory_len(&self) -> usize {
+        self.kept().map(BTree::memory_len).sum()
     }
 
     /// Sets aside and restarts the index `kind` (it will be rebuilt by replay).
     pub fn reset(&mut self, kind: IndexKind) -> Result<(), IndexError> {
         let path = self.dir.join(kind.file_name());
         set_aside(&*self.storage, &path)?;
-        remove_level_file(&*self.storage, &self.dir, kind)?;
+        remove_level_files(&*self.storage, &self.dir, kind)?;
         let tree = Some(BTree::open(&*self.storage, &path, kind.id(), kind.width())?);
         self.floors[kind as usize] = floor_of(&tree);
-        self.levels_saved[kind as usize] = None;
         self.trees[kind as usize] = tree;
         if kind == IndexKind::Primary {
             // Built again for the rebuilt index.
@@ -358,7 +466,7 @@ impl IndexSet {
             self.storage
                 .remove_file(&path)
                 .map_err(io_error(&path, "remove"))?;
-            remove_level_file(&*self.storage, &self.dir, *kind)?;
+            remove_level_files(&*self.storage, &self.dir, *kind)?;
         }
         self.storage
             .sync_dir(&self.dir)
@@ -367,7 +475,6 @@ impl IndexSet {
             let path = self.dir.join(kind.file_name());
             let tree = Some(BTree::open(&*self.storage, &path, kind.id(), kind.width())?);
             self.floors[kind as usize] = floor_of(&tree);
-            self.levels_saved[kind as usize] = None;
             self.trees[kind as usize] = tree;
         }
         self.drop_id_filter();
@@ -633,11 +740,6 @@ impl IndexSet {
             .or(self.ids.as_deref())
     }
 
-    /// Entries staged in the in-memory level, over all indexes.
-    pub fn level_len(&self) -> usize {
-        self.kept().map(BTree::level_len).sum()
-    }
-
     /// Merges up to `most` staged entries into their trees (index by index,
     /// each in key order); returns how many are still staged.
     pub fn merge_levels(&mut self, most: usize) -> Result<usize, IndexError> {
@@ -706,10 +808,13 @@ impl IndexSet {
         kind: IndexKind,
         prepared: PreparedCheckpoint,
     ) -> Result<(), IndexError> {
-        match self.trees[kind as usize].as_mut() {
-            Some(tree) => tree.install(prepared),
-            None => panic!("the {} index is not kept", kind.name()),
-        }
+        let Some(tree) = self.trees[kind as usize].as_mut() else {
+            panic!("the {} index is not kept", kind.name());
+        };
+        tree.install(prepared)?;
+        // Run files a merge emptied: the tree just made durable holds
+        // their entries (and no longer matches their stamp).
+        remove_runs(&*self.storage, &self.dir, &tree.take_stale_runs())
     }
 }
 
@@ -746,12 +851,13 @@ fn floor_of(tree: &Option<BTree>) -> (Lsn, Location) {
         })
 }
 
-/// Removes the saved level of `kind` in `dir`, if there is one: its tree
-/// is being rebuilt, and the level was staged over the old one.
-fn remove_level_file(store: &dyn Storage, dir: &Path, kind: IndexKind) -> Result<(), IndexError> {
-    let path = dir.join(level_file_name(kind));
-    if store.exists(&path).map_err(io_error(&path, "stat"))? {
-        remove_durably(store, dir, &path)?;
+/// Removes the run files of `kind` in `dir`: its tree is being rebuilt,
+/// and they were staged over the old one.
+fn remove_level_files(store: &dyn Storage, dir: &Path, kind: IndexKind) -> Result<(), IndexError> {
+    for name in level_files(store, dir).map_err(io_error(dir, "list"))? {
+        if is_level_file(kind, &name) {
+            remove_durably(store, dir, &dir.join(name))?;
+        }
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ use crate::error::{Error, io_error};
 use crate::eventstore::{MANIFEST_FILE, load_manifest, lock_store_dir_shared};
 use crate::hex::encode as hex;
 use crate::ids::{Location, Lsn, ShardId};
-use crate::index::levelfile::{self, SavedLevel};
+use crate::index::levelfile::{self, RunHeader};
 use crate::index::{IndexKind, LAST_ADD, location_at_end};
 use crate::storage::FileStorage;
 use crate::wal::{Log, WalError};
@@ -72,18 +72,20 @@ pub struct IndexSummary {
     /// Entries the log's live events must have in this index as of its
     /// checkpoint (or as of what its saved level covers).
     pub expected_entries: Option<u64>,
-    /// The in-memory level a clean close saved beside the file, when the
-    /// next open takes it back (see docs/recovery.md, "Saved levels"):
-    /// the index is then compared as the tree and the level together.
+    /// The run files of the index's level the next open takes back (see
+    /// docs/recovery.md, "Spilled runs"): the index is then compared as
+    /// the tree and the runs together.
     pub saved_level: Option<SavedLevelSummary>,
     /// Problems found in this index (listed in [`Report::problems`]).
     pub problems: usize,
 }
 
-/// A saved level the next open takes back.
+/// The chain of run files the next open takes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SavedLevelSummary {
-    /// Entries it stages (added or removed).
+    /// Run files in the chain.
+    pub runs: usize,
+    /// Entries they stage (added or removed; a key in two runs twice).
     pub entries: u64,
     /// What it changes the tree's entry count by.
     pub change: i64,
@@ -399,33 +401,65 @@ fn check_index_file(
         summary.checkpoint_lsn = Some(meta.checkpoint_lsn);
         let mut lsn = meta.checkpoint_lsn;
         if let Some(tree_meta) = tree_meta.filter(|_| kind.random_order()) {
-            let level_path = path.with_file_name(crate::index::level_file_name(kind));
-            match std::fs::read(&level_path) {
-                Ok(bytes) => match levelfile::decode(&bytes, &tree_meta, walk.last_lsn()) {
-                    Ok(level) => {
-                        let covers = level.covered_lsn;
-                        check.notes.push(format!(
-                            "a saved level of {} entries covers the log through LSN {}; the \
-                             next open takes it back",
-                            level.flags.len(),
-                            covers.0
-                        ));
-                        summary.saved_level = Some(SavedLevelSummary {
-                            entries: level.flags.len() as u64,
-                            change: level.change,
-                            covers,
-                        });
-                        entries = with_level(&entries, &level, kind.width());
-                        lsn = covers;
-                    }
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let storage = FileStorage;
+            let names = crate::index::level_files(&storage, dir).map_err(io_error(dir, "list"))?;
+            let mut usable: Vec<(RunHeader, std::sync::Arc<crate::index::level::RunBytes>)> =
+                Vec::new();
+            for name in names
+                .iter()
+                .filter(|n| crate::index::is_level_file(kind, n))
+            {
+                let run_path = dir.join(name);
+                let bytes = crate::index::read_run(&storage, &run_path)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?;
+                let checked =
+                    levelfile::decode(&bytes, &tree_meta, walk.last_lsn()).and_then(|h| {
+                        if levelfile::run_file_from(kind.name(), name) == Some(h.from.0) {
+                            Ok(h)
+                        } else {
+                            Err("its name does not say where it starts".into())
+                        }
+                    });
+                match checked {
+                    Ok(header) => usable.push((header, bytes)),
                     Err(reason) => check.notes.push(format!(
                         "{} is not used ({reason}): the next open removes it and replays its \
                          records",
-                        level_path.display()
+                        run_path.display()
                     )),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error(&level_path, "read")(e)),
+                }
+            }
+            let headers: Vec<RunHeader> = usable.iter().map(|(h, _)| *h).collect();
+            let taken = levelfile::chain(&headers, &tree_meta);
+            if usable.len() > taken.len() {
+                check.notes.push(format!(
+                    "{} run file(s) of {} are not in the chain from the checkpoint (replaced \
+                     by a merge, or after a gap): the next open removes them",
+                    usable.len() - taken.len(),
+                    kind.name()
+                ));
+            }
+            if let Some(&last) = taken.last() {
+                let mut runs = SavedLevelSummary {
+                    runs: taken.len(),
+                    entries: 0,
+                    change: 0,
+                    covers: headers[last].covered.0,
+                };
+                for &at in &taken {
+                    let (header, bytes) = &usable[at];
+                    runs.entries += header.entries as u64;
+                    runs.change += header.change;
+                    entries = with_run(&entries, header, bytes, width);
+                }
+                check.notes.push(format!(
+                    "{} run file(s) of {} entries cover the log through LSN {}; the next open \
+                     takes them back",
+                    runs.runs, runs.entries, runs.covers.0
+                ));
+                summary.saved_level = Some(runs);
+                lsn = runs.covers;
             }
         }
         summary.pending_replay = walk.records_after(lsn);
@@ -453,9 +487,11 @@ fn check_index_file(
     Ok(summary)
 }
 
-/// The tree's `entries` (in order) as a saved level leaves them.
-fn with_level(entries: &[u8], level: &SavedLevel, width: usize) -> Vec<u8> {
-    let staged = level.keys.chunks_exact(width).zip(&level.flags);
+/// The tree's `entries` (in order) as a run file leaves them.
+fn with_run(entries: &[u8], run: &RunHeader, bytes: &[u8], width: usize) -> Vec<u8> {
+    let keys = &bytes[run.keys_at..run.flags_at];
+    let flags = &bytes[run.flags_at..run.flags_at + run.entries];
+    let staged = keys.chunks_exact(width).zip(flags);
     let mut out = Vec::with_capacity(entries.len());
     let mut tree = entries.chunks_exact(width).peekable();
     for (key, &flags) in staged {

@@ -145,9 +145,10 @@ pub struct RecoveryReport {
     /// (the others build theirs by a scan of the primary index, in the
     /// background).
     pub id_filters_loaded: u32,
-    /// Random-order indexes whose in-memory level a clean close saved and
-    /// this open took back, instead of replaying the records it held
-    /// (see `docs/recovery.md`).
+    /// Run files of the random-order indexes' levels (spilled when the
+    /// in-memory level was full, and at a clean close) this open took
+    /// back, instead of replaying the records they hold (see
+    /// `docs/recovery.md`, "Spilled runs").
     pub levels_loaded: u32,
 }
 
@@ -280,9 +281,9 @@ pub(crate) fn open_shard(
             ));
             indexes.reset(kind)?;
         }
-        // After a repair the indexes were restarted, and their saved
-        // levels removed with them.
-        report.levels_loaded += indexes.load_levels(last_lsn)?;
+        // After a repair the indexes were restarted, and their run files
+        // removed with them.
+        report.levels_loaded += indexes.load_runs(last_lsn)?;
         match replay(shard, &writer, &mut indexes, progress, *level_entries) {
             Ok(replayed) => {
                 report.replayed_records += replayed.records;
@@ -504,7 +505,7 @@ fn replay(
                     }
                 }
             }
-            if indexes.level_len() >= level_entries.max(1) {
+            if indexes.memory_len() >= level_entries.max(1) {
                 indexes.merge_levels(usize::MAX)?;
             }
             if record.batch_end {

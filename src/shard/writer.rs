@@ -76,6 +76,17 @@ pub(crate) type Reopen =
 /// nodes, in the same time (27.5-32 s).
 const MERGE_PART_NODES: usize = 2_048;
 
+/// A full in-memory level is merged into the trees, with the spilled runs,
+/// once the level holds at least a `RUN_SHARE`th of what the trees hold;
+/// below that it is spilled to a run file (see `Writer::spill_levels`). A
+/// merge reaches most leaves of a tree whatever it brings, so merging only
+/// a fixed share of the tree keeps its cost per entry flat as the store
+/// grows, where merging every full level made it grow with the tree.
+const RUN_SHARE: u64 = 4;
+
+/// Primary entries an id filter build reads per hold of the read lock.
+const ID_FILTER_SLICE: usize = 16_384;
+
 /// Settings the writer runs with.
 #[derive(Clone)]
 pub(crate) struct WriterConfig {
@@ -499,7 +510,7 @@ impl Writer {
         }
         let (dirty, staged) = {
             let indexes = self.indexes.read();
-            (indexes.dirty_nodes(), indexes.level_len())
+            (indexes.dirty_nodes(), indexes.memory_len())
         };
         let due = self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
         if dirty >= self.config.checkpoint_dirty_nodes
@@ -535,15 +546,50 @@ impl Writer {
     }
 
     fn write_checkpoint(&mut self, merge: bool) -> Result<(), Error> {
-        // WAL rule: the log must be durable through the LSN a meta page names.
+        // WAL rule: the log must be durable through the LSN a meta page (or
+        // a run file) names.
         self.log.sync()?;
         self.unsynced_since = None;
-        let staged = self.indexes.read().level_len();
-        if (merge && staged > 0) || self.level_full(staged) {
+        let (staged, memory, trees) = {
+            let indexes = self.indexes.read();
+            let (staged, trees) = indexes.level_and_tree_entries();
+            (staged, indexes.memory_len(), trees)
+        };
+        let full = self.level_full(memory);
+        let merge_due = merge && staged > 0
+            || full
+                && (self.config.level_entries == 0 || staged.saturating_mul(RUN_SHARE) >= trees);
+        if merge_due {
             self.merge_levels()?;
         }
         self.write_trees(false)?;
+        if full && !merge_due {
+            self.spill_levels()?;
+        }
         self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Writes the in-memory level of each random-order index to a run file
+    /// (see `index::levelfile`), chained after the runs before it, then
+    /// merges neighbouring runs into one file while the older holds at
+    /// most four times the newer's entries. The log is synced through
+    /// what they cover, and the trees are checkpointed (their stamps name
+    /// durable trees). A file is written and synced with no lock held;
+    /// readers wait only while the level takes it in place of what it
+    /// holds.
+    fn spill_levels(&mut self) -> Result<(), Error> {
+        let covered = (self.log.last_lsn(), self.log.end());
+        let (storage, dir) = self.indexes.read().run_io();
+        let mut jobs = self.indexes.read().spill_jobs(covered);
+        while !jobs.is_empty() {
+            for (kind, job) in jobs {
+                let bytes = crate::index::write_run(&*storage, &dir, &job)?;
+                let replaced = self.indexes.write().adopt_run(kind, &job, bytes);
+                crate::index::remove_runs(&*storage, &dir, &replaced)?;
+            }
+            jobs = self.indexes.read().run_merge_jobs();
+        }
         Ok(())
     }
 
@@ -639,6 +685,15 @@ impl Writer {
         let Some(filter) = job else {
             return;
         };
+        let primary = self.indexes.read().tree(IndexKind::Primary).entry_count();
+        if primary <= ID_FILTER_SLICE as u64 {
+            // One slice: scanned here, with no thread to start, and in use
+            // from the next turn whatever the machine's load (a thread
+            // made whether a close saved the filter, and so the I/O
+            // operations the crash tests count, depend on timing).
+            fill_id_filter(&self.indexes, epoch, &filter);
+            return;
+        }
         let indexes = Arc::clone(&self.indexes);
         // Without the thread there is no filter: look-ups descend the
         // primary index, as they do without one.
@@ -653,19 +708,19 @@ impl Writer {
     }
 
     /// Checkpoints the trees (the time-ordered ones through the log's
-    /// end) and saves the random-order indexes' levels instead of merging
-    /// them: a merge reaches most leaves of a big tree however few
-    /// entries it brings, and a small import into a big store spent most
-    /// of its time there. The next open takes the levels back (see
-    /// `IndexSet::load_levels`), or replays their records.
+    /// end) and spills the random-order indexes' in-memory levels to run
+    /// files instead of merging them: a merge reaches most leaves of a big
+    /// tree however few entries it brings, and a small import into a big
+    /// store spent most of its time there. The next open takes the runs
+    /// back (see `IndexSet::load_runs`), or replays their records.
     fn close(&mut self) -> Result<(), Error> {
         self.indexes.close();
         self.checkpoint(false)?;
-        // A failure loses nothing: a level file is replaced whole or not
-        // at all, and the log holds what it covers. The caller hears it,
+        // A failure loses nothing: a run file is written whole or not at
+        // all, and the log holds what it covers. The caller hears it,
         // after the log is closed all the same.
         let covered = (self.log.last_lsn(), self.log.end());
-        let levels = self.indexes.write().save_levels(covered);
+        let levels = self.spill_levels();
         // A failure here loses nothing (the pages stay allocated, and are
         // reused by the next checkpoint), but the device said no: the
         // caller hears it, after the log is closed all the same.
@@ -692,7 +747,7 @@ fn fill_id_filter(indexes: &SharedIndexes, epoch: u64, filter: &crate::index::Id
         if indexed.epoch != epoch || indexes.is_closed() {
             return;
         }
-        match indexed.fill_id_filter(filter, &from, 16_384) {
+        match indexed.fill_id_filter(filter, &from, ID_FILTER_SLICE) {
             Ok(Some(next)) => from = next,
             Ok(None) => {
                 filter.set_complete();

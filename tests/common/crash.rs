@@ -28,10 +28,24 @@ pub fn workload_events(seed: u64, count: usize) -> Vec<Event> {
         .collect()
 }
 
+thread_local! {
+    /// The in-memory level's budget [`open`] gives stores (see
+    /// [`set_level_entries`]).
+    static LEVEL_ENTRIES: std::cell::Cell<usize> = const { std::cell::Cell::new(64) };
+}
+
+/// Makes [`open`] (and so [`run`] and [`recover_and_finish`]) give stores
+/// an in-memory level of `entries` on this thread.
+#[allow(dead_code)]
+pub fn set_level_entries(entries: usize) {
+    LEVEL_ENTRIES.with(|cell| cell.set(entries));
+}
+
 /// Opens a store on `sim` the way the crash tests do: every acknowledgement
 /// fsynced, small segments so the log rotates, checkpoints every few
 /// inserts (by changed nodes, not by time, so the run is deterministic).
 pub fn open(sim: &SimStorage, dir: &Path) -> Result<EventStore, megalith::Error> {
+    let level_entries = LEVEL_ENTRIES.with(std::cell::Cell::get);
     EventStore::builder(dir)
         .shards(1) // one shard: I/O operations come in a fixed order
         .storage(Arc::new(sim.clone()))
@@ -40,7 +54,7 @@ pub fn open(sim: &SimStorage, dir: &Path) -> Result<EventStore, megalith::Error>
         .checkpoint_dirty_nodes(6)
         // A small in-memory level: merges run in several slices, and some
         // are written part-way (their crash points are swept too).
-        .level_entries(64)
+        .level_entries(level_entries)
         .checkpoint_interval(Duration::from_secs(24 * 3600))
         .open()
 }

@@ -262,6 +262,7 @@ fn to_json(report: &Report) -> serde_json::Value {
                 "checkpoint_lsn": i.checkpoint_lsn.map(|l| l.0),
                 "pending_replay": i.pending_replay,
                 "expected_entries": i.expected_entries,
+                "saved_level_runs": i.saved_level.map(|l| l.runs),
                 "saved_level_entries": i.saved_level.map(|l| l.entries),
                 "saved_level_change": i.saved_level.map(|l| l.change),
                 "saved_level_covers_lsn": i.saved_level.map(|l| l.covers.0),
