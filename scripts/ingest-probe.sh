@@ -9,6 +9,7 @@
 # The ratio of the two rates is the cost of the store's size alone.
 #
 #   scripts/ingest-probe.sh [COUNT] [STEP] [PROBE]   (default 4000000 1000000 100000)
+#   INGEST_PROBE_KEEP=DIR keeps the big store in DIR at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count="${1:-4000000}"
@@ -38,6 +39,9 @@ fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/ingest-probe.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
+# INGEST_PROBE_KEEP=DIR keeps the big store there at the end (to profile
+# a probe into it); DIR must not exist.
+keep="${INGEST_PROBE_KEEP:-}"
 split -l "$step" -d -a 4 "$main_events" "$work/part-"
 split -l "$probe" -d -a 4 "$probe_events" "$work/probe-"
 
@@ -72,3 +76,7 @@ for part in "$work"/part-*; do
   k=$((k + 1))
 done
 du -sh "$work/store" | awk '{ print "store size: " $1 }'
+if [ -n "$keep" ]; then
+  mv "$work/store" "$keep"
+  echo "store kept in $keep"
+fi

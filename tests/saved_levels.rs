@@ -137,26 +137,41 @@ fn saved_levels_answer_as_a_replay_would() {
     );
     store.close().unwrap();
 
-    // A small batch after that spills a second, much smaller run per
-    // index at close, chained after the first (too small to be merged
-    // with it).
+    // A small batch after that spills one more, much smaller run per
+    // index at close, chained after the others (too small to be merged
+    // with them).
+    let before = level_files(dir.path()).len();
     let store = open(Some(&sim), dir.path());
     send(&store, &mut model, &mut generator, 100);
     store.close().unwrap();
     let runs = level_files(dir.path());
-    assert_eq!(runs.len(), 2 * saved.len(), "{runs:?}");
+    assert_eq!(runs.len(), before + saved.len(), "{runs:?}");
 
-    // A damaged file is not taken: it is removed, and so is the run
+    // A damaged file is not taken: it is removed, and so are the runs
     // chained after it (the chain is broken there); their records come
-    // from the log.
+    // from the log. The first file is the oldest run of its index.
     let damaged = &runs[0];
+    let index_of = |p: &std::path::PathBuf| {
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        let kind = name.split('.').next().unwrap().to_string();
+        (p.parent().unwrap().to_path_buf(), kind)
+    };
+    let chain = runs
+        .iter()
+        .filter(|p| index_of(p) == index_of(damaged))
+        .count();
+    assert!(chain >= 2, "{runs:?}");
     let mut bytes = std::fs::read(damaged).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(damaged, &bytes).unwrap();
     let store = open(Some(&sim), dir.path());
     let report = store.recovery_report();
-    assert_eq!(report.levels_loaded, runs.len() as u32 - 2, "{report:?}");
+    assert_eq!(
+        report.levels_loaded,
+        (runs.len() - chain) as u32,
+        "{report:?}"
+    );
     assert!(report.replayed_records > 0, "{report:?}");
     agree(&store, &model, &mut generator, "one damaged run file");
     let stale: Vec<(std::path::PathBuf, Vec<u8>)> = level_files(dir.path())
@@ -182,10 +197,16 @@ fn saved_levels_answer_as_a_replay_would() {
     for (path, bytes) in &stale {
         std::fs::write(path, bytes).unwrap();
     }
+    // And a run file a crash left half-written: removed too.
+    let half = dir
+        .path()
+        .join("shard-0000/index/tag_time.00000000000000000007.run.tmp");
+    std::fs::write(&half, b"MGLEVEL2 cut short").unwrap();
     let store = open(None, dir.path());
     let report = store.recovery_report();
     assert_eq!(report.levels_loaded, 0, "{report:?}");
     assert!(level_files(dir.path()).is_empty());
+    assert!(!half.exists(), "a half-written run file is removed");
     agree(&store, &model, &mut generator, "stale level files");
     store.close().unwrap();
 }

@@ -308,6 +308,16 @@ impl IndexSet {
     /// are then rebuilt, and their runs are gone).
     pub fn load_runs(&mut self, log_last: Lsn) -> Result<u32, IndexError> {
         let mut loaded = 0;
+        // Run files a crash left half-written: the log holds their records.
+        let listed = self
+            .storage
+            .list(&self.dir)
+            .map_err(io_error(&self.dir, "list"))?;
+        for name in listed.iter().filter_map(|n| n.to_str()) {
+            if name.ends_with(".run.tmp") || name.ends_with(".level.tmp") {
+                remove_durably(&*self.storage, &self.dir, &self.dir.join(name))?;
+            }
+        }
         let names = level_files(&*self.storage, &self.dir).map_err(io_error(&self.dir, "list"))?;
         for kind in IndexKind::ALL {
             let i = kind as usize;

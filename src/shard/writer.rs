@@ -573,7 +573,7 @@ impl Writer {
     /// Writes the in-memory level of each random-order index to a run file
     /// (see `index::levelfile`), chained after the runs before it, then
     /// merges neighbouring runs into one file while the older holds at
-    /// most four times the newer's entries. The log is synced through
+    /// most as many entries as the newer. The log is synced through
     /// what they cover, and the trees are checkpointed (their stamps name
     /// durable trees). A file is written and synced with no lock held;
     /// readers wait only while the level takes it in place of what it

@@ -1012,6 +1012,7 @@ fn write_stats(
             "log": { "segments": stats.log_segments, "bytes": stats.log_bytes },
             "indexes": indexes,
             "index_bytes": index_total,
+            "index_runs": stats.index_runs,
         });
         return writeln!(out, "{doc}");
     }
@@ -1041,7 +1042,12 @@ fn write_stats(
         human_bytes(stats.log_bytes),
         stats.log_segments
     )?;
-    writeln!(out, "indexes         {}", human_bytes(index_total))?;
+    writeln!(
+        out,
+        "indexes         {} ({} run file(s) of their levels)",
+        human_bytes(index_total),
+        stats.index_runs
+    )?;
     for (name, bytes) in &stats.index_bytes {
         let entries = stats.index_entries.get(name).copied().unwrap_or(0);
         writeln!(
