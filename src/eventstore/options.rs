@@ -38,11 +38,14 @@ pub struct Options {
     /// inserting them one by one into trees of millions of entries, where
     /// nearly every insert copies and rewrites a leaf of its own; a merge
     /// copies and writes each leaf once for all the entries that fall in it
-    /// (`docs/engine-at-scale.md`). About 100 bytes of memory per entry; the
-    /// writer merges and checkpoints once the level holds this many, at
-    /// close and at an explicit checkpoint; background checkpoints leave a
-    /// smaller level staged, so after a crash replay covers up to this many
-    /// entries' records per shard. Default: 1,048,576 (about 100 MiB per
+    /// (`docs/engine-at-scale.md`). About 100 bytes of memory per entry;
+    /// once the level holds this many, the writer spills it to run files
+    /// (or merges it and the run files into the trees, when they are a
+    /// quarter of the trees' entries), and a close spills what it holds;
+    /// background checkpoints leave a smaller level staged, so after a
+    /// crash replay covers up to this many entries' records per shard
+    /// (and, after a crash during a merge into the trees, every record
+    /// the run files held). Default: 1,048,576 (about 100 MiB per
     /// shard, some 125,000 of its events). 0 turns the level off: every
     /// entry goes into its tree at once.
     pub level_entries: usize,
