@@ -491,7 +491,9 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         drop(sink_task);
         served
     });
+    info!("relay stopped; waiting for running tasks (5 s at most)");
     runtime.shutdown_timeout(Duration::from_secs(5));
+    info!("tasks stopped; closing the store");
     // Every connection is gone; the blocking tasks that held the store end
     // with the runtime.
     let closed = match Arc::try_unwrap(store) {
