@@ -13,6 +13,49 @@ use megalith::storage::{Damage, SimStorage};
 
 const EVENTS: usize = 30;
 
+/// Power lost at every operation `n` of the workload of `events` (which
+/// takes `total_ops` operations when nothing fails), with each kind of
+/// damage: what the crash left passes index-doctor, the recovered store
+/// takes the rest of the workload and closes cleanly, holding exactly
+/// `events` and losing no acknowledged insert. Returns the crash points,
+/// the acknowledged inserts checked, and the points that crashed mid-workload.
+fn sweep(events: &[megalith::Event], total_ops: u64) -> (usize, usize, usize) {
+    let (mut points, mut acknowledged_total, mut mid_workload) = (0, 0, 0);
+    for n in 0..=total_ops {
+        for (d, damage) in Damage::ALL.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let sim = SimStorage::new(dir.path()).unwrap();
+            sim.power_off_at(n);
+            let crashed = run(&sim, dir.path(), events);
+            sim.crash(damage, n * 4 + d as u64).unwrap();
+
+            let what = format!("power lost at operation {n} of {total_ops}, {damage:?}");
+            if crashed
+                .error
+                .as_deref()
+                .is_none_or(|e| !e.starts_with("open"))
+            {
+                // What the crash left: every index agrees with the log as of its checkpoint.
+                assert_doctor_clean(dir.path(), &what);
+            }
+            // The recovered store takes the rest of the workload and closes cleanly.
+            recover_and_finish(&sim, dir.path(), events, crashed.acknowledged, &what);
+            let store = open(&sim, dir.path()).unwrap();
+            assert_prefix(&store, events, events.len(), &what);
+            assert!(!store.recovery_report().unclean_shutdown, "{what}");
+            drop(store);
+            assert_doctor_clean(dir.path(), &what);
+
+            points += 1;
+            acknowledged_total += crashed.acknowledged;
+            if crashed.acknowledged > 0 && crashed.acknowledged < events.len() {
+                mid_workload += 1;
+            }
+        }
+    }
+    (points, acknowledged_total, mid_workload)
+}
+
 #[test]
 fn every_crash_point_reopens_without_losing_acknowledged_events() {
     let events = workload_events(11, EVENTS);
@@ -29,41 +72,7 @@ fn every_crash_point_reopens_without_losing_acknowledged_events() {
     assert!(stats.log_segments > 1, "the workload rotates the log");
     drop(store);
 
-    let mut points = 0;
-    let mut acknowledged_total = 0;
-    let mut mid_workload = 0;
-    for n in 0..=total_ops {
-        for (d, damage) in Damage::ALL.into_iter().enumerate() {
-            let dir = tempfile::tempdir().unwrap();
-            let sim = SimStorage::new(dir.path()).unwrap();
-            sim.power_off_at(n);
-            let crashed = run(&sim, dir.path(), &events);
-            sim.crash(damage, n * 4 + d as u64).unwrap();
-
-            let what = format!("power lost at operation {n} of {total_ops}, {damage:?}");
-            if crashed
-                .error
-                .as_deref()
-                .is_none_or(|e| !e.starts_with("open"))
-            {
-                // What the crash left: every index agrees with the log as of its checkpoint.
-                assert_doctor_clean(dir.path(), &what);
-            }
-            // The recovered store takes the rest of the workload and closes cleanly.
-            recover_and_finish(&sim, dir.path(), &events, crashed.acknowledged, &what);
-            let store = open(&sim, dir.path()).unwrap();
-            assert_prefix(&store, &events, EVENTS, &what);
-            assert!(!store.recovery_report().unclean_shutdown, "{what}");
-            drop(store);
-            assert_doctor_clean(dir.path(), &what);
-
-            points += 1;
-            acknowledged_total += crashed.acknowledged;
-            if crashed.acknowledged > 0 && crashed.acknowledged < EVENTS {
-                mid_workload += 1;
-            }
-        }
-    }
+    let (points, acknowledged_total, mid_workload) = sweep(&events, total_ops);
     println!(
         "{points} crash points ({total_ops} operations x {} damage kinds), \
          {acknowledged_total} acknowledged inserts checked, 0 lost",
@@ -111,30 +120,7 @@ fn every_crash_point_of_spilled_runs_reopens_without_losing_acknowledged_events(
         "clean",
     );
 
-    let mut points = 0;
-    for n in 0..=total_ops {
-        for (d, damage) in Damage::ALL.into_iter().enumerate() {
-            let dir = tempfile::tempdir().unwrap();
-            let sim = SimStorage::new(dir.path()).unwrap();
-            sim.power_off_at(n);
-            let crashed = run(&sim, dir.path(), &events);
-            sim.crash(damage, n * 4 + d as u64).unwrap();
-            let what = format!("power lost at operation {n} of {total_ops}, {damage:?}");
-            if crashed
-                .error
-                .as_deref()
-                .is_none_or(|e| !e.starts_with("open"))
-            {
-                assert_doctor_clean(dir.path(), &what);
-            }
-            recover_and_finish(&sim, dir.path(), &events, crashed.acknowledged, &what);
-            let store = open(&sim, dir.path()).unwrap();
-            assert_prefix(&store, &events, SPILLED_EVENTS, &what);
-            drop(store);
-            assert_doctor_clean(dir.path(), &what);
-            points += 1;
-        }
-    }
+    let (points, _, _) = sweep(&events, total_ops);
     println!("{points} crash points over spilled runs ({total_ops} operations), 0 lost");
 }
 
