@@ -389,15 +389,28 @@ impl BTree {
         if memory.is_empty() || !self.mem.is_empty() || !self.runs_intact() || covered.0 <= from.0 {
             return None;
         }
-        let (keys, flags) = self.level.flatten(memory.clone());
-        Some(RunJob {
+        Some(self.run_job(kind, memory, from, covered))
+    }
+
+    /// The runs in `runs` as one run file covering the records after
+    /// `from` through `covered`, named after where it starts (a merge of
+    /// runs takes the older one's name: the file replaces it).
+    fn run_job(
+        &self,
+        kind: &str,
+        runs: std::ops::Range<usize>,
+        from: (Lsn, Location),
+        covered: (Lsn, Location),
+    ) -> RunJob {
+        let (keys, flags) = self.level.flatten(runs.clone());
+        RunJob {
             name: levelfile::run_file_name(kind, from.0),
-            runs: memory,
+            runs,
             bytes: levelfile::encode(&self.meta, from, covered, &keys, &flags),
             from,
             covered,
             entries: flags.len(),
-        })
+        }
     }
 
     /// Two neighbouring runs to merge into one file, the newest first: the
@@ -412,18 +425,7 @@ impl BTree {
         for end in (2..=n).rev() {
             let (older, newer) = (&self.runs[end - 2], &self.runs[end - 1]);
             if older.entries <= RUN_GROWTH * newer.entries || n > MOST_SPILLED_RUNS {
-                let range = end - 2..end;
-                let (keys, flags) = self.level.flatten(range.clone());
-                let (from, covered) = (older.from, newer.covered);
-                return Some(RunJob {
-                    // The older run's name: the file replaces it.
-                    name: levelfile::run_file_name(kind, from.0),
-                    runs: range,
-                    bytes: levelfile::encode(&self.meta, from, covered, &keys, &flags),
-                    from,
-                    covered,
-                    entries: flags.len(),
-                });
+                return Some(self.run_job(kind, end - 2..end, older.from, newer.covered));
             }
         }
         None

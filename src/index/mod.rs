@@ -24,7 +24,7 @@ pub(crate) use keys::{
 };
 pub(crate) use level::LAST_ADD;
 pub(crate) use set::{
-    Apply, GroupEntries, IndexSet, is_level_file, level_files, read_run, remove_runs, write_run,
+    Apply, GroupEntries, IndexSet, is_level_file, level_files, read_chain, remove_runs, write_run,
 };
 // The page codecs, for `inspect::index` (the checker's report and the fuzzer).
 pub(crate) use format::{

@@ -126,6 +126,59 @@ pub(crate) fn remove_runs(
     Ok(())
 }
 
+/// The run files of an index read and checked against its tree.
+pub(crate) struct RunChain {
+    /// The chain from the tree's checkpoint, oldest first.
+    pub taken: Vec<(String, levelfile::RunHeader, Arc<RunBytes>)>,
+    /// Every other file, with why it is not used.
+    pub unused: Vec<(String, String)>,
+}
+
+/// Reads the run files `names` of the index `kind` in `dir` and sorts them
+/// out for the tree whose durable meta is `meta`, over a log whose last
+/// record is `log_last`: the chain the open takes (see
+/// `levelfile::decode` and `levelfile::chain`), and every other file with
+/// the reason it is not used. Used by the open and by index-doctor alike.
+pub(crate) fn read_chain(
+    store: &dyn Storage,
+    dir: &Path,
+    kind: IndexKind,
+    names: &[&String],
+    meta: &super::format::Meta,
+    log_last: Lsn,
+) -> Result<RunChain, IndexError> {
+    let mut usable = Vec::new();
+    let mut unused = Vec::new();
+    for &name in names {
+        let bytes = read_run(store, &dir.join(name))?;
+        let checked = levelfile::decode(&bytes, meta, log_last).and_then(|header| {
+            if levelfile::run_file_from(kind.name(), name) == Some(header.from.0) {
+                Ok(header)
+            } else {
+                Err("its name does not say where it starts".to_string())
+            }
+        });
+        match checked {
+            Ok(header) => usable.push((name.clone(), header, bytes)),
+            Err(reason) => unused.push((name.clone(), reason)),
+        }
+    }
+    let headers: Vec<levelfile::RunHeader> = usable.iter().map(|(_, h, _)| *h).collect();
+    let order = levelfile::chain(&headers, meta);
+    let mut taken = Vec::with_capacity(order.len());
+    let mut slots: Vec<Option<_>> = usable.into_iter().map(Some).collect();
+    for at in order {
+        taken.extend(slots[at].take());
+    }
+    unused.extend(slots.into_iter().flatten().map(|(name, _, _)| {
+        (
+            name,
+            "not in the chain from the checkpoint (replaced by a merge, or after a gap)".into(),
+        )
+    }));
+    Ok(RunChain { taken, unused })
+}
+
 /// Reads the run file `path` through a map (a copy where the storage cannot
 /// map it).
 pub(crate) fn read_run(store: &dyn Storage, path: &Path) -> Result<Arc<RunBytes>, IndexError> {
@@ -308,59 +361,50 @@ impl IndexSet {
     /// are then rebuilt, and their runs are gone).
     pub fn load_runs(&mut self, log_last: Lsn) -> Result<u32, IndexError> {
         let mut loaded = 0;
-        // Run files a crash left half-written: the log holds their records.
         let listed = self
             .storage
             .list(&self.dir)
             .map_err(io_error(&self.dir, "list"))?;
-        for name in listed.iter().filter_map(|n| n.to_str()) {
+        let mut names: Vec<String> = Vec::new();
+        for name in listed.into_iter().filter_map(|n| n.into_string().ok()) {
             if name.ends_with(".run.tmp") || name.ends_with(".level.tmp") {
-                remove_durably(&*self.storage, &self.dir, &self.dir.join(name))?;
+                // Left half-written by a crash: the log holds its records.
+                remove_durably(&*self.storage, &self.dir, &self.dir.join(&name))?;
+            } else if IndexKind::ALL
+                .iter()
+                .any(|&kind| is_level_file(kind, &name))
+            {
+                names.push(name);
             }
         }
-        let names = level_files(&*self.storage, &self.dir).map_err(io_error(&self.dir, "list"))?;
         for kind in IndexKind::ALL {
             let i = kind as usize;
             let mine: Vec<&String> = names.iter().filter(|n| is_level_file(kind, n)).collect();
             if mine.is_empty() {
                 continue;
             }
-            let mut usable: Vec<(String, levelfile::RunHeader, Arc<RunBytes>)> = Vec::new();
-            for name in mine {
-                let path = self.dir.join(name);
-                let checked = match self.trees[i].as_ref() {
-                    Some(tree) if kind.random_order() => {
-                        let bytes = read_run(&*self.storage, &path)?;
-                        levelfile::decode(&bytes, tree.meta(), log_last)
-                            .ok()
-                            .filter(|header| {
-                                levelfile::run_file_from(kind.name(), name) == Some(header.from.0)
-                            })
-                            .map(|header| (header, bytes))
-                    }
-                    _ => None,
-                };
-                match checked {
-                    Some((header, bytes)) => usable.push((name.clone(), header, bytes)),
-                    // Not for this tree: gone, so that no later open
-                    // mistakes it for one.
-                    None => remove_durably(&*self.storage, &self.dir, &path)?,
-                }
-            }
-            let Some(tree) = self.trees[i].as_mut() else {
-                continue;
-            };
-            let headers: Vec<levelfile::RunHeader> = usable.iter().map(|(_, h, _)| *h).collect();
-            let taken = levelfile::chain(&headers, tree.meta());
-            for &at in &taken {
-                let (name, header, bytes) = &usable[at];
-                tree.load_run(name.clone(), header, Arc::clone(bytes));
-                loaded += 1;
-            }
-            for (at, (name, _, _)) in usable.iter().enumerate() {
-                if !taken.contains(&at) {
+            let Some(tree) = self.trees[i].as_mut().filter(|_| kind.random_order()) else {
+                // Not for any tree: gone, so that no later open mistakes
+                // it for one.
+                for name in mine {
                     remove_durably(&*self.storage, &self.dir, &self.dir.join(name))?;
                 }
+                continue;
+            };
+            let chain = read_chain(
+                &*self.storage,
+                &self.dir,
+                kind,
+                &mine,
+                tree.meta(),
+                log_last,
+            )?;
+            for (name, header, bytes) in chain.taken {
+                tree.load_run(name, &header, bytes);
+                loaded += 1;
+            }
+            for (name, _) in chain.unused {
+                remove_durably(&*self.storage, &self.dir, &self.dir.join(name))?;
             }
             self.floors[i] = tree.runs_end();
         }

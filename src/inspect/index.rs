@@ -28,7 +28,7 @@ use crate::error::{Error, io_error};
 use crate::eventstore::{MANIFEST_FILE, load_manifest, lock_store_dir_shared};
 use crate::hex::encode as hex;
 use crate::ids::{Location, Lsn, ShardId};
-use crate::index::levelfile::{self, RunHeader};
+use crate::index::levelfile::RunHeader;
 use crate::index::{IndexKind, LAST_ADD, location_at_end};
 use crate::storage::FileStorage;
 use crate::wal::{Log, WalError};
@@ -404,51 +404,27 @@ fn check_index_file(
             let dir = path.parent().unwrap_or(Path::new("."));
             let storage = FileStorage;
             let names = crate::index::level_files(&storage, dir).map_err(io_error(dir, "list"))?;
-            let mut usable: Vec<(RunHeader, std::sync::Arc<crate::index::level::RunBytes>)> =
-                Vec::new();
-            for name in names
+            let mine: Vec<&String> = names
                 .iter()
                 .filter(|n| crate::index::is_level_file(kind, n))
-            {
-                let run_path = dir.join(name);
-                let bytes = crate::index::read_run(&storage, &run_path)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?;
-                let checked =
-                    levelfile::decode(&bytes, &tree_meta, walk.last_lsn()).and_then(|h| {
-                        if levelfile::run_file_from(kind.name(), name) == Some(h.from.0) {
-                            Ok(h)
-                        } else {
-                            Err("its name does not say where it starts".into())
-                        }
-                    });
-                match checked {
-                    Ok(header) => usable.push((header, bytes)),
-                    Err(reason) => check.notes.push(format!(
-                        "{} is not used ({reason}): the next open removes it and replays its \
-                         records",
-                        run_path.display()
-                    )),
-                }
-            }
-            let headers: Vec<RunHeader> = usable.iter().map(|(h, _)| *h).collect();
-            let taken = levelfile::chain(&headers, &tree_meta);
-            if usable.len() > taken.len() {
+                .collect();
+            let chain =
+                crate::index::read_chain(&storage, dir, kind, &mine, &tree_meta, walk.last_lsn())?;
+            for (name, reason) in &chain.unused {
                 check.notes.push(format!(
-                    "{} run file(s) of {} are not in the chain from the checkpoint (replaced \
-                     by a merge, or after a gap): the next open removes them",
-                    usable.len() - taken.len(),
-                    kind.name()
+                    "{} is not used ({reason}): the next open removes it and replays its \
+                     records",
+                    dir.join(name).display()
                 ));
             }
-            if let Some(&last) = taken.last() {
+            if let Some((_, last, _)) = chain.taken.last() {
                 let mut runs = SavedLevelSummary {
-                    runs: taken.len(),
+                    runs: chain.taken.len(),
                     entries: 0,
                     change: 0,
-                    covers: headers[last].covered.0,
+                    covers: last.covered.0,
                 };
-                for &at in &taken {
-                    let (header, bytes) = &usable[at];
+                for (_, header, bytes) in &chain.taken {
                     runs.entries += header.entries as u64;
                     runs.change += header.change;
                     entries = with_run(&entries, header, bytes, width);
