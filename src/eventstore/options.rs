@@ -57,6 +57,13 @@ pub struct Options {
     /// not hold the id skip the primary index. Default: 1,048,576 (1.25
     /// MiB per shard). 0 turns the filter off.
     pub id_filter_min: usize,
+    /// Keep, per shard, the set of what stored deletion requests (kind 5)
+    /// and requests to vanish (kind 62) name (docs/engine-at-scale.md,
+    /// "Deletion targets"), so a new event's deletion checks seek the
+    /// indexes only when a deletion may name it. Filled at a writer's first
+    /// write from the file a clean close saved, or by a scan of the stored
+    /// deletions. Default: on. Off: every check seeks (the same answers).
+    pub deletion_targets: bool,
     /// While opening, map every page of the store's files that the
     /// operating system's page cache already holds (after a restart, most
     /// of a store that fits in memory), so the first query to read each
@@ -156,6 +163,7 @@ impl Default for Options {
             checkpoint_dirty_nodes: 65_536,
             level_entries: 1 << 20,
             id_filter_min: 1 << 20,
+            deletion_targets: true,
             map_resident: true,
             limits: Limits::default(),
             max_future: Duration::from_secs(15 * 60),
@@ -290,6 +298,11 @@ impl EventStoreBuilder {
 
     pub fn id_filter_min(mut self, ids: usize) -> Self {
         self.options.id_filter_min = ids;
+        self
+    }
+
+    pub fn deletion_targets(mut self, keep: bool) -> Self {
+        self.options.deletion_targets = keep;
         self
     }
 

@@ -19,8 +19,8 @@ pub use error::IndexError;
 pub(crate) use idfilter::IdFilter;
 pub use keys::IndexKind;
 pub(crate) use keys::{
-    AUTHOR_HASH_AT, AUTHOR_HASH_LEN, TIME_SUFFIX_LEN, TagSlot, address_prefix, author_hash,
-    author_kind_prefix, for_each_entry, location_at_end, tag_prefix, time_range,
+    AUTHOR_HASH_AT, AUTHOR_HASH_LEN, TAG_SLOT_LEN, TIME_SUFFIX_LEN, TagSlot, address_prefix,
+    author_hash, author_kind_prefix, for_each_entry, location_at_end, tag_prefix, time_range,
 };
 pub(crate) use level::LAST_ADD;
 pub(crate) use set::{

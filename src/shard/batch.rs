@@ -162,6 +162,9 @@ impl GroupState {
             }
         }
         let location = store()?;
+        if let Some(targets) = committed.targets {
+            targets.add_event(event);
+        }
         self.stored.insert(
             id,
             Pending {

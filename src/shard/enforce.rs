@@ -34,6 +34,7 @@ pub(crate) fn reapply_removals(
         let committed = Committed {
             indexes,
             log: &snapshot,
+            targets: None,
         };
         let mut seen = HashSet::new();
         for &location in events {
@@ -68,6 +69,7 @@ pub(crate) fn restore_invariants(
         let committed = Committed {
             indexes,
             log: &snapshot,
+            targets: None,
         };
         let mut seen = HashSet::new();
         let mut owe = |location: Location| -> Result<(), Error> {

@@ -10,6 +10,8 @@ use crate::index::{
 };
 use crate::wal::LogSnapshot;
 
+use super::deletions::{DeletionTargets, tag_key, vanish_key};
+
 /// NIP-09 deletion kind.
 pub(crate) const DELETION_KIND: u16 = 5;
 
@@ -112,6 +114,9 @@ impl Version {
 pub(crate) struct Committed<'a> {
     pub indexes: &'a IndexSet,
     pub log: &'a LogSnapshot,
+    /// What stored deletions could name (see `DeletionTargets`): `None`, or
+    /// an incomplete set, and every deletion check seeks the indexes.
+    pub targets: Option<&'a DeletionTargets>,
 }
 
 impl Committed<'_> {
@@ -176,6 +181,12 @@ impl Committed<'_> {
     /// them only until an honored one (requests naming other relays are
     /// stored too, and an author could send many).
     pub fn vanished(&self, author: &Pubkey, relays: &[String]) -> Result<Option<u64>, Error> {
+        if self
+            .targets
+            .is_some_and(|targets| !targets.may_name(vanish_key(author)))
+        {
+            return Ok(None);
+        }
         let (lower, upper) = time_range(
             IndexKind::AuthorKindTime,
             &author_kind_prefix(author, VANISH_KIND),
@@ -231,7 +242,14 @@ impl Committed<'_> {
         since: u64,
         accept: impl Fn(&EventRef<'_>) -> bool,
     ) -> Result<bool, Error> {
-        let prefix = tag_prefix(letter, &TagSlot::from_str(value));
+        let slot = TagSlot::from_str(value);
+        if self
+            .targets
+            .is_some_and(|targets| !targets.may_name(tag_key(letter, &slot)))
+        {
+            return Ok(false);
+        }
+        let prefix = tag_prefix(letter, &slot);
         let (lower, upper) = time_range(IndexKind::TagTime, &prefix, since, u64::MAX);
         let mut cursor = self.indexes.tree(IndexKind::TagTime).seek(&lower)?;
         while let Some(entry) = cursor.next()? {

@@ -3,6 +3,7 @@
 //! the index lock in slices that end whenever the writer waits.
 
 mod batch;
+mod deletions;
 mod enforce;
 mod lookup;
 mod writer;
@@ -222,6 +223,27 @@ pub(crate) struct Shard {
     health: Arc<Mutex<ShardHealth>>,
 }
 
+/// A shard's writer on its way to closing.
+pub(crate) struct Closing {
+    outcome: Option<Receiver<Result<(), Error>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Closing {
+    /// Waits until the writer has closed; `Error::Closed` if it had been
+    /// closed before or stopped without answering.
+    pub fn wait(self) -> Result<(), Error> {
+        let result = match &self.outcome {
+            Some(outcome) => outcome.recv().map_err(|_| Error::Closed).and_then(|r| r),
+            None => Err(Error::Closed),
+        };
+        if let Some(thread) = self.thread {
+            let _ = thread.join();
+        }
+        result
+    }
+}
+
 impl Shard {
     /// Starts the writer thread over a recovered log and index set.
     pub fn start(
@@ -231,6 +253,12 @@ impl Shard {
         config: WriterConfig,
     ) -> Result<Shard, Error> {
         let shared_log = Arc::clone(log.log());
+        let targets = Arc::new(deletions::DeletionTargets::default());
+        {
+            let (storage, dir) = indexes.run_io();
+            let keep = config.deletion_targets.then_some(&*targets);
+            deletions::load_saved(&*storage, &dir, log.last_lsn(), log.end(), keep)?;
+        }
         // Everything in the log is applied once recovery is done.
         let indexes = Arc::new(SharedIndexes::new(Indexed {
             set: indexes,
@@ -248,6 +276,7 @@ impl Shard {
             health: Arc::clone(&health),
             last_checkpoint: Instant::now(),
             unsynced_since: None,
+            targets,
         };
         let thread = std::thread::Builder::new()
             .name(format!("megalith-shard-{id}"))
@@ -323,16 +352,28 @@ impl Shard {
 
     /// Checkpoints, closes the log cleanly and stops the writer thread.
     pub fn close(&self) -> Result<(), Error> {
+        self.start_close().wait()
+    }
+
+    /// Asks the writer to close (see [`Closing::wait`]): the store closes
+    /// its shards side by side, each writing its own files.
+    pub fn start_close(&self) -> Closing {
         let Some(thread) = self.thread.lock().take() else {
-            return Err(Error::Closed);
+            return Closing {
+                outcome: None,
+                thread: None,
+            };
         };
         let (reply, outcome) = bounded(1);
-        let result = match self.commands.send(Command::Close { reply }) {
-            Ok(()) => outcome.recv().map_err(|_| Error::Closed).and_then(|r| r),
-            Err(_) => Err(Error::Closed),
-        };
-        let _ = thread.join();
-        result
+        let outcome = self
+            .commands
+            .send(Command::Close { reply })
+            .is_ok()
+            .then_some(outcome);
+        Closing {
+            outcome,
+            thread: Some(thread),
+        }
     }
 
     pub fn log(&self) -> &Arc<Log> {

@@ -23,6 +23,7 @@ use crate::wal::{
 };
 
 use super::batch::{GroupState, Removal, WriteOutcome};
+use super::deletions::{DeletionTargets, fill as fill_targets};
 use super::lookup::Committed;
 use super::{Durability, ShardHealth, SharedIndexes};
 
@@ -84,6 +85,12 @@ const MERGE_PART_NODES: usize = 2_048;
 /// grows, where merging every full level made it grow with the tree.
 const RUN_SHARE: u64 = 4;
 
+/// At most this many `kind_time` entries, the deletion targets are filled
+/// on the writer before its first write (several slices of stored
+/// deletions at most; tests, and small stores, check against a complete
+/// set from the start).
+const INLINE_FILL: u64 = 16_384;
+
 /// Primary entries an id filter build reads per hold of the read lock.
 const ID_FILTER_SLICE: usize = 16_384;
 
@@ -98,6 +105,8 @@ pub(crate) struct WriterConfig {
     pub level_entries: usize,
     /// The smallest id filter, in ids (0: no filter).
     pub id_filter_min: usize,
+    /// Keep the set of what stored deletions name (see `DeletionTargets`).
+    pub deletion_targets: bool,
     pub max_group_events: usize,
     pub commits: Option<Arc<dyn CommitSink>>,
     pub changes: Option<Arc<dyn ChangeSink>>,
@@ -120,6 +129,7 @@ impl std::fmt::Debug for WriterConfig {
             .field("checkpoint_dirty_nodes", &self.checkpoint_dirty_nodes)
             .field("level_entries", &self.level_entries)
             .field("id_filter_min", &self.id_filter_min)
+            .field("deletion_targets", &self.deletion_targets)
             .field("max_group_events", &self.max_group_events)
             .field("retry_after", &self.retry_after)
             .finish_non_exhaustive()
@@ -143,6 +153,8 @@ pub(crate) struct Writer {
     pub health: Arc<Mutex<ShardHealth>>,
     pub last_checkpoint: Instant,
     pub unsynced_since: Option<Instant>,
+    /// What the stored deletions could name, filled at the first write.
+    pub targets: Arc<DeletionTargets>,
 }
 
 /// A record of the group, applied to the indexes once it is in the log.
@@ -212,6 +224,7 @@ impl Writer {
 
     fn write_group(&mut self, group: Vec<(Vec<Vec<u8>>, WriteReply)>) {
         self.try_recover();
+        self.tend_targets();
         if let Some(failed) = &self.failed {
             for (_, reply) in group {
                 let _ = reply.send(Err(Error::Poisoned(failed.why.clone())));
@@ -264,6 +277,7 @@ impl Writer {
             let committed = Committed {
                 indexes: &indexes,
                 log: &snapshot,
+                targets: self.config.deletion_targets.then_some(&*self.targets),
             };
             let mut state = GroupState::new(Arc::clone(&self.config.vanish_relays));
             let mut batch = Some(self.log.batch().map_err(|e| (e.into(), false))?);
@@ -564,7 +578,7 @@ impl Writer {
         }
         self.write_trees(false)?;
         if full && !merge_due {
-            self.spill_levels()?;
+            self.spill_levels(false)?;
         }
         self.last_checkpoint = Instant::now();
         Ok(())
@@ -573,12 +587,14 @@ impl Writer {
     /// Writes the in-memory level of each random-order index to a run file
     /// (see `index::levelfile`), chained after the runs before it, then
     /// merges neighbouring runs into one file while the older holds at
-    /// most as many entries as the newer. The log is synced through
+    /// most as many entries as the newer (`closing`: only while an index
+    /// has more runs than `BTree::run_merge_job` allows; the next full
+    /// level merges the rest, and a close takes the time of a spill). The log is synced through
     /// what they cover, and the trees are checkpointed (their stamps name
     /// durable trees). A file is written and synced with no lock held;
     /// readers wait only while the level takes it in place of what it
     /// holds.
-    fn spill_levels(&mut self) -> Result<(), Error> {
+    fn spill_levels(&mut self, closing: bool) -> Result<(), Error> {
         let covered = (self.log.last_lsn(), self.log.end());
         let (storage, dir) = self.indexes.read().run_io();
         let mut jobs = self.indexes.read().spill_jobs(covered);
@@ -588,7 +604,7 @@ impl Writer {
                 let replaced = self.indexes.write().adopt_run(kind, &job, bytes);
                 crate::index::remove_runs(&*storage, &dir, &replaced)?;
             }
-            jobs = self.indexes.read().run_merge_jobs();
+            jobs = self.indexes.read().run_merge_jobs(closing);
         }
         Ok(())
     }
@@ -661,6 +677,35 @@ impl Writer {
         Ok(())
     }
 
+    /// Starts the one fill of the deletion targets (see `DeletionTargets`):
+    /// on a thread of its own that scans `kind_time` in slices under the
+    /// read lock, or here when the index is small (so small stores, as the
+    /// tests use, check against a complete set from their first write).
+    fn tend_targets(&mut self) {
+        if !self.config.deletion_targets || !self.targets.claim_fill() || self.targets.is_complete()
+        {
+            return;
+        }
+        let small = {
+            let indexes = self.indexes.read();
+            !indexes.has(IndexKind::KindTime)
+                || indexes.tree(IndexKind::KindTime).entry_count() <= INLINE_FILL
+        };
+        if small {
+            fill_targets(&self.indexes, self.log.log(), &self.targets);
+            return;
+        }
+        let (indexes, log, targets) = (
+            Arc::clone(&self.indexes),
+            Arc::clone(self.log.log()),
+            Arc::clone(&self.targets),
+        );
+        // Without the thread the set stays incomplete: every check seeks.
+        let _ = std::thread::Builder::new()
+            .name("megalith-deletions".into())
+            .spawn(move || fill_targets(&indexes, &log, &targets));
+    }
+
     /// Puts a built id filter in use, or starts building one (see
     /// `IndexSet::id_filter_job`) on a thread of its own that scans the
     /// primary index in slices under the read lock.
@@ -720,7 +765,7 @@ impl Writer {
         // all, and the log holds what it covers. The caller hears it,
         // after the log is closed all the same.
         let covered = (self.log.last_lsn(), self.log.end());
-        let levels = self.spill_levels();
+        let levels = self.spill_levels(true);
         // A failure here loses nothing (the pages stay allocated, and are
         // reused by the next checkpoint), but the device said no: the
         // caller hears it, after the log is closed all the same.
@@ -728,10 +773,15 @@ impl Writer {
         // A failed save loses nothing: the next open builds the filter by
         // a scan. The caller hears it all the same.
         let saved = self.indexes.write().save_id_filter(covered.0);
+        // Like the id filter: a failed save loses nothing (the next open
+        // fills the set by a scan), and the caller hears it.
+        let (storage, dir) = self.indexes.read().run_io();
+        let targets = super::deletions::save(&*storage, &dir, covered.0, covered.1, &self.targets);
         self.log.close()?;
         levels?;
         released?;
         saved?;
+        targets?;
         Ok(())
     }
 }
