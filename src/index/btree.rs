@@ -416,23 +416,15 @@ impl BTree {
     /// Two neighbouring runs to merge into one file, the newest first: the
     /// older is at most [`RUN_GROWTH`] times the newer, or there are more
     /// than [`MOST_SPILLED_RUNS`] (so the runs' sizes grow geometrically
-    /// from the newest, and a read merges few of them). With `only_excess`
-    /// (a close), only when there are more than that many: a close spills
-    /// its level and leaves the merges it would start to the next full
-    /// level, so it takes the time of one spill (a close of a 10M-event
-    /// store after a small import spent most of its time merging runs).
-    pub fn run_merge_job(&self, kind: &str, only_excess: bool) -> Option<RunJob> {
+    /// from the newest, and a read merges few of them).
+    pub fn run_merge_job(&self, kind: &str) -> Option<RunJob> {
         if !self.mem.is_empty() || !self.runs_intact() {
             return None;
         }
         let n = self.runs.len();
-        let excess = n > MOST_SPILLED_RUNS;
-        if only_excess && !excess {
-            return None;
-        }
         for end in (2..=n).rev() {
             let (older, newer) = (&self.runs[end - 2], &self.runs[end - 1]);
-            if older.entries <= RUN_GROWTH * newer.entries || excess {
+            if older.entries <= RUN_GROWTH * newer.entries || n > MOST_SPILLED_RUNS {
                 return Some(self.run_job(kind, end - 2..end, older.from, newer.covered));
             }
         }

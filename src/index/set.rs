@@ -447,11 +447,10 @@ impl IndexSet {
     }
 
     /// Run files to write: neighbouring spilled runs to merge (see
-    /// `BTree::run_merge_job`), at most one per index; with `only_excess`,
-    /// only where an index has more runs than reads should merge.
-    pub fn run_merge_jobs(&self, only_excess: bool) -> Vec<(IndexKind, RunJob)> {
+    /// `BTree::run_merge_job`), at most one per index.
+    pub fn run_merge_jobs(&self) -> Vec<(IndexKind, RunJob)> {
         self.random_order_trees()
-            .filter_map(|(kind, tree)| Some((kind, tree.run_merge_job(kind.name(), only_excess)?)))
+            .filter_map(|(kind, tree)| Some((kind, tree.run_merge_job(kind.name())?)))
             .collect()
     }
 

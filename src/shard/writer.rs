@@ -578,7 +578,7 @@ impl Writer {
         }
         self.write_trees(false)?;
         if full && !merge_due {
-            self.spill_levels(false)?;
+            self.spill_levels()?;
         }
         self.last_checkpoint = Instant::now();
         Ok(())
@@ -587,14 +587,12 @@ impl Writer {
     /// Writes the in-memory level of each random-order index to a run file
     /// (see `index::levelfile`), chained after the runs before it, then
     /// merges neighbouring runs into one file while the older holds at
-    /// most as many entries as the newer (`closing`: only while an index
-    /// has more runs than `BTree::run_merge_job` allows; the next full
-    /// level merges the rest, and a close takes the time of a spill). The log is synced through
+    /// most as many entries as the newer. The log is synced through
     /// what they cover, and the trees are checkpointed (their stamps name
     /// durable trees). A file is written and synced with no lock held;
     /// readers wait only while the level takes it in place of what it
     /// holds.
-    fn spill_levels(&mut self, closing: bool) -> Result<(), Error> {
+    fn spill_levels(&mut self) -> Result<(), Error> {
         let covered = (self.log.last_lsn(), self.log.end());
         let (storage, dir) = self.indexes.read().run_io();
         let mut jobs = self.indexes.read().spill_jobs(covered);
@@ -604,7 +602,7 @@ impl Writer {
                 let replaced = self.indexes.write().adopt_run(kind, &job, bytes);
                 crate::index::remove_runs(&*storage, &dir, &replaced)?;
             }
-            jobs = self.indexes.read().run_merge_jobs(closing);
+            jobs = self.indexes.read().run_merge_jobs();
         }
         Ok(())
     }
@@ -765,7 +763,7 @@ impl Writer {
         // all, and the log holds what it covers. The caller hears it,
         // after the log is closed all the same.
         let covered = (self.log.last_lsn(), self.log.end());
-        let levels = self.spill_levels(true);
+        let levels = self.spill_levels();
         // A failure here loses nothing (the pages stay allocated, and are
         // reused by the next checkpoint), but the device said no: the
         // caller hears it, after the log is closed all the same.
