@@ -60,9 +60,9 @@ pub struct Options {
     /// Keep, per shard, the set of what stored deletion requests (kind 5)
     /// and requests to vanish (kind 62) name (docs/engine-at-scale.md,
     /// "Deletion targets"), so a new event's deletion checks seek the
-    /// indexes only when a deletion may name it. Filled at a writer's first
-    /// write from the file a clean close saved, or by a scan of the stored
-    /// deletions. Default: on. Off: every check seeks (the same answers).
+    /// indexes only when a deletion may name it. Taken at open from the file
+    /// a clean close saved, or else filled at the first write by a scan of
+    /// the stored deletions. Default: on. Off: every check seeks (the same answers).
     pub deletion_targets: bool,
     /// While opening, map every page of the store's files that the
     /// operating system's page cache already holds (after a restart, most

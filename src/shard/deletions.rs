@@ -8,36 +8,35 @@
 //! replaceable and addressable events, one of `tag_time` for a kind 5
 //! naming its address. Deletions are about 2% of events, so nearly every
 //! seek finds nothing, and in a big store each goes through the tree, the
-//! spilled runs and the memory runs: at 10M events they were a third of
-//! the writer's look-ups (docs/engine-at-scale.md, "Deletion targets").
+//! spilled runs and the memory runs: 12% of the samples of a 100k-event
+//! import into a 10M-event store (docs/engine-at-scale.md, "Deletion
+//! targets").
 //!
 //! The set holds a 64-bit key per `e` and `a` tag value of every stored
 //! kind 5 (the value's index slot, so it matches exactly what the seek
 //! looks for) and per author of a stored kind 62. It may hold more (events
 //! removed since, or keys that collide): a key in the set means "seek";
 //! only a key absent from a **complete** set means "no such deletion". It
-//! is filled once per writer, at its first write: from the file a clean
+//! is filled once per writer: at the shard's open from the file a clean
 //! close saved (`index/deletions.keys`, used only when the log ends exactly
-//! where it ended then, and removed once read), or else from the
-//! `kind_time` index (the kind 5 and kind 62 entries, reading their
-//! records; at 10M events about 0.3 s of a thread per shard). Meanwhile the
+//! where it ended then, and removed once read), or else at the first write
+//! from the `kind_time` index (the kind 5 and kind 62 entries, reading
+//! their records; at 10M events 0.3-0.6 s of CPU per shard). Meanwhile the
 //! writer adds the keys of every kind 5 and kind 62 it stores, so a
 //! deletion is found by the scan or added by the writer, whichever comes
 //! first. Until the set is complete, every check seeks.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::error::Error;
-use crate::storage::Storage;
-
+use crate::error::{Error, io_error};
 use crate::event::{EventRef, Pubkey};
 use crate::ids::{Location, Lsn, crc64, mix64};
 use crate::index::{IndexKind, TagSlot, location_at_end, time_range};
+use crate::storage::Storage;
 use crate::wal::Log;
 
 use super::SharedIndexes;
@@ -45,7 +44,15 @@ use super::lookup::{DELETION_KIND, VANISH_KIND};
 
 /// `kind_time` entries a fill reads per hold of the read lock (their
 /// records are read after it is let go).
-pub(crate) const FILL_SLICE: usize = 4_096;
+const FILL_SLICE: usize = 4_096;
+
+/// The file a clean close saves a complete set to, in the shard's index
+/// directory.
+const TARGETS_FILE: &str = "deletions.keys";
+const FILE_MAGIC: [u8; 8] = *b"MGDELKY1";
+/// magic, last LSN, log end (location), key count (u64 LE each); the keys
+/// (u64 LE each); a CRC-64 of everything before it.
+const FILE_HEADER: usize = 8 + 8 + 8 + 8;
 
 #[derive(Debug, Default)]
 pub(crate) struct DeletionTargets {
@@ -94,17 +101,7 @@ impl DeletionTargets {
     pub fn claim_fill(&self) -> bool {
         !self.started.swap(true, Ordering::AcqRel)
     }
-}
 
-/// The file a clean close saves a complete set to, in the shard's index
-/// directory.
-pub(crate) const TARGETS_FILE: &str = "deletions.keys";
-const FILE_MAGIC: [u8; 8] = *b"MGDELKY1";
-/// magic, last LSN, log end (location), key count (u64 LE each); the keys
-/// (u64 LE each); a CRC-64 of everything before it.
-const FILE_HEADER: usize = 8 + 8 + 8 + 8;
-
-impl DeletionTargets {
     /// The set as the file a clean close saves, for a log whose last
     /// record is `last` and which ends at `end`; `None` while incomplete.
     pub fn encode(&self, last: Lsn, end: Location) -> Option<Vec<u8>> {
@@ -153,19 +150,17 @@ pub(crate) fn load_saved(
     targets: Option<&DeletionTargets>,
 ) -> Result<(), Error> {
     let path = dir.join(TARGETS_FILE);
-    let io = |op: &'static str| {
-        let path = path.clone();
-        move |source| Error::Io { path, op, source }
-    };
-    if !storage.exists(&path).map_err(io("stat"))? {
+    if !storage.exists(&path).map_err(io_error(&path, "stat"))? {
         return Ok(());
     }
     if let Some(targets) = targets {
-        let bytes = storage.read_file(&path).map_err(io("read"))?;
+        let bytes = storage.read_file(&path).map_err(io_error(&path, "read"))?;
         // Damaged, or saved for another log: a fill scans the index instead.
         targets.load(&bytes, last, end);
     }
-    storage.remove_file(&path).map_err(io("remove"))?;
+    storage
+        .remove_file(&path)
+        .map_err(io_error(&path, "remove"))?;
     Ok(())
 }
 
@@ -185,7 +180,7 @@ pub(crate) fn save(
     let path = dir.join(TARGETS_FILE);
     let temporary = dir.join(format!("{TARGETS_FILE}.tmp"));
     crate::storage::replace_file(storage, &temporary, &path, &bytes)
-        .map_err(|(path, op, source)| Error::Io { path, op, source })
+        .map_err(|(file, what, e)| io_error(&file, what)(e))
 }
 
 fn decode(bytes: &[u8], last: Lsn, end: Location) -> Option<Vec<u64>> {
