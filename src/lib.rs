@@ -17,6 +17,7 @@
 //! ```
 
 pub mod analytics;
+pub mod compaction;
 pub mod datagen;
 pub mod event;
 pub mod hex;
@@ -34,6 +35,7 @@ mod recovery;
 mod shard;
 mod wal;
 
+pub use compaction::{CompactOptions, CompactReport};
 pub use error::Error;
 pub use event::{Event, EventError, EventId, EventRef, IdForm, Keys, Limits, Pubkey, Signature};
 pub use eventstore::{

@@ -15,21 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Generator, now};
+use common::{Generator, env_usize, now, percentile};
 use megalith::reference::Reference;
 use megalith::{Durability, Event, EventStore, Filter};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[at.min(sorted.len() - 1)]
-}
 
 /// Inserts `batches` batches of `size` events from `generator`, feeding the
 /// reference too; returns each batch's latency.
@@ -56,8 +44,8 @@ fn write_batches(
 
 #[test]
 fn heavy_readers_on_every_core_keep_exact_answers_while_a_writer_inserts() {
-    let preload = env("MEGALITH_READERS_BENCH_EVENTS", 6_000);
-    let batches = env("MEGALITH_READERS_BENCH_BATCHES", 40);
+    let preload = env_usize("MEGALITH_READERS_BENCH_EVENTS", 6_000);
+    let batches = env_usize("MEGALITH_READERS_BENCH_BATCHES", 40);
     let batch_size = 100;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(

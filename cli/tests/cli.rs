@@ -357,3 +357,68 @@ fn search_and_analytics_switch_on_and_off() {
     assert!(!missing.status.success());
     assert!(text(&missing.stderr).contains("no store in /nonexistent/store"));
 }
+
+/// `megalith compact`: a store with replaced and deleted events compacts
+/// them (the JSON report counts them and the query answers stay), a second
+/// run finds nothing, a bad share is refused, and a store another process
+/// holds is refused, saying compaction needs the store to itself.
+#[test]
+fn compact_takes_removed_events_out_and_says_why_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = megalith(
+        &["generate", "--count", "3000", "--seed", "5", "--quiet"],
+        None,
+    );
+    assert!(events.status.success(), "{}", text(&events.stderr));
+    let data = dir.path().join("store");
+    let data = data.to_str().unwrap();
+    let jsonl = text(&events.stdout);
+    let out = megalith(&["import", "--data", data, "--json", "-"], Some(&jsonl));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stored = summary["stored"].as_u64().unwrap();
+    let before = megalith(&["query", "--data", data, "{}"], None);
+    let held = text(&before.stdout).lines().count() as u64;
+    assert!(
+        held < stored,
+        "the generated stream replaces and deletes events"
+    );
+
+    let out = megalith(&["compact", "--data", data, "--json"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["records_compacted"], stored - held, "{report}");
+    assert_eq!(report["records_left"], 0, "{report}");
+    let after = megalith(&["query", "--data", data, "{}"], None);
+    assert_eq!(after.stdout, before.stdout);
+
+    let again = megalith(&["compact", "--data", data], None);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains(": 0 removed event(s)"),
+        "{}",
+        text(&again.stdout)
+    );
+
+    let bad = megalith(&["compact", "--data", data, "--min-garbage", "2"], None);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("--min-garbage 2"),
+        "{}",
+        text(&bad.stderr)
+    );
+
+    // Another process holds the store (its lock file, as `serve` would).
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("store").join("LOCK"))
+        .unwrap();
+    lock.lock().unwrap();
+    let held = megalith(&["compact", "--data", data], None);
+    assert_eq!(held.status.code(), Some(1));
+    assert!(
+        text(&held.stderr).contains("needs the store to itself"),
+        "{}",
+        text(&held.stderr)
+    );
+}

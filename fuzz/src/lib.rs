@@ -6,8 +6,9 @@
 //! of them may panic on any input for any other reason.
 
 use megalith::inspect::log::{
-    QuarantinePayload, RecordRef, RecordType, RemovePayload, SEGMENT_HEADER_LEN, SegmentWalk,
-    WalkItem, decode_record, decode_segment_header, encode_record, encode_segment_header,
+    CompactedPayload, QuarantinePayload, RecordRef, RecordType, RemovePayload, SEGMENT_HEADER_LEN,
+    SegmentWalk, WalkItem, decode_record, decode_segment_header, encode_record,
+    encode_segment_header,
 };
 use megalith::{Event, EventRef, IdForm, Lsn, SegmentId, ShardId};
 
@@ -156,7 +157,9 @@ fn assert_reencodes(bytes: &[u8], segment: SegmentId, record: &RecordRef<'_>) {
         record.payload,
     )
     .expect("a decoded payload fits a frame");
-    assert_eq!(&bytes[..record.frame_len()], &again[..], "frame re-encodes");
+    // A compacted record's hole follows its frame, outside the checksum.
+    let framed = record.frame_len() - record.skip as usize;
+    assert_eq!(&bytes[..framed], &again[..], "frame re-encodes");
     // Any single-byte change of a valid frame is caught by its checksum.
     let mut flipped = again.clone();
     let middle = flipped.len() / 2;
@@ -196,6 +199,13 @@ fn check_payload(record: &RecordRef<'_>) {
                 let again = quarantined.encode(record.payload.len());
                 assert_eq!(QuarantinePayload::decode(&again), Some(quarantined));
             }
+        }
+        RecordType::Compacted => {
+            // A decoded frame's payload is a whole compacted payload.
+            let compacted = CompactedPayload::decode(record.payload)
+                .expect("a decoded compacted frame has its payload");
+            assert_eq!(compacted.encode().as_slice(), record.payload);
+            assert_eq!(compacted.skip, record.skip);
         }
     }
 }

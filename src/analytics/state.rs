@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use super::live::LiveAnalytics;
 use super::snapshot;
@@ -43,6 +43,10 @@ pub struct StoreAnalytics {
     /// Groups applied so far, and the count the last checkpoint reflects.
     generation: AtomicU64,
     saved: AtomicU64,
+    /// Per shard, the position the checkpoint file on disk reflects (the
+    /// start of the log while there is none): an open replays the log
+    /// from there, so compaction keeps every record it may read.
+    saved_positions: Mutex<Vec<Location>>,
 }
 
 impl std::fmt::Debug for StoreAnalytics {
@@ -118,7 +122,9 @@ impl StoreAnalytics {
                 (LiveAnalytics::new(), vec![start_of_log(); logs.len()])
             }
         };
+        let saved_positions = Mutex::new(positions.clone());
         let analytics = StoreAnalytics {
+            saved_positions,
             inner: RwLock::new(Inner { live, positions }),
             logs,
             storage,
@@ -205,6 +211,7 @@ impl StoreAnalytics {
                 .sync_dir(&self.dir)
                 .map_err(io_error(&self.dir, "sync directory"))?;
         }
+        *self.saved_positions.lock() = vec![start_of_log(); self.logs.len()];
         Ok(())
     }
 
@@ -250,16 +257,36 @@ impl StoreAnalytics {
         if self.saved.load(Ordering::Acquire) == generation {
             return Ok(());
         }
-        let bytes = {
+        let (bytes, positions) = {
             let inner = self.inner.read();
-            snapshot::encode(&inner.live, &inner.positions)
+            (
+                snapshot::encode(&inner.live, &inner.positions),
+                inner.positions.clone(),
+            )
         };
         let temp = self.dir.join(STATE_TEMP);
         let path = self.dir.join(STATE_FILE);
+        // While the file is replaced either one may be read at an open:
+        // the older positions count until the new file is in place.
+        let mut saved = self.saved_positions.lock();
+        let older = saved.clone();
+        *saved = older
+            .iter()
+            .zip(&positions)
+            .map(|(a, b)| *a.min(b))
+            .collect();
         replace_file(&*self.storage, &temp, &path, &bytes)
             .map_err(|(file, what, e)| io_error(&file, what)(e))?;
+        *saved = positions;
+        drop(saved);
         self.saved.store(generation, Ordering::Release);
         Ok(())
+    }
+
+    /// Per shard, the log position from which an open would replay the
+    /// analytics (what the checkpoint on disk reflects).
+    pub(crate) fn saved_positions(&self) -> Vec<Location> {
+        self.saved_positions.lock().clone()
     }
 }
 

@@ -8,7 +8,11 @@
 //!                               log when a version 3 build opens it)
 //! 12  shard_count     u32 LE
 //! 16  features        u32 LE   bit 0: the term_time (search) index;
-//!                               bit 1: analytics (DIR/analytics)
+//!                               bit 1: analytics (DIR/analytics);
+//!                               bit 2: the logs may hold compacted
+//!                               records (set before the first is
+//!                               written; builds without compaction
+//!                               refuse the store)
 //! 20  reserved        u32      0
 //! 24  crc             u64 LE   crc64 of bytes 0..24
 //! ```
@@ -34,6 +38,8 @@ const V1_LEN: usize = V1_CRC_OFFSET + size_of::<u64>();
 const FEATURE_SEARCH: u32 = 1;
 /// Feature bit: the store keeps the analytics (docs/analytics.md).
 const FEATURE_ANALYTICS: u32 = 2;
+/// Feature bit: the logs may hold `Compacted` records (record type 4).
+const FEATURE_COMPACTED: u32 = 4;
 
 pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
 
@@ -48,6 +54,8 @@ pub(crate) struct Manifest {
     pub search: bool,
     /// The analytics are kept.
     pub analytics: bool,
+    /// The logs may hold compacted records.
+    pub compacted: bool,
 }
 
 /// Reads the manifest of the store in `dir`.
@@ -171,6 +179,11 @@ fn encode(manifest: Manifest) -> [u8; MANIFEST_LEN] {
             FEATURE_ANALYTICS
         } else {
             0
+        }
+        | if manifest.compacted {
+            FEATURE_COMPACTED
+        } else {
+            0
         };
     out[FEATURES_OFFSET..FEATURES_OFFSET + 4].copy_from_slice(&features.to_le_bytes());
     let crc = crc64(&[&out[..CRC_OFFSET]]);
@@ -215,7 +228,7 @@ fn decode(bytes: &[u8]) -> Result<Manifest, String> {
     } else {
         u32_at(FEATURES_OFFSET)
     };
-    if features & !(FEATURE_SEARCH | FEATURE_ANALYTICS) != 0 {
+    if features & !(FEATURE_SEARCH | FEATURE_ANALYTICS | FEATURE_COMPACTED) != 0 {
         return Err(format!(
             "manifest names features {features:#x} this build does not know"
         ));
@@ -225,6 +238,7 @@ fn decode(bytes: &[u8]) -> Result<Manifest, String> {
         shards,
         search: features & FEATURE_SEARCH != 0,
         analytics: features & FEATURE_ANALYTICS != 0,
+        compacted: features & FEATURE_COMPACTED != 0,
     })
 }
 
@@ -240,18 +254,28 @@ mod tests {
                 shards: 4,
                 search: false,
                 analytics: false,
+                compacted: false,
             },
             Manifest {
                 version: STORE_FORMAT_VERSION,
                 shards: 1,
                 search: true,
                 analytics: false,
+                compacted: false,
             },
             Manifest {
                 version: STORE_FORMAT_VERSION,
                 shards: 2,
                 search: false,
                 analytics: true,
+                compacted: false,
+            },
+            Manifest {
+                version: STORE_FORMAT_VERSION,
+                shards: 3,
+                search: true,
+                analytics: false,
+                compacted: true,
             },
         ] {
             assert_eq!(decode(&encode(manifest)), Ok(manifest));
@@ -271,6 +295,7 @@ mod tests {
             shards: 1,
             search: false,
             analytics: false,
+            compacted: false,
         };
         let mut newer = encode(plain);
         newer[VERSION_OFFSET] = 4;
@@ -289,7 +314,7 @@ mod tests {
             })
         );
         let mut unknown = encode(plain);
-        unknown[FEATURES_OFFSET] = 0b100;
+        unknown[FEATURES_OFFSET] = 0b1000;
         assert!(decode(&resealed(unknown)).unwrap_err().contains("features"));
     }
 
@@ -307,7 +332,8 @@ mod tests {
                 version: 1,
                 shards: 3,
                 search: false,
-                analytics: false
+                analytics: false,
+                compacted: false,
             })
         );
     }

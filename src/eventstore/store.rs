@@ -11,6 +11,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::analytics::StoreAnalytics;
+use crate::compaction::{
+    CompactOptions, CompactReport, Pace, ShardAccess, active_holds_removed, compact_shard,
+};
 use crate::error::{Error, io_error};
 use crate::event::{Event, EventId, EventRef, KindClass, Pubkey};
 use crate::ids::{Location, ShardId};
@@ -54,6 +57,19 @@ pub struct EventStore {
     analytics: Option<Arc<StoreAnalytics>>,
     /// The thread that checkpoints the analytics.
     saver: Mutex<Option<Saver>>,
+    /// Held while a compaction runs.
+    compacting: Mutex<()>,
+}
+
+/// For compaction: whether each id is stored at its location, looked up
+/// in the shard's primary index (under its read lock, a slice at a time).
+fn stored_at(shard: &Shard) -> impl Fn(&[(EventId, Location)]) -> Result<Vec<bool>, Error> + '_ {
+    move |asks| {
+        let indexes = shard.lock();
+        asks.iter()
+            .map(|(id, at)| Ok(indexes.find_id(id)? == Some(*at)))
+            .collect()
+    }
 }
 
 /// One shard's feed into the analytics.
@@ -182,6 +198,7 @@ impl EventStore {
                 shards: new_count,
                 search: options.search.unwrap_or(false),
                 analytics: options.analytics.unwrap_or(false),
+                compacted: false,
             },
         )?;
         let shard_count = manifest.shards;
@@ -345,6 +362,7 @@ impl EventStore {
             watchers,
             analytics,
             saver: Mutex::new(saver),
+            compacting: Mutex::new(()),
         })
     }
 
@@ -1103,6 +1121,79 @@ impl EventStore {
     /// Makes the indexes durable now (they also checkpoint in the background).
     pub fn checkpoint(&self) -> Result<(), Error> {
         self.shards.iter().try_for_each(Shard::checkpoint)
+    }
+
+    /// Takes the bytes of removed events (replaced, deleted, vanished) out
+    /// of the sealed log segments while the store serves reads and writes
+    /// (docs/compaction.md). One compaction runs at a time; a second call
+    /// waits for the first.
+    pub fn compact(&self, options: &CompactOptions) -> Result<CompactReport, Error> {
+        let started = Instant::now();
+        let _one = self.compacting.lock();
+        if options.seal_active {
+            for shard in &self.shards {
+                let stored = stored_at(shard);
+                let access = ShardAccess {
+                    log: shard.log(),
+                    floor: None,
+                    stored: &stored,
+                };
+                if active_holds_removed(&access)? {
+                    shard.seal()?;
+                }
+            }
+        }
+        if options.checkpoint_first {
+            self.checkpoint()?;
+            if let Some(analytics) = &self.analytics {
+                analytics.checkpoint()?;
+            }
+        }
+        let analytics_floor = self.analytics.as_ref().map(|a| a.saved_positions());
+        let log_bytes = || -> u64 { self.shards.iter().map(|s| s.log().bytes_on_disk()).sum() };
+        let mut report = CompactReport {
+            disk_bytes_before: log_bytes(),
+            ..CompactReport::default()
+        };
+        let mut marked = false;
+        let mut mark = || -> Result<(), Error> {
+            if !marked {
+                let mut manifest = manifest::load(&*self.storage, &self.dir)?;
+                if !manifest.compacted {
+                    manifest.compacted = true;
+                    manifest::store(&*self.storage, &self.dir, manifest)?;
+                }
+                marked = true;
+            }
+            Ok(())
+        };
+        let mut pace = Pace::new(options.max_write_rate);
+        for (n, shard) in self.shards.iter().enumerate() {
+            let floor = match (
+                shard.lock().checkpoint_floor(),
+                analytics_floor.as_ref().map(|p| p[n]),
+            ) {
+                (Some(indexes), Some(analytics)) => Some(indexes.min(analytics)),
+                (floor, _) => floor,
+            };
+            let stored = stored_at(shard);
+            let access = ShardAccess {
+                log: shard.log(),
+                floor,
+                stored: &stored,
+            };
+            compact_shard(
+                &self.dir,
+                &access,
+                options,
+                &mut mark,
+                &mut report,
+                &mut pace,
+            )?;
+        }
+        report.disk_bytes_after = log_bytes();
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
     }
 
     /// Counts and sizes.

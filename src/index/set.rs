@@ -582,6 +582,24 @@ impl IndexSet {
         (lsn != Lsn::ZERO).then_some((lsn, position))
     }
 
+    /// The log position every index's durable checkpoint reaches: an open
+    /// replays the log from there or later (run files only move it on).
+    /// `None` while some index has no checkpoint (an open would replay
+    /// the whole log).
+    pub fn checkpoint_floor(&self) -> Option<Location> {
+        let mut floor: Option<Location> = None;
+        for tree in self.kept() {
+            let meta = tree.meta();
+            if meta.checkpoint_lsn == Lsn::ZERO {
+                return None;
+            }
+            floor = Some(floor.map_or(meta.checkpoint_position, |f| {
+                f.min(meta.checkpoint_position)
+            }));
+        }
+        floor
+    }
+
     /// The newest checkpoint among the indexes (where the log end search may start).
     pub fn newest_checkpoint(&self) -> Option<(Location, Lsn)> {
         let newest = self.kept().max_by_key(|t| t.meta().checkpoint_lsn)?;

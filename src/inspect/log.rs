@@ -8,8 +8,8 @@
 use crate::ids::{Lsn, SegmentId, ShardId};
 use crate::wal;
 pub use crate::wal::{
-    FrameError, FrameHeader, QuarantinePayload, RecordRef, RecordType, RemovePayload, RemoveReason,
-    SegmentHeader, WalError,
+    CompactedPayload, FrameError, FrameHeader, QuarantinePayload, RecordRef, RecordType,
+    RemovePayload, RemoveReason, SegmentHeader, WalError,
 };
 
 /// Bytes of the segment header; the first record starts here.

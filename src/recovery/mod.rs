@@ -482,6 +482,8 @@ fn replay(
                     replayed.repair_scope.append(&mut batch_events);
                     after_quarantine = true;
                 }
+                // Event records that had left the indexes: nothing to apply.
+                RecordType::Compacted => {}
                 RecordType::Remove => {
                     let remove = RemovePayload::decode(record.payload).ok_or_else(|| {
                         Error::corrupt(format!("malformed remove record at {location}"))
@@ -498,9 +500,11 @@ fn replay(
                             }
                             indexes.apply(Apply::Remove, &target, remove.target, record.lsn)?;
                         }
-                        // The event went to quarantine with damaged bytes:
-                        // it is in no index, and nothing is left to remove.
-                        Err(_) if snapshot.quarantined(remove.target) => {}
+                        // The event went to quarantine with damaged bytes
+                        // (it is in no index), or compaction took it away
+                        // (only events removed before every index
+                        // checkpoint): nothing is left to remove.
+                        Err(_) if snapshot.vacated(remove.target) => {}
                         Err(e) => return Err(e.into()),
                     }
                 }

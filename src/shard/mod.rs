@@ -350,6 +350,15 @@ impl Shard {
         outcome.recv().map_err(|_| Error::Closed)?
     }
 
+    /// Seals the active log segment (see `LogWriter::seal`).
+    pub fn seal(&self) -> Result<bool, Error> {
+        let (reply, outcome) = bounded(1);
+        self.commands
+            .send(Command::Seal { reply })
+            .map_err(|_| Error::Closed)?;
+        outcome.recv().map_err(|_| Error::Closed)?
+    }
+
     /// Checkpoints, closes the log cleanly and stops the writer thread.
     pub fn close(&self) -> Result<(), Error> {
         self.start_close().wait()

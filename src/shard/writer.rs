@@ -38,6 +38,10 @@ pub(crate) enum Command {
     Checkpoint {
         reply: Sender<Result<(), Error>>,
     },
+    /// Seal the active log segment (for compaction); replies whether one was.
+    Seal {
+        reply: Sender<Result<bool, Error>>,
+    },
     Close {
         reply: Sender<Result<(), Error>>,
     },
@@ -213,6 +217,9 @@ impl Writer {
                 }
                 Command::Checkpoint { reply } => {
                     let _ = reply.send(self.checkpoint(true));
+                }
+                Command::Seal { reply } => {
+                    let _ = reply.send(self.seal());
                 }
                 Command::Close { reply } => {
                     let _ = reply.send(self.close());
@@ -548,6 +555,20 @@ impl Writer {
     /// failure poisons the writer: a meta page may have become durable
     /// without memory knowing (see `BTree::prepare_checkpoint`), so only a
     /// reopen, which reads what is on disk, can continue safely.
+    fn seal(&mut self) -> Result<bool, Error> {
+        if let Some(failed) = &self.failed {
+            return Err(Error::Poisoned(failed.why.clone()));
+        }
+        let result = self.log.seal().map_err(Error::from);
+        if let Err(error) = &result {
+            self.fail(
+                format!("sealing the log segment failed: {error}"),
+                short_cause(error),
+            );
+        }
+        result
+    }
+
     fn checkpoint(&mut self, merge: bool) -> Result<(), Error> {
         if let Some(failed) = &self.failed {
             return Err(Error::Poisoned(failed.why.clone()));

@@ -19,8 +19,9 @@ pub(crate) struct LogChange<'a> {
 
 /// Walks the changes of `snapshot` from `from` up to `to` (or the log's
 /// end), calling `each` until it returns false. Returns the position after
-/// the last record read (`from` when none was). Quarantined records, and
-/// removals of events moved to quarantine, are skipped.
+/// the last record read (`from` when none was). Quarantined and compacted
+/// records, and removals of events moved to quarantine or compacted away,
+/// are skipped.
 pub(crate) fn scan_changes<'a>(
     snapshot: &'a LogSnapshot,
     from: Location,
@@ -57,13 +58,14 @@ pub(crate) fn scan_changes<'a>(
                     })?;
                     match snapshot.read_event(remove.target) {
                         Ok(target) => Some((false, target)),
-                        // Moved to quarantine with damaged bytes: it was in
-                        // no index, and nothing is left to remove.
-                        Err(_) if snapshot.quarantined(remove.target) => None,
+                        // Moved to quarantine with damaged bytes (it was in
+                        // no index), or compacted away: nothing is left to
+                        // remove.
+                        Err(_) if snapshot.vacated(remove.target) => None,
                         Err(e) => return Err(e.into()),
                     }
                 }
-                RecordType::Quarantined => None,
+                RecordType::Quarantined | RecordType::Compacted => None,
             };
             position = next;
             if let Some((stored, event)) = change

@@ -68,6 +68,12 @@ pub enum RecordType {
     /// other record keeps its location. The payload is a
     /// [`QuarantinePayload`] padded with zeros. It changes no index.
     Quarantined = 3,
+    /// Written by compaction over event records that had left the indexes
+    /// (replaced, deleted, vanished) before every index checkpoint: the
+    /// frame is followed by [`CompactedPayload::skip`] bytes that held
+    /// them and are now a hole (zeros, never read), so every other record
+    /// keeps its location. It changes no index.
+    Compacted = 4,
 }
 
 impl RecordType {
@@ -76,6 +82,7 @@ impl RecordType {
             1 => Some(RecordType::Event),
             2 => Some(RecordType::Remove),
             3 => Some(RecordType::Quarantined),
+            4 => Some(RecordType::Compacted),
             _ => None,
         }
     }
@@ -85,7 +92,44 @@ impl RecordType {
             RecordType::Event => "event",
             RecordType::Remove => "remove",
             RecordType::Quarantined => "quarantined",
+            RecordType::Compacted => "compacted",
         }
+    }
+}
+
+/// Payload of a Compacted record (16 bytes):
+///
+/// ```text
+///  0  skip            u32 LE   bytes after the frame that it covers (a hole)
+///  4  records         u32 LE   records those bytes held
+///  8  last LSN        u64 LE   the LSN of the last of them (the frame's own
+///                              LSN is the first one's)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactedPayload {
+    pub skip: u32,
+    pub records: u32,
+    pub last: Lsn,
+}
+
+impl CompactedPayload {
+    pub const LEN: usize = 16;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..4].copy_from_slice(&self.skip.to_le_bytes());
+        out[4..8].copy_from_slice(&self.records.to_le_bytes());
+        out[8..].copy_from_slice(&self.last.0.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<CompactedPayload> {
+        let bytes: &[u8; Self::LEN] = bytes.try_into().ok()?;
+        Some(CompactedPayload {
+            skip: read_u32(bytes, 0),
+            records: read_u32(bytes, 4),
+            last: Lsn(read_u64(bytes, 8)),
+        })
     }
 }
 
@@ -351,12 +395,16 @@ pub struct RecordRef<'a> {
     /// record's batch was written.
     pub unsynced_run: u32,
     pub payload: &'a [u8],
+    /// Bytes after the frame that belong to it: a Compacted record's hole
+    /// (0 for every other type).
+    pub skip: u32,
 }
 
 impl RecordRef<'_> {
-    /// Bytes the whole frame takes.
+    /// Bytes the whole frame takes, up to where the next one starts (a
+    /// Compacted record's hole included).
     pub fn frame_len(&self) -> usize {
-        FRAME_OVERHEAD + self.payload.len()
+        FRAME_OVERHEAD + self.payload.len() + self.skip as usize
     }
 
     /// The last LSN that was durable when this record's batch was written
@@ -439,12 +487,28 @@ pub(crate) fn decode_frame_checking(
     if check_crc && crc64(&[&segment.0.to_le_bytes(), &frame[..body_end]]) != stored_crc {
         return Err(FrameError::ChecksumMismatch);
     }
+    let payload = &frame[FRAME_HEADER_LEN..body_end];
+    let skip = if record_type == RecordType::Compacted {
+        // A checksummed frame: a payload of another size was never written.
+        let compacted = CompactedPayload::decode(payload).ok_or(FrameError::ChecksumMismatch)?;
+        let needed = total.saturating_add(compacted.skip as usize);
+        if bytes.len() < needed {
+            return Err(FrameError::Truncated {
+                needed,
+                available: bytes.len(),
+            });
+        }
+        compacted.skip
+    } else {
+        0
+    };
     Ok(RecordRef {
         lsn: Lsn(read_u64(header, LSN_OFFSET)),
         record_type,
         batch_end: type_byte & BATCH_END_BIT != 0,
         unsynced_run: read_u32(header, UNSYNCED_RUN_OFFSET),
-        payload: &frame[FRAME_HEADER_LEN..body_end],
+        payload,
+        skip,
     })
 }
 

@@ -134,17 +134,23 @@ impl LogSnapshot {
         })
     }
 
-    /// Whether `location` lies inside a `Quarantined` record: its bytes were
-    /// damaged and moved aside by a repair (a remove record may still name
-    /// an event that was there). Scans the segment; for the rare path only.
-    pub fn quarantined(&self, location: Location) -> bool {
+    /// Whether `location` lies inside a `Quarantined` record (its bytes were
+    /// damaged and moved aside by a repair) or a `Compacted` one (its event
+    /// had left the indexes and compaction took its bytes away): a remove
+    /// record may still name an event that was there. Scans the segment;
+    /// for the rare path only.
+    pub fn vacated(&self, location: Location) -> bool {
         let Some(segment) = self.segment(location.segment) else {
             return false;
         };
         for (offset, record) in segment.scan_from(SEGMENT_HEADER_LEN as u32) {
             let end = offset as usize + record.frame_len();
             if (location.offset as usize) < end {
-                return offset <= location.offset && record.record_type == RecordType::Quarantined;
+                return offset <= location.offset
+                    && matches!(
+                        record.record_type,
+                        RecordType::Quarantined | RecordType::Compacted
+                    );
             }
         }
         false
@@ -192,6 +198,7 @@ impl Log {
         store
             .create_dir_all(dir)
             .map_err(io_error(dir, "create directory"))?;
+        remove_compacting_leftovers(store, dir)?;
         let mut ids = list_segment_ids(store, dir)?;
         let mut repair = None;
         // A crash while a segment was being created (the first one, or at a
@@ -383,6 +390,55 @@ impl Log {
     fn replace_segments(&self, segments: Vec<Arc<Segment>>) {
         *self.segments.write() = Arc::new(segments);
     }
+
+    /// Puts `segment` in the place of the one with its id (a sealed segment
+    /// that compaction wrote again). Readers that took a snapshot before
+    /// keep the old file's map (and its inode) until they drop it. False
+    /// when the log has no such segment (it was opened again in between).
+    pub fn replace_sealed(&self, segment: Arc<Segment>) -> bool {
+        let mut segments = self.segments.write();
+        let Some(at) = segments.iter().position(|s| s.id() == segment.id()) else {
+            return false;
+        };
+        let mut list = segments.to_vec();
+        list[at] = segment;
+        *segments = Arc::new(list);
+        true
+    }
+
+    /// The storage the log's files live in.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+}
+
+/// The suffix of the file compaction writes a segment into before it
+/// takes the segment's name; one left by a crash is removed at open.
+pub(crate) const COMPACTING_SUFFIX: &str = ".compacting";
+
+/// Removes the files a compaction cut short left in the log directory.
+fn remove_compacting_leftovers(storage: &dyn Storage, dir: &Path) -> Result<(), WalError> {
+    let mut removed = false;
+    for name in storage.list(dir).map_err(io_error(dir, "list"))? {
+        if name
+            .to_str()
+            .is_some_and(|name| name.ends_with(COMPACTING_SUFFIX))
+        {
+            let path = dir.join(&name);
+            storage
+                .remove_file(&path)
+                .map_err(io_error(&path, "remove"))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(storage, dir)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn list_segment_ids(
@@ -760,6 +816,20 @@ impl LogWriter {
         })
     }
 
+    /// Seals the active segment now, if it holds any record (compaction
+    /// rewrites only sealed segments); the next batch starts a new one.
+    /// Returns whether it sealed one.
+    pub fn seal(&mut self) -> Result<bool, WalError> {
+        if self.poisoned.is_some() {
+            return Err(WalError::Poisoned);
+        }
+        if self.position <= SEGMENT_HEADER_LEN as u64 {
+            return Ok(false);
+        }
+        self.rotate()?;
+        Ok(true)
+    }
+
     /// Writes the batch with one `write` and, if `sync`, makes it durable.
     /// Any failure poisons the writer: what reached the file is unknown, so
     /// nothing more is appended or acknowledged until the store is reopened.
@@ -938,12 +1008,16 @@ impl LogWriter {
             next,
         )?);
         fresh.set_readable(SEGMENT_HEADER_LEN);
-        let mut segments: Vec<Arc<Segment>> = self.log.snapshot().segments().to_vec();
-        if let Some(last) = segments.last_mut() {
-            *last = sealed;
+        {
+            // Under the lock: compaction may put a sealed segment in place.
+            let mut list = self.log.segments.write();
+            let mut segments: Vec<Arc<Segment>> = list.to_vec();
+            if let Some(last) = segments.last_mut() {
+                *last = sealed;
+            }
+            segments.push(Arc::clone(&fresh));
+            *list = Arc::new(segments);
         }
-        segments.push(Arc::clone(&fresh));
-        self.log.replace_segments(segments);
         self.active = file;
         self.active_segment = fresh;
         self.active_id = next;

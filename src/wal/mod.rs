@@ -16,16 +16,16 @@ pub(crate) use damage::examine_after;
 pub use error::WalError;
 pub(crate) use follow::{LogFollower, LogView};
 pub(crate) use format::SEGMENT_HEADER_LEN;
+pub use format::{
+    CompactedPayload, FrameError, FrameHeader, QuarantinePayload, RecordRef, RecordType,
+    RemovePayload, RemoveReason, SegmentHeader,
+};
 pub(crate) use format::{
     FRAME_HEADER_LEN, FRAME_OVERHEAD, decode_frame, decode_segment_header, encode_frame,
     encode_segment_header, peek_frame_header, unchecked_segment_id,
 };
-pub use format::{
-    FrameError, FrameHeader, QuarantinePayload, RecordRef, RecordType, RemovePayload, RemoveReason,
-    SegmentHeader,
-};
 pub use log::LogDamage;
-pub(crate) use log::{Batch, BatchFull, Log, LogSnapshot, LogWriter};
+pub(crate) use log::{Batch, BatchFull, COMPACTING_SUFFIX, Log, LogSnapshot, LogWriter};
 pub(crate) use repair::{
     DamagedRange, REPAIR_MARKER, lost_lsns, quarantine, quarantine_path, scan_log,
 };

@@ -616,3 +616,21 @@ pub fn stored_ids(store: &megalith::EventStore) -> Vec<EventId> {
     ids.sort();
     ids
 }
+
+/// A benchmark test's size from the environment (`default` when unset or
+/// not a number).
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The `p` quantile (0 to 1) of sorted latencies (zero for none).
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}

@@ -122,6 +122,16 @@ enum Command {
     /// was copied and the copy's position in the change feed.
     #[command(verbatim_doc_comment)]
     Backup(BackupArgs),
+    /// Take the bytes of removed events (replaced, deleted, vanished) out of the log
+    ///
+    /// Sealed log segments are written again without the event records that left
+    /// the indexes, each in a new file that then takes the segment's name: every
+    /// other record keeps its place, so no index changes, and a crash at any
+    /// moment leaves the old segment or the new one (docs/compaction.md). Prints
+    /// what went and the log's size on disk before and after. Needs the store to
+    /// itself (stop `megalith serve` first; it does not compact by itself yet).
+    #[command(verbatim_doc_comment)]
+    Compact(CompactArgs),
     /// Turn the NIP-50 search index on (built from the log now) or off (dropped).
     ///
     /// The store remembers the choice; `serve` and `import` keep it from then on.
@@ -377,6 +387,22 @@ struct BackupArgs {
 }
 
 #[derive(Args)]
+struct CompactArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Write a segment again only when at least this share (0 to 1) of its
+    /// bytes belongs to removed events.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0)]
+    min_garbage: f64,
+    /// Write at most this many MiB per second (0: no limit).
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    rate: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct SwitchArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -467,6 +493,7 @@ fn main() -> ExitCode {
         Command::Export(args) => export::export(&args),
         Command::Health(args) => health(&args),
         Command::Backup(args) => backup(&args),
+        Command::Compact(args) => compact(&args),
         Command::Search(args) => switch(&args, Feature::Search),
         Command::Analytics(args) => switch(&args, Feature::Analytics),
         Command::Generate(args) => generate::run(&args),
@@ -792,6 +819,77 @@ fn backup(args: &BackupArgs) -> Result<ExitCode, String> {
                 ""
             },
             report.position
+        )
+    };
+    written
+        .and_then(|()| out.finish())
+        .map_err(|e| format!("writing output: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compact(args: &CompactArgs) -> Result<ExitCode, String> {
+    if !(0.0..=1.0).contains(&args.min_garbage) {
+        return Err(format!(
+            "--min-garbage {}: a share from 0 to 1",
+            args.min_garbage
+        ));
+    }
+    let store = open_with(&args.store, |builder| builder).map_err(|e| {
+        if e.contains("another process") {
+            format!("{e}: compaction needs the store to itself (stop `megalith serve` first)")
+        } else {
+            e
+        }
+    })?;
+    let options = megalith::CompactOptions {
+        min_garbage: args.min_garbage,
+        max_write_rate: (args.rate > 0).then_some(args.rate << 20),
+        checkpoint_first: true,
+        seal_active: true,
+    };
+    let result = store.compact(&options);
+    let closed = store.close().map_err(|e| format!("closing the store: {e}"));
+    let report = result.map_err(|e| format!("compacting {}: {e}", args.store.data.display()))?;
+    closed?;
+    let mut out = Output::stdout();
+    let written = if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "segments_examined": report.segments_examined,
+                "segments_rewritten": report.segments_rewritten,
+                "records_compacted": report.records_compacted,
+                "bytes_compacted": report.bytes_compacted,
+                "records_left": report.records_left,
+                "disk_bytes_before": report.disk_bytes_before,
+                "disk_bytes_after": report.disk_bytes_after,
+                "bytes_written": report.bytes_written,
+                "seconds": (report.seconds * 1000.0).round() / 1000.0,
+            })
+        )
+    } else {
+        writeln!(
+            out,
+            "compacted {}: {} removed event(s), {} KiB, out of {} of {} sealed segment(s) in {:.1} s\n\
+             log on disk: {} KiB before, {} KiB after{}",
+            args.store.data.display(),
+            report.records_compacted,
+            report.bytes_compacted >> 10,
+            report.segments_rewritten,
+            report.segments_examined,
+            report.seconds,
+            report.disk_bytes_before >> 10,
+            report.disk_bytes_after >> 10,
+            if report.records_left > 0 {
+                format!(
+                    "\n{} removed event(s) left for later (in the active segment, or \
+                     under --min-garbage)",
+                    report.records_left
+                )
+            } else {
+                String::new()
+            }
         )
     };
     written

@@ -17,8 +17,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use megalith::inspect::log::{
-    FrameError, FrameHeader, Problem, QuarantinePayload, RecordRef, RecordType, RemovePayload,
-    RemoveReason, SegmentWalk, WalkItem, parse_segment_file_name, parse_shard_dir_name,
+    CompactedPayload, FrameError, FrameHeader, Problem, QuarantinePayload, RecordRef, RecordType,
+    RemovePayload, RemoveReason, SegmentWalk, WalkItem, parse_segment_file_name,
+    parse_shard_dir_name,
 };
 use megalith::{EventRef, SegmentId, ShardId};
 use output::{Output, errln};
@@ -81,6 +82,7 @@ struct Totals {
     events: u64,
     removes: u64,
     quarantined: u64,
+    compacted: u64,
     batches: u64,
     record_bytes: u64,
     file_bytes: u64,
@@ -287,6 +289,7 @@ impl Dump {
                         RecordType::Event => self.totals.events += 1,
                         RecordType::Remove => self.totals.removes += 1,
                         RecordType::Quarantined => self.totals.quarantined += 1,
+                        RecordType::Compacted => self.totals.compacted += 1,
                     }
                     if record.batch_end {
                         self.totals.batches += 1;
@@ -377,6 +380,7 @@ impl Dump {
                 Ok(Details::Event(event)) => doc["event"] = event,
                 Ok(Details::Remove(remove)) => doc["remove"] = remove,
                 Ok(Details::Quarantined(q)) => doc["quarantined"] = q,
+                Ok(Details::Compacted(c)) => doc["compacted"] = c,
                 Err(why) => doc["problem"] = why.into(),
             }
             if self.hex {
@@ -409,6 +413,10 @@ impl Dump {
                     q["file"].as_str().unwrap_or("?"),
                     q["first_lost"],
                     q["next"]
+                ),
+                Ok(Details::Compacted(c)) => format!(
+                    "{} removed record(s) compacted away, LSN {} to {} ({} bytes, a hole)",
+                    c["records"], record.lsn.0, c["last_lsn"], c["skip"]
                 ),
                 Err(why) => format!("!! PROBLEM: {why}"),
             };
@@ -520,19 +528,22 @@ impl Dump {
         if self.json {
             let doc = serde_json::json!({ "summary": {
                 "files": t.files, "records": t.records, "events": t.events,
-                "removes": t.removes, "batches": t.batches, "record_bytes": t.record_bytes,
+                "removes": t.removes, "quarantined": t.quarantined,
+                "compacted": t.compacted, "batches": t.batches, "record_bytes": t.record_bytes,
                 "file_bytes": t.file_bytes, "problems": t.problems,
             }});
             writeln!(self.out, "{doc}")
         } else {
             writeln!(
                 self.out,
-                "summary: {} file(s), {} records ({} events, {} removes), {} batches, \
-                 {} record bytes of {} file bytes, {} problem(s)",
+                "summary: {} file(s), {} records ({} events, {} removes, {} quarantined, \
+                 {} compacted), {} batches, {} record bytes of {} file bytes, {} problem(s)",
                 t.files,
                 t.records,
                 t.events,
                 t.removes,
+                t.quarantined,
+                t.compacted,
                 t.batches,
                 t.record_bytes,
                 t.file_bytes,
@@ -546,6 +557,7 @@ enum Details {
     Event(serde_json::Value),
     Remove(serde_json::Value),
     Quarantined(serde_json::Value),
+    Compacted(serde_json::Value),
 }
 
 /// What an event or remove record holds, or why its payload does not decode.
@@ -589,6 +601,15 @@ fn describe(record: &RecordRef<'_>) -> Result<Details, String> {
                 "file": q.file_name,
                 "first_lost": q.first_lost.0,
                 "next": q.next.0,
+            })))
+        }
+        RecordType::Compacted => {
+            let c = CompactedPayload::decode(record.payload)
+                .ok_or_else(|| "compacted payload does not decode".to_string())?;
+            Ok(Details::Compacted(serde_json::json!({
+                "skip": c.skip,
+                "records": c.records,
+                "last_lsn": c.last.0,
             })))
         }
     }

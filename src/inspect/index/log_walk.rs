@@ -63,9 +63,12 @@ pub(super) struct LogWalk {
     pub removes: u64,
     /// Quarantined records (damaged ranges a repair moved aside).
     pub quarantined: u64,
-    /// The byte ranges those records cover, per segment: a remove record
-    /// naming an event inside one is skipped, as replay does.
-    pub quarantined_ranges: HashMap<SegmentId, Vec<(u32, u32)>>,
+    /// Compacted records (removed events whose bytes compaction took away).
+    pub compacted: u64,
+    /// The byte ranges quarantined and compacted records cover, per
+    /// segment: a remove record naming an event inside one is skipped, as
+    /// replay does.
+    pub vacated_ranges: HashMap<SegmentId, Vec<(u32, u32)>>,
     pub problems: Vec<Problem>,
     pub notes: Vec<String>,
     /// Whether the store keeps term_time (search) entries.
@@ -121,11 +124,17 @@ impl LogWalk {
                     list.owners.push(owner);
                 });
             }
-            // Damaged bytes a repair moved aside: nothing for the indexes.
-            RecordType::Quarantined => {
-                self.quarantined += 1;
-                let end = location.offset + (FRAME_OVERHEAD + record.payload.len()) as u32;
-                self.quarantined_ranges
+            // Damaged bytes a repair moved aside, or removed events
+            // compaction took away: nothing for the indexes.
+            RecordType::Quarantined | RecordType::Compacted => {
+                if record.record_type == RecordType::Quarantined {
+                    self.quarantined += 1;
+                } else {
+                    self.compacted += 1;
+                }
+                let end =
+                    location.offset + (FRAME_OVERHEAD + record.payload.len()) as u32 + record.skip;
+                self.vacated_ranges
                     .entry(location.segment)
                     .or_default()
                     .push((location.offset, end));
@@ -138,11 +147,12 @@ impl LogWalk {
                     return;
                 };
                 let Some(&target) = self.by_location.get(&remove.target) else {
-                    // The event went to quarantine with damaged bytes: it is
-                    // in no index, and replay skips this record.
+                    // The event went to quarantine with damaged bytes, or
+                    // compaction took it away: it is in no index, and replay
+                    // skips this record.
                     let target = remove.target;
-                    let quarantined = self.quarantined_ranges.get(&target.segment);
-                    if quarantined.is_some_and(|ranges| {
+                    let vacated = self.vacated_ranges.get(&target.segment);
+                    if vacated.is_some_and(|ranges| {
                         ranges
                             .iter()
                             .any(|&(start, end)| (start..end).contains(&target.offset))
@@ -190,6 +200,7 @@ struct PendingRecord {
     lsn: Lsn,
     record_type: RecordType,
     payload: Vec<u8>,
+    skip: u32,
 }
 
 /// Where and why decoding a segment stopped.
@@ -267,6 +278,7 @@ pub(super) fn walk_log(dir: &Path, shard: ShardId, terms: bool) -> Result<LogWal
                 lsn: record.lsn,
                 record_type: record.record_type,
                 payload: record.payload.to_vec(),
+                skip: record.skip,
             });
             if record.batch_end {
                 for record in pending.drain(..) {

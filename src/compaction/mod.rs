@@ -1,0 +1,591 @@
+//! Online compaction: takes the bytes of removed events out of sealed log
+//! segments while the store serves reads and writes (docs/compaction.md).
+//!
+//! An event record whose event left the indexes (replaced, deleted by
+//! NIP-09, vanished by NIP-62) stays in the log until compaction. A sealed
+//! segment is written again into a new file beside it: every other record
+//! at its own offset, each run of removed event records replaced by one
+//! `Compacted` frame followed by a hole as long as the rest of the run.
+//! No record moves, so no index changes. The new file is synced, then
+//! renamed over the old one; readers that mapped the old file keep it
+//! until they let go, and its blocks go back to the file system then.
+//!
+//! Which records may go: those removed by a remove record that every index
+//! checkpoint (and the analytics checkpoint) already reflects. An open
+//! replays the log only from those checkpoints, so it never meets a remove
+//! record whose event is gone while the event is in a checkpoint; a replay
+//! of the whole log (an index rebuilt) skips both the compacted event and
+//! its remove record, as it does for quarantined bytes.
+//!
+//! Crash safety: the segment's name always holds a whole file, the old one
+//! or the new one (the new one is synced before the rename); a file left
+//! half-written by a crash has its own name and goes at the next open. The
+//! manifest says the logs may hold compacted records before the first one
+//! is written, so a build that does not know them refuses the store.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, io_error};
+use crate::event::EventId;
+use crate::ids::{Location, Lsn};
+use crate::storage::{OpenMode, Storage};
+use crate::wal::{
+    COMPACTING_SUFFIX, CompactedPayload, FRAME_OVERHEAD, FrameError, LogSnapshot, RecordType,
+    RemovePayload, SEGMENT_HEADER_LEN, Segment, encode_frame,
+};
+
+/// The file that a backup made beside a running store holds shared while
+/// it copies, and compaction holds exclusively while it puts a segment in
+/// place: a copy never mixes index checkpoints older than a compaction
+/// with segments it wrote.
+pub(crate) const SEGMENTS_LOCK: &str = "SEGMENTS.lock";
+
+/// How compaction runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactOptions {
+    /// A sealed segment is written again only when at least this share of
+    /// its bytes belongs to removed events that may go (0.0: any; default
+    /// 0.0 for an explicit run, `megalith compact`).
+    pub min_garbage: f64,
+    /// At most this many bytes written per second (`None`: no limit).
+    pub max_write_rate: Option<u64>,
+    /// Make the indexes durable first, so that everything removed until
+    /// now may go (default: on). Off, only what the last checkpoints
+    /// reflect goes (the background trigger, which should not force
+    /// merges of the in-memory level).
+    pub checkpoint_first: bool,
+    /// Seal each shard's active log segment first when it holds removed
+    /// events (default: on), so that they may go too; the next write
+    /// starts a new segment. Off, they wait until their segment fills.
+    pub seal_active: bool,
+}
+
+impl Default for CompactOptions {
+    fn default() -> CompactOptions {
+        CompactOptions {
+            min_garbage: 0.0,
+            max_write_rate: None,
+            checkpoint_first: true,
+            seal_active: true,
+        }
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompactReport {
+    /// Sealed segments read.
+    pub segments_examined: u64,
+    /// Segments written again.
+    pub segments_rewritten: u64,
+    /// Event records taken out.
+    pub records_compacted: u64,
+    /// Their bytes (now holes).
+    pub bytes_compacted: u64,
+    /// Removed event records left for a later run: their removal is newer
+    /// than the checkpoints, or they lie in the active segment, or their
+    /// segment held less than `min_garbage`.
+    pub records_left: u64,
+    /// Bytes the logs took on disk before and after.
+    pub disk_bytes_before: u64,
+    pub disk_bytes_after: u64,
+    /// Bytes written into new segment files.
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+/// One frame of a sealed segment, as compaction sees it.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    offset: u32,
+    len: u32,
+    lsn: Lsn,
+    /// `lsn - unsynced_run` was durable when it was written.
+    unsynced_run: u32,
+    batch_end: bool,
+    /// What it is: an event record (with its id), an earlier compacted
+    /// run (with its record count), or anything else.
+    what: FrameKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FrameKind {
+    Event(EventId),
+    Compacted { records: u32, last: Lsn },
+    Other,
+}
+
+/// A sealed segment's frames, and which event records left the indexes.
+struct Examined {
+    segment: Arc<Segment>,
+    frames: Vec<Frame>,
+    /// Indexes into `frames` of event records no index holds.
+    removed: Vec<usize>,
+}
+
+/// Whether each id is stored at its location (looked up in the primary
+/// index), for a slice of records at a time.
+pub(crate) type StoredAt<'a> = dyn Fn(&[(EventId, Location)]) -> Result<Vec<bool>, Error> + 'a;
+
+/// What one shard's compaction needs from the store.
+pub(crate) struct ShardAccess<'a> {
+    pub log: &'a Arc<crate::wal::Log>,
+    /// The position every checkpoint (indexes and analytics) reaches.
+    pub floor: Option<Location>,
+    pub stored: &'a StoredAt<'a>,
+}
+
+/// Compacts one shard's sealed segments (see the module doc); `mark`
+/// makes the manifest say compacted records may exist, before the first
+/// one is written.
+pub(crate) fn compact_shard(
+    store_dir: &Path,
+    access: &ShardAccess<'_>,
+    options: &CompactOptions,
+    mark: &mut dyn FnMut() -> Result<(), Error>,
+    report: &mut CompactReport,
+    pace: &mut Pace,
+) -> Result<(), Error> {
+    let log = access.log;
+    let snapshot = log.snapshot();
+    let segments = snapshot.segments();
+    // The last segment is the active one: never compacted.
+    let sealed = &segments[..segments.len().saturating_sub(1)];
+    let Some(floor) = access.floor else {
+        // Some checkpoint would replay the whole log: nothing may go yet.
+        for segment in sealed {
+            report.segments_examined += 1;
+            report.records_left += examine(segment, access, true)?.removed.len() as u64;
+        }
+        return Ok(());
+    };
+    let mut examined = Vec::new();
+    for segment in sealed {
+        report.segments_examined += 1;
+        // Records at or past the floor may go too: a removal that came
+        // after the floor is found below and keeps its event.
+        let seen = examine(segment, access, true)?;
+        if !seen.removed.is_empty() {
+            examined.push(seen);
+        }
+    }
+    if examined.is_empty() {
+        return Ok(());
+    }
+    // Removals the checkpoints do not reflect yet: read after the look-ups
+    // above, so every removal they saw is here if it is that new.
+    let newer = removes_from(&log.snapshot(), floor)?;
+    for seen in examined {
+        let segment = &seen.segment;
+        let (go, stay): (Vec<usize>, Vec<usize>) = seen.removed.iter().partition(|&&i| {
+            !newer.contains(&Location {
+                segment: segment.id(),
+                offset: seen.frames[i].offset,
+            })
+        });
+        report.records_left += stay.len() as u64;
+        let bytes: u64 = go.iter().map(|&i| u64::from(seen.frames[i].len)).sum();
+        let total = segment.file_len().max(1) as f64;
+        if go.is_empty() || (bytes as f64) < options.min_garbage * total {
+            report.records_left += go.len() as u64;
+            continue;
+        }
+        mark()?;
+        let written = rewrite(store_dir, log, &seen, &go, pace)?;
+        report.segments_rewritten += 1;
+        report.records_compacted += go.len() as u64;
+        report.bytes_compacted += bytes;
+        report.bytes_written += written;
+    }
+    Ok(())
+}
+
+/// Whether the shard's active segment holds event records no index holds
+/// (records written but not yet applied count too: they are few, and the
+/// answer only decides whether to seal the segment).
+pub(crate) fn active_holds_removed(access: &ShardAccess<'_>) -> Result<bool, Error> {
+    let snapshot = access.log.snapshot();
+    match snapshot.segments().last() {
+        Some(active) => Ok(!examine(active, access, false)?.removed.is_empty()),
+        None => Ok(false),
+    }
+}
+
+/// Reads a segment's frames (a sealed one, `whole`, to its last byte; the
+/// active one up to where it is written) and finds the event records
+/// that no index holds.
+fn examine(
+    segment: &Arc<Segment>,
+    access: &ShardAccess<'_>,
+    whole: bool,
+) -> Result<Examined, Error> {
+    let mut frames = Vec::new();
+    let mut scan = segment.scan_from(SEGMENT_HEADER_LEN as u32);
+    for (offset, record) in scan.by_ref() {
+        let what = match record.record_type {
+            RecordType::Event => {
+                let id: [u8; 32] = record
+                    .payload
+                    .get(..32)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        Error::corrupt(format!(
+                            "event record at offset {offset} of {} is too short",
+                            segment.path().display()
+                        ))
+                    })?;
+                FrameKind::Event(EventId(id))
+            }
+            RecordType::Compacted => {
+                let payload = CompactedPayload::decode(record.payload).ok_or_else(|| {
+                    Error::corrupt(format!(
+                        "malformed compacted record at offset {offset} of {}",
+                        segment.path().display()
+                    ))
+                })?;
+                FrameKind::Compacted {
+                    records: payload.records,
+                    last: payload.last,
+                }
+            }
+            _ => FrameKind::Other,
+        };
+        frames.push(Frame {
+            offset,
+            len: record.frame_len() as u32,
+            lsn: record.lsn,
+            unsynced_run: record.unsynced_run,
+            batch_end: record.batch_end,
+            what,
+        });
+    }
+    let complete = if whole {
+        scan.offset() == segment.file_len()
+    } else {
+        matches!(scan.stop(), Some(FrameError::End))
+    };
+    if !complete {
+        let why = scan
+            .stop()
+            .map_or_else(|| "the scan stopped".to_string(), ToString::to_string);
+        return Err(Error::corrupt(format!(
+            "{} at offset {}: {why}; compaction reads sealed segments whole \
+             (`megalith repair` first)",
+            segment.path().display(),
+            scan.offset()
+        )));
+    }
+    let events: Vec<(usize, EventId, Location)> = frames
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| match f.what {
+            FrameKind::Event(id) => Some((i, id, segment.location(f.offset as usize))),
+            _ => None,
+        })
+        .collect();
+    let mut removed = Vec::new();
+    // A slice at a time: the look-ups hold the shard's read lock.
+    for chunk in events.chunks(512) {
+        let asks: Vec<(EventId, Location)> = chunk.iter().map(|&(_, id, at)| (id, at)).collect();
+        let stored = (access.stored)(&asks)?;
+        removed.extend(
+            chunk
+                .iter()
+                .zip(stored)
+                .filter(|(_, stored)| !stored)
+                .map(|((i, _, _), _)| *i),
+        );
+    }
+    Ok(Examined {
+        segment: Arc::clone(segment),
+        frames,
+        removed,
+    })
+}
+
+/// The targets of every remove record at or after `from`.
+fn removes_from(snapshot: &LogSnapshot, from: Location) -> Result<HashSet<Location>, Error> {
+    let mut targets = HashSet::new();
+    for segment in snapshot.segments() {
+        if segment.id() < from.segment {
+            continue;
+        }
+        let start = if segment.id() == from.segment {
+            from.offset
+        } else {
+            SEGMENT_HEADER_LEN as u32
+        };
+        for (offset, record) in segment.scan_from(start) {
+            if record.record_type == RecordType::Remove {
+                let remove = RemovePayload::decode(record.payload).ok_or_else(|| {
+                    Error::corrupt(format!(
+                        "malformed remove record at offset {offset} of {}",
+                        segment.path().display()
+                    ))
+                })?;
+                targets.insert(remove.target);
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// Keeps the bytes written per second under a limit.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    limit: Option<u64>,
+    started: Instant,
+    written: u64,
+}
+
+impl Pace {
+    pub fn new(limit: Option<u64>) -> Pace {
+        Pace {
+            limit,
+            started: Instant::now(),
+            written: 0,
+        }
+    }
+
+    fn wrote(&mut self, bytes: usize) {
+        self.written += bytes as u64;
+        if let Some(limit) = self.limit.filter(|&l| l > 0) {
+            let due = Duration::from_secs_f64(self.written as f64 / limit as f64);
+            let elapsed = self.started.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+    }
+}
+
+/// Bytes written per call when copying what stays.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// A run of neighbouring frames that becomes one `Compacted` frame.
+struct Run {
+    start: u32,
+    end: u32,
+    first: Frame,
+    last_lsn: Lsn,
+    batch_end: bool,
+    records: u32,
+}
+
+/// Writes `seen`'s segment again without the event records `go` names,
+/// puts it in place and returns the bytes written.
+fn rewrite(
+    store_dir: &Path,
+    log: &crate::wal::Log,
+    seen: &Examined,
+    go: &[usize],
+    pace: &mut Pace,
+) -> Result<u64, Error> {
+    let segment = &seen.segment;
+    let storage: &dyn Storage = &**log.storage();
+    let bytes = segment.bytes();
+    let len = segment.file_len();
+    let runs = runs_of(&seen.frames, go);
+    let path = segment.path().to_path_buf();
+    let temp = compacting_path(&path);
+    if storage.exists(&temp).map_err(io_error(&temp, "stat"))? {
+        storage
+            .remove_file(&temp)
+            .map_err(io_error(&temp, "remove"))?;
+    }
+    let file = storage
+        .open(&temp, OpenMode::CreateNew)
+        .map_err(io_error(&temp, "create"))?;
+    let write = |at: usize, part: &[u8], pace: &mut Pace| -> Result<u64, Error> {
+        let mut written = 0;
+        for (n, chunk) in part.chunks(COPY_CHUNK).enumerate() {
+            let offset = (at + n * COPY_CHUNK) as u64;
+            file.write_all_at(chunk, offset)
+                .map_err(io_error(&temp, "write"))?;
+            pace.wrote(chunk.len());
+            written += chunk.len() as u64;
+        }
+        Ok(written)
+    };
+    file.set_len(len as u64)
+        .map_err(io_error(&temp, "extend"))?;
+    let mut written = 0;
+    let mut kept_from = 0usize;
+    for run in &runs {
+        written += write(kept_from, &bytes[kept_from..run.start as usize], pace)?;
+        let frame = compacted_frame(segment.id(), run)?;
+        written += write(run.start as usize, &frame, pace)?;
+        kept_from = run.end as usize;
+    }
+    written += write(kept_from, &bytes[kept_from..len], pace)?;
+    if kept_from == len {
+        // The file ends in a hole: its last byte is written (a zero), so
+        // the end of its data is the end of the file, as for any sealed
+        // segment.
+        written += write(len - 1, &[0], pace)?;
+    }
+    file.sync().map_err(io_error(&temp, "sync"))?;
+    drop(file);
+    // Read back before it takes the segment's place: the same records at
+    // the same offsets, to the end of the file.
+    let fresh = Segment::open(storage, &temp, log.shard(), segment.id())?;
+    check_rewritten(segment, &fresh, &seen.frames, &runs)?;
+    drop(fresh);
+    let lock = segments_lock(store_dir)?;
+    storage
+        .rename(&temp, &path)
+        .map_err(io_error(&path, "rename"))?;
+    storage
+        .sync_dir(log.dir())
+        .map_err(io_error(log.dir(), "sync directory"))?;
+    let fresh = Arc::new(Segment::open(storage, &path, log.shard(), segment.id())?);
+    log.replace_sealed(fresh);
+    drop(lock);
+    Ok(written)
+}
+
+/// Takes [`SEGMENTS_LOCK`] exclusively (waiting for a backup to finish).
+fn segments_lock(store_dir: &Path) -> Result<Option<std::fs::File>, Error> {
+    let path = store_dir.join(SEGMENTS_LOCK);
+    let file = match std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+    {
+        Ok(file) => file,
+        // A store on simulated storage (tests) has no such directory.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path, "open")(e)),
+    };
+    file.lock().map_err(io_error(&path, "lock"))?;
+    Ok(Some(file))
+}
+
+fn compacting_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(COMPACTING_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Groups the frames to take out, with any earlier compacted frame beside
+/// them, into runs of neighbours.
+fn runs_of(frames: &[Frame], go: &[usize]) -> Vec<Run> {
+    let going: HashSet<usize> = go.iter().copied().collect();
+    let mut runs: Vec<Run> = Vec::new();
+    let mut open: Option<Run> = None;
+    for (i, frame) in frames.iter().enumerate() {
+        let records = match frame.what {
+            _ if going.contains(&i) => Some((1, frame.lsn)),
+            FrameKind::Compacted { records, last } => Some((records, last)),
+            _ => None,
+        };
+        match (records, open.as_mut()) {
+            (Some((records, last)), Some(run)) => {
+                run.end = frame.offset + frame.len;
+                run.last_lsn = last;
+                run.batch_end = frame.batch_end;
+                run.records += records;
+            }
+            (Some((records, last)), None) => {
+                open = Some(Run {
+                    start: frame.offset,
+                    end: frame.offset + frame.len,
+                    first: *frame,
+                    last_lsn: last,
+                    batch_end: frame.batch_end,
+                    records,
+                });
+            }
+            (None, _) => runs.extend(open.take()),
+        }
+    }
+    runs.extend(open);
+    // An earlier compacted frame alone stays as it is.
+    runs.retain(|run| {
+        let alone = !matches!(run.first.what, FrameKind::Event(_))
+            && run.end == run.first.offset + run.first.len;
+        !alone
+    });
+    runs
+}
+
+/// The `Compacted` frame that takes `run`'s place: the LSN, durability
+/// claim and batch end of the records it replaces.
+fn compacted_frame(segment: crate::ids::SegmentId, run: &Run) -> Result<Vec<u8>, Error> {
+    let span = (run.end - run.start) as usize;
+    let head = FRAME_OVERHEAD + CompactedPayload::LEN;
+    let skip = span.checked_sub(head).ok_or_else(|| {
+        Error::corrupt(format!(
+            "a run of {span} bytes at offset {} is shorter than a compacted frame",
+            run.start
+        ))
+    })?;
+    let payload = CompactedPayload {
+        skip: skip as u32,
+        records: run.records,
+        last: run.last_lsn,
+    };
+    let durable = Lsn(run
+        .first
+        .lsn
+        .0
+        .saturating_sub(u64::from(run.first.unsynced_run)));
+    let mut out = Vec::with_capacity(head);
+    encode_frame(
+        &mut out,
+        segment,
+        RecordType::Compacted,
+        run.batch_end,
+        run.first.lsn,
+        durable,
+        &payload.encode(),
+    )?;
+    Ok(out)
+}
+
+/// Checks that `fresh` holds `old`'s frames at the same offsets, the runs
+/// replaced by compacted frames, up to the end of the file.
+fn check_rewritten(
+    old: &Segment,
+    fresh: &Segment,
+    frames: &[Frame],
+    runs: &[Run],
+) -> Result<(), Error> {
+    let mut expected = Vec::new();
+    let mut runs = runs.iter().peekable();
+    for frame in frames {
+        match runs.peek() {
+            Some(run) if frame.offset >= run.start && frame.offset < run.end => {
+                if frame.offset == run.start {
+                    expected.push((run.start, run.first.lsn, run.end - run.start));
+                }
+                if frame.offset + frame.len >= run.end {
+                    runs.next();
+                }
+            }
+            _ => expected.push((frame.offset, frame.lsn, frame.len)),
+        }
+    }
+    let mut scan = fresh.scan_from(SEGMENT_HEADER_LEN as u32);
+    let found: Vec<(u32, Lsn, u32)> = scan
+        .by_ref()
+        .map(|(offset, record)| (offset, record.lsn, record.frame_len() as u32))
+        .collect();
+    if found != expected || scan.offset() != fresh.file_len() || fresh.file_len() != old.file_len()
+    {
+        return Err(Error::corrupt(format!(
+            "the compacted copy of {} does not read back as written ({} frames expected, {} \
+             read, ending at {} of {} bytes); the segment is left as it was",
+            old.path().display(),
+            expected.len(),
+            found.len(),
+            scan.offset(),
+            fresh.file_len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,523 @@
+//! Online compaction (docs/compaction.md): the bytes of replaced, deleted
+//! and vanished events leave the store's files; every answer stays what
+//! the brute-force model says, after a reopen, after the indexes are
+//! rebuilt from the compacted log, beside a writer and readers, and after
+//! a power loss at any step of a compaction.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Model;
+use common::crash::assert_doctor_clean;
+use megalith::storage::{Damage, SimStorage};
+use megalith::{
+    ChangeOp, ChangePosition, CompactOptions, Durability, Event, EventStore, Filter, Keys,
+};
+
+/// A marker that names one event's content, found by a byte search.
+fn marker(what: &str, author: usize, n: usize) -> String {
+    format!("<{what}-{author}-{n}-c0mpact>")
+}
+
+/// Content of `len` bytes that starts with `mark`.
+fn content(mark: &str, len: usize) -> String {
+    let mut text = mark.to_string();
+    while text.len() < len {
+        text.push_str(" filler text of a long event");
+    }
+    text
+}
+
+/// The workload: per author, notes (a third of them deleted by a kind 5),
+/// a profile replaced three times, an article replaced once. Big contents
+/// (9 KiB) so that the removed ones span whole file blocks. Returns the
+/// events in order and the markers of what is removed and what stays.
+fn workload(authors: usize, seed: u64) -> (Vec<Event>, Vec<String>, Vec<String>) {
+    let mut events = Vec::new();
+    let (mut gone, mut kept) = (Vec::new(), Vec::new());
+    let t0 = 1_700_000_000;
+    for a in 0..authors {
+        let keys = Keys::from_seed(seed * 1000 + a as u64);
+        let mut notes = Vec::new();
+        for n in 0..9 {
+            let deleted = n % 3 == 1;
+            let mark = marker(if deleted { "gone-note" } else { "kept-note" }, a, n);
+            let len = if n % 2 == 0 { 9000 } else { 300 };
+            let note = keys.sign(t0 + n as u64, 1, vec![], content(&mark, len));
+            if deleted {
+                gone.push(mark);
+                notes.push(note.id);
+            } else {
+                kept.push(mark);
+            }
+            events.push(note);
+            if n % 4 == 3 {
+                let version = n / 4;
+                let mark = marker("profile", a, version);
+                events.push(keys.sign(t0 + 100 + version as u64, 0, vec![], content(&mark, 9000)));
+                if version < 1 {
+                    gone.push(mark);
+                } else {
+                    kept.push(mark);
+                }
+            }
+        }
+        for version in 0..2 {
+            let mark = marker("article", a, version);
+            let tags = vec![vec!["d".to_string(), "post".to_string()]];
+            events.push(keys.sign(t0 + 200 + version as u64, 30023, tags, content(&mark, 9000)));
+            if version == 0 {
+                gone.push(mark);
+            } else {
+                kept.push(mark);
+            }
+        }
+        let tags = notes
+            .iter()
+            .map(|id| vec!["e".to_string(), id.to_hex()])
+            .collect();
+        events.push(keys.sign(t0 + 300, 5, tags, String::new()));
+    }
+    (events, gone, kept)
+}
+
+fn filters(events: &[Event]) -> Vec<Vec<Filter>> {
+    let mut authors: Vec<_> = events.iter().map(|e| e.pubkey).collect();
+    authors.dedup();
+    let mut out = vec![
+        vec![Filter::new()],
+        vec![Filter::new().kinds([1])],
+        vec![Filter::new().kinds([0, 30023])],
+        vec![Filter::new().kinds([5])],
+        vec![Filter::new().limit(7)],
+    ];
+    for author in authors.iter().take(3) {
+        out.push(vec![Filter::new().authors([*author])]);
+        out.push(vec![Filter::new().authors([*author]).kinds([1]).limit(2)]);
+    }
+    out
+}
+
+fn model_of(events: &[Event]) -> Model {
+    let mut model = Model::default();
+    for event in events {
+        model.insert(event, common::now());
+    }
+    model
+}
+
+fn assert_answers(store: &EventStore, model: &Model, events: &[Event], what: &str) {
+    for filter in filters(events) {
+        assert_eq!(
+            store.query(&filter).unwrap(),
+            model.query(&filter),
+            "{what}: {filter:?}"
+        );
+    }
+}
+
+/// Which of `markers` some file under `dir` holds.
+fn found_in_files(dir: &Path, markers: &[String]) -> Vec<String> {
+    let mut bytes = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        } else {
+            bytes.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    markers
+        .iter()
+        .filter(|m| bytes.windows(m.len()).any(|w| w == m.as_bytes()))
+        .cloned()
+        .collect()
+}
+
+fn open_file_store(dir: &Path) -> EventStore {
+    EventStore::builder(dir)
+        .shards(2)
+        .segment_size(64 << 10)
+        .durability(Durability::Always)
+        .open()
+        .unwrap()
+}
+
+fn insert_all(store: &EventStore, events: &[Event]) {
+    for chunk in events.chunks(5) {
+        store.insert(chunk).unwrap();
+    }
+}
+
+#[test]
+fn removed_events_leave_the_files_and_every_answer_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, gone, kept) = workload(6, 1);
+    let model = model_of(&events);
+    let store = open_file_store(dir.path());
+    insert_all(&store, &events);
+    assert_answers(&store, &model, &events, "before compaction");
+    // The test sees what it looks for: every marker is in the files now.
+    store.checkpoint().unwrap();
+    assert_eq!(found_in_files(dir.path(), &gone), gone);
+    assert_eq!(found_in_files(dir.path(), &kept), kept);
+
+    let report = store.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(report.records_compacted, gone.len() as u64, "{report:?}");
+    assert_eq!(report.records_left, 0, "{report:?}");
+    assert!(report.segments_rewritten > 0, "{report:?}");
+    // The removed bytes are holes now: at least half of them went back to
+    // the file system (the rest are the partial blocks at their edges).
+    assert!(
+        report.disk_bytes_after + report.bytes_compacted / 2 <= report.disk_bytes_before,
+        "{report:?}"
+    );
+    assert_answers(&store, &model, &events, "after compaction");
+    assert_eq!(found_in_files(dir.path(), &gone), Vec::<String>::new());
+    assert_eq!(found_in_files(dir.path(), &kept), kept);
+    // The manifest says the logs hold compacted records (feature bit 2),
+    // so a build without compaction refuses the store.
+    let manifest = std::fs::read(dir.path().join("MANIFEST")).unwrap();
+    assert_eq!(manifest[16] & 4, 4);
+
+    // Nothing more to do: a second run writes nothing.
+    let again = store.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(
+        (again.records_compacted, again.segments_rewritten),
+        (0, 0),
+        "{again:?}"
+    );
+
+    // New events after the compaction, removed again, compact again.
+    let keys = Keys::from_seed(99);
+    let mark = marker("gone-later", 0, 0);
+    let later = keys.sign(1_700_100_000, 1, vec![], content(&mark, 9000));
+    let deletion = keys.sign(
+        1_700_100_001,
+        5,
+        vec![vec!["e".to_string(), later.id.to_hex()]],
+        String::new(),
+    );
+    store.insert(std::slice::from_ref(&later)).unwrap();
+    store.insert(std::slice::from_ref(&deletion)).unwrap();
+    let third = store.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(third.records_compacted, 1, "{third:?}");
+    assert_eq!(
+        found_in_files(dir.path(), std::slice::from_ref(&mark)),
+        Vec::<String>::new()
+    );
+    let mut all = events.clone();
+    all.extend([later, deletion]);
+    let model = model_of(&all);
+    assert_answers(&store, &model, &all, "after a second compaction");
+    store.close().unwrap();
+
+    // Reopened: the same answers.
+    let store = open_file_store(dir.path());
+    assert_answers(&store, &model, &all, "reopened");
+    // The change feed reads the compacted logs: no removed event shows up
+    // (neither stored nor removed), every event that stays is stored.
+    let mut position = ChangePosition::start(2);
+    let mut stored = std::collections::HashSet::new();
+    loop {
+        let changes = store.changes(&position, 1000).unwrap();
+        let Some(last) = changes.last() else { break };
+        position = last.position.clone();
+        for change in changes {
+            assert!(
+                model.live.contains_key(&change.event.id) || change.op == ChangeOp::Removed,
+                "a compacted event was read back: {}",
+                change.event.id
+            );
+            if change.op == ChangeOp::Stored {
+                stored.insert(change.event.id);
+            }
+        }
+    }
+    assert!(model.live.keys().all(|id| stored.contains(id)));
+    store.close().unwrap();
+    assert_doctor_clean(dir.path(), "after compaction");
+
+    // Every index rebuilt from the compacted log (replay skips the
+    // compacted records and the remove records naming them).
+    for shard in ["shard-0000", "shard-0001"] {
+        let index = dir.path().join(shard).join("index");
+        for entry in std::fs::read_dir(&index).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+    }
+    let store = open_file_store(dir.path());
+    assert!(store.recovery_report().replayed_records > 0);
+    assert_answers(
+        &store,
+        &model,
+        &all,
+        "indexes rebuilt from the compacted log",
+    );
+    store.close().unwrap();
+    assert_doctor_clean(dir.path(), "indexes rebuilt");
+}
+
+/// A writer inserting (and deleting) and readers querying while compaction
+/// rewrites the segments: every acknowledged event is there afterwards,
+/// every answer is the model's, and readers never fail.
+#[test]
+fn compaction_runs_beside_a_writer_and_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, _, _) = workload(12, 2);
+    let (first, second) = events.split_at(events.len() / 2);
+    let store = Arc::new(open_file_store(dir.path()));
+    insert_all(&store, first);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut queries = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    store
+                        .query(&[Filter::new()])
+                        .expect("a query beside compaction");
+                    store
+                        .query(&[Filter::new().kinds([0, 1, 30023]).limit(20)])
+                        .expect("a query beside compaction");
+                    queries += 1;
+                }
+                queries
+            })
+        })
+        .collect();
+    let writer = {
+        let (store, second) = (Arc::clone(&store), second.to_vec());
+        std::thread::spawn(move || {
+            for chunk in second.chunks(3) {
+                store.insert(chunk).expect("an insert beside compaction");
+            }
+        })
+    };
+    let mut compacted = 0;
+    for _ in 0..4 {
+        let report = store.compact(&CompactOptions::default()).unwrap();
+        compacted += report.records_compacted;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    writer.join().unwrap();
+    let report = store.compact(&CompactOptions::default()).unwrap();
+    compacted += report.records_compacted;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0);
+    }
+    let model = model_of(&events);
+    let removed = events.len() - model.live.len();
+    assert_eq!(compacted, removed as u64);
+    assert_answers(&store, &model, &events, "beside a writer and readers");
+    Arc::try_unwrap(store).ok().unwrap().close().unwrap();
+    assert_doctor_clean(dir.path(), "compaction beside a writer");
+}
+
+fn open_sim(sim: &SimStorage, dir: &Path) -> Result<EventStore, megalith::Error> {
+    EventStore::builder(dir)
+        .shards(1) // one shard: I/O operations come in a fixed order
+        .storage(Arc::new(sim.clone()))
+        .durability(Durability::Always)
+        .segment_size(64 << 10)
+        .checkpoint_interval(Duration::from_secs(24 * 3600))
+        .open()
+}
+
+/// Builds the store a sweep starts from on `sim`: `events` inserted,
+/// closed cleanly.
+fn prepare(sim: &SimStorage, dir: &Path, events: &[Event]) {
+    let store = open_sim(sim, dir).unwrap();
+    for chunk in events.chunks(4) {
+        store.insert(chunk).unwrap();
+    }
+    store.close().unwrap();
+}
+
+/// What a sweep does after `prepare`: opens the store, inserts `more`
+/// (removals among them, after the last checkpoint), compacts without a
+/// checkpoint first (only what the checkpoints reflect may go), compacts
+/// with one, closes. Returns the inserts of `more` acknowledged.
+fn compaction_workload(sim: &SimStorage, dir: &Path, more: &[Event]) -> usize {
+    let Ok(store) = open_sim(sim, dir) else {
+        return 0;
+    };
+    let mut acknowledged = 0;
+    for (n, event) in more.iter().enumerate() {
+        // Before the last insert (a deletion), a checkpoint: what was
+        // removed before it may go, what the deletion removes may not.
+        if n + 1 == more.len() && store.checkpoint().is_err() {
+            return acknowledged;
+        }
+        if store.insert(std::slice::from_ref(event)).is_err() {
+            return acknowledged;
+        }
+        acknowledged += 1;
+    }
+    let lazy = CompactOptions {
+        checkpoint_first: false,
+        ..CompactOptions::default()
+    };
+    if let Ok(report) = store.compact(&lazy) {
+        // The deletion's notes stay: it came after the checkpoint.
+        assert!(report.records_left >= 3, "{report:?}");
+        assert!(report.records_compacted > 0, "{report:?}");
+    }
+    let _ = store.compact(&CompactOptions::default());
+    let _ = store.close();
+    acknowledged
+}
+
+/// The store holds what the model holds after `prepared` plus at least
+/// `acknowledged` of the inserts after it.
+fn assert_holds_prefix(
+    store: &EventStore,
+    events: &[Event],
+    prepared: usize,
+    acknowledged: usize,
+    what: &str,
+) {
+    let held = store.query(&[Filter::new()]).unwrap();
+    let found = (prepared + acknowledged..=events.len())
+        .any(|n| model_of(&events[..n]).query(&[Filter::new()]) == held);
+    assert!(
+        found,
+        "{what}: {} events held, no prefix of at least {} inserts",
+        held.len(),
+        prepared + acknowledged
+    );
+}
+
+/// Power lost at every I/O operation of an open, inserts that remove
+/// events, a compaction without and one with a checkpoint first, and a
+/// close, with each kind of damage to what was not synced: the store
+/// reopens holding a prefix of the inserts with every acknowledged one
+/// (nothing the compaction took was still owed to a replay), and
+/// index-doctor finds nothing wrong.
+#[test]
+fn power_loss_at_every_step_of_a_compaction_loses_nothing() {
+    let (events, _, _) = workload(3, 3);
+    // The last author's events (its deletion last) come after the store
+    // was closed: their removals are newer than every checkpoint.
+    let prepared = events
+        .iter()
+        .rposition(|e| e.kind == 5 && e.pubkey != events.last().unwrap().pubkey)
+        .unwrap()
+        + 1;
+    let (first, more) = events.split_at(prepared);
+
+    // A clean run counts the operations, and compacts everything removed.
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimStorage::new(dir.path()).unwrap();
+    prepare(&sim, dir.path(), first);
+    let before = sim.ops();
+    assert_eq!(compaction_workload(&sim, dir.path(), more), more.len());
+    let total = sim.ops() - before;
+    let model = model_of(&events);
+    let store = open_sim(&sim, dir.path()).unwrap();
+    assert_eq!(
+        store.query(&[Filter::new()]).unwrap(),
+        model.query(&[Filter::new()])
+    );
+    let again = store.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(
+        again.records_compacted, 0,
+        "the clean run compacted everything"
+    );
+    drop(store);
+
+    let mut points = 0;
+    for n in 0..=total {
+        for (d, damage) in Damage::ALL.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let sim = SimStorage::new(dir.path()).unwrap();
+            prepare(&sim, dir.path(), first);
+            sim.power_off_at(sim.ops() + n);
+            let acknowledged = compaction_workload(&sim, dir.path(), more);
+            sim.crash(damage, n * 4 + d as u64).unwrap();
+            let what = format!("power lost at operation {n} of {total}, {damage:?}");
+            assert_doctor_clean(dir.path(), &what);
+            let store =
+                open_sim(&sim, dir.path()).unwrap_or_else(|e| panic!("{what}: reopening: {e}"));
+            assert_holds_prefix(&store, &events, prepared, acknowledged, &what);
+            // The rest of the inserts and a compaction after the crash.
+            let held = store.query(&[Filter::new()]).unwrap().len();
+            for event in more {
+                store.insert(std::slice::from_ref(event)).unwrap();
+            }
+            store.compact(&CompactOptions::default()).unwrap();
+            assert_eq!(
+                store.query(&[Filter::new()]).unwrap(),
+                model.query(&[Filter::new()]),
+                "{what}: after the rest (held {held} at reopening)"
+            );
+            store.close().unwrap();
+            assert_doctor_clean(dir.path(), &what);
+            points += 1;
+        }
+    }
+    println!("{points} crash points over {total} operations, nothing acknowledged lost");
+}
+
+/// The analytics replay the log from a checkpoint of their own at an open:
+/// compaction keeps every record that replay still reads, even when the
+/// indexes' checkpoints are newer.
+#[test]
+fn the_analytics_checkpoint_holds_back_what_its_replay_reads() {
+    let (events, _, _) = workload(3, 4);
+    let model = model_of(&events);
+    let removed = (events.len() - model.live.len()) as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimStorage::new(dir.path()).unwrap();
+    let open = || {
+        EventStore::builder(dir.path())
+            .shards(1)
+            .storage(Arc::new(sim.clone()))
+            .durability(Durability::Always)
+            .segment_size(64 << 10)
+            // No analytics checkpoint but at close.
+            .checkpoint_interval(Duration::from_secs(24 * 3600))
+            .analytics(true)
+            .open()
+            .unwrap()
+    };
+    let store = open();
+    for chunk in events.chunks(4) {
+        store.insert(chunk).unwrap();
+    }
+    // The indexes are durable; the analytics have no checkpoint yet.
+    store.checkpoint().unwrap();
+    let lazy = CompactOptions {
+        checkpoint_first: false,
+        ..CompactOptions::default()
+    };
+    let report = store.compact(&lazy).unwrap();
+    assert_eq!(
+        (report.records_compacted, report.records_left),
+        (0, removed)
+    );
+    // Power lost here: the next open builds the analytics from the whole log.
+    sim.power_off_at(sim.ops());
+    drop(store);
+    sim.crash(Damage::KeepAll, 7).unwrap();
+    let store = open();
+    assert_eq!(
+        store.query(&[Filter::new()]).unwrap(),
+        model.query(&[Filter::new()])
+    );
+    // With both checkpoints made first, everything removed goes.
+    let report = store.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(
+        (report.records_compacted, report.records_left),
+        (removed, 0)
+    );
+    store.close().unwrap();
+    assert_doctor_clean(dir.path(), "analytics after compaction");
+}
