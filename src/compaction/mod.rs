@@ -136,6 +136,9 @@ pub(crate) struct ShardAccess<'a> {
     /// The position every checkpoint (indexes and analytics) reaches.
     pub floor: Option<Location>,
     pub stored: &'a StoredAt<'a>,
+    /// The shard's reopenings in place so far: one (after a failed write,
+    /// which may cut unsynced removals) makes what was found stale.
+    pub epoch: &'a dyn Fn() -> u64,
 }
 
 /// Compacts one shard's sealed segments (see the module doc); `mark`
@@ -162,12 +165,21 @@ pub(crate) fn compact_shard(
         }
         return Ok(());
     };
+    let epoch = (access.epoch)();
     let mut examined = Vec::new();
     for segment in sealed {
         report.segments_examined += 1;
-        // Records at or past the floor may go too: a removal that came
-        // after the floor is found below and keeps its event.
-        let seen = examine(segment, access, true)?;
+        let mut seen = examine(segment, access, true)?;
+        // Only records the checkpoints passed: one past the floor may
+        // belong to a group the writer has not applied yet (a group can
+        // seal a segment part-way), and its look-up says nothing.
+        let before = seen.removed.len();
+        seen.removed.retain(|&i| {
+            let frame = &seen.frames[i];
+            segment.id() < floor.segment
+                || (segment.id() == floor.segment && frame.offset + frame.len <= floor.offset)
+        });
+        report.records_left += (before - seen.removed.len()) as u64;
         if !seen.removed.is_empty() {
             examined.push(seen);
         }
@@ -178,6 +190,7 @@ pub(crate) fn compact_shard(
     // Removals the checkpoints do not reflect yet: read after the look-ups
     // above, so every removal they saw is here if it is that new.
     let newer = removes_from(&log.snapshot(), floor)?;
+    let unchanged = || (access.epoch)() == epoch;
     for seen in examined {
         let segment = &seen.segment;
         let (go, stay): (Vec<usize>, Vec<usize>) = seen.removed.iter().partition(|&&i| {
@@ -193,8 +206,15 @@ pub(crate) fn compact_shard(
             report.records_left += go.len() as u64;
             continue;
         }
+        if !unchanged() {
+            report.records_left += go.len() as u64;
+            continue;
+        }
         mark()?;
-        let written = rewrite(store_dir, log, &seen, &go, pace)?;
+        let Some(written) = rewrite(store_dir, log, &seen, &go, pace, &unchanged)? else {
+            report.records_left += go.len() as u64;
+            continue;
+        };
         report.segments_rewritten += 1;
         report.records_compacted += go.len() as u64;
         report.bytes_compacted += bytes;
@@ -318,7 +338,8 @@ fn removes_from(snapshot: &LogSnapshot, from: Location) -> Result<HashSet<Locati
         } else {
             SEGMENT_HEADER_LEN as u32
         };
-        for (offset, record) in segment.scan_from(start) {
+        let mut scan = segment.scan_from(start);
+        for (offset, record) in scan.by_ref() {
             if record.record_type == RecordType::Remove {
                 let remove = RemovePayload::decode(record.payload).ok_or_else(|| {
                     Error::corrupt(format!(
@@ -328,6 +349,15 @@ fn removes_from(snapshot: &LogSnapshot, from: Location) -> Result<HashSet<Locati
                 })?;
                 targets.insert(remove.target);
             }
+        }
+        if let Some(stop) = scan.stop()
+            && !matches!(stop, FrameError::End)
+        {
+            return Err(Error::corrupt(format!(
+                "{} at offset {}: {stop}",
+                segment.path().display(),
+                scan.offset()
+            )));
         }
     }
     Ok(targets)
@@ -376,14 +406,16 @@ struct Run {
 }
 
 /// Writes `seen`'s segment again without the event records `go` names,
-/// puts it in place and returns the bytes written.
+/// puts it in place (if `unchanged` still holds just before) and returns
+/// the bytes written.
 fn rewrite(
     store_dir: &Path,
     log: &crate::wal::Log,
     seen: &Examined,
     go: &[usize],
     pace: &mut Pace,
-) -> Result<u64, Error> {
+    unchanged: &dyn Fn() -> bool,
+) -> Result<Option<u64>, Error> {
     let segment = &seen.segment;
     let storage: &dyn Storage = &**log.storage();
     let bytes = segment.bytes();
@@ -413,15 +445,15 @@ fn rewrite(
     file.set_len(len as u64)
         .map_err(io_error(&temp, "extend"))?;
     let mut written = 0;
-    let mut kept_from = 0usize;
+    let spans = kept_spans(&seen.frames, &runs);
+    for &(start, end) in &spans {
+        written += write(start as usize, &bytes[start as usize..end as usize], pace)?;
+    }
     for run in &runs {
-        written += write(kept_from, &bytes[kept_from..run.start as usize], pace)?;
         let frame = compacted_frame(segment.id(), run)?;
         written += write(run.start as usize, &frame, pace)?;
-        kept_from = run.end as usize;
     }
-    written += write(kept_from, &bytes[kept_from..len], pace)?;
-    if kept_from == len {
+    if spans.last().is_none_or(|&(_, end)| end as usize != len) {
         // The file ends in a hole: its last byte is written (a zero), so
         // the end of its data is the end of the file, as for any sealed
         // segment.
@@ -435,6 +467,12 @@ fn rewrite(
     check_rewritten(segment, &fresh, &seen.frames, &runs)?;
     drop(fresh);
     let lock = segments_lock(store_dir)?;
+    if !unchanged() {
+        storage
+            .remove_file(&temp)
+            .map_err(io_error(&temp, "remove"))?;
+        return Ok(None);
+    }
     storage
         .rename(&temp, &path)
         .map_err(io_error(&path, "rename"))?;
@@ -444,7 +482,7 @@ fn rewrite(
     let fresh = Arc::new(Segment::open(storage, &path, log.shard(), segment.id())?);
     log.replace_sealed(fresh);
     drop(lock);
-    Ok(written)
+    Ok(Some(written))
 }
 
 /// Takes [`SEGMENTS_LOCK`] exclusively (waiting for a backup to finish).
@@ -511,6 +549,33 @@ fn runs_of(frames: &[Frame], go: &[usize]) -> Vec<Run> {
         !alone
     });
     runs
+}
+
+/// The byte ranges copied as they are: the header and every frame outside
+/// the runs, except the hole after an earlier compacted frame (it stays a
+/// hole: never read, never written).
+fn kept_spans(frames: &[Frame], runs: &[Run]) -> Vec<(u32, u32)> {
+    let mut spans: Vec<(u32, u32)> = vec![(0, SEGMENT_HEADER_LEN as u32)];
+    let mut runs = runs.iter().peekable();
+    for frame in frames {
+        while runs.peek().is_some_and(|run| run.end <= frame.offset) {
+            runs.next();
+        }
+        if runs.peek().is_some_and(|run| run.start <= frame.offset) {
+            continue;
+        }
+        let end = match frame.what {
+            FrameKind::Compacted { .. } => {
+                frame.offset + (FRAME_OVERHEAD + CompactedPayload::LEN) as u32
+            }
+            _ => frame.offset + frame.len,
+        };
+        match spans.last_mut() {
+            Some(last) if last.1 == frame.offset => last.1 = end,
+            _ => spans.push((frame.offset, end)),
+        }
+    }
+    spans
 }
 
 /// The `Compacted` frame that takes `run`'s place: the LSN, durability

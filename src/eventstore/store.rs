@@ -1133,10 +1133,12 @@ impl EventStore {
         if options.seal_active {
             for shard in &self.shards {
                 let stored = stored_at(shard);
+                let epoch = || shard.lock().epoch;
                 let access = ShardAccess {
                     log: shard.log(),
                     floor: None,
                     stored: &stored,
+                    epoch: &epoch,
                 };
                 if active_holds_removed(&access)? {
                     shard.seal()?;
@@ -1177,10 +1179,12 @@ impl EventStore {
                 (floor, _) => floor,
             };
             let stored = stored_at(shard);
+            let epoch = || shard.lock().epoch;
             let access = ShardAccess {
                 log: shard.log(),
                 floor,
                 stored: &stored,
+                epoch: &epoch,
             };
             compact_shard(
                 &self.dir,

@@ -569,5 +569,5 @@ fn replayed_lsn_before(segment: &crate::wal::Segment, offset: usize) -> Lsn {
         .scan_from(SEGMENT_HEADER_LEN as u32)
         .take_while(|(at, _)| (*at as usize) < offset)
         .last()
-        .map_or(Lsn::ZERO, |(_, record)| record.lsn)
+        .map_or(Lsn::ZERO, |(_, record)| record.last_lsn())
 }

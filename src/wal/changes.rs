@@ -29,15 +29,23 @@ pub(crate) fn scan_changes<'a>(
     mut each: impl FnMut(LogChange<'a>) -> bool,
 ) -> Result<Location, Error> {
     let mut position = from;
-    for segment in snapshot.segments() {
+    let count = snapshot.segments().len();
+    for (n, segment) in snapshot.segments().iter().enumerate() {
         if segment.id() < from.segment {
             continue;
         }
-        let start = if segment.id() == from.segment {
+        let mut start = if segment.id() == from.segment {
             from.offset.max(SEGMENT_HEADER_LEN as u32)
         } else {
             SEGMENT_HEADER_LEN as u32
         };
+        // A position kept from before a compaction may lie inside the
+        // records it took (they are gone): reading resumes after them.
+        if let Some((first, end)) = segment.vacated_range(start)
+            && first < start
+        {
+            start = end;
+        }
         let mut scan = segment.scan_from(start);
         #[allow(clippy::while_let_on_iterator)] // `scan` is read after the loop
         while let Some((offset, record)) = scan.next() {
@@ -89,6 +97,17 @@ pub(crate) fn scan_changes<'a>(
                 "{} at offset {}: {stop} (reading from {from})",
                 segment.path().display(),
                 scan.offset()
+            )));
+        }
+        // A sealed segment ends exactly after its last record: zeros
+        // before that are no end.
+        if n + 1 < count && scan.offset() < segment.file_len() {
+            return Err(Error::corrupt(format!(
+                "{} at offset {}: zeros where a record should start, {} bytes before the \
+                 segment's end (reading from {from})",
+                segment.path().display(),
+                scan.offset(),
+                segment.file_len() - scan.offset()
             )));
         }
     }

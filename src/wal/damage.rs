@@ -72,7 +72,7 @@ pub(crate) fn examine_after(
             if after.proof.is_none() && durable >= first_lost {
                 after.proof = Some((at, record.lsn, durable));
             }
-            previous = record.lsn;
+            previous = record.last_lsn();
             at += record.frame_len();
         }
         if next_data(bytes, at).is_none() {
@@ -108,7 +108,7 @@ pub(crate) fn resync(
             && fits
             && plausible_lsn
             && let Ok(record) = decode_frame(&bytes[at..], segment)
-            && follows(bytes, segment, at + record.frame_len(), record.lsn)
+            && follows(bytes, segment, at + record.frame_len(), record.last_lsn())
         {
             return Some((at, record));
         }

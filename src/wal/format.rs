@@ -407,6 +407,18 @@ impl RecordRef<'_> {
         FRAME_OVERHEAD + self.payload.len() + self.skip as usize
     }
 
+    /// The LSN of the last record this frame stands for: a compacted
+    /// frame's run ends at [`CompactedPayload::last`]; any other frame is
+    /// one record.
+    pub fn last_lsn(&self) -> Lsn {
+        match self.record_type {
+            RecordType::Compacted => {
+                CompactedPayload::decode(self.payload).map_or(self.lsn, |c| c.last.max(self.lsn))
+            }
+            _ => self.lsn,
+        }
+    }
+
     /// The last LSN that was durable when this record's batch was written
     /// (`Lsn::ZERO` when the record makes no claim).
     pub fn durable_lsn(&self) -> Lsn {

@@ -137,23 +137,11 @@ impl LogSnapshot {
     /// Whether `location` lies inside a `Quarantined` record (its bytes were
     /// damaged and moved aside by a repair) or a `Compacted` one (its event
     /// had left the indexes and compaction took its bytes away): a remove
-    /// record may still name an event that was there. Scans the segment;
-    /// for the rare path only.
+    /// record may still name an event that was there. The segment's list of
+    /// such frames is made at the first call (one scan) and searched.
     pub fn vacated(&self, location: Location) -> bool {
-        let Some(segment) = self.segment(location.segment) else {
-            return false;
-        };
-        for (offset, record) in segment.scan_from(SEGMENT_HEADER_LEN as u32) {
-            let end = offset as usize + record.frame_len();
-            if (location.offset as usize) < end {
-                return offset <= location.offset
-                    && matches!(
-                        record.record_type,
-                        RecordType::Quarantined | RecordType::Compacted
-                    );
-            }
-        }
-        false
+        self.segment(location.segment)
+            .is_some_and(|segment| segment.vacated_range(location.offset).is_some())
     }
 
     /// The checksummed record at `location`, read by `read`.
@@ -198,7 +186,11 @@ impl Log {
         store
             .create_dir_all(dir)
             .map_err(io_error(dir, "create directory"))?;
-        remove_compacting_leftovers(store, dir)?;
+        // A reopen in place (after a failed write) runs beside a compaction
+        // that may be writing one.
+        if existing.is_none() {
+            remove_compacting_leftovers(store, dir)?;
+        }
         let mut ids = list_segment_ids(store, dir)?;
         let mut repair = None;
         // A crash while a segment was being created (the first one, or at a
@@ -691,7 +683,7 @@ fn last_lsn_before(segments: &[Arc<Segment>], offset: u32) -> Lsn {
             if at >= limit {
                 break;
             }
-            last = record.lsn;
+            last = record.last_lsn();
         }
     }
     last
@@ -1024,7 +1016,9 @@ impl LogWriter {
         self.position = SEGMENT_HEADER_LEN as u64;
         self.durable_end = self.end();
         self.poisoned = None;
-        Ok(())
+        // Readers beside the writer (a live backup) follow the mark: it
+        // names the new segment, which checkpoints may name from now on.
+        self.publish_synced()
     }
 }
 

@@ -126,7 +126,7 @@ pub(crate) fn scan_log(
         loop {
             let problem = match decode_frame(bytes.get(at..).unwrap_or(&[]), id) {
                 Ok(record) if record.lsn > previous => {
-                    previous = record.lsn;
+                    previous = record.last_lsn();
                     at += record.frame_len();
                     continue;
                 }

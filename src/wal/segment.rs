@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::error::{WalError, io_error};
 use super::format::{
-    FrameError, RecordRef, SEGMENT_HEADER_LEN, decode_frame, decode_frame_checking,
+    FrameError, RecordRef, RecordType, SEGMENT_HEADER_LEN, decode_frame, decode_frame_checking,
     decode_segment_header,
 };
 use crate::ids::{Location, SegmentId, ShardId};
@@ -45,6 +45,11 @@ pub struct Segment {
     /// Offsets of frames whose checksum [`Segment::read_once_verified`]
     /// has verified, made at its first call.
     verified: OnceLock<VerifiedFrames>,
+    /// The byte ranges of quarantined and compacted frames (holes
+    /// included), found by one scan at the first call of
+    /// [`Segment::vacated_range`]. The writer appends only event and
+    /// remove records, so the list never grows after it is made.
+    vacated: OnceLock<Vec<(u32, u32)>>,
 }
 
 /// Offsets of frames whose checksum was verified, in a table of fixed size
@@ -109,6 +114,7 @@ impl Segment {
             map,
             readable: AtomicUsize::new((data_end as usize).min(mapped)),
             verified: OnceLock::new(),
+            vacated: OnceLock::new(),
         };
         let header =
             decode_segment_header(segment.bytes()).map_err(|reason| WalError::Corrupt {
@@ -196,6 +202,25 @@ impl Segment {
         let record = self.read(offset)?;
         verified.insert(offset);
         Ok(record)
+    }
+
+    /// The quarantined or compacted frame (start, end; a compacted frame's
+    /// hole included) that `offset` lies in, if any.
+    pub fn vacated_range(&self, offset: u32) -> Option<(u32, u32)> {
+        let ranges = self.vacated.get_or_init(|| {
+            self.scan_from(SEGMENT_HEADER_LEN as u32)
+                .filter(|(_, record)| {
+                    matches!(
+                        record.record_type,
+                        RecordType::Quarantined | RecordType::Compacted
+                    )
+                })
+                .map(|(at, record)| (at, at + record.frame_len() as u32))
+                .collect()
+        });
+        let after = ranges.partition_point(|&(start, _)| start <= offset);
+        let &(start, end) = ranges.get(after.checked_sub(1)?)?;
+        (offset < end).then_some((start, end))
     }
 
     /// Walks the records from `offset` (the first frame: `SEGMENT_HEADER_LEN`).

@@ -843,7 +843,7 @@ fn compact(args: &CompactArgs) -> Result<ExitCode, String> {
     })?;
     let options = megalith::CompactOptions {
         min_garbage: args.min_garbage,
-        max_write_rate: (args.rate > 0).then_some(args.rate << 20),
+        max_write_rate: (args.rate > 0).then_some(args.rate.saturating_mul(1 << 20)),
         checkpoint_first: true,
         seal_active: true,
     };

@@ -269,7 +269,7 @@ pub(super) fn walk_log(dir: &Path, shard: ShardId, terms: bool) -> Result<LogWal
                 lsn_problem = Some((offset, record.lsn, previous));
                 return;
             }
-            previous = record.lsn;
+            previous = record.last_lsn();
             pending.push(PendingRecord {
                 location: Location {
                     segment: *id,
