@@ -40,8 +40,8 @@ pub use error::Error;
 pub use event::{Event, EventError, EventId, EventRef, IdForm, Keys, Limits, Pubkey, Signature};
 pub use eventstore::{
     Answer, BackupReport, ChangeOp, ChangePosition, ChangeReader, Commits, Committed, EventStore,
-    EventStoreBuilder, InsertOutcome, MAX_SHARDS, Options, Rejection, StoreChange, StoreGauges,
-    StoreStats, backup_store,
+    EventStoreBuilder, InsertOutcome, KindRange, MAX_SHARDS, Options, PurgeReport, Rejection,
+    Retention, RetentionRule, StoreChange, StoreGauges, StoreStats, backup_store,
 };
 pub use ids::{Location, Lsn, SegmentId, ShardId};
 pub use index::IndexKind;

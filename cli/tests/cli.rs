@@ -422,3 +422,101 @@ fn compact_takes_removed_events_out_and_says_why_it_cannot() {
         text(&held.stderr)
     );
 }
+
+/// `megalith delete`: a dry run counts what `query` shows and changes
+/// nothing; the delete removes exactly that, survives a reopen, and a
+/// compaction afterwards takes the records out; bad filters, `limit` and a
+/// missing store are errors that say so.
+#[test]
+fn delete_removes_what_the_filter_matches_and_a_dry_run_only_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = megalith(
+        &["generate", "--count", "2000", "--seed", "9", "--quiet"],
+        None,
+    );
+    assert!(events.status.success(), "{}", text(&events.stderr));
+    let data = dir.path().join("store");
+    let data = data.to_str().unwrap();
+    let out = megalith(
+        &["import", "--data", data, "-"],
+        Some(&text(&events.stdout)),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines = |filter: &str| -> Vec<String> {
+        let out = megalith(&["query", "--data", data, filter], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).lines().map(str::to_string).collect()
+    };
+    let all = lines("{}");
+    let notes = lines(r#"{"kinds":[1,7]}"#);
+    assert!(notes.len() > 100 && notes.len() < all.len());
+
+    let filter = r#"[{"kinds":[1]},{"kinds":[7]}]"#;
+    let dry = megalith(
+        &[
+            "delete",
+            "--data",
+            data,
+            "--filter",
+            filter,
+            "--dry-run",
+            "--json",
+        ],
+        None,
+    );
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(report["matched"], notes.len() as u64, "{report}");
+    assert_eq!(report["removed"], 0, "{report}");
+    assert_eq!(lines("{}"), all, "a dry run changes nothing");
+
+    let real = megalith(&["delete", "--data", data, "--filter", filter], None);
+    assert!(real.status.success(), "{}", text(&real.stderr));
+    assert!(
+        text(&real.stdout).contains(&format!("removed {} event(s)", notes.len())),
+        "{}",
+        text(&real.stdout)
+    );
+    let left = lines("{}");
+    let expected: Vec<String> = all.iter().filter(|l| !notes.contains(l)).cloned().collect();
+    assert_eq!(left, expected);
+    assert!(lines(r#"{"kinds":[1,7]}"#).is_empty());
+
+    let compact = megalith(&["compact", "--data", data, "--json"], None);
+    assert!(compact.status.success(), "{}", text(&compact.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&compact.stdout).unwrap();
+    assert!(
+        report["records_compacted"].as_u64().unwrap() >= notes.len() as u64,
+        "{report}"
+    );
+    assert_eq!(lines("{}"), expected, "after compaction");
+
+    for (args, says) in [
+        (vec!["--filter", r#"{"kinds":[1],"limit":5}"#], "`limit`"),
+        (vec!["--filter", r#"{"kinds":"one"}"#], "--filter"),
+    ] {
+        let mut all_args = vec!["delete", "--data", data];
+        all_args.extend(args);
+        let bad = megalith(&all_args, None);
+        assert_eq!(bad.status.code(), Some(1));
+        assert!(text(&bad.stderr).contains(says), "{}", text(&bad.stderr));
+    }
+    let missing = dir.path().join("nothing");
+    let bad = megalith(
+        &[
+            "delete",
+            "--data",
+            missing.to_str().unwrap(),
+            "--filter",
+            "{}",
+        ],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("no store"),
+        "{}",
+        text(&bad.stderr)
+    );
+    assert!(!missing.exists(), "a delete creates no store");
+}

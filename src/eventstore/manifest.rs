@@ -12,7 +12,11 @@
 //!                               bit 2: the logs may hold compacted
 //!                               records (set before the first is
 //!                               written; builds without compaction
-//!                               refuse the store)
+//!                               refuse the store);
+//!                               bit 3: the logs may hold remove records
+//!                               of reason 3, purged (set before the
+//!                               first is written; builds without
+//!                               `EventStore::purge` refuse the store)
 //! 20  reserved        u32      0
 //! 24  crc             u64 LE   crc64 of bytes 0..24
 //! ```
@@ -40,6 +44,8 @@ const FEATURE_SEARCH: u32 = 1;
 const FEATURE_ANALYTICS: u32 = 2;
 /// Feature bit: the logs may hold `Compacted` records (record type 4).
 const FEATURE_COMPACTED: u32 = 4;
+/// Feature bit: the logs may hold remove records of reason `Purged`.
+const FEATURE_PURGED: u32 = 8;
 
 pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
 
@@ -56,6 +62,8 @@ pub(crate) struct Manifest {
     pub analytics: bool,
     /// The logs may hold compacted records.
     pub compacted: bool,
+    /// The logs may hold remove records of reason `Purged`.
+    pub purged: bool,
 }
 
 /// Reads the manifest of the store in `dir`.
@@ -184,7 +192,8 @@ fn encode(manifest: Manifest) -> [u8; MANIFEST_LEN] {
             FEATURE_COMPACTED
         } else {
             0
-        };
+        }
+        | if manifest.purged { FEATURE_PURGED } else { 0 };
     out[FEATURES_OFFSET..FEATURES_OFFSET + 4].copy_from_slice(&features.to_le_bytes());
     let crc = crc64(&[&out[..CRC_OFFSET]]);
     out[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
@@ -228,7 +237,7 @@ fn decode(bytes: &[u8]) -> Result<Manifest, String> {
     } else {
         u32_at(FEATURES_OFFSET)
     };
-    if features & !(FEATURE_SEARCH | FEATURE_ANALYTICS | FEATURE_COMPACTED) != 0 {
+    if features & !(FEATURE_SEARCH | FEATURE_ANALYTICS | FEATURE_COMPACTED | FEATURE_PURGED) != 0 {
         return Err(format!(
             "manifest names features {features:#x} this build does not know"
         ));
@@ -239,6 +248,7 @@ fn decode(bytes: &[u8]) -> Result<Manifest, String> {
         search: features & FEATURE_SEARCH != 0,
         analytics: features & FEATURE_ANALYTICS != 0,
         compacted: features & FEATURE_COMPACTED != 0,
+        purged: features & FEATURE_PURGED != 0,
     })
 }
 
@@ -255,6 +265,7 @@ mod tests {
                 search: false,
                 analytics: false,
                 compacted: false,
+                purged: false,
             },
             Manifest {
                 version: STORE_FORMAT_VERSION,
@@ -262,6 +273,7 @@ mod tests {
                 search: true,
                 analytics: false,
                 compacted: false,
+                purged: false,
             },
             Manifest {
                 version: STORE_FORMAT_VERSION,
@@ -269,6 +281,7 @@ mod tests {
                 search: false,
                 analytics: true,
                 compacted: false,
+                purged: false,
             },
             Manifest {
                 version: STORE_FORMAT_VERSION,
@@ -276,6 +289,7 @@ mod tests {
                 search: true,
                 analytics: false,
                 compacted: true,
+                purged: true,
             },
         ] {
             assert_eq!(decode(&encode(manifest)), Ok(manifest));
@@ -296,6 +310,7 @@ mod tests {
             search: false,
             analytics: false,
             compacted: false,
+            purged: false,
         };
         let mut newer = encode(plain);
         newer[VERSION_OFFSET] = 4;
@@ -314,7 +329,7 @@ mod tests {
             })
         );
         let mut unknown = encode(plain);
-        unknown[FEATURES_OFFSET] = 0b1000;
+        unknown[FEATURES_OFFSET] = 0b1_0000;
         assert!(decode(&resealed(unknown)).unwrap_err().contains("features"));
     }
 
@@ -334,6 +349,7 @@ mod tests {
                 search: false,
                 analytics: false,
                 compacted: false,
+                purged: false,
             })
         );
     }

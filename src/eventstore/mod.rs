@@ -10,6 +10,7 @@ mod manifest;
 mod migration_tests;
 mod options;
 mod outcome;
+mod purge;
 mod store;
 mod verify;
 
@@ -21,4 +22,5 @@ pub(crate) use lock::lock_store_dir_shared;
 pub(crate) use manifest::{MANIFEST_FILE, load as load_manifest};
 pub use options::{EventStoreBuilder, MAX_SHARDS, Options};
 pub use outcome::{InsertOutcome, Rejection};
+pub use purge::{KindRange, PurgeReport, Retention, RetentionRule};
 pub use store::{Answer, EventStore, StoreGauges, StoreStats};

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -19,7 +20,7 @@ use crate::event::{Event, EventId, EventRef, KindClass, Pubkey};
 use crate::ids::{Location, ShardId};
 use crate::index::IndexKind;
 use crate::index::IndexSet;
-use crate::query::{Deadline, Filter, Hit, IndexAccess, QueryError, execute, plan};
+use crate::query::{Deadline, Filter, FilterError, Hit, IndexAccess, QueryError, execute, plan};
 use crate::recovery::{OpenedShard, RecoveryReport, ShardParams, finish_repair, open_shard};
 use crate::shard::{
     ChangeSink, CommitSink, ReadPoint, Reopen, Shard, ShardHealth, ShardReader, WriteOutcome,
@@ -34,9 +35,13 @@ use super::lock::lock_store_dir;
 use super::manifest;
 use super::options::{EventStoreBuilder, MAX_SHARDS, OpenWith, Options, cores};
 use super::outcome::{InsertOutcome, Rejection};
+use super::purge::{Found, PAGE, PurgeReport, Retention, purge_pages};
 use super::verify::VerifyPool;
 
 const DIRTY_FILE: &str = ".dirty";
+
+/// A filter of a purge, and what it spares of the events it matches.
+type PurgePlan<'a> = (&'a Filter, &'a dyn Fn(&EventRef<'_>) -> bool);
 
 /// An open Megalith store. `Send + Sync`: share it behind an `Arc`; reads run
 /// in parallel with each other and with the writer.
@@ -59,6 +64,11 @@ pub struct EventStore {
     saver: Mutex<Option<Saver>>,
     /// Held while a compaction runs.
     compacting: Mutex<()>,
+    /// Held while the manifest is read and written again (a compaction's
+    /// or a purge's feature bit).
+    manifest_edit: Mutex<()>,
+    /// The manifest's purge feature bit is set.
+    purge_marked: AtomicBool,
 }
 
 /// For compaction: whether each id is stored at its location, looked up
@@ -199,6 +209,7 @@ impl EventStore {
                 search: options.search.unwrap_or(false),
                 analytics: options.analytics.unwrap_or(false),
                 compacted: false,
+                purged: false,
             },
         )?;
         let shard_count = manifest.shards;
@@ -363,6 +374,8 @@ impl EventStore {
             analytics,
             saver: Mutex::new(saver),
             compacting: Mutex::new(()),
+            manifest_edit: Mutex::new(()),
+            purge_marked: AtomicBool::new(manifest.purged),
         })
     }
 
@@ -1160,11 +1173,7 @@ impl EventStore {
         let mut marked = false;
         let mut mark = || -> Result<(), Error> {
             if !marked {
-                let mut manifest = manifest::load(&*self.storage, &self.dir)?;
-                if !manifest.compacted {
-                    manifest.compacted = true;
-                    manifest::store(&*self.storage, &self.dir, manifest)?;
-                }
+                self.set_feature(|manifest| !std::mem::replace(&mut manifest.compacted, true))?;
                 marked = true;
             }
             Ok(())
@@ -1198,6 +1207,121 @@ impl EventStore {
         report.disk_bytes_after = log_bytes();
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// Reads the manifest, lets `set` change it, and writes it again (synced)
+    /// if `set` says it did.
+    fn set_feature(&self, set: impl FnOnce(&mut manifest::Manifest) -> bool) -> Result<(), Error> {
+        let _one = self.manifest_edit.lock();
+        let mut manifest = manifest::load(&*self.storage, &self.dir)?;
+        if set(&mut manifest) {
+            manifest::store(&*self.storage, &self.dir, manifest)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every stored event that matches one of `filters` and that
+    /// `spare` does not keep: the operator's delete (`megalith delete`) and
+    /// retention rules. Each removal is a remove record in the log (reason
+    /// `Purged`), so replay repeats it and compaction can take the bytes
+    /// out; nothing stops the same event from being stored again later.
+    /// With `dry_run`, counts what it would remove and changes nothing.
+    /// Runs while the store serves: the matches are found with queries a
+    /// page at a time (newest first) and removed a page at a time by each
+    /// shard's writer. A filter with `limit` is refused. The first purge
+    /// sets a feature bit in the manifest, so older builds refuse the store.
+    pub fn purge(
+        &self,
+        filters: &[Filter],
+        spare: impl Fn(&EventRef<'_>) -> bool,
+        dry_run: bool,
+    ) -> Result<PurgeReport, Error> {
+        if filters.iter().any(|f| f.limit.is_some()) {
+            return Err(Error::Filter(FilterError(
+                "a purge removes every matching event: `limit` has no meaning there".to_string(),
+            )));
+        }
+        let plans: Vec<PurgePlan<'_>> = filters.iter().map(|f| (f, &spare as _)).collect();
+        self.purge_plans(&plans, dry_run)
+    }
+
+    /// Purges what each filter matches and its own `spare` does not keep.
+    fn purge_plans(&self, plans: &[PurgePlan<'_>], dry_run: bool) -> Result<PurgeReport, Error> {
+        // A dry run over several filters counts an event the first filter
+        // that matches it (a real run removes it then, so later ones miss it).
+        let counted = RefCell::new(HashSet::new());
+        let several = plans.len() > 1;
+        let mut report = PurgeReport::default();
+        for &(filter, spare) in plans {
+            let page = |ask: &Filter| -> Result<Vec<Found>, Error> {
+                let answer = self.query_answer(std::slice::from_ref(ask), None)?;
+                let mut found = Vec::with_capacity(answer.len());
+                answer.visit(0..answer.len(), |event| {
+                    let id = event.id();
+                    found.push(Found {
+                        created_at: event.created_at(),
+                        id,
+                        pubkey: event.pubkey(),
+                        spared: spare(event)
+                            || (dry_run && several && counted.borrow().contains(&id)),
+                    });
+                    Ok(())
+                })?;
+                Ok(found)
+            };
+            let remove = |doomed: &[(Pubkey, EventId)]| -> Result<usize, Error> {
+                if dry_run {
+                    if several {
+                        counted
+                            .borrow_mut()
+                            .extend(doomed.iter().map(|(_, id)| *id));
+                    }
+                    return Ok(0);
+                }
+                if !self.purge_marked.load(Ordering::Acquire) {
+                    self.set_feature(|manifest| !std::mem::replace(&mut manifest.purged, true))?;
+                    self.purge_marked.store(true, Ordering::Release);
+                }
+                let mut by_shard: Vec<Vec<EventId>> = vec![Vec::new(); self.shards.len()];
+                for (pubkey, id) in doomed {
+                    by_shard[self.shard_of(pubkey).0 as usize].push(*id);
+                }
+                let mut removed = 0;
+                for (shard, ids) in self.shards.iter().zip(by_shard) {
+                    if !ids.is_empty() {
+                        removed += shard.purge(ids)?;
+                    }
+                }
+                Ok(removed)
+            };
+            report += purge_pages(filter, PAGE, page, remove)?;
+        }
+        Ok(report)
+    }
+
+    /// Applies retention rules as of `now` (seconds since the epoch): every
+    /// event a rule covers (its kinds, less the `never` kinds) whose
+    /// `created_at` is more than the rule's age before `now` is purged (see
+    /// [`EventStore::purge`]). A rule that names at most 256 kinds reads
+    /// only those kinds' entries; a wider one reads every event older than
+    /// its age, each run.
+    pub fn apply_retention(
+        &self,
+        retention: &Retention,
+        now: u64,
+        dry_run: bool,
+    ) -> Result<PurgeReport, Error> {
+        let plans = retention.plans(now);
+        let spares: Vec<_> = plans
+            .iter()
+            .map(|(_, covers)| move |event: &EventRef<'_>| !covers(event.kind()))
+            .collect();
+        let plans: Vec<PurgePlan<'_>> = plans
+            .iter()
+            .zip(&spares)
+            .map(|((filter, _), spare)| (filter, spare as _))
+            .collect();
+        self.purge_plans(&plans, dry_run)
     }
 
     /// Counts and sizes.

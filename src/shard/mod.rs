@@ -350,6 +350,16 @@ impl Shard {
         outcome.recv().map_err(|_| Error::Closed)?
     }
 
+    /// Removes the stored events among `ids` (a remove record of reason
+    /// `Purged` each, in one group); returns how many there were.
+    pub fn purge(&self, ids: Vec<crate::event::EventId>) -> Result<usize, Error> {
+        let (reply, outcome) = bounded(1);
+        self.commands
+            .send(Command::Purge { ids, reply })
+            .map_err(|_| Error::Closed)?;
+        outcome.recv().map_err(|_| Error::Closed)?
+    }
+
     /// Seals the active log segment (see `LogWriter::seal`).
     pub fn seal(&self) -> Result<bool, Error> {
         let (reply, outcome) = bounded(1);

@@ -15,11 +15,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use crate::error::Error;
-use crate::event::EventRef;
+use crate::event::{EventId, EventRef};
 use crate::ids::{Location, Lsn};
 use crate::index::{Apply, GroupEntries, IndexKind, IndexSet};
 use crate::wal::{
-    Batch, BatchFull, FRAME_OVERHEAD, Log, LogWriter, RecordType, RemovePayload, WalError,
+    Batch, BatchFull, FRAME_OVERHEAD, Log, LogWriter, RecordType, RemovePayload, RemoveReason,
+    WalError,
 };
 
 use super::batch::{GroupState, Removal, WriteOutcome};
@@ -37,6 +38,12 @@ pub(crate) enum Command {
     },
     Checkpoint {
         reply: Sender<Result<(), Error>>,
+    },
+    /// Remove these events from the indexes, each with a remove record of
+    /// reason `Purged`; replies how many were stored (and so removed).
+    Purge {
+        ids: Vec<EventId>,
+        reply: Sender<Result<usize, Error>>,
     },
     /// Seal the active log segment (for compaction); replies whether one was.
     Seal {
@@ -218,6 +225,10 @@ impl Writer {
                 Command::Checkpoint { reply } => {
                     let _ = reply.send(self.checkpoint(true));
                 }
+                Command::Purge { ids, reply } => {
+                    let _ = reply.send(self.purge(&ids));
+                    self.housekeeping();
+                }
                 Command::Seal { reply } => {
                     let _ = reply.send(self.seal());
                 }
@@ -249,12 +260,7 @@ impl Writer {
                 }
             }
             Err((error, wrote)) => {
-                // Once anything of the group reached the log, memory and disk
-                // may disagree: refuse further writes until a reopen replays.
-                let message = error.to_string();
-                if wrote || self.log.is_poisoned() {
-                    self.fail(message.clone(), short_cause(&error));
-                }
+                let message = self.failed_group(&error, wrote);
                 let mut first = Some(error);
                 for (_, reply) in group {
                     let error = match first.take() {
@@ -339,9 +345,98 @@ impl Writer {
                     .map_err(|e| (e.into(), true))?;
             }
         }
-        if ops.is_empty() {
-            return Ok(outcomes);
+        if !ops.is_empty() {
+            self.install(from, &ops)?;
         }
+        Ok(outcomes)
+    }
+
+    /// After a group that failed: once anything of it reached the log,
+    /// memory and disk may disagree, so further writes are refused until a
+    /// reopen replays. Returns the error's message.
+    fn failed_group(&mut self, error: &Error, wrote: bool) -> String {
+        let message = error.to_string();
+        if wrote || self.log.is_poisoned() {
+            self.fail(message.clone(), short_cause(error));
+        }
+        message
+    }
+
+    /// Removes the events `ids` names that are stored, each with a remove
+    /// record of reason `Purged`, as one group: a crash keeps all of its
+    /// records or a prefix, and replay repeats what it keeps.
+    fn purge(&mut self, ids: &[EventId]) -> Result<usize, Error> {
+        self.try_recover();
+        if let Some(failed) = &self.failed {
+            return Err(Error::Poisoned(failed.why.clone()));
+        }
+        match self.apply_purge(ids) {
+            Ok(removed) => Ok(removed),
+            Err((error, wrote)) => {
+                self.failed_group(&error, wrote);
+                Err(error)
+            }
+        }
+    }
+
+    fn apply_purge(&mut self, ids: &[EventId]) -> Result<usize, (Error, bool)> {
+        let mut ops = Vec::new();
+        let mut wrote = false;
+        let from = self.log.end();
+        {
+            let indexes = Arc::clone(&self.indexes);
+            let indexes = indexes.read();
+            let mut targets = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(location) = indexes.find_id(id).map_err(|e| (e.into(), false))? {
+                    targets.push((location, *id));
+                }
+            }
+            targets.sort_unstable();
+            targets.dedup_by_key(|(location, _)| *location);
+            let mut batch = Some(self.log.batch().map_err(|e| (e.into(), false))?);
+            let log = &mut self.log;
+            for (target, target_id) in targets {
+                let payload = Removal {
+                    target,
+                    target_id,
+                    reason: RemoveReason::Purged,
+                }
+                .payload();
+                make_room(
+                    log,
+                    &mut batch,
+                    &mut wrote,
+                    FRAME_OVERHEAD + RemovePayload::LEN,
+                )
+                .map_err(|e| (e, wrote))?;
+                let (lsn, location) =
+                    push(log, &mut batch, &mut wrote, RecordType::Remove, &payload)
+                        .map_err(|e| (e, wrote))?;
+                ops.push(Op::Remove {
+                    lsn,
+                    target,
+                    location,
+                });
+            }
+            if let Some(batch) = batch.take()
+                && !batch.is_empty()
+            {
+                self.log
+                    .commit(batch, false)
+                    .map_err(|e| (e.into(), true))?;
+            }
+        }
+        if !ops.is_empty() {
+            self.install(from, &ops)?;
+        }
+        Ok(ops.len())
+    }
+
+    /// Makes a group whose records `ops` are in the log (from `from`) as
+    /// durable as the settings ask, then applies it to the indexes and hands
+    /// it to the commit stream and the change sink.
+    fn install(&mut self, from: Location, ops: &[Op<'_>]) -> Result<(), (Error, bool)> {
         match self.config.durability {
             Durability::Always => self.log.sync().map_err(|e| (e.into(), true))?,
             Durability::Batch(_) | Durability::Never => {
@@ -372,7 +467,7 @@ impl Writer {
         let feed = self.config.changes.is_some();
         {
             let indexes = self.indexes.read();
-            for op in &ops {
+            for op in ops {
                 let result = match *op {
                     Op::Insert {
                         lsn,
@@ -414,7 +509,7 @@ impl Writer {
         if let Some(sink) = &self.config.changes {
             sink.apply(from, self.log.end(), &changes);
         }
-        Ok(outcomes)
+        Ok(())
     }
 
     /// Refuses writes from now on, with `why` (and `cause`, the same

@@ -186,15 +186,31 @@ impl QuarantinePayload {
 pub enum RemoveReason {
     /// A newer version of a replaceable or addressable event arrived.
     Replaced = 1,
-    /// A NIP-09 deletion from the same author named it.
+    /// A NIP-09 deletion from the same author named it (or a NIP-62
+    /// request to vanish covered it).
     Deleted = 2,
+    /// The store's operator removed it (`EventStore::purge`: `megalith
+    /// delete`, a retention rule). Nothing stops the same event from being
+    /// stored again. Written only once the manifest's purge feature bit is
+    /// set, so older builds refuse the store instead of calling it damage.
+    Purged = 3,
 }
 
 impl RemoveReason {
+    /// Its name in tools' output.
+    pub fn name(self) -> &'static str {
+        match self {
+            RemoveReason::Replaced => "replaced",
+            RemoveReason::Deleted => "deleted",
+            RemoveReason::Purged => "purged",
+        }
+    }
+
     pub fn from_byte(byte: u8) -> Option<RemoveReason> {
         match byte {
             1 => Some(RemoveReason::Replaced),
             2 => Some(RemoveReason::Deleted),
+            3 => Some(RemoveReason::Purged),
             _ => None,
         }
     }

@@ -449,6 +449,13 @@ impl Model {
         outcome
     }
 
+    /// The operator removed `id` (`EventStore::purge`): it is gone, and a
+    /// removed deletion request no longer keeps what it named out.
+    pub fn purge(&mut self, id: &EventId) {
+        self.live.remove(id);
+        self.deletions.retain(|d| d.id != *id);
+    }
+
     /// NIP-01 evaluation of several filters: union, newest first, ties by
     /// lowest id, each filter's limit applied to that filter.
     pub fn query(&self, filters: &[Filter]) -> Vec<Event> {

@@ -132,6 +132,16 @@ enum Command {
     /// itself (stop `megalith serve` first; it does not compact by itself yet).
     #[command(verbatim_doc_comment)]
     Compact(CompactArgs),
+    /// Remove every stored event matching a NIP-01 filter (strfry's `delete`)
+    ///
+    /// Each removal is recorded in the log, so a restart or an index rebuild
+    /// repeats it, and `megalith compact` takes the events' bytes out later.
+    /// Nothing stops the same events from being published again (unlike a
+    /// NIP-09 deletion, which its author signs). --dry-run counts what would
+    /// go and changes nothing. Needs the store to itself (stop `megalith
+    /// serve` first; `serve` applies the retention rules of its config itself).
+    #[command(verbatim_doc_comment)]
+    Delete(DeleteArgs),
     /// Turn the NIP-50 search index on (built from the log now) or off (dropped).
     ///
     /// The store remembers the choice; `serve` and `import` keep it from then on.
@@ -403,6 +413,22 @@ struct CompactArgs {
 }
 
 #[derive(Args)]
+struct DeleteArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The events to remove: a NIP-01 filter, or an array of them (an event
+    /// any of them matches); `limit` is refused. `{}` matches every event.
+    #[arg(long, value_name = "JSON")]
+    filter: String,
+    /// Count what would be removed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct SwitchArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -494,6 +520,7 @@ fn main() -> ExitCode {
         Command::Health(args) => health(&args),
         Command::Backup(args) => backup(&args),
         Command::Compact(args) => compact(&args),
+        Command::Delete(args) => delete(&args),
         Command::Search(args) => switch(&args, Feature::Search),
         Command::Analytics(args) => switch(&args, Feature::Analytics),
         Command::Generate(args) => generate::run(&args),
@@ -819,6 +846,58 @@ fn backup(args: &BackupArgs) -> Result<ExitCode, String> {
                 ""
             },
             report.position
+        )
+    };
+    written
+        .and_then(|()| out.finish())
+        .map_err(|e| format!("writing output: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn delete(args: &DeleteArgs) -> Result<ExitCode, String> {
+    let filters = Filter::list_from_json(&args.filter).map_err(|e| format!("--filter: {e}"))?;
+    if filters.iter().any(|f| f.limit.is_some()) {
+        return Err(
+            "--filter: `limit` has no meaning for a delete (it removes every \
+                    matching event); leave it out"
+                .to_string(),
+        );
+    }
+    let store = open_with(&args.store, |builder| builder).map_err(|e| {
+        if e.contains("another process") {
+            format!("{e}: a delete needs the store to itself (stop `megalith serve` first)")
+        } else {
+            e
+        }
+    })?;
+    let result = store.purge(&filters, |_| false, args.dry_run);
+    let closed = store.close().map_err(|e| format!("closing the store: {e}"));
+    let report = result.map_err(|e| format!("deleting from {}: {e}", args.store.data.display()))?;
+    closed?;
+    let mut out = Output::stdout();
+    let written = if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "matched": report.matched,
+                "removed": report.removed,
+                "dry_run": args.dry_run,
+            })
+        )
+    } else if args.dry_run {
+        writeln!(
+            out,
+            "dry run: {} event(s) in {} match; nothing was removed",
+            report.matched,
+            args.store.data.display()
+        )
+    } else {
+        writeln!(
+            out,
+            "removed {} event(s) from {} (`megalith compact` takes their bytes out of the log)",
+            report.removed,
+            args.store.data.display()
         )
     };
     written

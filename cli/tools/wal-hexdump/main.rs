@@ -18,8 +18,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use megalith::inspect::log::{
     CompactedPayload, FrameError, FrameHeader, Problem, QuarantinePayload, RecordRef, RecordType,
-    RemovePayload, RemoveReason, SegmentWalk, WalkItem, parse_segment_file_name,
-    parse_shard_dir_name,
+    RemovePayload, SegmentWalk, WalkItem, parse_segment_file_name, parse_shard_dir_name,
 };
 use megalith::{EventRef, SegmentId, ShardId};
 use output::{Output, errln};
@@ -576,7 +575,7 @@ fn describe(record: &RecordRef<'_>) -> Result<Details, String> {
         RecordType::Remove => {
             let remove = RemovePayload::decode(record.payload).ok_or_else(|| {
                 format!(
-                    "remove payload of {} bytes does not decode (expected {} bytes with reason 1 or 2)",
+                    "remove payload of {} bytes does not decode (expected {} bytes with reason 1, 2 or 3)",
                     record.payload.len(),
                     RemovePayload::LEN
                 )
@@ -584,10 +583,7 @@ fn describe(record: &RecordRef<'_>) -> Result<Details, String> {
             Ok(Details::Remove(serde_json::json!({
                 "target_segment": remove.target.segment.0,
                 "target_offset": remove.target.offset,
-                "reason": match remove.reason {
-                    RemoveReason::Replaced => "replaced",
-                    RemoveReason::Deleted => "deleted",
-                },
+                "reason": remove.reason.name(),
                 "target_id": megalith::hex::encode(&remove.target_id),
             })))
         }
