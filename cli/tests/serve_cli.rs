@@ -106,6 +106,16 @@ fn bad_settings_are_refused_with_a_clear_error() {
         ("[limits]\nmax_limit = 0\n", "max_limit"),
         ("durability = \"sometimes\"\n", "sometimes"),
         ("listen = \"nowhere\"\n", "listen"),
+        (
+            "[[retention.rule]]\nkinds = [\"9-3\"]\nmax_age_days = 5\n",
+            "[[retention.rule]] number 1: kind range \"9-3\"",
+        ),
+        (
+            "[[retention.rule]]\nkinds = [1]\nmax_age_days = 0\n",
+            "max_age_days 0",
+        ),
+        ("[retention]\nnever_kinds = [\"zero\"]\n", "never_kinds"),
+        ("[retention]\ninterval_secs = 0\n", "interval_secs 0"),
     ] {
         std::fs::write(&config, text).unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_megalith"))
@@ -1229,4 +1239,114 @@ fn limits_reload_on_sighup() {
         "{log}"
     );
     assert!(log.contains("the previous ones stay"), "{log}");
+}
+
+/// The ids a REQ for `filter` gets before EOSE.
+fn req_ids(addr: &str, filter: serde_json::Value) -> Vec<String> {
+    use futures_util::SinkExt;
+    on_socket(addr, |mut ws| async move {
+        let req = serde_json::json!(["REQ", "r", filter]).to_string();
+        ws.send(Message::text(req)).await.unwrap();
+        let mut ids = Vec::new();
+        loop {
+            let value = next_json(&mut ws).await;
+            match value[0].as_str() {
+                Some("EVENT") => ids.push(value[2]["id"].as_str().unwrap().to_string()),
+                Some("EOSE") => break,
+                _ => {}
+            }
+        }
+        ids.sort();
+        ids
+    })
+}
+
+/// `[retention]` rules in the config: `serve` removes the old events of a
+/// rule's kinds as it runs, keeps new ones, other kinds and the never
+/// kinds, and after a SIGHUP applies the rules it read again.
+#[test]
+fn retention_rules_remove_old_events_while_serving_and_reload_on_sighup() {
+    use megalith::event::Keys;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("megalith.toml");
+    let rule = |kinds: &str| {
+        format!(
+            "[retention]\ninterval_secs = 1\n[[retention.rule]]\nkinds = {kinds}\nmax_age_days = 30\n"
+        )
+    };
+    std::fs::write(&config, rule("[1]")).unwrap();
+    let serve::Serving {
+        child,
+        addr,
+        stderr,
+        log,
+    } = serve::spawn([
+        "--data".as_ref(),
+        dir.path().join("store").as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let old = now - 100 * 86_400;
+    let keys = Keys::from_seed(61);
+    let old_notes: Vec<_> = (0..5)
+        .map(|n| keys.sign(old + n, 1, vec![], format!("old note {n}")))
+        .collect();
+    let new_notes: Vec<_> = (0..5)
+        .map(|n| keys.sign(now - n, 1, vec![], format!("new note {n}")))
+        .collect();
+    let old_profile = keys.sign(old, 0, vec![], "{}".to_string());
+    let old_reaction = keys.sign(
+        old,
+        7,
+        vec![vec!["e".to_string(), old_notes[0].id.to_hex()]],
+        "+".to_string(),
+    );
+    let mut all = old_notes.clone();
+    all.extend(new_notes.iter().cloned());
+    all.extend([old_profile.clone(), old_reaction.clone()]);
+    publish(&addr, &all);
+    let ids = |events: &[megalith::Event]| -> Vec<String> {
+        let mut ids: Vec<String> = events.iter().map(|e| e.id.to_hex()).collect();
+        ids.sort();
+        ids
+    };
+    let until = |filter: serde_json::Value, want: Vec<String>| {
+        let reached = (0..400).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            req_ids(&addr, filter.clone()) == want
+        });
+        assert!(
+            reached,
+            "{filter}: never became {want:?}, is {:?}",
+            req_ids(&addr, filter.clone())
+        );
+    };
+    until(serde_json::json!({"kinds": [1]}), ids(&new_notes));
+    assert_eq!(
+        req_ids(&addr, serde_json::json!({"kinds": [0, 7]})),
+        ids(&[old_profile.clone(), old_reaction.clone()])
+    );
+
+    // Reactions too now, and profiles (a never kind: they stay).
+    std::fs::write(&config, rule("[0, 7]")).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    until(
+        serde_json::json!({"kinds": [0, 7]}),
+        ids(std::slice::from_ref(&old_profile)),
+    );
+    assert_eq!(
+        req_ids(&addr, serde_json::json!({"kinds": [1]})),
+        ids(&new_notes)
+    );
+    let log = stop_cleanly(child, stderr, log);
+    assert!(log.contains("retention rules applied"), "{log}");
+    assert!(log.contains("retention rules reloaded"), "{log}");
 }

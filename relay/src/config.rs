@@ -66,6 +66,97 @@ pub struct ServeConfig {
     /// bring what the live stream cannot (events with old timestamps that
     /// reached the primary while the stream was down). Default 600.
     pub follow_resync_secs: u64,
+    /// Retention rules (`[retention]`), applied by `megalith serve`.
+    pub retention: RetentionEntry,
+}
+
+/// The `[retention]` table: which stored events `megalith serve` removes
+/// as they age (`EventStore::apply_retention`; docs/config.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionEntry {
+    /// Seconds between two runs of the rules; the first runs at start and
+    /// after each SIGHUP. Default 3600.
+    pub interval_secs: u64,
+    /// Kinds (a number, or a `"first-last"` range) no rule removes.
+    /// Default: profiles, contact lists, deletion requests, requests to
+    /// vanish and relay lists (0, 3, 5, 62, 10002); removing a deletion
+    /// request would let what it deleted be stored again.
+    pub never_kinds: Vec<KindSpec>,
+    /// The rules (`[[retention.rule]]` tables). Default none.
+    pub rule: Vec<RetentionRuleEntry>,
+}
+
+impl Default for RetentionEntry {
+    fn default() -> RetentionEntry {
+        RetentionEntry {
+            interval_secs: 3600,
+            never_kinds: [0, 3, 5, 62, 10002].map(KindSpec::Kind).to_vec(),
+            rule: Vec::new(),
+        }
+    }
+}
+
+/// One `[[retention.rule]]`: events of these kinds older than this go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRuleEntry {
+    /// Kinds (numbers or `"first-last"` ranges). Default: every kind.
+    #[serde(default)]
+    pub kinds: Vec<KindSpec>,
+    /// Age in days (`created_at` before now less this) past which they go.
+    pub max_age_days: f64,
+}
+
+/// A kind, or a range of kinds as `"30000-39999"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KindSpec {
+    Kind(u16),
+    Range(String),
+}
+
+impl KindSpec {
+    fn range(&self) -> Result<megalith::KindRange, String> {
+        match self {
+            KindSpec::Kind(kind) => Ok(megalith::KindRange::one(*kind)),
+            KindSpec::Range(text) => megalith::KindRange::parse(text),
+        }
+    }
+}
+
+impl RetentionEntry {
+    /// The rules as the engine takes them (`None`: no rules); an error
+    /// says which setting is wrong.
+    pub fn retention(&self) -> Result<Option<megalith::Retention>, String> {
+        let never = self
+            .never_kinds
+            .iter()
+            .map(KindSpec::range)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("[retention] never_kinds: {e}"))?;
+        let mut rules = Vec::with_capacity(self.rule.len());
+        for (n, rule) in self.rule.iter().enumerate() {
+            let what = format!("[[retention.rule]] number {}", n + 1);
+            let days = rule.max_age_days;
+            if !(days.is_finite() && days > 0.0 && days <= 1e6) {
+                return Err(format!(
+                    "{what}: max_age_days {days} must be a number of days above 0 (at most 1000000)"
+                ));
+            }
+            let kinds = rule
+                .kinds
+                .iter()
+                .map(KindSpec::range)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{what}: {e}"))?;
+            rules.push(megalith::RetentionRule {
+                kinds,
+                max_age: (days * 86_400.0).round() as u64,
+            });
+        }
+        Ok((!rules.is_empty()).then_some(megalith::Retention { rules, never }))
+    }
 }
 
 /// The `[feed]` table: the feed pages (`/start`, `/timeline`, ...) and the
@@ -148,6 +239,7 @@ impl Default for ServeConfig {
             feed: FeedEntry::default(),
             follow: None,
             follow_resync_secs: 600,
+            retention: RetentionEntry::default(),
         }
     }
 }
@@ -182,6 +274,13 @@ impl ServeConfig {
                 self.follow_resync_secs
             ));
         }
+        if !(1..=30 * 86_400).contains(&self.retention.interval_secs) {
+            return Err(format!(
+                "[retention] interval_secs {} is outside 1 ..= 2592000",
+                self.retention.interval_secs
+            ));
+        }
+        self.retention.retention()?;
         let feed = &self.feed;
         if feed.max_running == 0 || feed.start_burst == 0 {
             return Err("[feed] max_running and start_burst must be at least 1".to_string());

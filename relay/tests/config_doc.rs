@@ -65,6 +65,15 @@ fn the_config_page_lists_every_setting_with_its_default() {
         documented.get("mirror").is_some(),
         "the [[mirror]] table is shown"
     );
+    // So does the example `[[retention.rule]]` table.
+    defaults["retention"]
+        .as_object_mut()
+        .unwrap()
+        .remove("rule");
+    assert!(
+        documented["retention"].get("rule").is_some(),
+        "the [[retention.rule]] table is shown"
+    );
     let mut problems = Vec::new();
     compare("", &defaults, &documented, &mut problems);
     assert!(

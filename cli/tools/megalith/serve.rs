@@ -403,6 +403,15 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
                 ))
             }))
             .collect();
+        let tasks: Vec<_> = tasks
+            .into_iter()
+            .chain(std::iter::once(tokio::spawn(retention_loop(
+                Arc::clone(&store),
+                args.clone(),
+                config.retention.clone(),
+                stopped.clone(),
+            ))))
+            .collect();
         let jobs = feed.map(|feed| {
             Arc::new(FeedJobs::new(
                 feed,
@@ -511,6 +520,66 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     served?;
     closed.map_err(|e| format!("closing the store: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Applies the `[retention]` rules at start, then every `interval_secs`,
+/// and again at once after a SIGHUP has read them again from the config
+/// file (a file that does not check leaves the rules in force). A run goes
+/// on in the background when the relay stops; the store is then
+/// checkpointed instead of closed, and what the run had removed stays
+/// removed (each page is one group in the log).
+async fn retention_loop(
+    store: Arc<EventStore>,
+    args: ServeArgs,
+    mut config: megalith_relay::RetentionEntry,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        if let Ok(Some(retention)) = config.retention() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let store = Arc::clone(&store);
+            let started = Instant::now();
+            let run =
+                tokio::task::spawn_blocking(move || store.apply_retention(&retention, now, false));
+            tokio::select! {
+                outcome = run => match outcome {
+                    Ok(Ok(report)) => info!(
+                        removed = report.removed,
+                        ms = started.elapsed().as_millis() as u64,
+                        "retention rules applied"
+                    ),
+                    Ok(Err(e)) => warn!(error = %e, "applying the retention rules failed; they run again at the next interval"),
+                    Err(e) => error!(error = %e, "the retention run failed"),
+                },
+                _ = stopped.changed() => return,
+            }
+        }
+        let wait = tokio::time::sleep(Duration::from_secs(config.interval_secs));
+        let hung_up = async {
+            match &mut hangup {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = stopped.changed() => return,
+            Some(()) = hung_up => {
+                let args = args.clone();
+                match tokio::task::spawn_blocking(move || args.config()).await {
+                    Ok(Ok(read)) => {
+                        config = read.retention;
+                        info!(rules = config.rule.len(), "retention rules reloaded");
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "the retention rules were not reloaded; the previous ones stay"),
+                    Err(e) => error!(error = %e, "reloading the retention rules failed"),
+                }
+            }
+        }
+    }
 }
 
 /// The feed jobs' settings from `[feed]` (none when the feed is off),
