@@ -37,12 +37,6 @@ use crate::wal::{
     RemovePayload, SEGMENT_HEADER_LEN, Segment, encode_frame,
 };
 
-/// The file that a backup made beside a running store holds shared while
-/// it copies, and compaction holds exclusively while it puts a segment in
-/// place: a copy never mixes index checkpoints older than a compaction
-/// with segments it wrote.
-pub(crate) const SEGMENTS_LOCK: &str = "SEGMENTS.lock";
-
 /// How compaction runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompactOptions {
@@ -161,7 +155,7 @@ pub(crate) fn compact_shard(
         // Some checkpoint would replay the whole log: nothing may go yet.
         for segment in sealed {
             report.segments_examined += 1;
-            report.records_left += examine(segment, access, true)?.removed.len() as u64;
+            report.records_left += examine(segment, access)?.removed.len() as u64;
         }
         return Ok(());
     };
@@ -169,7 +163,7 @@ pub(crate) fn compact_shard(
     let mut examined = Vec::new();
     for segment in sealed {
         report.segments_examined += 1;
-        let mut seen = examine(segment, access, true)?;
+        let mut seen = examine(segment, access)?;
         // Only records the checkpoints passed: one past the floor may
         // belong to a group the writer has not applied yet (a group can
         // seal a segment part-way), and its look-up says nothing.
@@ -228,20 +222,35 @@ pub(crate) fn compact_shard(
 /// answer only decides whether to seal the segment).
 pub(crate) fn active_holds_removed(access: &ShardAccess<'_>) -> Result<bool, Error> {
     let snapshot = access.log.snapshot();
-    match snapshot.segments().last() {
-        Some(active) => Ok(!examine(active, access, false)?.removed.is_empty()),
-        None => Ok(false),
+    let Some(active) = snapshot.segments().last() else {
+        return Ok(false);
+    };
+    // Looked up a slice at a time, stopping at the first removed record.
+    let mut asks: Vec<(EventId, Location)> = Vec::with_capacity(512);
+    let mut scan = active.scan_from(SEGMENT_HEADER_LEN as u32);
+    loop {
+        let next = scan.next();
+        if let Some((offset, record)) = &next
+            && record.record_type == RecordType::Event
+            && let Some(id) = record.payload.get(..32).and_then(|b| b.try_into().ok())
+        {
+            asks.push((EventId(id), active.location(*offset as usize)));
+        }
+        if asks.len() == 512 || (next.is_none() && !asks.is_empty()) {
+            if (access.stored)(&asks)?.contains(&false) {
+                return Ok(true);
+            }
+            asks.clear();
+        }
+        if next.is_none() {
+            return Ok(false);
+        }
     }
 }
 
-/// Reads a segment's frames (a sealed one, `whole`, to its last byte; the
-/// active one up to where it is written) and finds the event records
-/// that no index holds.
-fn examine(
-    segment: &Arc<Segment>,
-    access: &ShardAccess<'_>,
-    whole: bool,
-) -> Result<Examined, Error> {
+/// Reads a sealed segment's frames to its last byte and finds the event
+/// records that no index holds.
+fn examine(segment: &Arc<Segment>, access: &ShardAccess<'_>) -> Result<Examined, Error> {
     let mut frames = Vec::new();
     let mut scan = segment.scan_from(SEGMENT_HEADER_LEN as u32);
     for (offset, record) in scan.by_ref() {
@@ -282,12 +291,7 @@ fn examine(
             what,
         });
     }
-    let complete = if whole {
-        scan.offset() == segment.file_len()
-    } else {
-        matches!(scan.stop(), Some(FrameError::End))
-    };
-    if !complete {
+    if scan.offset() != segment.file_len() {
         let why = scan
             .stop()
             .map_or_else(|| "the scan stopped".to_string(), ToString::to_string);
@@ -466,7 +470,8 @@ fn rewrite(
     let fresh = Segment::open(storage, &temp, log.shard(), segment.id())?;
     check_rewritten(segment, &fresh, &seen.frames, &runs)?;
     drop(fresh);
-    let lock = segments_lock(store_dir)?;
+    // Waits for a live backup to finish copying.
+    let lock = crate::eventstore::hold_segments(store_dir, false)?;
     if !unchanged() {
         storage
             .remove_file(&temp)
@@ -483,24 +488,6 @@ fn rewrite(
     log.replace_sealed(fresh);
     drop(lock);
     Ok(Some(written))
-}
-
-/// Takes [`SEGMENTS_LOCK`] exclusively (waiting for a backup to finish).
-fn segments_lock(store_dir: &Path) -> Result<Option<std::fs::File>, Error> {
-    let path = store_dir.join(SEGMENTS_LOCK);
-    let file = match std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-    {
-        Ok(file) => file,
-        // A store on simulated storage (tests) has no such directory.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(&path, "open")(e)),
-    };
-    file.lock().map_err(io_error(&path, "lock"))?;
-    Ok(Some(file))
 }
 
 fn compacting_path(path: &Path) -> PathBuf {

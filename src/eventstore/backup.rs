@@ -33,9 +33,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::change_reader::no_synced_mark;
+use super::lock::hold_segments;
 use super::lock::{Holder, probe_holder};
 use super::{ChangePosition, manifest};
-use crate::compaction::SEGMENTS_LOCK;
 use crate::error::{Error, io_error};
 use crate::ids::{Location, SegmentId, ShardId};
 use crate::index::{PAGE_SIZE, decode_meta};
@@ -91,7 +91,11 @@ pub fn backup_store(from: &Path, to: &Path, link: bool) -> Result<BackupReport, 
     let live = matches!(holder, Holder::Running);
     // A running store's compaction puts no segment in place while the copy
     // is made (it would not fit index checkpoints copied before it).
-    let segments_lock = if live { hold_segments(from)? } else { None };
+    let segments_lock = if live {
+        hold_segments(from, true)?
+    } else {
+        None
+    };
     let mut report = BackupReport {
         position: ChangePosition::start(shards as usize),
         live,
@@ -127,35 +131,6 @@ pub fn backup_store(from: &Path, to: &Path, link: bool) -> Result<BackupReport, 
     drop(holder);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// Holds the store's [`SEGMENTS_LOCK`] shared (waiting while a compaction
-/// puts a segment in place). Opened read-only when it is there; made when
-/// it is not, unless this user may not write the store's directory (then
-/// `None`: no compaction has run yet, and one that starts during the copy
-/// makes it).
-fn hold_segments(store: &Path) -> Result<Option<File>, Error> {
-    let path = store.join(SEGMENTS_LOCK);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            match File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-            {
-                Ok(file) => file,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => {
-                    return Ok(None);
-                }
-                Err(e) => return Err(io_error(&path, "create")(e)),
-            }
-        }
-        Err(e) => return Err(io_error(&path, "open")(e)),
-    };
-    file.lock_shared().map_err(io_error(&path, "lock"))?;
-    Ok(Some(file))
 }
 
 /// Copies one shard's indexes, then its log; returns where its copied log ends.

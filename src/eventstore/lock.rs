@@ -11,6 +11,43 @@ use crate::error::{Error, io_error};
 
 pub(crate) const LOCK_FILE: &str = "LOCK";
 
+/// Held shared by a live backup while it copies, exclusively by a
+/// compaction while it puts a rewritten segment in place: a copy never
+/// mixes index checkpoints older than a compaction with segments it wrote
+/// (docs/compaction.md).
+pub(crate) const SEGMENTS_LOCK: &str = "SEGMENTS.lock";
+
+/// Holds the store's [`SEGMENTS_LOCK`], `shared` (a backup) or exclusively
+/// (a compaction), waiting for the other side to let go. Opened read-only
+/// when it is there; made when it is not, unless the store's directory
+/// cannot be written (a read-only file system, another user: then no
+/// compaction runs there) or is not a real directory (simulated storage in
+/// tests): then `None`.
+pub(crate) fn hold_segments(store: &Path, shared: bool) -> Result<Option<File>, Error> {
+    let path = store.join(SEGMENTS_LOCK);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create_lock_file(&path) {
+            Ok(file) => file,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(io_error(&path, "create")(e)),
+        },
+        Err(e) => return Err(io_error(&path, "open")(e)),
+    };
+    if shared {
+        file.lock_shared()
+    } else {
+        file.lock()
+    }
+    .map_err(io_error(&path, "lock"))?;
+    Ok(Some(file))
+}
+
 /// How long taking the lock waits for a holder to let go before it says
 /// `Error::Locked`. A lock just released can still be held for a moment:
 /// when a process forks (any program that starts a child), the child

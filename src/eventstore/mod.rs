@@ -18,7 +18,7 @@ pub use backup::{BackupReport, backup_store};
 pub use change_reader::ChangeReader;
 pub use changes::{ChangeOp, ChangePosition, StoreChange};
 pub use commits::{Commits, Committed};
-pub(crate) use lock::lock_store_dir_shared;
+pub(crate) use lock::{hold_segments, lock_store_dir_shared};
 pub(crate) use manifest::{MANIFEST_FILE, load as load_manifest};
 pub use options::{EventStoreBuilder, MAX_SHARDS, Options};
 pub use outcome::{InsertOutcome, Rejection};
