@@ -243,8 +243,16 @@ pub(crate) fn active_holds_removed(access: &ShardAccess<'_>) -> Result<bool, Err
             asks.clear();
         }
         if next.is_none() {
-            return Ok(false);
+            break;
         }
+    }
+    match scan.stop() {
+        Some(FrameError::End) | None => Ok(false),
+        Some(why) => Err(Error::corrupt(format!(
+            "{} at offset {}: {why}; compaction reads whole segments (`megalith repair` first)",
+            active.path().display(),
+            scan.offset()
+        ))),
     }
 }
 

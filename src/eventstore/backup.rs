@@ -70,7 +70,7 @@ const INDEX_TRIES: u32 = 20;
 /// too).
 pub fn backup_store(from: &Path, to: &Path, link: bool) -> Result<BackupReport, Error> {
     let started = Instant::now();
-    let (manifest_bytes, manifest) = manifest::read_existing(from)?;
+    let (_, manifest) = manifest::read_existing(from)?;
     let shards = manifest.shards;
     match fs::read_dir(to) {
         Ok(mut entries) => {
@@ -120,6 +120,11 @@ pub fn backup_store(from: &Path, to: &Path, link: bool) -> Result<BackupReport, 
         let end = copy_shard(&src, &dst, ShardId(n), live, link, &mut report)?;
         report.position.0[n as usize] = end;
     }
+    // The manifest read again now: a purge that began during the copy set
+    // its feature bit before its first record, which the copied log may
+    // hold (feature bits are only ever set while the store runs, and the
+    // shard count never changes).
+    let (manifest_bytes, _) = manifest::read_existing(from)?;
     let path = to.join(manifest::MANIFEST_FILE);
     let mut file = File::create(&path).map_err(io_error(&path, "create"))?;
     file.write_all(&manifest_bytes)

@@ -18,26 +18,36 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 pub(crate) const SEGMENTS_LOCK: &str = "SEGMENTS.lock";
 
 /// Holds the store's [`SEGMENTS_LOCK`], `shared` (a backup) or exclusively
-/// (a compaction), waiting for the other side to let go. Opened read-only
-/// when it is there; made when it is not, unless the store's directory
-/// cannot be written (a read-only file system, another user: then no
-/// compaction runs there) or is not a real directory (simulated storage in
-/// tests): then `None`.
+/// (a compaction), waiting for the other side to let go. A backup opens it
+/// read-only when it is there and makes it when it is not, unless the
+/// store's directory cannot be written (a read-only file system, another
+/// user: no compaction runs there then): `None`. A compaction opens it for
+/// writing (an exclusive lock emulated over NFS needs that), made if
+/// missing; `None` only when the directory is not a real one (simulated
+/// storage in tests).
 pub(crate) fn hold_segments(store: &Path, shared: bool) -> Result<Option<File>, Error> {
     let path = store.join(SEGMENTS_LOCK);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create_lock_file(&path) {
+    let file = if shared {
+        match File::open(&path) {
             Ok(file) => file,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(io_error(&path, "create")(e)),
-        },
-        Err(e) => return Err(io_error(&path, "open")(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create_lock_file(&path) {
+                Ok(file) => file,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(io_error(&path, "create")(e)),
+            },
+            Err(e) => return Err(io_error(&path, "open")(e)),
+        }
+    } else {
+        match create_lock_file(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(&path, "open")(e)),
+        }
     };
     if shared {
         file.lock_shared()

@@ -11,6 +11,7 @@
 //! reached once and the walk always ends.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::Error;
 use crate::event::{EventId, Pubkey};
@@ -169,10 +170,12 @@ pub(crate) struct Found {
 /// Walks the matches of `filter` (no `limit`) a page at a time, newest
 /// first: `page` answers a filter (with `until` and `limit` set) in NIP-01
 /// order; `remove` is handed each page's matches that are not spared and
-/// returns how many it removed.
+/// returns how many it removed. Gives up with `Error::Interrupted` before
+/// a page once `stop` is set (what earlier pages removed stays removed).
 pub(crate) fn purge_pages(
     filter: &Filter,
     page_size: usize,
+    stop: &AtomicBool,
     mut page: impl FnMut(&Filter) -> Result<Vec<Found>, Error>,
     mut remove: impl FnMut(&[(Pubkey, EventId)]) -> Result<usize, Error>,
 ) -> Result<PurgeReport, Error> {
@@ -181,6 +184,9 @@ pub(crate) fn purge_pages(
     // Events at `until` already handled (they come again in the next page).
     let mut handled: HashSet<EventId> = HashSet::new();
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
         let mut ask = filter.clone();
         ask.until = until;
         let limit = page_size + handled.len();
@@ -218,6 +224,30 @@ pub(crate) fn purge_pages(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_stop_ends_the_walk_before_its_next_page() {
+        let stop = AtomicBool::new(false);
+        let mut pages = 0;
+        let result = purge_pages(
+            &Filter::default(),
+            1,
+            &stop,
+            |_| {
+                pages += 1;
+                stop.store(true, Ordering::Relaxed);
+                Ok(vec![Found {
+                    created_at: 10 - pages,
+                    id: EventId([pages as u8; 32]),
+                    pubkey: Pubkey([0; 32]),
+                    spared: false,
+                }])
+            },
+            |doomed| Ok(doomed.len()),
+        );
+        assert!(matches!(result, Err(Error::Interrupted)), "{result:?}");
+        assert_eq!(pages, 1);
+    }
 
     #[test]
     fn kind_ranges_read_and_refuse() {
@@ -350,6 +380,7 @@ mod tests {
                     let report = purge_pages(
                         &filter,
                         page_size,
+                        &AtomicBool::new(false),
                         |ask| Ok(store.borrow().answer(ask, &spared)),
                         |doomed| {
                             handed.extend(doomed.iter().map(|(_, id)| *id));

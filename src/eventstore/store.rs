@@ -662,7 +662,7 @@ impl EventStore {
         let deadline = Deadline::new(deadline);
         let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
         let (points, sequence) = self.read_points(&targets);
-        let hits = self.hits(filters, &targets, &points, &deadline, None)?;
+        let hits = self.hits(filters, &targets, &points, &deadline, None, unix_now())?;
         for (_, _, event) in &hits {
             visit(event)?;
         }
@@ -681,11 +681,23 @@ impl EventStore {
         filters: &[Filter],
         deadline: Option<Instant>,
     ) -> Result<Answer, Error> {
+        self.answer_at(filters, deadline, unix_now())
+    }
+
+    /// [`EventStore::query_answer`] as of `now`: events whose NIP-40
+    /// expiration is at or before it are left out (a purge asks with 0, so
+    /// that it finds expired events too).
+    fn answer_at(
+        &self,
+        filters: &[Filter],
+        deadline: Option<Instant>,
+        now: u64,
+    ) -> Result<Answer, Error> {
         let deadline = Deadline::new(deadline);
         let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
         let (points, sequence) = self.read_points(&targets);
         let places = self
-            .hits(filters, &targets, &points, &deadline, None)?
+            .hits(filters, &targets, &points, &deadline, None, now)?
             .into_iter()
             .map(|(hit, shard, _)| (shard, hit.location))
             .collect();
@@ -717,7 +729,14 @@ impl EventStore {
         let targets: Vec<Vec<(usize, Filter)>> = filters.iter().map(|f| self.route(f)).collect();
         let (points, _) = self.read_points(&targets);
         let between: &RefCell<dyn FnMut() + '_> = &RefCell::new(&mut between);
-        let hits = self.hits(filters, &targets, &points, &deadline, Some(between))?;
+        let hits = self.hits(
+            filters,
+            &targets,
+            &points,
+            &deadline,
+            Some(between),
+            unix_now(),
+        )?;
         Ok(hits.iter().map(|(_, _, event)| event.to_event()).collect())
     }
 
@@ -730,8 +749,8 @@ impl EventStore {
         points: &'v [Option<ReadPoint>],
         deadline: &Deadline,
         between: Option<&RefCell<dyn FnMut() + '_>>,
+        now: u64,
     ) -> Result<ShardHits<'v>, Error> {
-        let now = unix_now();
         // One shard's part of a filter, to `limit`.
         let run = |shard: usize, part: &Filter, limit: Option<usize>| {
             let mut out: ShardHits<'v> = Vec::new();
@@ -1242,11 +1261,16 @@ impl EventStore {
             )));
         }
         let plans: Vec<PurgePlan<'_>> = filters.iter().map(|f| (f, &spare as _)).collect();
-        self.purge_plans(&plans, dry_run)
+        self.purge_plans(&plans, dry_run, &AtomicBool::new(false))
     }
 
     /// Purges what each filter matches and its own `spare` does not keep.
-    fn purge_plans(&self, plans: &[PurgePlan<'_>], dry_run: bool) -> Result<PurgeReport, Error> {
+    fn purge_plans(
+        &self,
+        plans: &[PurgePlan<'_>],
+        dry_run: bool,
+        stop: &AtomicBool,
+    ) -> Result<PurgeReport, Error> {
         // A dry run over several filters counts an event the first filter
         // that matches it (a real run removes it then, so later ones miss it).
         let counted = RefCell::new(HashSet::new());
@@ -1254,7 +1278,9 @@ impl EventStore {
         let mut report = PurgeReport::default();
         for &(filter, spare) in plans {
             let page = |ask: &Filter| -> Result<Vec<Found>, Error> {
-                let answer = self.query_answer(std::slice::from_ref(ask), None)?;
+                // Expired (NIP-40) events too: queries hide them, but they
+                // are stored until something removes them.
+                let answer = self.answer_at(std::slice::from_ref(ask), None, 0)?;
                 let mut found = Vec::with_capacity(answer.len());
                 answer.visit(0..answer.len(), |event| {
                     let id = event.id();
@@ -1294,7 +1320,7 @@ impl EventStore {
                 }
                 Ok(removed)
             };
-            report += purge_pages(filter, PAGE, page, remove)?;
+            report += purge_pages(filter, PAGE, stop, page, remove)?;
         }
         Ok(report)
     }
@@ -1305,11 +1331,15 @@ impl EventStore {
     /// [`EventStore::purge`]). A rule that names at most 256 kinds reads
     /// only those kinds' entries; a wider one reads every event older than
     /// its age, each run.
+    ///
+    /// Gives up with [`Error::Interrupted`] between two pages once `stop`
+    /// is set (a server stopping); what it removed until then stays removed.
     pub fn apply_retention(
         &self,
         retention: &Retention,
         now: u64,
         dry_run: bool,
+        stop: &AtomicBool,
     ) -> Result<PurgeReport, Error> {
         let plans = retention.plans(now);
         let spares: Vec<_> = plans
@@ -1321,7 +1351,7 @@ impl EventStore {
             .zip(&spares)
             .map(|((filter, _), spare)| (filter, spare as _))
             .collect();
-        self.purge_plans(&plans, dry_run)
+        self.purge_plans(&plans, dry_run, stop)
     }
 
     /// Counts and sizes.

@@ -524,10 +524,9 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
 
 /// Applies the `[retention]` rules at start, then every `interval_secs`,
 /// and again at once after a SIGHUP has read them again from the config
-/// file (a file that does not check leaves the rules in force). A run goes
-/// on in the background when the relay stops; the store is then
-/// checkpointed instead of closed, and what the run had removed stays
-/// removed (each page is one group in the log).
+/// file (a file that does not check leaves the rules in force). When the
+/// relay stops, a run ends after the page it is on (what it removed stays
+/// removed: each page is one group in the log per shard).
 async fn retention_loop(
     store: Arc<EventStore>,
     args: ServeArgs,
@@ -542,10 +541,13 @@ async fn retention_loop(
                 .map_or(0, |d| d.as_secs());
             let store = Arc::clone(&store);
             let started = Instant::now();
-            let run =
-                tokio::task::spawn_blocking(move || store.apply_retention(&retention, now, false));
+            let halt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let halted = Arc::clone(&halt);
+            let mut run = tokio::task::spawn_blocking(move || {
+                store.apply_retention(&retention, now, false, &halted)
+            });
             tokio::select! {
-                outcome = run => match outcome {
+                outcome = &mut run => match outcome {
                     Ok(Ok(report)) => info!(
                         removed = report.removed,
                         ms = started.elapsed().as_millis() as u64,
@@ -554,7 +556,12 @@ async fn retention_loop(
                     Ok(Err(e)) => warn!(error = %e, "applying the retention rules failed; they run again at the next interval"),
                     Err(e) => error!(error = %e, "the retention run failed"),
                 },
-                _ = stopped.changed() => return,
+                _ = stopped.changed() => {
+                    // Ends after the page it is on, so the store closes cleanly.
+                    halt.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let _ = run.await;
+                    return;
+                }
             }
         }
         let wait = tokio::time::sleep(Duration::from_secs(config.interval_secs));
