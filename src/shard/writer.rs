@@ -283,7 +283,7 @@ impl Writer {
         let mut wrote = false;
         let from = self.log.end();
         let mut outcomes = Vec::with_capacity(requests.len());
-        {
+        let last = {
             let indexes = Arc::clone(&self.indexes);
             let indexes = indexes.read();
             let snapshot = self.log.log().snapshot();
@@ -337,18 +337,31 @@ impl Writer {
                 }
                 outcomes.push(request_outcomes);
             }
-            if let Some(batch) = batch.take()
-                && !batch.is_empty()
-            {
-                self.log
-                    .commit(batch, false)
-                    .map_err(|e| (e.into(), true))?;
-            }
+            batch
+        };
+        self.finish_group(last, from, &ops)?;
+        Ok(outcomes)
+    }
+
+    /// Ends a group: commits its last batch, then installs what the group
+    /// wrote (see [`Writer::install`]).
+    fn finish_group(
+        &mut self,
+        last: Option<Batch>,
+        from: Location,
+        ops: &[Op<'_>],
+    ) -> Result<(), (Error, bool)> {
+        if let Some(batch) = last
+            && !batch.is_empty()
+        {
+            self.log
+                .commit(batch, false)
+                .map_err(|e| (e.into(), true))?;
         }
         if !ops.is_empty() {
-            self.install(from, &ops)?;
+            self.install(from, ops)?;
         }
-        Ok(outcomes)
+        Ok(())
     }
 
     /// After a group that failed: once anything of it reached the log,
@@ -383,7 +396,7 @@ impl Writer {
         let mut ops = Vec::new();
         let mut wrote = false;
         let from = self.log.end();
-        {
+        let last = {
             let indexes = Arc::clone(&self.indexes);
             let indexes = indexes.read();
             let mut targets = Vec::with_capacity(ids.len());
@@ -419,17 +432,9 @@ impl Writer {
                     location,
                 });
             }
-            if let Some(batch) = batch.take()
-                && !batch.is_empty()
-            {
-                self.log
-                    .commit(batch, false)
-                    .map_err(|e| (e.into(), true))?;
-            }
-        }
-        if !ops.is_empty() {
-            self.install(from, &ops)?;
-        }
+            batch
+        };
+        self.finish_group(last, from, &ops)?;
         Ok(ops.len())
     }
 

@@ -650,6 +650,30 @@ fn open_with(
     Ok(store)
 }
 
+/// Opens the store for a command that needs it to itself (`who` names the
+/// command in the refusal when another process holds it), runs `work` on
+/// it and closes it. The first error wins: the work's (after `doing` and
+/// the store's directory), then the close's.
+fn with_store_alone<T>(
+    store_args: &StoreArgs,
+    who: &str,
+    doing: &str,
+    work: impl FnOnce(&EventStore) -> Result<T, megalith::Error>,
+) -> Result<T, String> {
+    let store = open_with(store_args, |builder| builder).map_err(|e| {
+        if e.contains("another process") {
+            format!("{e}: {who} needs the store to itself (stop `megalith serve` first)")
+        } else {
+            e
+        }
+    })?;
+    let result = work(&store);
+    let closed = store.close().map_err(|e| format!("closing the store: {e}"));
+    let value = result.map_err(|e| format!("{doing} {}: {e}", store_args.data.display()))?;
+    closed?;
+    Ok(value)
+}
+
 fn parse_filters(text: &str) -> Result<Vec<Filter>, String> {
     Filter::list_from_json(text).map_err(|e| e.to_string())
 }
@@ -863,19 +887,11 @@ fn delete(args: &DeleteArgs) -> Result<ExitCode, String> {
                 .to_string(),
         );
     }
-    let store = open_with(&args.store, |builder| builder).map_err(|e| {
-        if e.contains("another process") {
-            format!("{e}: a delete needs the store to itself (stop `megalith serve` first)")
-        } else {
-            e
-        }
-    })?;
     // The dry run walks the matches as the delete does (a NIP-45 count
     // would be cheaper, but leaves out expired events the delete removes).
-    let result = store.purge(&filters, |_| false, args.dry_run);
-    let closed = store.close().map_err(|e| format!("closing the store: {e}"));
-    let report = result.map_err(|e| format!("deleting from {}: {e}", args.store.data.display()))?;
-    closed?;
+    let report = with_store_alone(&args.store, "a delete", "deleting from", |store| {
+        store.purge(&filters, |_| false, args.dry_run)
+    })?;
     let mut out = Output::stdout();
     let written = if args.json {
         writeln!(
@@ -915,23 +931,15 @@ fn compact(args: &CompactArgs) -> Result<ExitCode, String> {
             args.min_garbage
         ));
     }
-    let store = open_with(&args.store, |builder| builder).map_err(|e| {
-        if e.contains("another process") {
-            format!("{e}: compaction needs the store to itself (stop `megalith serve` first)")
-        } else {
-            e
-        }
-    })?;
     let options = megalith::CompactOptions {
         min_garbage: args.min_garbage,
         max_write_rate: (args.rate > 0).then_some(args.rate.saturating_mul(1 << 20)),
         checkpoint_first: true,
         seal_active: true,
     };
-    let result = store.compact(&options);
-    let closed = store.close().map_err(|e| format!("closing the store: {e}"));
-    let report = result.map_err(|e| format!("compacting {}: {e}", args.store.data.display()))?;
-    closed?;
+    let report = with_store_alone(&args.store, "compaction", "compacting", |store| {
+        store.compact(&options)
+    })?;
     let mut out = Output::stdout();
     let written = if args.json {
         writeln!(
