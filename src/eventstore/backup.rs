@@ -175,7 +175,7 @@ fn copy_shard(
     fs::create_dir_all(&dst_log).map_err(io_error(&dst_log, "create directory"))?;
     // Where the copy's log ends: the synced mark beside a writer; with
     // none, the end the next open would find (a crash's torn tail, and
-    // the unwritten rest of a pre-sized segment, stay behind).
+    // the grown but unwritten rest of the active segment, stay behind).
     let mark = if live {
         read_synced_mark(&src_log)?.ok_or_else(|| no_synced_mark(shard))?
     } else {

@@ -99,7 +99,7 @@ pub enum WalkItem<'a> {
         resumes_at: Option<usize>,
     },
     /// The written log ends at `offset`; `zero_bytes` of zeros (the
-    /// unwritten, pre-sized tail) follow it to the end of the file. Always
+    /// grown but unwritten tail) follow it to the end of the file. Always
     /// the last item when the walk reaches the end of the file cleanly.
     End { offset: usize, zero_bytes: usize },
 }

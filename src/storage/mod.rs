@@ -112,7 +112,7 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Where the file's data ends: no byte at or after this offset was ever
     /// written (it lies in a hole, or past the end). Reading a hole through
     /// a map can fault when the file system is full, so readers of a
-    /// pre-sized file stop here. The default, the file's size, is right for
+    /// file grown ahead of its writes stop here. The default, the file's size, is right for
     /// file systems without holes.
     fn data_end(&self) -> io::Result<u64> {
         self.size()
@@ -167,6 +167,14 @@ impl Mapping {
     /// The length of the mapped address range.
     pub fn reserved(&self) -> usize {
         self.map.len()
+    }
+
+    /// The first `len` bytes of the mapped range (at most
+    /// [`Mapping::reserved`]), also past the visible ones: for a file that
+    /// grew after it was mapped. The caller reads only bytes the file has
+    /// now (a page past its end raises SIGBUS).
+    pub fn prefix(&self, len: usize) -> &[u8] {
+        &self.map[..len.min(self.map.len())]
     }
 
     /// Makes the first `len` bytes readable (at most [`Mapping::reserved`]).

@@ -446,7 +446,8 @@ impl RecordRef<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
     /// Zero bytes where a frame would start: the clean end of the written log
-    /// (segments are pre-sized, and unwritten space reads as zeros).
+    /// (the active segment grows ahead of its writes, and unwritten space
+    /// reads as zeros).
     End,
     /// Fewer bytes left than the frame needs.
     Truncated { needed: usize, available: usize },

@@ -7,11 +7,14 @@
 //! - A batch's records are written with one `write` at the end of the active
 //!   segment; its last record carries the batch-end bit. Recovery keeps only
 //!   whole batches, so a crash never leaves half of a batch in the log.
-//! - The active segment is pre-sized to `segment_size + BATCH_SLACK` bytes of
-//!   zeros, so its map covers everything that will be appended to it; a batch
-//!   starts only below `segment_size`, and no batch exceeds `BATCH_SLACK`.
-//!   The pre-sized part is a hole until written, and readers never touch it
-//!   (`Segment::bytes` ends where the writer has appended).
+//! - A batch starts only below `segment_size`, and no batch exceeds
+//!   `BATCH_SLACK`. The writer maps the active segment with an address
+//!   range of `segment_size + BATCH_SLACK` bytes, so its map covers
+//!   everything that will be appended to it, and grows the file
+//!   `GROW_STEP` bytes at a time ahead of its writes (the part not yet
+//!   written is a hole); a sealed segment, and the active one at a clean
+//!   close, is cut to its written length. Readers never touch what is not
+//!   written (`Segment::bytes` ends where the writer has appended).
 //! - Every frame records which LSN was durable when its batch was written,
 //!   so opening can tell damage (refused, never cut) from a torn tail (cut):
 //!   see `damage.rs`.
@@ -33,9 +36,13 @@ use crate::event::EventRef;
 use crate::ids::{Location, Lsn, SegmentId, ShardId};
 use crate::storage::{OpenMode, Storage, StorageFile};
 
-/// Room past `segment_size` that the active segment is pre-sized with, and the
+/// Room past `segment_size` that the active segment may grow to, and the
 /// most bytes one batch may take.
 pub(crate) const BATCH_SLACK: u64 = 16 << 20;
+
+/// How much the active segment's file grows at a time (see the module
+/// comment).
+pub(crate) const GROW_STEP: u64 = 4 << 20;
 
 /// The segments of one shard, shared by the writer and all readers.
 #[derive(Debug)]
@@ -230,7 +237,7 @@ impl Log {
             }
         }
         if ids.is_empty() {
-            create_segment_file(store, dir, shard, SegmentId(1), segment_size)?;
+            create_segment_file(store, dir, shard, SegmentId(1))?;
             ids.push(SegmentId(1));
         }
         let mut segments = Vec::with_capacity(ids.len());
@@ -257,28 +264,32 @@ impl Log {
             });
         }
         {
-            // Zero everything past the end, always: a torn batch can leave
+            // Cut everything past the end, always: a torn batch can leave
             // valid frames beyond a zeroed page, and once new batches reuse
             // their LSNs they must never be read back after another crash.
-            // Then pre-size the file again (the rest is a hole).
+            // The writer grows the file again as it writes.
             let path = dir.join(segment_file_name(end.segment));
             let file = store
                 .open(&path, OpenMode::ReadWrite)
                 .map_err(io_error(&path, "open"))?;
             file.set_len(u64::from(end.offset))
                 .map_err(io_error(&path, "truncate"))?;
-            file.set_len(segment_size + BATCH_SLACK)
-                .map_err(io_error(&path, "extend"))?;
             file.sync().map_err(io_error(&path, "sync"))?;
         }
         if let Some(tail) = tail {
             repair = Some(tail);
         }
-        // Map the active segment again at its pre-sized length, so what is
-        // appended to it is visible through the map.
+        // Map the active segment again with room for all it may grow to,
+        // so what is appended to it is visible through the map.
         let active_segment = {
             let path = dir.join(segment_file_name(end.segment));
-            let segment = Arc::new(Segment::open(store, &path, shard, end.segment)?);
+            let segment = Arc::new(Segment::open_growing(
+                store,
+                &path,
+                shard,
+                end.segment,
+                segment_size + BATCH_SLACK,
+            )?);
             segment.set_readable(end.offset as usize);
             if let Some(last) = segments.last_mut() {
                 *last = Arc::clone(&segment);
@@ -307,6 +318,7 @@ impl Log {
             active_segment,
             active_id: end.segment,
             position: u64::from(end.offset),
+            allocated: u64::from(end.offset),
             next_lsn: end.last_lsn.next(),
             // The log was synced above (and sealed segments at rotation).
             durable: end.last_lsn,
@@ -521,7 +533,6 @@ fn create_segment_file(
     dir: &Path,
     shard: ShardId,
     id: SegmentId,
-    segment_size: u64,
 ) -> Result<Box<dyn StorageFile>, WalError> {
     let path = dir.join(segment_file_name(id));
     let file = storage
@@ -529,8 +540,6 @@ fn create_segment_file(
         .map_err(io_error(&path, "create"))?;
     file.write_all_at(&encode_segment_header(shard, id), 0)
         .map_err(io_error(&path, "write header"))?;
-    file.set_len(segment_size + BATCH_SLACK)
-        .map_err(io_error(&path, "extend"))?;
     file.sync().map_err(io_error(&path, "sync"))?;
     sync_dir(storage, dir)?;
     Ok(file)
@@ -760,6 +769,9 @@ pub(crate) struct LogWriter {
     active_segment: Arc<Segment>,
     active_id: SegmentId,
     position: u64,
+    /// The active segment file's length: the writer grows it `GROW_STEP`
+    /// bytes at a time ahead of `position`.
+    allocated: u64,
     next_lsn: Lsn,
     /// The last LSN known durable (synced), which each batch records.
     durable: Lsn,
@@ -835,6 +847,24 @@ impl LogWriter {
         debug_assert_eq!(batch.start, self.position);
         mark_batch_end(&mut batch.buf, last_frame, batch.segment);
         let path = self.active_path();
+        let needed = self.position + batch.buf.len() as u64;
+        if needed > self.allocated {
+            // Grown ahead, so most syncs change no length; never past what
+            // the readers' maps reach.
+            let grown = needed
+                .next_multiple_of(GROW_STEP)
+                .min(self.segment_size + BATCH_SLACK)
+                .max(needed);
+            if let Err(source) = self.active.set_len(grown) {
+                self.poisoned = Some(Failure::Write);
+                return Err(WalError::Io {
+                    path,
+                    op: "extend",
+                    source,
+                });
+            }
+            self.allocated = grown;
+        }
         if let Err(source) = self.active.write_all_at(&batch.buf, self.position) {
             self.poisoned = Some(Failure::Write);
             return Err(WalError::Io {
@@ -949,8 +979,8 @@ impl LogWriter {
         &self.log
     }
 
-    /// Syncs and cuts the pre-sized active segment back to its written length,
-    /// for a clean close.
+    /// Syncs and cuts the active segment back to its written length, for a
+    /// clean close.
     pub fn close(&mut self) -> Result<(), WalError> {
         self.sync()?;
         let path = self.active_path();
@@ -958,6 +988,7 @@ impl LogWriter {
         self.active
             .set_len(self.position)
             .map_err(io_error(&path, "truncate"))?;
+        self.allocated = self.position;
         self.active.sync().map_err(io_error(&path, "sync"))?;
         self.poisoned = None;
         Ok(())
@@ -980,24 +1011,19 @@ impl LogWriter {
             .map_err(io_error(&path, "truncate"))?;
         self.active.sync().map_err(io_error(&path, "sync"))?;
         let next = SegmentId(self.active_id.0 + 1);
-        let file = create_segment_file(
-            storage,
-            &self.log.dir,
-            self.log.shard,
-            next,
-            self.segment_size,
-        )?;
+        let file = create_segment_file(storage, &self.log.dir, self.log.shard, next)?;
         let sealed = Arc::new(Segment::open(
             storage,
             &path,
             self.log.shard,
             self.active_id,
         )?);
-        let fresh = Arc::new(Segment::open(
+        let fresh = Arc::new(Segment::open_growing(
             storage,
             &self.log.dir.join(segment_file_name(next)),
             self.log.shard,
             next,
+            self.segment_size + BATCH_SLACK,
         )?);
         fresh.set_readable(SEGMENT_HEADER_LEN);
         {
@@ -1014,6 +1040,7 @@ impl LogWriter {
         self.active_segment = fresh;
         self.active_id = next;
         self.position = SEGMENT_HEADER_LEN as u64;
+        self.allocated = self.position;
         self.durable_end = self.end();
         self.poisoned = None;
         // Readers beside the writer (a live backup) follow the mark: it
@@ -1118,6 +1145,65 @@ mod tests {
         let (_, writer, repair) = open(false).unwrap();
         assert_eq!(writer.end(), end);
         assert_eq!(repair.unwrap().offset, u64::from(end.offset));
+    }
+
+    /// The active segment grows as it is written, a step at a time, so a
+    /// fresh store's files are small (they were 1 GiB each, as sparse
+    /// files, which copies and `ls` treat as 1 GiB); a reader that took
+    /// the log's segments before the file grew reads what is appended
+    /// after, through its own map.
+    #[test]
+    fn the_active_segment_grows_as_it_is_written_and_readers_see_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_file_name(SegmentId(1)));
+        let len = || fs::metadata(&path).unwrap().len();
+        let (log, mut writer, _) = open_log(dir.path(), 1 << 30, None, false).unwrap();
+        assert!(len() <= GROW_STEP, "a fresh segment is {} bytes", len());
+        let early = log.snapshot();
+        let payload = vec![9u8; 100_000];
+        let mut locations = Vec::new();
+        // More than three steps of records, in batches of ten.
+        while writer.end().offset < 3 * GROW_STEP as u32 + 1000 {
+            let mut batch = writer.batch().unwrap();
+            for _ in 0..10 {
+                locations.push(batch.push(RecordType::Event, &payload).unwrap().1);
+            }
+            writer.commit(batch, true).unwrap();
+            let written = u64::from(writer.end().offset);
+            assert!(
+                len() >= written && len() < written + GROW_STEP + BATCH_SLACK,
+                "{} bytes on disk for {written} written",
+                len()
+            );
+        }
+        // The snapshot taken when the file was small reads every record.
+        let segment = early.segment(SegmentId(1)).unwrap();
+        for location in &locations {
+            let record = segment.read(location.offset).unwrap();
+            assert_eq!(record.payload, &payload[..]);
+        }
+        let end = writer.end();
+        writer.close().unwrap();
+        assert_eq!(
+            len(),
+            u64::from(end.offset),
+            "a close cuts the file to its records"
+        );
+        drop((writer, log, early));
+        // Opened again: the file stays at its records until written.
+        let (log, mut writer, repair) = open_log(dir.path(), 1 << 30, None, false).unwrap();
+        assert!(repair.is_none());
+        assert_eq!(writer.end(), end);
+        assert_eq!(len(), u64::from(end.offset));
+        append(&mut writer, &[b"after"]);
+        let last = writer.end();
+        assert!(len() >= u64::from(last.offset) && len() <= u64::from(last.offset) + GROW_STEP);
+        let snapshot = log.snapshot();
+        let records: Vec<_> = snapshot.segments()[0]
+            .scan_from(SEGMENT_HEADER_LEN as u32)
+            .map(|(_, record)| record.lsn)
+            .collect();
+        assert_eq!(records.len(), locations.len() + 1);
     }
 
     #[test]

@@ -27,15 +27,17 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<SegmentId> {
     digits.parse::<u32>().ok().map(SegmentId)
 }
 
-/// A read-only memory map of one segment. The active segment is mapped at its
-/// pre-sized length, so records appended later are visible through the same
-/// map (Linux keeps `write` and shared maps of one file coherent).
+/// A read-only memory map of one segment. The writer maps the active
+/// segment with an address range as large as the segment may grow, so
+/// records appended later (the file grows under the map) are visible
+/// through the same map (Linux keeps `write` and shared maps of one file
+/// coherent).
 ///
 /// Only the first `readable` bytes are ever read through the map: what was
 /// written (for the active segment, up to where the writer has appended).
-/// The rest of a pre-sized file is a hole, and reading a hole through a map
-/// on a file system that has run out of space (tmpfs) raises SIGBUS: it
-/// must allocate a page for it and cannot.
+/// Past them the file is a hole or ends, and reading a hole through a map
+/// on a file system that has run out of space (tmpfs) raises SIGBUS (it
+/// must allocate a page for it and cannot), as does reading past the end.
 #[derive(Debug)]
 pub struct Segment {
     id: SegmentId,
@@ -94,6 +96,18 @@ impl Segment {
         shard: ShardId,
         id: SegmentId,
     ) -> Result<Segment, WalError> {
+        Segment::open_growing(storage, path, shard, id, 0)
+    }
+
+    /// [`Segment::open`], with an address range of at least `reach` bytes:
+    /// the writer's map of the active segment, which grows up to that.
+    pub(crate) fn open_growing(
+        storage: &dyn Storage,
+        path: &Path,
+        shard: ShardId,
+        id: SegmentId,
+        reach: u64,
+    ) -> Result<Segment, WalError> {
         // The map outlives the file handle. Megalith only ever appends to a
         // segment past every offset a reader can reach (readers follow index
         // entries and scans that stop at the written end), and truncates a
@@ -102,7 +116,7 @@ impl Segment {
         let file = storage
             .open(path, OpenMode::Read)
             .map_err(io_error(path, "open"))?;
-        let map = file.map(0).map_err(io_error(path, "map"))?;
+        let map = file.map(reach).map_err(io_error(path, "map"))?;
         // Past the end of the file's data there are only holes (or nothing).
         let data_end = file
             .data_end()
@@ -147,8 +161,11 @@ impl Segment {
     /// unwritten space in them reads as zeros), or for the active segment once
     /// the log is open, what the writer has appended.
     pub fn bytes(&self) -> &[u8] {
-        let map = self.map.as_deref().unwrap_or(&[]);
-        &map[..self.readable.load(Ordering::Acquire).min(map.len())]
+        // Past the file's length when mapped, for an active segment that
+        // grew since: `readable` never passes what was written.
+        self.map
+            .as_ref()
+            .map_or(&[], |map| map.prefix(self.readable.load(Ordering::Acquire)))
     }
 
     /// The file's length when it was mapped (a sealed segment ends exactly
@@ -156,6 +173,12 @@ impl Segment {
     /// file's tail is a hole).
     pub fn file_len(&self) -> usize {
         self.map.as_deref().map_or(0, <[u8]>::len)
+    }
+
+    /// How far the segment can be read through its map: the file's length
+    /// when mapped, or for the writer's active segment as far as it may grow.
+    fn reach(&self) -> usize {
+        self.map.as_ref().map_or(0, Mapping::reserved)
     }
 
     /// Maps the readable pages the page cache already holds (see
@@ -194,7 +217,7 @@ impl Segment {
     pub fn read_once_verified(&self, offset: u32) -> Result<RecordRef<'_>, FrameError> {
         let verified = self
             .verified
-            .get_or_init(|| VerifiedFrames::for_file(self.file_len()));
+            .get_or_init(|| VerifiedFrames::for_file(self.reach()));
         if verified.contains(offset) {
             let bytes = self.bytes().get(offset as usize..).unwrap_or(&[]);
             return decode_frame_checking(bytes, self.id, false);
