@@ -86,6 +86,11 @@ pub(crate) fn scan_changes<'a>(
                 return Ok(position);
             }
         }
+        // The walk stopped at or past `to` (a torn tail can start right
+        // there, beside no writer): all that was asked for was read.
+        if to.is_some_and(|to| segment.location(scan.offset()) >= to) {
+            return Ok(position);
+        }
         // The walk ended before `to`: only a clean end of the written log
         // is one. Anything else (a bad frame where a record should start:
         // damage, or a position that is not a record boundary) is refused,
