@@ -35,7 +35,7 @@ mod recovery;
 mod shard;
 mod wal;
 
-pub use compaction::{CompactOptions, CompactReport};
+pub use compaction::{CompactOptions, CompactReport, Garbage};
 pub use error::Error;
 pub use event::{Event, EventError, EventId, EventRef, IdForm, Keys, Limits, Pubkey, Signature};
 pub use eventstore::{

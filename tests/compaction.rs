@@ -627,3 +627,85 @@ fn a_feed_position_inside_compacted_records_resumes_after_them() {
     assert_eq!(stored, vec![notes[4].id, notes[5].id, deletion.id]);
     store.close().unwrap();
 }
+
+/// The garbage figure (the background compaction's trigger) counts the
+/// bytes of each event a writer removes, and equals what a compaction then
+/// takes out; after a reopen it counts from the next pass, which makes it
+/// exact: what a later compaction takes.
+#[test]
+fn the_garbage_figure_counts_what_compaction_takes_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, gone, _) = workload(6, 5);
+    let store = open_file_store(dir.path());
+    let fresh = store.garbage();
+    assert_eq!((fresh.removed_bytes, fresh.exact), (0, false), "{fresh:?}");
+    insert_all(&store, &events);
+    let before = store.garbage();
+    assert!(
+        before.removed_bytes > 0 && before.log_bytes > 0,
+        "{before:?}"
+    );
+    assert!(!before.exact, "no pass has run: {before:?}");
+    let report = store.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(report.records_compacted, gone.len() as u64, "{report:?}");
+    assert_eq!(
+        before.removed_bytes, report.bytes_compacted,
+        "the writers counted what compaction took out"
+    );
+    let after = store.garbage();
+    assert_eq!((after.removed_bytes, after.exact), (0, true), "{after:?}");
+
+    // Removed before the store closes: an open starts counting from
+    // nothing, and the first pass counts what the logs hold. A pass that
+    // may rewrite nothing (a share of 1) finds what the writers had
+    // counted; the next run takes out exactly that.
+    let keys = Keys::from_seed(77);
+    let notes: Vec<Event> = (0..6)
+        .map(|n| {
+            keys.sign(
+                1_700_200_000 + n,
+                1,
+                vec![],
+                content(&marker("late", 0, n as usize), 5000),
+            )
+        })
+        .collect();
+    insert_all(&store, &notes);
+    let deletion = keys.sign(
+        1_700_200_100,
+        5,
+        notes
+            .iter()
+            .take(4)
+            .map(|e| vec!["e".to_string(), e.id.to_hex()])
+            .collect(),
+        String::new(),
+    );
+    store.insert(&[deletion]).unwrap();
+    let counted = store.garbage().removed_bytes;
+    assert!(counted > 4 * 5000, "{counted}");
+    store.close().unwrap();
+    let store = open_file_store(dir.path());
+    let reopened = store.garbage();
+    assert!(!reopened.exact, "{reopened:?}");
+    let only_look = CompactOptions {
+        min_garbage: 1.0,
+        ..CompactOptions::default()
+    };
+    let looked = store.compact(&only_look).unwrap();
+    assert_eq!(looked.records_compacted, 0, "{looked:?}");
+    let known = store.garbage();
+    assert!(known.exact, "{known:?}");
+    assert_eq!(
+        known.removed_bytes, counted,
+        "the pass found what the writers had counted"
+    );
+    let report = store.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(
+        (report.records_compacted, report.bytes_compacted),
+        (4, counted),
+        "{report:?}"
+    );
+    assert_eq!(store.garbage().removed_bytes, 0);
+    store.close().unwrap();
+}

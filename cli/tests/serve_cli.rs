@@ -116,6 +116,8 @@ fn bad_settings_are_refused_with_a_clear_error() {
         ),
         ("[retention]\nnever_kinds = [\"zero\"]\n", "never_kinds"),
         ("[retention]\ninterval_secs = 0\n", "interval_secs 0"),
+        ("[compaction]\ngarbage_ratio = 1.5\n", "garbage_ratio 1.5"),
+        ("[compaction]\ncheck_secs = 0\n", "check_secs 0"),
     ] {
         std::fs::write(&config, text).unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_megalith"))
@@ -1349,4 +1351,93 @@ fn retention_rules_remove_old_events_while_serving_and_reload_on_sighup() {
     let log = stop_cleanly(child, stderr, log);
     assert!(log.contains("retention rules applied"), "{log}");
     assert!(log.contains("retention rules reloaded"), "{log}");
+}
+
+/// `[compaction]` in the config: `serve` takes the bytes of deleted events
+/// out of the sealed log segments in the background (the first look runs
+/// a pass), while it serves the rest.
+#[test]
+fn background_compaction_takes_deleted_events_out_of_the_files() {
+    use megalith::event::Keys;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let keys = Keys::from_seed(62);
+    let body = |what: &str, n: u64| format!("{what}-{n:03}-{}", "x".repeat(3000));
+    let gone: Vec<_> = (0..30)
+        .map(|n| keys.sign(1_700_000_000 + n, 1, vec![], body("gone-marker", n)))
+        .collect();
+    let kept: Vec<_> = (0..30)
+        .map(|n| keys.sign(1_700_001_000 + n, 1, vec![], body("kept-marker", n)))
+        .collect();
+    let deletion = keys.sign(
+        1_700_002_000,
+        5,
+        gone.iter()
+            .map(|e| vec!["e".to_string(), e.id.to_hex()])
+            .collect(),
+        String::new(),
+    );
+    // Small segments, so the deleted notes lie in sealed ones.
+    let store = megalith::EventStore::builder(&data)
+        .segment_size(64 << 10)
+        .open()
+        .unwrap();
+    for event in gone.iter().chain(&kept).chain([&deletion]) {
+        store.insert(std::slice::from_ref(event)).unwrap();
+    }
+    store.close().unwrap();
+    let markers_in_files = |what: &str| -> usize {
+        let mut found = std::collections::HashSet::new();
+        let mut stack = vec![data.clone()];
+        while let Some(path) = stack.pop() {
+            if path.is_dir() {
+                stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                for n in 0..30 {
+                    let marker = format!("{what}-{n:03}-");
+                    if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                        found.insert(n);
+                    }
+                }
+            }
+        }
+        found.len()
+    };
+    // The test sees what it looks for.
+    assert_eq!(markers_in_files("gone-marker"), 30);
+
+    let config = dir.path().join("megalith.toml");
+    std::fs::write(
+        &config,
+        "[compaction]\ngarbage_ratio = 0.05\ncheck_secs = 1\nrate_mib = 0\n",
+    )
+    .unwrap();
+    let serve::Serving {
+        child,
+        addr,
+        stderr,
+        log,
+    } = serve::spawn([
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    let left = (0..200)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            markers_in_files("gone-marker")
+        })
+        .find(|&left| left == 0);
+    if left != Some(0) {
+        let count = markers_in_files("gone-marker");
+        let log = stop_cleanly(child, stderr, log);
+        panic!("{count} deleted notes stayed in the files:\n{log}");
+    }
+    assert_eq!(markers_in_files("kept-marker"), 30);
+    let mut want: Vec<String> = kept.iter().map(|e| e.id.to_hex()).collect();
+    want.sort();
+    assert_eq!(req_ids(&addr, serde_json::json!({"kinds": [1]})), want);
+    let log = stop_cleanly(child, stderr, log);
+    assert!(log.contains("background compaction pass"), "{log}");
 }

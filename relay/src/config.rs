@@ -68,6 +68,37 @@ pub struct ServeConfig {
     pub follow_resync_secs: u64,
     /// Retention rules (`[retention]`), applied by `megalith serve`.
     pub retention: RetentionEntry,
+    /// Background compaction (`[compaction]`), run by `megalith serve`.
+    pub compaction: CompactionEntry,
+}
+
+/// The `[compaction]` table: when `megalith serve` takes removed events'
+/// bytes out of the log in the background (`EventStore::garbage`,
+/// `EventStore::compact`; docs/compaction.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionEntry {
+    /// A pass runs when removed events take at least this share of the
+    /// log's bytes, and rewrites each sealed segment in which they take
+    /// at least this share; 0 turns background compaction off. Default 0.25.
+    pub garbage_ratio: f64,
+    /// Seconds between two looks at the share; the first look (after one
+    /// interval) always runs a pass, which counts what the log held at
+    /// start. Default 600.
+    pub check_secs: u64,
+    /// At most this many MiB written per second by a pass; 0: no limit.
+    /// Default 32.
+    pub rate_mib: u64,
+}
+
+impl Default for CompactionEntry {
+    fn default() -> CompactionEntry {
+        CompactionEntry {
+            garbage_ratio: 0.25,
+            check_secs: 600,
+            rate_mib: 32,
+        }
+    }
 }
 
 /// The `[retention]` table: which stored events `megalith serve` removes
@@ -240,6 +271,7 @@ impl Default for ServeConfig {
             follow: None,
             follow_resync_secs: 600,
             retention: RetentionEntry::default(),
+            compaction: CompactionEntry::default(),
         }
     }
 }
@@ -281,6 +313,20 @@ impl ServeConfig {
             ));
         }
         self.retention.retention()?;
+        let compaction = &self.compaction;
+        if !(compaction.garbage_ratio.is_finite() && (0.0..1.0).contains(&compaction.garbage_ratio))
+        {
+            return Err(format!(
+                "[compaction] garbage_ratio {} is outside 0 ..< 1 (0 turns it off)",
+                compaction.garbage_ratio
+            ));
+        }
+        if !(1..=30 * 86_400).contains(&compaction.check_secs) {
+            return Err(format!(
+                "[compaction] check_secs {} is outside 1 ..= 2592000",
+                compaction.check_secs
+            ));
+        }
         let feed = &self.feed;
         if feed.max_running == 0 || feed.start_burst == 0 {
             return Err("[feed] max_running and start_burst must be at least 1".to_string());

@@ -42,8 +42,8 @@ use tracing::{info, warn};
 use megalith::{Commits, EventStore, Limits};
 
 pub use config::{
-    DurabilityName, FeedEntry, KindSpec, MirrorEntry, RecoveryName, RelayConfig, RelayInfo,
-    RelayLimits, RetentionEntry, RetentionRuleEntry, ServeConfig,
+    CompactionEntry, DurabilityName, FeedEntry, KindSpec, MirrorEntry, RecoveryName, RelayConfig,
+    RelayInfo, RelayLimits, RetentionEntry, RetentionRuleEntry, ServeConfig,
 };
 pub use gate::Cidr;
 pub use metrics::Metrics;

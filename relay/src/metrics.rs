@@ -200,6 +200,7 @@ pub struct Metrics {
     events_stored: IntGauge,
     log_bytes: IntGauge,
     index_bytes: IntGauge,
+    garbage_bytes: IntGauge,
     shard_writable: IntGaugeVec,
     shard_recoveries: IntGaugeVec,
 }
@@ -325,6 +326,10 @@ impl Metrics {
         let events_stored = IntGauge::new("megalith_events_stored", "Events in the store")?;
         let log_bytes = IntGauge::new("megalith_log_bytes", "Bytes of the log on disk")?;
         let index_bytes = IntGauge::new("megalith_index_bytes", "Bytes of the indexes on disk")?;
+        let garbage_bytes = IntGauge::new(
+            "megalith_log_garbage_bytes",
+            "Bytes of removed events still in the log (compaction takes them out)",
+        )?;
         let shard_writable = IntGaugeVec::new(
             Opts::new(
                 "megalith_shard_writable",
@@ -363,6 +368,7 @@ impl Metrics {
         registry.register(Box::new(events_stored.clone()))?;
         registry.register(Box::new(log_bytes.clone()))?;
         registry.register(Box::new(index_bytes.clone()))?;
+        registry.register(Box::new(garbage_bytes.clone()))?;
         Ok(Metrics {
             registry,
             client_messages,
@@ -390,6 +396,7 @@ impl Metrics {
             events_stored,
             log_bytes,
             index_bytes,
+            garbage_bytes,
             shard_writable,
             shard_recoveries,
         })
@@ -408,6 +415,8 @@ impl Metrics {
             .set(i64::try_from(gauges.log_bytes).unwrap_or(i64::MAX));
         self.index_bytes
             .set(i64::try_from(gauges.index_bytes).unwrap_or(i64::MAX));
+        self.garbage_bytes
+            .set(i64::try_from(gauges.garbage_bytes).unwrap_or(i64::MAX));
         for shard in store.health() {
             let label = shard.shard.0.to_string();
             self.shard_writable

@@ -23,9 +23,14 @@
 //! manifest says the logs may hold compacted records before the first one
 //! is written, so a build that does not know them refuses the store.
 
+mod ledger;
+
+pub(crate) use ledger::GarbageLedger;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, io_error};
@@ -47,9 +52,9 @@ pub struct CompactOptions {
     /// At most this many bytes written per second (`None`: no limit).
     pub max_write_rate: Option<u64>,
     /// Make the indexes durable first, so that everything removed until
-    /// now may go (default: on). Off, only what the last checkpoints
-    /// reflect goes (the background trigger, which should not force
-    /// merges of the in-memory level).
+    /// now may go (default: on; it merges the in-memory level into the
+    /// trees). Off, only what the last checkpoints reflect goes, which
+    /// with the level's spilled runs can be long before the log's end.
     pub checkpoint_first: bool,
     /// Seal each shard's active log segment first when it holds removed
     /// events (default: on), so that they may go too; the next write
@@ -64,6 +69,29 @@ impl Default for CompactOptions {
             max_write_rate: None,
             checkpoint_first: true,
             seal_active: true,
+        }
+    }
+}
+
+/// How much of the logs removed events take ([`crate::EventStore::garbage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Garbage {
+    /// Bytes of event records that left the indexes and are still in the logs.
+    pub removed_bytes: u64,
+    /// Bytes the logs take on disk.
+    pub log_bytes: u64,
+    /// A compaction pass has read every sealed segment since the open: the
+    /// figure counts the removals replayed at the open too.
+    pub exact: bool,
+}
+
+impl Garbage {
+    /// `removed_bytes` as a share of `log_bytes` (0 for an empty log).
+    pub fn ratio(&self) -> f64 {
+        if self.log_bytes == 0 {
+            0.0
+        } else {
+            self.removed_bytes as f64 / self.log_bytes as f64
         }
     }
 }
@@ -120,6 +148,16 @@ struct Examined {
     removed: Vec<usize>,
 }
 
+impl Examined {
+    /// The bytes of the frames in `removed`.
+    fn removed_bytes(&self) -> u64 {
+        self.removed
+            .iter()
+            .map(|&i| u64::from(self.frames[i].len))
+            .sum()
+    }
+}
+
 /// Whether each id is stored at its location (looked up in the primary
 /// index), for a slice of records at a time.
 pub(crate) type StoredAt<'a> = dyn Fn(&[(EventId, Location)]) -> Result<Vec<bool>, Error> + 'a;
@@ -133,6 +171,8 @@ pub(crate) struct ShardAccess<'a> {
     /// The shard's reopenings in place so far: one (after a failed write,
     /// which may cut unsynced removals) makes what was found stale.
     pub epoch: &'a dyn Fn() -> u64,
+    /// Told the removed bytes each sealed segment holds after the pass.
+    pub garbage: &'a GarbageLedger,
 }
 
 /// Compacts one shard's sealed segments (see the module doc); `mark`
@@ -144,7 +184,7 @@ pub(crate) fn compact_shard(
     options: &CompactOptions,
     mark: &mut dyn FnMut() -> Result<(), Error>,
     report: &mut CompactReport,
-    pace: &mut Pace,
+    pace: &mut Pace<'_>,
 ) -> Result<(), Error> {
     let log = access.log;
     let snapshot = log.snapshot();
@@ -154,16 +194,21 @@ pub(crate) fn compact_shard(
     let Some(floor) = access.floor else {
         // Some checkpoint would replay the whole log: nothing may go yet.
         for segment in sealed {
+            pace.go_on()?;
             report.segments_examined += 1;
-            report.records_left += examine(segment, access)?.removed.len() as u64;
+            let seen = examine(segment, access)?;
+            report.records_left += seen.removed.len() as u64;
+            access.garbage.set(segment.id(), seen.removed_bytes());
         }
         return Ok(());
     };
     let epoch = (access.epoch)();
     let mut examined = Vec::new();
     for segment in sealed {
+        pace.go_on()?;
         report.segments_examined += 1;
         let mut seen = examine(segment, access)?;
+        let all = seen.removed_bytes();
         // Only records the checkpoints passed: one past the floor may
         // belong to a group the writer has not applied yet (a group can
         // seal a segment part-way), and its look-up says nothing.
@@ -174,8 +219,10 @@ pub(crate) fn compact_shard(
                 || (segment.id() == floor.segment && frame.offset + frame.len <= floor.offset)
         });
         report.records_left += (before - seen.removed.len()) as u64;
-        if !seen.removed.is_empty() {
-            examined.push(seen);
+        if seen.removed.is_empty() {
+            access.garbage.set(segment.id(), all);
+        } else {
+            examined.push((seen, all));
         }
     }
     if examined.is_empty() {
@@ -185,8 +232,11 @@ pub(crate) fn compact_shard(
     // above, so every removal they saw is here if it is that new.
     let newer = removes_from(&log.snapshot(), floor)?;
     let unchanged = || (access.epoch)() == epoch;
-    for seen in examined {
+    for (seen, all) in examined {
+        pace.go_on()?;
         let segment = &seen.segment;
+        // What stays until a later pass, unless the rewrite below works.
+        access.garbage.set(segment.id(), all);
         let (go, stay): (Vec<usize>, Vec<usize>) = seen.removed.iter().partition(|&&i| {
             !newer.contains(&Location {
                 segment: segment.id(),
@@ -209,6 +259,7 @@ pub(crate) fn compact_shard(
             report.records_left += go.len() as u64;
             continue;
         };
+        access.garbage.set(segment.id(), all - bytes);
         report.segments_rewritten += 1;
         report.records_compacted += go.len() as u64;
         report.bytes_compacted += bytes;
@@ -377,22 +428,35 @@ fn removes_from(snapshot: &LogSnapshot, from: Location) -> Result<HashSet<Locati
 
 /// Keeps the bytes written per second under a limit.
 #[derive(Debug)]
-pub(crate) struct Pace {
+pub(crate) struct Pace<'a> {
     limit: Option<u64>,
     started: Instant,
     written: u64,
+    /// Once set, the run gives up (`Error::Interrupted`) at its next write
+    /// or segment.
+    stop: &'a AtomicBool,
 }
 
-impl Pace {
-    pub fn new(limit: Option<u64>) -> Pace {
+impl<'a> Pace<'a> {
+    pub fn new(limit: Option<u64>, stop: &'a AtomicBool) -> Pace<'a> {
         Pace {
             limit,
             started: Instant::now(),
             written: 0,
+            stop,
         }
     }
 
-    fn wrote(&mut self, bytes: usize) {
+    /// `Error::Interrupted` once the run was asked to stop.
+    fn go_on(&self) -> Result<(), Error> {
+        if self.stop.load(Ordering::Relaxed) {
+            Err(Error::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn wrote(&mut self, bytes: usize) -> Result<(), Error> {
         self.written += bytes as u64;
         if let Some(limit) = self.limit.filter(|&l| l > 0) {
             let due = Duration::from_secs_f64(self.written as f64 / limit as f64);
@@ -401,6 +465,7 @@ impl Pace {
                 std::thread::sleep(due - elapsed);
             }
         }
+        self.go_on()
     }
 }
 
@@ -425,7 +490,7 @@ fn rewrite(
     log: &crate::wal::Log,
     seen: &Examined,
     go: &[usize],
-    pace: &mut Pace,
+    pace: &mut Pace<'_>,
     unchanged: &dyn Fn() -> bool,
 ) -> Result<Option<u64>, Error> {
     let segment = &seen.segment;
@@ -443,13 +508,14 @@ fn rewrite(
     let file = storage
         .open(&temp, OpenMode::CreateNew)
         .map_err(io_error(&temp, "create"))?;
-    let write = |at: usize, part: &[u8], pace: &mut Pace| -> Result<u64, Error> {
+    let write = |at: usize, part: &[u8], pace: &mut Pace<'_>| -> Result<u64, Error> {
         let mut written = 0;
         for (n, chunk) in part.chunks(COPY_CHUNK).enumerate() {
             let offset = (at + n * COPY_CHUNK) as u64;
             file.write_all_at(chunk, offset)
                 .map_err(io_error(&temp, "write"))?;
-            pace.wrote(chunk.len());
+            // Stopped: the unfinished file goes at the next run or open.
+            pace.wrote(chunk.len())?;
             written += chunk.len() as u64;
         }
         Ok(written)

@@ -13,7 +13,8 @@ use parking_lot::Mutex;
 
 use crate::analytics::StoreAnalytics;
 use crate::compaction::{
-    CompactOptions, CompactReport, Pace, ShardAccess, active_holds_removed, compact_shard,
+    CompactOptions, CompactReport, Garbage, GarbageLedger, Pace, ShardAccess, active_holds_removed,
+    compact_shard,
 };
 use crate::error::{Error, io_error};
 use crate::event::{Event, EventId, EventRef, KindClass, Pubkey};
@@ -164,6 +165,8 @@ pub struct StoreGauges {
     pub log_bytes: u64,
     /// Bytes of all the indexes on disk.
     pub index_bytes: u64,
+    /// Bytes of removed events still in the log ([`EventStore::garbage`]).
+    pub garbage_bytes: u64,
 }
 
 /// Hits with the shard each is in and its event.
@@ -351,6 +354,7 @@ impl EventStore {
                 vanish_relays: Arc::clone(&vanish_relays),
                 reopen: Some(reopen),
                 retry_after: options.recover_after,
+                garbage: Arc::new(GarbageLedger::default()),
             };
             shards.push(Shard::start(id, log, indexes, config)?);
         }
@@ -1131,8 +1135,8 @@ impl EventStore {
         super::changes::collect_changes(&views, after, limit, super::changes::PastEnd::Refuse)
     }
 
-    /// Cheap figures for monitoring (no scan): events stored, and the bytes
-    /// of the log and of the indexes on disk.
+    /// Cheap figures for monitoring (no scan): events stored, the bytes
+    /// of the log and of the indexes on disk, and of removed events in the log.
     pub fn gauges(&self) -> StoreGauges {
         let mut gauges = StoreGauges::default();
         for shard in &self.shards {
@@ -1146,6 +1150,7 @@ impl EventStore {
                 }
             }
             gauges.log_bytes += shard.log().bytes_on_disk();
+            gauges.garbage_bytes += shard.garbage().total().0;
         }
         gauges
     }
@@ -1160,6 +1165,19 @@ impl EventStore {
     /// (docs/compaction.md). One compaction runs at a time; a second call
     /// waits for the first.
     pub fn compact(&self, options: &CompactOptions) -> Result<CompactReport, Error> {
+        self.compact_until(options, &AtomicBool::new(false))
+    }
+
+    /// [`EventStore::compact`], giving up with [`Error::Interrupted`] once
+    /// `stop` is set: before the next segment, or within a rewrite at its
+    /// next write (what was rewritten stays; an unfinished file goes at the
+    /// next run or open). For a server that stops while compaction runs in
+    /// the background.
+    pub fn compact_until(
+        &self,
+        options: &CompactOptions,
+        stop: &AtomicBool,
+    ) -> Result<CompactReport, Error> {
         let started = Instant::now();
         let _one = self.compacting.lock();
         if options.seal_active {
@@ -1171,6 +1189,7 @@ impl EventStore {
                     floor: None,
                     stored: &stored,
                     epoch: &epoch,
+                    garbage: shard.garbage(),
                 };
                 if active_holds_removed(&access)? {
                     shard.seal()?;
@@ -1197,7 +1216,7 @@ impl EventStore {
             }
             Ok(())
         };
-        let mut pace = Pace::new(options.max_write_rate);
+        let mut pace = Pace::new(options.max_write_rate, stop);
         for (n, shard) in self.shards.iter().enumerate() {
             let floor = match (
                 shard.lock().checkpoint_floor(),
@@ -1213,6 +1232,7 @@ impl EventStore {
                 floor,
                 stored: &stored,
                 epoch: &epoch,
+                garbage: shard.garbage(),
             };
             compact_shard(
                 &self.dir,
@@ -1222,10 +1242,32 @@ impl EventStore {
                 &mut report,
                 &mut pace,
             )?;
+            shard.garbage().mark_known();
         }
         report.disk_bytes_after = log_bytes();
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// How much of the logs removed events take: the background
+    /// compaction's trigger. The writers count each event they remove
+    /// (replaced, deleted, vanished, purged), and each compaction pass
+    /// sets the figure of every sealed segment to what it left there.
+    /// Removals replayed at the open are counted only from the first pass
+    /// on (`exact` says whether one has run since the open).
+    pub fn garbage(&self) -> Garbage {
+        let mut garbage = Garbage {
+            removed_bytes: 0,
+            log_bytes: 0,
+            exact: true,
+        };
+        for shard in &self.shards {
+            let (removed, known) = shard.garbage().total();
+            garbage.removed_bytes += removed;
+            garbage.exact &= known;
+            garbage.log_bytes += shard.log().bytes_on_disk();
+        }
+        garbage
     }
 
     /// Reads the manifest, lets `set` change it, and writes it again (synced)

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::compaction::GarbageLedger;
 use crate::error::Error;
 use crate::event::Pubkey;
 use crate::ids::{Location, ShardId};
@@ -221,6 +222,7 @@ pub(crate) struct Shard {
     commands: Sender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
     health: Arc<Mutex<ShardHealth>>,
+    garbage: Arc<GarbageLedger>,
 }
 
 /// A shard's writer on its way to closing.
@@ -267,6 +269,7 @@ impl Shard {
         }));
         let (commands, receiver) = bounded(1024);
         let health = Arc::new(Mutex::new(ShardHealth::new(id)));
+        let garbage = Arc::clone(&config.garbage);
         let writer = Writer {
             log,
             indexes: Arc::clone(&indexes),
@@ -292,6 +295,7 @@ impl Shard {
             commands,
             thread: Mutex::new(Some(thread)),
             health,
+            garbage,
         })
     }
 
@@ -397,6 +401,11 @@ impl Shard {
 
     pub fn log(&self) -> &Arc<Log> {
         &self.log
+    }
+
+    /// The bytes of removed events in the shard's log, per segment.
+    pub fn garbage(&self) -> &GarbageLedger {
+        &self.garbage
     }
 }
 

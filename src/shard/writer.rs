@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
+use crate::compaction::GarbageLedger;
 use crate::error::Error;
 use crate::event::{EventId, EventRef};
 use crate::ids::{Location, Lsn};
@@ -130,6 +131,8 @@ pub(crate) struct WriterConfig {
     /// The first wait before a failed writer tries to recover; each failed
     /// try doubles it, up to 64 times.
     pub retry_after: Duration,
+    /// Where the writer counts the bytes of the events it removes.
+    pub garbage: Arc<GarbageLedger>,
 }
 
 impl std::fmt::Debug for WriterConfig {
@@ -492,6 +495,9 @@ impl Writer {
                         .read_event(target)
                         .map_err(Error::from)
                         .map(|event| {
+                            if let Some(bytes) = snapshot.frame_len(target) {
+                                self.config.garbage.add(target.segment, bytes);
+                            }
                             indexes.collect(Apply::Remove, &event, target, lsn, &mut group);
                             if feed {
                                 changes.push((location, false, event));

@@ -152,6 +152,14 @@ impl LogSnapshot {
     }
 
     /// The checksummed record at `location`, read by `read`.
+    /// The length of the frame at `location` (for one read just before:
+    /// its checksum is not verified again).
+    pub fn frame_len(&self, location: Location) -> Option<u64> {
+        self.read_with(location, Segment::read_once_verified)
+            .ok()
+            .map(|record| record.frame_len() as u64)
+    }
+
     fn read_with<'s>(
         &'s self,
         location: Location,

@@ -411,6 +411,11 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
                 config.retention.clone(),
                 stopped.clone(),
             ))))
+            .chain(std::iter::once(tokio::spawn(compaction_loop(
+                Arc::clone(&store),
+                config.compaction.clone(),
+                stopped.clone(),
+            ))))
             .collect();
         let jobs = feed.map(|feed| {
             Arc::new(FeedJobs::new(
@@ -589,6 +594,80 @@ async fn retention_loop(
     }
 }
 
+/// Background compaction (`[compaction]`): every `check_secs`, a pass
+/// when removed events take `garbage_ratio` of the log or more and at
+/// least that share came since the last pass (so what a pass must leave,
+/// in the active segment or in segments under the ratio, does not start
+/// one pass after another); the first look always runs one: it counts
+/// what the log held at start. A pass checkpoints the indexes first (so
+/// every removal until then may go) and leaves the active segment alone
+/// (so it starts no small segments). When the relay stops, a pass ends at
+/// its next write or segment.
+async fn compaction_loop(
+    store: Arc<EventStore>,
+    config: megalith_relay::CompactionEntry,
+    mut stopped: watch::Receiver<bool>,
+) {
+    if config.garbage_ratio <= 0.0 {
+        return;
+    }
+    let options = megalith::CompactOptions {
+        min_garbage: config.garbage_ratio,
+        max_write_rate: (config.rate_mib > 0).then_some(config.rate_mib.saturating_mul(1 << 20)),
+        checkpoint_first: true,
+        seal_active: false,
+    };
+    // What the last pass left.
+    let mut left = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(config.check_secs)) => {}
+            _ = stopped.changed() => return,
+        }
+        let garbage = store.garbage();
+        if !compaction_due(&garbage, config.garbage_ratio, left) {
+            continue;
+        }
+        let halt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (running, options, halted) = (Arc::clone(&store), options.clone(), Arc::clone(&halt));
+        let mut run = tokio::task::spawn_blocking(move || running.compact_until(&options, &halted));
+        tokio::select! {
+            outcome = &mut run => match outcome {
+                Ok(Ok(report)) => {
+                    left = store.garbage().removed_bytes;
+                    info!(
+                    garbage_bytes = garbage.removed_bytes,
+                    log_bytes = garbage.log_bytes,
+                    records = report.records_compacted,
+                    bytes = report.bytes_compacted,
+                    segments = report.segments_rewritten,
+                    left = report.records_left,
+                    ms = (report.seconds * 1000.0) as u64,
+                    "background compaction pass"
+                    );
+                }
+                Ok(Err(e)) => warn!(error = %e, "background compaction failed; it runs again at the next look"),
+                Err(e) => error!(error = %e, "the background compaction pass failed"),
+            },
+            _ = stopped.changed() => {
+                halt.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = run.await;
+                return;
+            }
+        }
+    }
+}
+
+/// Whether a background compaction pass is due: always while the figure
+/// is not exact (no pass since start), else when removed events take
+/// `ratio` of the log and at least that share is new since the last
+/// pass, which `left` bytes of them.
+fn compaction_due(garbage: &megalith::Garbage, ratio: f64, left: u64) -> bool {
+    let share = |bytes: u64| bytes as f64 >= ratio * garbage.log_bytes as f64;
+    !garbage.exact
+        || (share(garbage.removed_bytes) && share(garbage.removed_bytes.saturating_sub(left)))
+}
+
 /// The feed jobs' settings from `[feed]` (none when the feed is off),
 /// checked: each relay URL parses.
 fn feed_config(config: &ServeConfig) -> Result<Option<FeedConfig>, String> {
@@ -696,4 +775,29 @@ pub(crate) fn check_log_filter(text: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compaction_due;
+
+    #[test]
+    fn a_compaction_pass_is_due_at_the_ratio_of_new_garbage() {
+        let garbage = |removed_bytes, exact| megalith::Garbage {
+            removed_bytes,
+            log_bytes: 1000,
+            exact,
+        };
+        // Not counted yet: a pass counts it.
+        assert!(compaction_due(&garbage(0, false), 0.25, 0));
+        assert!(!compaction_due(&garbage(249, true), 0.25, 0));
+        assert!(compaction_due(&garbage(250, true), 0.25, 0));
+        // 400 left by the last pass (in the active segment, say): not
+        // again until another 250 came.
+        assert!(!compaction_due(&garbage(400, true), 0.25, 400));
+        assert!(!compaction_due(&garbage(649, true), 0.25, 400));
+        assert!(compaction_due(&garbage(650, true), 0.25, 400));
+        // The last pass took some out of what was left before.
+        assert!(compaction_due(&garbage(300, true), 0.25, 0));
+    }
 }
