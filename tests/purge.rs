@@ -455,3 +455,98 @@ fn a_purge_removes_expired_events_too() {
     assert_eq!(report.records_compacted, 4, "{report:?}");
     store.close().unwrap();
 }
+
+/// An I/O error (a full disk, say) at each operation of a purge and the
+/// close after it: the error reaches the caller and says what failed,
+/// reads go on, the same purge asked again in the same process (once the
+/// shard has recovered in place) removes the rest, and after a reopen the
+/// store is the model's with index-doctor finding nothing wrong.
+#[test]
+fn an_io_error_at_any_step_of_a_purge_reaches_the_caller_and_asking_again_finishes_it() {
+    let mut generator = Generator::new(6, 4);
+    let events: Vec<Event> = (0..300).map(|_| generator.next_event()).collect();
+    let filter = Filter::new().kinds([1, 7]);
+    let mut before = Model::default();
+    for event in &events {
+        before.insert(event, common::now());
+    }
+    let mut after = Model::default();
+    for event in &events {
+        after.insert(event, common::now());
+    }
+    for event in before.query(std::slice::from_ref(&filter)) {
+        after.purge(&event.id);
+    }
+    assert!(before.live.len() > after.live.len() + 30);
+    let untouched = [Filter::new().kinds([0, 3])];
+    let open = |sim: &SimStorage, dir: &Path| {
+        EventStore::builder(dir)
+            .shards(1)
+            .storage(Arc::new(sim.clone()))
+            .durability(Durability::Always)
+            .segment_size(64 << 10)
+            .checkpoint_interval(Duration::from_secs(24 * 3600))
+            .recover_after(Duration::from_millis(5))
+            .open()
+    };
+    let prepare = |sim: &SimStorage, dir: &Path| -> EventStore {
+        let store = open(sim, dir).unwrap();
+        for chunk in events.chunks(10) {
+            store.insert(chunk).unwrap();
+        }
+        store.close().unwrap();
+        open(sim, dir).unwrap()
+    };
+    let purge = |store: &EventStore| store.purge(std::slice::from_ref(&filter), |_| false, false);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimStorage::new(dir.path()).unwrap();
+    let store = prepare(&sim, dir.path());
+    let start = sim.ops();
+    purge(&store).unwrap();
+    store.close().unwrap();
+    let total = sim.ops() - start;
+
+    let mut failed_purges = 0;
+    for n in 0..total {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimStorage::new(dir.path()).unwrap();
+        let store = prepare(&sim, dir.path());
+        sim.fail_once_at(sim.ops() + n);
+        let what = format!("operation {n} of {total} failing");
+        match purge(&store) {
+            Ok(_) => {}
+            Err(e) => {
+                failed_purges += 1;
+                assert!(
+                    e.to_string().contains("injected I/O error"),
+                    "{what}: the error does not say what failed: {e}"
+                );
+                assert_eq!(
+                    store.query(&untouched).unwrap(),
+                    before.query(&untouched),
+                    "{what}: reads after the failure"
+                );
+                // Asked again once the shard has recovered in place.
+                let finished = (0..200).any(|_| {
+                    std::thread::sleep(Duration::from_millis(10));
+                    purge(&store).is_ok()
+                });
+                assert!(finished, "{what}: the purge never finished");
+            }
+        }
+        // The failure may hit the close: nothing acknowledged is lost.
+        let _ = store.close();
+        let store = open(&sim, dir.path()).unwrap_or_else(|e| panic!("{what}: reopening: {e}"));
+        purge(&store).unwrap();
+        assert_eq!(
+            store.query(&[Filter::new()]).unwrap(),
+            after.query(&[Filter::new()]),
+            "{what}"
+        );
+        store.close().unwrap();
+        assert_doctor_clean(dir.path(), &what);
+    }
+    assert!(failed_purges > 0, "no failure reached a purge");
+    println!("{total} operations, {failed_purges} failed purges, each finished when asked again");
+}
