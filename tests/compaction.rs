@@ -14,7 +14,7 @@ use common::Model;
 use common::crash::assert_doctor_clean;
 use megalith::storage::{Damage, SimStorage};
 use megalith::{
-    ChangeOp, ChangePosition, CompactOptions, Durability, Event, EventStore, Filter, Keys,
+    ChangeOp, ChangePosition, CompactOptions, Durability, Event, EventId, EventStore, Filter, Keys,
 };
 
 /// A marker that names one event's content, found by a byte search.
@@ -638,14 +638,18 @@ fn the_garbage_figure_counts_what_compaction_takes_out() {
     let (events, gone, _) = workload(6, 5);
     let store = open_file_store(dir.path());
     let fresh = store.garbage();
-    assert_eq!((fresh.removed_bytes, fresh.exact), (0, false), "{fresh:?}");
+    assert_eq!(
+        (fresh.removed_bytes, fresh.counted),
+        (0, false),
+        "{fresh:?}"
+    );
     insert_all(&store, &events);
     let before = store.garbage();
     assert!(
         before.removed_bytes > 0 && before.log_bytes > 0,
         "{before:?}"
     );
-    assert!(!before.exact, "no pass has run: {before:?}");
+    assert!(!before.counted, "no pass has run: {before:?}");
     let report = store.compact(&CompactOptions::default()).unwrap();
     assert_eq!(report.records_compacted, gone.len() as u64, "{report:?}");
     assert_eq!(
@@ -653,7 +657,7 @@ fn the_garbage_figure_counts_what_compaction_takes_out() {
         "the writers counted what compaction took out"
     );
     let after = store.garbage();
-    assert_eq!((after.removed_bytes, after.exact), (0, true), "{after:?}");
+    assert_eq!((after.removed_bytes, after.counted), (0, true), "{after:?}");
 
     // Removed before the store closes: an open starts counting from
     // nothing, and the first pass counts what the logs hold. A pass that
@@ -687,7 +691,7 @@ fn the_garbage_figure_counts_what_compaction_takes_out() {
     store.close().unwrap();
     let store = open_file_store(dir.path());
     let reopened = store.garbage();
-    assert!(!reopened.exact, "{reopened:?}");
+    assert!(!reopened.counted, "{reopened:?}");
     let only_look = CompactOptions {
         min_garbage: 1.0,
         ..CompactOptions::default()
@@ -695,7 +699,7 @@ fn the_garbage_figure_counts_what_compaction_takes_out() {
     let looked = store.compact(&only_look).unwrap();
     assert_eq!(looked.records_compacted, 0, "{looked:?}");
     let known = store.garbage();
-    assert!(known.exact, "{known:?}");
+    assert!(known.counted, "{known:?}");
     assert_eq!(
         known.removed_bytes, counted,
         "the pass found what the writers had counted"
@@ -708,4 +712,88 @@ fn the_garbage_figure_counts_what_compaction_takes_out() {
     );
     assert_eq!(store.garbage().removed_bytes, 0);
     store.close().unwrap();
+}
+
+/// Events past their NIP-40 expiration (hidden from queries, but stored)
+/// are found in the sealed segments a compaction reads, removed, and their
+/// bytes taken out in the same run; those not expired stay.
+#[test]
+fn expired_events_leave_the_store_and_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_file_store(dir.path());
+    let keys = Keys::from_seed(88);
+    let now = common::now();
+    let expires = now + 2;
+    let expiring: Vec<Event> = (0..8)
+        .map(|n| {
+            keys.sign(
+                now - 100 + n,
+                1,
+                vec![vec!["expiration".to_string(), expires.to_string()]],
+                content(&marker("expiring", 0, n as usize), 3000),
+            )
+        })
+        .collect();
+    let later: Vec<Event> = (0..8)
+        .map(|n| {
+            keys.sign(
+                now - 50 + n,
+                1,
+                vec![vec!["expiration".to_string(), (now + 3600).to_string()]],
+                content(&marker("later", 0, n as usize), 3000),
+            )
+        })
+        .collect();
+    let kept: Vec<Event> = (0..40)
+        .map(|n| {
+            keys.sign(
+                now - 10 + n,
+                1,
+                vec![],
+                content(&marker("kept", 0, n as usize), 3000),
+            )
+        })
+        .collect();
+    insert_all(&store, &expiring);
+    insert_all(&store, &later);
+    insert_all(&store, &kept);
+    let marks = |what: &str, count: usize| -> Vec<String> {
+        (0..count).map(|n| marker(what, 0, n)).collect()
+    };
+    store.checkpoint().unwrap();
+    assert_eq!(found_in_files(dir.path(), &marks("expiring", 8)).len(), 8);
+    let stored_before = store.stats().unwrap().events;
+    // Past the expiration (queries hide them from now on).
+    while common::now() <= expires {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = store.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(report.expired_removed, 8, "{report:?}");
+    assert_eq!(report.records_compacted, 8, "{report:?}");
+    assert_eq!(store.stats().unwrap().events, stored_before - 8);
+    assert_eq!(
+        found_in_files(dir.path(), &marks("expiring", 8)),
+        Vec::<String>::new()
+    );
+    assert_eq!(found_in_files(dir.path(), &marks("later", 8)).len(), 8);
+    assert_eq!(found_in_files(dir.path(), &marks("kept", 40)).len(), 40);
+    let mut visible: Vec<EventId> = later.iter().chain(&kept).map(|e| e.id).collect();
+    visible.sort();
+    let mut got: Vec<EventId> = store
+        .query(&[Filter::new().kinds([1])])
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    got.sort();
+    assert_eq!(got, visible);
+    // Nothing more: a second run finds none.
+    let again = store.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(
+        (again.expired_removed, again.records_compacted),
+        (0, 0),
+        "{again:?}"
+    );
+    store.close().unwrap();
+    assert_doctor_clean(dir.path(), "after expired events were compacted");
 }

@@ -80,9 +80,13 @@ pub struct Garbage {
     pub removed_bytes: u64,
     /// Bytes the logs take on disk.
     pub log_bytes: u64,
-    /// A compaction pass has read every sealed segment since the open: the
-    /// figure counts the removals replayed at the open too.
-    pub exact: bool,
+    /// A compaction pass has read every sealed segment since the open, so
+    /// the figure counts what the sealed segments held at the open too.
+    /// It stays an estimate: removals replayed at the open whose events
+    /// lie in the active segment count once that is sealed and read, and a
+    /// removal a failed sync takes back, or one that races a pass, is set
+    /// right by the next pass over its segment.
+    pub counted: bool,
 }
 
 impl Garbage {
@@ -116,6 +120,11 @@ pub struct CompactReport {
     pub disk_bytes_after: u64,
     /// Bytes written into new segment files.
     pub bytes_written: u64,
+    /// Stored events past their NIP-40 expiration found in the sealed
+    /// segments read and removed (remove records of reason *purged*);
+    /// their bytes go in the same run when it checkpoints first, else at
+    /// the next one.
+    pub expired_removed: u64,
     pub seconds: f64,
 }
 
@@ -146,6 +155,8 @@ struct Examined {
     frames: Vec<Frame>,
     /// Indexes into `frames` of event records no index holds.
     removed: Vec<usize>,
+    /// Stored events past their NIP-40 expiration (when asked for).
+    expired: Vec<EventId>,
 }
 
 impl Examined {
@@ -173,11 +184,16 @@ pub(crate) struct ShardAccess<'a> {
     pub epoch: &'a dyn Fn() -> u64,
     /// Told the removed bytes each sealed segment holds after the pass.
     pub garbage: &'a GarbageLedger,
+    /// Stored events whose NIP-40 expiration is at or before this (Unix
+    /// seconds) are reported; 0: none are looked for.
+    pub expired_before: u64,
 }
 
 /// Compacts one shard's sealed segments (see the module doc); `mark`
 /// makes the manifest say compacted records may exist, before the first
-/// one is written.
+/// one is written. Returns the stored events of those segments past their
+/// NIP-40 expiration (see `ShardAccess::expired_before`), which the caller
+/// removes (a later pass takes their bytes).
 pub(crate) fn compact_shard(
     store_dir: &Path,
     access: &ShardAccess<'_>,
@@ -185,8 +201,9 @@ pub(crate) fn compact_shard(
     mark: &mut dyn FnMut() -> Result<(), Error>,
     report: &mut CompactReport,
     pace: &mut Pace<'_>,
-) -> Result<(), Error> {
+) -> Result<Vec<EventId>, Error> {
     let log = access.log;
+    let mut expired = Vec::new();
     let snapshot = log.snapshot();
     let segments = snapshot.segments();
     // The last segment is the active one: never compacted.
@@ -196,18 +213,20 @@ pub(crate) fn compact_shard(
         for segment in sealed {
             pace.go_on()?;
             report.segments_examined += 1;
-            let seen = examine(segment, access)?;
+            let seen = examine(segment, access, pace)?;
             report.records_left += seen.removed.len() as u64;
             access.garbage.set(segment.id(), seen.removed_bytes());
+            expired.extend_from_slice(&seen.expired);
         }
-        return Ok(());
+        return Ok(expired);
     };
     let epoch = (access.epoch)();
     let mut examined = Vec::new();
     for segment in sealed {
         pace.go_on()?;
         report.segments_examined += 1;
-        let mut seen = examine(segment, access)?;
+        let mut seen = examine(segment, access, pace)?;
+        expired.append(&mut seen.expired);
         let all = seen.removed_bytes();
         // Only records the checkpoints passed: one past the floor may
         // belong to a group the writer has not applied yet (a group can
@@ -226,7 +245,7 @@ pub(crate) fn compact_shard(
         }
     }
     if examined.is_empty() {
-        return Ok(());
+        return Ok(expired);
     }
     // Removals the checkpoints do not reflect yet: read after the look-ups
     // above, so every removal they saw is here if it is that new.
@@ -265,7 +284,7 @@ pub(crate) fn compact_shard(
         report.bytes_compacted += bytes;
         report.bytes_written += written;
     }
-    Ok(())
+    Ok(expired)
 }
 
 /// Whether the shard's active segment holds event records no index holds
@@ -309,7 +328,11 @@ pub(crate) fn active_holds_removed(access: &ShardAccess<'_>) -> Result<bool, Err
 
 /// Reads a sealed segment's frames to its last byte and finds the event
 /// records that no index holds.
-fn examine(segment: &Arc<Segment>, access: &ShardAccess<'_>) -> Result<Examined, Error> {
+fn examine(
+    segment: &Arc<Segment>,
+    access: &ShardAccess<'_>,
+    pace: &Pace<'_>,
+) -> Result<Examined, Error> {
     let mut frames = Vec::new();
     let mut scan = segment.scan_from(SEGMENT_HEADER_LEN as u32);
     for (offset, record) in scan.by_ref() {
@@ -370,23 +393,56 @@ fn examine(segment: &Arc<Segment>, access: &ShardAccess<'_>) -> Result<Examined,
         })
         .collect();
     let mut removed = Vec::new();
+    let mut expired = Vec::new();
     // A slice at a time: the look-ups hold the shard's read lock.
     for chunk in events.chunks(512) {
+        pace.go_on()?;
         let asks: Vec<(EventId, Location)> = chunk.iter().map(|&(_, id, at)| (id, at)).collect();
         let stored = (access.stored)(&asks)?;
-        removed.extend(
-            chunk
-                .iter()
-                .zip(stored)
-                .filter(|(_, stored)| !stored)
-                .map(|((i, _, _), _)| *i),
-        );
+        for (&(i, id, _), stored) in chunk.iter().zip(stored) {
+            if !stored {
+                removed.push(i);
+            } else if access.expired_before > 0
+                && expires_before(segment, &frames[i], access.expired_before)?
+            {
+                expired.push(id);
+            }
+        }
     }
     Ok(Examined {
         segment: Arc::clone(segment),
         frames,
         removed,
+        expired,
     })
+}
+
+/// Whether the event record `frame` has a NIP-40 expiration at or before
+/// `now` (the payload's flag says whether it has one at all, so only
+/// those are parsed).
+fn expires_before(segment: &Segment, frame: &Frame, now: u64) -> Result<bool, Error> {
+    let record = segment.read(frame.offset).map_err(|e| {
+        Error::corrupt(format!(
+            "{} at offset {}: {e}",
+            segment.path().display(),
+            frame.offset
+        ))
+    })?;
+    if record
+        .payload
+        .get(crate::event::FLAGS_OFFSET)
+        .is_none_or(|flags| flags & crate::event::FLAG_EXPIRATION == 0)
+    {
+        return Ok(false);
+    }
+    let event = crate::event::EventRef::parse(record.payload).map_err(|e| {
+        Error::corrupt(format!(
+            "event record at offset {} of {}: {e}",
+            frame.offset,
+            segment.path().display()
+        ))
+    })?;
+    Ok(event.expiration().is_some_and(|at| at <= now))
 }
 
 /// The targets of every remove record at or after `from`.
@@ -544,7 +600,8 @@ fn rewrite(
     let fresh = Segment::open(storage, &temp, log.shard(), segment.id())?;
     check_rewritten(segment, &fresh, &seen.frames, &runs)?;
     drop(fresh);
-    // Waits for a live backup to finish copying.
+    // Waits for a live backup to finish copying (a stop meanwhile waits too).
+    pace.go_on()?;
     let lock = crate::eventstore::hold_segments(store_dir, false)?;
     if !unchanged() {
         storage

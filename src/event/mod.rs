@@ -31,4 +31,5 @@ pub(crate) use event::verify_schnorr;
 pub use event_ref::{EventRef, FieldIter, TagField, TagIter, TagRef};
 pub use keys::Keys;
 pub use limits::Limits;
+pub(crate) use payload::{FLAG_EXPIRATION, FLAGS_OFFSET};
 pub use types::{EventId, KindClass, Pubkey, Signature};

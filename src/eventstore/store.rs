@@ -1190,6 +1190,7 @@ impl EventStore {
                     stored: &stored,
                     epoch: &epoch,
                     garbage: shard.garbage(),
+                    expired_before: 0,
                 };
                 if active_holds_removed(&access)? {
                     shard.seal()?;
@@ -1202,7 +1203,6 @@ impl EventStore {
                 analytics.checkpoint()?;
             }
         }
-        let analytics_floor = self.analytics.as_ref().map(|a| a.saved_positions());
         let log_bytes = || -> u64 { self.shards.iter().map(|s| s.log().bytes_on_disk()).sum() };
         let mut report = CompactReport {
             disk_bytes_before: log_bytes(),
@@ -1217,32 +1217,56 @@ impl EventStore {
             Ok(())
         };
         let mut pace = Pace::new(options.max_write_rate, stop);
-        for (n, shard) in self.shards.iter().enumerate() {
-            let floor = match (
-                shard.lock().checkpoint_floor(),
-                analytics_floor.as_ref().map(|p| p[n]),
-            ) {
-                (Some(indexes), Some(analytics)) => Some(indexes.min(analytics)),
-                (floor, _) => floor,
-            };
-            let stored = stored_at(shard);
-            let epoch = || shard.lock().epoch;
-            let access = ShardAccess {
-                log: shard.log(),
-                floor,
-                stored: &stored,
-                epoch: &epoch,
-                garbage: shard.garbage(),
-            };
-            compact_shard(
-                &self.dir,
-                &access,
-                options,
-                &mut mark,
-                &mut report,
-                &mut pace,
-            )?;
-            shard.garbage().mark_known();
+        // The first round also finds events past their NIP-40 expiration in
+        // the segments it reads and removes them; a second round, after a
+        // checkpoint, takes their bytes when the run checkpoints first.
+        for round in 0..2 {
+            if round == 1 {
+                if report.expired_removed == 0 || !options.checkpoint_first {
+                    break;
+                }
+                self.checkpoint()?;
+                if let Some(analytics) = &self.analytics {
+                    analytics.checkpoint()?;
+                }
+                // The second round reads every sealed segment again and
+                // counts what it leaves afresh.
+                report.segments_examined = 0;
+                report.records_left = 0;
+            }
+            let analytics_floor = self.analytics.as_ref().map(|a| a.saved_positions());
+            for (n, shard) in self.shards.iter().enumerate() {
+                let floor = match (
+                    shard.lock().checkpoint_floor(),
+                    analytics_floor.as_ref().map(|p| p[n]),
+                ) {
+                    (Some(indexes), Some(analytics)) => Some(indexes.min(analytics)),
+                    (floor, _) => floor,
+                };
+                let stored = stored_at(shard);
+                let epoch = || shard.lock().epoch;
+                let access = ShardAccess {
+                    log: shard.log(),
+                    floor,
+                    stored: &stored,
+                    epoch: &epoch,
+                    garbage: shard.garbage(),
+                    expired_before: if round == 0 { unix_now() } else { 0 },
+                };
+                let expired = compact_shard(
+                    &self.dir,
+                    &access,
+                    options,
+                    &mut mark,
+                    &mut report,
+                    &mut pace,
+                )?;
+                shard.garbage().mark_known();
+                if !expired.is_empty() {
+                    self.mark_purged()?;
+                    report.expired_removed += shard.purge(expired)? as u64;
+                }
+            }
         }
         report.disk_bytes_after = log_bytes();
         report.seconds = started.elapsed().as_secs_f64();
@@ -1254,20 +1278,30 @@ impl EventStore {
     /// (replaced, deleted, vanished, purged), and each compaction pass
     /// sets the figure of every sealed segment to what it left there.
     /// Removals replayed at the open are counted only from the first pass
-    /// on (`exact` says whether one has run since the open).
+    /// on (`counted` says whether one has run since the open).
     pub fn garbage(&self) -> Garbage {
         let mut garbage = Garbage {
             removed_bytes: 0,
             log_bytes: 0,
-            exact: true,
+            counted: true,
         };
         for shard in &self.shards {
             let (removed, known) = shard.garbage().total();
             garbage.removed_bytes += removed;
-            garbage.exact &= known;
+            garbage.counted &= known;
             garbage.log_bytes += shard.log().bytes_on_disk();
         }
         garbage
+    }
+
+    /// Sets the manifest's purge bit (feature bit 3) before the first
+    /// purge record, so older builds refuse the store.
+    fn mark_purged(&self) -> Result<(), Error> {
+        if !self.purge_marked.load(Ordering::Acquire) {
+            self.set_feature(|manifest| !std::mem::replace(&mut manifest.purged, true))?;
+            self.purge_marked.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Reads the manifest, lets `set` change it, and writes it again (synced)
@@ -1346,10 +1380,7 @@ impl EventStore {
                     }
                     return Ok(0);
                 }
-                if !self.purge_marked.load(Ordering::Acquire) {
-                    self.set_feature(|manifest| !std::mem::replace(&mut manifest.purged, true))?;
-                    self.purge_marked.store(true, Ordering::Release);
-                }
+                self.mark_purged()?;
                 let mut by_shard: Vec<Vec<EventId>> = vec![Vec::new(); self.shards.len()];
                 for (pubkey, id) in doomed {
                     by_shard[self.shard_of(pubkey).0 as usize].push(*id);

@@ -151,7 +151,6 @@ impl LogSnapshot {
             .is_some_and(|segment| segment.vacated_range(location.offset).is_some())
     }
 
-    /// The checksummed record at `location`, read by `read`.
     /// The length of the frame at `location` (for one read just before:
     /// its checksum is not verified again).
     pub fn frame_len(&self, location: Location) -> Option<u64> {
@@ -160,6 +159,7 @@ impl LogSnapshot {
             .map(|record| record.frame_len() as u64)
     }
 
+    /// The checksummed record at `location`, read by `read`.
     fn read_with<'s>(
         &'s self,
         location: Location,

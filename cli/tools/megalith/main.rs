@@ -954,6 +954,7 @@ fn compact(args: &CompactArgs) -> Result<ExitCode, String> {
                 "disk_bytes_before": report.disk_bytes_before,
                 "disk_bytes_after": report.disk_bytes_after,
                 "bytes_written": report.bytes_written,
+                "expired_removed": report.expired_removed,
                 "seconds": (report.seconds * 1000.0).round() / 1000.0,
             })
         )
@@ -961,7 +962,7 @@ fn compact(args: &CompactArgs) -> Result<ExitCode, String> {
         writeln!(
             out,
             "compacted {}: {} removed event(s), {} KiB, out of {} of {} sealed segment(s) in {:.1} s\n\
-             log on disk: {} KiB before, {} KiB after{}",
+             log on disk: {} KiB before, {} KiB after{}{}",
             args.store.data.display(),
             report.records_compacted,
             report.bytes_compacted >> 10,
@@ -970,6 +971,14 @@ fn compact(args: &CompactArgs) -> Result<ExitCode, String> {
             report.seconds,
             report.disk_bytes_before >> 10,
             report.disk_bytes_after >> 10,
+            if report.expired_removed > 0 {
+                format!(
+                    "\n{} event(s) past their NIP-40 expiration removed",
+                    report.expired_removed
+                )
+            } else {
+                String::new()
+            },
             if report.records_left > 0 {
                 format!(
                     "\n{} removed event(s) left for later (in the active segment, or \

@@ -617,17 +617,19 @@ async fn compaction_loop(
         checkpoint_first: true,
         seal_active: false,
     };
-    // What the last pass left.
+    // What the last pass left, and whether one ran (or failed) since start.
     let mut left = 0u64;
+    let mut tried = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(config.check_secs)) => {}
             _ = stopped.changed() => return,
         }
         let garbage = store.garbage();
-        if !compaction_due(&garbage, config.garbage_ratio, left) {
+        if !compaction_due(&garbage, config.garbage_ratio, left, tried) {
             continue;
         }
+        tried = true;
         let halt = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (running, options, halted) = (Arc::clone(&store), options.clone(), Arc::clone(&halt));
         let mut run = tokio::task::spawn_blocking(move || running.compact_until(&options, &halted));
@@ -646,7 +648,11 @@ async fn compaction_loop(
                     "background compaction pass"
                     );
                 }
-                Ok(Err(e)) => warn!(error = %e, "background compaction failed; it runs again at the next look"),
+                Ok(Err(e)) => {
+                    // Not again until another share is removed.
+                    left = store.garbage().removed_bytes;
+                    warn!(error = %e, "background compaction failed; it runs again once another share of the log is removed");
+                }
                 Err(e) => error!(error = %e, "the background compaction pass failed"),
             },
             _ = stopped.changed() => {
@@ -658,13 +664,13 @@ async fn compaction_loop(
     }
 }
 
-/// Whether a background compaction pass is due: always while the figure
-/// is not exact (no pass since start), else when removed events take
-/// `ratio` of the log and at least that share is new since the last
-/// pass, which `left` bytes of them.
-fn compaction_due(garbage: &megalith::Garbage, ratio: f64, left: u64) -> bool {
+/// Whether a background compaction pass is due: at the first look when no
+/// pass has counted the log yet (`tried`: one ran or failed since start),
+/// else when removed events take `ratio` of the log and at least that
+/// share is new since the last pass, which left `left` bytes of them.
+fn compaction_due(garbage: &megalith::Garbage, ratio: f64, left: u64, tried: bool) -> bool {
     let share = |bytes: u64| bytes as f64 >= ratio * garbage.log_bytes as f64;
-    !garbage.exact
+    (!garbage.counted && !tried)
         || (share(garbage.removed_bytes) && share(garbage.removed_bytes.saturating_sub(left)))
 }
 
@@ -783,21 +789,22 @@ mod tests {
 
     #[test]
     fn a_compaction_pass_is_due_at_the_ratio_of_new_garbage() {
-        let garbage = |removed_bytes, exact| megalith::Garbage {
+        let garbage = |removed_bytes, counted| megalith::Garbage {
             removed_bytes,
             log_bytes: 1000,
-            exact,
+            counted,
         };
-        // Not counted yet: a pass counts it.
-        assert!(compaction_due(&garbage(0, false), 0.25, 0));
-        assert!(!compaction_due(&garbage(249, true), 0.25, 0));
-        assert!(compaction_due(&garbage(250, true), 0.25, 0));
+        // Not counted yet: a pass counts it, once (a failed one too).
+        assert!(compaction_due(&garbage(0, false), 0.25, 0, false));
+        assert!(!compaction_due(&garbage(0, false), 0.25, 0, true));
+        assert!(!compaction_due(&garbage(249, true), 0.25, 0, true));
+        assert!(compaction_due(&garbage(250, true), 0.25, 0, true));
         // 400 left by the last pass (in the active segment, say): not
         // again until another 250 came.
-        assert!(!compaction_due(&garbage(400, true), 0.25, 400));
-        assert!(!compaction_due(&garbage(649, true), 0.25, 400));
-        assert!(compaction_due(&garbage(650, true), 0.25, 400));
+        assert!(!compaction_due(&garbage(400, true), 0.25, 400, true));
+        assert!(!compaction_due(&garbage(649, true), 0.25, 400, true));
+        assert!(compaction_due(&garbage(650, true), 0.25, 400, true));
         // The last pass took some out of what was left before.
-        assert!(compaction_due(&garbage(300, true), 0.25, 0));
+        assert!(compaction_due(&garbage(300, true), 0.25, 0, true));
     }
 }
