@@ -1441,3 +1441,112 @@ fn background_compaction_takes_deleted_events_out_of_the_files() {
     let log = stop_cleanly(child, stderr, log);
     assert!(log.contains("background compaction pass"), "{log}");
 }
+
+/// `megalith count`, `query`, `stats` and `delete` beside a running
+/// `serve` go through its admin socket and print what they print with the
+/// store to themselves; the socket goes when the server stops, and one a
+/// killed server left does not stop the commands from opening the store.
+#[test]
+fn commands_beside_a_running_server_go_through_its_admin_socket() {
+    use megalith::event::Keys;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let serve::Serving {
+        child,
+        addr,
+        stderr,
+        log,
+    } = serve::spawn(["--data".as_ref(), data.as_os_str()]);
+    let keys = Keys::from_seed(63);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let notes: Vec<_> = (0..12)
+        .map(|n| keys.sign(now - 100 + n, 1, vec![], format!("note {n}")))
+        .collect();
+    let reactions: Vec<_> = notes
+        .iter()
+        .take(5)
+        .map(|note| {
+            keys.sign(
+                now - 10,
+                7,
+                vec![vec!["e".to_string(), note.id.to_hex()]],
+                "+".to_string(),
+            )
+        })
+        .collect();
+    let mut all = notes.clone();
+    all.extend(reactions.iter().cloned());
+    publish(&addr, &all);
+    let megalith = |args: &[&str]| -> (bool, String, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_megalith"))
+            .args(args)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = megalith(&["count", r#"{"kinds":[1]}"#]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "12\n");
+    let (ok, out, err) = megalith(&["count", "--json", r#"{"kinds":[7]}"#]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "{\"count\":5}\n");
+    let (ok, out, err) = megalith(&["query", r#"{"kinds":[7]}"#]);
+    assert!(ok, "{err}");
+    let mut got: Vec<String> = out
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, req_ids(&addr, serde_json::json!({"kinds": [7]})));
+    let (ok, out, err) = megalith(&["stats", "--json"]);
+    assert!(ok, "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["events"], 17, "{stats}");
+    // A bad filter is the command's error, as without a server.
+    let (ok, _, err) = megalith(&["count", "{"]);
+    assert!(!ok && err.contains("filter"), "{err}");
+    let (ok, out, err) = megalith(&[
+        "delete",
+        "--dry-run",
+        "--json",
+        "--filter",
+        r#"{"kinds":[7]}"#,
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (report["matched"].clone(), report["removed"].clone()),
+        (5.into(), 0.into())
+    );
+    assert_eq!(req_ids(&addr, serde_json::json!({"kinds": [7]})).len(), 5);
+    let (ok, out, err) = megalith(&["delete", "--json", "--filter", r#"{"kinds":[7]}"#]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["removed"], 5, "{report}");
+    assert!(req_ids(&addr, serde_json::json!({"kinds": [7]})).is_empty());
+
+    let log = stop_cleanly(child, stderr, log);
+    assert!(log.contains("admin socket listening"), "{log}");
+    let socket = data.join("admin.sock");
+    assert!(!socket.exists(), "the socket outlived the server");
+    // A socket a killed server left: the commands open the store.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let (ok, out, err) = megalith(&["count", r#"{"kinds":[1,7]}"#]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "12\n");
+}

@@ -6,6 +6,7 @@
     reason = "println! and eprintln! panic on a closed pipe: write through output.rs"
 )]
 
+mod admin;
 mod export;
 mod follow;
 mod generate;
@@ -680,6 +681,9 @@ fn parse_filters(text: &str) -> Result<Vec<Filter>, String> {
 
 fn query(args: &QueryArgs) -> Result<ExitCode, String> {
     let filters = parse_filters(&args.filter)?;
+    if let Some(done) = through_server(&args.store, "query", Some(&args.filter), false, false) {
+        return done;
+    }
     let store = open(&args.store)?;
     let mut out = Output::stdout();
     let mut line = Vec::with_capacity(1024);
@@ -712,16 +716,56 @@ fn query(args: &QueryArgs) -> Result<ExitCode, String> {
 
 fn count(args: &CountArgs) -> Result<ExitCode, String> {
     let filters = parse_filters(&args.filter)?;
+    if let Some(done) = through_server(&args.store, "count", Some(&args.filter), args.json, false) {
+        return done;
+    }
     let store = open(&args.store)?;
     let result = store.count(&filters);
     let mut out = Output::stdout();
     let written = match &result {
-        Ok(n) if args.json => writeln!(out, "{{\"count\":{n}}}"),
-        Ok(n) => writeln!(out, "{n}"),
+        Ok(n) => out.write_all(count_output(*n, args.json).as_bytes()),
         Err(_) => Ok(()),
     }
     .and_then(|()| out.finish());
     finish(store, result.map(|_| ()), written)
+}
+
+/// What `megalith count` prints for `n`.
+fn count_output(n: u64, json: bool) -> String {
+    if json {
+        format!("{{\"count\":{n}}}\n")
+    } else {
+        format!("{n}\n")
+    }
+}
+
+/// When a running `megalith serve` holds the store and answers on its
+/// admin socket, runs the command there and prints its answer: `Some`
+/// with the outcome; `None` when no server answers (the caller opens the
+/// store itself).
+fn through_server(
+    store: &StoreArgs,
+    command: &str,
+    filter: Option<&str>,
+    json: bool,
+    dry_run: bool,
+) -> Option<Result<ExitCode, String>> {
+    let request = admin::Request {
+        command: command.to_string(),
+        filter: filter.map(str::to_string),
+        json,
+        dry_run,
+    };
+    let mut out = Output::stdout();
+    match admin::ask(&store.data, &request, &mut out) {
+        Ok(false) => None,
+        Ok(true) => Some(
+            out.finish()
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| format!("writing output: {e}")),
+        ),
+        Err(e) => Some(Err(e)),
+    }
 }
 
 fn changes(args: &ChangesArgs) -> Result<ExitCode, String> {
@@ -880,12 +924,15 @@ fn backup(args: &BackupArgs) -> Result<ExitCode, String> {
 
 fn delete(args: &DeleteArgs) -> Result<ExitCode, String> {
     let filters = Filter::list_from_json(&args.filter).map_err(|e| format!("--filter: {e}"))?;
-    if filters.iter().any(|f| f.limit.is_some()) {
-        return Err(
-            "--filter: `limit` has no meaning for a delete (it removes every \
-                    matching event); leave it out"
-                .to_string(),
-        );
+    refuse_limit(&filters)?;
+    if let Some(done) = through_server(
+        &args.store,
+        "delete",
+        Some(&args.filter),
+        args.json,
+        args.dry_run,
+    ) {
+        return done;
     }
     // The dry run walks the matches as the delete does (a NIP-45 count
     // would be cheaper, but leaves out expired events the delete removes).
@@ -893,35 +940,53 @@ fn delete(args: &DeleteArgs) -> Result<ExitCode, String> {
         store.purge(&filters, |_| false, args.dry_run)
     })?;
     let mut out = Output::stdout();
-    let written = if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({
-                "matched": report.matched,
-                "removed": report.removed,
-                "dry_run": args.dry_run,
-            })
-        )
-    } else if args.dry_run {
-        writeln!(
-            out,
-            "dry run: {} event(s) in {} match; nothing was removed",
-            report.matched,
-            args.store.data.display()
-        )
-    } else {
-        writeln!(
-            out,
-            "removed {} event(s) from {} (`megalith compact` takes their bytes out of the log)",
-            report.removed,
-            args.store.data.display()
-        )
-    };
-    written
+    out.write_all(delete_output(&report, args.dry_run, args.json, &args.store.data).as_bytes())
         .and_then(|()| out.finish())
         .map_err(|e| format!("writing output: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A delete's filters may not have `limit`.
+fn refuse_limit(filters: &[Filter]) -> Result<(), String> {
+    if filters.iter().any(|f| f.limit.is_some()) {
+        return Err(
+            "--filter: `limit` has no meaning for a delete (it removes every \
+                    matching event); leave it out"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+/// What `megalith delete` prints.
+fn delete_output(
+    report: &megalith::PurgeReport,
+    dry_run: bool,
+    json: bool,
+    data: &std::path::Path,
+) -> String {
+    if json {
+        format!(
+            "{}\n",
+            serde_json::json!({
+                "matched": report.matched,
+                "removed": report.removed,
+                "dry_run": dry_run,
+            })
+        )
+    } else if dry_run {
+        format!(
+            "dry run: {} event(s) in {} match; nothing was removed\n",
+            report.matched,
+            data.display()
+        )
+    } else {
+        format!(
+            "removed {} event(s) from {} (`megalith compact` takes their bytes out of the log)\n",
+            report.removed,
+            data.display()
+        )
+    }
 }
 
 fn compact(args: &CompactArgs) -> Result<ExitCode, String> {
@@ -1066,6 +1131,9 @@ fn health(args: &HealthArgs) -> Result<ExitCode, String> {
 }
 
 fn stats(args: &StatsArgs) -> Result<ExitCode, String> {
+    if let Some(done) = through_server(&args.store, "stats", None, args.json, false) {
+        return done;
+    }
     let store = open(&args.store)?;
     let mut out = Output::stdout();
     let result = store.stats();
@@ -1176,7 +1244,7 @@ fn report_lines(
 }
 
 fn write_stats(
-    out: &mut Output,
+    out: &mut impl Write,
     store: &EventStore,
     stats: &megalith::StoreStats,
     json: bool,

@@ -416,6 +416,11 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
                 config.compaction.clone(),
                 stopped.clone(),
             ))))
+            .chain(std::iter::once(tokio::spawn(admin_socket(
+                Arc::clone(&store),
+                config.data.clone(),
+                stopped.clone(),
+            ))))
             .collect();
         let jobs = feed.map(|feed| {
             Arc::new(FeedJobs::new(
@@ -592,6 +597,27 @@ async fn retention_loop(
             }
         }
     }
+}
+
+/// The admin socket (`DATA/admin.sock`, see `admin.rs`) until the relay
+/// stops: `megalith query`, `count`, `stats` and `delete` run beside the
+/// server through it. A socket that cannot be made is logged, and the
+/// relay runs without it.
+async fn admin_socket(store: Arc<EventStore>, data: PathBuf, mut stopped: watch::Receiver<bool>) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = match crate::admin::AdminServer::start(store, &data, Arc::clone(&stop)) {
+        Ok(server) => {
+            info!(path = %crate::admin::socket_path(&data).display(), "admin socket listening");
+            server
+        }
+        Err(e) => {
+            warn!(error = %e, "no admin socket: commands beside the server cannot reach it");
+            return;
+        }
+    };
+    let _ = stopped.changed().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || server.join()).await;
 }
 
 /// Background compaction (`[compaction]`): every `check_secs`, a pass

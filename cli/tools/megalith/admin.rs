@@ -1,0 +1,275 @@
+//! The admin socket (docs/server.md, "The admin socket"): `megalith serve`
+//! answers `query`, `count`, `stats` and `delete` for the commands of the
+//! same name run beside it, which cannot open the store it holds.
+//!
+//! `DATA/admin.sock`, a Unix socket of mode 0600 (only the store's user
+//! may connect). A request is one JSON line: `{"command": "query" |
+//! "count" | "stats" | "delete", "filter": "<NIP-01 filter JSON>",
+//! "json": bool, "dry_run": bool}`. The answer is JSON lines: `{"out":
+//! TEXT}` (what the command prints, in order), then `{"done": true}` or
+//! `{"error": MESSAGE}`. The server renders the output as the command
+//! would with the store to itself, so both print the same bytes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use megalith::{EventStore, Filter};
+use serde::{Deserialize, Serialize};
+
+use crate::output::Output;
+
+/// The socket's file name in the data directory.
+pub(crate) const SOCKET_FILE: &str = "admin.sock";
+
+/// The largest request line.
+const MAX_REQUEST: u64 = 1 << 20;
+
+/// At most this many requests are answered at once; more wait to connect.
+const MAX_CONNECTIONS: usize = 8;
+
+/// One request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Request {
+    pub command: String,
+    #[serde(default)]
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub json: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One line of an answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Reply {
+    Out(String),
+    Done(bool),
+    Error(String),
+}
+
+pub(crate) fn socket_path(data: &Path) -> PathBuf {
+    data.join(SOCKET_FILE)
+}
+
+/// The admin socket of a running server: listens until `stop` is set,
+/// then removes the socket file and waits for the requests it answers
+/// (they end at their next line once `stop` is set).
+pub(crate) struct AdminServer {
+    thread: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `DATA/admin.sock` (a socket file left by a server that was
+    /// killed is replaced: this process holds the store's lock, so no
+    /// other server runs) and answers requests on a thread of its own.
+    pub(crate) fn start(
+        store: Arc<EventStore>,
+        data: &Path,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<AdminServer> {
+        let path = socket_path(data);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        let thread = std::thread::Builder::new()
+            .name("megalith-admin".to_string())
+            .spawn(move || accept_loop(listener, &path, store, &stop))?;
+        Ok(AdminServer { thread })
+    }
+
+    /// Waits until the server has stopped (after `stop` was set).
+    pub(crate) fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+fn accept_loop(
+    listener: UnixListener,
+    path: &Path,
+    store: Arc<EventStore>,
+    stop: &Arc<AtomicBool>,
+) {
+    let mut running: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        running.retain(|handle| !handle.is_finished());
+        if running.len() >= MAX_CONNECTIONS {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (store, stop) = (Arc::clone(&store), Arc::clone(stop));
+                let spawned = std::thread::Builder::new()
+                    .name("megalith-admin-request".to_string())
+                    .spawn(move || {
+                        if let Err(e) = answer(&store, stream, &stop) {
+                            tracing::debug!(error = %e, "an admin request ended early");
+                        }
+                    });
+                match spawned {
+                    Ok(handle) => running.push(handle),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start a thread for an admin request")
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the admin socket failed to accept");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    for handle in running {
+        let _ = handle.join();
+    }
+}
+
+/// Reads one request from `stream` and answers it.
+fn answer(store: &EventStore, stream: UnixStream, stop: &AtomicBool) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
+    let mut out = std::io::BufWriter::new(&stream);
+    let mut send = |reply: &Reply| -> std::io::Result<()> {
+        let mut text = serde_json::to_string(reply).map_err(std::io::Error::other)?;
+        text.push('\n');
+        out.write_all(text.as_bytes())
+    };
+    let request: Request = match serde_json::from_str(&line) {
+        Ok(request) => request,
+        Err(e) => return send(&Reply::Error(format!("a malformed admin request: {e}"))),
+    };
+    match run(store, &request, stop, &mut |text| send(&Reply::Out(text))) {
+        Ok(()) => send(&Reply::Done(true))?,
+        Err(message) => send(&Reply::Error(message))?,
+    }
+    out.flush()
+}
+
+/// Runs `request` on `store`, handing what the command prints to `print`
+/// (a failed print, a client gone, ends it).
+fn run(
+    store: &EventStore,
+    request: &Request,
+    stop: &AtomicBool,
+    print: &mut dyn FnMut(String) -> std::io::Result<()>,
+) -> Result<(), String> {
+    let filters = || -> Result<Vec<Filter>, String> {
+        let text = request.filter.as_deref().unwrap_or("{}");
+        Filter::list_from_json(text).map_err(|e| format!("--filter: {e}"))
+    };
+    let printed = |e: std::io::Error| format!("the client went away: {e}");
+    match request.command.as_str() {
+        "count" => {
+            let n = store.count(&filters()?).map_err(|e| e.to_string())?;
+            print(crate::count_output(n, request.json)).map_err(printed)
+        }
+        "stats" => {
+            let stats = store.stats().map_err(|e| e.to_string())?;
+            let mut text = Vec::new();
+            crate::write_stats(&mut text, store, &stats, request.json).map_err(printed)?;
+            print(String::from_utf8_lossy(&text).into_owned()).map_err(printed)
+        }
+        "delete" => {
+            let filters = filters()?;
+            crate::refuse_limit(&filters)?;
+            let report = store
+                .purge(&filters, |_| false, request.dry_run)
+                .map_err(|e| format!("deleting from {}: {e}", store.path().display()))?;
+            print(crate::delete_output(
+                &report,
+                request.dry_run,
+                request.json,
+                store.path(),
+            ))
+            .map_err(printed)
+        }
+        "query" => {
+            let filters = filters()?;
+            let mut batch = String::new();
+            let mut failed = None;
+            let mut line = Vec::with_capacity(1024);
+            let result = store.query_with(&filters, |event| {
+                line.clear();
+                event.write_json(&mut line);
+                line.push(b'\n');
+                batch.push_str(&String::from_utf8_lossy(&line));
+                if batch.len() >= 64 << 10
+                    && let Err(e) = print(std::mem::take(&mut batch))
+                {
+                    failed = Some(e);
+                }
+                if failed.is_some() || stop.load(Ordering::Relaxed) {
+                    return Err(megalith::Error::Closed);
+                }
+                Ok(())
+            });
+            if let Some(e) = failed {
+                return Err(printed(e));
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err("the server is stopping".to_string());
+            }
+            result.map_err(|e| e.to_string())?;
+            if batch.is_empty() {
+                Ok(())
+            } else {
+                print(batch).map_err(printed)
+            }
+        }
+        other => Err(format!("unknown admin command {other:?}")),
+    }
+}
+
+/// Sends `request` to the server running on the store in `data`, writing
+/// what it prints to `out`. `Ok(false)` when no server answers there (no
+/// socket, or one a killed server left): the caller opens the store.
+pub(crate) fn ask(data: &Path, request: &Request, out: &mut Output) -> Result<bool, String> {
+    let path = socket_path(data);
+    let stream = match UnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(_) => return Ok(false),
+    };
+    let talk = |e: std::io::Error| format!("asking the server through {}: {e}", path.display());
+    let mut line = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes()).map_err(talk)?;
+    let reader = BufReader::new(&stream);
+    for line in reader.lines() {
+        let line = line.map_err(talk)?;
+        match serde_json::from_str::<Reply>(&line) {
+            Ok(Reply::Out(text)) => {
+                out.write_all(text.as_bytes())
+                    .map_err(|e| format!("writing output: {e}"))?;
+                if !out.is_open() {
+                    // `| head` went away: the server stops when we do.
+                    return Ok(true);
+                }
+            }
+            Ok(Reply::Done(_)) => return Ok(true),
+            Ok(Reply::Error(message)) => return Err(message),
+            Err(e) => return Err(format!("a malformed answer from {}: {e}", path.display())),
+        }
+    }
+    Err(format!(
+        "the server behind {} closed the connection before it answered",
+        path.display()
+    ))
+}
