@@ -754,6 +754,19 @@ fn expired_events_leave_the_store_and_the_files() {
             )
         })
         .collect();
+    // A deletion request that expires too: it stays, and keeps what it
+    // deleted out (removing it would let that be stored again).
+    let victim = keys.sign(now - 200, 1, vec![], "deleted before".to_string());
+    let deletion = keys.sign(
+        now - 150,
+        5,
+        vec![
+            vec!["e".to_string(), victim.id.to_hex()],
+            vec!["expiration".to_string(), expires.to_string()],
+        ],
+        String::new(),
+    );
+    insert_all(&store, &[victim.clone(), deletion]);
     insert_all(&store, &expiring);
     insert_all(&store, &later);
     insert_all(&store, &kept);
@@ -769,7 +782,8 @@ fn expired_events_leave_the_store_and_the_files() {
     }
     let report = store.compact(&CompactOptions::default()).unwrap();
     assert_eq!(report.expired_removed, 8, "{report:?}");
-    assert_eq!(report.records_compacted, 8, "{report:?}");
+    // The expired notes, and the note the deletion removed.
+    assert_eq!(report.records_compacted, 9, "{report:?}");
     assert_eq!(store.stats().unwrap().events, stored_before - 8);
     assert_eq!(
         found_in_files(dir.path(), &marks("expiring", 8)),
@@ -793,6 +807,11 @@ fn expired_events_leave_the_store_and_the_files() {
         (again.expired_removed, again.records_compacted),
         (0, 0),
         "{again:?}"
+    );
+    assert_eq!(
+        store.insert(std::slice::from_ref(&victim)).unwrap(),
+        vec![megalith::InsertOutcome::Deleted],
+        "the expired deletion request still keeps its event out"
     );
     store.close().unwrap();
     assert_doctor_clean(dir.path(), "after expired events were compacted");

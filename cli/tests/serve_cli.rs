@@ -1550,3 +1550,59 @@ fn commands_beside_a_running_server_go_through_its_admin_socket() {
     assert!(ok, "{err}");
     assert_eq!(out, "12\n");
 }
+
+/// A client of the admin socket that asks for every event and never reads
+/// the answer does not keep `serve` from stopping, and the store closes
+/// cleanly (a write to it blocked the shutdown for good before).
+#[test]
+fn an_admin_client_that_never_reads_does_not_hold_the_shutdown() {
+    use megalith::event::Keys;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    // Far more than a socket buffer holds.
+    let keys = Keys::from_seed(64);
+    let store = megalith::EventStore::open(&data).unwrap();
+    let events: Vec<_> = (0..3000)
+        .map(|n| {
+            keys.sign(
+                1_700_000_000 + n,
+                1,
+                vec![],
+                format!("{n} {}", "y".repeat(1000)),
+            )
+        })
+        .collect();
+    for chunk in events.chunks(500) {
+        store.insert_trusted(chunk).unwrap();
+    }
+    store.close().unwrap();
+    let serve::Serving {
+        mut child,
+        addr: _,
+        mut stderr,
+        mut log,
+    } = serve::spawn(["--data".as_ref(), data.as_os_str()]);
+    let mut client = std::os::unix::net::UnixStream::connect(data.join("admin.sock")).unwrap();
+    client
+        .write_all(b"{\"command\":\"query\",\"filter\":\"{}\"}\n")
+        .unwrap();
+    // The server fills the socket's buffer and waits for the client.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = (0..600).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        child.try_wait().unwrap()
+    });
+    let Some(exit) = exited else {
+        let _ = child.kill();
+        panic!("serve did not stop while an admin client held a query");
+    };
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    assert!(log.contains("store closed cleanly"), "{log}");
+    drop(client);
+}

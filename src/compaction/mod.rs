@@ -105,7 +105,8 @@ impl Garbage {
 pub struct CompactReport {
     /// Sealed segments read.
     pub segments_examined: u64,
-    /// Segments written again.
+    /// Segment rewrites (a run that removed expired events and rewrites a
+    /// segment in both rounds counts it twice).
     pub segments_rewritten: u64,
     /// Event records taken out.
     pub records_compacted: u64,
@@ -137,6 +138,9 @@ struct Frame {
     /// `lsn - unsynced_run` was durable when it was written.
     unsynced_run: u32,
     batch_end: bool,
+    /// An event record whose payload flags a NIP-40 expiration, of a
+    /// kind whose expiry compaction acts on (see `expiry_applies`).
+    expiring: bool,
     /// What it is: an event record (with its id), an earlier compacted
     /// run (with its record count), or anything else.
     what: FrameKind,
@@ -364,12 +368,14 @@ fn examine(
             }
             _ => FrameKind::Other,
         };
+        let expiring = matches!(what, FrameKind::Event(_)) && expiry_applies(record.payload);
         frames.push(Frame {
             offset,
             len: record.frame_len() as u32,
             lsn: record.lsn,
             unsynced_run: record.unsynced_run,
             batch_end: record.batch_end,
+            expiring,
             what,
         });
     }
@@ -421,6 +427,9 @@ fn examine(
 /// `now` (the payload's flag says whether it has one at all, so only
 /// those are parsed).
 fn expires_before(segment: &Segment, frame: &Frame, now: u64) -> Result<bool, Error> {
+    if !frame.expiring {
+        return Ok(false);
+    }
     let record = segment.read(frame.offset).map_err(|e| {
         Error::corrupt(format!(
             "{} at offset {}: {e}",
@@ -428,13 +437,6 @@ fn expires_before(segment: &Segment, frame: &Frame, now: u64) -> Result<bool, Er
             frame.offset
         ))
     })?;
-    if record
-        .payload
-        .get(crate::event::FLAGS_OFFSET)
-        .is_none_or(|flags| flags & crate::event::FLAG_EXPIRATION == 0)
-    {
-        return Ok(false);
-    }
     let event = crate::event::EventRef::parse(record.payload).map_err(|e| {
         Error::corrupt(format!(
             "event record at offset {} of {}: {e}",
@@ -443,6 +445,22 @@ fn expires_before(segment: &Segment, frame: &Frame, now: u64) -> Result<bool, Er
         ))
     })?;
     Ok(event.expiration().is_some_and(|at| at <= now))
+}
+
+/// Whether the event record `payload` flags a NIP-40 expiration that
+/// compaction acts on: not for deletion requests (kind 5) and requests to
+/// vanish (kind 62), which keep what they removed out while they are
+/// stored, expired or not (removing one would let those events be stored
+/// again).
+fn expiry_applies(payload: &[u8]) -> bool {
+    use crate::event::{FLAG_EXPIRATION, FLAGS_OFFSET};
+    let kind = payload
+        .get(FLAGS_OFFSET - 2..FLAGS_OFFSET)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]));
+    payload
+        .get(FLAGS_OFFSET)
+        .is_some_and(|flags| flags & FLAG_EXPIRATION != 0)
+        && !matches!(kind, Some(5 | 62) | None)
 }
 
 /// The targets of every remove record at or after `from`.

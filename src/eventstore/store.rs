@@ -1331,13 +1331,25 @@ impl EventStore {
         spare: impl Fn(&EventRef<'_>) -> bool,
         dry_run: bool,
     ) -> Result<PurgeReport, Error> {
+        self.purge_until(filters, spare, dry_run, &AtomicBool::new(false))
+    }
+
+    /// [`EventStore::purge`], giving up with [`Error::Interrupted`] between
+    /// two pages once `stop` is set (what it removed stays removed).
+    pub fn purge_until(
+        &self,
+        filters: &[Filter],
+        spare: impl Fn(&EventRef<'_>) -> bool,
+        dry_run: bool,
+        stop: &AtomicBool,
+    ) -> Result<PurgeReport, Error> {
         if filters.iter().any(|f| f.limit.is_some()) {
             return Err(Error::Filter(FilterError(
                 "a purge removes every matching event: `limit` has no meaning there".to_string(),
             )));
         }
         let plans: Vec<PurgePlan<'_>> = filters.iter().map(|f| (f, &spare as _)).collect();
-        self.purge_plans(&plans, dry_run, &AtomicBool::new(false))
+        self.purge_plans(&plans, dry_run, stop)
     }
 
     /// Purges what each filter matches and its own `spare` does not keep.

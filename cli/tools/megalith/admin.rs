@@ -11,6 +11,7 @@
 //! would with the store to itself, so both print the same bytes.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -43,7 +44,15 @@ pub(crate) struct Request {
     pub json: bool,
     #[serde(default)]
     pub dry_run: bool,
+    /// The data directory as the client named it (`--data`), for the
+    /// messages that name it.
+    #[serde(default)]
+    pub data: Option<String>,
 }
+
+/// How long a request may take to arrive, and a write to a client that
+/// does not read may block.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 /// One line of an answer.
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,8 +89,20 @@ impl AdminServer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let listener = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        // Bound inside a directory only this user can enter, made 0600 and
+        // then moved into place: nobody else can connect in between.
+        let private = data.join(format!(".admin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&private);
+        std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+        let bound = (|| {
+            let inside = private.join(SOCKET_FILE);
+            let listener = UnixListener::bind(&inside)?;
+            std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&inside, &path)?;
+            Ok::<_, std::io::Error>(listener)
+        })();
+        let _ = std::fs::remove_dir_all(&private);
+        let listener = bound?;
         listener.set_nonblocking(true)?;
         let thread = std::thread::Builder::new()
             .name("megalith-admin".to_string())
@@ -101,15 +122,20 @@ fn accept_loop(
     store: Arc<EventStore>,
     stop: &Arc<AtomicBool>,
 ) {
-    let mut running: Vec<JoinHandle<()>> = Vec::new();
+    // Each request's thread, and its connection (shut at a stop, so that a
+    // write to a client that does not read ends at once).
+    let mut running: Vec<(JoinHandle<()>, UnixStream)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        running.retain(|handle| !handle.is_finished());
+        running.retain(|(handle, _)| !handle.is_finished());
         if running.len() >= MAX_CONNECTIONS {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
         match listener.accept() {
             Ok((stream, _)) => {
+                let Ok(kept) = stream.try_clone() else {
+                    continue;
+                };
                 let (store, stop) = (Arc::clone(&store), Arc::clone(stop));
                 let spawned = std::thread::Builder::new()
                     .name("megalith-admin-request".to_string())
@@ -119,7 +145,7 @@ fn accept_loop(
                         }
                     });
                 match spawned {
-                    Ok(handle) => running.push(handle),
+                    Ok(handle) => running.push((handle, kept)),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot start a thread for an admin request")
                     }
@@ -135,7 +161,10 @@ fn accept_loop(
         }
     }
     let _ = std::fs::remove_file(path);
-    for handle in running {
+    for (_, stream) in &running {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+    for (handle, _) in running {
         let _ = handle.join();
     }
 }
@@ -143,9 +172,8 @@ fn accept_loop(
 /// Reads one request from `stream` and answers it.
 fn answer(store: &EventStore, stream: UnixStream, stop: &AtomicBool) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut line = String::new();
-    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
+    stream.set_write_timeout(Some(PATIENCE))?;
+    let line = read_request(&stream)?;
     let mut out = std::io::BufWriter::new(&stream);
     let mut send = |reply: &Reply| -> std::io::Result<()> {
         let mut text = serde_json::to_string(reply).map_err(std::io::Error::other)?;
@@ -161,6 +189,30 @@ fn answer(store: &EventStore, stream: UnixStream, stop: &AtomicBool) -> std::io:
         Err(message) => send(&Reply::Error(message))?,
     }
     out.flush()
+}
+
+/// Reads the request line: at most `MAX_REQUEST` bytes within `PATIENCE`
+/// in all (a client that trickles bytes does not keep its thread).
+fn read_request(stream: &UnixStream) -> std::io::Result<String> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !line.contains(&b'\n') {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || line.len() as u64 > MAX_REQUEST {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no whole request line in time",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = (&*stream).read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        line.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(line).map_err(std::io::Error::other)
 }
 
 /// Runs `request` on `store`, handing what the command prints to `print`
@@ -190,14 +242,19 @@ fn run(
         "delete" => {
             let filters = filters()?;
             crate::refuse_limit(&filters)?;
+            // Named as the client named it, as the command does alone.
+            let data = request
+                .data
+                .as_deref()
+                .map_or_else(|| store.path().to_path_buf(), PathBuf::from);
             let report = store
-                .purge(&filters, |_| false, request.dry_run)
-                .map_err(|e| format!("deleting from {}: {e}", store.path().display()))?;
+                .purge_until(&filters, |_| false, request.dry_run, stop)
+                .map_err(|e| format!("deleting from {}: {e}", data.display()))?;
             print(crate::delete_output(
                 &report,
                 request.dry_run,
                 request.json,
-                store.path(),
+                &data,
             ))
             .map_err(printed)
         }

@@ -755,6 +755,7 @@ fn through_server(
         filter: filter.map(str::to_string),
         json,
         dry_run,
+        data: Some(store.data.display().to_string()),
     };
     let mut out = Output::stdout();
     match admin::ask(&store.data, &request, &mut out) {
@@ -1026,7 +1027,7 @@ fn compact(args: &CompactArgs) -> Result<ExitCode, String> {
     } else {
         writeln!(
             out,
-            "compacted {}: {} removed event(s), {} KiB, out of {} of {} sealed segment(s) in {:.1} s\n\
+            "compacted {}: {} removed event(s), {} KiB, in {} segment rewrite(s) over {} sealed segment(s) in {:.1} s\n\
              log on disk: {} KiB before, {} KiB after{}{}",
             args.store.data.display(),
             report.records_compacted,
