@@ -416,9 +416,10 @@ pub(crate) fn run(args: &ServeArgs) -> Result<ExitCode, String> {
                 config.compaction.clone(),
                 stopped.clone(),
             ))))
+            // Bound before the relay says it listens, so a command run
+            // right after that finds it.
             .chain(std::iter::once(tokio::spawn(admin_socket(
-                Arc::clone(&store),
-                config.data.clone(),
+                start_admin(&store, &config.data),
                 stopped.clone(),
             ))))
             .collect();
@@ -603,21 +604,41 @@ async fn retention_loop(
 /// stops: `megalith query`, `count`, `stats` and `delete` run beside the
 /// server through it. A socket that cannot be made is logged, and the
 /// relay runs without it.
-async fn admin_socket(store: Arc<EventStore>, data: PathBuf, mut stopped: watch::Receiver<bool>) {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let server = match crate::admin::AdminServer::start(store, &data, Arc::clone(&stop)) {
-        Ok(server) => {
-            info!(path = %crate::admin::socket_path(&data).display(), "admin socket listening");
-            server
-        }
-        Err(e) => {
-            warn!(error = %e, "no admin socket: commands beside the server cannot reach it");
-            return;
-        }
+async fn admin_socket(
+    admin: Option<(
+        crate::admin::AdminServer,
+        Arc<std::sync::atomic::AtomicBool>,
+    )>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let Some((server, stop)) = admin else {
+        return;
     };
     let _ = stopped.changed().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || server.join()).await;
+}
+
+/// Binds the admin socket (see [`admin_socket`]); `None`, logged, when it
+/// cannot be made.
+fn start_admin(
+    store: &Arc<EventStore>,
+    data: &std::path::Path,
+) -> Option<(
+    crate::admin::AdminServer,
+    Arc<std::sync::atomic::AtomicBool>,
+)> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    match crate::admin::AdminServer::start(Arc::clone(store), data, Arc::clone(&stop)) {
+        Ok(server) => {
+            info!(path = %crate::admin::socket_path(data).display(), "admin socket listening");
+            Some((server, stop))
+        }
+        Err(e) => {
+            warn!(error = %e, "no admin socket: commands beside the server cannot reach it");
+            None
+        }
+    }
 }
 
 /// Background compaction (`[compaction]`): every `check_secs`, a pass
