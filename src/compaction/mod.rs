@@ -3,12 +3,13 @@
 //!
 //! An event record whose event left the indexes (replaced, deleted by
 //! NIP-09, vanished by NIP-62) stays in the log until compaction. A sealed
-//! segment is written again into a new file beside it: every other record
-//! at its own offset, each run of removed event records replaced by one
-//! `Compacted` frame followed by a hole as long as the rest of the run.
-//! No record moves, so no index changes. The new file is synced, then
-//! renamed over the old one; readers that mapped the old file keep it
-//! until they let go, and its blocks go back to the file system then.
+//! segment is written again, packed, into a new file beside it: every
+//! other record in order, each run of removed event records replaced by
+//! one `Compacted` frame, and a relocation table of the runs' lengths, so
+//! every record keeps its logical offset (its location) and no index
+//! changes (`wal/packed.rs`). The new file is synced, then renamed over the
+//! old one; readers that mapped the old file keep it until they let go,
+//! and its blocks go back to the file system then.
 //!
 //! Which records may go: those removed by a remove record that every index
 //! checkpoint (and the analytics checkpoint) already reflects. An open
@@ -38,8 +39,9 @@ use crate::event::EventId;
 use crate::ids::{Location, Lsn};
 use crate::storage::{OpenMode, Storage};
 use crate::wal::{
-    COMPACTING_SUFFIX, CompactedPayload, FRAME_OVERHEAD, FrameError, LogSnapshot, RecordType,
-    RemovePayload, SEGMENT_HEADER_LEN, Segment, encode_frame,
+    COMPACTED_FRAME_LEN, COMPACTING_SUFFIX, CompactedPayload, FRAME_OVERHEAD, FrameError,
+    LogSnapshot, PackTable, RecordType, RemovePayload, SEGMENT_HEADER_LEN, Segment, encode_frame,
+    encode_packed_segment_header,
 };
 
 /// How compaction runs.
@@ -379,7 +381,7 @@ fn examine(
             what,
         });
     }
-    if scan.offset() != segment.file_len() {
+    if scan.offset() != segment.sealed_end() {
         let why = scan
             .stop()
             .map_or_else(|| "the scan stopped".to_string(), ToString::to_string);
@@ -556,9 +558,9 @@ struct Run {
     records: u32,
 }
 
-/// Writes `seen`'s segment again without the event records `go` names,
-/// puts it in place (if `unchanged` still holds just before) and returns
-/// the bytes written.
+/// Writes `seen`'s segment again, packed (`docs/format.md`, "Packed
+/// segments"), without the event records `go` names, puts it in place (if
+/// `unchanged` still holds just before) and returns the bytes written.
 fn rewrite(
     store_dir: &Path,
     log: &crate::wal::Log,
@@ -569,11 +571,10 @@ fn rewrite(
 ) -> Result<Option<u64>, Error> {
     let segment = &seen.segment;
     let storage: &dyn Storage = &**log.storage();
-    let bytes = segment.bytes();
-    let len = segment.file_len();
     let runs = runs_of(&seen.frames, go);
     let path = segment.path().to_path_buf();
     let temp = compacting_path(&path);
+    let layout = packed_layout(segment, &seen.frames, &runs)?;
     if storage.exists(&temp).map_err(io_error(&temp, "stat"))? {
         storage
             .remove_file(&temp)
@@ -582,39 +583,33 @@ fn rewrite(
     let file = storage
         .open(&temp, OpenMode::CreateNew)
         .map_err(io_error(&temp, "create"))?;
-    let write = |at: usize, part: &[u8], pace: &mut Pace<'_>| -> Result<u64, Error> {
-        let mut written = 0;
-        for (n, chunk) in part.chunks(COPY_CHUNK).enumerate() {
-            let offset = (at + n * COPY_CHUNK) as u64;
-            file.write_all_at(chunk, offset)
-                .map_err(io_error(&temp, "write"))?;
-            // Stopped: the unfinished file goes at the next run or open.
-            pace.wrote(chunk.len())?;
-            written += chunk.len() as u64;
-        }
-        Ok(written)
+    let mut out = Output {
+        file: &*file,
+        path: &temp,
+        at: 0,
+        buffer: Vec::with_capacity(COPY_CHUNK),
     };
-    file.set_len(len as u64)
-        .map_err(io_error(&temp, "extend"))?;
-    let mut written = 0;
-    let spans = kept_spans(&seen.frames, &runs);
-    for &(start, end) in &spans {
-        written += write(start as usize, &bytes[start as usize..end as usize], pace)?;
+    out.put(
+        &encode_packed_segment_header(log.shard(), segment.id(), layout.table.records_end()),
+        pace,
+    )?;
+    let bytes = segment.bytes();
+    for piece in &layout.pieces {
+        match *piece {
+            Piece::Copy { from, len } => {
+                out.put(&bytes[from as usize..(from + len) as usize], pace)?;
+            }
+            Piece::Compacted(run) => {
+                out.put(&compacted_frame(segment.id(), &runs[run])?, pace)?;
+            }
+        }
     }
-    for run in &runs {
-        let frame = compacted_frame(segment.id(), run)?;
-        written += write(run.start as usize, &frame, pace)?;
-    }
-    if spans.last().is_none_or(|&(_, end)| end as usize != len) {
-        // The file ends in a hole: its last byte is written (a zero), so
-        // the end of its data is the end of the file, as for any sealed
-        // segment.
-        written += write(len - 1, &[0], pace)?;
-    }
+    out.put(&layout.table.encode(), pace)?;
+    let written = out.finish(pace)?;
     file.sync().map_err(io_error(&temp, "sync"))?;
     drop(file);
     // Read back before it takes the segment's place: the same records at
-    // the same offsets, to the end of the file.
+    // the same locations, to the end of its records.
     let fresh = Segment::open(storage, &temp, log.shard(), segment.id())?;
     check_rewritten(segment, &fresh, &seen.frames, &runs)?;
     drop(fresh);
@@ -637,6 +632,116 @@ fn rewrite(
     log.replace_sealed(fresh);
     drop(lock);
     Ok(Some(written))
+}
+
+/// Writes what it is given back to back, `COPY_CHUNK` bytes at a time.
+struct Output<'a> {
+    file: &'a dyn crate::storage::StorageFile,
+    path: &'a Path,
+    at: u64,
+    buffer: Vec<u8>,
+}
+
+impl Output<'_> {
+    fn put(&mut self, mut bytes: &[u8], pace: &mut Pace<'_>) -> Result<(), Error> {
+        while !bytes.is_empty() {
+            let room = COPY_CHUNK - self.buffer.len();
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.buffer.extend_from_slice(now);
+            bytes = rest;
+            if self.buffer.len() == COPY_CHUNK {
+                self.flush(pace)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, pace: &mut Pace<'_>) -> Result<(), Error> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(&self.buffer, self.at)
+            .map_err(io_error(self.path, "write"))?;
+        self.at += self.buffer.len() as u64;
+        let len = self.buffer.len();
+        self.buffer.clear();
+        // Stopped: the unfinished file goes at the next run or open.
+        pace.wrote(len)
+    }
+
+    /// Writes what is left; returns the bytes written in all.
+    fn finish(mut self, pace: &mut Pace<'_>) -> Result<u64, Error> {
+        self.flush(pace)?;
+        Ok(self.at)
+    }
+}
+
+/// What a packed segment holds after its header, in order.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    /// Bytes copied from the old file (file offsets): frames that stay.
+    Copy { from: u32, len: u32 },
+    /// The `Compacted` frame of run `n`.
+    Compacted(usize),
+}
+
+struct Layout {
+    pieces: Vec<Piece>,
+    table: PackTable,
+}
+
+/// Where everything goes in the packed copy: every frame outside the runs
+/// copied from where the old file holds it (neighbours in one piece), each
+/// run one `Compacted` frame, and the relocation table of their lengths.
+fn packed_layout(old: &Segment, frames: &[Frame], runs: &[Run]) -> Result<Layout, Error> {
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut entries = Vec::with_capacity(runs.len());
+    let mut at = SEGMENT_HEADER_LEN as u32;
+    let mut next_run = 0;
+    let mut frames = frames.iter().peekable();
+    while let Some(frame) = frames.next() {
+        if let Some(run) = runs.get(next_run)
+            && frame.offset == run.start
+        {
+            let skip = (run.end - run.start)
+                .checked_sub(COMPACTED_FRAME_LEN)
+                .ok_or_else(|| {
+                    Error::corrupt(format!(
+                        "a run of {} bytes at offset {} is shorter than a compacted frame",
+                        run.end - run.start,
+                        run.start
+                    ))
+                })?;
+            entries.push((at, skip));
+            pieces.push(Piece::Compacted(next_run));
+            at += COMPACTED_FRAME_LEN;
+            while frames.peek().is_some_and(|f| f.offset < run.end) {
+                frames.next();
+            }
+            next_run += 1;
+            continue;
+        }
+        // Outside the runs, every frame is as long in the file as in the
+        // layout (earlier compacted frames are all in runs).
+        let from = old.file_offset(frame.offset).ok_or_else(|| {
+            Error::corrupt(format!(
+                "frame at offset {} of {} lies in bytes the file leaves out",
+                frame.offset,
+                old.path().display()
+            ))
+        })?;
+        match pieces.last_mut() {
+            Some(Piece::Copy { from: start, len }) if *start + *len == from => *len += frame.len,
+            _ => pieces.push(Piece::Copy {
+                from,
+                len: frame.len,
+            }),
+        }
+        at += frame.len;
+    }
+    let table = PackTable::new(at, &entries).map_err(Error::corrupt)?;
+    Ok(Layout { pieces, table })
 }
 
 fn compacting_path(path: &Path) -> PathBuf {
@@ -678,55 +783,18 @@ fn runs_of(frames: &[Frame], go: &[usize]) -> Vec<Run> {
         }
     }
     runs.extend(open);
-    // An earlier compacted frame alone stays as it is.
-    runs.retain(|run| {
-        let alone = !matches!(run.first.what, FrameKind::Event(_))
-            && run.end == run.first.offset + run.first.len;
-        !alone
-    });
+    // An earlier compacted frame alone is a run too: it is written again
+    // with its length in the table.
     runs
-}
-
-/// The byte ranges copied as they are: the header and every frame outside
-/// the runs, except the hole after an earlier compacted frame (it stays a
-/// hole: never read, never written).
-fn kept_spans(frames: &[Frame], runs: &[Run]) -> Vec<(u32, u32)> {
-    let mut spans: Vec<(u32, u32)> = vec![(0, SEGMENT_HEADER_LEN as u32)];
-    let mut runs = runs.iter().peekable();
-    for frame in frames {
-        while runs.peek().is_some_and(|run| run.end <= frame.offset) {
-            runs.next();
-        }
-        if runs.peek().is_some_and(|run| run.start <= frame.offset) {
-            continue;
-        }
-        let end = match frame.what {
-            FrameKind::Compacted { .. } => {
-                frame.offset + (FRAME_OVERHEAD + CompactedPayload::LEN) as u32
-            }
-            _ => frame.offset + frame.len,
-        };
-        match spans.last_mut() {
-            Some(last) if last.1 == frame.offset => last.1 = end,
-            _ => spans.push((frame.offset, end)),
-        }
-    }
-    spans
 }
 
 /// The `Compacted` frame that takes `run`'s place: the LSN, durability
 /// claim and batch end of the records it replaces.
 fn compacted_frame(segment: crate::ids::SegmentId, run: &Run) -> Result<Vec<u8>, Error> {
-    let span = (run.end - run.start) as usize;
     let head = FRAME_OVERHEAD + CompactedPayload::LEN;
-    let skip = span.checked_sub(head).ok_or_else(|| {
-        Error::corrupt(format!(
-            "a run of {span} bytes at offset {} is shorter than a compacted frame",
-            run.start
-        ))
-    })?;
+    // A packed segment's frame says 0: its run's length is in the table.
     let payload = CompactedPayload {
-        skip: skip as u32,
+        skip: 0,
         records: run.records,
         last: run.last_lsn,
     };
@@ -776,7 +844,10 @@ fn check_rewritten(
         .by_ref()
         .map(|(offset, record)| (offset, record.lsn, record.frame_len() as u32))
         .collect();
-    if found != expected || scan.offset() != fresh.file_len() || fresh.file_len() != old.file_len()
+    if found != expected
+        || scan.offset() != fresh.sealed_end()
+        || fresh.sealed_end() != old.sealed_end()
+        || !matches!(scan.stop(), Some(FrameError::End))
     {
         return Err(Error::corrupt(format!(
             "the compacted copy of {} does not read back as written ({} frames expected, {} \
@@ -785,7 +856,7 @@ fn check_rewritten(
             expected.len(),
             found.len(),
             scan.offset(),
-            fresh.file_len()
+            fresh.sealed_end()
         )));
     }
     Ok(())

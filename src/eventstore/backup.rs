@@ -40,7 +40,10 @@ use crate::error::{Error, io_error};
 use crate::ids::{Location, SegmentId, ShardId};
 use crate::index::{PAGE_SIZE, decode_meta};
 use crate::storage::FileStorage;
-use crate::wal::{LogFollower, LogView, parse_segment_file_name, read_synced_mark};
+use crate::wal::{
+    LogFollower, LogView, SEGMENT_HEADER_LEN, decode_segment_header, parse_segment_file_name,
+    read_synced_mark,
+};
 
 /// What [`backup_store`] copied.
 #[derive(Debug, Clone, PartialEq)]
@@ -198,7 +201,7 @@ fn copy_shard(
     segments.retain(|(id, _)| *id <= mark.segment);
     for (id, name) in &segments {
         let (from, to) = (src_log.join(name), dst_log.join(name));
-        if *id == mark.segment {
+        if *id == mark.segment && !is_packed(&from)? {
             report.bytes_copied += copy_prefix(&from, &to, Some(u64::from(mark.offset)))?;
         } else if link {
             fs::hard_link(&from, &to).map_err(io_error(&to, "hard-link"))?;
@@ -246,6 +249,17 @@ fn durable_meta(file: &File, path: &Path) -> Result<Option<(u64, u64)>, Error> {
         }
     }
     Ok(crate::index::choose_meta(slots).map(|(_, meta)| (meta.generation, meta.page_count)))
+}
+
+/// Whether the segment file at `path` is packed (written whole by
+/// compaction: a synced mark's offset in it is logical, and it is copied
+/// whole).
+fn is_packed(path: &Path) -> Result<bool, Error> {
+    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
+    File::open(path)
+        .and_then(|f| f.take(SEGMENT_HEADER_LEN as u64).read_to_end(&mut header))
+        .map_err(io_error(path, "read"))?;
+    Ok(decode_segment_header(&header).is_ok_and(|h| h.packed_end.is_some()))
 }
 
 /// Copies the first `len` bytes of `from` (all of it with `None`) into a

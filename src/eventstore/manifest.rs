@@ -16,7 +16,9 @@
 //!                               bit 3: the logs may hold remove records
 //!                               of reason 3, purged (set before the
 //!                               first is written; builds without
-//!                               `EventStore::purge` refuse the store)
+//!                               `EventStore::purge` refuse the store);
+//!                               bit 4: the logs may hold packed segments
+//!                               (set before the first is written)
 //! 20  reserved        u32      0
 //! 24  crc             u64 LE   crc64 of bytes 0..24
 //! ```
@@ -46,6 +48,8 @@ const FEATURE_ANALYTICS: u32 = 2;
 const FEATURE_COMPACTED: u32 = 4;
 /// Feature bit: the logs may hold remove records of reason `Purged`.
 const FEATURE_PURGED: u32 = 8;
+/// Feature bit: the logs may hold packed segments (written by compaction).
+const FEATURE_PACKED: u32 = 16;
 
 pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
 
@@ -64,6 +68,8 @@ pub(crate) struct Manifest {
     pub compacted: bool,
     /// The logs may hold remove records of reason `Purged`.
     pub purged: bool,
+    /// The logs may hold packed segments.
+    pub packed: bool,
 }
 
 /// Reads the manifest of the store in `dir`.
@@ -193,7 +199,8 @@ fn encode(manifest: Manifest) -> [u8; MANIFEST_LEN] {
         } else {
             0
         }
-        | if manifest.purged { FEATURE_PURGED } else { 0 };
+        | if manifest.purged { FEATURE_PURGED } else { 0 }
+        | if manifest.packed { FEATURE_PACKED } else { 0 };
     out[FEATURES_OFFSET..FEATURES_OFFSET + 4].copy_from_slice(&features.to_le_bytes());
     let crc = crc64(&[&out[..CRC_OFFSET]]);
     out[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
@@ -237,7 +244,14 @@ fn decode(bytes: &[u8]) -> Result<Manifest, String> {
     } else {
         u32_at(FEATURES_OFFSET)
     };
-    if features & !(FEATURE_SEARCH | FEATURE_ANALYTICS | FEATURE_COMPACTED | FEATURE_PURGED) != 0 {
+    if features
+        & !(FEATURE_SEARCH
+            | FEATURE_ANALYTICS
+            | FEATURE_COMPACTED
+            | FEATURE_PURGED
+            | FEATURE_PACKED)
+        != 0
+    {
         return Err(format!(
             "manifest names features {features:#x} this build does not know"
         ));
@@ -249,6 +263,7 @@ fn decode(bytes: &[u8]) -> Result<Manifest, String> {
         analytics: features & FEATURE_ANALYTICS != 0,
         compacted: features & FEATURE_COMPACTED != 0,
         purged: features & FEATURE_PURGED != 0,
+        packed: features & FEATURE_PACKED != 0,
     })
 }
 
@@ -266,6 +281,7 @@ mod tests {
                 analytics: false,
                 compacted: false,
                 purged: false,
+                packed: false,
             },
             Manifest {
                 version: STORE_FORMAT_VERSION,
@@ -274,6 +290,7 @@ mod tests {
                 analytics: false,
                 compacted: false,
                 purged: false,
+                packed: false,
             },
             Manifest {
                 version: STORE_FORMAT_VERSION,
@@ -282,6 +299,7 @@ mod tests {
                 analytics: true,
                 compacted: false,
                 purged: false,
+                packed: false,
             },
             Manifest {
                 version: STORE_FORMAT_VERSION,
@@ -290,6 +308,7 @@ mod tests {
                 analytics: false,
                 compacted: true,
                 purged: true,
+                packed: true,
             },
         ] {
             assert_eq!(decode(&encode(manifest)), Ok(manifest));
@@ -311,6 +330,7 @@ mod tests {
             analytics: false,
             compacted: false,
             purged: false,
+            packed: false,
         };
         let mut newer = encode(plain);
         newer[VERSION_OFFSET] = 4;
@@ -329,7 +349,7 @@ mod tests {
             })
         );
         let mut unknown = encode(plain);
-        unknown[FEATURES_OFFSET] = 0b1_0000;
+        unknown[FEATURES_OFFSET] = 0b10_0000;
         assert!(decode(&resealed(unknown)).unwrap_err().contains("features"));
     }
 
@@ -350,6 +370,7 @@ mod tests {
                 analytics: false,
                 compacted: false,
                 purged: false,
+                packed: false,
             })
         );
     }

@@ -213,6 +213,7 @@ impl EventStore {
                 analytics: options.analytics.unwrap_or(false),
                 compacted: false,
                 purged: false,
+                packed: false,
             },
         )?;
         let shard_count = manifest.shards;
@@ -1211,7 +1212,11 @@ impl EventStore {
         let mut marked = false;
         let mut mark = || -> Result<(), Error> {
             if !marked {
-                self.set_feature(|manifest| !std::mem::replace(&mut manifest.compacted, true))?;
+                self.set_feature(|manifest| {
+                    let compacted = std::mem::replace(&mut manifest.compacted, true);
+                    let packed = std::mem::replace(&mut manifest.packed, true);
+                    !(compacted && packed)
+                })?;
                 marked = true;
             }
             Ok(())

@@ -189,6 +189,15 @@ impl<'a> SegmentWalk<'a> {
     /// name gives, if known.
     pub fn new(bytes: &'a [u8], file_segment: Option<SegmentId>) -> SegmentWalk<'a> {
         let header = wal::decode_segment_header(bytes);
+        // A packed segment's frames end where its relocation table starts;
+        // offsets stay the file's (a compacted frame's run is in the table).
+        let bytes = match &header {
+            Ok(SegmentHeader {
+                packed_end: Some(end),
+                ..
+            }) => &bytes[..(*end as usize).min(bytes.len())],
+            _ => bytes,
+        };
         let segment = match (&header, file_segment) {
             (Ok(h), _) => h.segment,
             (Err(_), Some(id)) => id,

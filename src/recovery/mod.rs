@@ -427,7 +427,7 @@ fn replay(
         let to = if segment.id() == end.segment {
             end.offset
         } else {
-            segment.bytes().len() as u32
+            segment.logical_end() as u32
         };
         u64::from(to.saturating_sub(from))
     };

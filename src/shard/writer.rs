@@ -492,12 +492,10 @@ impl Writer {
                         target,
                         location,
                     } => snapshot
-                        .read_event(target)
+                        .read_event_and_len(target)
                         .map_err(Error::from)
-                        .map(|event| {
-                            if let Some(bytes) = snapshot.frame_len(target) {
-                                self.config.garbage.add(target.segment, bytes);
-                            }
+                        .map(|(event, bytes)| {
+                            self.config.garbage.add(target.segment, bytes);
                             indexes.collect(Apply::Remove, &event, target, lsn, &mut group);
                             if feed {
                                 changes.push((location, false, event));

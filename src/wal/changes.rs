@@ -106,13 +106,13 @@ pub(crate) fn scan_changes<'a>(
         }
         // A sealed segment ends exactly after its last record: zeros
         // before that are no end.
-        if n + 1 < count && scan.offset() < segment.file_len() {
+        if n + 1 < count && scan.offset() < segment.sealed_end() {
             return Err(Error::corrupt(format!(
                 "{} at offset {}: zeros where a record should start, {} bytes before the \
                  segment's end (reading from {from})",
                 segment.path().display(),
                 scan.offset(),
-                segment.file_len() - scan.offset()
+                segment.sealed_end() - scan.offset()
             )));
         }
     }

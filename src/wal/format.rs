@@ -7,7 +7,8 @@
 //!   8  format_version  u32 LE
 //!  12  shard           u32 LE
 //!  16  segment_id      u32 LE
-//!  20  reserved        u32 LE   0
+//!  20  packed_end      u32 LE   0, or where a packed segment's records end
+//!                               (its relocation table follows: packed.rs)
 //!  24  header_crc      u64 LE   crc64 of bytes 0..24
 //!
 //! record frame (25 + payload_len bytes), records follow each other with no padding
@@ -262,7 +263,19 @@ pub(crate) fn encode_segment_header(
     shard: ShardId,
     segment: SegmentId,
 ) -> [u8; SEGMENT_HEADER_LEN] {
+    encode_packed_segment_header(shard, segment, 0)
+}
+
+/// The header of a packed segment (`docs/format.md`, "Packed segments"):
+/// its records end at `records_end`, where its relocation table starts
+/// (0: not packed).
+pub(crate) fn encode_packed_segment_header(
+    shard: ShardId,
+    segment: SegmentId,
+    records_end: u32,
+) -> [u8; SEGMENT_HEADER_LEN] {
     let mut header = [0u8; SEGMENT_HEADER_LEN];
+    header[RESERVED_OFFSET..HEADER_CRC_OFFSET].copy_from_slice(&records_end.to_le_bytes());
     header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&SEGMENT_MAGIC);
     header[VERSION_OFFSET..SHARD_OFFSET].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
     header[SHARD_OFFSET..SEGMENT_ID_OFFSET].copy_from_slice(&shard.0.to_le_bytes());
@@ -277,6 +290,8 @@ pub(crate) fn encode_segment_header(
 pub struct SegmentHeader {
     pub shard: ShardId,
     pub segment: SegmentId,
+    /// A packed segment's records end here; its relocation table follows.
+    pub packed_end: Option<u32>,
 }
 
 pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, String> {
@@ -308,16 +323,17 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, Strin
              {SEGMENT_FORMAT_VERSION}): open the store with a newer Megalith"
         ));
     }
-    // Zero in every version so far; anything else was written by something else.
-    let reserved = read_u32(header, RESERVED_OFFSET);
-    if reserved != 0 {
+    // Zero, or where a packed segment's records end (past the header).
+    let packed_end = read_u32(header, RESERVED_OFFSET);
+    if packed_end != 0 && (packed_end as usize) < SEGMENT_HEADER_LEN {
         return Err(format!(
-            "segment header's reserved field is {reserved:#x}, not 0"
+            "segment header says its records end at offset {packed_end}, inside the header"
         ));
     }
     Ok(SegmentHeader {
         shard: ShardId(read_u32(header, SHARD_OFFSET)),
         segment: SegmentId(read_u32(header, SEGMENT_ID_OFFSET)),
+        packed_end: (packed_end != 0).then_some(packed_end),
     })
 }
 
@@ -629,9 +645,17 @@ mod tests {
             decode_segment_header(&header).unwrap(),
             SegmentHeader {
                 shard: ShardId(3),
-                segment: SegmentId(9)
+                segment: SegmentId(9),
+                packed_end: None,
             }
         );
+        let packed = encode_packed_segment_header(ShardId(3), SegmentId(9), 4096);
+        assert_eq!(
+            decode_segment_header(&packed).unwrap().packed_end,
+            Some(4096)
+        );
+        let inside = encode_packed_segment_header(ShardId(3), SegmentId(9), 20);
+        assert!(decode_segment_header(&inside).is_err());
         for at in 0..header.len() {
             let mut bad = header;
             bad[at] ^= 0x10;

@@ -125,7 +125,13 @@ impl LogSnapshot {
     /// The record's checksum is verified the first time it is read
     /// ([`Segment::read_once_verified`]).
     pub fn read_event(&self, location: Location) -> Result<EventRef<'_>, WalError> {
+        self.read_event_and_len(location).map(|(event, _)| event)
+    }
+
+    /// [`LogSnapshot::read_event`], with the length of its frame.
+    pub fn read_event_and_len(&self, location: Location) -> Result<(EventRef<'_>, u64), WalError> {
         let record = self.read_with(location, Segment::read_once_verified)?;
+        let len = record.frame_len() as u64;
         if record.record_type != RecordType::Event {
             return Err(WalError::BadLocation {
                 location,
@@ -135,10 +141,12 @@ impl LogSnapshot {
                 ),
             });
         }
-        EventRef::parse(record.payload).map_err(|e| WalError::BadLocation {
-            location,
-            reason: e.to_string(),
-        })
+        EventRef::parse(record.payload)
+            .map(|event| (event, len))
+            .map_err(|e| WalError::BadLocation {
+                location,
+                reason: e.to_string(),
+            })
     }
 
     /// Whether `location` lies inside a `Quarantined` record (its bytes were
@@ -149,14 +157,6 @@ impl LogSnapshot {
     pub fn vacated(&self, location: Location) -> bool {
         self.segment(location.segment)
             .is_some_and(|segment| segment.vacated_range(location.offset).is_some())
-    }
-
-    /// The length of the frame at `location` (for one read just before:
-    /// its checksum is not verified again).
-    pub fn frame_len(&self, location: Location) -> Option<u64> {
-        self.read_with(location, Segment::read_once_verified)
-            .ok()
-            .map(|record| record.frame_len() as u64)
     }
 
     /// The checksummed record at `location`, read by `read`.
@@ -250,6 +250,15 @@ impl Log {
         }
         let mut segments = Vec::with_capacity(ids.len());
         for &id in &ids {
+            let path = dir.join(segment_file_name(id));
+            segments.push(Arc::new(Segment::open(store, &path, shard, id)?));
+        }
+        // Compaction packs sealed segments only, and a packed file is never
+        // appended to: a log whose later segments are gone (moved away by
+        // hand) goes on in a new one.
+        if let Some(last) = segments.last().filter(|s| s.is_packed()) {
+            let id = SegmentId(last.id().0 + 1);
+            create_segment_file(store, dir, shard, id)?;
             let path = dir.join(segment_file_name(id));
             segments.push(Arc::new(Segment::open(store, &path, shard, id)?));
         }
@@ -957,6 +966,10 @@ impl LogWriter {
         }
         let path = dir.join(segment_file_name(keep.segment));
         if let Some(segment) = self.log.snapshot().segment(keep.segment) {
+            if segment.is_packed() {
+                // Written whole and synced by compaction: nothing to cut.
+                return Ok(self.last_lsn().0.saturating_sub(kept_lsn.0));
+            }
             let readable = segment.bytes().len().min(keep.offset as usize);
             segment.set_readable(readable);
         }

@@ -7,6 +7,7 @@ mod error;
 mod follow;
 mod format;
 mod log;
+mod packed;
 mod repair;
 mod segment;
 mod synced;
@@ -22,10 +23,11 @@ pub use format::{
 };
 pub(crate) use format::{
     FRAME_HEADER_LEN, FRAME_OVERHEAD, decode_frame, decode_segment_header, encode_frame,
-    encode_segment_header, peek_frame_header, unchecked_segment_id,
+    encode_packed_segment_header, encode_segment_header, peek_frame_header, unchecked_segment_id,
 };
 pub use log::LogDamage;
 pub(crate) use log::{Batch, BatchFull, COMPACTING_SUFFIX, Log, LogSnapshot, LogWriter};
+pub(crate) use packed::{COMPACTED_FRAME_LEN, PackTable};
 pub(crate) use repair::{
     DamagedRange, REPAIR_MARKER, lost_lsns, quarantine, quarantine_path, scan_log,
 };

@@ -22,9 +22,10 @@ use super::damage::{examine_after, readable_ids};
 use super::error::{WalError, io_error};
 use super::format::{
     FRAME_OVERHEAD, FrameError, QuarantinePayload, RecordType, SEGMENT_HEADER_LEN, decode_frame,
-    decode_segment_header, encode_frame, encode_segment_header,
+    decode_segment_header, encode_frame, encode_packed_segment_header,
 };
 use super::log::{list_segment_ids, next_data, sync_dir};
+use super::packed::PackTable;
 use super::segment::segment_file_name;
 use crate::ids::{Lsn, SegmentId, ShardId};
 use crate::storage::{OpenMode, Storage};
@@ -45,6 +46,9 @@ pub(crate) struct DamagedRange {
     pub end: u64,
     /// The segment header itself is damaged (`start` is 0).
     pub header: bool,
+    /// For a damaged header: the segment is packed, and its records end
+    /// here (found from its relocation table, which the new header names).
+    pub packed_end: Option<u32>,
     pub reason: String,
     /// LSN of the last valid record before the range.
     pub last_good: Lsn,
@@ -81,15 +85,38 @@ pub(crate) fn scan_log(
         let data_end = file
             .data_end()
             .map_err(io_error(&path, "find the end of data"))?;
-        let mapped = map.as_deref().unwrap_or(&[]);
-        let bytes = &mapped[..(data_end as usize).min(mapped.len())];
+        let mut mapped = map.as_deref().unwrap_or(&[]);
+        let mut bytes = &mapped[..(data_end as usize).min(mapped.len())];
         if last && bytes.iter().all(|&b| b == 0) {
             // A segment whose creation never finished: opening removes it
             // (or refuses, if a checkpoint says records reached it).
             break;
         }
         let mut at = SEGMENT_HEADER_LEN;
-        match decode_segment_header(bytes) {
+        // A packed segment's frames end where its relocation table starts
+        // (offsets in what is reported are the file's); a damaged table is
+        // refused, not repaired.
+        let header = decode_segment_header(bytes);
+        let packed_end = match &header {
+            Ok(header) => header.packed_end,
+            Err(_) => PackTable::find_from_end(mapped).map(|table| table.records_end()),
+        };
+        if let Some(end) = packed_end {
+            if header.is_ok()
+                && let Err(reason) = PackTable::decode(mapped, end)
+            {
+                return Err(WalError::Corrupt {
+                    path,
+                    offset: u64::from(end),
+                    reason: format!(
+                        "{reason}: without it the records after the first compacted run cannot                          be placed; restore the segment from a backup"
+                    ),
+                });
+            }
+            mapped = &mapped[..(end as usize).min(mapped.len())];
+            bytes = &bytes[..(end as usize).min(bytes.len())];
+        }
+        match header {
             Ok(header) if header.shard == shard && header.segment == id => {}
             Ok(header) => {
                 return Err(WalError::Corrupt {
@@ -115,6 +142,7 @@ pub(crate) fn scan_log(
                 start: 0,
                 end: SEGMENT_HEADER_LEN as u64,
                 header: true,
+                packed_end,
                 reason: format!("bad segment header: {reason}"),
                 last_good: previous,
                 next: None,
@@ -175,6 +203,7 @@ pub(crate) fn scan_log(
                 start: at as u64,
                 end: end as u64,
                 header: false,
+                packed_end: None,
                 reason: problem,
                 last_good: previous,
                 next: after.resume_lsn,
@@ -255,7 +284,8 @@ pub(crate) fn quarantine(
             .open(&range.path, OpenMode::ReadWrite)
             .map_err(io_error(&range.path, "open"))?;
         let patch = if range.header {
-            encode_segment_header(shard, range.segment).to_vec()
+            encode_packed_segment_header(shard, range.segment, range.packed_end.unwrap_or(0))
+                .to_vec()
         } else {
             filler(range, aside)?
         };

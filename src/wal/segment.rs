@@ -10,6 +10,7 @@ use super::format::{
     FrameError, RecordRef, RecordType, SEGMENT_HEADER_LEN, decode_frame, decode_frame_checking,
     decode_segment_header,
 };
+use super::packed::PackTable;
 use crate::ids::{Location, SegmentId, ShardId};
 use crate::storage::{Mapping, OpenMode, Storage};
 
@@ -52,6 +53,10 @@ pub struct Segment {
     /// [`Segment::vacated_range`]. The writer appends only event and
     /// remove records, so the list never grows after it is made.
     vacated: OnceLock<Vec<(u32, u32)>>,
+    /// A packed segment's relocation table (`packed.rs`): offsets given
+    /// to and returned by every method but [`Segment::bytes`] are logical
+    /// (locations), and the table says where they are in the file.
+    packed: Option<PackTable>,
 }
 
 /// Offsets of frames whose checksum was verified, in a table of fixed size
@@ -122,13 +127,14 @@ impl Segment {
             .data_end()
             .map_err(io_error(path, "find the end of data"))?;
         let mapped = map.as_deref().map_or(0, <[u8]>::len);
-        let segment = Segment {
+        let mut segment = Segment {
             id,
             path: path.to_path_buf(),
             map,
             readable: AtomicUsize::new((data_end as usize).min(mapped)),
             verified: OnceLock::new(),
             vacated: OnceLock::new(),
+            packed: None,
         };
         let header =
             decode_segment_header(segment.bytes()).map_err(|reason| WalError::Corrupt {
@@ -136,6 +142,18 @@ impl Segment {
                 offset: 0,
                 reason,
             })?;
+        if let Some(records_end) = header.packed_end {
+            // Sealed and written whole: the map covers the file.
+            let file_bytes = segment.map.as_deref().unwrap_or(&[]);
+            let table =
+                PackTable::decode(file_bytes, records_end).map_err(|reason| WalError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: u64::from(records_end),
+                    reason,
+                })?;
+            segment.readable = AtomicUsize::new(records_end as usize);
+            segment.packed = Some(table);
+        }
         if header.shard != shard || header.segment != id {
             return Err(WalError::Corrupt {
                 path: path.to_path_buf(),
@@ -157,7 +175,42 @@ impl Segment {
         &self.path
     }
 
-    /// The readable bytes, header included: the file's data (whole pages;
+    /// Whether compaction wrote this segment densely (`packed.rs`).
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// Where the logical offset `offset` (a location's) is in the file;
+    /// `None` inside bytes a packed segment leaves out.
+    pub fn file_offset(&self, offset: u32) -> Option<u32> {
+        match &self.packed {
+            Some(table) => table.file_offset(offset),
+            None => Some(offset),
+        }
+    }
+
+    /// The logical offset just past the last readable record (for a
+    /// segment that is not packed, the readable length).
+    pub fn logical_end(&self) -> usize {
+        let readable = self.readable.load(Ordering::Acquire);
+        match &self.packed {
+            Some(table) => table.logical(readable as u32) as usize,
+            None => readable,
+        }
+    }
+
+    /// Where a sealed segment's records end, as a logical offset: the
+    /// file's length (a sealed segment ends exactly after its last
+    /// record), or a packed segment's last record's logical end.
+    pub fn sealed_end(&self) -> usize {
+        match &self.packed {
+            Some(table) => table.logical_end() as usize,
+            None => self.file_len(),
+        }
+    }
+
+    /// The readable bytes **of the file**, header included (for a packed
+    /// segment, file offsets: see [`Segment::file_offset`]): the file's data (whole pages;
     /// unwritten space in them reads as zeros), or for the active segment once
     /// the log is open, what the writer has appended.
     pub fn bytes(&self) -> &[u8] {
@@ -198,15 +251,32 @@ impl Segment {
 
     /// Decodes and checksums the record whose frame starts at `offset`.
     pub fn read(&self, offset: u32) -> Result<RecordRef<'_>, FrameError> {
-        let offset = offset as usize;
-        if offset < SEGMENT_HEADER_LEN {
+        if (offset as usize) < SEGMENT_HEADER_LEN {
             return Err(FrameError::Truncated {
                 needed: SEGMENT_HEADER_LEN,
-                available: offset,
+                available: offset as usize,
             });
         }
-        let bytes = self.bytes().get(offset..).unwrap_or(&[]);
-        decode_frame(bytes, self.id)
+        // Inside bytes a packed segment left out: as the zeros of a hole.
+        let at = self.file_offset(offset).ok_or(FrameError::End)?;
+        let bytes = self.bytes().get(at as usize..).unwrap_or(&[]);
+        self.logical_record(at, decode_frame(bytes, self.id))
+    }
+
+    /// A record read at file offset `at`, with a packed segment's run
+    /// length put back into a `Compacted` frame (the file says 0).
+    fn logical_record<'s>(
+        &self,
+        at: u32,
+        record: Result<RecordRef<'s>, FrameError>,
+    ) -> Result<RecordRef<'s>, FrameError> {
+        let mut record = record?;
+        if let Some(table) = &self.packed
+            && record.record_type == RecordType::Compacted
+        {
+            record.skip = table.skip_at(at).unwrap_or(0);
+        }
+        Ok(record)
     }
 
     /// [`Segment::read`], with the checksum verified only the first time
@@ -219,8 +289,9 @@ impl Segment {
             .verified
             .get_or_init(|| VerifiedFrames::for_file(self.reach()));
         if verified.contains(offset) {
-            let bytes = self.bytes().get(offset as usize..).unwrap_or(&[]);
-            return decode_frame_checking(bytes, self.id, false);
+            let at = self.file_offset(offset).ok_or(FrameError::End)?;
+            let bytes = self.bytes().get(at as usize..).unwrap_or(&[]);
+            return self.logical_record(at, decode_frame_checking(bytes, self.id, false));
         }
         let record = self.read(offset)?;
         verified.insert(offset);
@@ -246,11 +317,18 @@ impl Segment {
         (offset < end).then_some((start, end))
     }
 
-    /// Walks the records from `offset` (the first frame: `SEGMENT_HEADER_LEN`).
+    /// Walks the records from `offset` (the first frame: `SEGMENT_HEADER_LEN`;
+    /// an offset inside bytes a packed segment left out starts at the
+    /// record after them).
     pub fn scan_from(&self, offset: u32) -> SegmentScan<'_> {
+        let offset = offset.max(SEGMENT_HEADER_LEN as u32);
+        let at = match &self.packed {
+            Some(table) => table.file_offset_at_or_after(offset),
+            None => offset,
+        };
         SegmentScan {
             segment: self,
-            offset: (offset as usize).max(SEGMENT_HEADER_LEN),
+            offset: at as usize,
             stop: None,
         }
     }
@@ -273,9 +351,14 @@ pub struct SegmentScan<'a> {
 }
 
 impl<'a> SegmentScan<'a> {
-    /// Offset just past the last record returned so far.
+    /// Offset (logical) just past the last record returned so far.
     pub fn offset(&self) -> usize {
-        self.offset
+        match &self.segment.packed {
+            Some(table) => {
+                u32::try_from(self.offset).map_or(self.offset, |at| table.logical(at) as usize)
+            }
+            None => self.offset,
+        }
     }
 
     /// Why the scan ended (`FrameError::End` for the clean end of the written log).
@@ -298,8 +381,17 @@ impl<'a> Iterator for SegmentScan<'a> {
         let bytes = self.segment.bytes().get(self.offset..).unwrap_or(&[]);
         match decode_frame(bytes, self.segment.id) {
             Ok(record) => {
+                // The file holds the frame only; its run's length comes
+                // from the table.
                 self.offset += record.frame_len();
-                Some((offset, record))
+                match &self.segment.packed {
+                    Some(table) => self
+                        .segment
+                        .logical_record(offset, Ok(record))
+                        .ok()
+                        .map(|record| (table.logical(offset), record)),
+                    None => Some((offset, record)),
+                }
             }
             Err(error) => {
                 self.stop = Some(error);
@@ -360,6 +452,200 @@ mod tests {
                 segment.read_once_verified(damaged).err(),
                 Some(FrameError::ChecksumMismatch)
             );
+        }
+    }
+
+    /// The same logical layout written with holes after compacted frames
+    /// and written packed: every read, scan and vacated range the same,
+    /// at every offset.
+    #[test]
+    fn a_packed_segment_reads_like_its_twin_with_holes() {
+        use crate::wal::format::{CompactedPayload, encode_packed_segment_header};
+        use crate::wal::packed::PackTable;
+        let dir = tempfile::tempdir().unwrap();
+        let id = SegmentId(5);
+        let mut holes = encode_segment_header(ShardId(2), id).to_vec();
+        let mut packed = Vec::new();
+        let mut entries = Vec::new();
+        let mut lsn = 1u64;
+        for n in 0..120u64 {
+            let compacted = n % 4 == 1 || n % 9 == 0;
+            let (record_type, payload, skip) = if compacted {
+                let skip = (40 + n * 131 % 2000) as u32;
+                let run = CompactedPayload {
+                    skip,
+                    records: 3,
+                    last: Lsn(lsn + 2),
+                };
+                (RecordType::Compacted, run, skip)
+            } else {
+                let run = CompactedPayload {
+                    skip: 0,
+                    records: 0,
+                    last: Lsn(0),
+                };
+                (RecordType::Event, run, 0)
+            };
+            let body = if compacted {
+                payload.encode().to_vec()
+            } else {
+                vec![(n % 251) as u8; 30 + (n as usize * 53) % 700]
+            };
+            let mut hole_frame = Vec::new();
+            encode_frame(
+                &mut hole_frame,
+                id,
+                record_type,
+                true,
+                Lsn(lsn),
+                Lsn(lsn - 1),
+                &body,
+            )
+            .unwrap();
+            holes.extend_from_slice(&hole_frame);
+            holes.resize(holes.len() + skip as usize, 0);
+            let stored = if compacted {
+                entries.push(((packed.len() + SEGMENT_HEADER_LEN) as u32, skip));
+                let zero = CompactedPayload { skip: 0, ..payload };
+                let mut frame = Vec::new();
+                encode_frame(
+                    &mut frame,
+                    id,
+                    record_type,
+                    true,
+                    Lsn(lsn),
+                    Lsn(lsn - 1),
+                    &zero.encode(),
+                )
+                .unwrap();
+                frame
+            } else {
+                hole_frame
+            };
+            packed.extend_from_slice(&stored);
+            lsn += if compacted { 3 } else { 1 };
+        }
+        // A hole-format segment's last byte is written.
+        holes.push(0);
+        holes.pop();
+        let records_end = (packed.len() + SEGMENT_HEADER_LEN) as u32;
+        let table = PackTable::new(records_end, &entries).unwrap();
+        let mut packed_file = encode_packed_segment_header(ShardId(2), id, records_end).to_vec();
+        packed_file.extend_from_slice(&packed);
+        packed_file.extend_from_slice(&table.encode());
+        let open = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            Segment::open(&FileStorage, &path, ShardId(2), id).unwrap()
+        };
+        let with_holes = open("holes.seg", &holes);
+        let dense = open("packed.seg", &packed_file);
+        assert!(dense.is_packed() && !with_holes.is_packed());
+        assert!(packed_file.len() < holes.len() / 2);
+        assert_eq!(dense.sealed_end(), with_holes.sealed_end());
+        let walk = |s: &Segment, from: u32| -> Vec<(u32, Lsn, usize, u32)> {
+            s.scan_from(from)
+                .map(|(at, r)| (at, r.lsn, r.frame_len(), r.skip))
+                .collect()
+        };
+        let all = walk(&with_holes, SEGMENT_HEADER_LEN as u32);
+        assert_eq!(all.len(), 120);
+        assert_eq!(walk(&dense, SEGMENT_HEADER_LEN as u32), all);
+        for offset in SEGMENT_HEADER_LEN as u32..with_holes.sealed_end() as u32 {
+            let (a, b) = (with_holes.read(offset), dense.read(offset));
+            // A compacted frame's payload says its hole's length only in
+            // the segment with holes (the packed one keeps it in the table).
+            let seen = |r: &RecordRef<'_>| {
+                let from = if r.record_type == RecordType::Compacted {
+                    4
+                } else {
+                    0
+                };
+                (r.lsn, r.payload[from..].to_vec(), r.skip)
+            };
+            assert_eq!(
+                a.as_ref().map(seen).ok(),
+                b.as_ref().map(seen).ok(),
+                "read at {offset}"
+            );
+            assert_eq!(
+                with_holes.vacated_range(offset),
+                dense.vacated_range(offset),
+                "vacated at {offset}"
+            );
+            if all.iter().any(|&(at, ..)| at == offset) {
+                assert_eq!(walk(&dense, offset), walk(&with_holes, offset));
+                assert_eq!(
+                    dense.read_once_verified(offset).unwrap().lsn,
+                    a.unwrap().lsn
+                );
+            }
+        }
+    }
+
+    /// A packed segment with one copy of its table damaged opens; with
+    /// both damaged it is refused with an error that names the table.
+    #[test]
+    fn a_packed_segment_survives_one_damaged_table_copy() {
+        use crate::wal::format::{CompactedPayload, encode_packed_segment_header};
+        use crate::wal::packed::PackTable;
+        let dir = tempfile::tempdir().unwrap();
+        let id = SegmentId(1);
+        let mut frame = Vec::new();
+        let run = CompactedPayload {
+            skip: 0,
+            records: 2,
+            last: Lsn(2),
+        };
+        encode_frame(
+            &mut frame,
+            id,
+            RecordType::Compacted,
+            true,
+            Lsn(1),
+            Lsn(0),
+            &run.encode(),
+        )
+        .unwrap();
+        encode_frame(
+            &mut frame,
+            id,
+            RecordType::Event,
+            true,
+            Lsn(3),
+            Lsn(2),
+            &[9u8; 64],
+        )
+        .unwrap();
+        let records_end = (SEGMENT_HEADER_LEN + frame.len()) as u32;
+        let table = PackTable::new(records_end, &[(SEGMENT_HEADER_LEN as u32, 1000)]).unwrap();
+        let mut file = encode_packed_segment_header(ShardId(0), id, records_end).to_vec();
+        file.extend_from_slice(&frame);
+        let table = table.encode();
+        file.extend_from_slice(&table);
+        let path = dir.path().join("s.seg");
+        let copy = table.len() / 2;
+        let first = records_end as usize + 20;
+        for damaged in [vec![first], vec![first + copy], vec![first, first + copy]] {
+            let mut bytes = file.clone();
+            for &at in &damaged {
+                bytes[at] ^= 0x40;
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            match Segment::open(&FileStorage, &path, ShardId(0), id) {
+                Ok(segment) => {
+                    assert_eq!(damaged.len(), 1);
+                    let event = 32 + 41 + 1000;
+                    assert_eq!(segment.read(event).unwrap().lsn, Lsn(3));
+                }
+                Err(error) => {
+                    assert_eq!(damaged.len(), 2);
+                    assert!(
+                        error.to_string().contains("damaged in both copies"),
+                        "{error}"
+                    );
+                }
+            }
         }
     }
 

@@ -14,8 +14,8 @@ use crate::event::EventRef;
 use crate::ids::{Location, Lsn, SegmentId, ShardId};
 use crate::index::{IndexKind, for_each_entry};
 use crate::wal::{
-    FRAME_OVERHEAD, FrameError, RecordRef, RecordType, RemovePayload, SEGMENT_HEADER_LEN,
-    decode_frame, decode_segment_header, parse_segment_file_name,
+    FRAME_OVERHEAD, FrameError, PackTable, RecordRef, RecordType, RemovePayload,
+    SEGMENT_HEADER_LEN, decode_frame, decode_segment_header, parse_segment_file_name,
 };
 
 use super::Problem;
@@ -339,24 +339,31 @@ fn read_frames(
     walk: &mut LogWalk,
     mut on_record: impl FnMut(&mut LogWalk, u32, RecordRef<'_>),
 ) -> Result<Option<SegmentEnd>, Error> {
-    let mut file = File::open(path).map_err(io_error(path, "open"))?;
-    let file_len = file.metadata().map_err(io_error(path, "stat"))?.len();
+    let mut file = File::open(path)
+        .map_err(io_error(path, "open"))?
+        .take(u64::MAX);
+    let mut file_len = file
+        .get_ref()
+        .metadata()
+        .map_err(io_error(path, "stat"))?
+        .len();
     let mut buf: Vec<u8> = Vec::new();
     let mut eof = false;
-    let mut read_more = |buf: &mut Vec<u8>, at_least: usize, eof: &mut bool| {
-        let want = at_least.max(CHUNK) as u64;
-        let n = (&mut file)
-            .take(want)
-            .read_to_end(buf)
-            .map_err(io_error(path, "read"))?;
-        if (n as u64) < want {
-            *eof = true;
-        }
-        Ok::<(), Error>(())
-    };
-    read_more(&mut buf, SEGMENT_HEADER_LEN, &mut eof)?;
-    match decode_segment_header(&buf) {
-        Ok(header) if header.shard == shard && header.segment == id => {}
+    let read_more =
+        |file: &mut std::io::Take<File>, buf: &mut Vec<u8>, at_least: usize, eof: &mut bool| {
+            let want = at_least.max(CHUNK) as u64;
+            let n = file
+                .take(want)
+                .read_to_end(buf)
+                .map_err(io_error(path, "read"))?;
+            if (n as u64) < want {
+                *eof = true;
+            }
+            Ok::<(), Error>(())
+        };
+    read_more(&mut file, &mut buf, SEGMENT_HEADER_LEN, &mut eof)?;
+    let packed_end = match decode_segment_header(&buf) {
+        Ok(header) if header.shard == shard && header.segment == id => header.packed_end,
         Ok(header) => {
             let reason = format!(
                 "header says shard {} segment {}, expected shard {shard} segment {id}",
@@ -369,7 +376,51 @@ fn read_frames(
             walk.problem(path, Some(0), format!("{reason} (opening the store fails)"));
             return Ok(None);
         }
-    }
+    };
+    // A packed segment: its frames end where its relocation table starts,
+    // and offsets are translated to logical ones (locations).
+    let table = match packed_end {
+        Some(end) => {
+            let mut tail = Vec::new();
+            {
+                use std::io::{Seek, SeekFrom};
+                let mut reader = File::open(path).map_err(io_error(path, "open"))?;
+                reader
+                    .seek(SeekFrom::Start(u64::from(end)))
+                    .and_then(|_| reader.read_to_end(&mut tail))
+                    .map_err(io_error(path, "read"))?;
+            }
+            match PackTable::decode_tail(&tail, end) {
+                Ok(table) => {
+                    buf.truncate(end as usize);
+                    file.set_limit(u64::from(end).saturating_sub(buf.len() as u64));
+                    eof = buf.len() == end as usize;
+                    file_len = u64::from(end);
+                    Some(table)
+                }
+                Err(reason) => {
+                    walk.problem(
+                        path,
+                        Some(u64::from(end)),
+                        format!("{reason} (opening the store fails)"),
+                    );
+                    return Ok(None);
+                }
+            }
+        }
+        None => None,
+    };
+    let logical = |offset: u64| -> u64 {
+        match (&table, u32::try_from(offset)) {
+            (Some(table), Ok(at)) => u64::from(table.logical(at)),
+            _ => offset,
+        }
+    };
+    let stop_at = |offset: u64, stop: FrameError| SegmentEnd {
+        offset: logical(offset),
+        stop,
+        file_len: logical(file_len),
+    };
     // `buf[0]` is at file offset `base`; the next frame starts at `buf[at]`.
     let mut base: u64 = 0;
     let mut at = SEGMENT_HEADER_LEN;
@@ -378,20 +429,21 @@ fn read_frames(
             buf.drain(..at);
             base += at as u64;
             at = 0;
-            read_more(&mut buf, CHUNK, &mut eof)?;
+            read_more(&mut file, &mut buf, CHUNK, &mut eof)?;
         }
         let offset = base + at as u64;
         let Ok(frame_offset) = u32::try_from(offset) else {
-            return Ok(Some(SegmentEnd {
-                offset,
-                stop: FrameError::End,
-                file_len,
-            }));
+            return Ok(Some(stop_at(offset, FrameError::End)));
         };
         match decode_frame(&buf[at..], id) {
-            Ok(record) => {
+            Ok(mut record) => {
                 let len = record.frame_len();
-                on_record(walk, frame_offset, record);
+                if let Some(table) = &table
+                    && record.record_type == RecordType::Compacted
+                {
+                    record.skip = table.skip_at(frame_offset).unwrap_or(0);
+                }
+                on_record(walk, logical(offset) as u32, record);
                 at += len;
             }
             Err(FrameError::Truncated { needed, .. }) if !eof => {
@@ -399,15 +451,9 @@ fn read_frames(
                 base += at as u64;
                 at = 0;
                 let missing = needed.saturating_sub(buf.len());
-                read_more(&mut buf, missing, &mut eof)?;
+                read_more(&mut file, &mut buf, missing, &mut eof)?;
             }
-            Err(stop) => {
-                return Ok(Some(SegmentEnd {
-                    offset,
-                    stop,
-                    file_len,
-                }));
-            }
+            Err(stop) => return Ok(Some(stop_at(offset, stop))),
         }
     }
 }
