@@ -1539,6 +1539,51 @@ fn commands_beside_a_running_server_go_through_its_admin_socket() {
     assert_eq!(report["removed"], 5, "{report}");
     assert!(req_ids(&addr, serde_json::json!({"kinds": [7]})).is_empty());
 
+    // Requests that are not one well-formed request line get an error
+    // that says what is wrong, and the server goes on answering.
+    let raw = |request: &[u8]| -> String {
+        let mut client = std::os::unix::net::UnixStream::connect(data.join("admin.sock")).unwrap();
+        client.write_all(request).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    for (request, says) in [
+        (&b"not json\n"[..], "a malformed admin request"),
+        (
+            b"{\"command\":\"reboot\"}\n",
+            "unknown admin command \"reboot\"",
+        ),
+        (
+            b"{\"command\":\"count\"}\n{\"command\":\"count\"}\n",
+            "trailing characters",
+        ),
+        (b"\xff\xfe\n", "not UTF-8"),
+        (
+            b"{\"command\":\"count\",\"filter\":\"{\\\"kinds\\\":7}\"}\n",
+            "filter",
+        ),
+    ] {
+        let answer = raw(request);
+        let reply: serde_json::Value =
+            serde_json::from_str(answer.trim_end()).unwrap_or_else(|e| {
+                panic!(
+                    "{:?}: the answer {answer:?} is not one JSON line: {e}",
+                    String::from_utf8_lossy(request)
+                )
+            });
+        let message = reply["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(says),
+            "{:?}: {answer}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let answer = raw(b"{\"command\":\"count\",\"filter\":\"{}\"}\n");
+    assert!(answer.ends_with("\"done\"\n"), "{answer}");
+    assert!(answer.contains("12"), "{answer}");
+
     let log = stop_cleanly(child, stderr, log);
     assert!(log.contains("admin socket listening"), "{log}");
     let socket = data.join("admin.sock");

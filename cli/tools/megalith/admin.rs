@@ -59,7 +59,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 #[serde(rename_all = "lowercase")]
 enum Reply {
     Out(String),
-    Done(bool),
+    Done,
     Error(String),
 }
 
@@ -173,19 +173,26 @@ fn accept_loop(
 fn answer(store: &EventStore, stream: UnixStream, stop: &AtomicBool) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(PATIENCE))?;
-    let line = read_request(&stream)?;
+    let line = read_request(&stream);
     let mut out = std::io::BufWriter::new(&stream);
     let mut send = |reply: &Reply| -> std::io::Result<()> {
         let mut text = serde_json::to_string(reply).map_err(std::io::Error::other)?;
         text.push('\n');
         out.write_all(text.as_bytes())
     };
-    let request: Request = match serde_json::from_str(&line) {
+    // One request line per connection: anything after it is refused too.
+    let request: Request = match line
+        .map_err(|e| e.to_string())
+        .and_then(|line| serde_json::from_str(&line).map_err(|e| e.to_string()))
+    {
         Ok(request) => request,
-        Err(e) => return send(&Reply::Error(format!("a malformed admin request: {e}"))),
+        Err(e) => {
+            send(&Reply::Error(format!("a malformed admin request: {e}")))?;
+            return out.flush();
+        }
     };
     match run(store, &request, stop, &mut |text| send(&Reply::Out(text))) {
-        Ok(()) => send(&Reply::Done(true))?,
+        Ok(()) => send(&Reply::Done)?,
         Err(message) => send(&Reply::Error(message))?,
     }
     out.flush()
@@ -199,10 +206,15 @@ fn read_request(stream: &UnixStream) -> std::io::Result<String> {
     let mut buf = [0u8; 4096];
     while !line.contains(&b'\n') {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() || line.len() as u64 > MAX_REQUEST {
+        if line.len() as u64 > MAX_REQUEST {
+            return Err(std::io::Error::other(format!(
+                "a request line longer than {MAX_REQUEST} bytes"
+            )));
+        }
+        if left.is_zero() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                "no whole request line in time",
+                format!("no whole request line within {} s", PATIENCE.as_secs()),
             ));
         }
         stream.set_read_timeout(Some(left))?;
@@ -212,7 +224,8 @@ fn read_request(stream: &UnixStream) -> std::io::Result<String> {
         }
         line.extend_from_slice(&buf[..n]);
     }
-    String::from_utf8(line).map_err(std::io::Error::other)
+    String::from_utf8(line)
+        .map_err(|_| std::io::Error::other("the request is not UTF-8".to_string()))
 }
 
 /// Runs `request` on `store`, handing what the command prints to `print`
@@ -237,7 +250,7 @@ fn run(
             let stats = store.stats().map_err(|e| e.to_string())?;
             let mut text = Vec::new();
             crate::write_stats(&mut text, store, &stats, request.json).map_err(printed)?;
-            print(String::from_utf8_lossy(&text).into_owned()).map_err(printed)
+            print(String::from_utf8(text).map_err(|e| e.to_string())?).map_err(printed)
         }
         "delete" => {
             let filters = filters()?;
@@ -260,18 +273,22 @@ fn run(
         }
         "query" => {
             let filters = filters()?;
-            let mut batch = String::new();
+            // Event JSON is UTF-8: a batch is checked once, as it goes.
+            let text = |batch: Vec<u8>| String::from_utf8(batch).map_err(|e| e.to_string());
+            let mut batch = Vec::with_capacity(64 << 10);
             let mut failed = None;
-            let mut line = Vec::with_capacity(1024);
             let result = store.query_with(&filters, |event| {
-                line.clear();
-                event.write_json(&mut line);
-                line.push(b'\n');
-                batch.push_str(&String::from_utf8_lossy(&line));
-                if batch.len() >= 64 << 10
-                    && let Err(e) = print(std::mem::take(&mut batch))
-                {
-                    failed = Some(e);
+                event.write_json(&mut batch);
+                batch.push(b'\n');
+                if batch.len() >= 64 << 10 {
+                    match text(std::mem::take(&mut batch)) {
+                        Ok(lines) => {
+                            if let Err(e) = print(lines) {
+                                failed = Some(printed(e));
+                            }
+                        }
+                        Err(e) => failed = Some(e),
+                    }
                 }
                 if failed.is_some() || stop.load(Ordering::Relaxed) {
                     return Err(megalith::Error::Closed);
@@ -279,7 +296,7 @@ fn run(
                 Ok(())
             });
             if let Some(e) = failed {
-                return Err(printed(e));
+                return Err(e);
             }
             if stop.load(Ordering::Relaxed) {
                 return Err("the server is stopping".to_string());
@@ -288,7 +305,7 @@ fn run(
             if batch.is_empty() {
                 Ok(())
             } else {
-                print(batch).map_err(printed)
+                print(text(batch)?).map_err(printed)
             }
         }
         other => Err(format!("unknown admin command {other:?}")),
@@ -320,7 +337,7 @@ pub(crate) fn ask(data: &Path, request: &Request, out: &mut Output) -> Result<bo
                     return Ok(true);
                 }
             }
-            Ok(Reply::Done(_)) => return Ok(true),
+            Ok(Reply::Done) => return Ok(true),
             Ok(Reply::Error(message)) => return Err(message),
             Err(e) => return Err(format!("a malformed answer from {}: {e}", path.display())),
         }
