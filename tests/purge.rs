@@ -17,7 +17,7 @@ use common::crash::assert_doctor_clean;
 use common::{Generator, Model, outcome_kind};
 use megalith::storage::{Damage, SimStorage};
 use megalith::{
-    CompactOptions, Durability, Event, EventId, EventStore, Filter, KindRange, PurgeReport,
+    CompactOptions, Durability, Event, EventId, EventStore, Filter, Keys, KindRange, PurgeReport,
     Retention, RetentionRule,
 };
 
@@ -373,6 +373,7 @@ fn retention_removes_old_events_of_its_kinds_and_spares_the_rest() {
             },
         ],
         never: vec![range("0"), range("3"), range("5")],
+        max_bytes: None,
     };
     let doomed: HashSet<EventId> = model
         .live
@@ -549,4 +550,72 @@ fn an_io_error_at_any_step_of_a_purge_reaches_the_caller_and_asking_again_finish
     }
     assert!(failed_purges > 0, "no failure reached a purge");
     println!("{total} operations, {failed_purges} failed purges, each finished when asked again");
+}
+
+/// A size limit: past it the oldest events of the kinds not spared go, as
+/// many as the excess takes at the store's bytes per event; profiles stay;
+/// a store that fits loses nothing.
+#[test]
+fn a_size_limit_removes_the_oldest_events_and_spares_the_never_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let authors: Vec<Keys> = (0..10).map(|n| Keys::from_seed(7700 + n)).collect();
+    let mut events = Vec::new();
+    for (a, keys) in authors.iter().enumerate() {
+        events.push(keys.sign(1_600_000_000 + a as u64, 0, vec![], format!("profile {a}")));
+    }
+    for n in 0..4000u64 {
+        let keys = &authors[n as usize % authors.len()];
+        // Several notes share a second, so the cutoff second matters.
+        let at = 1_700_000_000 + n / 3;
+        events.push(keys.sign(at, 1, vec![], format!("note {n} {}", "z".repeat(200))));
+    }
+    for chunk in events.chunks(200) {
+        store.insert(chunk).unwrap();
+    }
+    let gauges = store.gauges();
+    let live = gauges.log_bytes + gauges.index_bytes - gauges.garbage_bytes;
+    let now = 1_800_000_000;
+    let never = vec![KindRange::one(0)];
+    let fits = Retention {
+        rules: Vec::new(),
+        never: never.clone(),
+        max_bytes: Some(live),
+    };
+    let stop = AtomicBool::new(false);
+    let report = store.apply_retention(&fits, now, false, &stop).unwrap();
+    assert_eq!(report.removed, 0, "{report:?}");
+    let max = live * 6 / 10;
+    let limited = Retention {
+        rules: Vec::new(),
+        never,
+        max_bytes: Some(max),
+    };
+    let report = store.apply_retention(&limited, now, false, &stop).unwrap();
+    let per_event = live / gauges.events;
+    let needed = (live - max).div_ceil(per_event);
+    let left: Vec<Event> = store.query(&[Filter::default()]).unwrap();
+    let gone: Vec<&Event> = events.iter().filter(|e| !left.contains(e)).collect();
+    assert_eq!(gone.len() as u64, report.removed, "{report:?}");
+    assert!(
+        report.removed >= needed,
+        "{} removed, {needed} needed",
+        report.removed
+    );
+    assert!(
+        report.removed <= needed + 3,
+        "{} removed, {needed} needed",
+        report.removed
+    );
+    assert!(gone.iter().all(|e| e.kind == 1));
+    assert_eq!(left.iter().filter(|e| e.kind == 0).count(), authors.len());
+    let newest_gone = gone.iter().map(|e| e.created_at).max().unwrap();
+    assert!(
+        left.iter()
+            .filter(|e| e.kind == 1)
+            .all(|e| e.created_at > newest_gone),
+        "the oldest notes went first"
+    );
+    store.close().unwrap();
+    assert_doctor_clean(dir.path(), "after the size limit");
 }

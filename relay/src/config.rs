@@ -114,6 +114,11 @@ pub struct RetentionEntry {
     /// vanish and relay lists (0, 3, 5, 62, 10002); removing a deletion
     /// request would let what it deleted be stored again.
     pub never_kinds: Vec<KindSpec>,
+    /// The most bytes the store may hold (its logs and indexes on disk,
+    /// less removed events not compacted yet): past it, the oldest events
+    /// of the kinds not in `never_kinds` go at each run. Default 0: no
+    /// limit.
+    pub max_store_bytes: u64,
     /// The rules (`[[retention.rule]]` tables). Default none.
     pub rule: Vec<RetentionRuleEntry>,
 }
@@ -123,6 +128,7 @@ impl Default for RetentionEntry {
         RetentionEntry {
             interval_secs: 3600,
             never_kinds: [0, 3, 5, 62, 10002].map(KindSpec::Kind).to_vec(),
+            max_store_bytes: 0,
             rule: Vec::new(),
         }
     }
@@ -186,7 +192,14 @@ impl RetentionEntry {
                 max_age: (days * 86_400.0).round() as u64,
             });
         }
-        Ok((!rules.is_empty()).then_some(megalith::Retention { rules, never }))
+        let max_bytes = (self.max_store_bytes > 0).then_some(self.max_store_bytes);
+        Ok(
+            (!rules.is_empty() || max_bytes.is_some()).then_some(megalith::Retention {
+                rules,
+                never,
+                max_bytes,
+            }),
+        )
     }
 }
 

@@ -109,6 +109,12 @@ pub struct RetentionRule {
 pub struct Retention {
     pub rules: Vec<RetentionRule>,
     pub never: Vec<KindRange>,
+    /// The most bytes the store may hold (`None`: no limit): past it, the
+    /// oldest events of the kinds not in `never` go, as many as the excess
+    /// takes at the store's bytes per event. The store's bytes are its log
+    /// and index files on disk less the bytes of removed events that
+    /// compaction has not taken out yet.
+    pub max_bytes: Option<u64>,
 }
 
 /// A rule's kinds are asked of the index one by one up to this many;
@@ -121,20 +127,50 @@ impl Retention {
     /// second it removes, the kinds when few enough to list), and whether
     /// it covers a kind (its kinds, less the `never` kinds). `None` for a
     /// rule that can remove nothing at `now`.
+    #[cfg(test)]
     pub(crate) fn plans(&self, now: u64) -> Vec<(Filter, impl Fn(u16) -> bool + '_)> {
+        self.plans_with(now, None)
+    }
+
+    /// The kinds of `never` as a list, when they are few enough to count
+    /// one by one (`None`: more than 256).
+    pub(crate) fn never_listed(&self) -> Option<Vec<u16>> {
+        let listed: usize = self.never.iter().map(KindRange::len).sum();
+        (listed <= LISTED_KINDS).then(|| {
+            let mut kinds: Vec<u16> = self.never.iter().flat_map(|r| r.first..=r.last).collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            kinds
+        })
+    }
+
+    /// [`Retention::plans`], with one more rule: every kind (less the
+    /// `never` kinds) created at or before `oldest_until` (the store's size
+    /// limit).
+    pub(crate) fn plans_with(
+        &self,
+        now: u64,
+        oldest_until: Option<u64>,
+    ) -> Vec<(Filter, impl Fn(u16) -> bool + '_)> {
+        let sized = oldest_until.map(|until| (None, until));
         self.rules
             .iter()
             .filter_map(|rule| {
                 // Older than max_age: created_at < now - max_age.
                 let until = now.checked_sub(rule.max_age)?.checked_sub(1)?;
+                Some((Some(rule), until))
+            })
+            .chain(sized)
+            .filter_map(|(rule, until)| {
+                let every: &[KindRange] = &[];
+                let rule_kinds = rule.map_or(every, |rule| &rule.kinds[..]);
                 let covers = move |kind: u16| {
-                    (rule.kinds.is_empty() || rule.kinds.iter().any(|r| r.contains(kind)))
+                    (rule_kinds.is_empty() || rule_kinds.iter().any(|r| r.contains(kind)))
                         && !self.never.iter().any(|r| r.contains(kind))
                 };
-                let listed: usize = rule.kinds.iter().map(KindRange::len).sum();
-                let kinds = (!rule.kinds.is_empty() && listed <= LISTED_KINDS).then(|| {
-                    let mut kinds: Vec<u16> = rule
-                        .kinds
+                let listed: usize = rule_kinds.iter().map(KindRange::len).sum();
+                let kinds = (!rule_kinds.is_empty() && listed <= LISTED_KINDS).then(|| {
+                    let mut kinds: Vec<u16> = rule_kinds
                         .iter()
                         .flat_map(|r| r.first..=r.last)
                         .filter(|k| covers(*k))
@@ -295,6 +331,7 @@ mod tests {
                 },
             ],
             never: vec![KindRange::one(0), KindRange::one(3)],
+            max_bytes: None,
         };
         let plans = retention.plans(1000);
         assert_eq!(

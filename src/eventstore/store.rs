@@ -1431,7 +1431,8 @@ impl EventStore {
         dry_run: bool,
         stop: &AtomicBool,
     ) -> Result<PurgeReport, Error> {
-        let plans = retention.plans(now);
+        let oldest_until = self.size_cutoff(retention, now)?;
+        let plans = retention.plans_with(now, oldest_until);
         let spares: Vec<_> = plans
             .iter()
             .map(|(_, covers)| move |event: &EventRef<'_>| !covers(event.kind()))
@@ -1442,6 +1443,52 @@ impl EventStore {
             .map(|((filter, _), spare)| (filter, spare as _))
             .collect();
         self.purge_plans(&plans, dry_run, stop)
+    }
+
+    /// For a retention's size limit: the newest `created_at` whose events
+    /// (and all older ones of the kinds it removes) must go for the store
+    /// to fit, at its bytes per event; `None` when it fits or has no limit.
+    /// The store's bytes: its logs and indexes on disk, less the removed
+    /// events compaction has not taken out yet. The events of `never`
+    /// kinds are not counted when those are at most 256 kinds.
+    fn size_cutoff(&self, retention: &Retention, now: u64) -> Result<Option<u64>, Error> {
+        let Some(max) = retention.max_bytes else {
+            return Ok(None);
+        };
+        let gauges = self.gauges();
+        let live = (gauges.log_bytes + gauges.index_bytes).saturating_sub(gauges.garbage_bytes);
+        if live <= max || gauges.events == 0 {
+            return Ok(None);
+        }
+        let per_event = (live / gauges.events).max(1);
+        let needed = (live - max).div_ceil(per_event);
+        let never = retention.never_listed();
+        let removable = |until: u64| -> Result<u64, Error> {
+            let all = self.count(&[Filter {
+                until: Some(until),
+                ..Filter::default()
+            }])?;
+            let spared = match &never {
+                Some(kinds) if !kinds.is_empty() => self.count(&[Filter {
+                    kinds: Some(kinds.clone()),
+                    until: Some(until),
+                    ..Filter::default()
+                }])?,
+                _ => 0,
+            };
+            Ok(all.saturating_sub(spared))
+        };
+        // The smallest second that takes enough (or `now`: all there is).
+        let (mut low, mut high) = (0u64, now);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if removable(middle)? >= needed {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
+        }
+        Ok(Some(low))
     }
 
     /// Counts and sizes.
