@@ -912,7 +912,21 @@ fn copy_tree(from: &Path, to: &Path) {
 #[test]
 fn damage_in_a_packed_segment_is_repaired_and_the_records_after_it_keep_their_places() {
     let pristine = tempfile::tempdir().unwrap();
-    let (events, _, _) = workload(8, 11);
+    let (mut events, _, _) = workload(8, 11);
+    // A long run: 60 neighbouring notes deleted by one request, so the
+    // records after it lie far from their file offsets.
+    let burst_keys = Keys::from_seed(11 * 1000);
+    let burst: Vec<Event> = (0..60)
+        .map(|n| burst_keys.sign(1_700_005_000 + n, 1, vec![], content("<burst>", 380)))
+        .collect();
+    let burst_tags = burst
+        .iter()
+        .map(|e| vec!["e".to_string(), e.id.to_hex()])
+        .collect();
+    events.extend(burst);
+    events.push(burst_keys.sign(1_700_006_000, 5, burst_tags, String::new()));
+    let (more, _, _) = workload(3, 12);
+    events.extend(more);
     let store = EventStore::builder(pristine.path())
         .shards(1)
         .segment_size(64 << 10)
@@ -926,35 +940,95 @@ fn damage_in_a_packed_segment_is_repaired_and_the_records_after_it_keep_their_pl
     let model = model_of(&events);
     let packed = packed_segments(pristine.path());
     assert!(packed.len() >= 2, "{packed:?}");
-    let target = packed[packed.len() / 2]
+    // The packed segment with the burst's run (the largest run).
+    let shift = |path: &std::path::PathBuf| -> usize {
+        let bytes = std::fs::read(path).unwrap();
+        let end = u32::from_le_bytes(bytes[20..24].try_into().unwrap()) as usize;
+        let n = u32::from_le_bytes(bytes[end + 12..end + 16].try_into().unwrap()) as usize;
+        (0..n)
+            .map(|i| {
+                let at = end + 16 + 8 * i + 4;
+                u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let target = packed
+        .iter()
+        .max_by_key(|path| shift(path))
+        .unwrap()
         .strip_prefix(pristine.path())
         .unwrap()
         .to_path_buf();
     let original = std::fs::read(pristine.path().join(&target)).unwrap();
     let records_end = u32::from_le_bytes(original[20..24].try_into().unwrap()) as usize;
-    let table_len = (original.len() - records_end) / 2;
+    let entries = u32::from_le_bytes(
+        original[records_end + 12..records_end + 16]
+            .try_into()
+            .unwrap(),
+    );
+    let second_copy = (records_end + 24 + 8 * entries as usize).next_multiple_of(4096);
     // The first event record after the first compacted frame.
     let segment = megalith::inspect::log::SegmentWalk::new(&original, None);
     let mut after_run = None;
     let mut seen_run = false;
+    // The compacted frame of the longest run, and the last event record
+    // (the farthest from its file offset).
+    let mut in_run: Option<(u32, usize)> = None;
+    let mut last_event = None;
     for item in segment {
         if let megalith::inspect::log::WalkItem::Record { offset, record } = item {
             match record.record_type {
-                megalith::inspect::log::RecordType::Compacted => seen_run = true,
+                megalith::inspect::log::RecordType::Compacted => {
+                    seen_run = true;
+                    let run = megalith::inspect::log::CompactedPayload::decode(record.payload)
+                        .unwrap()
+                        .records;
+                    if in_run.is_none_or(|(most, _)| run > most) {
+                        in_run = Some((run, offset + 30));
+                    }
+                }
                 megalith::inspect::log::RecordType::Event if seen_run => {
-                    after_run = Some(offset + 60);
-                    break;
+                    after_run.get_or_insert(offset + 60);
+                    last_event = Some(offset + 60);
                 }
                 _ => {}
             }
         }
     }
     let in_event = after_run.expect("an event after a compacted run");
+    let (longest, in_run) = in_run.expect("a compacted frame");
+    assert!(longest >= 60, "the longest run holds {longest} records");
+    let last_event = last_event.unwrap();
+    // Replayed whole (the index files gone), damage in a packed segment is
+    // refused, never read past.
+    {
+        let scratch = tempfile::tempdir().unwrap();
+        copy_tree(pristine.path(), scratch.path());
+        let mut bytes = original.clone();
+        bytes[last_event] ^= 0x20;
+        std::fs::write(scratch.path().join(&target), &bytes).unwrap();
+        let index = scratch.path().join("shard-0000").join("index");
+        for entry in std::fs::read_dir(&index).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+        let refused = EventStore::builder(scratch.path()).open().err();
+        assert!(refused.is_some(), "a full replay read past the damage");
+    }
+    let author_of = |event: &Event| -> Keys {
+        (0..8)
+            .map(|a| 11 * 1000 + a)
+            .chain((0..3).map(|a| 12 * 1000 + a))
+            .map(Keys::from_seed)
+            .find(|k| k.pubkey() == event.pubkey)
+            .unwrap()
+    };
     for (what, at, lost) in [
+        ("a compacted frame", in_run, 0),
         ("a record", in_event, 1),
         ("the header", 3, 0),
         ("one table copy", records_end + 20, 0),
-        ("the other table copy", records_end + table_len + 20, 0),
+        ("the other table copy", second_copy + 20, 0),
     ] {
         let scratch = tempfile::tempdir().unwrap();
         copy_tree(pristine.path(), scratch.path());
@@ -970,6 +1044,26 @@ fn damage_in_a_packed_segment_is_repaired_and_the_records_after_it_keep_their_pl
         let expected = model.query(&[Filter::default()]);
         assert_eq!(expected.len() - all.len(), lost, "{what}");
         assert!(all.iter().all(|e| expected.contains(e)), "{what}");
+        // The repaired segments compact again: one more note deleted.
+        let note = all.iter().find(|e| e.kind == 1).unwrap().clone();
+        let request = author_of(&note).sign(
+            1_700_009_000,
+            5,
+            vec![vec!["e".to_string(), note.id.to_hex()]],
+            String::new(),
+        );
+        store.insert(std::slice::from_ref(&request)).unwrap();
+        let report = store
+            .compact(&CompactOptions::default())
+            .unwrap_or_else(|e| panic!("{what}: compaction after the repair: {e}"));
+        assert!(report.records_compacted >= 1, "{what}: {report:?}");
+        let again = store.query(&[Filter::default()]).unwrap();
+        assert_eq!(
+            again.len(),
+            all.len(),
+            "{what}: the note went, its request came"
+        );
+        assert!(!again.contains(&note), "{what}");
         store.close().unwrap();
         assert_doctor_clean(scratch.path(), what);
     }

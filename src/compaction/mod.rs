@@ -722,23 +722,32 @@ fn packed_layout(old: &Segment, frames: &[Frame], runs: &[Run]) -> Result<Layout
             next_run += 1;
             continue;
         }
-        // Outside the runs, every frame is as long in the file as in the
-        // layout (earlier compacted frames are all in runs).
-        let from = old.file_offset(frame.offset).ok_or_else(|| {
-            Error::corrupt(format!(
-                "frame at offset {} of {} lies in bytes the file leaves out",
-                frame.offset,
-                old.path().display()
-            ))
-        })?;
-        match pieces.last_mut() {
-            Some(Piece::Copy { from: start, len }) if *start + *len == from => *len += frame.len,
-            _ => pieces.push(Piece::Copy {
-                from,
-                len: frame.len,
-            }),
+        // Outside the runs a frame is copied as the file holds it. One
+        // that covers compacted frames of the old table (a quarantined
+        // range a repair wrote over a damaged one) keeps their entries.
+        let placed = |logical: u32| {
+            old.file_offset(logical).ok_or_else(|| {
+                Error::corrupt(format!(
+                    "frame at offset {logical} of {} lies in bytes the file leaves out",
+                    old.path().display()
+                ))
+            })
+        };
+        let from = placed(frame.offset)?;
+        let len = placed(frame.offset + frame.len)? - from;
+        if let Some(table) = old.pack_table() {
+            for (file, skip) in table.entries_within(from, from + len) {
+                entries.push((at + (file - from), skip));
+            }
         }
-        at += frame.len;
+        match pieces.last_mut() {
+            Some(Piece::Copy {
+                from: start,
+                len: piece,
+            }) if *start + *piece == from => *piece += len,
+            _ => pieces.push(Piece::Copy { from, len }),
+        }
+        at += len;
     }
     let table = PackTable::new(at, &entries).map_err(Error::corrupt)?;
     Ok(Layout { pieces, table })

@@ -530,7 +530,7 @@ fn replay(
         let expected_end = if active {
             end.offset as usize
         } else {
-            segment.file_len()
+            segment.sealed_end()
         };
         let problem = match scan.stop() {
             _ if stop_at >= expected_end => None,
@@ -543,7 +543,18 @@ fn replay(
         };
         if let Some(reason) = problem {
             let last_good = replayed_lsn_before(segment, stop_at);
-            let after = examine_after(segment.bytes(), segment.id(), stop_at, last_good);
+            // `stop_at` is a location's offset; the bytes are the file's.
+            let at = u32::try_from(stop_at)
+                .ok()
+                .and_then(|at| segment.file_offset(at))
+                .map_or(segment.bytes().len(), |at| at as usize);
+            let after = examine_after(
+                segment.bytes(),
+                segment.id(),
+                at,
+                last_good,
+                segment.pack_table(),
+            );
             return Err(WalError::Damaged(LogDamage {
                 path: segment.path().to_path_buf(),
                 offset: stop_at as u64,

@@ -25,6 +25,7 @@ use super::format::{
     peek_frame_header,
 };
 use super::log::next_data;
+use super::packed::PackTable;
 use crate::ids::{Lsn, SegmentId};
 
 /// What the written bytes after a bad frame hold.
@@ -46,18 +47,22 @@ pub(crate) struct AfterProblem {
 /// Looks at the bytes after a bad frame at `problem` (an offset in `bytes`,
 /// the written bytes of one segment from its start), where `last_good` is
 /// the LSN of the last valid record before it.
+/// `table`: a packed segment's relocation table (`bytes` are then the
+/// file's, and the runs it leaves out count in the distances that bound
+/// how many records can have been lost).
 pub(crate) fn examine_after(
     bytes: &[u8],
     segment: SegmentId,
     problem: usize,
     last_good: Lsn,
+    table: Option<&PackTable>,
 ) -> AfterProblem {
     let mut after = AfterProblem::default();
     let first_lost = last_good.next();
     let mut previous = last_good;
     // A frame started at `problem`, and none is shorter than its overhead.
     let mut search_from = problem + FRAME_OVERHEAD;
-    while let Some((offset, _)) = resync(bytes, segment, search_from, previous) {
+    while let Some((offset, _)) = resync(bytes, segment, search_from, previous, table) {
         let mut at = offset;
         while let Ok(record) = decode_frame(bytes.get(at..).unwrap_or(&[]), segment) {
             if record.lsn <= previous {
@@ -87,12 +92,19 @@ pub(crate) fn examine_after(
 /// The first offset at or after `from` where a valid frame starts whose LSN
 /// can follow `after`, and which is followed by a valid frame with the next
 /// LSN or by the clean end of the written bytes; with the record there.
-pub(crate) fn resync(
-    bytes: &[u8],
+pub(crate) fn resync<'b>(
+    bytes: &'b [u8],
     segment: SegmentId,
     from: usize,
     after: Lsn,
-) -> Option<(usize, RecordRef<'_>)> {
+    table: Option<&PackTable>,
+) -> Option<(usize, RecordRef<'b>)> {
+    // Bytes between two file offsets as the log counts them: with a
+    // packed segment's runs (the records a damaged compacted frame held).
+    let logical = |at: usize| match (table, u32::try_from(at)) {
+        (Some(table), Ok(at)) => table.logical(at) as usize,
+        _ => at,
+    };
     let mut at = from;
     while at + FRAME_OVERHEAD <= bytes.len() {
         // Cheap tests before the checksum: a known record type, a frame
@@ -102,7 +114,8 @@ pub(crate) fn resync(
         let fits = (header.payload_len as usize)
             .checked_add(FRAME_OVERHEAD)
             .is_some_and(|len| at + len <= bytes.len());
-        let skipped = (at - from.min(at)) as u64 / FRAME_OVERHEAD as u64;
+        let skipped =
+            logical(at).saturating_sub(logical(from.min(at))) as u64 / FRAME_OVERHEAD as u64;
         let plausible_lsn = header.lsn > after && header.lsn.0 - after.0 <= skipped + 2;
         if header.record_type().is_some()
             && fits

@@ -131,10 +131,12 @@ impl LogFollower {
         let end = match mark {
             Some(end) => {
                 let active = &segments[segments.len() - 1];
-                if active.bytes().len() < end.offset as usize {
+                // A packed segment (compaction packed it after the mark
+                // was read) is read whole: `set_readable` leaves it alone.
+                if active.logical_end() < end.offset as usize {
                     return Err(WalError::Corrupt {
                         path: active.path().to_path_buf(),
-                        offset: active.bytes().len() as u64,
+                        offset: active.logical_end() as u64,
                         reason: format!(
                             "the writer's synced mark says the log reaches offset {}, past \
                              the file's data",

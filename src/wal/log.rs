@@ -636,7 +636,7 @@ pub(crate) fn find_end(
     };
     if let Some((at, reason)) = &problem {
         let last_good = previous.unwrap_or_else(lsn_before);
-        let after = examine_after(bytes, active.id(), *at, last_good);
+        let after = examine_after(bytes, active.id(), *at, last_good, None);
         if let Some((proof_at, lsn, durable)) = after.proof {
             return Err(WalError::Damaged(LogDamage {
                 path: active.path().to_path_buf(),

@@ -30,6 +30,8 @@ const TABLE_MAGIC: [u8; 8] = *b"MGPACK01";
 const COPY_HEAD: usize = 16;
 const ENTRY_LEN: usize = 8;
 const COPY_CRC: usize = 8;
+/// The second copy starts at a multiple of this in the file.
+const BLOCK: usize = 4096;
 
 /// One `Compacted` frame of a packed segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +139,20 @@ impl PackTable {
         })
     }
 
+    /// The entries (file offset, run bytes) of the compacted frames that
+    /// start at file offsets in `from..to`.
+    pub fn entries_within(&self, from: u32, to: u32) -> Vec<(u32, u32)> {
+        let first = self.frames.partition_point(|f| f.file < from);
+        self.frames[first..]
+            .iter()
+            .take_while(|f| f.file < to)
+            .map(|f| (f.file, f.skip))
+            .collect()
+    }
+
     /// The run length past the `Compacted` frame at file offset `file`
     /// (`None`: no frame of the table starts there).
+    #[cfg(test)]
     pub fn skip_at(&self, file: u32) -> Option<u32> {
         self.frames
             .binary_search_by_key(&file, |f| f.file)
@@ -146,7 +160,9 @@ impl PackTable {
             .map(|i| self.frames[i].skip)
     }
 
-    /// The table as stored after the records: two identical copies.
+    /// The table as stored after the records: two identical copies, the
+    /// second from the next 4 KiB boundary of the file on (so that one
+    /// lost block cannot take both), and ending the file.
     pub fn encode(&self) -> Vec<u8> {
         let mut copy = Vec::with_capacity(COPY_HEAD + self.frames.len() * ENTRY_LEN + COPY_CRC);
         copy.extend_from_slice(&TABLE_MAGIC);
@@ -159,6 +175,8 @@ impl PackTable {
         let crc = crc64(&[&copy]);
         copy.extend_from_slice(&crc.to_le_bytes());
         let mut out = copy.clone();
+        let second = (self.records_end as usize + out.len()).next_multiple_of(BLOCK);
+        out.resize(second - self.records_end as usize, 0);
         out.extend_from_slice(&copy);
         out
     }
@@ -179,12 +197,25 @@ impl PackTable {
 
     /// [`PackTable::decode`] of the file's bytes from `records_end` on.
     pub fn decode_tail(tail: &[u8], records_end: u32) -> Result<PackTable, String> {
-        let half = tail.len() / 2;
-        let first = decode_copy(&tail[..half], records_end);
+        // The first copy starts the tail and says its own length.
+        let first = match tail.get(12..16) {
+            Some(n) => {
+                let len = (read_u32(n, 0) as usize)
+                    .checked_mul(ENTRY_LEN)
+                    .and_then(|n| n.checked_add(COPY_HEAD + COPY_CRC));
+                match len.and_then(|len| tail.get(..len)) {
+                    Some(copy) => decode_copy(copy, records_end),
+                    None => Err("the first copy's length runs past the file".to_string()),
+                }
+            }
+            None => Err("no relocation table after the records".to_string()),
+        };
         if let Ok(table) = first {
             return Ok(table);
         }
-        decode_copy(&tail[half..], records_end).map_err(|second| {
+        // The second one ends the file.
+        let second = last_copy(tail, |_| records_end).ok_or("no valid second copy");
+        second.map_err(|second| {
             format!(
                 "the relocation table after offset {records_end} is damaged in both copies ({}; \
                  {second})",
@@ -196,23 +227,25 @@ impl PackTable {
     /// Finds the table of a packed segment whose header is damaged, from
     /// the end of the file: the second copy ends there.
     pub fn find_from_end(file: &[u8]) -> Option<PackTable> {
-        let min = COPY_HEAD + COPY_CRC;
-        let mut start = file.len().checked_sub(min)?;
-        loop {
-            if file[start..].starts_with(&TABLE_MAGIC) {
-                let records_end = read_u32(&file[start..], 8);
-                let copy_len = file.len() - start;
-                if records_end as usize + 2 * copy_len == file.len()
-                    && let Ok(table) = decode_copy(&file[start..], records_end)
-                {
-                    return Some(table);
-                }
-            }
-            start = start.checked_sub(ENTRY_LEN)?;
-            if start < SEGMENT_HEADER_LEN {
-                return None;
-            }
+        last_copy(file, |copy| read_u32(copy, 8)).filter(|table| {
+            (SEGMENT_HEADER_LEN..file.len()).contains(&(table.records_end as usize))
+        })
+    }
+}
+
+/// The valid copy of a table that ends `bytes` (a copy's length is a
+/// multiple of 8: it starts at `bytes.len()` less 24, 32, 40...), whose
+/// records end where `records_end` of the copy says.
+fn last_copy(bytes: &[u8], records_end: impl Fn(&[u8]) -> u32) -> Option<PackTable> {
+    let mut start = bytes.len().checked_sub(COPY_HEAD + COPY_CRC)?;
+    loop {
+        let copy = &bytes[start..];
+        if copy.starts_with(&TABLE_MAGIC)
+            && let Ok(table) = decode_copy(copy, records_end(copy))
+        {
+            return Some(table);
         }
+        start = start.checked_sub(ENTRY_LEN)?;
     }
 }
 
@@ -316,27 +349,37 @@ mod tests {
         }
     }
 
-    /// Either copy alone reads; both damaged is an error naming the table.
+    /// Either copy alone reads (the second starts at a 4 KiB boundary);
+    /// both damaged is an error naming the table; a file cut or grown by
+    /// a byte still reads its first copy.
     #[test]
     fn one_damaged_copy_is_survived_and_two_are_an_error() {
-        let table = PackTable::new(4000, &[(100, 500), (2000, 64)]).unwrap();
-        let mut bytes = vec![0u8; 4000];
+        let table = PackTable::new(3000, &[(100, 500), (2000, 64)]).unwrap();
+        let mut bytes = vec![0u8; 3000];
         bytes.extend_from_slice(&table.encode());
-        let copy = (bytes.len() - 4000) / 2;
-        for at in 4000..bytes.len() {
-            let mut bad = bytes.clone();
-            bad[at] ^= 0x04;
-            assert_eq!(PackTable::decode(&bad, 4000).unwrap(), table, "byte {at}");
-            let mut both = bad.clone();
-            let twin = if at < 4000 + copy {
-                at + copy
-            } else {
-                at - copy
-            };
-            both[twin] ^= 0x04;
-            let error = PackTable::decode(&both, 4000).unwrap_err();
+        let copy = COPY_HEAD + 2 * ENTRY_LEN + COPY_CRC;
+        assert_eq!(bytes.len(), 4096 + copy);
+        for at in 0..copy {
+            let (first, second) = (3000 + at, 4096 + at);
+            for one in [first, second] {
+                let mut bad = bytes.clone();
+                bad[one] ^= 0x04;
+                assert_eq!(PackTable::decode(&bad, 3000).unwrap(), table, "byte {one}");
+            }
+            let mut both = bytes.clone();
+            both[first] ^= 0x04;
+            both[second] ^= 0x04;
+            let error = PackTable::decode(&both, 3000).unwrap_err();
             assert!(error.contains("damaged in both copies"), "{error}");
         }
+        let cut = &bytes[..bytes.len() - 1];
+        assert_eq!(PackTable::decode(cut, 3000).unwrap(), table);
+        let mut grown = bytes.clone();
+        grown.push(7);
+        assert_eq!(PackTable::decode(&grown, 3000).unwrap(), table);
+        let mut first_gone = bytes.clone();
+        first_gone[3000..3000 + copy].fill(0);
+        assert_eq!(PackTable::find_from_end(&first_gone).unwrap(), table);
         assert!(PackTable::decode(&bytes, 9000).is_err());
         assert!(PackTable::new(4000, &[(100, 5), (120, 5)]).is_err());
         assert!(PackTable::new(4000, &[(3990, 5)]).is_err());

@@ -101,17 +101,20 @@ pub(crate) fn scan_log(
             Ok(header) => header.packed_end,
             Err(_) => PackTable::find_from_end(mapped).map(|table| table.records_end()),
         };
+        let mut table = None;
         if let Some(end) = packed_end {
-            if header.is_ok()
-                && let Err(reason) = PackTable::decode(mapped, end)
-            {
-                return Err(WalError::Corrupt {
-                    path,
-                    offset: u64::from(end),
-                    reason: format!(
-                        "{reason}: without it the records after the first compacted run cannot                          be placed; restore the segment from a backup"
-                    ),
-                });
+            match PackTable::decode(mapped, end) {
+                Ok(found) => table = Some(found),
+                Err(reason) => {
+                    return Err(WalError::Corrupt {
+                        path,
+                        offset: u64::from(end),
+                        reason: format!(
+                            "{reason}: without it the records after the first compacted run \
+                             cannot be placed; restore the segment from a backup"
+                        ),
+                    });
+                }
             }
             mapped = &mapped[..(end as usize).min(mapped.len())];
             bytes = &bytes[..(end as usize).min(bytes.len())];
@@ -175,7 +178,7 @@ pub(crate) fn scan_log(
                 },
                 Err(other) => other.to_string(),
             };
-            let after = examine_after(bytes, id, at, previous);
+            let after = examine_after(bytes, id, at, previous, table.as_ref());
             // A sealed segment was synced whole before the next one began.
             let proven = !last || after.proof.is_some() || previous.next() <= durable;
             if !proven {

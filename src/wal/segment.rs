@@ -180,6 +180,11 @@ impl Segment {
         self.packed.is_some()
     }
 
+    /// A packed segment's relocation table.
+    pub fn pack_table(&self) -> Option<&PackTable> {
+        self.packed.as_ref()
+    }
+
     /// Where the logical offset `offset` (a location's) is in the file;
     /// `None` inside bytes a packed segment leaves out.
     pub fn file_offset(&self, offset: u32) -> Option<u32> {
@@ -246,6 +251,11 @@ impl Segment {
     /// Lets readers see the first `len` bytes (the writer, once they are
     /// written: nothing past them is read).
     pub(crate) fn set_readable(&self, len: usize) {
+        // A packed segment is sealed and read to its records' end, always
+        // (a length asked for here would be a logical offset).
+        if self.packed.is_some() {
+            return;
+        }
         self.readable.store(len, Ordering::Release);
     }
 
@@ -263,18 +273,18 @@ impl Segment {
         self.logical_record(at, decode_frame(bytes, self.id))
     }
 
-    /// A record read at file offset `at`, with a packed segment's run
-    /// length put back into a `Compacted` frame (the file says 0).
+    /// A record read at file offset `at`, made as long as the log counts
+    /// it: a packed segment's `Compacted` frame with its run's bytes (the
+    /// file says 0), and a frame that covers one (a quarantined range a
+    /// repair wrote over a damaged compacted frame) with those too.
     fn logical_record<'s>(
         &self,
         at: u32,
         record: Result<RecordRef<'s>, FrameError>,
     ) -> Result<RecordRef<'s>, FrameError> {
         let mut record = record?;
-        if let Some(table) = &self.packed
-            && record.record_type == RecordType::Compacted
-        {
-            record.skip = table.skip_at(at).unwrap_or(0);
+        if let Some(table) = &self.packed {
+            record.skip += logical_extra(table, at, record.frame_len());
         }
         Ok(record)
     }
@@ -339,6 +349,13 @@ impl Segment {
             offset: offset as u32,
         }
     }
+}
+
+/// The bytes a packed segment leaves out inside the frame of `len` bytes
+/// at file offset `at`: the runs of the compacted frames it holds.
+pub(crate) fn logical_extra(table: &PackTable, at: u32, len: usize) -> u32 {
+    let end = u32::try_from(at as usize + len).unwrap_or(u32::MAX);
+    (table.logical(end) - table.logical(at)).saturating_sub(end - at)
 }
 
 /// Iterator over `(offset, record)` of one segment; after it ends,
@@ -541,7 +558,7 @@ mod tests {
         let with_holes = open("holes.seg", &holes);
         let dense = open("packed.seg", &packed_file);
         assert!(dense.is_packed() && !with_holes.is_packed());
-        assert!(packed_file.len() < holes.len() / 2);
+        assert!((records_end as usize) < holes.len() / 2);
         assert_eq!(dense.sealed_end(), with_holes.sealed_end());
         let walk = |s: &Segment, from: u32| -> Vec<(u32, Lsn, usize, u32)> {
             s.scan_from(from)
@@ -624,9 +641,10 @@ mod tests {
         let table = table.encode();
         file.extend_from_slice(&table);
         let path = dir.path().join("s.seg");
-        let copy = table.len() / 2;
+        // The second copy starts at the file's first 4 KiB boundary after.
         let first = records_end as usize + 20;
-        for damaged in [vec![first], vec![first + copy], vec![first, first + copy]] {
+        let second = 4096 + 20;
+        for damaged in [vec![first], vec![second], vec![first, second]] {
             let mut bytes = file.clone();
             for &at in &damaged {
                 bytes[at] ^= 0x40;

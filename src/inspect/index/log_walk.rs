@@ -15,7 +15,8 @@ use crate::ids::{Location, Lsn, SegmentId, ShardId};
 use crate::index::{IndexKind, for_each_entry};
 use crate::wal::{
     FRAME_OVERHEAD, FrameError, PackTable, RecordRef, RecordType, RemovePayload,
-    SEGMENT_HEADER_LEN, decode_frame, decode_segment_header, parse_segment_file_name,
+    SEGMENT_HEADER_LEN, decode_frame, decode_segment_header, logical_extra,
+    parse_segment_file_name,
 };
 
 use super::Problem;
@@ -438,10 +439,8 @@ fn read_frames(
         match decode_frame(&buf[at..], id) {
             Ok(mut record) => {
                 let len = record.frame_len();
-                if let Some(table) = &table
-                    && record.record_type == RecordType::Compacted
-                {
-                    record.skip = table.skip_at(frame_offset).unwrap_or(0);
+                if let Some(table) = &table {
+                    record.skip += logical_extra(table, frame_offset, len);
                 }
                 on_record(walk, logical(offset) as u32, record);
                 at += len;
