@@ -332,10 +332,15 @@ fn a_mirror_killed_mid_backfill_resumes_without_gaps_or_a_full_download() {
     unsafe { libc::kill(serving.id() as i32, libc::SIGTERM) };
     serving.wait().unwrap();
     assert_eq!(ids(&copy), want, "no gap");
-    // What the first run stored is not asked for again, but for at most
-    // the page in flight and its last second's repeats.
+    // What the first run stored is not asked for again, but for what its
+    // saved resume point had not reached: the resume point is saved behind
+    // the store, up to two pages (the mirror's PAGES_AHEAD) plus the page
+    // in flight, and its last second's repeats (a page). On a loaded
+    // machine a kill lands with the store those pages ahead (CI saw 345
+    // stored with the point one page in, 45 events over a bound that
+    // allowed two pages).
     assert!(
-        received <= want.len() - before + 200,
+        received <= want.len() - before + 400,
         "received {received} after {before} of {} were in",
         want.len()
     );
