@@ -140,9 +140,13 @@ fn found_in_files(dir: &Path, markers: &[String]) -> Vec<String> {
 }
 
 fn open_file_store(dir: &Path) -> EventStore {
+    open_file_store_with(dir, 2, 64 << 10)
+}
+
+fn open_file_store_with(dir: &Path, shards: u32, segment_size: u64) -> EventStore {
     EventStore::builder(dir)
-        .shards(2)
-        .segment_size(64 << 10)
+        .shards(shards)
+        .segment_size(segment_size)
         .durability(Durability::Always)
         .open()
         .unwrap()
@@ -824,12 +828,7 @@ fn expired_events_leave_the_store_and_the_files() {
 #[test]
 fn small_removed_events_give_back_their_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EventStore::builder(dir.path())
-        .shards(1)
-        .segment_size(256 << 10)
-        .durability(Durability::Always)
-        .open()
-        .unwrap();
+    let store = open_file_store_with(dir.path(), 1, 256 << 10);
     let keys: Vec<Keys> = (0..20).map(|n| Keys::from_seed(9100 + n)).collect();
     let mut events = Vec::new();
     for n in 0..1500u64 {
@@ -927,12 +926,7 @@ fn damage_in_a_packed_segment_is_repaired_and_the_records_after_it_keep_their_pl
     events.push(burst_keys.sign(1_700_006_000, 5, burst_tags, String::new()));
     let (more, _, _) = workload(3, 12);
     events.extend(more);
-    let store = EventStore::builder(pristine.path())
-        .shards(1)
-        .segment_size(64 << 10)
-        .durability(Durability::Always)
-        .open()
-        .unwrap();
+    let store = open_file_store_with(pristine.path(), 1, 64 << 10);
     insert_all(&store, &events);
     let report = store.compact(&CompactOptions::default()).unwrap();
     assert!(report.records_compacted > 0, "{report:?}");

@@ -39,8 +39,8 @@ use crate::event::EventId;
 use crate::ids::{Location, Lsn};
 use crate::storage::{OpenMode, Storage};
 use crate::wal::{
-    COMPACTED_FRAME_LEN, COMPACTING_SUFFIX, CompactedPayload, FRAME_OVERHEAD, FrameError,
-    LogSnapshot, PackTable, RecordType, RemovePayload, SEGMENT_HEADER_LEN, Segment, encode_frame,
+    COMPACTED_FRAME_LEN, COMPACTING_SUFFIX, CompactedPayload, FrameError, LogSnapshot, PackTable,
+    RecordType, RemovePayload, SEGMENT_HEADER_LEN, Segment, encode_frame,
     encode_packed_segment_header,
 };
 
@@ -800,7 +800,6 @@ fn runs_of(frames: &[Frame], go: &[usize]) -> Vec<Run> {
 /// The `Compacted` frame that takes `run`'s place: the LSN, durability
 /// claim and batch end of the records it replaces.
 fn compacted_frame(segment: crate::ids::SegmentId, run: &Run) -> Result<Vec<u8>, Error> {
-    let head = FRAME_OVERHEAD + CompactedPayload::LEN;
     // A packed segment's frame says 0: its run's length is in the table.
     let payload = CompactedPayload {
         skip: 0,
@@ -812,7 +811,7 @@ fn compacted_frame(segment: crate::ids::SegmentId, run: &Run) -> Result<Vec<u8>,
         .lsn
         .0
         .saturating_sub(u64::from(run.first.unsynced_run)));
-    let mut out = Vec::with_capacity(head);
+    let mut out = Vec::with_capacity(COMPACTED_FRAME_LEN as usize);
     encode_frame(
         &mut out,
         segment,

@@ -135,13 +135,7 @@ impl Retention {
     /// The kinds of `never` as a list, when they are few enough to count
     /// one by one (`None`: more than 256).
     pub(crate) fn never_listed(&self) -> Option<Vec<u16>> {
-        let listed: usize = self.never.iter().map(KindRange::len).sum();
-        (listed <= LISTED_KINDS).then(|| {
-            let mut kinds: Vec<u16> = self.never.iter().flat_map(|r| r.first..=r.last).collect();
-            kinds.sort_unstable();
-            kinds.dedup();
-            kinds
-        })
+        listed(&self.never)
     }
 
     /// [`Retention::plans`], with one more rule: every kind (less the
@@ -168,17 +162,13 @@ impl Retention {
                     (rule_kinds.is_empty() || rule_kinds.iter().any(|r| r.contains(kind)))
                         && !self.never.iter().any(|r| r.contains(kind))
                 };
-                let listed: usize = rule_kinds.iter().map(KindRange::len).sum();
-                let kinds = (!rule_kinds.is_empty() && listed <= LISTED_KINDS).then(|| {
-                    let mut kinds: Vec<u16> = rule_kinds
-                        .iter()
-                        .flat_map(|r| r.first..=r.last)
-                        .filter(|k| covers(*k))
-                        .collect();
-                    kinds.sort_unstable();
-                    kinds.dedup();
-                    kinds
-                });
+                let kinds = (!rule_kinds.is_empty())
+                    .then(|| listed(rule_kinds))
+                    .flatten()
+                    .map(|mut kinds| {
+                        kinds.retain(|k| covers(*k));
+                        kinds
+                    });
                 if kinds.as_ref().is_some_and(Vec::is_empty) {
                     return None;
                 }
@@ -191,6 +181,18 @@ impl Retention {
             })
             .collect()
     }
+}
+
+/// The kinds of `ranges`, sorted, once each; `None` when more than
+/// `LISTED_KINDS`.
+fn listed(ranges: &[KindRange]) -> Option<Vec<u16>> {
+    let count: usize = ranges.iter().map(KindRange::len).sum();
+    (count <= LISTED_KINDS).then(|| {
+        let mut kinds: Vec<u16> = ranges.iter().flat_map(|r| r.first..=r.last).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        kinds
+    })
 }
 
 /// One match of a page.

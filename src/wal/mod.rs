@@ -31,6 +31,6 @@ pub(crate) use packed::{COMPACTED_FRAME_LEN, PackTable};
 pub(crate) use repair::{
     DamagedRange, REPAIR_MARKER, lost_lsns, quarantine, quarantine_path, scan_log,
 };
-pub(crate) use segment::{Segment, logical_extra};
+pub(crate) use segment::{Segment, covers_runs, logical_extra};
 pub(crate) use segment::{parse_segment_file_name, segment_file_name};
 pub(crate) use synced::read_synced_mark;

@@ -283,7 +283,9 @@ impl Segment {
         record: Result<RecordRef<'s>, FrameError>,
     ) -> Result<RecordRef<'s>, FrameError> {
         let mut record = record?;
-        if let Some(table) = &self.packed {
+        if let Some(table) = &self.packed
+            && covers_runs(record.record_type)
+        {
             record.skip += logical_extra(table, at, record.frame_len());
         }
         Ok(record)
@@ -349,6 +351,14 @@ impl Segment {
             offset: offset as u32,
         }
     }
+}
+
+/// Whether a frame of this type can hold a packed segment's left-out run:
+/// a `Compacted` frame, or a `Quarantined` range written over one (an
+/// event or remove frame that checks cannot; reads of events skip the
+/// look-up).
+pub(crate) fn covers_runs(record_type: RecordType) -> bool {
+    matches!(record_type, RecordType::Compacted | RecordType::Quarantined)
 }
 
 /// The bytes a packed segment leaves out inside the frame of `len` bytes
@@ -542,9 +552,6 @@ mod tests {
             packed.extend_from_slice(&stored);
             lsn += if compacted { 3 } else { 1 };
         }
-        // A hole-format segment's last byte is written.
-        holes.push(0);
-        holes.pop();
         let records_end = (packed.len() + SEGMENT_HEADER_LEN) as u32;
         let table = PackTable::new(records_end, &entries).unwrap();
         let mut packed_file = encode_packed_segment_header(ShardId(2), id, records_end).to_vec();

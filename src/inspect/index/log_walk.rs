@@ -15,7 +15,7 @@ use crate::ids::{Location, Lsn, SegmentId, ShardId};
 use crate::index::{IndexKind, for_each_entry};
 use crate::wal::{
     FRAME_OVERHEAD, FrameError, PackTable, RecordRef, RecordType, RemovePayload,
-    SEGMENT_HEADER_LEN, decode_frame, decode_segment_header, logical_extra,
+    SEGMENT_HEADER_LEN, covers_runs, decode_frame, decode_segment_header, logical_extra,
     parse_segment_file_name,
 };
 
@@ -439,7 +439,9 @@ fn read_frames(
         match decode_frame(&buf[at..], id) {
             Ok(mut record) => {
                 let len = record.frame_len();
-                if let Some(table) = &table {
+                if let Some(table) = &table
+                    && covers_runs(record.record_type)
+                {
                     record.skip += logical_extra(table, frame_offset, len);
                 }
                 on_record(walk, logical(offset) as u32, record);
